@@ -1,0 +1,108 @@
+"""A benchmark run: expand the sweeps, start the worker, write the results file, show progress.
+
+The CLI's `run` is a thin call of :func:`run_sweep`.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from . import results
+from .errors import UsageError
+from .measure import env as env_mod
+from .runner import RunConfig, Worker, run_cases
+from .sweep import Case, Sweep, expand
+
+
+def resolve_device(name: str) -> torch.device:
+    name = name.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA device is visible here; accepted: auto, cpu")
+        return torch.device("cuda")
+    raise UsageError(f"unknown device '{name}'; accepted: auto, cpu, cuda")
+
+
+def default_out() -> Path:
+    Path("results").mkdir(exist_ok=True)
+    return Path("results") / time.strftime("run-%Y%m%d-%H%M%S.jsonl")
+
+
+def check_out(out: Path, resume: bool, force: bool) -> None:
+    if not out.parent.exists():
+        raise UsageError(f"cannot write '{out}': directory '{out.parent}' does not exist")
+    if out.exists() and out.is_dir():
+        raise UsageError(f"--out '{out}' is a directory; give a file path such as {out}/run.jsonl")
+    if out.exists() and not (resume or force):
+        raise UsageError(f"'{out}' already exists; add --resume to continue it or --force to overwrite it")
+
+
+@dataclass
+class Interrupt:
+    """First Ctrl-C: stop after the current case. Second: stop now."""
+
+    requested: bool = False
+
+    def __call__(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budget: float,
+              threads: int | None, resume: bool = False, force: bool = False,
+              console: Console | None = None, command: list[str] | None = None) -> tuple[list[dict], bool]:
+    """Run every case; returns (records of this file, interrupted)."""
+    console = console or Console(stderr=True)
+    check_out(out, resume, force)
+    cases = expand(sweeps, device)
+    done: list[dict] = []
+    if resume and out.exists():
+        header, done = results.read(out)
+        ids = {r["case_id"] for r in done}
+        cases = [c for c in cases if _case_id(c, device) not in ids]
+        console.print(f"resuming {out}: {len(done)} cases recorded, {len(cases)} to run")
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = RunConfig(device=device, time_budget=time_budget, threads=threads)
+    worker = Worker(cfg)
+    records: list[dict] = list(done)
+    stop = Interrupt()
+    old = signal.signal(signal.SIGINT, stop)
+    try:
+        runnable = [c for c in cases if c.status is None]
+        refs = worker.measure_refs(tuple(sorted({c.problem.dtype for c in runnable}))) if runnable else None
+        header = results.make_header(command or sys.argv, env_mod.capture(device), refs)
+        with results.Writer(out, header, append=resume and out.exists()) as writer, _progress(console) as prog:
+            task = prog.add_task("attnbench", total=len(cases))
+            for case in cases:
+                if stop.requested:
+                    break
+                prog.update(task, description=f"{case.variant}/{case.backend} {case.problem.short()} {case.problem.mode}")
+                run_cases([case], cfg, worker, lambda r: (writer.write(r), records.append(r)), refs)
+                prog.advance(task)
+    finally:
+        signal.signal(signal.SIGINT, old)
+        worker.close()
+    return records, stop.requested
+
+
+def _case_id(case: Case, device: torch.device) -> str:
+    return results.case_id(case.problem.as_dict(), case.variant, case.backend, device.type)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}", style="cyan"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True)

@@ -1,0 +1,178 @@
+"""The attnbench command line: parse, call the library, print.
+
+Every command raises UsageError for bad input; main() turns it into one line on stderr and
+exit code 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import UsageError
+
+app = typer.Typer(name="attnbench", no_args_is_help=False, add_completion=False, rich_markup_mode="rich",
+                  help="Benchmark and profile attention mechanisms: latency, memory, FLOPs and error, "
+                       "on a GPU or the CPU.\n\nExamples:\n\n  attnbench list\n\n  attnbench run\n\n"
+                       "  attnbench run --variants mha,flash,gqa --seq 1k..16k\n\n  attnbench env")
+out_console = Console()
+err_console = Console(stderr=True)
+
+# ---------------------------------------------------------------- shared options
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto: cuda when visible).")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+@app.command("list")
+def list_cmd(json_out: Json = False, device: Device = "auto") -> None:
+    """Every variant: family, description, complexity, backends and their availability here.
+
+    Example: attnbench list --json
+    """
+    from .bench import resolve_device
+    from .tables import list_rows, variants_table
+
+    rows = list_rows(resolve_device(device))
+    if json_out:
+        print(json.dumps(rows, indent=2))
+    else:
+        out_console.print(variants_table(rows))
+
+
+@app.command()
+def env(json_out: Json = False, device: Device = "auto") -> None:
+    """The environment a result depends on (versions, device, threads, NVML).
+
+    Example: attnbench env --json
+    """
+    from .bench import resolve_device
+    from .measure.env import capture
+
+    e = capture(resolve_device(device))
+    if json_out:
+        print(json.dumps(e, indent=2))
+    else:
+        for k, v in e.items():
+            out_console.print(f"[bold]{k:>12}[/]  {v}")
+
+
+@app.command()
+def run(
+    variants: Annotated[Optional[str], typer.Option(help="Comma-separated variants (see `attnbench list`).")] = None,
+    backends: Annotated[Optional[str], typer.Option(help="Comma-separated backends; default: all of each variant.")] = None,
+    suite: Annotated[Optional[str], typer.Option(help="A suite name (quick, ...) or a .toml path; flags override its axes.")] = None,
+    seq: Annotated[Optional[str], typer.Option(help="Lengths: 1k..64k doubles, 1k,3k,8k lists, k = 1024.")] = None,
+    kv_seq: Annotated[Optional[str], typer.Option("--kv-seq", help="Key/value length (cross attention); same grammar.")] = None,
+    batch: Annotated[Optional[list[int]], typer.Option(help="Batch size (repeatable).")] = None,
+    heads: Annotated[Optional[list[int]], typer.Option(help="Query heads (repeatable).")] = None,
+    kv_heads: Annotated[Optional[list[int]], typer.Option("--kv-heads", help="Key/value heads; must divide heads.")] = None,
+    kv_groups: Annotated[Optional[list[int]], typer.Option("--kv-groups", help="Query heads per KV head (excludes --kv-heads).")] = None,
+    head_dim: Annotated[Optional[list[int]], typer.Option("--head-dim", help="Head dimension (repeatable).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="float32 | float16 | bfloat16 (comma-separated for several).")] = None,
+    causal: Annotated[Optional[bool], typer.Option("--causal/--no-causal", help="Causal mask (bottom-right aligned).")] = None,
+    mode: Annotated[Optional[list[str]], typer.Option(help="fwd | bwd | fwd+bwd | decode (repeatable or comma-separated).")] = None,
+    device: Device = "auto",
+    out: Annotated[Optional[Path], typer.Option(help="Results file (JSONL); default results/run-<time>.jsonl.")] = None,
+    time_budget: Annotated[float, typer.Option("--time-budget", help="Seconds per case, setup included.")] = 30.0,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (recorded); default: torch's.")] = None,
+    resume: Annotated[bool, typer.Option(help="Skip cases already in --out and append the rest.")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing --out.")] = False,
+    json_out: Json = False,
+) -> None:
+    """Run a sweep; with no arguments, the quick suite on the best device.
+
+    Examples:
+
+      attnbench run
+
+      attnbench run --variants flash,gqa --seq 1k..16k --mode fwd,decode
+
+      attnbench run --suite quick --out r.jsonl
+    """
+    from .bench import resolve_device, run_sweep, default_out
+    from .sweep import load_suite, make_sweep
+    from .tables import results_table
+
+    if time_budget <= 0:
+        raise UsageError(f"--time-budget must be a positive number of seconds (got {time_budget:g})")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1 (got {threads})")
+    axes = {"variants": variants, "backends": backends, "seq": seq, "kv_seq": kv_seq, "batch": batch,
+            "heads": heads, "kv_heads": kv_heads, "kv_groups": kv_groups, "head_dim": head_dim,
+            "dtype": dtype, "causal": causal, "modes": mode}
+    given = {k: v for k, v in axes.items() if v not in (None, [])}
+    if suite is None and not given:
+        suite = "quick"
+    if suite is not None:
+        sweeps, meta = load_suite(suite, **given)
+    else:
+        meta = {}
+        sweeps = [make_sweep(**given)]
+    dev = resolve_device(meta.get("device", device) if device == "auto" else device)
+    out = out or default_out()
+    budget = float(meta.get("time_budget", time_budget)) if time_budget == 30.0 else time_budget
+    records, interrupted = run_sweep(sweeps, dev, out, time_budget=budget, threads=threads, resume=resume,
+                                     force=force, console=err_console, command=["attnbench", *sys.argv[1:]])
+    if json_out:
+        print(json.dumps(records, default=str))
+    else:
+        out_console.print(results_table(records, title=f"attnbench on {dev.type} → {out}"))
+    if interrupted:
+        err_console.print(f"interrupted: {len(records)} records kept in {out}; resume with the same "
+                          f"command plus --out {out} --resume")
+        raise typer.Exit(130)
+
+
+# Commands that live in modules of their own; each exposes register(app).
+_COMMAND_MODULES = ("cli_kernels", "cli_report", "cli_gate", "cli_tools")
+
+
+def _add_subcommands() -> None:
+    import importlib
+
+    for name in _COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f".{name}", __package__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.{name}":
+                raise
+            continue
+        if hasattr(mod, "register"):
+            mod.register(app)
+        else:
+            app.add_typer(mod.app, name=name.removeprefix("cli_"))
+
+
+_add_subcommands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: usage errors become one line and exit code 2."""
+    from .results import ResultsError
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except (UsageError, ResultsError) as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return 2
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        err_console.print("aborted")
+        return 130
+    except Exception as e:  # click's own errors (typer vendors click, so match by shape)
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):
+            msg = " ".join(e.format_message().split())
+            err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+            return 2 if e.exit_code == 2 else e.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Peak memory of one call, measured in a pass of its own (never during timing).
+
+CPU: write 5 to /proc/self/clear_refs, which resets VmHWM (the peak RSS) to the current RSS,
+run the call, read VmHWM from /proc/self/status: the rise above the RSS before is the call's
+peak. It counts every byte the process touched (torch, BLAS workspaces, Python objects).
+GPU: synchronize, reset the allocator's peak statistics, run, peak minus baseline
+(torch.cuda.max_memory_allocated); NVML's device-wide `used` is added as context.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+@dataclass(frozen=True)
+class Peak:
+    bytes: int | None
+    source: str  # "cuda-allocator" | "cpu-vmhwm" | "unavailable: <why>"
+    device_used_bytes: int | None = None  # NVML device-wide `used` after the call (GPU)
+
+
+def _status_kib(field: str) -> int:
+    m = re.search(rf"^{field}:\s+(\d+) kB", _STATUS.read_text(), re.M)
+    if not m:
+        raise OSError(f"{field} not in {_STATUS}")
+    return int(m.group(1))
+
+
+def cpu_peak_supported() -> str | None:
+    """None when VmHWM can be reset here, else the reason."""
+    try:
+        _CLEAR_REFS.write_text("5")
+        _status_kib("VmHWM")
+    except OSError as e:
+        return f"cannot reset peak RSS via /proc/self/clear_refs ({e.strerror or e})"
+    return None
+
+
+def rss_bytes() -> int:
+    return _status_kib("VmRSS") * 1024
+
+
+def _trim_heap() -> None:
+    """Return freed heap pages to the OS (glibc malloc_trim), so memory cached by earlier calls
+    does not hide this call's allocations inside the RSS before it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def peak_cpu(fn: Callable[[], object]) -> Peak:
+    why = cpu_peak_supported()
+    if why:
+        return Peak(None, f"unavailable: {why}")
+    _trim_heap()
+    _CLEAR_REFS.write_text("5")
+    before = _status_kib("VmRSS")
+    out = fn()
+    peak = _status_kib("VmHWM")
+    del out
+    return Peak(max(0, peak - before) * 1024, "cpu-vmhwm")
+
+
+def peak_cuda(fn: Callable[[], object], nvml_used: Callable[[], int | None] = lambda: None) -> Peak:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    used = nvml_used()
+    del out
+    return Peak(peak, "cuda-allocator", used)
+
+
+def free_bytes(device: torch.device) -> int:
+    """Memory a case may still use: cudaMemGetInfo's free on a GPU, MemAvailable on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    m = re.search(r"^MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+    return int(m.group(1)) * 1024 if m else 0

@@ -1,0 +1,139 @@
+"""Latency: CUDA events on a GPU (L2 flushed outside the events), a block-sized
+``perf_counter_ns`` on the CPU. Adaptive stop in both: at least `min_samples` samples and
+`min_time` seconds, then stop once IQR/median < `target_rel_iqr` or `max_time` is spent
+(nvbench's stdrel criterion, torch Timer's adaptive_autorange). Raw samples are kept.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class TimingPolicy:
+    min_samples: int = 10
+    min_time: float = 0.2  # s of measured samples before the spread may stop the loop
+    max_time: float = 5.0  # s cap on measuring (warmup excluded); long calls may give n < min_samples
+    max_samples: int = 500
+    target_rel_iqr: float = 0.05
+    warmup_time: float = 0.05  # s of warmup after the first (untimed) call
+    min_block_time: float = 1e-3  # s: a CPU sample groups calls until it lasts this long
+    l2_flush_bytes: int = 256 * 2**20  # GPU: zero this much memory before each timed call
+
+
+@dataclass(frozen=True)
+class Stats:
+    median: float
+    mean: float
+    min: float
+    p10: float
+    p90: float
+    iqr: float
+    n: int
+
+    @classmethod
+    def of(cls, samples: list[float]) -> "Stats":
+        s = sorted(samples)
+        return cls(median=statistics.median(s), mean=statistics.fmean(s), min=s[0],
+                   p10=quantile(s, 0.10), p90=quantile(s, 0.90),
+                   iqr=quantile(s, 0.75) - quantile(s, 0.25), n=len(s))
+
+
+def quantile(sorted_samples: list[float], q: float) -> float:
+    """Linear-interpolated quantile of already sorted samples."""
+    if len(sorted_samples) == 1:
+        return sorted_samples[0]
+    pos = q * (len(sorted_samples) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_samples) - 1)
+    return sorted_samples[lo] + (sorted_samples[hi] - sorted_samples[lo]) * (pos - lo)
+
+
+@dataclass(frozen=True)
+class Timing:
+    samples_ms: tuple[float, ...]
+    calls_per_sample: int
+    first_call_ms: float  # the untimed first call (compilation, autotuning, caches)
+    stopped_by: str  # "spread" | "max_time" | "max_samples"
+
+    @property
+    def stats(self) -> Stats:
+        return Stats.of(list(self.samples_ms))
+
+
+def _enough(samples: list[float], spent: float, policy: TimingPolicy) -> str | None:
+    """Why to stop sampling now, or None to go on."""
+    if spent >= policy.max_time:
+        return "max_time"
+    if len(samples) >= policy.max_samples:
+        return "max_samples"
+    if len(samples) < policy.min_samples or spent < policy.min_time:
+        return None
+    st = Stats.of(samples)
+    return "spread" if st.iqr <= policy.target_rel_iqr * st.median else None
+
+
+def time_cpu(fn: Callable[[], object], policy: TimingPolicy = TimingPolicy()) -> Timing:
+    """Wall-clock latency of fn() on the CPU, in ms per call."""
+    t0 = time.perf_counter_ns()
+    fn()
+    first = (time.perf_counter_ns() - t0) / 1e6
+    # warm up and size the block so one sample lasts >= min_block_time
+    calls, spent_warm, t_start = 0, 0.0, time.perf_counter()
+    while spent_warm < policy.warmup_time or calls == 0:
+        fn()
+        calls += 1
+        spent_warm = time.perf_counter() - t_start
+    per_call = spent_warm / calls
+    block = max(1, int(policy.min_block_time / max(per_call, 1e-9)))
+    samples: list[float] = []
+    spent = 0.0
+    while True:
+        t0 = time.perf_counter_ns()
+        for _ in range(block):
+            fn()
+        dt = (time.perf_counter_ns() - t0) / 1e9
+        samples.append(dt * 1e3 / block)
+        spent += dt
+        why = _enough(samples, spent, policy)
+        if why:
+            return Timing(tuple(samples), block, first, why)
+
+
+def time_cuda(fn: Callable[[], object], policy: TimingPolicy = TimingPolicy()) -> Timing:
+    """Per-call latency from CUDA events; the L2 cache is flushed (zero_ on a buffer larger than
+    L2) before every call, outside the events, so each call starts cold."""
+    flush = torch.empty(policy.l2_flush_bytes // 4, dtype=torch.int32, device="cuda")
+    torch.cuda.synchronize()
+    t0 = time.perf_counter_ns()
+    fn()
+    torch.cuda.synchronize()
+    first = (time.perf_counter_ns() - t0) / 1e6
+    t_start = time.perf_counter()
+    while time.perf_counter() - t_start < policy.warmup_time:
+        fn()
+    torch.cuda.synchronize()
+    samples: list[float] = []
+    spent = 0.0
+    while True:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        flush.zero_()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        ms = start.elapsed_time(end)
+        samples.append(ms)
+        spent += ms / 1e3
+        why = _enough(samples, spent, policy)
+        if why:
+            return Timing(tuple(samples), 1, first, why)
+
+
+def time_call(fn: Callable[[], object], device: torch.device, policy: TimingPolicy = TimingPolicy()) -> Timing:
+    return time_cuda(fn, policy) if device.type == "cuda" else time_cpu(fn, policy)

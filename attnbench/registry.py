@@ -1,0 +1,132 @@
+"""The explicit registry of variants and their backends.
+
+A *variant* is an attention idea (its math, FLOP/byte model, complexity claims); a *backend*
+is one way to compute it. ``Backend.build(problem, device)`` does all setup (masks, random
+features, compilation) and returns ``fn(q, k, v) -> out``; only ``fn`` is timed.
+Variant modules call :func:`register` at import; ``attnbench/variants/__init__.py`` lists them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .errors import UsageError, did_you_mean
+from .problem import Problem
+
+Fn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Reason = str | None  # None: fine; a string: why not
+
+
+def _fine(*_: Any) -> Reason:
+    return None
+
+
+def _same(problem: Problem) -> Problem:
+    return problem
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of a variant.
+
+    build:        (problem, device) -> fn(q, k, v) -> out; all setup happens here.
+    available:    (device) -> reason this backend cannot run on the device, or None.
+    supports:     (problem, device) -> reason this problem is unsupported, or None.
+    materializes: holds B*H*Lq*Lk scores (used to predict memory and skip what cannot fit).
+    """
+
+    name: str
+    build: Callable[[Problem, torch.device], Fn]
+    description: str = ""
+    available: Callable[[torch.device], Reason] = _fine
+    supports: Callable[[Problem, torch.device], Reason] = _fine
+    materializes: bool = False
+    test_only: bool = False
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An attention variant: its math, cost model, claims and backends.
+
+    reference: (q, k, v, problem) -> out, computed densely in the inputs' dtype; the oracle every
+               backend is checked against (tests call it in fp32).
+    flops:     forward FLOPs for a problem (the runner scales by mode).
+    bytes:     forward minimum bytes moved (inputs read once, output written once).
+    resolve:   fills the variant's natural shape (e.g. MQA sets kv_heads=1) and default params.
+    supports:  reason a problem is unsupported (e.g. causal Linformer), or None.
+    exact:     computes exact softmax attention of its own definition (error vs reference ~ 0);
+               False for approximations whose reference is exact attention.
+    full_attention_error: also report the error against full (unmasked) softmax attention.
+    """
+
+    name: str
+    family: str
+    description: str
+    time: str
+    memory: str
+    reference: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Problem], torch.Tensor]
+    flops: Callable[[Problem], float]
+    bytes: Callable[[Problem], float]
+    backends: tuple[Backend, ...]
+    resolve: Callable[[Problem], Problem] = _same
+    supports: Callable[[Problem], Reason] = _fine
+    exact: bool = True
+    full_attention_error: bool = False
+    defaults: dict[str, Any] = field(default_factory=dict)
+    make_inputs: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+
+    def backend(self, name: str) -> Backend:
+        for b in self.backends:
+            if b.name == name:
+                return b
+        raise UsageError(
+            f"variant '{self.name}' has no backend '{name}'{did_you_mean(name, self.backend_names())}; "
+            f"accepted: {', '.join(self.backend_names())}"
+        )
+
+    def backend_names(self, include_test: bool = False) -> list[str]:
+        return [b.name for b in self.backends if include_test or not b.test_only]
+
+
+_VARIANTS: dict[str, Variant] = {}
+
+
+def register(variant: Variant) -> Variant:
+    if variant.name in _VARIANTS:
+        raise RuntimeError(f"variant '{variant.name}' registered twice")
+    _VARIANTS[variant.name] = variant
+    return variant
+
+
+def add_backend(variant_name: str, backend: Backend) -> None:
+    """Attach a backend defined elsewhere (e.g. the Triton kernels) to a registered variant."""
+    v = _VARIANTS[variant_name]
+    if backend.name in v.backend_names(include_test=True):
+        raise RuntimeError(f"backend '{backend.name}' registered twice for '{variant_name}'")
+    object.__setattr__(v, "backends", v.backends + (backend,))
+
+
+def _load() -> None:
+    from . import variants  # noqa: F401  (explicit imports register every family)
+
+
+def get(name: str) -> Variant:
+    _load()
+    if name not in _VARIANTS:
+        raise UsageError(
+            f"unknown variant '{name}'{did_you_mean(name, _VARIANTS)}; accepted: {', '.join(names())}"
+        )
+    return _VARIANTS[name]
+
+
+def names() -> list[str]:
+    _load()
+    return list(_VARIANTS)
+
+
+def all_variants() -> list[Variant]:
+    _load()
+    return list(_VARIANTS.values())

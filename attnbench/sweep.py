@@ -1,0 +1,250 @@
+"""Sweeps: the --seq grammar, suite files (TOML) and their expansion into cases.
+
+A case is (variant, backend, resolved problem). Axes combine as a cartesian product;
+combinations a variant or backend cannot do become cases with a status already decided
+(`unsupported` / `unavailable`) and a reason, never errors.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import registry
+from .errors import UsageError, did_you_mean
+from .problem import MODES, Problem, parse_dtype
+
+_SEQ_ITEM = re.compile(r"^(\d+)([kKmM]?)$")
+
+
+def parse_length(text: str, what: str = "--seq") -> int:
+    m = _SEQ_ITEM.match(text.strip())
+    if not m:
+        raise UsageError(f"bad {what} value '{text}'; accepted: a positive integer with optional k (×1024) "
+                         f"or m (×1024²), e.g. 512, 4k")
+    n = int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2}[m.group(2).lower()]
+    if n < 1:
+        raise UsageError(f"bad {what} value '{text}'; lengths must be at least 1")
+    return n
+
+
+def parse_seq(text: str, what: str = "--seq") -> list[int]:
+    """'1k..64k' doubles from 1024 to 65536; '1k,3k,8k' lists; items mix: '512,1k..4k'."""
+    if not text or not text.strip():
+        raise UsageError(f"empty {what}; accepted: e.g. 1k..64k, 1k,3k,8k or 2048")
+    out: list[int] = []
+    for item in text.split(","):
+        item = item.strip()
+        if ".." in item:
+            lo_s, _, hi_s = item.partition("..")
+            if not lo_s or not hi_s:
+                raise UsageError(f"bad {what} range '{item}'; a range needs both ends, e.g. 1k..64k")
+            lo, hi = parse_length(lo_s, what), parse_length(hi_s, what)
+            if hi < lo:
+                raise UsageError(f"bad {what} range '{item}'; the end must not be below the start, e.g. 1k..8k")
+            n = lo
+            while n <= hi:
+                out.append(n)
+                n *= 2
+        else:
+            out.append(parse_length(item, what))
+    return sorted(set(out))
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One block of axes; every list is an axis of the cartesian product."""
+
+    variants: tuple[str, ...] = ("mha",)
+    backends: tuple[str, ...] = ()  # empty: every backend of each variant
+    seq: tuple[int, ...] = (1024,)
+    kv_seq: tuple[int, ...] = (0,)  # 0: the variant's choice (Lk = Lq for self-attention)
+    batch: tuple[int, ...] = (1,)
+    heads: tuple[int, ...] = (8,)
+    kv_heads: tuple[int, ...] = (0,)  # 0: the variant's choice
+    kv_groups: tuple[int, ...] = ()  # alternative to kv_heads: kv_heads = heads / groups
+    head_dim: tuple[int, ...] = (64,)
+    dtype: tuple[str, ...] = ("float32",)
+    causal: tuple[bool, ...] = (False,)
+    modes: tuple[str, ...] = ("fwd",)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Case:
+    variant: str
+    backend: str
+    problem: Problem
+    status: str | None = None  # decided before running: "unsupported" | "unavailable"
+    reason: str | None = None
+
+
+SWEEP_KEYS = {f for f in Sweep.__dataclass_fields__} | {"mode"}
+SUITE_KEYS = {"description", "sweep", "time_budget", "device"}
+
+
+def _positive(values, what: str) -> tuple[int, ...]:
+    for v in values:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise UsageError(f"bad {what} value {v!r}; accepted: integers >= 1")
+    return tuple(values)
+
+
+def make_sweep(**axes: Any) -> Sweep:
+    """Validate and normalise axes given as scalars, lists or (for seq) grammar strings."""
+    unknown = set(axes) - SWEEP_KEYS
+    if unknown:
+        k = sorted(unknown)[0]
+        raise UsageError(f"unknown sweep key '{k}'{did_you_mean(k, SWEEP_KEYS)}; accepted: {', '.join(sorted(SWEEP_KEYS))}")
+    a = {k: v for k, v in axes.items() if v is not None}
+    if "mode" in a:
+        a["modes"] = a.pop("mode")
+    as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else [v]  # noqa: E731
+    out: dict[str, Any] = {}
+    if "variants" in a:
+        vs = [s.strip() for v in as_list(a["variants"]) for s in str(v).split(",") if s.strip()]
+        if not vs:
+            raise UsageError("no variants given; see `attnbench list`")
+        for v in vs:
+            registry.get(v)  # raises with a suggestion
+        out["variants"] = tuple(dict.fromkeys(vs))
+    if "backends" in a:
+        out["backends"] = tuple(dict.fromkeys(s.strip() for v in as_list(a["backends"]) for s in str(v).split(",") if s.strip()))
+    for key in ("seq", "kv_seq"):
+        if key in a:
+            vals = [n for v in as_list(a[key]) for n in (parse_seq(v, f"--{key.replace('_', '-')}") if isinstance(v, str) else [v])]
+            out[key] = _positive(vals, f"--{key.replace('_', '-')}")
+    for key in ("batch", "heads", "kv_heads", "kv_groups", "head_dim"):
+        if key in a:
+            out[key] = _positive(as_list(a[key]), f"--{key.replace('_', '-')}")
+    if "kv_heads" in out and "kv_groups" in out:
+        raise UsageError("--kv-heads and --kv-groups are mutually exclusive; give one (groups = heads / kv_heads)")
+    if "dtype" in a:
+        out["dtype"] = tuple(parse_dtype(str(d)) for v in as_list(a["dtype"]) for d in str(v).split(","))
+    if "causal" in a:
+        vals = as_list(a["causal"])
+        if not all(isinstance(c, bool) for c in vals):
+            raise UsageError(f"bad causal value {vals!r}; accepted: true or false")
+        out["causal"] = tuple(vals)
+    if "modes" in a:
+        modes = [m.strip() for v in as_list(a["modes"]) for m in str(v).split(",") if m.strip()]
+        for m in modes:
+            if m not in MODES:
+                raise UsageError(f"unknown mode '{m}'{did_you_mean(m, MODES)}; accepted: {', '.join(MODES)}")
+        out["modes"] = tuple(dict.fromkeys(modes))
+    if "params" in a:
+        if not isinstance(a["params"], dict):
+            raise UsageError("params must be a table of variant parameters, e.g. params = { window = 256 }")
+        out["params"] = dict(a["params"])
+    return Sweep(**out)
+
+
+def load_suite(name_or_path: str, **overrides: Any) -> tuple[list[Sweep], dict[str, Any]]:
+    """A suite by name (suites/NAME.toml shipped with attnbench) or by path; `overrides`
+    replace the same axes in every sweep of the suite."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise UsageError(f"suite file '{name_or_path}' does not exist; give a .toml path or one of: "
+                             f"{', '.join(suite_names())}")
+        text = path.read_text(encoding="utf-8")
+    else:
+        if name_or_path not in suite_names():
+            raise UsageError(f"unknown suite '{name_or_path}'{did_you_mean(name_or_path, suite_names())}; "
+                             f"accepted: {', '.join(suite_names())} or a path to a .toml file")
+        text = resources.files("attnbench.suites").joinpath(f"{name_or_path}.toml").read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"suite '{name_or_path}' is not valid TOML: {e}") from None
+    unknown = set(data) - SUITE_KEYS
+    if unknown:
+        k = sorted(unknown)[0]
+        raise UsageError(f"suite '{name_or_path}': unknown key '{k}'{did_you_mean(k, SUITE_KEYS)}; "
+                         f"accepted: {', '.join(sorted(SUITE_KEYS))}")
+    sweeps = data.get("sweep")
+    if not isinstance(sweeps, list) or not sweeps:
+        raise UsageError(f"suite '{name_or_path}' has no [[sweep]] tables")
+    try:
+        return [make_sweep(**_merge(s, overrides)) for s in sweeps], {k: v for k, v in data.items() if k != "sweep"}
+    except UsageError as e:
+        raise UsageError(f"suite '{name_or_path}': {e}") from None
+
+
+def _merge(axes: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(axes)
+    if "kv_heads" in overrides or "kv_groups" in overrides:  # one replaces the other
+        merged.pop("kv_heads", None)
+        merged.pop("kv_groups", None)
+    if "modes" in overrides:
+        merged.pop("mode", None)
+    return merged | overrides
+
+
+def suite_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("attnbench.suites").iterdir() if p.name.endswith(".toml"))
+
+
+def expand(sweeps: list[Sweep], device: torch.device) -> list[Case]:
+    cases: list[Case] = []
+    seen: set = set()
+    for sw in sweeps:
+        _check_backends(sw)
+        for c in _expand_one(sw, device):
+            key = (c.variant, c.backend, c.problem)
+            if key not in seen:
+                seen.add(key)
+                cases.append(c)
+    return cases
+
+
+def _check_backends(sw: Sweep) -> None:
+    if not sw.backends:
+        return
+    known = {b for v in sw.variants for b in registry.get(v).backend_names(include_test=True)}
+    for b in sw.backends:
+        if b not in known:
+            raise UsageError(f"unknown backend '{b}'{did_you_mean(b, known)} for variants {', '.join(sw.variants)}; "
+                             f"accepted: {', '.join(sorted(known))}")
+
+
+def _expand_one(sw: Sweep, device: torch.device):
+    groups = sw.kv_groups or (None,)
+    axes = itertools.product(sw.variants, sw.modes, sw.dtype, sw.batch, sw.heads, groups, sw.kv_heads,
+                             sw.head_dim, sw.causal, sw.seq, sw.kv_seq)
+    for variant, mode, dtype, b, h, g, hkv, d, causal, L, lk in axes:
+        v = registry.get(variant)
+        if g is not None:
+            hkv = h // g if h % g == 0 else -g  # -g: groups that do not divide the heads
+        seq_q, seq_k = (1, lk or L) if mode == "decode" else (L, lk)
+        raw = Problem(batch=b, heads=h, kv_heads=hkv, seq_q=seq_q, seq_k=seq_k, head_dim=d, dtype=dtype,
+                      causal=causal, mode=mode, params=tuple(sorted({**v.defaults, **sw.params}.items())))
+        for backend in sw.backends or tuple(v.backend_names()):
+            yield _decide(v, backend, raw, device)
+
+
+def _decide(v, backend: str, raw: Problem, device: torch.device) -> Case:
+    if raw.kv_heads < 0:
+        return Case(v.name, backend, replace(raw, kv_heads=0), "unsupported",
+                    f"kv_groups={-raw.kv_heads} does not divide heads={raw.heads}")
+    p = v.resolve(raw)
+    if backend not in v.backend_names(include_test=True):
+        return Case(v.name, backend, p, "unsupported", f"{v.name} has no backend '{backend}'")
+    b = v.backend(backend)
+    reason = v.supports(p)
+    if reason:
+        return Case(v.name, backend, p, "unsupported", reason)
+    reason = b.available(device)
+    if reason:
+        return Case(v.name, backend, p, "unavailable", reason)
+    reason = b.supports(p, device)
+    if reason:
+        return Case(v.name, backend, p, "unsupported", reason)
+    return Case(v.name, backend, p)

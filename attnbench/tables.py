@@ -1,0 +1,79 @@
+"""Rich tables for the terminal."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from . import registry
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def fmt_ms(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    return f"{ms:.3g}" if ms < 100 else f"{ms:,.0f}"
+
+
+def short_kernel(kernel: str | None) -> str:
+    """The dominant operator, without the aten:: prefix."""
+    return (kernel or "").split(",")[0].replace("aten::", "").strip()
+
+
+def fmt_len(n: int) -> str:
+    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+STATUS_STYLE = {"ok": "green", "skipped": "yellow", "unsupported": "dim", "unavailable": "dim",
+                "oom": "red", "timeout": "red", "error": "bold red"}
+
+
+def results_table(records: list[dict], title: str = "attnbench results") -> Table:
+    t = Table(title=title, header_style="bold", show_lines=False)
+    for col, just in (("variant", "left"), ("backend", "left"), ("mode", "left"), ("L q×k", "right"),
+                      ("H/Hkv", "right"), ("status", "left"), ("median ms", "right"), ("IQR %", "right"),
+                      ("peak mem", "right"), ("TFLOP/s", "right"), ("error", "right")):
+        t.add_column(col, justify=just, no_wrap=True)
+    t.add_column("kernel / reason", overflow="fold", min_width=20)
+    for r in records:
+        lat = r.get("latency_ms") or {}
+        med = lat.get("median")
+        iqr = f"{100 * lat['iqr'] / med:.0f}" if med else "-"
+        err = r.get("error") or {}
+        err_s = f"{err['rel_l2']:.1e}" if "rel_l2" in err else "-"
+        note = r.get("reason") or short_kernel(r.get("kernel"))
+        st = r["status"]
+        t.add_row(r["variant"], r["backend"], r["mode"], f"{fmt_len(r['seq_q'])}×{fmt_len(r['seq_k'])}",
+                  f"{r['heads']}/{r['kv_heads']}", f"[{STATUS_STYLE.get(st, '')}]{st}[/]", fmt_ms(med), iqr,
+                  fmt_bytes(r.get("peak_mem_bytes")), f"{r['tflops']:.3g}" if r.get("tflops") else "-",
+                  err_s, note[:120])
+    return t
+
+
+def variants_table(rows: list[dict]) -> Table:
+    t = Table(title="attnbench variants", header_style="bold")
+    for col in ("variant", "family", "time", "memory", "backends", "description"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        bs = "  ".join(b["name"] if b["available"] else f"[dim]{b['name']}✗[/]" for b in r["backends"])
+        t.add_row(r["name"], r["family"], r["complexity"]["time"], r["complexity"]["memory"], bs, r["description"])
+    return t
+
+
+def list_rows(device) -> list[dict]:
+    rows = []
+    for v in registry.all_variants():
+        rows.append({
+            "name": v.name, "family": v.family, "description": v.description,
+            "complexity": {"time": v.time, "memory": v.memory},
+            "backends": [{"name": b.name, "available": b.available(device) is None, "reason": b.available(device)}
+                         for b in v.backends if not b.test_only],
+        })
+    return rows

@@ -1,0 +1,3 @@
+"""Every variant family, imported explicitly: importing a module registers its variants."""
+
+from . import exact, flash  # noqa: F401

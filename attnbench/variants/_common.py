@@ -1,0 +1,187 @@
+"""Shared math and backend factories for the variant families.
+
+Shape legend: q (B, Hq, Lq, D); k, v (B, Hkv, Lk, D); scores (B, Hq, Lq, Lk).
+Causal masks are bottom-right aligned: query i sees key j iff j <= i + (Lk - Lq).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..problem import Problem
+from ..registry import Backend, Fn, Reason
+
+
+# ---------------------------------------------------------------- problem defaults
+def fill_defaults(problem: Problem, *, kv_heads: int | None = None, seq_k: int | None = None,
+                  causal: bool | None = None, **params) -> Problem:
+    """Fill the 'variant's choice' fields (kv_heads == 0, seq_k == 0) and default params."""
+    p = problem
+    if p.kv_heads == 0:
+        p = replace(p, kv_heads=kv_heads if kv_heads is not None else p.heads)
+    if p.seq_k == 0:
+        p = replace(p, seq_k=seq_k if seq_k is not None else p.seq_q)
+    if causal is not None:
+        p = replace(p, causal=causal)
+    missing = {k: v for k, v in params.items() if p.param(k) is None}
+    return p.with_params(**missing) if missing else p
+
+
+def check_heads(problem: Problem) -> Reason:
+    if problem.kv_heads < 1 or problem.heads % problem.kv_heads:
+        return f"kv_heads={problem.kv_heads} must divide heads={problem.heads}"
+    return None
+
+
+# ---------------------------------------------------------------- masks and math
+def causal_mask(lq: int, lk: int, device=None) -> torch.Tensor:
+    """(Lq, Lk) bool, True where query i may see key j (bottom-right aligned)."""
+    i = torch.arange(lq, device=device)[:, None]
+    j = torch.arange(lk, device=device)[None, :]
+    return j <= i + (lk - lq)
+
+
+def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, Hkv, L, D) -> (B, Hkv*groups, L, D), as naive GQA code does (a real copy)."""
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def softmax_attention(q, k, v, *, causal: bool = False, mask: torch.Tensor | None = None,
+                      bias: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+    """Textbook softmax(QKᵀ·scale + bias, masked)·V, materialising the (B, Hq, Lq, Lk) scores.
+
+    Rows with no visible key produce 0 (not NaN)."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, Hq, Lq, Lk)
+    if bias is not None:
+        scores = scores + bias
+    allowed = mask
+    if causal:
+        cm = causal_mask(q.shape[-2], k.shape[-2], q.device)
+        allowed = cm if allowed is None else allowed & cm
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0).to(q.dtype)
+    return torch.matmul(probs, v)
+
+
+def exact_reference(q, k, v, problem: Problem) -> torch.Tensor:
+    return softmax_attention(q, k, v, causal=problem.causal)
+
+
+# ---------------------------------------------------------------- cost models
+def attention_flops(problem: Problem, pairs: int | None = None) -> float:
+    """Forward FLOPs of exact attention: QKᵀ and PV are 2·D FLOPs per attended pair each,
+    so 4·B·Hq·pairs·D (softmax ignored, as FlashAttention and tritonbench count)."""
+    pairs = problem.attended_pairs() if pairs is None else pairs
+    return 4.0 * problem.batch * problem.heads * pairs * problem.head_dim
+
+
+def io_bytes(problem: Problem) -> float:
+    """Forward minimum bytes: read q, k, v once and write out once."""
+    q_or_o = problem.batch * problem.heads * problem.seq_q * problem.head_dim
+    kv = problem.batch * problem.kv_heads * problem.seq_k * problem.head_dim
+    return float((2 * q_or_o + 2 * kv) * problem.itemsize)
+
+
+def kv_cache_bytes(problem: Problem) -> float:
+    """Bytes of K and V a decode step must read: 2·B·Hkv·Lk·D·itemsize."""
+    return float(2 * problem.batch * problem.kv_heads * problem.seq_k * problem.head_dim * problem.itemsize)
+
+
+# ---------------------------------------------------------------- availability
+def needs_cuda(device: torch.device) -> Reason:
+    return None if device.type == "cuda" else "needs a CUDA device"
+
+
+def no_backward_on_cpu(what: str) -> Callable[[Problem, torch.device], Reason]:
+    def supports(problem: Problem, device: torch.device) -> Reason:
+        if problem.needs_grad and device.type == "cpu":
+            return f"{what} has no backward on CPU"
+        return None
+
+    return supports
+
+
+# ---------------------------------------------------------------- backend factories
+def eager_backend(math_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Problem], torch.Tensor],
+                  description: str = "materialised softmax(QKᵀ)V in plain PyTorch") -> Backend:
+    def build(problem: Problem, device: torch.device) -> Fn:
+        def eager(q, k, v):
+            return math_fn(q, k, v, problem)
+
+        return eager
+
+    return Backend("eager", build, description, materializes=True)
+
+
+SDPA_KERNELS = {
+    "sdpa": None,
+    "sdpa-math": "MATH",
+    "sdpa-flash": "FLASH_ATTENTION",
+    "sdpa-efficient": "EFFICIENT_ATTENTION",
+    "sdpa-cudnn": "CUDNN_ATTENTION",
+}
+
+
+def _sdpa_available(name: str) -> Callable[[torch.device], Reason]:
+    def available(device: torch.device) -> Reason:
+        if name in ("sdpa-efficient", "sdpa-cudnn") and device.type != "cuda":
+            return f"{name} exists only on CUDA devices"
+        if name == "sdpa-cudnn" and device.type == "cuda" and not torch.backends.cudnn.is_available():
+            return "cuDNN is not available"
+        return None
+
+    return available
+
+
+def sdpa_call(problem: Problem, *, mask: torch.Tensor | None = None):
+    """Keyword arguments of F.scaled_dot_product_attention for this problem (bottom-right causal)."""
+    kwargs: dict = {"enable_gqa": problem.groups > 1}
+    if mask is not None:
+        kwargs["attn_mask"] = mask
+    elif problem.causal and problem.seq_q == problem.seq_k:
+        kwargs["is_causal"] = True
+    elif problem.causal:
+        from torch.nn.attention.bias import causal_lower_right
+
+        kwargs["attn_mask"] = causal_lower_right(problem.seq_q, problem.seq_k)
+    return kwargs
+
+
+def sdpa_backends(mask_fn: Callable[[Problem, torch.device], torch.Tensor | None] | None = None,
+                  names: tuple[str, ...] = tuple(SDPA_KERNELS)) -> tuple[Backend, ...]:
+    """torch SDPA, free to choose its kernel (`sdpa`) or pinned to one (`sdpa-flash`, ...).
+
+    mask_fn builds an explicit (Lq, Lk) bool mask in setup (sparse patterns); None for plain."""
+    out = []
+    for name in names:
+        def build(problem: Problem, device: torch.device, _kernel=SDPA_KERNELS[name]) -> Fn:
+            mask = mask_fn(problem, device) if mask_fn else None
+            kwargs = sdpa_call(problem, mask=mask)
+            if _kernel is None:
+                def sdpa(q, k, v):
+                    return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+                return sdpa
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            pinned = getattr(SDPBackend, _kernel)
+
+            def sdpa_pinned(q, k, v):
+                with sdpa_kernel(pinned):
+                    return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+            return sdpa_pinned
+
+        desc = "torch scaled_dot_product_attention" + (f", pinned to {SDPA_KERNELS[name]}" if SDPA_KERNELS[name] else ", kernel chosen by torch")
+        out.append(Backend(name, build, desc, available=_sdpa_available(name),
+                           materializes=name == "sdpa-math" or mask_fn is not None))
+    return tuple(out)

@@ -1,0 +1,89 @@
+"""FlexAttention backends: a compiled ``flex_attention`` with a cached ``BlockMask``.
+
+Mask and score modifiers are small named closures (attention-gym style) that compose with
+:func:`and_masks`. The block mask is built in setup (``create_block_mask(..., _compile=True)``,
+so the dense L×L mask is never materialised) and reported as setup time, not as the call.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+
+from ..problem import Problem
+from ..registry import Backend, Fn, Reason
+
+MaskMod = Callable  # (b, h, q_idx, kv_idx) -> bool tensor
+ScoreMod = Callable  # (score, b, h, q_idx, kv_idx) -> score
+
+
+def causal_mod(problem: Problem) -> MaskMod:
+    offset = problem.seq_k - problem.seq_q
+
+    def causal(b, h, q_idx, kv_idx):
+        return kv_idx <= q_idx + offset  # bottom-right aligned
+
+    return causal
+
+
+def and_masks(*mods: MaskMod | None) -> MaskMod | None:
+    mods = tuple(m for m in mods if m is not None)
+    if not mods:
+        return None
+    if len(mods) == 1:
+        return mods[0]
+    from torch.nn.attention.flex_attention import and_masks as _and
+
+    return _and(*mods)
+
+
+@functools.cache
+def compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _flex_available(device: torch.device) -> Reason:
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except ImportError:
+        return "this torch has no FlexAttention (needs torch >= 2.5)"
+    return None
+
+
+def _flex_supports(problem: Problem, device: torch.device) -> Reason:
+    if problem.needs_grad and device.type == "cpu":
+        return "FlexAttention has no backward on CPU"
+    if problem.head_dim < 16 or problem.head_dim & (problem.head_dim - 1):
+        return f"FlexAttention needs a power-of-two head_dim >= 16 (got {problem.head_dim})"
+    return None
+
+
+def flex_backend(mask_mod: Callable[[Problem], MaskMod | None] | None = None,
+                 score_mod: Callable[[Problem, torch.device], ScoreMod | None] | None = None,
+                 description: str = "compiled FlexAttention with a cached BlockMask") -> Backend:
+    """mask_mod(problem) and score_mod(problem, device) return the modifiers for one problem;
+    the causal mask is added from problem.causal."""
+
+    def build(problem: Problem, device: torch.device) -> Fn:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        mod = and_masks(mask_mod(problem) if mask_mod else None,
+                        causal_mod(problem) if problem.causal else None)
+        block_mask = None
+        if mod is not None:
+            block_mask = create_block_mask(mod, B=None, H=None, Q_LEN=problem.seq_q,
+                                           KV_LEN=problem.seq_k, device=device, _compile=True)
+        smod = score_mod(problem, device) if score_mod else None
+        attend = compiled_flex()
+        gqa = problem.groups > 1
+
+        def flex(q, k, v):
+            return attend(q, k, v, score_mod=smod, block_mask=block_mask, enable_gqa=gqa)
+
+        return flex
+
+    return Backend("flex", build, description, available=_flex_available, supports=_flex_supports)

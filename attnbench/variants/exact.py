@@ -1,0 +1,72 @@
+"""Exact softmax attention: MHA, causal, cross, MQA and GQA (Vaswani et al. 2017;
+MQA: Shazeer 2019; GQA: Ainslie et al. 2023).
+
+    out = softmax(Q Kᵀ / √D [+ causal mask]) V        q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D)
+
+MQA shares one K/V head among all query heads; GQA shares each K/V head among G = Hq/Hkv
+query heads. The `eager` backend repeats K/V as naive code does; `sdpa` and `flex` read the
+shared heads directly (enable_gqa). In decode mode (Lq = 1) what grows is the KV cache read:
+2·B·Hkv·Lk·D·itemsize bytes, which is where MQA/GQA pay off.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..problem import Problem
+from ..registry import Reason, Variant, register
+from ._common import (attention_flops, check_heads, eager_backend, exact_reference, fill_defaults,
+                      io_bytes, sdpa_backends, softmax_attention)
+from ._flex import flex_backend
+
+
+def _backends():
+    return (eager_backend(lambda q, k, v, p: softmax_attention(q, k, v, causal=p.causal)),
+            *sdpa_backends(), flex_backend())
+
+
+def _exact(name: str, description: str, resolve: Callable[[Problem], Problem],
+           supports: Callable[[Problem], Reason] = check_heads, time: str = "O(L²)") -> Variant:
+    return register(Variant(
+        name=name, family="exact", description=description, time=time, memory="O(L²)",
+        reference=exact_reference, flops=attention_flops, bytes=io_bytes,
+        backends=_backends(), resolve=resolve, supports=supports))
+
+
+def _mha_supports(p: Problem) -> Reason:
+    if p.kv_heads != p.heads:
+        return f"mha needs kv_heads == heads (got {p.kv_heads} of {p.heads}); use gqa or mqa"
+    return None
+
+
+def _mqa_supports(p: Problem) -> Reason:
+    return None if p.kv_heads == 1 else f"mqa needs kv_heads == 1 (got {p.kv_heads}); use gqa"
+
+
+def _causal_supports(p: Problem) -> Reason:
+    return check_heads(p) or (None if p.causal else "the causal variant is always causal")
+
+
+def _cross_resolve(p: Problem) -> Problem:
+    # Cross attention: queries attend to another sequence; by default half as long as Lq
+    # (e.g. a decoder over an encoded prompt). --kv-seq sets Lk explicitly.
+    return fill_defaults(p, seq_k=max(1, p.seq_q // 2))
+
+
+def _gqa_resolve(p: Problem) -> Problem:
+    # default: 4 query heads per KV head (Llama-2/3 70B style), at least one KV head
+    return fill_defaults(p, kv_heads=max(1, p.heads // 4))
+
+
+def _gqa_supports(p: Problem) -> Reason:
+    return check_heads(p)
+
+
+MHA = _exact("mha", "multi-head attention, one K/V head per query head", fill_defaults, _mha_supports)
+CAUSAL = _exact("causal", "decoder self-attention with a bottom-right causal mask",
+                lambda p: fill_defaults(p, causal=True), _causal_supports, time="O(L²/2)")
+CROSS = _exact("cross", "cross attention, Lq != Lk (default Lk = Lq/2; set --kv-seq)", _cross_resolve)
+MQA = _exact("mqa", "multi-query attention, one K/V head shared by all query heads",
+             lambda p: fill_defaults(p, kv_heads=1), _mqa_supports)
+GQA = _exact("gqa", "grouped-query attention, G query heads share a K/V head (default G=4)",
+             _gqa_resolve, _gqa_supports)
