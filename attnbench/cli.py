@@ -129,7 +129,7 @@ def run(
 
 
 # Commands that live in modules of their own; each exposes register(app).
-_COMMAND_MODULES = ("cli_kernels", "cli_report", "cli_gate", "cli_tools")
+_COMMAND_MODULES = ("cli_kernels", "cli_report", "cli_gate", "cli_tools", "cli_profile", "cli_dist")
 
 
 def _add_subcommands() -> None:

@@ -60,6 +60,10 @@ class Variant:
     exact:     computes exact softmax attention of its own definition (error vs reference ~ 0);
                False for approximations whose reference is exact attention.
     full_attention_error: also report the error against full (unmasked) softmax attention.
+    make_inputs: (problem, device, seed) -> (q, k, v), when random normal inputs do not fit.
+    picture:   problem -> 2-D (Lq, Lk) tensor showing what is attended (0/1 mask or bias values),
+               for the pattern gallery and `attnbench show-pattern`.
+    modes:     the modes this variant can run; others become `unsupported`.
     """
 
     name: str
@@ -77,6 +81,8 @@ class Variant:
     full_attention_error: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)
     make_inputs: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+    picture: Callable[[Problem], torch.Tensor] | None = None
+    modes: tuple[str, ...] = ("fwd", "bwd", "fwd+bwd", "decode")
 
     def backend(self, name: str) -> Backend:
         for b in self.backends:

@@ -235,6 +235,9 @@ def _decide(v, backend: str, raw: Problem, device: torch.device) -> Case:
         return Case(v.name, backend, replace(raw, kv_heads=0), "unsupported",
                     f"kv_groups={-raw.kv_heads} does not divide heads={raw.heads}")
     p = v.resolve(raw)
+    if p.mode not in v.modes:
+        return Case(v.name, backend, p, "unsupported", f"{v.name} does not support mode {p.mode} "
+                    f"(supported: {', '.join(v.modes)})")
     if backend not in v.backend_names(include_test=True):
         return Case(v.name, backend, p, "unsupported", f"{v.name} has no backend '{backend}'")
     b = v.backend(backend)

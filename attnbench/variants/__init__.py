@@ -1,3 +1,10 @@
 """Every variant family, imported explicitly: importing a module registers its variants."""
 
+import os
+
 from . import exact, flash  # noqa: F401
+
+if os.environ.get("ATTNBENCH_TEST_BACKENDS") == "1":
+    from .testing import register_test_backends
+
+    register_test_backends()

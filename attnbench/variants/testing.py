@@ -1,0 +1,52 @@
+"""A fault-injection backend for attnbench's own tests; registered only when the environment
+variable ATTNBENCH_TEST_BACKENDS=1 (tests/conftest.py sets it) and never listed to users.
+
+Backend `fault` of variant `mha`, driven by the problem parameter `fault`:
+    none   torch SDPA, plus ATTNBENCH_TEST_DELAY_MS of busy-waiting per call (a slowed kernel)
+    oom    allocates far past the memory limit (raises an allocator error)
+    sleep  sleeps past any time budget
+    raise  raises RuntimeError
+    segv   kills its own process with SIGSEGV
+    kill   kills its own process with SIGKILL (as the kernel's OOM killer does)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ..problem import Problem
+from ..registry import Backend, Fn, add_backend
+
+FAULTS = ("none", "oom", "sleep", "raise", "segv", "kill")
+
+
+def _build(problem: Problem, device: torch.device) -> Fn:
+    fault = problem.param("fault", "none")
+    delay_s = float(os.environ.get("ATTNBENCH_TEST_DELAY_MS", "0")) / 1e3
+
+    def fault_fn(q, k, v):
+        if fault == "oom":
+            return torch.empty(1 << 50, dtype=torch.uint8, device=q.device)  # 1 PiB
+        if fault == "sleep":
+            time.sleep(3600)
+        if fault == "raise":
+            raise RuntimeError("injected failure")
+        if fault in ("segv", "kill"):
+            os.kill(os.getpid(), signal.SIGSEGV if fault == "segv" else signal.SIGKILL)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=problem.causal)
+        if delay_s:
+            end = time.perf_counter() + delay_s
+            while time.perf_counter() < end:
+                pass
+        return out
+
+    return fault_fn
+
+
+def register_test_backends() -> None:
+    add_backend("mha", Backend("fault", _build, "test-only fault injection", test_only=True))
