@@ -69,8 +69,10 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
     check_out(out, resume, force)
     cases = expand(sweeps, device)
     done: list[dict] = []
+    env = env_mod.capture(device)
     if resume and out.exists():
         header, done = results.read(out)
+        _check_same_env(out, header.get("env") or {}, env)
         ids = {r["case_id"] for r in done}
         cases = [c for c in cases if _case_id(c, device) not in ids]
         console.print(f"resuming {out}: {len(done)} cases recorded, {len(cases)} to run")
@@ -84,7 +86,7 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
     try:
         runnable = [c for c in cases if c.status is None]
         refs = worker.measure_refs(tuple(sorted({c.problem.dtype for c in runnable}))) if runnable else None
-        header = results.make_header(command or sys.argv, env_mod.capture(device), refs)
+        header = results.make_header(command or sys.argv, env, refs)
         with results.Writer(out, header, append=resume and out.exists()) as writer, _progress(console) as prog:
             task = prog.add_task("attnbench", total=len(cases))
             for case in cases:
@@ -97,6 +99,16 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
         signal.signal(signal.SIGINT, old)
         worker.close()
     return records, stop.requested
+
+
+def _check_same_env(out: Path, old: dict, new: dict) -> None:
+    """A resumed file must be finished on the environment it was started on."""
+    a, b = env_mod.fingerprint(old) | {"attnbench": old.get("attnbench")}, \
+        env_mod.fingerprint(new) | {"attnbench": new.get("attnbench")}
+    diff = [f"{k}: {a[k]} -> {b[k]}" for k in a if a[k] != b[k]]
+    if diff:
+        raise UsageError(f"cannot resume '{out}': it was measured on another environment ({'; '.join(diff)}); "
+                         f"use a new --out")
 
 
 def _case_id(case: Case, device: torch.device) -> str:

@@ -142,6 +142,22 @@ def run_case(case: Case, device: torch.device, policy: TimingPolicy, refs: dict 
     }
 
 
+def probe_case(case: Case, device: torch.device) -> dict:
+    """Does the case run, and how much memory does one call take? (No timing: the frontier
+    search only needs to know whether a length fits.)"""
+    variant = registry.get(case.variant)
+    p = case.problem
+    q, k, v = make_inputs(variant, p, device)
+    if p.needs_grad:
+        q, k, v = (t.requires_grad_(True) for t in (q, k, v))
+    t0 = time.perf_counter()
+    call = mode_call(variant.backend(case.backend).build(p, device), q, k, v, p)
+    call()  # first call: compilation and caches, outside the memory pass
+    peak = memory.peak_cuda(call) if device.type == "cuda" else memory.peak_cpu(call)
+    return {"status": "ok", "reason": None, "peak_mem_bytes": peak.bytes, "mem_source": peak.source,
+            "wall_s": time.perf_counter() - t0}
+
+
 def roofline_fraction(flops: float, nbytes: float, median_ms: float, dtype: str, refs: dict | None) -> float | None:
     """Achieved FLOP/s over min(in-run GEMM FLOP/s, intensity × in-run copy bandwidth)."""
     if not refs or not median_ms:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import re
 import signal
 import time
 import traceback
@@ -32,18 +33,37 @@ class RunConfig:
     device: torch.device
     time_budget: float = 30.0  # seconds per case, setup and measurement included
     threads: int | None = None
+    mem_limit: int | None = None  # bytes a case may allocate; enforced in the worker
     policy: TimingPolicy = TimingPolicy(min_samples=10, min_time=0.2, max_time=2.0, target_rel_iqr=0.1)
 
 
 # ---------------------------------------------------------------------------- worker side
-def _worker_main(conn, device: str, threads: int | None) -> None:
-    from .execute import run_case
+def limit_memory(device: torch.device, nbytes: int) -> None:
+    """Make allocations past `nbytes` fail in this process: RLIMIT_DATA above the current data
+    segment on the CPU (torch then raises "can't allocate memory"), the allocator's per-process
+    fraction on a GPU."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, nbytes / total), device)
+        return
+    import re
+    import resource
+
+    with open("/proc/self/status") as f:
+        data = int(re.search(r"^VmData:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
+    resource.setrlimit(resource.RLIMIT_DATA, (data + nbytes, resource.RLIM_INFINITY))
+
+
+def _worker_main(conn, device: str, threads: int | None, mem_limit: int | None = None) -> None:
+    from .execute import probe_case, run_case
     from .measure import refs as refs_mod, telemetry
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops between cases
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
+    if mem_limit:
+        limit_memory(dev, mem_limit)
     nvml = telemetry.Nvml() if dev.type == "cuda" else telemetry.Nvml.__new__(telemetry.Nvml)
     if dev.type != "cuda":
         nvml.handle, nvml.reason = None, "no CUDA device (CPU run)"
@@ -65,7 +85,10 @@ def _worker_main(conn, device: str, threads: int | None) -> None:
             continue
         case, policy = payload
         try:
-            conn.send(("record", run_case(case, dev, policy, refs, nvml)))
+            if kind == "probe":
+                conn.send(("record", probe_case(case, dev)))
+            else:
+                conn.send(("record", run_case(case, dev, policy, refs, nvml)))
         except BaseException as e:  # every failure becomes a record with its reason
             conn.send(("record", failure_fields(e)))
         finally:
@@ -88,6 +111,7 @@ def _is_oom(e: BaseException) -> bool:
 
 def _one_line(e: BaseException, limit: int = 300) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
+    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", text)  # torch's C++ prefix
     return text[:limit] + ("…" if len(text) > limit else "")
 
 
@@ -103,7 +127,7 @@ class Worker:
     def start(self) -> None:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, str(self.cfg.device), self.cfg.threads),
+        self.proc = ctx.Process(target=_worker_main, args=(child, str(self.cfg.device), self.cfg.threads, self.cfg.mem_limit),
                                 daemon=True)
         self.proc.start()
         child.close()
@@ -122,10 +146,11 @@ class Worker:
         if self.proc is None or not self.proc.is_alive():
             self.start()
 
-    def run(self, case: Case, timeout: float) -> dict:
+    def run(self, case: Case, timeout: float, kind: str = "case") -> dict:
+        """kind "case" measures everything; "probe" only runs a call and its peak memory."""
         self._ensure()
         policy = replace(self.cfg.policy, max_time=min(self.cfg.policy.max_time, max(0.1, self.cfg.time_budget / 4)))
-        self.conn.send(("case", (case, policy)))
+        self.conn.send((kind, (case, policy)))
         if not self.conn.poll(timeout):
             self.kill()
             return {"status": "timeout", "reason": f"no result within {timeout:.0f} s (time budget "

@@ -1,0 +1,111 @@
+"""Commands around a sweep: the memory frontier."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UsageError
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.I)
+
+
+def parse_size(text: str) -> int:
+    """'16GiB', '8G', '512MiB', '1.5GB' -> bytes (powers of 1024 for all suffixes)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise UsageError(f"bad size '{text}'; accepted: a number with K, M, G or T (e.g. 8GiB, 512MiB)")
+    power = "KMGT".find(m.group(2).upper()) + 1 if m.group(2) else 0
+    value = float(m.group(1)) * 1024**power
+    if value <= 0:
+        raise UsageError(f"bad size '{text}'; it must be positive")
+    return int(value)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def frontier(
+        variants: Annotated[str, typer.Option(help="Comma-separated variants.")] = "mha,flash",
+        budget: Annotated[str, typer.Option(help="Memory budget, e.g. 8GiB, 16G, 512MiB.")] = "8GiB",
+        backends: Annotated[Optional[str], typer.Option(help="Backends; default: every available one.")] = None,
+        axis: Annotated[str, typer.Option(help="The axis searched (only seq for now).")] = "seq",
+        start: Annotated[str, typer.Option(help="First length tried.")] = "1k",
+        max_seq: Annotated[str, typer.Option("--max-seq", help="Stop doubling here.")] = "1m",
+        batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+        heads: Annotated[int, typer.Option(help="Query heads.")] = 8,
+        head_dim: Annotated[int, typer.Option("--head-dim", help="Head dimension.")] = 64,
+        dtype: Annotated[str, typer.Option(help="float32 | float16 | bfloat16.")] = "float32",
+        causal: Annotated[bool, typer.Option("--causal/--no-causal", help="Causal mask.")] = False,
+        mode: Annotated[str, typer.Option(help="fwd | bwd | fwd+bwd | decode.")] = "fwd",
+        device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+        time_budget: Annotated[float, typer.Option("--time-budget", help="Seconds one call may take.")] = 60.0,
+        out: Annotated[Optional[Path], typer.Option(help="Also write the frontier as JSON here.")] = None,
+        json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    ) -> None:
+        """The longest sequence each variant/backend runs within a memory budget.
+
+        Doubling, then bisection; every probe runs in the isolated worker with the budget
+        enforced there, so an out-of-memory probe never kills the tool.
+
+        Examples:
+
+          attnbench frontier --variants mha,flash --budget 8GiB
+
+          attnbench frontier --variants gqa --backends eager,sdpa --budget 2GiB --mode fwd+bwd
+        """
+        from .bench import resolve_device
+        from .frontier import default_backends, find_frontier, frontier_rows
+        from .problem import MODES, Problem, parse_dtype
+        from .results import atomic_write_text
+        from .runner import RunConfig, Worker
+        from .sweep import make_sweep, parse_length
+
+        if axis != "seq":
+            raise UsageError(f"unknown --axis '{axis}'; accepted: seq")
+        if mode not in MODES:
+            raise UsageError(f"unknown mode '{mode}'; accepted: {', '.join(MODES)}")
+        if time_budget <= 0:
+            raise UsageError(f"--time-budget must be positive (got {time_budget:g})")
+        nbytes = parse_size(budget)
+        sw = make_sweep(variants=variants, batch=batch, heads=heads, head_dim=head_dim)
+        lo, hi = parse_length(start, "--start"), parse_length(max_seq, "--max-seq")
+        if out is not None and not out.parent.exists():
+            raise UsageError(f"cannot write '{out}': directory '{out.parent}' does not exist")
+        dev = resolve_device(device)
+        base = Problem(batch=batch, heads=heads, kv_heads=0, head_dim=head_dim, dtype=parse_dtype(dtype),
+                       causal=causal, mode=mode)
+        cfg = RunConfig(device=dev, time_budget=time_budget, mem_limit=nbytes)
+        worker = Worker(cfg)
+        err = Console(stderr=True)
+        found = []
+        try:
+            refs = worker.measure_refs((base.dtype,))
+            for v in sw.variants:
+                for b in (backends.split(",") if backends else default_backends(v, dev)):
+                    err.print(f"searching {v}/{b} ...")
+                    found.append(find_frontier(v, b.strip(), base, cfg, worker, nbytes, lo, hi, refs))
+        finally:
+            worker.close()
+        rows = frontier_rows(found)
+        doc = {"budget_bytes": nbytes, "device": dev.type, "problem": base.as_dict(), "frontier": rows}
+        if out is not None:
+            atomic_write_text(out, json.dumps(doc, indent=2))
+        if json_out:
+            print(json.dumps(doc, indent=2))
+            return
+        Console().print(_table(rows, budget, dev.type))
+
+    def _table(rows: list[dict], budget: str, device: str) -> Table:
+        t = Table(title=f"memory frontier within {budget} on {device}", header_style="bold")
+        for c in ("variant", "backend", "largest L that ran", "first L that failed", "limit", "reason"):
+            t.add_column(c, overflow="fold")
+        for r in rows:
+            t.add_row(r["variant"], r["backend"], str(r["largest_ok"] or "-"), str(r["first_failed"] or "-"),
+                      r["limit"], (r["reason"] or "")[:100])
+        return t
