@@ -69,6 +69,8 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
     check_out(out, resume, force)
     cases = expand(sweeps, device)
     done: list[dict] = []
+    if threads:
+        torch.set_num_threads(threads)
     env = env_mod.capture(device)
     if resume and out.exists():
         header, done = results.read(out)
@@ -76,8 +78,6 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
         ids = {r["case_id"] for r in done}
         cases = [c for c in cases if _case_id(c, device) not in ids]
         console.print(f"resuming {out}: {len(done)} cases recorded, {len(cases)} to run")
-    if threads:
-        torch.set_num_threads(threads)
     cfg = RunConfig(device=device, time_budget=time_budget, threads=threads)
     worker = Worker(cfg)
     records: list[dict] = list(done)

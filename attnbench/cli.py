@@ -124,7 +124,7 @@ def run(
         out_console.print(results_table(records, title=f"attnbench on {dev.type} → {out}"))
     if interrupted:
         err_console.print(f"interrupted: {len(records)} records kept in {out}; resume with the same "
-                          f"command plus --out {out} --resume")
+                          f"command plus --out {out} --resume", soft_wrap=True)
         raise typer.Exit(130)
 
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     from .results import ResultsError
 
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)  # a typer.Exit inside returns its code here
     except (UsageError, ResultsError) as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return 2
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
             return 2 if e.exit_code == 2 else e.exit_code
         raise
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,448 @@
+"""Scaling analysis of results: fitted exponents, crossovers, frontiers, speedups.
+
+A *series* is one variant/backend at fixed other axes (device, mode, dtype, B, Hq, Hkv, D, causal,
+params) over the swept length L (seq_q; seq_k, the KV-cache length, in decode mode).
+
+- Exponent: least squares of log(y) on log(L) (y = median latency or peak memory), with a 95 %
+  confidence interval from Student's t (n − 2 degrees of freedom, quantiles from a table), next
+  to the exponent the registry's complexity claim implies ("O(L²)" → 2, "O(L·w)" → 1,
+  "O(L·√L)" → 1.5, "O(L log L)" → 1 plus the local slope of log L over the measured range).
+  Verdict: "agrees" when the claim lies inside the CI widened by ±TOLERANCE, else "differs".
+- Crossover: the L where curve A passes curve B, interpolated linearly in log-log space.
+- Frontier: the longest L that ran, and the status and reason of the next one that did not.
+
+Honest limits: a power law is a model; at small L fixed overheads (launches, allocation, Python)
+flatten the curves, so a fit over short lengths undershoots the asymptotic exponent. The slope
+over the two longest lengths (`tail`) is reported next to the fit to show it. Noise on a shared
+CPU widens the interval; two points give an exponent and no interval. In decode mode (one query)
+the claim for a full forward is lowered by one power of L for time, and memory is not judged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+TOLERANCE = 0.25  # exponent units added to each side of the CI before judging a claim
+SERIES_KEYS = ("variant", "backend", "device", "mode", "dtype", "batch", "heads", "kv_heads",
+               "head_dim", "causal", "params")
+SCENARIO_KEYS = ("device", "mode", "dtype", "batch", "heads", "head_dim", "causal")
+FAILED = ("oom", "timeout", "error", "skipped")  # statuses that end a frontier
+
+# two-sided 95 % Student t quantiles t(0.975, df); between entries interpolated in 1/df
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+         10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110,
+         18: 2.101, 19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def t975(df: int) -> float:
+    """The 97.5 % quantile of Student's t with `df` degrees of freedom (1.960 as df → ∞)."""
+    if df < 1:
+        raise ValueError("t quantile needs at least one degree of freedom")
+    if df in _T975:
+        return _T975[df]
+    keys = sorted(_T975)
+    if df > keys[-1]:
+        lo, hi, t_lo, t_hi = 1 / keys[-1], 0.0, _T975[keys[-1]], 1.960
+    else:
+        a = max(k for k in keys if k < df)
+        b = min(k for k in keys if k > df)
+        lo, hi, t_lo, t_hi = 1 / a, 1 / b, _T975[a], _T975[b]
+    w = (1 / df - hi) / (lo - hi)
+    return t_hi + w * (t_lo - t_hi)
+
+
+# ---------------------------------------------------------------- complexity claims
+@dataclass(frozen=True)
+class Claim:
+    """The growth in L a complexity string implies: L**power · (log L)**log_power."""
+
+    text: str
+    power: float
+    log_power: int = 0
+
+    def band(self, l_min: float, l_max: float) -> tuple[float, float]:
+        """Exponents a fit over [l_min, l_max] may show: (log L)^k adds its secant slope there."""
+        if not self.log_power or l_max <= l_min or l_min <= 1:
+            return self.power, self.power
+        extra = self.log_power * (math.log(math.log(l_max)) - math.log(math.log(l_min))) \
+            / (math.log(l_max) - math.log(l_min))
+        return self.power, self.power + extra
+
+    def short(self) -> str:
+        return f"{self.power:g}" + (f" (+log{'' if self.log_power == 1 else self.log_power})" if self.log_power else "")
+
+
+_SUPER = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
+_LOG = re.compile(r"log\s*₂?\s*(\(\s*L[qk]?\s*\)|L[qk]?)(?![A-Za-z_])")
+_SQRT = re.compile(r"(√|sqrt)\s*(\(\s*L[qk]?\s*\)|L[qk]?)(?![A-Za-z_])")
+_POW = re.compile(r"L[qk]?(?![A-Za-z_])\s*(?:\^\s*\(?\s*([0-9.]+)\s*\)?|([0-9]+))?")
+
+
+def parse_claim(text: str | None) -> Claim | None:
+    """'O(L²)' -> 2; 'O(L·w)' -> 1; 'O(L·√L)' -> 1.5; 'O(L log L)' -> 1 + log. Symbols other than
+    L (Lq, Lk) are constants; of a sum the fastest-growing term wins. None: no claim in L."""
+    if not text:
+        return None
+    m = re.fullmatch(r"\s*O\((.*)\)\s*", text.strip())
+    if not m:
+        return None
+    body = m.group(1).translate(_SUPER)
+    best: tuple[float, int] | None = None
+    for term in _top_level_terms(body):
+        num, _, den = term.partition("/")
+        p_num, k_num = _term_power(num)
+        p_den, k_den = _term_power(den)
+        cand = (p_num - p_den, k_num - k_den)
+        best = cand if best is None or cand > best else best
+    return Claim(text, float(best[0]), best[1]) if best else None
+
+
+def _top_level_terms(body: str) -> list[str]:
+    terms, depth, cur = [], 0, ""
+    for ch in body:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "+" and depth == 0:
+            terms.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [t for t in terms + [cur] if t.strip()]
+
+
+def _term_power(term: str) -> tuple[float, int]:
+    logs = len(_LOG.findall(term))
+    term = _LOG.sub(" ", term)
+    power = 0.5 * len(_SQRT.findall(term))
+    term = _SQRT.sub(" ", term)
+    for m in _POW.finditer(term):
+        power += float(m.group(1) or m.group(2) or 1)
+    return power, logs
+
+
+# ---------------------------------------------------------------- fits
+@dataclass(frozen=True)
+class Fit:
+    """y ≈ c·L**exponent by least squares in log-log; CI at 95 % (nan with fewer than 3 points)."""
+
+    exponent: float
+    ci_low: float
+    ci_high: float
+    n: int
+    l_min: int
+    l_max: int
+    tail: float | None  # slope between the two longest lengths
+
+    def text(self) -> str:
+        if math.isnan(self.ci_low):
+            return f"{self.exponent:.2f}"
+        return f"{self.exponent:.2f} [{self.ci_low:.2f}, {self.ci_high:.2f}]"
+
+
+def fit_exponent(lengths, values) -> Fit | None:
+    """Fit log(values) = a + b·log(lengths); None with fewer than two positive points."""
+    L = np.asarray(lengths, dtype=float)
+    y = np.asarray(values, dtype=float)
+    keep = np.isfinite(L) & np.isfinite(y) & (L > 0) & (y > 0)
+    L, y = L[keep], y[keep]
+    order = np.argsort(L)
+    L, y = L[order], y[order]
+    if len(np.unique(L)) < 2:
+        return None
+    x, z = np.log(L), np.log(y)
+    sxx = float(np.sum((x - x.mean()) ** 2))
+    slope = float(np.sum((x - x.mean()) * (z - z.mean())) / sxx)
+    n = len(x)
+    if n >= 3:
+        resid = z - (z.mean() + slope * (x - x.mean()))
+        se = math.sqrt(float(np.sum(resid ** 2)) / (n - 2) / sxx)
+        half = t975(n - 2) * se
+        lo, hi = slope - half, slope + half
+    else:
+        lo = hi = float("nan")
+    tail = float((z[-1] - z[-2]) / (x[-1] - x[-2])) if x[-1] > x[-2] else None
+    return Fit(slope, lo, hi, n, int(L[0]), int(L[-1]), tail)
+
+
+def verdict(fit: Fit | None, claim: Claim | None, tol: float = TOLERANCE) -> tuple[str, str]:
+    """(verdict, note): 'agrees' / 'differs: flatter|steeper than ...' / 'no claim' / 'no fit'."""
+    if fit is None:
+        return "no fit", "fewer than two lengths with data"
+    if claim is None:
+        return "no claim", ""
+    lo_band, hi_band = claim.band(fit.l_min, fit.l_max)
+    point = math.isnan(fit.ci_low)
+    lo, hi = (fit.exponent, fit.exponent) if point else (fit.ci_low, fit.ci_high)
+    notes = ["2 points: no interval"] if point else []
+    if fit.tail is not None and fit.n >= 3 and fit.tail - fit.exponent > 0.2:
+        notes.append(f"steepens with L (last-pair slope {fit.tail:.2f}): fixed overheads flatten small L")
+    if lo - tol <= hi_band and hi + tol >= lo_band:
+        return "agrees", "; ".join(notes)
+    direction = "flatter" if hi + tol < lo_band else "steeper"
+    return f"differs: {direction} than {claim.text}", "; ".join(notes)
+
+
+def decode_claim(claim: Claim | None) -> Claim | None:
+    """A decode step runs one query row of the full forward: one power of L less (floor 0)."""
+    if claim is None:
+        return None
+    return Claim(f"{claim.text} per forward → L^{max(claim.power - 1, 0):g} per step",
+                 max(claim.power - 1, 0.0), claim.log_power)
+
+
+# ---------------------------------------------------------------- crossovers
+def crossover(la, ya, lb, yb, a: str = "A", b: str = "B", better: str = "faster") -> dict:
+    """Where A and B swap order, interpolated in log-log over their common range of L.
+
+    Returns {"points": [(L, winner after L), ...], "text": summary}."""
+    la, ya, lb, yb = (np.asarray(v, dtype=float) for v in (la, ya, lb, yb))
+    lo, hi = max(la.min(), lb.min()), min(la.max(), lb.max())
+    grid = np.unique(np.concatenate([la, lb]))
+    grid = grid[(grid >= lo) & (grid <= hi)]
+    if len(grid) < 2:
+        return {"points": [], "text": "no common range"}
+    x = np.log(grid)
+    d = np.interp(x, np.log(la), np.log(ya)) - np.interp(x, np.log(lb), np.log(yb))  # >0: A worse
+    points = []
+    for i in range(len(x) - 1):
+        if d[i] * d[i + 1] < 0 or (d[i] == 0 and i > 0 and d[i - 1] * d[i + 1] < 0):
+            t = d[i] / (d[i] - d[i + 1]) if d[i] != d[i + 1] else 0.0
+            points.append((float(math.exp(x[i] + t * (x[i + 1] - x[i]))), a if d[i + 1] < 0 else b))
+    span = f"{fmt_len(lo)}–{fmt_len(hi)}"
+    if not points:
+        who = a if np.mean(d) < 0 else b
+        return {"points": [], "text": f"none in {span} ({who} {better} throughout)"}
+    text = "; ".join(f"{w} {better} from L≈{fmt_len(L)}" for L, w in points)
+    return {"points": points, "text": text}
+
+
+def fmt_len(n: float) -> str:
+    n = float(n)
+    if n >= 1024 and abs(n / 1024 - round(n / 1024)) < 1e-9:
+        return f"{round(n / 1024)}k"
+    if n >= 1024:
+        return f"{n / 1024:.1f}k"
+    return f"{n:.0f}"
+
+
+# ---------------------------------------------------------------- series
+@dataclass(frozen=True)
+class Series:
+    """One variant/backend at fixed other axes; records sorted by L (every status)."""
+
+    key: tuple
+    records: tuple[dict, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.records[0]['variant']}:{self.records[0]['backend']}"
+
+    @property
+    def axes(self) -> dict[str, Any]:
+        return dict(zip(SERIES_KEYS, self.key))
+
+    def scenario(self) -> tuple:
+        return tuple(self.axes[k] for k in SCENARIO_KEYS)
+
+    def ok(self) -> list[dict]:
+        return [r for r in self.records if r["status"] == "ok"]
+
+    def xy(self, field: str) -> tuple[np.ndarray, np.ndarray]:
+        """(L, value) of ok records with a positive value; field is 'latency' or a record key."""
+        pts = [(length(r), _value(r, field)) for r in self.ok()]
+        pts = [(L, v) for L, v in pts if v is not None and v > 0]
+        return np.array([p[0] for p in pts], float), np.array([p[1] for p in pts], float)
+
+
+def length(r: dict) -> int:
+    """The swept length of a record: the KV-cache length in decode mode, else the query length."""
+    return int(r["seq_k"] if r["mode"] == "decode" else r["seq_q"])
+
+
+def _value(r: dict, field: str) -> float | None:
+    if field == "latency":
+        return (r.get("latency_ms") or {}).get("median")
+    return r.get(field)
+
+
+def series(records: list[dict]) -> list[Series]:
+    """Group records into series (pandas groupby on the fixed axes); duplicates keep the last."""
+    import pandas as pd
+
+    if not records:
+        return []
+    rows = [{**{k: r.get(k) for k in SERIES_KEYS}, "params": json.dumps(r.get("params") or {}, sort_keys=True),
+             "L": length(r), "seq_k": r["seq_k"], "i": i} for i, r in enumerate(records)]
+    df = pd.DataFrame(rows).drop_duplicates(subset=[*SERIES_KEYS, "L", "seq_k"], keep="last")
+    out = []
+    for key, g in df.groupby(list(SERIES_KEYS), sort=True, dropna=False):
+        sub = [g] if g["L"].is_unique else [s for _, s in g.groupby("seq_k")]  # cross with fixed Lk
+        for s in sub:
+            recs = tuple(records[i] for i in s.sort_values("L")["i"])
+            out.append(Series(tuple(key), recs))
+    return out
+
+
+def frontier(s: Series) -> dict[str, Any]:
+    """The longest L that ran and the first longer one that did not (status, reason)."""
+    ok = [length(r) for r in s.ok()]
+    largest = max(ok) if ok else None
+    after = [r for r in s.records if r["status"] in FAILED and (largest is None or length(r) > largest)]
+    nxt = after[0] if after else None
+    text = f"ok to {fmt_len(largest)}" if largest else "nothing ran"
+    if nxt:
+        text += f"; {nxt['status']} at {fmt_len(length(nxt))}"
+    else:
+        text += " (no failure in range)" if largest else ""
+    return {"largest_ok": largest, "next_status": nxt and nxt["status"],
+            "next_L": nxt and length(nxt), "next_reason": nxt and nxt.get("reason"), "text": text}
+
+
+# ---------------------------------------------------------------- tables
+def parse_baseline(text: str) -> str:
+    """'VARIANT:BACKEND' checked for shape (presence in the data is checked by the caller)."""
+    from .errors import UsageError
+
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        raise UsageError(f"bad baseline '{text}'; accepted: VARIANT:BACKEND, e.g. mha:eager")
+    return ":".join(p.strip() for p in parts)
+
+
+def baseline_of(s: Series, everything: list[Series], baseline: str) -> Series | None:
+    """The baseline series at s's scenario: same kv_heads and params if present, else the only one."""
+    same = [b for b in everything if b.name == baseline and b.scenario() == s.scenario()]
+    exact = [b for b in same if b.key == tuple(s.axes[k] if k not in ("variant", "backend") else b.axes[k]
+                                               for k in SERIES_KEYS)]
+    if exact:
+        return exact[0]
+    return same[0] if len(same) == 1 else None
+
+
+def ratio_at(s: Series, base: Series, field: str) -> tuple[float | None, int | None]:
+    """base/s of `field` at the longest length both measured (a speedup or a memory saving)."""
+    mine = dict(zip(*s.xy(field)))
+    theirs = dict(zip(*base.xy(field)))
+    common = sorted(set(mine) & set(theirs))
+    if not common:
+        return None, None
+    L = common[-1]
+    return float(theirs[L] / mine[L]), int(L)
+
+
+def _claims(variant: str):
+    from . import registry
+    from .errors import UsageError
+
+    try:
+        v = registry.get(variant)
+    except UsageError:
+        return "?", "?"
+    return v.time, v.memory
+
+
+def scaling_row(s: Series, everything: list[Series], baseline: str, tol: float = TOLERANCE) -> dict:
+    """One row of the scaling table: claims, fits with CI and verdicts, crossover, frontier, speed."""
+    time_text, mem_text = _claims(s.axes["variant"])
+    decode = s.axes["mode"] == "decode"
+    t_claim = decode_claim(parse_claim(time_text)) if decode else parse_claim(time_text)
+    m_claim = None if decode else parse_claim(mem_text)
+    t_fit, m_fit = fit_exponent(*s.xy("latency")), fit_exponent(*s.xy("peak_mem_bytes"))
+    t_verdict, t_note = verdict(t_fit, t_claim, tol)
+    m_verdict, m_note = verdict(m_fit, m_claim, tol) if not decode else ("n/a in decode", "")
+    base = baseline_of(s, everything, baseline)
+    cross = "-" if base is None or base is s else \
+        crossover(*s.xy("latency"), *base.xy("latency"), s.name, baseline)["text"]
+    speedup, at = ratio_at(s, base, "latency") if base is not None else (None, None)
+    saving, _ = ratio_at(s, base, "peak_mem_bytes") if base is not None else (None, None)
+    last = s.ok()[-1] if s.ok() else {}
+    fr = frontier(s)
+    return {
+        **{k: s.axes[k] for k in SERIES_KEYS}, "series": s.name,
+        "time_claim": time_text, "memory_claim": mem_text,
+        "time_expected": t_claim.short() if t_claim else "-", "memory_expected": m_claim.short() if m_claim else "-",
+        "n_time": t_fit.n if t_fit else 0, "l_min": t_fit.l_min if t_fit else None,
+        "l_max": t_fit.l_max if t_fit else None,
+        "time_exp": t_fit.exponent if t_fit else None, "time_ci_low": t_fit.ci_low if t_fit else None,
+        "time_ci_high": t_fit.ci_high if t_fit else None, "time_tail": t_fit.tail if t_fit else None,
+        "time_fit": t_fit.text() if t_fit else "-", "time_verdict": t_verdict, "time_note": t_note,
+        "n_mem": m_fit.n if m_fit else 0, "mem_exp": m_fit.exponent if m_fit else None,
+        "mem_ci_low": m_fit.ci_low if m_fit else None, "mem_ci_high": m_fit.ci_high if m_fit else None,
+        "mem_fit": m_fit.text() if m_fit else "-", "mem_verdict": m_verdict, "mem_note": m_note,
+        "baseline": baseline if base is not None else None, "crossover_vs_baseline": cross,
+        "speedup": speedup, "mem_saving": saving, "compared_at": at,
+        "largest_ok": fr["largest_ok"], "next_status": fr["next_status"], "next_L": fr["next_L"],
+        "next_reason": fr["next_reason"], "frontier": fr["text"],
+        "tflops": last.get("tflops"), "gbps": last.get("gbps"), "roofline_frac": last.get("roofline_frac"),
+    }
+
+
+def scaling_table(records: list[dict], baseline: str = "mha:eager", tol: float = TOLERANCE) -> list[dict]:
+    """One row per series with at least one ok record (see scaling_row)."""
+    everything = series(records)
+    return [scaling_row(s, everything, baseline, tol) for s in everything if s.ok()]
+
+
+def not_run(records: list[dict]) -> list[dict]:
+    """Series where nothing ran: variant, backend, status and reason (unsupported, unavailable, ...)."""
+    rows = []
+    for s in series(records):
+        if not s.ok():
+            r = s.records[0]
+            rows.append({"series": s.name, **{k: s.axes[k] for k in SCENARIO_KEYS}, "status": r["status"],
+                         "reason": r.get("reason"), "lengths": ", ".join(fmt_len(length(x)) for x in s.records)})
+    return rows
+
+
+def crossover_table(records: list[dict]) -> list[dict]:
+    """Every pair of series in the same scenario: where latency and peak memory swap order."""
+    everything = [s for s in series(records) if len(s.ok()) >= 2]
+    rows = []
+    for i, a in enumerate(everything):
+        for b in everything[i + 1:]:
+            if a.scenario() != b.scenario():
+                continue
+            lat = crossover(*a.xy("latency"), *b.xy("latency"), _tag(a), _tag(b))
+            mem = crossover(*a.xy("peak_mem_bytes"), *b.xy("peak_mem_bytes"), _tag(a), _tag(b), "smaller") \
+                if len(a.xy("peak_mem_bytes")[0]) > 1 and len(b.xy("peak_mem_bytes")[0]) > 1 else {"text": "-"}
+            rows.append({"a": _tag(a), "b": _tag(b), **dict(zip(SCENARIO_KEYS, a.scenario())),
+                         "latency": lat["text"], "memory": mem["text"],
+                         "latency_L": ", ".join(f"{L:.0f}" for L, _ in lat["points"])})
+    return rows
+
+
+def _tag(s: Series) -> str:
+    """The series name, plus Hkv and params when they are not the variant's only choice."""
+    a = s.axes
+    extra = f" Hkv={a['kv_heads']}" if a["kv_heads"] != a["heads"] else ""
+    params = json.loads(a["params"]) if isinstance(a["params"], str) else (a["params"] or {})
+    extra += "".join(f" {k}={v}" for k, v in params.items())
+    return s.name + extra
+
+
+def measurements(records: list[dict], baseline: str = "mha:eager") -> list[dict]:
+    """Every ok record with achieved throughput and its speedup/memory saving against the baseline."""
+    everything = series(records)
+    rows = []
+    for s in everything:
+        base = baseline_of(s, everything, baseline)
+        b_lat = dict(zip(*base.xy("latency"))) if base else {}
+        b_mem = dict(zip(*base.xy("peak_mem_bytes"))) if base else {}
+        for r in s.ok():
+            L, lat, mem = length(r), (r.get("latency_ms") or {}), r.get("peak_mem_bytes")
+            err = r.get("error") or {}
+            rows.append({"series": _tag(s), **{k: s.axes[k] for k in SCENARIO_KEYS}, "L": L,
+                         "seq_q": r["seq_q"], "seq_k": r["seq_k"], "kv_heads": r["kv_heads"],
+                         "latency_ms": lat.get("median"), "iqr_ms": lat.get("iqr"), "peak_mem_bytes": mem,
+                         "kv_cache_bytes": r.get("kv_cache_bytes"), "tflops": r.get("tflops"),
+                         "gbps": r.get("gbps"), "roofline_frac": r.get("roofline_frac"),
+                         "rel_l2": err.get("rel_l2"), "full_rel_l2": err.get("full_rel_l2"),
+                         "speedup": b_lat[L] / lat["median"] if L in b_lat and lat.get("median") else None,
+                         "mem_saving": b_mem[L] / mem if L in b_mem and mem else None})
+    return rows
