@@ -29,6 +29,11 @@ def parse_size(text: str) -> int:
 
 
 def register(app: typer.Typer) -> None:
+    register_frontier(app)
+    register_check(app)
+
+
+def register_frontier(app: typer.Typer) -> None:
     @app.command()
     def frontier(
         variants: Annotated[str, typer.Option(help="Comma-separated variants.")] = "mha,flash",
@@ -108,4 +113,61 @@ def register(app: typer.Typer) -> None:
         for r in rows:
             t.add_row(r["variant"], r["backend"], str(r["largest_ok"] or "-"), str(r["first_failed"] or "-"),
                       r["limit"], (r["reason"] or "")[:100])
+        return t
+
+
+def register_check(app: typer.Typer) -> None:
+    @app.command()
+    def check(
+        variants: Annotated[Optional[str], typer.Option(help="Comma-separated variants; default: all.")] = None,
+        backends: Annotated[Optional[str], typer.Option(help="Only these backends.")] = None,
+        dtype: Annotated[str, typer.Option(help="Comma-separated dtypes checked.")] = "float32,float16",
+        device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+        json_out: Annotated[bool, typer.Option("--json", help="Print JSON rows.")] = False,
+    ) -> None:
+        """Check every available backend against the fp32 oracle at small shapes (pass/fail).
+
+        On a CPU-only machine the Triton kernels are run under TRITON_INTERPRET=1.
+        Exit code 1 when a check fails.
+
+        Examples:
+
+          attnbench check --variants flash,gqa,bigbird
+
+          attnbench check --backends sdpa,flex --dtype float32
+        """
+        from dataclasses import asdict
+
+        from . import registry
+        from .bench import resolve_device
+        from .check import run_checks, triton_rows_interpreted
+        from .problem import parse_dtype
+
+        names = [s.strip() for s in variants.split(",") if s.strip()] if variants else registry.names()
+        for n in names:
+            registry.get(n)
+        dtypes = tuple(parse_dtype(d) for d in dtype.split(","))
+        only = [s.strip() for s in backends.split(",")] if backends else None
+        dev = resolve_device(device)
+        rows = run_checks(names, dev, only, dtypes)
+        wants_triton = only is None or "triton" in only
+        has_triton = any("triton" in registry.get(n).backend_names() for n in names)
+        if dev.type != "cuda" and wants_triton and has_triton:
+            rows += triton_rows_interpreted([n for n in names if "triton" in registry.get(n).backend_names()], dtypes)
+        if json_out:
+            print(json.dumps([asdict(r) for r in rows], indent=2))
+        else:
+            Console().print(_check_table(rows, dev.type))
+        if any(r.passed is False for r in rows):
+            raise typer.Exit(1)
+
+    def _check_table(rows, device: str) -> Table:
+        t = Table(title=f"attnbench check on {device}", header_style="bold")
+        for c in ("variant", "backend", "dtype", "shape", "rel L2", "max abs", "bound", "result"):
+            t.add_column(c, overflow="fold")
+        for r in rows:
+            res = {True: "[green]pass[/]", False: "[bold red]FAIL[/]", None: "[dim]skip[/]"}[r.passed]
+            fmt = lambda x: "-" if x is None else f"{x:.1e}"  # noqa: E731
+            t.add_row(r.variant, r.backend, r.dtype, r.shape, fmt(r.rel_l2), fmt(r.max_abs), fmt(r.bound),
+                      res + (f" {r.note}" if r.note else ""))
         return t

@@ -25,7 +25,7 @@ from .measure.timing import TimingPolicy
 from .results import case_id
 from .sweep import Case
 
-STARTUP_GRACE_S = 20.0  # worker start (imports) on top of the budget
+STARTUP_GRACE_S = 60.0  # worker start, setup and compilation on top of the budget
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,110 @@
+"""`attnbench check`: every available backend of the chosen variants against the fp32 oracle
+at small shapes, in fp32 and in a low precision, with the relative error rule
+
+    err(backend in dtype vs fp64 reference) <= 3 × err(reference run in dtype vs fp64) + atol
+
+(flash-attention's test style), so the tolerance follows the reference's own rounding error.
+On a machine without CUDA the Triton backend is checked under TRITON_INTERPRET=1 in a
+subprocess (the interpreter must be on before triton is imported).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+
+import torch
+
+from . import registry
+from .execute import make_inputs
+from .measure.accuracy import errors
+from .problem import Problem
+
+K_REL, ATOL = 3.0, 1e-5
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    variant: str
+    backend: str
+    dtype: str
+    shape: str
+    rel_l2: float | None
+    max_abs: float | None
+    bound: float | None
+    passed: bool | None  # None: not run
+    note: str = ""
+
+
+def check_problem(variant: registry.Variant, dtype: str, causal: bool) -> Problem:
+    raw = Problem(batch=1, heads=4, kv_heads=0, seq_q=256, seq_k=0, head_dim=32, dtype=dtype,
+                  causal=causal, params=tuple(sorted(variant.defaults.items())))
+    return variant.resolve(raw)
+
+
+def check_backend(variant: registry.Variant, backend: registry.Backend, p: Problem,
+                  device: torch.device) -> CheckRow:
+    shape = p.short()
+    why = variant.supports(p) or backend.supports(p, device)
+    if why:
+        return CheckRow(variant.name, backend.name, p.dtype, shape, None, None, None, None, why)
+    q, k, v = make_inputs(variant, p, device, seed=1)
+    with torch.no_grad():
+        out = backend.build(p, device)(q, k, v)
+        truth = variant.reference(q.double(), k.double(), v.double(), p)
+        err = errors(out, truth)
+        if p.dtype == "float32":
+            bound = max(ATOL, K_REL * errors(variant.reference(q.float(), k.float(), v.float(), p), truth)["max_abs"])
+        else:
+            low = variant.reference(q, k, v, p)
+            bound = K_REL * errors(low, truth)["max_abs"] + ATOL
+    return CheckRow(variant.name, backend.name, p.dtype, shape, err["rel_l2"], err["max_abs"], bound,
+                    err["max_abs"] <= bound)
+
+
+def run_checks(variants: list[str], device: torch.device, backends: list[str] | None = None,
+               dtypes: tuple[str, ...] = ("float32", "float16"), interpret_triton: bool = False) -> list[CheckRow]:
+    rows = []
+    for name in variants:
+        v = registry.get(name)
+        for b in v.backends:
+            if b.test_only or (backends and b.name not in backends):
+                continue
+            is_triton = b.name == "triton"
+            if is_triton and interpret_triton != (os.environ.get("TRITON_INTERPRET") == "1"):
+                continue  # checked in the interpreter subprocess (or not in it)
+            why = None if (is_triton and interpret_triton) else b.available(device)
+            for dtype in dtypes:
+                for causal in (False, True):
+                    p = check_problem(v, dtype, causal)
+                    if p.causal != causal:
+                        continue  # variants that fix causality: checked once
+                    if why:
+                        rows.append(CheckRow(name, b.name, dtype, p.short(), None, None, None, None, f"unavailable: {why}"))
+                        continue
+                    try:
+                        rows.append(check_backend(v, b, p, device))
+                    except Exception as e:  # a failing backend is a failed check with its reason
+                        rows.append(CheckRow(name, b.name, dtype, p.short(), None, None, None, False,
+                                             f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"))
+    return rows
+
+
+def triton_rows_interpreted(variants: list[str], dtypes: tuple[str, ...]) -> list[CheckRow]:
+    """The Triton backend's checks under the interpreter, in a subprocess."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "attnbench.check", ",".join(variants), ",".join(dtypes)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    if proc.returncode != 0:
+        tail = " ".join(proc.stderr.strip().splitlines()[-1:])
+        return [CheckRow("*", "triton", "-", "-", None, None, None, False, f"interpreter run failed: {tail}")]
+    return [CheckRow(**r) for r in json.loads(proc.stdout)]
+
+
+if __name__ == "__main__":  # the interpreter subprocess
+    names, dts = sys.argv[1].split(","), tuple(sys.argv[2].split(","))
+    found = run_checks(names, torch.device("cpu"), backends=["triton"], dtypes=dts, interpret_triton=True)
+    print(json.dumps([asdict(r) for r in found]))
