@@ -11,18 +11,49 @@ shared heads directly (enable_gqa). In decode mode (Lq = 1) what grows is the KV
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
+import torch
+
 from ..problem import Problem
-from ..registry import Reason, Variant, register
-from ._common import (attention_flops, check_heads, eager_backend, exact_reference, fill_defaults,
-                      io_bytes, sdpa_backends, softmax_attention)
+from ..registry import Backend, Fn, Reason, Variant, register
+from ._common import (attention_flops, causal_mask, check_heads, eager_backend, exact_reference,
+                      fill_defaults, io_bytes, sdpa_backends, softmax_attention)
 from ._flex import flex_backend
+
+
+def grouped_attention(q, k, v, problem: Problem) -> torch.Tensor:
+    """GQA without repeating K/V: the G query heads that share a KV head are stacked into one
+    (G·Lq)-row matrix, so each KV head's K and V are read once, by one matmul each.
+
+    Query head h uses KV head h // G (the repeat_interleave convention), so the contiguous
+    (B, Hq, Lq, D) tensor reshapes for free to (B, Hkv, G·Lq, D)."""
+    b, hq, lq, d = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    qg = q.reshape(b, hkv, (hq // hkv) * lq, d)  # (B, Hkv, G·Lq, D)
+    s = torch.matmul(qg, k.transpose(-2, -1)) * (1.0 / math.sqrt(d))  # (B, Hkv, G·Lq, Lk)
+    if problem.causal:
+        allowed = causal_mask(lq, lk, q.device).repeat(hq // hkv, 1)  # (G·Lq, Lk)
+        s = s.masked_fill(~allowed, float("-inf"))
+    p = torch.softmax(s, dim=-1, dtype=torch.float32).nan_to_num_(0.0).to(v.dtype)
+    return torch.matmul(p, v).reshape(b, hq, lq, d)  # (B, Hq, Lq, D)
+
+
+def _grouped_backend() -> Backend:
+    def build(problem: Problem, device: torch.device) -> Fn:
+        def grouped(q, k, v):
+            return grouped_attention(q, k, v, problem)
+
+        return grouped
+
+    return Backend("grouped", build, "query heads of a KV head in one matmul: K/V read once, never repeated",
+                   materializes=True)
 
 
 def _backends():
     return (eager_backend(lambda q, k, v, p: softmax_attention(q, k, v, causal=p.causal)),
-            *sdpa_backends(), flex_backend())
+            *sdpa_backends(), flex_backend(), _grouped_backend())
 
 
 def _exact(name: str, description: str, resolve: Callable[[Problem], Problem],

@@ -1,0 +1,1 @@
+"""Distributed attention and cluster execution."""
