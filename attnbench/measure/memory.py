@@ -10,7 +10,7 @@ GPU: synchronize, reset the allocator's peak statistics, run, peak minus baselin
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +25,7 @@ class Peak:
     bytes: int | None
     source: str  # "cuda-allocator" | "cpu-vmhwm" | "unavailable: <why>"
     device_used_bytes: int | None = None  # NVML device-wide `used` after the call (GPU)
+    output: object = field(default=None, repr=False, compare=False)  # what the call returned
 
 
 def _status_kib(field: str) -> int:
@@ -68,8 +69,7 @@ def peak_cpu(fn: Callable[[], object]) -> Peak:
     before = _status_kib("VmRSS")
     out = fn()
     peak = _status_kib("VmHWM")
-    del out
-    return Peak(max(0, peak - before) * 1024, "cpu-vmhwm")
+    return Peak(max(0, peak - before) * 1024, "cpu-vmhwm", output=out)
 
 
 def peak_cuda(fn: Callable[[], object], nvml_used: Callable[[], int | None] = lambda: None) -> Peak:
@@ -79,9 +79,7 @@ def peak_cuda(fn: Callable[[], object], nvml_used: Callable[[], int | None] = la
     out = fn()
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - base
-    used = nvml_used()
-    del out
-    return Peak(peak, "cuda-allocator", used)
+    return Peak(peak, "cuda-allocator", nvml_used(), output=out)
 
 
 def free_bytes(device: torch.device) -> int:

@@ -83,13 +83,14 @@ def time_cpu(fn: Callable[[], object], policy: TimingPolicy = TimingPolicy()) ->
     t0 = time.perf_counter_ns()
     fn()
     first = (time.perf_counter_ns() - t0) / 1e6
-    # warm up and size the block so one sample lasts >= min_block_time
+    # warm up (a first call longer than the warmup time is warmup enough) and size the block
+    # so one sample lasts >= min_block_time
     calls, spent_warm, t_start = 0, 0.0, time.perf_counter()
-    while spent_warm < policy.warmup_time or calls == 0:
+    while spent_warm < policy.warmup_time and first / 1e3 < policy.warmup_time:
         fn()
         calls += 1
         spent_warm = time.perf_counter() - t_start
-    per_call = spent_warm / calls
+    per_call = spent_warm / calls if calls else first / 1e3
     block = max(1, int(policy.min_block_time / max(per_call, 1e-9)))
     samples: list[float] = []
     spent = 0.0

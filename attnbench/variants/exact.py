@@ -36,7 +36,7 @@ def grouped_attention(q, k, v, problem: Problem) -> torch.Tensor:
     if problem.causal:
         allowed = causal_mask(lq, lk, q.device).repeat(hq // hkv, 1)  # (G·Lq, Lk)
         s = s.masked_fill(~allowed, float("-inf"))
-    p = torch.softmax(s, dim=-1, dtype=torch.float32).nan_to_num_(0.0).to(v.dtype)
+    p = torch.softmax(s, dim=-1, dtype=torch.float32).nan_to_num(0.0).to(v.dtype)
     return torch.matmul(p, v).reshape(b, hq, lq, d)  # (B, Hq, Lq, D)
 
 
