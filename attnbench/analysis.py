@@ -180,6 +180,8 @@ def verdict(fit: Fit | None, claim: Claim | None, tol: float = TOLERANCE) -> tup
     point = math.isnan(fit.ci_low)
     lo, hi = (fit.exponent, fit.exponent) if point else (fit.ci_low, fit.ci_high)
     notes = ["2 points: no interval"] if point else []
+    if not point and fit.ci_high - fit.ci_low > 1:
+        notes.append(f"weak: interval {fit.ci_high - fit.ci_low:.1f} wide ({fit.n} lengths; noise)")
     if fit.tail is not None and fit.n >= 3 and fit.tail - fit.exponent > 0.2:
         notes.append(f"steepens with L (last-pair slope {fit.tail:.2f}): fixed overheads flatten small L")
     if lo - tol <= hi_band and hi + tol >= lo_band:
@@ -247,6 +249,10 @@ class Series:
     def axes(self) -> dict[str, Any]:
         return dict(zip(SERIES_KEYS, self.key))
 
+    def params(self) -> dict[str, Any]:
+        p = self.axes["params"]
+        return json.loads(p) if isinstance(p, str) else dict(p or {})
+
     def scenario(self) -> tuple:
         return tuple(self.axes[k] for k in SCENARIO_KEYS)
 
@@ -285,7 +291,7 @@ def series(records: list[dict]) -> list[Series]:
         sub = [g] if g["L"].is_unique else [s for _, s in g.groupby("seq_k")]  # cross with fixed Lk
         for s in sub:
             recs = tuple(records[i] for i in s.sort_values("L")["i"])
-            out.append(Series(tuple(key), recs))
+            out.append(Series(tuple(k.item() if hasattr(k, "item") else k for k in key), recs))  # numpy -> python
     return out
 
 
@@ -299,7 +305,7 @@ def frontier(s: Series) -> dict[str, Any]:
     if nxt:
         text += f"; {nxt['status']} at {fmt_len(length(nxt))}"
     else:
-        text += " (no failure in range)" if largest else ""
+        text += ", none failed" if largest else ""
     return {"largest_ok": largest, "next_status": nxt and nxt["status"],
             "next_L": nxt and length(nxt), "next_reason": nxt and nxt.get("reason"), "text": text}
 
@@ -318,8 +324,7 @@ def parse_baseline(text: str) -> str:
 def baseline_of(s: Series, everything: list[Series], baseline: str) -> Series | None:
     """The baseline series at s's scenario: same kv_heads and params if present, else the only one."""
     same = [b for b in everything if b.name == baseline and b.scenario() == s.scenario()]
-    exact = [b for b in same if b.key == tuple(s.axes[k] if k not in ("variant", "backend") else b.axes[k]
-                                               for k in SERIES_KEYS)]
+    exact = [b for b in same if (b.axes["kv_heads"], b.axes["params"]) == (s.axes["kv_heads"], s.axes["params"])]
     if exact:
         return exact[0]
     return same[0] if len(same) == 1 else None
@@ -364,18 +369,20 @@ def scaling_row(s: Series, everything: list[Series], baseline: str, tol: float =
     last = s.ok()[-1] if s.ok() else {}
     fr = frontier(s)
     return {
-        **{k: s.axes[k] for k in SERIES_KEYS}, "series": s.name,
+        **{k: s.axes[k] for k in SERIES_KEYS}, "params": s.params(), "series": s.name,
         "time_claim": time_text, "memory_claim": mem_text,
         "time_expected": t_claim.short() if t_claim else "-", "memory_expected": m_claim.short() if m_claim else "-",
         "n_time": t_fit.n if t_fit else 0, "l_min": t_fit.l_min if t_fit else None,
         "l_max": t_fit.l_max if t_fit else None,
-        "time_exp": t_fit.exponent if t_fit else None, "time_ci_low": t_fit.ci_low if t_fit else None,
-        "time_ci_high": t_fit.ci_high if t_fit else None, "time_tail": t_fit.tail if t_fit else None,
+        "time_exp": t_fit.exponent if t_fit else None, "time_ci_low": _finite(t_fit.ci_low) if t_fit else None,
+        "time_ci_high": _finite(t_fit.ci_high) if t_fit else None, "time_tail": t_fit.tail if t_fit else None,
         "time_fit": t_fit.text() if t_fit else "-", "time_verdict": t_verdict, "time_note": t_note,
         "n_mem": m_fit.n if m_fit else 0, "mem_exp": m_fit.exponent if m_fit else None,
-        "mem_ci_low": m_fit.ci_low if m_fit else None, "mem_ci_high": m_fit.ci_high if m_fit else None,
+        "mem_ci_low": _finite(m_fit.ci_low) if m_fit else None,
+        "mem_ci_high": _finite(m_fit.ci_high) if m_fit else None,
         "mem_fit": m_fit.text() if m_fit else "-", "mem_verdict": m_verdict, "mem_note": m_note,
-        "baseline": baseline if base is not None else None, "crossover_vs_baseline": cross,
+        "baseline": baseline if base is not None else None, "is_baseline": base is s,
+        "crossover_vs_baseline": cross,
         "speedup": speedup, "mem_saving": saving, "compared_at": at,
         "largest_ok": fr["largest_ok"], "next_status": fr["next_status"], "next_L": fr["next_L"],
         "next_reason": fr["next_reason"], "frontier": fr["text"],
@@ -383,66 +390,11 @@ def scaling_row(s: Series, everything: list[Series], baseline: str, tol: float =
     }
 
 
+def _finite(x: float) -> float | None:
+    return None if x is None or math.isnan(x) else float(x)
+
+
 def scaling_table(records: list[dict], baseline: str = "mha:eager", tol: float = TOLERANCE) -> list[dict]:
     """One row per series with at least one ok record (see scaling_row)."""
     everything = series(records)
     return [scaling_row(s, everything, baseline, tol) for s in everything if s.ok()]
-
-
-def not_run(records: list[dict]) -> list[dict]:
-    """Series where nothing ran: variant, backend, status and reason (unsupported, unavailable, ...)."""
-    rows = []
-    for s in series(records):
-        if not s.ok():
-            r = s.records[0]
-            rows.append({"series": s.name, **{k: s.axes[k] for k in SCENARIO_KEYS}, "status": r["status"],
-                         "reason": r.get("reason"), "lengths": ", ".join(fmt_len(length(x)) for x in s.records)})
-    return rows
-
-
-def crossover_table(records: list[dict]) -> list[dict]:
-    """Every pair of series in the same scenario: where latency and peak memory swap order."""
-    everything = [s for s in series(records) if len(s.ok()) >= 2]
-    rows = []
-    for i, a in enumerate(everything):
-        for b in everything[i + 1:]:
-            if a.scenario() != b.scenario():
-                continue
-            lat = crossover(*a.xy("latency"), *b.xy("latency"), _tag(a), _tag(b))
-            mem = crossover(*a.xy("peak_mem_bytes"), *b.xy("peak_mem_bytes"), _tag(a), _tag(b), "smaller") \
-                if len(a.xy("peak_mem_bytes")[0]) > 1 and len(b.xy("peak_mem_bytes")[0]) > 1 else {"text": "-"}
-            rows.append({"a": _tag(a), "b": _tag(b), **dict(zip(SCENARIO_KEYS, a.scenario())),
-                         "latency": lat["text"], "memory": mem["text"],
-                         "latency_L": ", ".join(f"{L:.0f}" for L, _ in lat["points"])})
-    return rows
-
-
-def _tag(s: Series) -> str:
-    """The series name, plus Hkv and params when they are not the variant's only choice."""
-    a = s.axes
-    extra = f" Hkv={a['kv_heads']}" if a["kv_heads"] != a["heads"] else ""
-    params = json.loads(a["params"]) if isinstance(a["params"], str) else (a["params"] or {})
-    extra += "".join(f" {k}={v}" for k, v in params.items())
-    return s.name + extra
-
-
-def measurements(records: list[dict], baseline: str = "mha:eager") -> list[dict]:
-    """Every ok record with achieved throughput and its speedup/memory saving against the baseline."""
-    everything = series(records)
-    rows = []
-    for s in everything:
-        base = baseline_of(s, everything, baseline)
-        b_lat = dict(zip(*base.xy("latency"))) if base else {}
-        b_mem = dict(zip(*base.xy("peak_mem_bytes"))) if base else {}
-        for r in s.ok():
-            L, lat, mem = length(r), (r.get("latency_ms") or {}), r.get("peak_mem_bytes")
-            err = r.get("error") or {}
-            rows.append({"series": _tag(s), **{k: s.axes[k] for k in SCENARIO_KEYS}, "L": L,
-                         "seq_q": r["seq_q"], "seq_k": r["seq_k"], "kv_heads": r["kv_heads"],
-                         "latency_ms": lat.get("median"), "iqr_ms": lat.get("iqr"), "peak_mem_bytes": mem,
-                         "kv_cache_bytes": r.get("kv_cache_bytes"), "tflops": r.get("tflops"),
-                         "gbps": r.get("gbps"), "roofline_frac": r.get("roofline_frac"),
-                         "rel_l2": err.get("rel_l2"), "full_rel_l2": err.get("full_rel_l2"),
-                         "speedup": b_lat[L] / lat["median"] if L in b_lat and lat.get("median") else None,
-                         "mem_saving": b_mem[L] / mem if L in b_mem and mem else None})
-    return rows

@@ -63,7 +63,8 @@ class Interrupt:
 
 def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budget: float,
               threads: int | None, resume: bool = False, force: bool = False,
-              console: Console | None = None, command: list[str] | None = None) -> tuple[list[dict], bool]:
+              console: Console | None = None, command: list[str] | None = None,
+              profile_dir: Path | None = None) -> tuple[list[dict], bool]:
     """Run every case; returns (records of this file, interrupted)."""
     console = console or Console(stderr=True)
     check_out(out, resume, force)
@@ -78,7 +79,10 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
         ids = {r["case_id"] for r in done}
         cases = [c for c in cases if _case_id(c, device) not in ids]
         console.print(f"resuming {out}: {len(done)} cases recorded, {len(cases)} to run")
-    cfg = RunConfig(device=device, time_budget=time_budget, threads=threads)
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+    cfg = RunConfig(device=device, time_budget=time_budget, threads=threads,
+                    profile_dir=str(profile_dir) if profile_dir else None)
     worker = Worker(cfg)
     records: list[dict] = list(done)
     stop = Interrupt()

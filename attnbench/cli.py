@@ -20,7 +20,8 @@ app = typer.Typer(name="attnbench", no_args_is_help=False, add_completion=False,
                   help="Benchmark and profile attention mechanisms: latency, memory, FLOPs and error, "
                        "on a GPU or the CPU.\n\nExamples:\n\n  attnbench list\n\n  attnbench run\n\n"
                        "  attnbench run --variants mha,flash,gqa --seq 1k..16k\n\n  attnbench env")
-out_console = Console()
+# Piped output is not cut to 80 columns: tables stay readable in files and CI logs.
+out_console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
 # ---------------------------------------------------------------- shared options
@@ -82,6 +83,7 @@ def run(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (recorded); default: torch's.")] = None,
     resume: Annotated[bool, typer.Option(help="Skip cases already in --out and append the rest.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing --out.")] = False,
+    profile_dir: Annotated[Optional[Path], typer.Option("--profile-dir", help="Save a trace of one call per case as DIR/<case_id>.json.")] = None,
     json_out: Json = False,
 ) -> None:
     """Run a sweep; with no arguments, the quick suite on the best device.
@@ -100,6 +102,8 @@ def run(
 
     if time_budget <= 0:
         raise UsageError(f"--time-budget must be a positive number of seconds (got {time_budget:g})")
+    if profile_dir is not None and not profile_dir.parent.exists():
+        raise UsageError(f"--profile-dir '{profile_dir}': directory '{profile_dir.parent}' does not exist")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be at least 1 (got {threads})")
     axes = {"variants": variants, "backends": backends, "seq": seq, "kv_seq": kv_seq, "batch": batch,
@@ -117,7 +121,8 @@ def run(
     out = out or default_out()
     budget = float(meta.get("time_budget", time_budget)) if time_budget == 30.0 else time_budget
     records, interrupted = run_sweep(sweeps, dev, out, time_budget=budget, threads=threads, resume=resume,
-                                     force=force, console=err_console, command=["attnbench", *sys.argv[1:]])
+                                     force=force, console=err_console, command=["attnbench", *sys.argv[1:]],
+                                     profile_dir=profile_dir)
     if json_out:
         print(json.dumps(records, default=str))
     else:

@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -109,7 +110,7 @@ def compute_error(variant, problem: Problem, out: torch.Tensor, q, k, v) -> dict
 
 
 def run_case(case: Case, device: torch.device, policy: TimingPolicy, refs: dict | None,
-             nvml: telemetry.Nvml | None = None) -> dict:
+             nvml: telemetry.Nvml | None = None, profile_dir: str | None = None) -> dict:
     """Measure one runnable case; returns the measured fields of its record."""
     variant = registry.get(case.variant)
     backend = variant.backend(case.backend)
@@ -127,6 +128,10 @@ def run_case(case: Case, device: torch.device, policy: TimingPolicy, refs: dict 
     call = mode_call(fn, q, k, v, p)
     timing = time_call(call, device, policy)
     peak, kernel = measure_memory_and_kernel(call, device, nvml)
+    if profile_dir:
+        from .profiling import save_case_trace
+
+        save_case_trace(case, device, Path(profile_dir), call=call)
     error = compute_error(variant, p, peak.output, q, k, v) if p.mode in ("fwd", "decode") else None
     after = nvml.snapshot()
     stats = timing.stats

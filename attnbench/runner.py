@@ -35,6 +35,7 @@ class RunConfig:
     time_budget: float = 30.0  # seconds per case, setup and measurement included
     threads: int | None = None
     mem_limit: int | None = None  # bytes a case may allocate; enforced in the worker
+    profile_dir: str | None = None  # save a trace of one call per case here
     policy: TimingPolicy = TimingPolicy(min_samples=10, min_time=0.2, max_time=2.0, target_rel_iqr=0.1)
 
 
@@ -55,7 +56,8 @@ def limit_memory(device: torch.device, nbytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (data + nbytes, resource.RLIM_INFINITY))
 
 
-def _worker_main(conn, device: str, threads: int | None, mem_limit: int | None = None) -> None:
+def _worker_main(conn, device: str, threads: int | None, mem_limit: int | None = None,
+                 profile_dir: str | None = None) -> None:
     from .execute import probe_case, run_case
     from .measure import refs as refs_mod, telemetry
 
@@ -89,7 +91,7 @@ def _worker_main(conn, device: str, threads: int | None, mem_limit: int | None =
             if kind == "probe":
                 conn.send(("record", probe_case(case, dev)))
             else:
-                conn.send(("record", run_case(case, dev, policy, refs, nvml)))
+                conn.send(("record", run_case(case, dev, policy, refs, nvml, profile_dir)))
         except BaseException as e:  # every failure becomes a record with its reason
             conn.send(("record", failure_fields(e)))
         finally:
@@ -128,7 +130,8 @@ class Worker:
     def start(self) -> None:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, str(self.cfg.device), self.cfg.threads, self.cfg.mem_limit),
+        self.proc = ctx.Process(target=_worker_main, args=(child, str(self.cfg.device), self.cfg.threads, self.cfg.mem_limit,
+                                                                self.cfg.profile_dir),
                                 daemon=True)
         self.proc.start()
         child.close()

@@ -36,24 +36,25 @@ STATUS_STYLE = {"ok": "green", "skipped": "yellow", "unsupported": "dim", "unava
 
 
 def results_table(records: list[dict], title: str = "attnbench results") -> Table:
-    t = Table(title=title, header_style="bold", show_lines=False)
+    t = Table(title=title, header_style="bold", show_lines=False, pad_edge=False)
     for col, just in (("variant", "left"), ("backend", "left"), ("mode", "left"), ("L q×k", "right"),
-                      ("H/Hkv", "right"), ("status", "left"), ("median ms", "right"), ("IQR %", "right"),
-                      ("peak mem", "right"), ("TFLOP/s", "right"), ("error", "right")):
+                      ("H", "right"), ("status", "left"), ("ms", "right"), ("±%", "right"),
+                      ("mem", "right"), ("TF/s", "right"), ("err", "right")):
         t.add_column(col, justify=just, no_wrap=True)
-    t.add_column("kernel / reason", overflow="fold", min_width=20)
+    t.add_column("kernel / reason", overflow="fold", min_width=16, ratio=1)
     for r in records:
         lat = r.get("latency_ms") or {}
         med = lat.get("median")
         iqr = f"{100 * lat['iqr'] / med:.0f}" if med else "-"
         err = r.get("error") or {}
-        err_s = f"{err['rel_l2']:.1e}" if "rel_l2" in err else "-"
+        err_s = f"{err['rel_l2']:.0e}" if "rel_l2" in err else "-"
         note = r.get("reason") or short_kernel(r.get("kernel"))
         st = r["status"]
+        heads = f"{r['heads']}" if r["heads"] == r["kv_heads"] else f"{r['heads']}/{r['kv_heads']}"
         t.add_row(r["variant"], r["backend"], r["mode"], f"{fmt_len(r['seq_q'])}×{fmt_len(r['seq_k'])}",
-                  f"{r['heads']}/{r['kv_heads']}", f"[{STATUS_STYLE.get(st, '')}]{st}[/]", fmt_ms(med), iqr,
-                  fmt_bytes(r.get("peak_mem_bytes")), f"{r['tflops']:.3g}" if r.get("tflops") else "-",
-                  err_s, note[:120])
+                  heads, f"[{STATUS_STYLE.get(st, '')}]{st}[/]", fmt_ms(med), iqr,
+                  fmt_bytes(r.get("peak_mem_bytes")), f"{r['tflops']:.2g}" if r.get("tflops") else "-",
+                  err_s, note[:160])
     return t
 
 

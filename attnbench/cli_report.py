@@ -1,0 +1,85 @@
+"""Commands that read results: `report` (Markdown + HTML + charts + CSV), `show` (tables in the
+terminal) and `show-pattern` (one variant's attention pattern)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import UsageError
+
+Results = Annotated[list[Path], typer.Argument(help="Results files (.jsonl) written by `attnbench run`.",
+                                               show_default=False)]
+Baseline = Annotated[Optional[str], typer.Option(
+    help="VARIANT:BACKEND for speedups and crossovers (default mha:eager).")]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def report(results: Results, out: Annotated[Path, typer.Option(help="Output directory (created).")],
+               baseline: Baseline = None) -> None:
+        """Write report.md, a self-contained report.html, charts (PNG, SVG) and tables (CSV).
+
+        Examples:
+
+          attnbench report results/run.jsonl --out reports/run
+
+          attnbench report a.jsonl b.jsonl --out reports/ab --baseline mha:sdpa
+        """
+        from .report.build import build_report
+
+        written = build_report(results, out, baseline)
+        Console(stderr=True).print(f"wrote {len(written)} files; open {out / 'report.html'}")
+
+    @app.command()
+    def show(results: Results, baseline: Baseline = None) -> None:
+        """Print the report's tables (scaling, measurements, crossovers) without writing files.
+
+        Examples:
+
+          attnbench show results/run.jsonl
+
+          attnbench show a.jsonl b.jsonl --baseline flash:sdpa-flash
+        """
+        from .report.build import check_baseline, load
+        from .report.terminal import show as show_tables
+
+        _, records = load(results)
+        base, note = check_baseline(records, baseline)
+        console = Console()
+        if note:
+            console.print(note)
+        show_tables(records, console, base)
+
+    @app.command("show-pattern")
+    def show_pattern(
+        variant: Annotated[str, typer.Argument(help="A variant with a pattern picture (see `attnbench list`).")],
+        seq: Annotated[int, typer.Option(help="Sequence length (a square number for vision variants).")] = 256,
+        out: Annotated[Optional[Path], typer.Option(
+            help="Write a PNG (and an SVG beside it) instead of printing.")] = None,
+    ) -> None:
+        """Render what one variant attends: a mask in two colours, or a bias with a colour map.
+
+        Examples:
+
+          attnbench show-pattern sliding_window --seq 64
+
+          attnbench show-pattern alibi --seq 256 --out alibi.png
+        """
+        from .report.gallery import picture, render, text_picture
+
+        t, p = picture(variant, seq)
+        if out is None:
+            console = Console()
+            console.print(text_picture(t, color=console.color_system is not None))
+            return
+        if out.suffix.lower() != ".png":
+            raise UsageError(f"--out '{out}' must end in .png")
+        if not out.parent.exists():
+            raise UsageError(f"cannot write '{out}': directory '{out.parent}' does not exist")
+        extra = ", ".join(f"{k}={v}" for k, v in p.params)
+        render(t, f"{variant} at L={seq}" + (f"\n{extra}" if extra else ""), out.parent, out.stem)
+        Console(stderr=True).print(f"wrote {out} and {out.with_suffix('.svg')}")

@@ -1,0 +1,224 @@
+"""Launch a measured ring case on P ranks and turn it into the fields of a results record.
+
+`run_ring_case` spawns the ranks with multiprocessing ("spawn"; gloo over tcp://127.0.0.1 on a
+free port, or nccl with one GPU per rank) — or, when already under torchrun (RANK and
+WORLD_SIZE set), runs this process's rank with init_method env://. A rank that crashes, runs out
+of memory or exceeds the time limit becomes a record with its reason, like the runner's worker.
+It measures one rank too (world_size 1, same threads per rank) so the record carries the strong
+scaling efficiency T1 / (P·T_P).
+
+Limits: ranks cannot be spawned from a daemonic process (the runner's worker is one), so call
+this from the parent process; under torchrun no one-rank baseline is measured.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+
+import torch
+
+from ..measure import flops as fl
+from ..measure.timing import Stats, TimingPolicy
+from ..problem import Problem
+from ..variants._common import attention_flops, io_bytes, kv_cache_bytes
+from .rank import RankSpec, run_rank
+from . import variant as _variant  # noqa: F401  (registers `ring`)
+
+DEFAULT_POLICY = TimingPolicy(min_samples=5, min_time=0.2, max_time=2.0, target_rel_iqr=0.1)
+START_GRACE_S = 30.0  # imports and process-group setup on top of the budget
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it; a tiny race remains until bound)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def under_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def default_threads(world: int) -> int:
+    return max(1, len(os.sched_getaffinity(0)) // world)
+
+
+def _rank_device(comm: str, local_rank: int) -> torch.device:
+    if comm == "nccl":
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _rank_entry(rank: int, spec: RankSpec, err_dir: str) -> None:
+    """Body of a spawned rank: failures are written as a record's status/reason, then exit 1."""
+    import torch.distributed as dist
+
+    from ..runner import failure_fields
+
+    try:
+        device = _rank_device(spec.comm, rank)
+        dist.init_process_group(spec.comm, init_method=spec.init_method, rank=rank, world_size=spec.world)
+        result = run_rank(rank, spec, device)
+        if result is not None:
+            with open(spec.result_path, "w", encoding="utf-8") as f:
+                json.dump(result, f)
+        dist.destroy_process_group()
+    except BaseException as e:  # the parent turns this into the record's status and reason
+        with open(os.path.join(err_dir, f"rank{rank}.json"), "w", encoding="utf-8") as f:
+            json.dump(failure_fields(e), f)
+        os._exit(1)  # do not wait for peers stuck in a collective
+
+
+def spawn_ranks(spec: RankSpec, timeout: float) -> dict:
+    """Run the ranks as spawned processes; rank 0's result, or {"status", "reason"}."""
+    if mp.current_process().daemon:
+        return {"status": "error", "reason": "ring ranks cannot be spawned from a daemonic process (the "
+                "runner's worker); call attnbench.distributed.launch.run_ring_case from the parent"}
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="attnbench-ring-") as tmp:
+        spec = replace(spec, init_method=f"tcp://127.0.0.1:{free_port()}", result_path=os.path.join(tmp, "result.json"))
+        procs = [ctx.Process(target=_rank_entry, args=(r, spec, tmp)) for r in range(spec.world)]
+        for p in procs:
+            p.start()
+        failure = _wait(procs, timeout, tmp)
+        if failure:
+            return failure
+        with open(spec.result_path, encoding="utf-8") as f:
+            return json.load(f)
+
+
+def _wait(procs, timeout: float, tmp: str) -> dict | None:
+    """Join the ranks; on the first failure or the deadline kill the rest. None when all ok."""
+    deadline = time.monotonic() + timeout
+    failure = None
+    while failure is None:
+        codes = [p.exitcode for p in procs]
+        if all(c == 0 for c in codes):
+            break
+        bad = next((r for r, c in enumerate(codes) if c not in (None, 0)), None)
+        if bad is not None:
+            failure = _rank_failure(bad, codes[bad], tmp)
+        elif time.monotonic() > deadline:
+            failure = {"status": "timeout", "reason": f"the ring did not finish within {timeout:.0f} s; "
+                       "its ranks were killed"}
+        else:
+            time.sleep(0.05)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+        p.join(5)
+    return failure
+
+
+def _rank_failure(rank: int, code: int, tmp: str) -> dict:
+    path = os.path.join(tmp, f"rank{rank}.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            fields = json.load(f)
+        return {"status": fields["status"], "reason": f"rank {rank}: {fields['reason']}"}
+    if code < 0 and -code == signal.SIGKILL:
+        return {"status": "oom", "reason": f"rank {rank} was killed by SIGKILL, most likely by the "
+                "kernel's out-of-memory killer"}
+    if code < 0:
+        return {"status": "error", "reason": f"rank {rank} crashed with {signal.Signals(-code).name}"}
+    return {"status": "error", "reason": f"rank {rank} exited with code {code}"}
+
+
+def run_torchrun_rank(spec: RankSpec) -> dict | None:
+    """This process's rank under torchrun (env:// init); rank 0 returns the result."""
+    import torch.distributed as dist
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+    device = _rank_device(spec.comm, local)
+    if not dist.is_initialized():
+        dist.init_process_group(spec.comm, init_method="env://")
+    return run_rank(rank, spec, device)
+
+
+def run_ring_case(problem: Problem, world_size: int, *, comm: str | None = None, device: str = "cpu",
+                  block: str = "sdpa", layout: str = "zigzag", policy: TimingPolicy = DEFAULT_POLICY,
+                  threads: int | None = None, baseline: bool = True, check_error: bool = True,
+                  timeout: float = 600.0) -> dict | None:
+    """Measure ring attention for `problem` on `world_size` ranks; the record fields.
+
+    comm: "gloo" (CPU) or "nccl" (one GPU per rank); default by device. Returns None on the
+    non-zero ranks under torchrun."""
+    comm = comm or ("nccl" if device == "cuda" else "gloo")
+    threads = threads or (default_threads(world_size) if comm == "gloo" else None)
+    spec = RankSpec(problem=problem.as_dict(), world=world_size, comm=comm, block=block, layout=layout,
+                    policy=policy, threads=threads, check_error=check_error)
+    if under_torchrun():
+        if int(os.environ["WORLD_SIZE"]) != world_size:
+            raise ValueError(f"world_size={world_size} but torchrun started {os.environ['WORLD_SIZE']} ranks")
+        res = run_torchrun_rank(spec)
+        return None if res is None else record_fields(problem, spec, res, None, "torchrun")
+    base = None
+    if baseline and world_size > 1:
+        base = spawn_ranks(replace(spec, world=1, check_error=False), timeout + START_GRACE_S)
+    res = spawn_ranks(spec, timeout + START_GRACE_S)
+    if "status" in res:
+        return res
+    return record_fields(problem, spec, res, base, "spawn")
+
+
+def record_fields(p: Problem, spec: RankSpec, res: dict, base: dict | None, how: str) -> dict:
+    """Rank 0's result (and the one-rank baseline) as the fields of a results record."""
+    stats = Stats.of(res["samples_ms"])
+    ranks = sorted(res["ranks"], key=lambda r: r["rank"])
+    med = lambda r, key: statistics.median(it[key] for it in r["per_iter"])  # noqa: E731
+    total, compute, comm = ([med(r, k) for r in ranks] for k in ("total_ms", "compute_ms", "comm_ms"))
+    pair_flops = 4.0 * p.batch * p.heads * p.head_dim  # QKᵀ and PV: 2·D each per pair and head
+    flops, nbytes = attention_flops(p), io_bytes(p)
+    rank_flops = [pair_flops * r["per_iter"][-1]["pairs"] for r in ranks]
+    base_ms = None
+    if base is not None and "status" not in base:
+        base_ms = statistics.median(base["samples_ms"])
+    peaks = [r["peak_bytes"] for r in ranks]
+    dist_fields = {
+        "world_size": spec.world, "comm_backend": spec.comm, "block": spec.block, "layout": spec.layout,
+        "threads_per_rank": spec.threads, "launch": how,
+        "per_rank": {"seq": [r["length"] for r in ranks], "latency_ms": total, "compute_ms": compute,
+                     "comm_ms": comm, "post_ms": [med(r, "post_ms") for r in ranks],
+                     "bytes_sent": [r["per_iter"][-1]["bytes_sent"] for r in ranks], "peak_mem_bytes": peaks,
+                     "pairs": [r["per_iter"][-1]["pairs"] for r in ranks],
+                     "pairs_model": [r["pairs_model"] for r in ranks], "flops": rank_flops},
+        "comm_share": sum(comm) / sum(total) if sum(total) > 0 else None,
+        "bytes_sent": sum(r["per_iter"][-1]["bytes_sent"] for r in ranks),
+        "load_imbalance": max(rank_flops) / (sum(rank_flops) / len(rank_flops)) - 1.0 if sum(rank_flops) else None,
+        "baseline_ms": base_ms,
+        "baseline_reason": None if base_ms is not None else (base or {}).get("reason", f"not measured ({how})"),
+        "speedup": base_ms / stats.median if base_ms else None,
+        "scaling_efficiency": base_ms / (spec.world * stats.median) if base_ms else None,
+    }
+    known = [b for b in peaks if b is not None]
+    return {
+        "status": "ok", "reason": None, "latency_ms": stats.__dict__, "samples_ms": res["samples_ms"],
+        "setup_ms": res["setup_ms"], "first_call_ms": res["first_call_ms"],
+        "peak_mem_bytes": max(known) if known else None,
+        "mem_source": f"{ranks[0]['mem_source']} (max over {spec.world} ranks)",
+        "flops": flops, "bytes": nbytes, "kv_cache_bytes": kv_cache_bytes(p),
+        "tflops": fl.rate(flops, stats.median, 1e12), "gbps": fl.rate(nbytes, stats.median, 1e9),
+        "roofline_frac": None, "error": res["error"],
+        "kernel": f"ring/{spec.comm} ×{spec.world}, {spec.block} blocks", "threads": spec.threads,
+        "telemetry": {"available": False, "reason": "not collected for multi-rank cases"},
+        "timing": {"calls_per_sample": 1, "stopped_by": "max over ranks per iteration"},
+        "distributed": dist_fields,
+    }
+
+
+def run_distributed_case(case, cfg, timeout: float | None = None) -> dict:
+    """The runner's hook: a `ring` case (problem param world_size >= 2) under a RunConfig."""
+    p = case.problem
+    policy = replace(cfg.policy, max_time=min(cfg.policy.max_time, max(0.1, cfg.time_budget / 8)))
+    return run_ring_case(p, p.param("world_size"), device=cfg.device.type, block=case.backend,
+                         layout=p.param("layout", "zigzag"), policy=policy, threads=cfg.threads,
+                         timeout=timeout or cfg.time_budget)

@@ -1,0 +1,157 @@
+"""What one rank does in a measured ring case: build its shard, time the ring, measure its
+peak memory, check the output, and hand its statistics to rank 0.
+
+Timing protocol (every rank runs the same loop and takes the same decisions): before each
+iteration the ranks meet (an all-reduce that doubles as a barrier); each rank times its own
+ring call; the iteration's latency is the maximum over ranks (all-reduce MAX), so the samples
+are identical on every rank and the stop rule of attnbench.measure.timing (at least
+min_samples and min_time, then IQR/median < target or max_time) stops them all together.
+Compute time, communication wait and bytes are kept per rank and per iteration.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..measure import accuracy, memory
+from ..measure.timing import TimingPolicy, _enough
+from ..problem import Problem
+from .layout import make_layout, rank_pairs
+from .ring import RankStats, ring_attention
+
+
+@dataclass(frozen=True)
+class RankSpec:
+    """Everything a rank needs, picklable (it crosses the spawn boundary)."""
+
+    problem: dict
+    world: int
+    comm: str = "gloo"  # "gloo" (CPU tensors) | "nccl" (one GPU per rank)
+    block: str = "sdpa"
+    layout: str = "zigzag"
+    policy: TimingPolicy = field(default_factory=TimingPolicy)
+    threads: int | None = None
+    check_error: bool = True
+    init_method: str = "env://"
+    result_path: str | None = None  # rank 0 writes its result (JSON) here when spawned
+
+
+class _Group:
+    """Collectives on the device the communication backend wants (CPU for gloo)."""
+
+    def __init__(self, comm: str, device: torch.device):
+        self.device = device if comm == "nccl" else torch.device("cpu")
+
+    def max(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.tolist()
+
+    def gather(self, obj: Any, rank: int) -> list[Any] | None:
+        if not dist.is_initialized() or dist.get_world_size() == 1:
+            return [obj]
+        out = [None] * dist.get_world_size() if rank == 0 else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+
+def shard_inputs(p: Problem, layout, rank: int, device: torch.device):
+    """This rank's q, k, v shard, cut from the same seeded inputs the single-process runner uses
+    (attnbench.execute.make_inputs), so errors and latencies compare case for case."""
+    from ..execute import make_inputs
+    from .. import registry
+
+    q, k, v = make_inputs(registry.get("ring"), p, torch.device("cpu"))
+    idx = layout.positions(rank)
+    return tuple(t.index_select(2, idx).contiguous().to(device) for t in (q, k, v))
+
+
+def run_rank(rank: int, spec: RankSpec, device: torch.device) -> dict | None:
+    """Measure the ring on this rank; rank 0 returns the assembled result, others None."""
+    if spec.threads and device.type == "cpu":
+        torch.set_num_threads(spec.threads)
+    p = Problem.from_dict(spec.problem)
+    g = _Group(spec.comm, device)
+    layout = make_layout(p.seq_q, spec.world, p.causal, spec.layout)
+    t0 = time.perf_counter()
+    q, k, v = shard_inputs(p, layout, rank, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    setup_ms = (time.perf_counter() - t0) * 1e3
+
+    def call(stats: RankStats | None = None):
+        return ring_attention(q, k, v, layout, rank, spec.block, stats, sync=sync)
+
+    g.max([0.0])
+    t0 = time.perf_counter()
+    out = call()
+    sync()
+    first_ms = g.max([(time.perf_counter() - t0) * 1e3])[0]
+    _warm_up(call, sync, g, spec.policy)
+    samples, per_iter = _sample(call, sync, g, spec.policy)
+    g.max([0.0])
+    peak = memory.peak_cuda(call) if device.type == "cuda" else memory.peak_cpu(call)
+    mine = {"rank": rank, "length": layout.length(rank), "per_iter": per_iter,
+            "peak_bytes": peak.bytes, "mem_source": peak.source,
+            "pairs_model": rank_pairs(layout, rank), "setup_ms": setup_ms}
+    error = _check(p, layout, out, rank, g) if spec.check_error else {"reason": "not checked"}
+    everyone = g.gather(mine, rank)
+    if rank != 0:
+        return None
+    return {"samples_ms": samples, "first_call_ms": first_ms, "ranks": everyone, "error": error,
+            "setup_ms": max(r["setup_ms"] for r in everyone)}
+
+
+def _warm_up(call, sync, g: _Group, policy: TimingPolicy) -> None:
+    start = time.perf_counter()
+    while True:
+        call()
+        sync()
+        if g.max([time.perf_counter() - start])[0] >= policy.warmup_time:
+            return
+
+
+def _sample(call, sync, g: _Group, policy: TimingPolicy) -> tuple[list[float], list[dict]]:
+    samples: list[float] = []
+    per_iter: list[dict] = []
+    spent = 0.0
+    while True:
+        g.max([0.0])  # line the ranks up
+        st = RankStats()
+        t0 = time.perf_counter()
+        call(st)
+        sync()
+        mine = time.perf_counter() - t0
+        slowest = g.max([mine])[0]
+        samples.append(slowest * 1e3)
+        per_iter.append({"total_ms": mine * 1e3, "compute_ms": st.compute_s * 1e3, "comm_ms": st.comm_wait_s * 1e3,
+                         "post_ms": st.post_s * 1e3, "bytes_sent": st.bytes_sent, "pairs": st.pairs,
+                         "calls": st.calls})
+        spent += slowest
+        if _enough(samples, spent, policy):
+            return samples, per_iter
+
+
+def _check(p: Problem, layout, out: torch.Tensor, rank: int, g: _Group) -> dict | None:
+    """Error of the assembled output against the fp32 reference (rank 0), within the runner's
+    reference size limit."""
+    from ..execute import REFERENCE_LIMIT, make_inputs
+    from .. import registry
+
+    elems = p.batch * p.heads * p.seq_q * p.seq_k
+    if elems > REFERENCE_LIMIT:
+        return {"reason": f"reference too large ({elems:.2e} scores > {REFERENCE_LIMIT:.0e})"}
+    shards = g.gather(out.detach().cpu(), rank)
+    if rank != 0:
+        return None
+    full = torch.empty((p.batch, p.heads, p.seq_q, p.head_dim), dtype=out.dtype)
+    for r, shard in enumerate(shards):
+        full[:, :, layout.positions(r)] = shard
+    variant = registry.get("ring")
+    q, k, v = (t.float() for t in make_inputs(variant, p, torch.device("cpu")))
+    return {"vs": "reference", **accuracy.errors(full, variant.reference(q, k, v, p))}

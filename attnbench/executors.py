@@ -1,0 +1,203 @@
+"""Where the cases of a sweep run: spread over a Ray cluster, or split into shards (one per
+Slurm array task) whose results files are merged afterwards.
+
+Ray (`run_cases_ray`): each runnable case is one Ray task (num_gpus=1 on a GPU run, num_cpus =
+--threads or 1 on the CPU) that runs the case exactly as a local run does — in an isolated
+worker process started by the Ray worker (attnbench.runner.Worker/run_cases, kept for that Ray
+worker's later tasks), so an OOM or a crash of the case is a record, as locally. If the Ray worker process running the task itself dies, Ray
+retries the task once (max_retries=1); a second death becomes an `error` record with the reason.
+Cases whose status is already decided (unsupported, unavailable) never leave this process. The
+caller writes the records (the same JSONL as a local run).
+
+Honest limits: every node needs the same attnbench installed; cases running side by side on a
+node share its CPU cores and memory bandwidth (give CPU cases --threads and expect noise, or
+one case per node); the header's in-run references (GEMM, copy) come from the caller's machine.
+
+Shards (`shard`): the case list sorted by a stable hash of each case, dealt round robin, so
+shard K of N is the same on every machine and the N shards partition the list.
+Merge (`merge`): results files concatenated under one header; environments must match unless
+allowed; a case_id seen twice is kept once (the first) and counted.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import hashlib
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Callable, Iterable
+
+from . import results
+from .errors import UsageError
+from .measure import env as env_mod
+from .runner import RunConfig, Worker, run_cases
+from .sweep import Case
+
+RAY_MISSING = "unavailable: ray is not installed; install it with pip install 'attnbench[cluster]'"
+
+
+# ---------------------------------------------------------------------------- Ray
+@functools.lru_cache(maxsize=4)
+def _task_worker(cfg: RunConfig) -> Worker:
+    """The isolated worker of this Ray worker process, reused by its later tasks as a local run
+    reuses its worker (restarted after a crash or a timeout); closed when the process exits."""
+    worker = Worker(cfg)
+    atexit.register(worker.close)
+    return worker
+
+
+def _case_in_task(case: Case, cfg: RunConfig, refs: dict | None) -> dict:
+    """Body of one Ray task: the case in an isolated worker, exactly as in a local run."""
+    _test_hook(case)
+    out: list[dict] = []
+    run_cases([case], cfg, _task_worker(cfg), out.append, refs)
+    out[0]["executor"] = {"kind": "ray", "node": os.uname().nodename}
+    return out[0]
+
+
+def _test_hook(case: Case) -> None:
+    """Tests only (ATTNBENCH_TEST_BACKENDS=1): param fault="kill-ray-worker" kills the Ray worker
+    process running the task (not the case's own worker), after noting the attempt in the file
+    named by param attempts_file."""
+    if os.environ.get("ATTNBENCH_TEST_BACKENDS") != "1" or case.problem.param("fault") != "kill-ray-worker":
+        return
+    with open(case.problem.param("attempts_file"), "a", encoding="utf-8") as f:
+        f.write(f"{os.getpid()}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@functools.lru_cache(maxsize=1)
+def _remote_task():
+    import ray
+
+    return ray.remote(max_retries=1, retry_exceptions=False)(_case_in_task)
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(RAY_MISSING) from None
+    return ray
+
+
+def run_cases_ray(cases: Iterable[Case], cfg: RunConfig, address: str | None = None,
+                  on_record: Callable[[dict], None] = lambda r: None, refs: dict | None = None,
+                  local_cpus: int | None = None) -> list[dict]:
+    """Run the cases on a Ray cluster; records in the order of `cases`, each handed to on_record
+    as it finishes. address: a cluster ("auto", "ray://host:10001"); None starts a local one
+    (local_cpus CPUs) unless Ray is already initialised in this process."""
+    ray = _import_ray()
+    cases = list(cases)
+    started = False
+    if not ray.is_initialized():
+        kwargs = {"address": address} if address else {"num_cpus": local_cpus, "include_dashboard": False}
+        ray.init(log_to_driver=False, **kwargs)
+        started = True
+    try:
+        return _run_on_ray(ray, cases, cfg, on_record, refs)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run_on_ray(ray, cases: list[Case], cfg: RunConfig, on_record, refs) -> list[dict]:
+    records: list[dict | None] = [None] * len(cases)
+    decided = [i for i, c in enumerate(cases) if c.status is not None]
+    for i in decided:  # unsupported / unavailable: recorded here, never sent
+        run_cases([cases[i]], cfg, Worker(cfg), lambda r, i=i: records.__setitem__(i, r), refs)
+        on_record(records[i])
+    gpu = cfg.device.type == "cuda"
+    opts = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": cfg.threads or 1}
+    task = _remote_task().options(**opts)
+    pending = {task.remote(c, cfg, refs): i for i, c in enumerate(cases) if c.status is None}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        i = pending.pop(done[0])
+        records[i] = _result_or_error(ray, done[0], cases[i], cfg)
+        on_record(records[i])
+    return records  # type: ignore[return-value]
+
+
+def _result_or_error(ray, ref, case: Case, cfg: RunConfig) -> dict:
+    from .runner import base_record
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as e:  # the task's process died twice, or Ray lost the node
+        rec = base_record(case, cfg.device)
+        why = " ".join(str(e).split())[:300]
+        rec.update(status="error", reason=f"the Ray task died and its one retry too ({type(e).__name__}): {why}",
+                   executor={"kind": "ray", "node": None})
+        return rec
+
+
+# ---------------------------------------------------------------------------- shards
+def parse_shard(text: str) -> tuple[int, int]:
+    """'K/N' with 0 <= K < N (Slurm: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
+    with --array=0-(N-1))."""
+    k_s, sep, n_s = text.partition("/")
+    if not sep or not k_s.strip().isdigit() or not n_s.strip().isdigit():
+        raise UsageError(f"bad --shard '{text}'; accepted: K/N with 0 <= K < N, e.g. 0/4")
+    k, n = int(k_s), int(n_s)
+    if n < 1 or not 0 <= k < n:
+        raise UsageError(f"bad --shard '{text}'; K must be in 0..N-1 and N >= 1, e.g. 3/4")
+    return k, n
+
+
+def _shard_key(case: Case) -> str:
+    key = json.dumps({"p": case.problem.as_dict(), "v": case.variant, "b": case.backend}, sort_keys=True)
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
+def shard(cases: Iterable[Case], k: int, n: int) -> list[Case]:
+    """Shard k of n: cases sorted by a stable hash, every n-th from the k-th, in their original
+    order. The n shards partition the list (sizes differ by at most one)."""
+    if n < 1 or not 0 <= k < n:
+        raise UsageError(f"shard {k}/{n}: K must be in 0..N-1 and N >= 1")
+    cases = list(cases)
+    ranked = sorted(range(len(cases)), key=lambda i: (_shard_key(cases[i]), i))
+    mine = set(ranked[k::n])
+    return [c for i, c in enumerate(cases) if i in mine]
+
+
+# ---------------------------------------------------------------------------- merge
+def _env_key(header: dict) -> dict:
+    env = header.get("env") or {}
+    return env_mod.fingerprint(env) | {"attnbench": env.get("attnbench")}
+
+
+def merge(paths: list[str | Path], out: str | Path, allow_mixed_env: bool = False,
+          command: list[str] | None = None) -> dict:
+    """Concatenate results files under one header, written atomically to `out`.
+
+    Returns {"records", "duplicates", "files"}. Raises UsageError when the environments differ
+    (unless allow_mixed_env) and ResultsError for unreadable files."""
+    if not paths:
+        raise UsageError("merge needs at least one results file")
+    loaded = [(Path(p), *results.read(p)) for p in paths]
+    first_path, first, _ = loaded[0]
+    for path, header, _ in loaded[1:]:
+        a, b = _env_key(first), _env_key(header)
+        diff = [f"{k}: {a[k]} vs {b[k]}" for k in a if a[k] != b[k]]
+        if diff and not allow_mixed_env:
+            raise UsageError(f"'{path}' was measured on another environment than '{first_path}' "
+                             f"({'; '.join(diff)}); add --allow-mixed-env to merge anyway")
+    seen: set[str] = set()
+    kept: list[dict] = []
+    for _, _, recs in loaded:
+        for r in recs:
+            if r["case_id"] not in seen:
+                seen.add(r["case_id"])
+                kept.append(r)
+    header = dict(first) | {"created": results.make_header([], {}, None)["created"],
+                            "command": command or first.get("command"),
+                            "merged_from": [{"path": str(p), "records": len(recs), "env": _env_key(h)}
+                                            for p, h, recs in loaded]}
+    lines = [json.dumps(header)] + [json.dumps(r) for r in kept]
+    results.atomic_write_text(out, "\n".join(lines) + "\n")
+    total = sum(len(recs) for _, _, recs in loaded)
+    return {"records": len(kept), "duplicates": total - len(kept), "files": len(loaded)}

@@ -1,0 +1,95 @@
+"""The two gate procedures behind the CLI.
+
+gate: run the suite once, compare with the baseline; then re-run the suspects (cases whose
+gated verdict is regression or inconclusive) once, in a fresh worker, and decide them on all
+their samples merged — a regression stands only if the re-run by itself also shows it
+(compare.confirm). Two independent looks cut the false alarms that one slow spell of a shared
+machine causes, at the price of one re-run of the few suspect cases.
+
+ab: interleaved rounds of a git revision and the working tree (gate/ab.py), each side's samples
+merged across rounds, then compared with the revision as the baseline.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from ..compare import Options, Report, compare, confirm
+from ..errors import UsageError
+from .runs import run_sweeps, sweep_of
+from .sides import Side, build_side, case_key, find_reference
+
+SUSPECT = ("regression", "inconclusive")
+
+
+def default_results() -> Path:
+    Path("results").mkdir(exist_ok=True)
+    return Path("results") / time.strftime("gate-%Y%m%d-%H%M%S.jsonl")
+
+
+def gate_flow(base: Side, sweeps, dev: torch.device, budget: float, o: Options, results: Path | None,
+              rerun: bool, console: Console) -> Report:
+    out = results or default_results()
+    cmd = ["attnbench", *sys.argv[1:]]
+    console.print(f"gate: running the suite → {out}")
+    run1 = run_sweeps(sweeps, dev, out, budget, console, cmd)
+    first = compare(base, build_side([run1], o.normalize), o)
+    suspects = [c.key for c in first.cases if c.verdict in SUSPECT]
+    if first.incomparable or not rerun or not suspects:
+        return first
+    records = {case_key(r): r for r in run1.records}
+    again = list(suspects)
+    if o.normalize not in ("none", "gemm"):  # the re-run needs its own reference case
+        ref_key = case_key(find_reference(run1, o.normalize))
+        again += [ref_key] if ref_key not in again else []
+    console.print(f"gate: re-running {len(suspects)} suspect case(s) to confirm them")
+    out2 = out.with_name(out.stem + "-rerun.jsonl")
+    run2 = run_sweeps([sweep_of(records[k]) for k in again], dev, out2, budget, console, cmd)
+    lost = set(again) - {case_key(r) for r in run2.records}
+    if lost:
+        console.print(f"warning: {len(lost)} re-run case(s) did not come back with the same identity")
+    merged = compare(base, build_side([run1, run2], o.normalize), o)
+    alone = compare(base, build_side([run2], o.normalize), o)
+    return confirm(first, merged, alone, set(suspects))
+
+
+def suite_file(suite: str) -> Path:
+    """The suite's .toml as an absolute path (both sides of an A/B read the same file)."""
+    from ..sweep import load_suite, suite_names
+
+    load_suite(suite)  # raises a UsageError naming the accepted suites
+    p = Path(suite)
+    if p.suffix == ".toml" or p.exists():
+        return p.resolve()
+    if suite not in suite_names():
+        raise UsageError(f"unknown suite '{suite}'")
+    return Path(str(resources.files("attnbench.suites").joinpath(f"{suite}.toml"))).resolve()
+
+
+def ab_flow(ref: str, suite: str, rounds: int, device: str, threads: int | None, runs_dir: Path | None, seed: int, o: Options,
+            console: Console) -> Report:
+    from ..bench import resolve_device
+    from .ab import ab_runs, repo_root
+
+    resolve_device(device)  # validate before any run
+    path = suite_file(suite)
+    repo = repo_root(Path.cwd())
+    here = Path(sys.modules["attnbench"].__file__).resolve()
+    if repo not in here.parents:
+        console.print(f"warning: attnbench is imported from {here.parent}, not from the checkout {repo}; "
+                      "the 'working tree' side runs that installation")
+    log = console.print
+    if runs_dir is not None:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        ref_runs, cur_runs, sha = ab_runs(repo, ref, path, rounds, device, threads, runs_dir, seed, log)
+        return compare(build_side(ref_runs, o.normalize), build_side(cur_runs, o.normalize), o)
+    with tempfile.TemporaryDirectory(prefix="attnbench-ab-runs-") as tmp:
+        ref_runs, cur_runs, sha = ab_runs(repo, ref, path, rounds, device, threads, Path(tmp), seed, log)
+        return compare(build_side(ref_runs, o.normalize), build_side(cur_runs, o.normalize), o)

@@ -1,0 +1,104 @@
+"""Suite runs for the gate: run a suite the way `attnbench run` does (bench.run_sweep), re-run
+chosen cases, and save baselines named by the environment they were measured in.
+
+A baseline's name is `<device>-<device name>-<hash>.jsonl`, the hash a short SHA-1 of the
+environment fingerprint (device, device_name, torch, triton, cuda, threads): results of another
+environment are not comparable, so each environment gets its own file, and `--baseline DIR`
+picks the one of the current environment. Baselines are written to a temporary file beside
+the target and renamed over it, so a killed run never leaves a half baseline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from ..errors import UsageError
+from ..measure.env import fingerprint
+from .sides import Run, load_run
+
+BASELINE_DIR = Path("results") / "baselines"
+
+
+def env_id(env: dict) -> str:
+    """'cpu-amd-epyc-1a2b3c4d5e': a readable prefix and a hash of the fingerprint."""
+    fp = fingerprint(env)
+    digest = hashlib.sha1(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{fp['device']}-{fp['device_name'] or ''}".lower()).strip("-")[:40]
+    return f"{slug}-{digest}"
+
+
+def current_env(device: torch.device) -> dict:
+    from ..measure.env import capture
+
+    return capture(device)
+
+
+def resolve_baseline(path: Path, env: dict) -> Path:
+    """A file as given; a directory: the baseline of this environment inside it."""
+    if not path.is_dir():
+        return path
+    want = path / f"{env_id(env)}.jsonl"
+    if want.exists():
+        return want
+    have = sorted(p.name for p in path.glob("*.jsonl"))
+    raise UsageError(f"no baseline for this environment in '{path}' (expected {want.name}; found: "
+                     f"{', '.join(have) or 'none'}); create one with `attnbench baseline save`")
+
+
+def load_suite_device(suite: str, device: str, threads: int | None = None):
+    """The suite's sweeps and settings and the device; sets torch's threads (recorded in the
+    environment, so baseline and gate must use the same number)."""
+    from ..bench import resolve_device
+    from ..sweep import load_suite
+
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be at least 1 (got {threads})")
+        torch.set_num_threads(threads)
+    sweeps, meta = load_suite(suite)
+    dev = resolve_device(meta.get("device", device) if device == "auto" else device)
+    return sweeps, meta, dev
+
+
+def run_sweeps(sweeps, dev: torch.device, out: Path, budget: float, console: Console | None,
+               command: list[str]) -> Run:
+    """Run sweeps into `out` (overwritten) and read the file back."""
+    from ..bench import run_sweep
+
+    _, interrupted = run_sweep(sweeps, dev, out, time_budget=budget, threads=torch.get_num_threads(), force=True,
+                               console=console, command=command)
+    if interrupted:
+        raise KeyboardInterrupt
+    return load_run(out)
+
+
+def sweep_of(rec: dict):
+    """A one-case sweep that expands back to exactly this record's case."""
+    from ..sweep import make_sweep
+
+    swept = rec["seq_k"] if rec["mode"] == "decode" else rec["seq_q"]
+    return make_sweep(variants=[rec["variant"]], backends=[rec["backend"]], seq=[swept], kv_seq=[rec["seq_k"]],
+                      batch=[rec["batch"]], heads=[rec["heads"]], kv_heads=[rec["kv_heads"]],
+                      head_dim=[rec["head_dim"]], dtype=[rec["dtype"]], causal=[rec["causal"]],
+                      modes=[rec["mode"]], params=dict(rec.get("params") or {}))
+
+
+def save_baseline(sweeps, dev: torch.device, out: Path, budget: float, console: Console | None,
+                  command: list[str]) -> Run:
+    """Run the suite into a temporary file beside `out`, then rename it over `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        run = run_sweeps(sweeps, dev, tmp, budget, console, command)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return Run(str(out), run.header, run.records)
