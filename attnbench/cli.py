@@ -126,7 +126,10 @@ def run(
     if json_out:
         print(json.dumps(records, default=str))
     else:
+        from .report.terminal import print_scaling
+
         out_console.print(results_table(records, title=f"attnbench on {dev.type} → {out}"))
+        print_scaling(records, out_console)
     if interrupted:
         err_console.print(f"interrupted: {len(records)} records kept in {out}; resume with the same "
                           f"command plus --out {out} --resume", soft_wrap=True)

@@ -1,0 +1,190 @@
+"""Build a report from results files: tables (CSV), charts (PNG + SVG), report.md and report.html.
+
+Layout of the output directory:
+    report.md, report.html       the report (the HTML embeds every image; it opens offline)
+    charts/*.png, charts/*.svg   one file pair per chart
+    tables/*.csv                 scaling, measurements, crossovers, not_run, environment
+Every file is written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import analysis, results
+from ..errors import UsageError
+from . import tables as T
+from .charts import SPECS, curve_chart, scenarios
+from .gallery import gallery
+from .model import Context, Section, Table
+from .special import gqa_charts, pareto_charts
+from .style import Palette
+
+DEFAULT_BASELINE = "mha:eager"
+
+
+def load(paths: list[str | Path]) -> tuple[list[dict], list[dict]]:
+    """(headers, records) of several results files, in order."""
+    if not paths:
+        raise UsageError("no results files given; accepted: one or more .jsonl files written by `attnbench run`")
+    headers, records = [], []
+    for p in paths:
+        h, recs = results.read(p)
+        headers.append(h)
+        records += recs
+    return headers, records
+
+
+def check_baseline(records: list[dict], baseline: str | None) -> tuple[str, str | None]:
+    """(baseline, note): an explicit baseline must be in the data; the default may be absent."""
+    names = sorted({f"{r['variant']}:{r['backend']}" for r in records if r["status"] == "ok"})
+    if baseline is None:
+        note = None if DEFAULT_BASELINE in names else \
+            f"The default baseline {DEFAULT_BASELINE} is not in the data: no speedups (pick one with --baseline)."
+        return DEFAULT_BASELINE, note
+    baseline = analysis.parse_baseline(baseline)
+    if baseline not in names:
+        raise UsageError(f"baseline '{baseline}' has no ok records in the data; accepted: {', '.join(names) or 'none'}")
+    return baseline, None
+
+
+def build_report(paths: list[str | Path], out: Path, baseline: str | None = None) -> list[Path]:
+    """Write the report into `out` (created if needed); returns every file written."""
+    headers, records = load(paths)
+    baseline, base_note = check_baseline(records, baseline)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out '{out}' is a file; give a directory")
+    (out / "charts").mkdir(parents=True, exist_ok=True)
+    (out / "tables").mkdir(exist_ok=True)
+    everything = analysis.series(records)
+    ctx = Context(tuple(headers), out / "charts", Palette(sorted({T.tag(s) for s in everything}
+                                                                | {s.name for s in everything})), baseline)
+    sections = [_environment(headers, out, paths), _scaling(ctx, everything, records, out, base_note),
+                _throughput(ctx, everything, records, out), _crossovers(records, out),
+                *_special(ctx, everything, records), _not_run(records, out)]
+    from .html import write_html
+    from .markdown import write_markdown
+
+    md, html = out / "report.md", out / "report.html"
+    title = f"attnbench report: {', '.join(Path(p).name for p in paths)}"
+    write_markdown(md, title, sections, out)
+    write_html(html, title, sections, out)
+    written = [md, html]
+    for sec in sections:
+        written += [p for c in sec.charts for p in (c.png, c.svg)] + [t.csv for t in sec.tables if t.csv]
+    return written
+
+
+def _table(title, columns, rows, out: Path, name: str, note: str = "") -> Table:
+    csv = out / "tables" / f"{name}.csv"
+    T.write_csv(csv, [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
+    return Table(title, columns, tuple(rows), csv, note)
+
+
+def _environment(headers: list[dict], out: Path, paths) -> Section:
+    keys: list[str] = []
+    for h in headers:
+        keys += [k for k in (h.get("env") or {}) if k not in keys]
+    rows = [{"key": k, **{Path(p).name: _short((h.get("env") or {}).get(k)) for p, h in zip(paths, headers)}}
+            for k in keys]
+    for p, h in zip(paths, headers):
+        rows_ref = (h.get("refs") or {})
+        for dtype, g in (rows_ref.get("gemm") or {}).items():
+            _put(rows, f"GEMM {g.get('n')}² {dtype}", Path(p).name, T.fmt_flops(g["flops_per_s"] / 1e12))
+        if rows_ref.get("copy"):
+            _put(rows, "copy bandwidth", Path(p).name, f"{rows_ref['copy']['bytes_per_s'] / 1e9:.3g} GB/s")
+        _put(rows, "created", Path(p).name, h.get("created"))
+        _put(rows, "command", Path(p).name, " ".join(h.get("command") or []))
+    cols = (("key", "what"), *((Path(p).name, Path(p).name) for p in paths))
+    sec = Section("Environment", ["Measured on (from each results file's header; GEMM and copy are the "
+                                  "in-run references the roofline uses):"])
+    sec.tables.append(_table("environment", cols, rows, out, "environment"))
+    return sec
+
+
+def _put(rows: list[dict], key: str, col: str, value) -> None:
+    for r in rows:
+        if r["key"] == key:
+            r[col] = value
+            return
+    rows.append({"key": key, col: value})
+
+
+def _short(v) -> str:
+    return "-" if v is None else str(v)
+
+
+def _scaling(ctx: Context, everything, records, out: Path, base_note: str | None) -> Section:
+    sec = Section("Scaling with sequence length")
+    sec.text.append(
+        f"Exponents are least-squares slopes of log(median latency) and log(peak memory) against log L, "
+        f"with 95 % Student-t intervals; a claim *agrees* when its exponent lies within the interval "
+        f"widened by ±{analysis.TOLERANCE}. Small lengths are flattened by fixed overheads: compare the "
+        f"notes' last-pair slopes. Baseline for speedups and crossovers: **{ctx.baseline}** (matched on "
+        f"device, mode, dtype, B, H, D, causal and L).")
+    if base_note:
+        sec.text.append(base_note)
+    rows = T.scaling_display(analysis.scaling_table(records, ctx.baseline))
+    sec.tables.append(_table("scaling", T.SCALING_COLUMNS, rows, out, "scaling"))
+    for kind in ("latency", "memory"):
+        for scn, group in scenarios(everything).items():
+            chart = curve_chart(ctx, scn, group, SPECS[kind])
+            if chart:
+                sec.charts.append(chart)
+            else:
+                sec.skipped.append(f"{SPECS[kind].what}: no {kind} values for {T.scenario_text(group[0].axes)}.")
+    if not rows:
+        sec.skipped.append("Scaling charts and table: no case ran (status ok) in the data.")
+    return sec
+
+
+def _throughput(ctx: Context, everything, records, out: Path) -> Section:
+    sec = Section("Throughput, roofline and speedups",
+                  ["Achieved FLOP/s and GB/s of each case and its fraction of the run's roofline "
+                   "(min(in-run GEMM FLOP/s, arithmetic intensity × in-run copy bandwidth)); speedup and "
+                   f"memory saving are against {ctx.baseline} at the same shape."])
+    for scn, group in scenarios(everything).items():
+        chart = curve_chart(ctx, scn, group, SPECS["tflops"])
+        if chart:
+            sec.charts.append(chart)
+    if not sec.charts:
+        sec.skipped.append("Throughput chart: no case with achieved FLOP/s in the data.")
+    rows = T.measurement_display(T.measurements(records, ctx.baseline))
+    sec.tables.append(_table("measurements", T.MEASUREMENT_COLUMNS, rows, out, "measurements"))
+    return sec
+
+
+def _crossovers(records, out: Path) -> Section:
+    rows = T.with_scenario(T.crossover_table(records))
+    sec = Section("Crossovers", ["Where one series passes another, interpolated in log-log between "
+                                 "measured lengths; *none in range* names the one ahead throughout."])
+    if rows:
+        sec.tables.append(_table("crossovers", T.CROSSOVER_COLUMNS, rows, out, "crossovers"))
+    else:
+        sec.skipped.append("Crossovers: no two series with two or more common lengths.")
+    return sec
+
+
+def _special(ctx: Context, everything, records) -> list[Section]:
+    """GQA/MQA, accuracy-vs-latency and the pattern gallery, each a section."""
+    variants: dict[str, dict] = {}
+    for r in records:
+        if r["status"] == "ok":
+            variants.setdefault(r["variant"], r.get("params") or {})
+    secs = []
+    for name, (charts, skipped) in (("GQA and MQA", gqa_charts(ctx, everything)),
+                                    ("Accuracy vs latency", pareto_charts(ctx, everything)),
+                                    ("Pattern gallery", gallery(ctx, variants))):
+        secs.append(Section(name, charts=charts, skipped=skipped))
+    return secs
+
+
+def _not_run(records, out: Path) -> Section:
+    rows = T.with_scenario(T.not_run(records))
+    sec = Section("Not run", ["Series where no length ran (unsupported, unavailable, skipped, failed)."])
+    if rows:
+        sec.tables.append(_table("not run", T.NOT_RUN_COLUMNS, rows, out, "not_run"))
+    else:
+        sec.text.append("Every series ran at least one length.")
+    return sec

@@ -1,0 +1,174 @@
+"""The report's tables as lists of dicts (one per row), and writing them as CSV.
+
+Built on attnbench.analysis: series, crossovers and baseline matching. Each table is small
+(one row per series, pair of series or ok record), so plain Python over the grouped series.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from ..analysis import SCENARIO_KEYS, Series, baseline_of, crossover, fmt_len, length, series
+from ..results import atomic_write_text
+
+
+def not_run(records: list[dict]) -> list[dict]:
+    """Series where nothing ran: variant, backend, status and reason (unsupported, unavailable, ...)."""
+    rows = []
+    for s in series(records):
+        if not s.ok():
+            r = s.records[0]
+            rows.append({"series": s.name, **{k: s.axes[k] for k in SCENARIO_KEYS}, "status": r["status"],
+                         "reason": r.get("reason"), "lengths": ", ".join(fmt_len(length(x)) for x in s.records)})
+    return rows
+
+
+def crossover_table(records: list[dict]) -> list[dict]:
+    """Every pair of series in the same scenario: where latency and peak memory swap order."""
+    everything = [s for s in series(records) if len(s.ok()) >= 2]
+    rows = []
+    for i, a in enumerate(everything):
+        for b in everything[i + 1:]:
+            if a.scenario() != b.scenario():
+                continue
+            lat = crossover(*a.xy("latency"), *b.xy("latency"), tag(a), tag(b))
+            mem = crossover(*a.xy("peak_mem_bytes"), *b.xy("peak_mem_bytes"), tag(a), tag(b), "smaller") \
+                if len(a.xy("peak_mem_bytes")[0]) > 1 and len(b.xy("peak_mem_bytes")[0]) > 1 else {"text": "-"}
+            rows.append({"a": tag(a), "b": tag(b), **dict(zip(SCENARIO_KEYS, a.scenario())),
+                         "latency": lat["text"], "memory": mem["text"],
+                         "latency_L": ", ".join(f"{L:.0f}" for L, _ in lat["points"])})
+    return rows
+
+
+def tag(s: Series) -> str:
+    """The series name, plus Hkv and params when they are not the variant's only choice."""
+    a = s.axes
+    extra = f" Hkv={a['kv_heads']}" if a["kv_heads"] != a["heads"] else ""
+    extra += "".join(f" {k}={v}" for k, v in s.params().items())
+    return s.name + extra
+
+
+def measurements(records: list[dict], baseline: str = "mha:eager") -> list[dict]:
+    """Every ok record with achieved throughput and its speedup/memory saving against the baseline."""
+    everything = series(records)
+    rows = []
+    for s in everything:
+        base = baseline_of(s, everything, baseline)
+        b_lat = dict(zip(*base.xy("latency"))) if base else {}
+        b_mem = dict(zip(*base.xy("peak_mem_bytes"))) if base else {}
+        for r in s.ok():
+            L, lat, mem = length(r), (r.get("latency_ms") or {}), r.get("peak_mem_bytes")
+            err = r.get("error") or {}
+            rows.append({"series": tag(s), **{k: s.axes[k] for k in SCENARIO_KEYS}, "L": L,
+                         "seq_q": r["seq_q"], "seq_k": r["seq_k"], "kv_heads": r["kv_heads"],
+                         "latency_ms": lat.get("median"), "iqr_ms": lat.get("iqr"), "peak_mem_bytes": mem,
+                         "kv_cache_bytes": r.get("kv_cache_bytes"), "tflops": r.get("tflops"),
+                         "gbps": r.get("gbps"), "roofline_frac": r.get("roofline_frac"),
+                         "rel_l2": err.get("rel_l2"), "full_rel_l2": err.get("full_rel_l2"),
+                         "speedup": float(b_lat[L] / lat["median"]) if L in b_lat and lat.get("median") else None,
+                         "mem_saving": float(b_mem[L] / mem) if L in b_mem and mem else None})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """rows -> CSV (the union of keys as columns, in first-seen order), written atomically."""
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _cell(v) for k, v in r.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _cell(v):
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v)
+    return v
+
+
+# ---------------------------------------------------------------- display
+SCALING_COLUMNS = (
+    ("series", "series"), ("scenario", "scenario"), ("time_claim", "time claim"),
+    ("time_fit", "latency exponent [95% CI]"), ("time_verdict", "verdict"), ("memory_claim", "memory claim"),
+    ("mem_fit", "memory exponent [95% CI]"), ("mem_verdict", "verdict"), ("lengths", "L range (n)"),
+    ("speedup_text", "speedup vs baseline"), ("saving_text", "memory saving vs baseline"),
+    ("crossover_vs_baseline", "crossover vs baseline"), ("frontier", "frontier"),
+    ("throughput", "at the longest L"), ("notes", "notes"))
+MEASUREMENT_COLUMNS = (
+    ("series", "series"), ("scenario", "scenario"), ("L_text", "L"), ("latency", "median ms"),
+    ("iqr", "IQR %"), ("memory", "peak memory"), ("flops", "FLOP/s"), ("bw", "GB/s"),
+    ("roofline", "roofline %"), ("speedup_text", "speedup"), ("saving_text", "memory saving"),
+    ("error_text", "rel. L2 error"))
+CROSSOVER_COLUMNS = (("a", "A"), ("b", "B"), ("scenario", "scenario"), ("latency", "latency crossover"),
+                     ("memory", "peak-memory crossover"))
+NOT_RUN_COLUMNS = (("series", "series"), ("scenario", "scenario"), ("status", "status"), ("reason", "reason"),
+                   ("lengths", "lengths"))
+
+
+def scenario_text(r: dict) -> str:
+    kv = f"/{r['kv_heads']}" if r.get("kv_heads") not in (None, r["heads"]) else ""
+    return (f"{r['mode']} {r['dtype']} B{r['batch']} H{r['heads']}{kv} D{r['head_dim']}"
+            + (" causal" if r["causal"] else "") + f" {r['device']}")
+
+
+def fmt_bytes(n) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= div:
+            return f"{n / div:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def fmt_flops(tflops) -> str:
+    if not tflops:
+        return "-"
+    return f"{tflops:.3g} TFLOP/s" if tflops >= 1 else f"{tflops * 1e3:.3g} GFLOP/s"
+
+
+def _x(v) -> str:
+    return "-" if v is None else f"{v:.3g}×"
+
+
+def scaling_display(rows: list[dict]) -> list[dict]:
+    """Add the display columns of SCALING_COLUMNS to scaling_table rows."""
+    out = []
+    for r in rows:
+        at = f" at {fmt_len(r['compared_at'])}" if r["compared_at"] else ""
+        is_base = r["is_baseline"]
+        speed = "baseline" if is_base else (_x(r["speedup"]) + at if r["speedup"] is not None else "-")
+        saving = "baseline" if is_base else (_x(r["mem_saving"]) + at if r["mem_saving"] is not None else "-")
+        roof = f", {100 * r['roofline_frac']:.0f}% of roofline" if r.get("roofline_frac") else ""
+        span = f"{fmt_len(r['l_min'])}–{fmt_len(r['l_max'])} ({r['n_time']})" if r["l_min"] else "-"
+        notes = "; ".join(f"{k}: {n}" for k, n in (("latency", r["time_note"]), ("memory", r["mem_note"])) if n)
+        out.append({**r, "scenario": scenario_text(r), "lengths": span, "speedup_text": speed, "saving_text": saving,
+                    "throughput": fmt_flops(r.get("tflops")) + roof, "notes": notes or "-"})
+    return out
+
+
+def measurement_display(rows: list[dict]) -> list[dict]:
+    out = []
+    for r in rows:
+        lat, iqr = r["latency_ms"], r["iqr_ms"]
+        err = r["full_rel_l2"] if r["full_rel_l2"] is not None else r["rel_l2"]
+        out.append({**r, "scenario": scenario_text(r), "L_text": fmt_len(r["L"]),
+                    "latency": "-" if lat is None else f"{lat:.4g}",
+                    "iqr": f"{100 * iqr / lat:.0f}" if lat and iqr is not None else "-",
+                    "memory": fmt_bytes(r["peak_mem_bytes"]), "flops": fmt_flops(r["tflops"]),
+                    "bw": "-" if r["gbps"] is None else f"{r['gbps']:.3g}",
+                    "roofline": "-" if r["roofline_frac"] is None else f"{100 * r['roofline_frac']:.0f}",
+                    "speedup_text": _x(r["speedup"]), "saving_text": _x(r["mem_saving"]),
+                    "error_text": "-" if err is None else f"{err:.2e}"})
+    return out
+
+
+def with_scenario(rows: list[dict]) -> list[dict]:
+    return [{**r, "scenario": scenario_text(r)} for r in rows]

@@ -1,0 +1,81 @@
+"""Tables in the terminal (rich): `attnbench show`, and the scaling table `run` prints after a sweep.
+
+Narrower than the report's tables: one table per scenario (named in its title), the fit and its
+verdict in one cell, and the notes printed under the table.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from .. import analysis
+from . import tables as T
+
+SCALING = (("series", "series"), ("time_cell", "latency ∝ L^x [95% CI]"), ("mem_cell", "memory ∝ L^x [95% CI]"),
+           ("base_cell", "vs baseline"), ("crossover_vs_baseline", "crossover vs baseline"), ("frontier", "frontier"))
+MEASUREMENTS = (("series", "series"), ("L_text", "L"), ("latency", "median ms"), ("iqr", "IQR %"),
+                ("memory", "peak mem"), ("flops", "FLOP/s"), ("roofline", "roof %"), ("speedup_text", "speedup"),
+                ("saving_text", "mem saving"), ("error_text", "rel. L2"))
+CROSSOVERS = (("a", "A"), ("b", "B"), ("latency", "latency"), ("memory", "peak memory"))
+NOT_RUN = (("series", "series"), ("status", "status"), ("reason", "reason"))
+
+
+def rich_table(title: str, columns, rows: list[dict]) -> RichTable:
+    t = RichTable(title=title, header_style="bold", title_style="bold")
+    for key, head in columns:
+        t.add_column(head, overflow="fold", no_wrap=key in ("series", "L_text", "latency"))
+    for r in rows:
+        t.add_row(*(_esc(r.get(key)) if not key.endswith("_cell") else r[key] for key, _ in columns))
+    return t
+
+
+def _esc(v) -> str:
+    return "-" if v is None else str(v).replace("[", "\\[")
+
+
+def _cell(fit: str, claim: str, verdict: str) -> str:
+    color = "green" if verdict == "agrees" else "yellow" if verdict.startswith("differs") else "dim"
+    return f"{_esc(fit)}\nvs {_esc(claim)}: [{color}]{_esc(verdict)}[/]"
+
+
+def _by_scenario(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["scenario"], []).append(r)
+    return out
+
+
+def _print_scaling_rows(rows: list[dict], console: Console, baseline: str, columns=SCALING) -> None:
+    for scn, group in _by_scenario(rows).items():
+        cells = [{**r, "time_cell": _cell(r["time_fit"], r["time_claim"], r["time_verdict"]),
+                  "mem_cell": _cell(r["mem_fit"], r["memory_claim"], r["mem_verdict"]),
+                  "base_cell": "baseline" if r["is_baseline"] else
+                  f"speed {_esc(r['speedup_text'])}\nmemory {_esc(r['saving_text'])}"} for r in group]
+        console.print(rich_table(f"scaling with L · {scn} · baseline {baseline}", columns, cells))
+        for r in group:
+            if r["notes"] != "-":
+                console.print(f"  [dim]{_esc(r['series'])}: {_esc(r['notes'])}[/]")
+
+
+def print_scaling(records: list[dict], console: Console, baseline: str = "mha:eager",
+                  min_lengths: int = 3) -> bool:
+    """Print the scaling table of the series with at least `min_lengths` lengths; False if none has."""
+    rows = [r for r in T.scaling_display(analysis.scaling_table(records, baseline)) if r["n_time"] >= min_lengths]
+    if rows:
+        _print_scaling_rows(rows, console, baseline, tuple(c for c in SCALING if c[0] != "crossover_vs_baseline"))
+    return bool(rows)
+
+
+def show(records: list[dict], console: Console, baseline: str) -> None:
+    """Every table of the report, in the terminal."""
+    scaling = T.scaling_display(analysis.scaling_table(records, baseline))
+    if not scaling:
+        console.print("no case ran (status ok): nothing to fit")
+    _print_scaling_rows(scaling, console, baseline)
+    for scn, rows in _by_scenario(T.measurement_display(T.measurements(records, baseline))).items():
+        console.print(rich_table(f"measurements · {scn}", MEASUREMENTS, rows))
+    for scn, rows in _by_scenario(T.with_scenario(T.crossover_table(records))).items():
+        console.print(rich_table(f"crossovers · {scn}", CROSSOVERS, rows))
+    for scn, rows in _by_scenario(T.with_scenario(T.not_run(records))).items():
+        console.print(rich_table(f"not run · {scn}", NOT_RUN, rows))
