@@ -64,22 +64,23 @@ def env(json_out: Json = False, device: Device = "auto") -> None:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     variants: Annotated[Optional[str], typer.Option(help="Comma-separated variants (see `attnbench list`).")] = None,
     backends: Annotated[Optional[str], typer.Option(help="Comma-separated backends; default: all of each variant.")] = None,
     suite: Annotated[Optional[str], typer.Option(help="A suite name (quick, ...) or a .toml path; flags override its axes.")] = None,
     seq: Annotated[Optional[str], typer.Option(help="Lengths: 1k..64k doubles, 1k,3k,8k lists, k = 1024.")] = None,
     kv_seq: Annotated[Optional[str], typer.Option("--kv-seq", help="Key/value length (cross attention); same grammar.")] = None,
-    batch: Annotated[Optional[list[int]], typer.Option(help="Batch size (repeatable).")] = None,
-    heads: Annotated[Optional[list[int]], typer.Option(help="Query heads (repeatable).")] = None,
-    kv_heads: Annotated[Optional[list[int]], typer.Option("--kv-heads", help="Key/value heads; must divide heads.")] = None,
-    kv_groups: Annotated[Optional[list[int]], typer.Option("--kv-groups", help="Query heads per KV head (excludes --kv-heads).")] = None,
-    head_dim: Annotated[Optional[list[int]], typer.Option("--head-dim", help="Head dimension (repeatable).")] = None,
+    batch: Annotated[Optional[list[str]], typer.Option(help="Batch size (repeatable).")] = None,
+    heads: Annotated[Optional[list[str]], typer.Option(help="Query heads (repeatable).")] = None,
+    kv_heads: Annotated[Optional[list[str]], typer.Option("--kv-heads", help="Key/value heads; must divide heads.")] = None,
+    kv_groups: Annotated[Optional[list[str]], typer.Option("--kv-groups", help="Query heads per KV head (excludes --kv-heads).")] = None,
+    head_dim: Annotated[Optional[list[str]], typer.Option("--head-dim", help="Head dimension (repeatable).")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="float32 | float16 | bfloat16 (comma-separated for several).")] = None,
     causal: Annotated[Optional[bool], typer.Option("--causal/--no-causal", help="Causal mask (bottom-right aligned).")] = None,
     mode: Annotated[Optional[list[str]], typer.Option(help="fwd | bwd | fwd+bwd | decode (repeatable or comma-separated).")] = None,
     device: Device = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Results file (JSONL); default results/run-<time>.jsonl.")] = None,
-    time_budget: Annotated[float, typer.Option("--time-budget", help="Seconds per case, setup included.")] = 30.0,
+    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Seconds of measurement per case (default 30, or the suite's); setup and compilation get 60 s more.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (recorded); default: torch's.")] = None,
     resume: Annotated[bool, typer.Option(help="Skip cases already in --out and append the rest.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing --out.")] = False,
@@ -100,7 +101,7 @@ def run(
     from .sweep import load_suite, make_sweep
     from .tables import results_table
 
-    if time_budget <= 0:
+    if time_budget is not None and time_budget <= 0:
         raise UsageError(f"--time-budget must be a positive number of seconds (got {time_budget:g})")
     if profile_dir is not None and not profile_dir.parent.exists():
         raise UsageError(f"--profile-dir '{profile_dir}': directory '{profile_dir.parent}' does not exist")
@@ -119,9 +120,9 @@ def run(
         sweeps = [make_sweep(**given)]
     dev = resolve_device(meta.get("device", device) if device == "auto" else device)
     out = out or default_out()
-    budget = float(meta.get("time_budget", time_budget)) if time_budget == 30.0 else time_budget
+    budget = time_budget if time_budget is not None else float(meta.get("time_budget", 30.0))
     records, interrupted = run_sweep(sweeps, dev, out, time_budget=budget, threads=threads, resume=resume,
-                                     force=force, console=err_console, command=["attnbench", *sys.argv[1:]],
+                                     force=force, console=err_console, command=["attnbench", *ctx.obj["argv"]],
                                      profile_dir=profile_dir)
     if json_out:
         print(json.dumps(records, default=str))
@@ -164,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     from .results import ResultsError
 
     try:
-        rc = app(args=argv, standalone_mode=False)  # a typer.Exit inside returns its code here
+        argv = sys.argv[1:] if argv is None else list(argv)
+        rc = app(args=argv, standalone_mode=False, obj={"argv": argv})  # typer.Exit inside returns its code
     except (UsageError, ResultsError) as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return 2

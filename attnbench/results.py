@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -58,7 +59,7 @@ class Writer:
             self._write(header)
 
     def _write(self, obj: dict) -> None:
-        self._f.write(json.dumps(obj, default=_jsonable) + "\n")
+        self._f.write(json.dumps(_finite(obj), default=_jsonable, allow_nan=False) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
 
@@ -84,9 +85,18 @@ def _ensure_newline_terminated(path: Path) -> None:
             f.truncate(cut)
 
 
-def _jsonable(x: Any):
+def _finite(x: Any) -> Any:
+    """NaN and infinities become null (JSON has no such numbers)."""
     if isinstance(x, float):
-        return None
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _jsonable(x: Any):
     if hasattr(x, "item"):
         return x.item()
     if isinstance(x, (set, tuple)):

@@ -62,6 +62,7 @@ def _worker_main(conn, device: str, threads: int | None, mem_limit: int | None =
     from .measure import refs as refs_mod, telemetry
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops between cases
+    memory.pin_mmap_threshold()
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)

@@ -91,10 +91,20 @@ SUITE_KEYS = {"description", "sweep", "time_budget", "device"}
 
 
 def _positive(values, what: str) -> tuple[int, ...]:
+    values = [_int(s, what) for v in values for s in (str(v).split(",") if isinstance(v, str) else [v])]
     for v in values:
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise UsageError(f"bad {what} value {v!r}; accepted: integers >= 1")
     return tuple(values)
+
+
+def _int(text: Any, what: str) -> Any:
+    if not isinstance(text, str):
+        return text
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise UsageError(f"bad {what} value '{text}'; accepted: integers >= 1, comma-separated or repeated") from None
 
 
 def make_sweep(**axes: Any) -> Sweep:
@@ -231,9 +241,10 @@ def _expand_one(sw: Sweep, device: torch.device):
 
 
 def _decide(v, backend: str, raw: Problem, device: torch.device) -> Case:
-    if raw.kv_heads < 0:
-        return Case(v.name, backend, replace(raw, kv_heads=0), "unsupported",
-                    f"kv_groups={-raw.kv_heads} does not divide heads={raw.heads}")
+    if raw.kv_heads < 0:  # kv_groups that do not divide the heads: keep the groups in params
+        p = v.resolve(replace(raw, kv_heads=raw.heads))
+        return Case(v.name, backend, replace(p, kv_heads=0).with_params(kv_groups=-raw.kv_heads),
+                    "unsupported", f"kv_groups={-raw.kv_heads} does not divide heads={raw.heads}")
     p = v.resolve(raw)
     if p.mode not in v.modes:
         return Case(v.name, backend, p, "unsupported", f"{v.name} does not support mode {p.mode} "

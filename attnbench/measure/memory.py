@@ -60,6 +60,18 @@ def _trim_heap() -> None:
         pass
 
 
+def pin_mmap_threshold(nbytes: int = 128 * 1024) -> None:
+    """Keep glibc from raising its mmap threshold (it does, up to 32 MiB, whenever a large block
+    is freed): then every large tensor is its own mapping and VmHWM's rise is the call's own
+    memory, not heap slack left by earlier calls. Call once per measuring process."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, nbytes)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_cpu(fn: Callable[[], object]) -> Peak:
     why = cpu_peak_supported()
     if why:

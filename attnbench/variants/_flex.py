@@ -40,6 +40,14 @@ def and_masks(*mods: MaskMod | None) -> MaskMod | None:
 
 
 @functools.cache
+def compiled_block_mask():
+    """create_block_mask compiled, so the dense L×L mask is never materialised."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return torch.compile(create_block_mask)
+
+
+@functools.cache
 def compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -69,14 +77,12 @@ def flex_backend(mask_mod: Callable[[Problem], MaskMod | None] | None = None,
     the causal mask is added from problem.causal."""
 
     def build(problem: Problem, device: torch.device) -> Fn:
-        from torch.nn.attention.flex_attention import create_block_mask
-
         mod = and_masks(mask_mod(problem) if mask_mod else None,
                         causal_mod(problem) if problem.causal else None)
         block_mask = None
         if mod is not None:
-            block_mask = create_block_mask(mod, B=None, H=None, Q_LEN=problem.seq_q,
-                                           KV_LEN=problem.seq_k, device=device, _compile=True)
+            block_mask = compiled_block_mask()(mod, B=None, H=None, Q_LEN=problem.seq_q,
+                                               KV_LEN=problem.seq_k, device=device)
         smod = score_mod(problem, device) if score_mod else None
         attend = compiled_flex()
         gqa = problem.groups > 1

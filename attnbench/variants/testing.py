@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..problem import Problem
 from ..registry import Backend, Fn, add_backend
+from ._common import sdpa_call
 
 FAULTS = ("none", "oom", "sleep", "raise", "segv", "kill")
 
@@ -28,6 +29,7 @@ FAULTS = ("none", "oom", "sleep", "raise", "segv", "kill")
 def _build(problem: Problem, device: torch.device) -> Fn:
     fault = problem.param("fault", "none")
     delay_s = float(os.environ.get("ATTNBENCH_TEST_DELAY_MS", "0")) / 1e3
+    kwargs = sdpa_call(problem)
 
     def fault_fn(q, k, v):
         if fault == "oom":
@@ -38,7 +40,7 @@ def _build(problem: Problem, device: torch.device) -> Fn:
             raise RuntimeError("injected failure")
         if fault in ("segv", "kill"):
             os.kill(os.getpid(), signal.SIGSEGV if fault == "segv" else signal.SIGKILL)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=problem.causal)
+        out = F.scaled_dot_product_attention(q, k, v, **kwargs)
         if delay_s:
             end = time.perf_counter() + delay_s
             while time.perf_counter() < end:
