@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from . import registry
@@ -54,7 +55,7 @@ def results_table(records: list[dict], title: str = "attnbench results") -> Tabl
         t.add_row(r["variant"], r["backend"], r["mode"], f"{fmt_len(r['seq_q'])}×{fmt_len(r['seq_k'])}",
                   heads, f"[{STATUS_STYLE.get(st, '')}]{st}[/]", fmt_ms(med), iqr,
                   fmt_bytes(r.get("peak_mem_bytes")), f"{r['tflops']:.2g}" if r.get("tflops") else "-",
-                  err_s, note[:160])
+                  err_s, escape(note[:160]))
     return t
 
 
@@ -64,7 +65,8 @@ def variants_table(rows: list[dict]) -> Table:
         t.add_column(col, overflow="fold")
     for r in rows:
         bs = "  ".join(b["name"] if b["available"] else f"[dim]{b['name']}✗[/]" for b in r["backends"])
-        t.add_row(r["name"], r["family"], r["complexity"]["time"], r["complexity"]["memory"], bs, r["description"])
+        t.add_row(r["name"], r["family"], r["complexity"]["time"], r["complexity"]["memory"], bs,
+                  escape(r["description"]))
     return t
 
 

@@ -2,7 +2,7 @@
 
 import os
 
-from . import exact, flash  # noqa: F401
+from . import exact, flash, positional, sparse  # noqa: F401
 
 if os.environ.get("ATTNBENCH_TEST_BACKENDS") == "1":
     from .testing import register_test_backends

@@ -337,12 +337,12 @@ def xl_flops(p: Problem) -> float:
 
 
 def _xl_resolve(p: Problem) -> Problem:
-    p = fill_defaults(p, mem_len=512, seed=0)
+    mem = p.param("mem_len", 512)
     if p.seq_k == 0:
-        p = replace(p, seq_k=p.seq_q + p.param("mem_len"))
+        p = replace(p, seq_k=p.seq_q + mem)
     elif p.seq_k >= p.seq_q:  # an explicit --kv-seq (or decode's cache length) sets the memory
-        p = p.with_params(mem_len=p.seq_k - p.seq_q)
-    return fill_defaults(p)
+        mem = p.seq_k - p.seq_q
+    return fill_defaults(p, seed=0).with_params(mem_len=mem)
 
 
 def _xl_supports(p: Problem) -> Reason:
