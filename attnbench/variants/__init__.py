@@ -3,6 +3,9 @@
 import os
 
 from . import exact, flash, positional, sparse  # noqa: F401
+from .triton_backends import register_triton_backends
+
+register_triton_backends()
 
 if os.environ.get("ATTNBENCH_TEST_BACKENDS") == "1":
     from .testing import register_test_backends

@@ -303,3 +303,9 @@ STRIDED = _register_blocks(
     "strided", "Sparse Transformer strided/fixed patterns in 64-blocks, stride ≈ √L (0 = auto)",
     "O(L·√L)", BlockPattern(_strided_layout, _strided_check),
     {"pattern": "strided", "stride": 0, "summary": 1, "block": 64}, resolve=_strided_resolve)
+
+
+# The block layouts by variant, for backends defined elsewhere (the Triton block-sparse kernel).
+BLOCK_LAYOUTS: dict[str, Callable[[Problem], torch.Tensor]] = {
+    "longformer": _longformer_layout, "bigbird": _bigbird_layout, "strided": _strided_layout,
+}
