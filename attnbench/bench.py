@@ -64,11 +64,21 @@ class Interrupt:
 def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budget: float,
               threads: int | None, resume: bool = False, force: bool = False,
               console: Console | None = None, command: list[str] | None = None,
-              profile_dir: Path | None = None) -> tuple[list[dict], bool]:
+              profile_dir: Path | None = None, shard: tuple[int, int] | None = None,
+              world_size: int | None = None, executor: str = "local",
+              address: str | None = None) -> tuple[list[dict], bool]:
     """Run every case; returns (records of this file, interrupted)."""
     console = console or Console(stderr=True)
     check_out(out, resume, force)
     cases = expand(sweeps, device)
+    if shard is not None:
+        from .executors import shard as take_shard
+
+        cases = take_shard(cases, *shard)
+    if world_size:
+        from .distributed.variant import with_world_size
+
+        cases = with_world_size(cases, world_size, device)
     done: list[dict] = []
     if threads:
         torch.set_num_threads(threads)
@@ -97,6 +107,16 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
         header = results.make_header(command or sys.argv, env, refs)
         with results.Writer(out, header, append=resume and out.exists()) as writer, _progress(console) as prog:
             task = prog.add_task("attnbench", total=len(cases))
+            if executor == "ray":
+                from .executors import run_cases_ray
+
+                def on_ray_record(r: dict) -> None:
+                    writer.write(r)
+                    records.append(r)
+                    prog.advance(task)
+
+                run_cases_ray(cases, cfg, address, on_record=on_ray_record, refs=refs)
+                cases = []
             for case in cases:
                 if stop.requested:
                     break

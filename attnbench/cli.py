@@ -84,6 +84,10 @@ def run(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (recorded); default: torch's.")] = None,
     resume: Annotated[bool, typer.Option(help="Skip cases already in --out and append the rest.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing --out.")] = False,
+    world_size: Annotated[Optional[int], typer.Option("--world-size", help="Ranks for distributed variants (ring); launched locally.")] = None,
+    executor: Annotated[str, typer.Option(help="local | ray (each case a Ray task).")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start one in-process).")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="Run only shard K/N of the cases (e.g. 0/4); merge with `attnbench merge`.")] = None,
     profile_dir: Annotated[Optional[Path], typer.Option("--profile-dir", help="Save a trace of one call per case as DIR/<case_id>.json.")] = None,
     json_out: Json = False,
 ) -> None:
@@ -105,6 +109,16 @@ def run(
         raise UsageError(f"--time-budget must be a positive number of seconds (got {time_budget:g})")
     if profile_dir is not None and not profile_dir.parent.exists():
         raise UsageError(f"--profile-dir '{profile_dir}': directory '{profile_dir.parent}' does not exist")
+    if world_size is not None and world_size < 1:
+        raise UsageError(f"--world-size must be at least 1 (got {world_size})")
+    if executor not in ("local", "ray"):
+        raise UsageError(f"unknown --executor '{executor}'; accepted: local, ray")
+    if address is not None and executor != "ray":
+        raise UsageError("--address goes with --executor ray")
+    if shard is not None:
+        from .executors import parse_shard
+
+        shard_kn = parse_shard(shard)
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be at least 1 (got {threads})")
     axes = {"variants": variants, "backends": backends, "seq": seq, "kv_seq": kv_seq, "batch": batch,
@@ -123,7 +137,8 @@ def run(
     budget = time_budget if time_budget is not None else float(meta.get("time_budget", 30.0))
     records, interrupted = run_sweep(sweeps, dev, out, time_budget=budget, threads=threads, resume=resume,
                                      force=force, console=err_console, command=["attnbench", *ctx.obj["argv"]],
-                                     profile_dir=profile_dir)
+                                     profile_dir=profile_dir, shard=shard_kn if shard else None,
+                                     world_size=world_size, executor=executor, address=address)
     if json_out:
         print(json.dumps(records, default=str))
     else:

@@ -1,20 +1,144 @@
-"""Commands for runs spread over machines: merge the results files of shards or nodes."""
+"""Commands for runs spread over processes and machines: `ring` (ring attention on P ranks,
+spawned here or under torchrun) and `merge` (join the results files of shards or nodes)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from .errors import UsageError
 
 err_console = Console(stderr=True)
+out_console = Console()
 
 
 def register(app: typer.Typer) -> None:
+    register_ring(app)
+    register_merge(app)
+
+
+def register_ring(app: typer.Typer) -> None:
+    @app.command()
+    def ring(
+        seq: Annotated[str, typer.Option(help="Lengths: 4k,8k,16k lists, 1k..64k doubles, k = 1024.")] = "4k",
+        world_size: Annotated[Optional[int], typer.Option("--world-size", help="Ranks (default: torchrun's WORLD_SIZE, else 2).")] = None,
+        causal: Annotated[bool, typer.Option("--causal/--no-causal", help="Causal mask (zig-zag shards).")] = False,
+        batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+        heads: Annotated[int, typer.Option(help="Query heads.")] = 8,
+        kv_heads: Annotated[Optional[int], typer.Option("--kv-heads", help="Key/value heads (default: heads).")] = None,
+        head_dim: Annotated[int, typer.Option("--head-dim", help="Head dimension.")] = 64,
+        dtype: Annotated[str, typer.Option(help="float32 | float16 | bfloat16.")] = "float32",
+        block: Annotated[str, typer.Option(help="Local block backend: sdpa | eager | triton.")] = "sdpa",
+        layout: Annotated[str, typer.Option(help="zigzag | contiguous (how a causal sequence is split).")] = "zigzag",
+        device: Annotated[str, typer.Option(help="cpu (gloo) | cuda (nccl, one GPU per rank) | auto.")] = "auto",
+        threads: Annotated[Optional[int], typer.Option(help="CPU threads per rank (default: cores / ranks).")] = None,
+        baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Also time one rank (scaling efficiency).")] = True,
+        time_budget: Annotated[float, typer.Option("--time-budget", help="Seconds per case before its ranks are killed.")] = 600.0,
+        out: Annotated[Optional[Path], typer.Option(help="Results file (JSONL); default results/ring-<time>.jsonl.")] = None,
+        force: Annotated[bool, typer.Option(help="Overwrite an existing --out.")] = False,
+    ) -> None:
+        """Ring attention on P ranks: latency (max over ranks), compute/communication split,
+        bytes sent, peak memory per rank, scaling efficiency T1/(P·TP).
+
+        Examples:
+
+          attnbench ring --seq 4k,8k,16k --world-size 2 --causal
+
+          torchrun --nproc-per-node 8 -m attnbench ring --seq 64k,128k --causal --device cuda
+        """
+        from .distributed.launch import under_torchrun
+
+        world = world_size or int(os.environ.get("WORLD_SIZE", "2"))
+        if under_torchrun() and world != int(os.environ["WORLD_SIZE"]):
+            raise UsageError(f"--world-size {world} but torchrun started {os.environ['WORLD_SIZE']} ranks; "
+                             "leave --world-size out under torchrun")
+        cases = _ring_cases(seq, world, causal, batch, heads, kv_heads, head_dim, dtype, block, layout)
+        rank0 = not under_torchrun() or os.environ.get("RANK") == "0"
+        records = _run_ring(cases, world, device, threads, baseline, time_budget, out, force, rank0)
+        if rank0:
+            out_console.print(_ring_table(records))
+
+
+def _ring_cases(seq, world, causal, batch, heads, kv_heads, head_dim, dtype, block, layout):
+    from . import registry
+    from .distributed import variant  # noqa: F401  (registers `ring`)
+    from .problem import Problem, parse_dtype
+    from .sweep import Case, parse_seq
+
+    v = registry.get("ring")
+    v.backend(block)  # raises with the accepted names
+    cases = []
+    for n in parse_seq(seq):
+        p = v.resolve(Problem(batch=batch, heads=heads, kv_heads=kv_heads or heads, seq_q=n, seq_k=n,
+                              head_dim=head_dim, dtype=parse_dtype(dtype), causal=causal,
+                              params=(("layout", layout), ("world_size", world))))
+        why = v.supports(p) or (None if world >= 2 else "--world-size must be at least 2")
+        if why:
+            raise UsageError(f"ring at seq={n}: {why}")
+        cases.append(Case("ring", block, p))
+    return cases
+
+
+def _run_ring(cases, world, device, threads, baseline, budget, out, force, rank0) -> list[dict]:
+    from . import results
+    from .bench import check_out, resolve_device
+    from .distributed.launch import run_ring_case
+    from .measure import env as env_mod
+    from .runner import base_record
+
+    dev = resolve_device(device)
+    if out is None:
+        Path("results").mkdir(exist_ok=True)
+        out = Path("results") / _time_name("ring")
+    if rank0:
+        check_out(out, resume=False, force=force)
+    writer = results.Writer(out, results.make_header(["attnbench", *sys.argv[1:]], env_mod.capture(dev), None)) if rank0 else None
+    records = []
+    try:
+        for case in cases:
+            fields = run_ring_case(case.problem, world, device=dev.type, block=case.backend,
+                                   layout=case.problem.param("layout"), threads=threads, baseline=baseline,
+                                   timeout=budget)
+            if fields is not None and writer is not None:
+                records.append(base_record(case, dev) | fields)
+                writer.write(records[-1])
+    finally:
+        if writer is not None:
+            writer.close()
+    return records
+
+
+def _time_name(prefix: str) -> str:
+    import time
+
+    return time.strftime(f"{prefix}-%Y%m%d-%H%M%S.jsonl")
+
+
+def _ring_table(records: list[dict]) -> Table:
+    from .tables import fmt_bytes, fmt_len, fmt_ms
+
+    t = Table(title="ring attention")
+    for col in ("seq", "causal", "ranks", "status", "latency", "1 rank", "efficiency", "comm share", "peak/rank", "error"):
+        t.add_column(col)
+    for r in records:
+        d = r.get("distributed") or {}
+        pct = lambda x: f"{100 * x:.0f}%" if x is not None else "—"  # noqa: E731
+        err = (r.get("error") or {}).get("rel_l2")
+        t.add_row(fmt_len(r["seq_q"]), "yes" if r["causal"] else "no", str(d.get("world_size", "—")),
+                  r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}",
+                  fmt_ms((r.get("latency_ms") or {}).get("median")), fmt_ms(d.get("baseline_ms")),
+                  pct(d.get("scaling_efficiency")), pct(d.get("comm_share")), fmt_bytes(r.get("peak_mem_bytes")),
+                  f"{err:.1e}" if err is not None else "—")
+    return t
+
+
+def register_merge(app: typer.Typer) -> None:
     @app.command()
     def merge(
         files: Annotated[list[Path], typer.Argument(help="Results files (JSONL) to merge, in order.")],

@@ -92,6 +92,8 @@ def run_cases_ray(cases: Iterable[Case], cfg: RunConfig, address: str | None = N
     (local_cpus CPUs) unless Ray is already initialised in this process."""
     ray = _import_ray()
     cases = list(cases)
+    if not cases:
+        return []
     started = False
     if not ray.is_initialized():
         kwargs = {"address": address} if address else {"num_cpus": local_cpus, "include_dashboard": False}

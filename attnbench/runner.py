@@ -244,6 +244,12 @@ def base_record(case: Case, device: torch.device) -> dict:
             "telemetry": None, "wall_s": None}
 
 
+def _is_distributed(case: Case) -> bool:
+    from .distributed.variant import is_distributed
+
+    return is_distributed(case)
+
+
 def run_cases(cases: Iterable[Case], cfg: RunConfig, worker: Worker,
               on_record: Callable[[dict], None], refs: dict | None = None) -> None:
     """Run every case, handing each finished record to on_record (which writes it)."""
@@ -254,6 +260,10 @@ def run_cases(cases: Iterable[Case], cfg: RunConfig, worker: Worker,
             rec.update(status=case.status, reason=case.reason)
         elif (why := skip_reason(case, cfg, refs)) is not None:
             rec.update(status="skipped", reason=why)
+        elif _is_distributed(case):  # ranks are spawned from here: the daemonic worker cannot
+            from .distributed.launch import run_distributed_case
+
+            rec.update(run_distributed_case(case, cfg))
         else:
             rec.update(worker.run(case, cfg.time_budget + STARTUP_GRACE_S))
         rec["wall_s"] = time.perf_counter() - t0

@@ -28,6 +28,15 @@ def short_kernel(kernel: str | None) -> str:
     return (kernel or "").split(",")[0].replace("aten::", "").strip()
 
 
+def _distributed_note(d: dict | None) -> str:
+    """Communication share and scaling efficiency of a distributed (ring) case."""
+    if not d:
+        return ""
+    eff = d.get("scaling_efficiency")
+    return (f", comm {100 * (d.get('comm_share') or 0):.2f}% of time, {fmt_bytes(d.get('bytes_sent'))} sent"
+            + (f", efficiency {eff:.2f} vs 1 rank" if eff is not None else ""))
+
+
 def fmt_len(n: int) -> str:
     return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
 
@@ -49,7 +58,7 @@ def results_table(records: list[dict], title: str = "attnbench results") -> Tabl
         iqr = f"{100 * lat['iqr'] / med:.0f}" if med else "-"
         err = r.get("error") or {}
         err_s = f"{err['rel_l2']:.0e}" if "rel_l2" in err else "-"
-        note = r.get("reason") or short_kernel(r.get("kernel"))
+        note = r.get("reason") or short_kernel(r.get("kernel")) + _distributed_note(r.get("distributed"))
         st = r["status"]
         heads = f"{r['heads']}" if r["heads"] == r["kv_heads"] else f"{r['heads']}/{r['kv_heads']}"
         t.add_row(r["variant"], r["backend"], r["mode"], f"{fmt_len(r['seq_q'])}×{fmt_len(r['seq_k'])}",

@@ -91,6 +91,7 @@ def merge_into(out_acc: torch.Tensor, lse_acc: torch.Tensor, out_b: torch.Tensor
     lse_a = lse_acc[..., a:b]
     new = torch.logaddexp(lse_a, lse_b)
     safe = torch.where(torch.isfinite(new), new, 0.0)  # rows that saw nothing stay 0 / -inf
-    w_a, w_b = torch.exp(lse_a - safe)[..., None], torch.exp(lse_b - safe)[..., None]
-    out_acc[..., a:b, :] = out_acc[..., a:b, :] * w_a + out_b.float() * w_b
+    acc = out_acc[..., a:b, :]  # a view: updated in place, no (B, Hq, Lq, D) temporaries
+    acc.mul_(torch.exp(lse_a - safe)[..., None])
+    acc.addcmul_(out_b.float(), torch.exp(lse_b - safe)[..., None])
     lse_acc[..., a:b] = new

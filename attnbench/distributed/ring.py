@@ -5,7 +5,7 @@ context parallelism in Megatron-LM / zigzag ring-flash-attention).
 Each rank holds the queries, keys and values of its shard (see layout.py). In P steps the K/V
 shards travel around the ring: at step t rank r holds the K/V of rank (r − t) mod P. Before
 computing on the block it holds, a rank posts the transfer of that block to rank r+1 and the
-receive of the next one from rank r−1 (one `dist.batch_isend_irecv` of K and V stacked), so the
+receive of the next one from rank r−1 (one `dist.batch_isend_irecv` of K and V), so the
 transfer overlaps the computation; it then waits. Partial results are merged with the
 log-sum-exp (blocks.merge_into), so the result is exact, not approximate.
 
@@ -74,18 +74,19 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: La
     world = layout.world
     scale = default_scale(q.shape[-1])
     out_acc, lse_acc = _accumulators(q)
-    kv = torch.stack((k, v))  # (2, B, Hkv, L_src, D): K and V travel as one message
-    nxt, reqs = None, []
+    kv = (k.contiguous(), v.contiguous())  # the K/V shard held now: (B, Hkv, L_src, D) each
+    nxt, reqs = kv, []
     for step in range(world):
         src = (rank - step) % world  # whose K/V this rank holds now
         if step < world - 1:
             t0 = time.perf_counter()
-            nxt = kv.new_empty((2, *k.shape[:2], layout.length((src - 1) % world), k.shape[-1]))
-            ops = [dist.P2POp(dist.isend, kv, (rank + 1) % world, group),
-                   dist.P2POp(dist.irecv, nxt, (rank - 1) % world, group)]
+            shape = (*k.shape[:2], layout.length((src - 1) % world), k.shape[-1])
+            nxt = (k.new_empty(shape), v.new_empty(shape))
+            ops = [dist.P2POp(dist.isend, t, (rank + 1) % world, group) for t in kv] + \
+                  [dist.P2POp(dist.irecv, t, (rank - 1) % world, group) for t in nxt]
             reqs = dist.batch_isend_irecv(ops)
             stats.post_s += time.perf_counter() - t0
-            stats.bytes_sent += kv.numel() * kv.element_size()
+            stats.bytes_sent += sum(t.numel() * t.element_size() for t in kv)
         t0 = time.perf_counter()
         compute_on(q, kv[0], kv[1], plan(layout, rank, src), block_fn, out_acc, lse_acc, scale, stats)
         sync()

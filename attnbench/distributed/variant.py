@@ -74,3 +74,27 @@ RING = register(Variant(
     backends=tuple(Backend(name, _build, desc, available=_available(name), supports=_backend_supports)
                    for name, desc in _DESCRIPTIONS.items()),
     resolve=_resolve, supports=_supports, defaults={"world_size": 1, "layout": "zigzag"}, modes=("fwd",)))
+
+
+# ---------------------------------------------------------------- hooks for the runner
+def is_distributed(case) -> bool:
+    """A case the runner must hand to launch.run_distributed_case (not to its worker)."""
+    from .. import registry
+
+    return registry.get(case.variant).family == "distributed" and case.problem.param("world_size", 1) > 1
+
+
+def with_world_size(cases: list, world_size: int, device: torch.device) -> list:
+    """The cases of `run --world-size N`: distributed variants get world_size=N and their status
+    decided again; every other case is returned unchanged (its case_id too)."""
+    from .. import registry
+    from ..sweep import _decide  # the sweep's own decision: supports, available, ...
+
+    out = []
+    for c in cases:
+        v = registry.get(c.variant)
+        if v.family != "distributed":
+            out.append(c)
+            continue
+        out.append(_decide(v, c.backend, c.problem.with_params(world_size=world_size), device))
+    return out
