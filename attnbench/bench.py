@@ -35,13 +35,16 @@ def resolve_device(name: str) -> torch.device:
     raise UsageError(f"unknown device '{name}'; accepted: auto, cpu, cuda")
 
 
+DEFAULT_DIR = Path("results")
+
+
 def default_out() -> Path:
-    Path("results").mkdir(exist_ok=True)
-    return Path("results") / time.strftime("run-%Y%m%d-%H%M%S.jsonl")
+    """results/run-<time>.jsonl; the folder is made only once the run starts."""
+    return DEFAULT_DIR / time.strftime("run-%Y%m%d-%H%M%S.jsonl")
 
 
 def check_out(out: Path, resume: bool, force: bool) -> None:
-    if not out.parent.exists():
+    if not out.parent.exists() and out.parent != DEFAULT_DIR:
         raise UsageError(f"cannot write '{out}': directory '{out.parent}' does not exist")
     if out.exists() and out.is_dir():
         raise UsageError(f"--out '{out}' is a directory; give a file path such as {out}/run.jsonl")
@@ -91,6 +94,7 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
         console.print(f"resuming {out}: {len(done)} cases recorded, {len(cases)} to run")
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(exist_ok=True)  # only the default results/ can be missing here
     cfg = RunConfig(device=device, time_budget=time_budget, threads=threads,
                     profile_dir=str(profile_dir) if profile_dir else None)
     worker = Worker(cfg)
