@@ -62,7 +62,7 @@ def build_report(paths: list[str | Path], out: Path, baseline: str | None = None
                                                                 | {s.name for s in everything})), baseline)
     sections = [_environment(headers, out, paths), _scaling(ctx, everything, records, out, base_note),
                 _throughput(ctx, everything, records, out), _crossovers(records, out),
-                *_special(ctx, everything, records), _not_run(records, out)]
+                *_special(ctx, everything, records), *_peers(headers, records, out), _not_run(records, out)]
     from .html import write_html
     from .markdown import write_markdown
 
@@ -178,6 +178,22 @@ def _special(ctx: Context, everything, records) -> list[Section]:
                                     ("Pattern gallery", gallery(ctx, variants))):
         secs.append(Section(name, charts=charts, skipped=skipped))
     return secs
+
+
+def _peers(headers: list[dict], records, out: Path) -> list[Section]:
+    """The targets of suites/peers.toml, when this run measured any of them."""
+    from .peers import peer_targets
+
+    refs = next((h.get("refs") for h in headers if h.get("refs")), None)
+    targets = [t for t in peer_targets(records, refs) if t.passed is not None]
+    if not targets:
+        return []
+    rows = [{"number": t.number, "what": t.what, "goal": t.goal, "measured": t.measured,
+             "result": {True: "pass", False: "miss"}[t.passed] + (f" ({t.note})" if t.note else "")} for t in targets]
+    cols = (("number", "#"), ("what", "target"), ("goal", "goal"), ("measured", "measured (ratios in one run)"),
+            ("result", "result"))
+    return [Section("Against the peers", ["Targets of suites/peers.toml, each a ratio measured in this run."],
+                    tables=[_table("against the peers", cols, rows, out, "peers")])]
 
 
 def _not_run(records, out: Path) -> Section:

@@ -1,0 +1,171 @@
+""""Against the peers": the performance targets of suites/peers.toml, read off one run.
+
+Each target is a ratio measured in the same run (same machine, same moment), never an
+absolute time:
+
+1. GQA/MQA decode: `grouped` ≥ 3× faster than SDPA enable_gqa at Hkv ≤ 8; MHA/MQA latency
+   ratio ≥ 8 (`grouped`); each `grouped` case within 3× of KV bytes ÷ the in-run copy bandwidth.
+2. causal Performer `chunked` ≥ 10× faster than performer-pytorch at 16k; fitted latency
+   exponent ≤ 1.15 and peak-memory exponent ≤ 1.1 over 4k..64k.
+3. non-causal Performer (256 features): ours no slower than performer-pytorch at each length,
+   with a relative error against exact attention no worse (same inputs).
+4. causal sliding window (w=256): our best ≥ 3× faster than local-attention at every L in 4k..64k.
+5. exact attention, L ≥ 2k non-causal: the best backend reaches ≥ 80 % of the in-run GEMM rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..analysis import fit_exponent
+
+
+@dataclass(frozen=True)
+class Target:
+    number: int
+    what: str
+    goal: str
+    measured: str
+    passed: bool | None  # None: not measured in this run
+    note: str = ""
+
+
+def _ok(records, **match) -> list[dict]:
+    return [r for r in records if r["status"] == "ok" and all(r.get(k) == v for k, v in match.items())]
+
+
+def _median(r: dict | None) -> float | None:
+    return (r.get("latency_ms") or {}).get("median") if r else None
+
+
+def _one(records, **match) -> dict | None:
+    found = _ok(records, **match)
+    return found[0] if found else None
+
+
+def _missing(n: int, what: str, goal: str) -> Target:
+    return Target(n, what, goal, "not measured", None, "run `attnbench run --suite peers`")
+
+
+def decode_targets(records: list[dict], refs: dict | None) -> list[Target]:
+    dec = [r for r in _ok(records, mode="decode") if r["variant"] in ("mha", "gqa", "mqa")]
+    if not dec:
+        return [_missing(1, "GQA/MQA decode", "≥ 3× SDPA at Hkv ≤ 8; MHA/MQA ≥ 8×; ≤ 3× KV-bytes bound")]
+    out = []
+    ratios = []
+    for g in sorted({r["kv_heads"] for r in dec if r["kv_heads"] <= 8}, reverse=True):
+        sd = _one(dec, kv_heads=g, backend="sdpa")
+        gr = _one(dec, kv_heads=g, backend="grouped")
+        if sd and gr:
+            ratios.append((g, _median(sd) / _median(gr)))
+    if ratios:
+        worst = min(x for _, x in ratios)
+        out.append(Target(1, "decode: grouped vs SDPA enable_gqa (Hkv ≤ 8)", "≥ 3×",
+                          ", ".join(f"Hkv={g}: {x:.1f}×" for g, x in ratios), worst >= 3))
+    heads = max(r["heads"] for r in dec)
+    mha = _one(dec, kv_heads=heads, backend="grouped")
+    mqa = _one(dec, kv_heads=1, backend="grouped")
+    if mha and mqa:
+        x = _median(mha) / _median(mqa)
+        out.append(Target(1, "decode: MHA/MQA latency (grouped)", "≥ 8× (KV bytes 32×)", f"{x:.1f}×", x >= 8))
+    bw = ((refs or {}).get("copy") or {}).get("bytes_per_s")
+    if bw:
+        worst = max(_median(r) / (r["kv_cache_bytes"] / bw * 1e3) for r in dec if r["backend"] == "grouped")
+        out.append(Target(1, "decode: grouped latency ÷ (KV bytes ÷ in-run bandwidth)", "≤ 3×",
+                          f"worst {worst:.1f}×", worst <= 3))
+    return out
+
+
+def causal_linear_targets(records: list[dict]) -> list[Target]:
+    perf = _ok(records, variant="performer", causal=True)
+    out = []
+    ours = _one(perf, backend="chunked", seq_q=16384)
+    peer = _one(perf, backend="peer:performer-pytorch", seq_q=16384)
+    if ours and peer:
+        x = _median(peer) / _median(ours)
+        out.append(Target(2, "causal Performer at 16k: performer-pytorch ÷ chunked", "≥ 10×", f"{x:.1f}×", x >= 10))
+    for variant in ("performer", "linear"):
+        pts = [r for r in _ok(records, variant=variant, causal=True, backend="chunked") if r["seq_q"] >= 4096]
+        if len(pts) >= 3:
+            lt = fit_exponent([r["seq_q"] for r in pts], [_median(r) for r in pts])
+            mem = fit_exponent([r["seq_q"] for r in pts], [r["peak_mem_bytes"] for r in pts])
+            out.append(Target(2, f"causal {variant} chunked: latency exponent {lt.l_min // 1024}k..{lt.l_max // 1024}k",
+                              "≤ 1.15", lt.text(), lt.exponent <= 1.15))
+            if mem is not None:
+                out.append(Target(2, f"causal {variant} chunked: peak-memory exponent", "≤ 1.1", mem.text(),
+                                  mem.exponent <= 1.1))
+    return out or [_missing(2, "causal Performer / linear", "≥ 10× peer at 16k; exponents ≤ 1.15 / 1.1")]
+
+
+def _rel_err(r: dict) -> float | None:
+    e = r.get("error") or {}
+    return e.get("full_rel_l2", e.get("rel_l2"))
+
+
+def noncausal_performer_targets(records: list[dict]) -> list[Target]:
+    perf = _ok(records, variant="performer", causal=False)
+    rows, errs = [], []
+    for L in sorted({r["seq_q"] for r in perf}):
+        peer = _one(perf, backend="peer:performer-pytorch", seq_q=L)
+        ours = [r for r in perf if r["seq_q"] == L and not r["backend"].startswith("peer:")]
+        if peer and ours:
+            best = min(ours, key=_median)
+            rows.append((L, _median(peer) / _median(best), best["backend"]))
+            if _rel_err(best) is not None and _rel_err(peer) is not None:
+                errs.append((L, _rel_err(best), _rel_err(peer)))
+    if not rows:
+        return [_missing(3, "non-causal Performer", "no slower than performer-pytorch; error no worse")]
+    out = [Target(3, "non-causal Performer: performer-pytorch ÷ our best", "≥ 1.0× at every L",
+                  ", ".join(f"{L // 1024}k: {x:.2f}× ({b})" for L, x, b in rows), all(x >= 1.0 for _, x, _ in rows))]
+    if errs:
+        out.append(Target(3, "non-causal Performer: relative error ours vs peer", "ours ≤ peer",
+                          ", ".join(f"{L // 1024}k: {a:.3f} vs {b:.3f}" for L, a, b in errs),
+                          all(a <= b * 1.05 for _, a, b in errs),
+                          "5 % allowance: different random features"))
+    return out
+
+
+def sliding_window_targets(records: list[dict]) -> list[Target]:
+    sw = [r for r in _ok(records, variant="sliding_window", causal=True) if r["seq_q"] >= 4096]
+    rows = []
+    for L in sorted({r["seq_q"] for r in sw}):
+        peer = _one(sw, backend="peer:local-attention", seq_q=L)
+        ours = [r for r in sw if r["seq_q"] == L and not r["backend"].startswith("peer:")]
+        if peer and ours:
+            best = min(ours, key=_median)
+            rows.append((L, _median(peer) / _median(best), best["backend"]))
+    if not rows:
+        return [_missing(4, "sliding window w=256 causal", "≥ 3× local-attention at 4k..64k")]
+    return [Target(4, "sliding window (w=256, causal): local-attention ÷ our best", "≥ 3× at every L",
+                   ", ".join(f"{L // 1024}k: {x:.1f}× ({b})" for L, x, b in rows), all(x >= 3 for _, x, _ in rows))]
+
+
+def exact_roofline_targets(records: list[dict], refs: dict | None) -> list[Target]:
+    ex = [r for r in _ok(records, mode="fwd", causal=False) if r["variant"] in ("mha", "flash")
+          and r["seq_q"] >= 2048 and r.get("flops")]
+    gemm = ((refs or {}).get("gemm") or {})
+    if not ex or not gemm:
+        return [_missing(5, "exact attention vs in-run GEMM", "≥ 80 % at L ≥ 2k")]
+    fracs = []
+    for L in sorted({r["seq_q"] for r in ex}):
+        cands = [r for r in ex if r["seq_q"] == L and r["dtype"] in gemm]
+        best = max(cands, key=lambda r: r["flops"] / _median(r))
+        rate = best["flops"] / (_median(best) * 1e-3)
+        fracs.append((L, rate / gemm[best["dtype"]]["flops_per_s"], best["backend"]))
+    return [Target(5, "best exact backend ÷ in-run GEMM FLOP/s (non-causal)", "≥ 80 % at every L ≥ 2k",
+                   ", ".join(f"{L // 1024}k: {100 * f:.0f} % ({b})" for L, f, b in fracs),
+                   all(f >= 0.8 for _, f, _ in fracs))]
+
+
+def peer_targets(records: list[dict], refs: dict | None) -> list[Target]:
+    return [*decode_targets(records, refs), *causal_linear_targets(records),
+            *noncausal_performer_targets(records), *sliding_window_targets(records),
+            *exact_roofline_targets(records, refs)]
+
+
+def markdown(targets: list[Target]) -> str:
+    rows = ["| # | target | goal | measured | result |", "|---|---|---|---|---|"]
+    for t in targets:
+        mark = {True: "pass", False: "**miss**", None: "–"}[t.passed]
+        rows.append(f"| {t.number} | {t.what} | {t.goal} | {t.measured} | {mark}{' — ' + t.note if t.note else ''} |")
+    return "\n".join(rows)
