@@ -2,7 +2,7 @@
 
 import os
 
-from . import exact, flash, positional, sparse  # noqa: F401
+from . import exact, flash, positional, sparse, lsh, linear, vision, graph, peers  # noqa: F401
 from ..distributed import variant as _ring  # noqa: F401  (variant `ring`)
 from .triton_backends import register_triton_backends
 

@@ -1,0 +1,109 @@
+"""Peer-package backends against our implementations where the math matches.
+
+Each test skips (with the reason) only when its package is not importable; CI installs them
+with `pip install -e .[peers]`."""
+
+import importlib
+import warnings
+from dataclasses import replace
+
+import pytest
+import torch
+
+import attnbench.variants.peers as peers
+from attnbench import registry
+from attnbench.errors import UsageError
+from attnbench.problem import Problem
+from attnbench.variants._common import softmax_attention
+
+CPU = torch.device("cpu")
+
+
+def _needs(module):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pytest.skip(f"package {module} is not installed (pip install attnbench[peers])")
+
+
+def _problem(name, lq=128, lk=128, hq=4, hkv=4, d=16, causal=False, **params):
+    var = registry.get(name)
+    p = Problem(batch=2, heads=hq, kv_heads=hkv, seq_q=lq, seq_k=lk, head_dim=d, causal=causal)
+    return var, var.resolve(p.with_params(**{**var.defaults, **params}))
+
+
+def _inputs(p, scale=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(p.batch, p.heads, p.seq_q, p.head_dim, generator=g) * scale
+    k = torch.randn(p.batch, p.kv_heads, p.seq_k, p.head_dim, generator=g) * scale
+    return q, k, torch.randn(p.batch, p.kv_heads, p.seq_k, p.head_dim, generator=g)
+
+
+@pytest.mark.parametrize("hkv,lq", [(4, 128), (1, 50)])
+def test_linformer_peer_equals_eager(hkv, lq):
+    _needs("linformer")
+    var, p = _problem("linformer", lq=lq, lk=128, hkv=hkv, k=32)
+    q, k, v = _inputs(p)
+    b = var.backend("peer:linformer")
+    assert b.available(CPU) is None and b.supports(p, CPU) is None
+    torch.testing.assert_close(b.build(p, CPU)(q, k, v), var.backend("eager").build(p, CPU)(q, k, v),
+                               atol=1e-5, rtol=1e-4)
+    assert "kv_heads" in b.supports(replace(p, kv_heads=2), CPU)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_performer_peer_uses_our_features(causal):
+    """Same W; the package adds eps=1e-4 to its features, so outputs agree to ~1 %, and its
+    error against exact attention is close to ours."""
+    _needs("performer_pytorch")
+    var, p = _problem("performer", lq=256, lk=256, causal=causal, nb_features=128)
+    q, k, v = _inputs(p, scale=0.5)
+    ours = var.backend("chunked").build(p, CPU)(q, k, v)
+    theirs = var.backend("peer:performer-pytorch").build(p, CPU)(q, k, v)
+    assert ((theirs - ours).norm() / ours.norm()).item() < 0.03
+    ref = softmax_attention(q, k, v, causal=causal)
+    err = lambda x: ((x - ref).norm() / ref.norm()).item()  # noqa: E731
+    assert abs(err(theirs) - err(ours)) < 0.2 * err(ours)
+    decode = var.backend("peer:performer-pytorch").supports(replace(p, seq_q=1, mode="decode"), CPU)
+    assert ("Lq == Lk" in decode) if causal else decode is None
+
+
+def _sliding():
+    try:
+        return registry.get("sliding_window")
+    except UsageError as e:  # the sparse family belongs to another module
+        pytest.skip(f"sliding_window is not registered: {e}")
+
+
+@pytest.mark.parametrize("causal,length,window", [(True, 128, 16), (True, 100, 9), (False, 128, 17)])
+def test_local_attention_peer_same_pattern(causal, length, window):
+    _needs("local_attention")
+    var = _sliding()
+    _, p = _problem("sliding_window", lq=length, lk=length, causal=causal, window=window)
+    b = var.backend("peer:local-attention")
+    assert b.supports(p, CPU) is None and peers.local_window_size(p) == window - 1
+    q, k, v = _inputs(p)
+    torch.testing.assert_close(b.build(p, CPU)(q, k, v), var.reference(q, k, v, p), atol=1e-5, rtol=1e-4)
+
+
+def test_local_attention_peer_wider_pattern_when_window_minus_one_does_not_divide():
+    """Non-causal, L % (w−1) != 0: the package runs with ws = w, i.e. |i − j| <= w, which is
+    our window one key wider on each side; it matches that pattern exactly and differs from ours."""
+    _needs("local_attention")
+    var = _sliding()
+    _, p = _problem("sliding_window", lq=128, lk=128, window=16)
+    assert peers.local_window_size(p) == 16
+    q, k, v = _inputs(p)
+    out = var.backend("peer:local-attention").build(p, CPU)(q, k, v)
+    i = torch.arange(128)
+    wider = (i[:, None] - i[None, :]).abs() <= 16
+    torch.testing.assert_close(out, softmax_attention(q, k, v, mask=wider), atol=1e-5, rtol=1e-4)
+    assert (out - var.reference(q, k, v, p)).abs().max() > 1e-3
+    assert "multiple" in var.backend("peer:local-attention").supports(replace(p, seq_q=100, seq_k=100), CPU)
+
+
+def test_missing_package_reason():
+    reason = peers._available("attnbench_no_such_module", "no-such-package")(CPU)
+    assert reason == "package no-such-package is not installed (pip install attnbench[peers])"
