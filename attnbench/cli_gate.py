@@ -27,7 +27,8 @@ Warn = Annotated[str, typer.Option(help="Changes within ±warn count as 'same'."
 Metric = Annotated[str, typer.Option(help="What decides the exit code: latency | memory | both (the other is shown).")]
 Normalize = Annotated[str, typer.Option(help="none | gemm (in-run GEMM time) | a case, e.g. mha:sdpa:seq=1024.")]
 Format = Annotated[str, typer.Option("--format", help="stdout format: table | markdown | json | junit.")]
-Outs = Annotated[Optional[list[Path]], typer.Option("--out", help="Also write the report here; format by suffix: .md .xml .json .txt (repeatable).")]
+Outs = Annotated[Optional[list[Path]], typer.Option(
+    "--out", help="Also write the report here; format by suffix: .md .xml .json .txt (repeatable).")]
 Alpha = Annotated[float, typer.Option(help="Significance level of the Mann–Whitney test.")]
 AllowEnv = Annotated[bool, typer.Option("--allow-env-mismatch", help="Compare results of different environments anyway.")]
 MemThreshold = Annotated[str, typer.Option("--mem-threshold", help="Peak-memory regression threshold (and at least 1 MiB).")]
@@ -111,7 +112,8 @@ def register(app: typer.Typer) -> None:
         normalize: Normalize = "none", fmt: Format = "table", out: Outs = None, alpha: Alpha = 0.002,
         allow_env_mismatch: AllowEnv = False, mem_threshold: MemThreshold = "5%", device: Device = "auto",
         threads: Threads = None,
-        results: Annotated[Optional[Path], typer.Option(help="Where the run's results go (default results/gate-<time>.jsonl).")] = None,
+        results: Annotated[Optional[Path], typer.Option(
+            help="Where the run's results go (default results/gate-<time>.jsonl).")] = None,
         rerun: Annotated[bool, typer.Option("--rerun/--no-rerun", help="Re-run suspect cases to confirm them.")] = True,
     ) -> None:
         """Run a suite, compare it with a baseline, re-run suspects, exit 1 on a confirmed regression.
@@ -133,7 +135,9 @@ def register(app: typer.Typer) -> None:
     @baseline_app.command("save")
     def baseline_save(
         suite: Suite = "ci", device: Device = "auto", threads: Threads = None,
-        out: Annotated[Optional[Path], typer.Option(help="Baseline file (default results/baselines/<environment>.jsonl).")] = None,
+        runs: Annotated[int, typer.Option(help="Runs of the suite kept in the baseline (its run-to-run spread).")] = 3,
+        out: Annotated[Optional[Path], typer.Option(
+            help="Baseline file (default results/baselines/<environment>.jsonl).")] = None,
     ) -> None:
         """Run a suite and save it, atomically, as the baseline of this environment.
 
@@ -141,17 +145,21 @@ def register(app: typer.Typer) -> None:
 
           attnbench baseline save --suite ci
 
+          attnbench baseline save --suite ci --threads 1 --runs 5
+
           attnbench baseline save --suite ci --out results/baselines/ci-runner.jsonl
         """
         from .gate.runs import BASELINE_DIR, current_env, env_id, load_suite_device, save_baseline
 
         with usage_exit_3():
+            if runs < 1:
+                raise UsageError(f"--runs must be at least 1 (got {runs})")
             sweeps, meta, dev = load_suite_device(suite, device, threads)
             target = out or BASELINE_DIR / f"{env_id(current_env(dev))}.jsonl"
         run = _guard_run(lambda: save_baseline(sweeps, dev, target, float(meta.get("time_budget", 30.0)), err,
-                                               ["attnbench", *sys.argv[1:]]))
+                                               ["attnbench", *sys.argv[1:]], runs))
         bad = [r for r in run.records if r["status"] in ("error", "oom", "timeout")]
-        print(f"baseline: {target} ({len(run.records)} cases)")
+        print(f"baseline: {target} ({len(run.records) // runs} cases × {runs} runs)")
         if bad:
             err.print(f"warning: {len(bad)} cases failed in the baseline run; they will be reported as 'new'")
 
@@ -183,13 +191,19 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def ab(
         ref: Annotated[str, typer.Option(help="The git revision to compare the working tree with (baseline side).")],
-        suite: Suite = "ci", rounds: Annotated[int, typer.Option(help="Interleaved rounds (each runs both sides once).")] = 3,
+        suite: Suite = "ci",
+        rounds: Annotated[int, typer.Option(help="Interleaved rounds (each runs both sides once).")] = 3,
         threshold: Threshold = "10%", warn: Warn = "5%", metric: Metric = "latency", normalize: Normalize = "none",
         fmt: Format = "table", out: Outs = None, alpha: Alpha = 0.002, mem_threshold: MemThreshold = "5%",
-        device: Device = "auto", threads: Threads = None, seed: Annotated[int, typer.Option(help="Seed of the per-round order.")] = 0,
-        runs_dir: Annotated[Optional[Path], typer.Option("--runs-dir", help="Keep each round's results here (default: a temporary directory).")] = None,
+        device: Device = "auto", threads: Threads = None,
+        seed: Annotated[int, typer.Option(help="Seed of the per-round order.")] = 0,
+        confirm_rounds: Annotated[Optional[int], typer.Option(
+            "--confirm-rounds", help="Extra rounds of the regressions only, to confirm them (default: --rounds; 0: none).")] = None,
+        runs_dir: Annotated[Optional[Path], typer.Option(
+            "--runs-dir", help="Keep each round's results here (default: a temporary directory).")] = None,
     ) -> None:
-        """Same-job A/B: a git revision against the working tree, interleaved rounds, then compare.
+        """Same-job A/B: a git revision against the working tree, interleaved rounds, then compare;
+        regressions get extra interleaved rounds and must show again to fail.
 
         Examples:
 
@@ -205,7 +219,10 @@ def register(app: typer.Typer) -> None:
                 raise UsageError(f"--rounds must be at least 1 (got {rounds})")
             if threads is not None and threads < 1:
                 raise UsageError(f"--threads must be at least 1 (got {threads})")
-        report = _guard_run(lambda: ab_flow(ref, suite, rounds, device, threads, runs_dir, seed, o, err))
+            if confirm_rounds is not None and confirm_rounds < 0:
+                raise UsageError(f"--confirm-rounds must be 0 or more (got {confirm_rounds})")
+        report = _guard_run(lambda: ab_flow(ref, suite, rounds, device, threads, runs_dir, seed, o, err,
+                                            confirm_rounds))
         emit(report, fmt, out)
 
 

@@ -1,8 +1,8 @@
 """The regression gate's verdicts: baseline results against current results, case by case.
 
 Latency (ratio r = median(current) / median(baseline), a 99 % bootstrap interval [lo, hi] of
-r from the raw samples, and the two-sided Mann–Whitney p-value; T = --threshold, W = --warn),
-decided in this order:
+r from the raw samples — runs, then samples, when a side merges several runs — and the
+two-sided Mann–Whitney p-value; T = --threshold, W = --warn), decided in this order:
 
     inconclusive  fewer than 5 samples on either side
     regression    p < alpha and lo > 1 + T          (confirmed slower by more than T)
@@ -176,7 +176,7 @@ def latency_verdict(key: str, base: Measured, cur: Measured, o: Options) -> Late
     if min(nb, nc) < o.min_samples:
         return Latency("inconclusive", f"too few samples ({nb} vs {nc}; at least {o.min_samples} needed)",
                        n_base=nb, n_cur=nc)
-    ci = bootstrap_ratio(base.samples, cur.samples, seed_for(key, o.seed), o.resamples, o.level)
+    ci = bootstrap_ratio(base.groups, cur.groups, seed_for(key, o.seed), o.resamples, o.level)
     p = mann_whitney(cur.samples, base.samples).p
     sig = p < o.alpha
     T, W = o.threshold, o.warn

@@ -16,6 +16,7 @@ the suite is still noise; each round costs two suite runs (plus ~10 s of start-u
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
@@ -131,36 +132,51 @@ class Side:
     label: str  # e.g. "HEAD (1a2b3c4d5e6f)" or "working tree"
     cwd: Path
     pythonpath: list[Path] | None
+    extra_env: tuple[tuple[str, str], ...] = ()  # e.g. a benchmark's injected delay on one side
 
 
-def run_side(side: Side, suite: Path, out: Path, device: str, threads: int | None,
-             log: Callable[[str], None]) -> Run:
+@dataclass(frozen=True)
+class Rounds:
+    """How to run: suite runs per side, where, and the order's random generator."""
+
+    device: str
+    threads: int | None
+    runs_dir: Path
+    rng: random.Random
+    log: Callable[[str], None]
+
+
+def run_side(side: Side, suite: Path, out: Path, how: Rounds) -> Run:
     cmd = [sys.executable, "-m", "attnbench", "run", "--suite", str(suite), "--out", str(out), "--force",
-           "--device", device, *(["--threads", str(threads)] if threads else [])]
+           "--device", how.device, *(["--threads", str(how.threads)] if how.threads else [])]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=side.cwd, env=side_env(side.pythonpath), capture_output=True, text=True)
+    env = side_env(side.pythonpath) | dict(side.extra_env)
+    proc = subprocess.run(cmd, cwd=side.cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = " ".join(proc.stderr.split())[-400:]
         raise RunFailed(f"the {side.label} run failed (exit {proc.returncode}): {tail}")
-    log(f"  {side.label}: {time.perf_counter() - t0:.0f} s → {out}")
+    how.log(f"  {side.label}: {time.perf_counter() - t0:.0f} s → {out}")
     return load_run(out)
 
 
-def ab_runs(repo: Path, rev: str, suite: Path, rounds: int, device: str, threads: int | None, runs_dir: Path, seed: int,
-            log: Callable[[str], None]) -> tuple[list[Run], list[Run], str]:
-    """Interleaved rounds; returns (runs of the revision, runs of the working tree, its sha)."""
+def interleave(sides: list[Side], suite: Path, rounds: int, how: Rounds, tag: str = "") -> dict[str, list[Run]]:
+    """`rounds` rounds, each running every side once in a freshly shuffled order."""
+    runs: dict[str, list[Run]] = {s.name: [] for s in sides}
+    for rnd in range(1, rounds + 1):
+        order = sides[:]
+        how.rng.shuffle(order)
+        how.log(f"{tag}round {rnd}/{rounds}: {' then '.join(s.label for s in order)}")
+        for s in order:
+            runs[s.name].append(run_side(s, suite, how.runs_dir / f"{tag}{s.name}-{rnd}.jsonl", how))
+    return runs
+
+
+@contextlib.contextmanager
+def revision_sides(repo: Path, rev: str):
+    """[the revision's side, the working tree's side], the revision exported for the duration."""
     sha = resolve_rev(repo, rev)
     with tempfile.TemporaryDirectory(prefix="attnbench-ab-") as tmp:
         export = export_rev(repo, sha, Path(tmp) / "src")
         path = [export, write_boot(Path(tmp) / "boot")]
         check_import(export, path)
-        sides = [Side("ref", f"{rev} ({sha[:12]})", export, path), Side("cur", "working tree", Path.cwd(), None)]
-        order_rng = random.Random(seed)
-        runs: dict[str, list[Run]] = {"ref": [], "cur": []}
-        for rnd in range(1, rounds + 1):
-            order = sides[:]
-            order_rng.shuffle(order)
-            log(f"round {rnd}/{rounds}: {' then '.join(s.label for s in order)}")
-            for s in order:
-                runs[s.name].append(run_side(s, suite, runs_dir / f"{s.name}-{rnd}.jsonl", device, threads, log))
-    return runs["ref"], runs["cur"], sha
+        yield [Side("ref", f"{rev} ({sha[:12]})", export, path), Side("cur", "working tree", Path.cwd(), None)]

@@ -73,10 +73,40 @@ def suite_file(suite: str) -> Path:
     return Path(str(resources.files("attnbench.suites").joinpath(f"{suite}.toml"))).resolve()
 
 
-def ab_flow(ref: str, suite: str, rounds: int, device: str, threads: int | None, runs_dir: Path | None, seed: int, o: Options,
-            console: Console) -> Report:
+def ab_compare(sides: list, suite: Path, rounds: int, how, o: Options, confirm_rounds: int) -> Report:
+    """Interleaved rounds of [baseline side, current side], compared; then the regressions
+    alone get `confirm_rounds` more interleaved rounds and stand only if those rounds by
+    themselves show the regression too (compare.confirm), as in the gate."""
+    from ..sweep import load_suite
+    from .ab import interleave
+    from .runs import suite_text
+
+    base, cur = sides[0].name, sides[1].name
+    runs = interleave(sides, suite, rounds, how)
+    first = compare(build_side(runs[base], o.normalize), build_side(runs[cur], o.normalize), o)
+    suspects = [c.key for c in first.cases if c.verdict == "regression"]
+    if first.incomparable or not suspects or confirm_rounds < 1:
+        return first
+    records = {case_key(r): r for r in runs[cur][0].records}
+    again = list(suspects)
+    if o.normalize not in ("none", "gemm"):
+        ref_key = case_key(find_reference(runs[cur][0], o.normalize))
+        again += [ref_key] if ref_key not in again else []
+    path = how.runs_dir / "suspects.toml"
+    path.write_text(suite_text([records[k] for k in again], load_suite(str(suite))[1]), encoding="utf-8")
+    how.log(f"confirming {len(suspects)} regression(s) with {confirm_rounds} more round(s)")
+    more = interleave(sides, path, confirm_rounds, how, tag="confirm-")
+    merged = compare(build_side(runs[base] + more[base], o.normalize), build_side(runs[cur] + more[cur], o.normalize), o)
+    alone = compare(build_side(more[base], o.normalize), build_side(more[cur], o.normalize), o)
+    return confirm(first, merged, alone, set(suspects))
+
+
+def ab_flow(ref: str, suite: str, rounds: int, device: str, threads: int | None, runs_dir: Path | None,
+            seed: int, o: Options, console: Console, confirm_rounds: int | None = None) -> Report:
+    import random
+
     from ..bench import resolve_device
-    from .ab import ab_runs, repo_root
+    from .ab import Rounds, repo_root, revision_sides
 
     resolve_device(device)  # validate before any run
     path = suite_file(suite)
@@ -85,11 +115,9 @@ def ab_flow(ref: str, suite: str, rounds: int, device: str, threads: int | None,
     if repo not in here.parents:
         console.print(f"warning: attnbench is imported from {here.parent}, not from the checkout {repo}; "
                       "the 'working tree' side runs that installation")
-    log = console.print
-    if runs_dir is not None:
-        runs_dir.mkdir(parents=True, exist_ok=True)
-        ref_runs, cur_runs, sha = ab_runs(repo, ref, path, rounds, device, threads, runs_dir, seed, log)
-        return compare(build_side(ref_runs, o.normalize), build_side(cur_runs, o.normalize), o)
-    with tempfile.TemporaryDirectory(prefix="attnbench-ab-runs-") as tmp:
-        ref_runs, cur_runs, sha = ab_runs(repo, ref, path, rounds, device, threads, Path(tmp), seed, log)
-        return compare(build_side(ref_runs, o.normalize), build_side(cur_runs, o.normalize), o)
+    confirm_rounds = rounds if confirm_rounds is None else confirm_rounds
+    with tempfile.TemporaryDirectory(prefix="attnbench-ab-runs-") as tmp, revision_sides(repo, ref) as sides:
+        where = runs_dir or Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
+        how = Rounds(device, threads, where, random.Random(seed), console.print)
+        return ab_compare(sides, path, rounds, how, o, confirm_rounds)

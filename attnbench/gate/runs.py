@@ -4,8 +4,9 @@ chosen cases, and save baselines named by the environment they were measured in.
 A baseline's name is `<device>-<device name>-<hash>.jsonl`, the hash a short SHA-1 of the
 environment fingerprint (device, device_name, torch, triton, cuda, threads): results of another
 environment are not comparable, so each environment gets its own file, and `--baseline DIR`
-picks the one of the current environment. Baselines are written to a temporary file beside
-the target and renamed over it, so a killed run never leaves a half baseline.
+picks the one of the current environment. A baseline holds several runs of the suite (default
+3), so that it carries its own run-to-run spread; it is written to a temporary file beside the
+target and renamed over it, so a killed run never leaves a half baseline.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from rich.console import Console
 
 from ..errors import UsageError
+from ..results import atomic_write_text
 from ..measure.env import fingerprint
 from .sides import Run, load_run
 
@@ -91,14 +93,48 @@ def sweep_of(rec: dict):
 
 
 def save_baseline(sweeps, dev: torch.device, out: Path, budget: float, console: Console | None,
-                  command: list[str]) -> Run:
-    """Run the suite into a temporary file beside `out`, then rename it over `out`."""
+                  command: list[str], runs: int = 3) -> Run:
+    """Run the suite `runs` times and write one file: the first run's header, then every run's
+    records (one record per case per run: the gate resamples them as runs, so the baseline
+    carries its own run-to-run spread). Written to a temporary file beside `out`, then renamed."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tmps = [out.with_name(f".{out.name}.run{i}.tmp{os.getpid()}") for i in range(runs)]
     try:
-        run = run_sweeps(sweeps, dev, tmp, budget, console, command)
-        os.replace(tmp, out)
+        done = []
+        for i, tmp in enumerate(tmps):
+            if console is not None and runs > 1:
+                console.print(f"baseline run {i + 1}/{runs}")
+            done.append(run_sweeps(sweeps, dev, tmp, budget, console, command))
+        lines = [tmps[0].read_text(encoding="utf-8").splitlines()[0]]
+        lines += [ln for t in tmps for ln in t.read_text(encoding="utf-8").splitlines()[1:] if ln.strip()]
+        atomic_write_text(out, "\n".join(lines) + "\n")
     finally:
-        if tmp.exists():
-            tmp.unlink()
-    return Run(str(out), run.header, run.records)
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+    return Run(str(out), done[0].header, tuple(r for run in done for r in run.records))
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in sorted(v.items())) + " }"
+    return json.dumps(str(v))  # a TOML basic string
+
+
+def suite_text(records: list[dict], meta: dict) -> str:
+    """A suite (TOML) with one [[sweep]] per record, expanding back to exactly those cases;
+    `meta` keeps the original suite's time_budget and device."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in meta.items() if k in ("time_budget", "device")]
+    for rec in records:
+        sw = sweep_of(rec)
+        lines += ["", "[[sweep]]"] + [f"{k} = {_toml_value(list(getattr(sw, k)))}" for k in
+                                      ("variants", "backends", "seq", "kv_seq", "batch", "heads", "kv_heads",
+                                       "head_dim", "dtype", "causal", "modes")]
+        if sw.params:
+            lines.append(f"params = {_toml_value(sw.params)}")
+    return "\n".join(lines) + "\n"

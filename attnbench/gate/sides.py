@@ -3,8 +3,9 @@ matched by their full identity, with latency samples optionally normalised per r
 
 Identity of a case: variant, backend, device, dtype, mode, batch, heads, kv_heads, seq_q,
 seq_k, head_dim, causal and params — the fields the case_id hashes, compared field by field.
-Several runs of one side (a gate's re-run, an A/B's rounds) are merged: samples concatenated
-after each run's own normalisation, peak memory the median of the runs' peaks.
+Several runs of one side (a gate's re-run, an A/B's rounds) are merged: each run's samples,
+normalised by that run's own reference, kept as one group (the bootstrap resamples runs, then
+samples), peak memory the median of the runs' peaks.
 
 Normalisation (`--normalize`):
   none   samples as measured (ms)
@@ -65,10 +66,14 @@ class Measured:
     record: dict  # the first run's record (identity, status, reason)
     status: str
     reason: str | None
-    samples: tuple[float, ...]  # normalised, all runs
+    groups: tuple[tuple[float, ...], ...]  # normalised samples, one tuple per run
     median_ms: float | None  # raw median of the first ok run (for display)
     peak_mem: int | None  # median of the runs' peaks
     runs: int
+
+    @property
+    def samples(self) -> tuple[float, ...]:
+        return tuple(x for g in self.groups for x in g)
 
 
 @dataclass(frozen=True)
@@ -157,8 +162,27 @@ def divisor(run: Run, rec: dict, normalize: str, reference: dict | None) -> floa
     return float(reference["latency_ms"]["median"])
 
 
+def split_runs(run: Run) -> list[Run]:
+    """A file holding several runs of a suite (a baseline saved with --runs N) as its runs:
+    the k-th record of a case belongs to run k. (They share the file's header, so its in-run
+    GEMM reference is the first run's.)"""
+    seen: dict[str, int] = {}
+    parts: list[list[dict]] = []
+    for rec in run.records:
+        k = case_key(rec)
+        i = seen[k] = seen.get(k, -1) + 1
+        if i == len(parts):
+            parts.append([])
+        parts[i].append(rec)
+    if len(parts) <= 1:
+        return [run]
+    return [Run(run.path if i == 0 else f"{run.path}#{i + 1}", run.header, tuple(p)) for i, p in enumerate(parts)]
+
+
 def build_side(runs: list[Run], normalize: str = "none") -> Side:
     """Merge runs (of one environment) into one side, normalising each run on its own."""
+    paths = tuple(r.path for r in runs)
+    runs = [part for r in runs for part in split_runs(r)]
     per_key: dict[str, list[tuple[Run, dict, dict | None]]] = {}
     ref_key = None
     for run in runs[1:]:
@@ -174,7 +198,7 @@ def build_side(runs: list[Run], normalize: str = "none") -> Side:
         for rec in run.records:
             per_key.setdefault(case_key(rec), []).append((run, rec, reference))
     cases = {k: _merge(k, hits, normalize) for k, hits in per_key.items()}
-    return Side(tuple(r.path for r in runs), dict(runs[0].header.get("env") or {}), cases, ref_key)
+    return Side(paths, dict(runs[0].header.get("env") or {}), cases, ref_key)
 
 
 def _merge(key: str, hits: list, normalize: str) -> Measured:
@@ -182,16 +206,16 @@ def _merge(key: str, hits: list, normalize: str) -> Measured:
     bad = [rec for _, rec, _ in hits if rec["status"] != "ok"]
     if bad:
         return Measured(key, first, bad[0]["status"], bad[0].get("reason"), (), None, None, len(hits))
-    samples: list[float] = []
+    groups = []
     peaks = []
     for run, rec, reference in hits:
         d = divisor(run, rec, normalize, reference)
-        samples.extend(float(s) / d for s in (rec.get("samples_ms") or []))
+        groups.append(tuple(float(s) / d for s in (rec.get("samples_ms") or [])))
         if rec.get("peak_mem_bytes") is not None:
             peaks.append(int(rec["peak_mem_bytes"]))
     median_ms = (first.get("latency_ms") or {}).get("median")
     peak = int(statistics.median(peaks)) if peaks else None
-    return Measured(key, first, "ok", None, tuple(samples), median_ms, peak, len(hits))
+    return Measured(key, first, "ok", None, tuple(g for g in groups if g), median_ms, peak, len(hits))
 
 
 def env_differences(base_env: dict, cur_env: dict) -> dict[str, tuple]:

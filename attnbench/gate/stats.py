@@ -7,8 +7,10 @@ sample in the pooled ranking (ties get their average rank). Two-sided p-value:
     (counted with the classic recurrence f(m, n, u) = f(m−1, n, u−n) + f(m, n−1, u));
   - otherwise the normal approximation with the tie correction and a continuity correction:
         μ = n₁n₂/2,  σ² = n₁n₂/12 · ((N+1) − Σ(t³−t) / (N(N−1))),  z = (|U₁ − μ| − ½) / σ.
-Bootstrap (Efron 1979): both samples are resampled independently with replacement; the CI is
-the percentile interval of median(cur*) / median(base*).
+Bootstrap (Efron 1979): both sides are resampled independently with replacement; the CI is
+the percentile interval of median(cur*) / median(base*). A side made of several runs is
+resampled in two stages (runs, then samples within runs: the cluster bootstrap), because on a
+shared machine the run-to-run spread is often many times the within-run spread.
 
 Honest limits: both methods assume independent samples. Timing samples of one run are
 autocorrelated (thermal state, other tenants, frequency scaling), so p-values are optimistic
@@ -110,15 +112,38 @@ def seed_for(key: str, seed: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(key.encode())])
 
 
+def _boot_medians(groups: list[np.ndarray], rng: np.random.Generator, resamples: int) -> np.ndarray:
+    """Medians of bootstrap resamples of one side. One run: the plain bootstrap. Several runs
+    (a gate's re-run, an A/B's rounds): a two-stage (cluster) bootstrap — runs drawn with
+    replacement, then samples within each drawn run — so that run-to-run drift widens the
+    interval instead of passing for many independent samples."""
+    if len(groups) == 1:
+        g = groups[0]
+        return np.median(g[rng.integers(0, len(g), size=(resamples, len(g)))], axis=1)
+    n_max = max(len(g) for g in groups)
+    within = np.full((len(groups), resamples, n_max), np.nan)  # (runs, B, n_max), NaN-padded
+    for r, g in enumerate(groups):
+        within[r, :, : len(g)] = g[rng.integers(0, len(g), size=(resamples, len(g)))]
+    picks = rng.integers(0, len(groups), size=(resamples, len(groups)))  # (B, runs drawn)
+    rows = np.arange(resamples)
+    # the j-th drawn run of resample b uses row (b + j) of that run: a run drawn twice differs
+    pooled = np.concatenate([within[picks[:, j], (rows + j) % resamples] for j in range(len(groups))], axis=1)
+    return np.nanmedian(pooled, axis=1)
+
+
 def bootstrap_ratio(base, cur, rng: np.random.Generator, resamples: int = 2000,
                     level: float = 0.99) -> RatioCI:
-    """Percentile bootstrap CI of median(cur) / median(base), samples resampled independently."""
-    base = np.asarray(base, dtype=float)
-    cur = np.asarray(cur, dtype=float)
-    ratio = float(np.median(cur) / np.median(base))
-    mb = np.median(base[rng.integers(0, len(base), size=(resamples, len(base)))], axis=1)
-    mc = np.median(cur[rng.integers(0, len(cur), size=(resamples, len(cur)))], axis=1)
-    ratios = mc / mb
+    """Percentile bootstrap CI of median(cur) / median(base), the sides resampled independently.
+    Each side is a sequence of samples, or a list of runs (each a sequence of samples)."""
+    base_g, cur_g = _groups(base), _groups(cur)
+    ratio = float(np.median(np.concatenate(cur_g)) / np.median(np.concatenate(base_g)))
+    ratios = _boot_medians(cur_g, rng, resamples) / _boot_medians(base_g, rng, resamples)
     tail = (1.0 - level) / 2.0
     lo, hi = np.quantile(ratios, [tail, 1.0 - tail])
     return RatioCI(ratio, float(lo), float(hi))
+
+
+def _groups(side) -> list[np.ndarray]:
+    if len(side) and np.ndim(side[0]) == 1:
+        return [np.asarray(g, dtype=float) for g in side if len(g)]
+    return [np.asarray(side, dtype=float)]
