@@ -72,7 +72,8 @@ def render(r: Report, console: Console) -> None:
         console.print(phase_table(r, cuda))
     render_memory(r, console)
     console.print(f"[bold]files:[/] trace {r.files['trace']} (open in https://ui.perfetto.dev or chrome://tracing), "
-                  f"memory chart {r.files['memory_chart']}, summary {r.files['summary']}", highlight=False)
+                  f"memory chart {r.files['memory_chart']}, summary {r.files['summary']}", highlight=False,
+                  soft_wrap=True)  # paths stay whole, to be copied
 
 
 def render_memory(r: Report, console: Console) -> None:

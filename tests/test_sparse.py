@@ -183,7 +183,9 @@ def test_backends_match_eager_fwd_and_bwd(name, kw):
         dout = torch.randn_like(ref)
         g_ref = torch.autograd.grad(ref, (q, k, vv), dout)
         for b in v.backends:
-            if b.name in ("eager", "flex"):
+            # eager is the reference; flex has no CPU backward; triton and peer packages are
+            # tested in their own files (triton under the interpreter, peers against our math)
+            if b.name in ("eager", "flex", "triton") or b.name.startswith("peer:"):
                 continue
             out = b.build(p, CPU)(q, k, vv)
             assert torch.allclose(out, ref, atol=1e-5), (name, b.name, causal)

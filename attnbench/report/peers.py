@@ -69,7 +69,7 @@ def decode_targets(records: list[dict], refs: dict | None) -> list[Target]:
         x = _median(mha) / _median(mqa)
         out.append(Target(1, "decode: MHA/MQA latency (grouped)", "≥ 8× (KV bytes 32×)", f"{x:.1f}×", x >= 8))
     bw = ((refs or {}).get("copy") or {}).get("bytes_per_s")
-    if bw:
+    if bw and any(r["backend"] == "grouped" for r in dec):
         worst = max(_median(r) / (r["kv_cache_bytes"] / bw * 1e3) for r in dec if r["backend"] == "grouped")
         out.append(Target(1, "decode: grouped latency ÷ (KV bytes ÷ in-run bandwidth)", "≤ 3×",
                           f"worst {worst:.1f}×", worst <= 3))
