@@ -31,13 +31,15 @@ def grouped_attention(q, k, v, problem: Problem) -> torch.Tensor:
     (B, Hq, Lq, D) tensor reshapes for free to (B, Hkv, G·Lq, D)."""
     b, hq, lq, d = q.shape
     hkv, lk = k.shape[1], k.shape[2]
-    qg = q.reshape(b, hkv, (hq // hkv) * lq, d)  # (B, Hkv, G·Lq, D)
-    s = torch.matmul(qg, k.transpose(-2, -1)) * (1.0 / math.sqrt(d))  # (B, Hkv, G·Lq, Lk)
+    qg = (q * (1.0 / math.sqrt(d))).reshape(b, hkv, (hq // hkv) * lq, d)  # (B, Hkv, G·Lq, D), scaled
+    s = torch.matmul(qg, k.transpose(-2, -1))  # (B, Hkv, G·Lq, Lk): K read once per KV head
     if problem.causal:
         allowed = causal_mask(lq, lk, q.device).repeat(hq // hkv, 1)  # (G·Lq, Lk)
         s = s.masked_fill(~allowed, float("-inf"))
-    p = torch.softmax(s, dim=-1, dtype=torch.float32).nan_to_num(0.0).to(v.dtype)
-    return torch.matmul(p, v).reshape(b, hq, lq, d)  # (B, Hq, Lq, D)
+    p = torch.softmax(s, dim=-1, dtype=torch.float32)
+    if problem.causal:  # rows with no visible key (Lq > Lk) are NaN: make them 0
+        p = p.nan_to_num(0.0)
+    return torch.matmul(p.to(v.dtype), v).reshape(b, hq, lq, d)  # (B, Hq, Lq, D)
 
 
 def _grouped_backend() -> Backend:
