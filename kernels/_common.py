@@ -95,17 +95,22 @@ def default_scale(head_dim: int, softmax_scale: float | None) -> float:
     return head_dim ** -0.5 if softmax_scale is None else float(softmax_scale)
 
 
-def autotune_by_arch(fn, table: dict, key: list, interpret: triton.Config, prune=None) -> dict:
-    """{arch: autotuner over table[arch]} for one kernel, built at import.
+def autotune_by_arch(fn, narrow: dict, wide: dict, key: list, interpret: triton.Config) -> dict:
+    """{(arch, wide): autotuner} for one kernel, built at import; `wide` means head dim > 128.
 
-    Under the interpreter every arch gets the single config `interpret`: autotuning over several
-    fails there (no driver to benchmark on)."""
-    prune_by = {"early_config_prune": prune} if prune is not None else None
+    `narrow` and `wide` map arch -> list of triton.Config (configs.py). Under the interpreter
+    every entry gets the single config `interpret`: autotuning over several fails there."""
     tuners = {}
-    for arch, configs in table.items():
-        configs = [interpret] if interpreting() else configs
-        tuners[arch] = triton.autotune(configs=list(configs), key=key, prune_configs_by=prune_by)(fn)
+    for is_wide, table in ((False, narrow), (True, wide)):
+        for arch, configs in table.items():
+            configs = [interpret] if interpreting() else configs
+            tuners[arch, is_wide] = triton.autotune(configs=list(configs), key=key)(fn)
     return tuners
+
+
+def pick_tuner(tuners: dict, q: torch.Tensor):
+    """The autotuner for q's device and head dim."""
+    return tuners[arch_of(q.device), block_d(q.shape[-1]) > 128]
 
 
 @dataclass(frozen=True)

@@ -103,14 +103,18 @@ def compile_one(kernel: AotKernel, arch: str, dtype: str, head_dim: int, config)
 
 
 def _compile_job(job: tuple) -> dict:
-    name, arch, dtype, head_dim, index = job
-    kernel = next(k for k in all_kernels() if k.name == name)
-    return compile_one(kernel, arch, dtype, head_dim, kernel.configs[arch][index])
+    """(kernel index, arch, dtype, head dim, config index): small and picklable for the pool."""
+    kernel_index, arch, dtype, head_dim, config_index = job
+    kernel = all_kernels()[kernel_index]
+    return compile_one(kernel, arch, dtype, head_dim, kernel.configs[arch][config_index])
 
 
-def compile_report(archs=("sm_80", "sm_90"), dtypes=("float16", "bfloat16"),
-                   workers: int | None = None) -> list[dict]:
-    """One row per kernel × arch × autotune config × dtype × head dim, compiled in parallel."""
+def compile_report(archs=("sm_80", "sm_90"), dtypes=("float16", "bfloat16"), *,
+                   all_head_dims: bool = False, workers: int | None = None) -> list[dict]:
+    """One row per kernel × arch × autotune config × dtype × head dim, compiled in parallel.
+
+    Each config list is compiled at the largest head dim it serves (128, or 256 for the wide
+    lists: the most registers and shared memory); all_head_dims adds the others (64)."""
     if interpreting():
         raise RuntimeError("compile_report needs a process without TRITON_INTERPRET=1; "
                            "use run_compile_report_subprocess")
@@ -120,18 +124,19 @@ def compile_report(archs=("sm_80", "sm_90"), dtypes=("float16", "bfloat16"),
     for dtype in dtypes:
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; accepted: {', '.join(DTYPES)}")
-    jobs = [(k.name, arch, dtype, d, i) for k in all_kernels() for arch in archs for dtype in dtypes
-            for d in k.head_dims for i in range(len(k.configs[arch]))]
+    jobs = [(n, arch, dtype, d, i) for n, k in enumerate(all_kernels()) for arch in archs
+            for dtype in dtypes for d in (k.head_dims if all_head_dims else k.head_dims[-1:])
+            for i in range(len(k.configs[arch]))]
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         return list(pool.map(_compile_job, jobs))
 
 
-def run_compile_report_subprocess(archs=("sm_80", "sm_90"), dtypes=("float16", "bfloat16"),
-                                  timeout: float = 1200) -> list[dict]:
+def run_compile_report_subprocess(archs=("sm_80", "sm_90"), dtypes=("float16", "bfloat16"), *,
+                                  all_head_dims: bool = False, timeout: float = 1800) -> list[dict]:
     """compile_report in a fresh `python -m attnbench.kernels.aot --json` without TRITON_INTERPRET."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [sys.executable, "-m", "attnbench.kernels.aot", "--arch", ",".join(archs),
-           "--dtype", ",".join(dtypes), "--json"]
+           "--dtype", ",".join(dtypes), "--json"] + (["--all-head-dims"] if all_head_dims else [])
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode not in (0, 1):  # 1: the report ran and some row failed
         raise RuntimeError(f"compile report failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
@@ -155,9 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", default="sm_80,sm_90", help="comma-separated: sm_80, sm_90")
     parser.add_argument("--dtype", default="float16,bfloat16", help="comma-separated: " + ", ".join(DTYPES))
     parser.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    parser.add_argument("--all-head-dims", action="store_true",
+                        help="also compile each list at its smaller head dims (64): slower")
     args = parser.parse_args(argv)
     try:
-        rows = compile_report(tuple(args.arch.split(",")), tuple(args.dtype.split(",")))
+        rows = compile_report(tuple(args.arch.split(",")), tuple(args.dtype.split(",")),
+                              all_head_dims=args.all_head_dims)
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -38,49 +38,13 @@ import torch
 import triton
 import triton.language as tl
 
+from .configs import (DKDV_CONFIGS, DKDV_CONFIGS_WIDE, DQ_CONFIGS, DQ_CONFIGS_WIDE, FWD_CONFIGS,
+                      FWD_CONFIGS_WIDE, INTERPRET_DKDV, INTERPRET_DQ, INTERPRET_FWD)
 from ._common import (AotKernel, _alibi, _key_band, _load_rows, _query_band, _store_rows,
-                      _visible, arch_of, autotune_by_arch, block_d, bwd_preprocess, check_qkv,
+                      _visible, autotune_by_arch, pick_tuner, block_d, bwd_preprocess, check_qkv,
                       default_scale, upcast_for)
 
-# ---------------------------------------------------------------- autotune configurations
-# Chosen for head dims 64 and 128 and checked with `python -m attnbench.kernels.aot`
-# (ptxas: 0 spills, shared memory within the arch's limit). Dropped configs keep their reason.
-FWD_CONFIGS = {
-    "sm_80": [
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=4),
-    ],
-    "sm_90": [
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-    ],
-}
-DKDV_CONFIGS = {  # BLOCK_N: keys per program, BLOCK_M: query rows per inner step
-    "sm_80": [
-        triton.Config({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=8, num_stages=2),
-        triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-    ],
-    "sm_90": [
-        triton.Config({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=8, num_stages=2),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
-    ],
-}
-DQ_CONFIGS = {  # BLOCK_M: query rows per program, BLOCK_N: keys per inner step
-    "sm_80": [
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=2),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=3),
-    ],
-    "sm_90": [
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=2),
-        triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
-    ],
-}
-# Under TRITON_INTERPRET=1: unequal tiles exercise the BLOCK_M != BLOCK_N paths in tests.
-INTERPRET_FWD = triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=1)
-INTERPRET_DKDV = triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=1)
-INTERPRET_DQ = INTERPRET_FWD
+# ---------------------------------------------------------------- autotuning (lists: configs.py)
 TUNE_KEY = ["Lq", "Lk", "HEAD_DIM", "CAUSAL", "HAS_WINDOW", "HAS_ALIBI"]
 
 
@@ -167,6 +131,35 @@ def _fwd_kernel(Q, K, V, O, LSE, Slopes, sm_scale,
 
 # ---------------------------------------------------------------- backward
 @triton.jit
+def _dkdv_tiles(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, stride_qm, stride_dm, cols,
+                offs_m, offs_d, lo, hi, Lq, Lk, window, qk_scale, slope_log2,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_ALIBI: tl.constexpr,
+                UPCAST: tl.constexpr):
+    """dV += Pᵀ·dO and dK += dSᵀ·Q over query tiles [lo, hi) of one query head (transposed tiles)."""
+    for m0 in range(lo, hi, BLOCK_M):
+        rows = m0 + offs_m
+        q = _load_rows(q_ptrs + m0 * stride_qm, rows, Lq, offs_d, HEAD_DIM, BLOCK_D, True)
+        do = _load_rows(do_ptrs + m0 * stride_dm, rows, Lq, offs_d, HEAD_DIM, BLOCK_D, True)
+        if UPCAST:
+            q = q.to(tl.float32)
+            do = do.to(tl.float32)
+        lse = tl.load(lse_ptr + rows, mask=rows < Lq, other=0.0)
+        delta = tl.load(delta_ptr + rows, mask=rows < Lq, other=0.0)
+        s_t = tl.dot(k, tl.trans(q)) * qk_scale  # (BLOCK_N, BLOCK_M): scores transposed
+        if HAS_ALIBI:
+            s_t += _alibi(rows[None, :], cols[:, None], Lq, Lk, slope_log2)
+        ok = _visible(rows[None, :], cols[:, None], Lq, Lk, window, CAUSAL, HAS_WINDOW)
+        s_t = tl.where(ok & (rows[None, :] < Lq), s_t, float("-inf"))
+        p_t = tl.math.exp2(s_t - lse[None, :])
+        dv += tl.dot(p_t.to(do.dtype), do)
+        dp_t = tl.dot(v, tl.trans(do))
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q)
+    return dk, dv
+
+
+@triton.jit
 def _dkdv_kernel(Q, K, V, DO, LSE, Delta, DK, DV, Slopes, sm_scale,
                  stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                  stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
@@ -197,35 +190,19 @@ def _dkdv_kernel(Q, K, V, DO, LSE, Delta, DK, DV, Slopes, sm_scale,
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     lo, hi = _query_band(n0, Lq, Lk, window, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
-    for g in range(group):
+    for g in range(group):  # the group's query heads all read this KV head
         h = hk * group + g
         slope_log2 = 0.0
         if HAS_ALIBI:
             slope_log2 = tl.load(Slopes + h) * 1.4426950408889634
-        q_base = Q + b * stride_qb + h * stride_qh + offs_d[None, :]
-        do_base = DO + b * stride_db + h * stride_dh + offs_d[None, :]
+        q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
+        do_ptrs = DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :]
         row_base = (b * Hq + h) * Lq  # into LSE and Delta, (B, Hq, Lq) contiguous
-        for m0 in range(lo, hi, BLOCK_M):
-            rows = m0 + offs_m
-            q = _load_rows(q_base + rows[:, None] * stride_qm, rows, Lq, offs_d, HEAD_DIM, BLOCK_D, True)
-            do = _load_rows(do_base + rows[:, None] * stride_dm, rows, Lq, offs_d, HEAD_DIM, BLOCK_D,
-                            True)
-            if UPCAST:
-                q = q.to(tl.float32)
-                do = do.to(tl.float32)
-            lse = tl.load(LSE + row_base + rows, mask=rows < Lq, other=0.0)
-            delta = tl.load(Delta + row_base + rows, mask=rows < Lq, other=0.0)
-            s_t = tl.dot(k, tl.trans(q)) * qk_scale  # (BLOCK_N, BLOCK_M): scores transposed
-            if HAS_ALIBI:
-                s_t += _alibi(rows[None, :], cols[:, None], Lq, Lk, slope_log2)
-            ok = _visible(rows[None, :], cols[:, None], Lq, Lk, window, CAUSAL, HAS_WINDOW)
-            s_t = tl.where(ok & (rows[None, :] < Lq), s_t, float("-inf"))
-            p_t = tl.math.exp2(s_t - lse[None, :])
-            dv += tl.dot(p_t.to(do.dtype), do)
-            dp_t = tl.dot(v, tl.trans(do))
-            ds_t = p_t * (dp_t - delta[None, :])
-            dk += tl.dot(ds_t.to(q.dtype), q)
-    out = b * Hkv * Lk * HEAD_DIM + hk * Lk * HEAD_DIM + cols[:, None] * HEAD_DIM + offs_d[None, :]
+        dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptrs, do_ptrs, LSE + row_base, Delta + row_base,
+                             stride_qm, stride_dm, cols, offs_m, offs_d, lo, hi, Lq, Lk, window,
+                             qk_scale, slope_log2, HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, HAS_WINDOW,
+                             HAS_ALIBI, UPCAST)
+    out = (b * Hkv + hk) * Lk * HEAD_DIM + cols[:, None] * HEAD_DIM + offs_d[None, :]
     _store_rows(DK + out, (dk * sm_scale).to(DK.dtype.element_ty), cols, Lk, offs_d, HEAD_DIM, BLOCK_D)
     _store_rows(DV + out, dv.to(DV.dtype.element_ty), cols, Lk, offs_d, HEAD_DIM, BLOCK_D)
 
@@ -306,9 +283,9 @@ def _dq_kernel(Q, K, V, DO, LSE, Delta, DQ, Slopes, sm_scale,
 
 
 # ---------------------------------------------------------------- launchers
-_FWD = autotune_by_arch(_fwd_kernel, FWD_CONFIGS, TUNE_KEY, INTERPRET_FWD)
-_DKDV = autotune_by_arch(_dkdv_kernel, DKDV_CONFIGS, TUNE_KEY, INTERPRET_DKDV)
-_DQ = autotune_by_arch(_dq_kernel, DQ_CONFIGS, TUNE_KEY, INTERPRET_DQ)
+_FWD = autotune_by_arch(_fwd_kernel, FWD_CONFIGS, FWD_CONFIGS_WIDE, TUNE_KEY, INTERPRET_FWD)
+_DKDV = autotune_by_arch(_dkdv_kernel, DKDV_CONFIGS, DKDV_CONFIGS_WIDE, TUNE_KEY, INTERPRET_DKDV)
+_DQ = autotune_by_arch(_dq_kernel, DQ_CONFIGS, DQ_CONFIGS_WIDE, TUNE_KEY, INTERPRET_DQ)
 
 
 @dataclass(frozen=True)
@@ -339,8 +316,8 @@ def _forward(q, k, v, spec: _Spec):
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty((b, hq, lq), device=q.device, dtype=torch.float32)
     grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)  # noqa: E731
-    _FWD[arch_of(q.device)][grid](q, k, v, o, lse, spec.slopes, spec.scale, *_strides(q, k, v, o),
-                                  *spec.runtime(q, k), **spec.constexprs(q))
+    pick_tuner(_FWD, q)[grid](q, k, v, o, lse, spec.slopes, spec.scale, *_strides(q, k, v, o),
+                           *spec.runtime(q, k), **spec.constexprs(q))
     return o, lse
 
 
@@ -352,13 +329,13 @@ def _backward(do, q, k, v, o, lse, spec: _Spec):
     dq = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     dk = torch.empty(k.shape, device=q.device, dtype=k.dtype)
     dv = torch.empty(v.shape, device=q.device, dtype=v.dtype)
-    arch, common = arch_of(q.device), (*spec.runtime(q, k),)
+    common = spec.runtime(q, k)
     grid_kv = lambda meta: (triton.cdiv(lk, meta["BLOCK_N"]), b * hkv)  # noqa: E731
-    _DKDV[arch][grid_kv](q, k, v, do, lse, delta, dk, dv, spec.slopes, spec.scale,
-                         *_strides(q, k, v, do), *common, **spec.constexprs(q))
+    pick_tuner(_DKDV, q)[grid_kv](q, k, v, do, lse, delta, dk, dv, spec.slopes, spec.scale,
+                               *_strides(q, k, v, do), *common, **spec.constexprs(q))
     grid_q = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)  # noqa: E731
-    _DQ[arch][grid_q](q, k, v, do, lse, delta, dq, spec.slopes, spec.scale,
-                      *_strides(q, k, v, do), *common, **spec.constexprs(q))
+    pick_tuner(_DQ, q)[grid_q](q, k, v, do, lse, delta, dq, spec.slopes, spec.scale,
+                            *_strides(q, k, v, do), *common, **spec.constexprs(q))
     return dq, dk, dv
 
 
@@ -410,4 +387,7 @@ AOT_KERNELS = (
     AotKernel("flash.fwd", _fwd_kernel, FWD_CONFIGS, _TYPES, _ALL_ON),
     AotKernel("flash.bwd_dkdv", _dkdv_kernel, DKDV_CONFIGS, _TYPES, _ALL_ON),
     AotKernel("flash.bwd_dq", _dq_kernel, DQ_CONFIGS, _TYPES, _ALL_ON),
+    AotKernel("flash.fwd", _fwd_kernel, FWD_CONFIGS_WIDE, _TYPES, _ALL_ON, head_dims=(256,)),
+    AotKernel("flash.bwd_dkdv", _dkdv_kernel, DKDV_CONFIGS_WIDE, _TYPES, _ALL_ON, head_dims=(256,)),
+    AotKernel("flash.bwd_dq", _dq_kernel, DQ_CONFIGS_WIDE, _TYPES, _ALL_ON, head_dims=(256,)),
 )
