@@ -8,12 +8,13 @@ from rich.table import Table
 from . import registry
 
 
-def fmt_bytes(n: float | None) -> str:
+def fmt_bytes(n: float | None, fmt: str = ".1f") -> str:
+    """Bytes in binary units: 1.5 GiB, 3.2 MiB, ..."""
     if n is None:
         return "-"
     for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= div:
-            return f"{n / div:.1f} {unit}"
+            return f"{n / div:{fmt}} {unit}"
     return f"{n:.0f} B"
 
 

@@ -102,17 +102,23 @@ def _rel_err(r: dict) -> float | None:
     return e.get("full_rel_l2", e.get("rel_l2"))
 
 
-def noncausal_performer_targets(records: list[dict]) -> list[Target]:
-    perf = _ok(records, variant="performer", causal=False)
-    rows, errs = [], []
-    for L in sorted({r["seq_q"] for r in perf}):
-        peer = _one(perf, backend="peer:performer-pytorch", seq_q=L)
-        ours = [r for r in perf if r["seq_q"] == L and not r["backend"].startswith("peer:")]
+def best_vs_peer(records: list[dict], peer_backend: str) -> list[tuple[int, float, dict, dict]]:
+    """Per length: (L, peer latency ÷ our fastest backend's, our best record, the peer's)."""
+    out = []
+    for L in sorted({r["seq_q"] for r in records}):
+        peer = _one(records, backend=peer_backend, seq_q=L)
+        ours = [r for r in records if r["seq_q"] == L and not r["backend"].startswith("peer:")]
         if peer and ours:
             best = min(ours, key=_median)
-            rows.append((L, _median(peer) / _median(best), best["backend"]))
-            if _rel_err(best) is not None and _rel_err(peer) is not None:
-                errs.append((L, _rel_err(best), _rel_err(peer)))
+            out.append((L, _median(peer) / _median(best), best, peer))
+    return out
+
+
+def noncausal_performer_targets(records: list[dict]) -> list[Target]:
+    found = best_vs_peer(_ok(records, variant="performer", causal=False), "peer:performer-pytorch")
+    rows = [(L, x, best["backend"]) for L, x, best, _ in found]
+    errs = [(L, _rel_err(best), _rel_err(peer)) for L, _, best, peer in found
+            if _rel_err(best) is not None and _rel_err(peer) is not None]
     if not rows:
         return [_missing(3, "non-causal Performer", "no slower than performer-pytorch; error no worse")]
     out = [Target(3, "non-causal Performer: performer-pytorch ÷ our best", "≥ 1.0× at every L",
@@ -127,13 +133,7 @@ def noncausal_performer_targets(records: list[dict]) -> list[Target]:
 
 def sliding_window_targets(records: list[dict]) -> list[Target]:
     sw = [r for r in _ok(records, variant="sliding_window", causal=True) if r["seq_q"] >= 4096]
-    rows = []
-    for L in sorted({r["seq_q"] for r in sw}):
-        peer = _one(sw, backend="peer:local-attention", seq_q=L)
-        ours = [r for r in sw if r["seq_q"] == L and not r["backend"].startswith("peer:")]
-        if peer and ours:
-            best = min(ours, key=_median)
-            rows.append((L, _median(peer) / _median(best), best["backend"]))
+    rows = [(L, x, best["backend"]) for L, x, best, _ in best_vs_peer(sw, "peer:local-attention")]
     if not rows:
         return [_missing(4, "sliding window w=256 causal", "≥ 3× local-attention at 4k..64k")]
     return [Target(4, "sliding window (w=256, causal): local-attention ÷ our best", "≥ 3× at every L",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..analysis import SCENARIO_KEYS, Series, baseline_of, crossover, fmt_len, length, series
 from ..results import atomic_write_text
+from ..tables import fmt_bytes as _fmt_bytes
 
 
 def not_run(records: list[dict]) -> list[dict]:
@@ -120,12 +121,7 @@ def scenario_text(r: dict) -> str:
 
 
 def fmt_bytes(n) -> str:
-    if n is None:
-        return "-"
-    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= div:
-            return f"{n / div:.3g} {unit}"
-    return f"{n:.0f} B"
+    return _fmt_bytes(n, ".3g")
 
 
 def fmt_flops(tflops) -> str:
