@@ -145,7 +145,7 @@ def gat_picture(p: Problem) -> torch.Tensor:
 GAT = register(Variant(
     name="gat", family="graph",
     description="graph attention over a sparse graph's edges (graph=random|ring|grid, degree=16)",
-    time="O(E)", memory="O(E)", reference=gat_reference,
+    time="O(L·d)", memory="O(L·d)", reference=gat_reference,
     flops=lambda p: attention_flops(p, pairs=num_edges(p)),  # 4·B·Hq·E·D: scores and sums per edge
     bytes=io_bytes, backends=_backends(), resolve=lambda p: fill_defaults(p, **DEFAULTS),
     supports=gat_supports, full_attention_error=True, defaults=DEFAULTS, picture=gat_picture))
