@@ -94,7 +94,10 @@ def register_frontier(app: typer.Typer) -> None:
             for v in sw.variants:
                 for b in (backends.split(",") if backends else default_backends(v, dev)):
                     err.print(f"searching {v}/{b} ...")
-                    found.append(find_frontier(v, b.strip(), base, cfg, worker, nbytes, lo, hi, refs))
+                    f = find_frontier(v, b.strip(), base, cfg, worker, nbytes, lo, hi, refs)
+                    found.append(f)
+                    err.print(f"  {v}/{b}: largest L that ran {f.largest_ok or '-'}; limit {f.limit}: "
+                              f"{f.reason or ''}", highlight=False, soft_wrap=True)
         finally:
             worker.close()
         rows = frontier_rows(found)
