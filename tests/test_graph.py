@@ -82,6 +82,6 @@ def test_unsupported_with_reasons():
 def test_flops_and_picture():
     p = _problem(length=1024, hq=1, hkv=1, d=64)
     assert VAR.flops(p) == 4 * 2 * 1024 * 16 * 64  # 4·B·H·E·D
-    assert VAR.time == "O(E)" and VAR.full_attention_error
+    assert VAR.time == "O(L·d)" and VAR.full_attention_error  # E = L·degree edges
     assert VAR.picture(p).shape == (1024, 1024)
     assert VAR.picture(_problem(length=8192)).shape == (64, 64)

@@ -172,3 +172,5 @@ def test_non_finite_floats_are_written_as_valid_json(tmp_path):
     write(path, [rec])
     for line in path.read_text().splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    back = [json.loads(line) for line in path.read_text().splitlines()][-1]
+    assert back["error"]["rel_l2"] is None and back["error"]["max_abs"] is None
