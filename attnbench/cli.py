@@ -78,6 +78,7 @@ def run(
     dtype: Annotated[Optional[str], typer.Option(help="float32 | float16 | bfloat16 (comma-separated for several).")] = None,
     causal: Annotated[Optional[bool], typer.Option("--causal/--no-causal", help="Causal mask (bottom-right aligned).")] = None,
     mode: Annotated[Optional[list[str]], typer.Option(help="fwd | bwd | fwd+bwd | decode (repeatable or comma-separated).")] = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", help="Variant parameter name=value (repeatable), e.g. --param window=512; applies to the variants that declare it (see `attnbench list`).")] = None,
     device: Device = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Results file (JSONL); default results/run-<time>.jsonl.")] = None,
     time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Seconds of measurement per case (default 30, or the suite's); setup and compilation get 60 s more.")] = None,
@@ -125,6 +126,10 @@ def run(
             "heads": heads, "kv_heads": kv_heads, "kv_groups": kv_groups, "head_dim": head_dim,
             "dtype": dtype, "causal": causal, "modes": mode}
     given = {k: v for k, v in axes.items() if v not in (None, [])}
+    if param:
+        from .sweep import parse_param_items
+
+        given["params"] = parse_param_items(param)
     if suite is None and not given:
         suite = "quick"
     if suite is not None:

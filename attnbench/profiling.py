@@ -61,33 +61,9 @@ def resolve_case(variant: str, backend: str, device: torch.device, **axes: Any) 
 def parse_params(items: list[str] | None, variant: str) -> dict[str, Any]:
     """'name=value' items, each checked against the variant's declared parameters and cast
     to the type of its default."""
-    defaults = registry.get(variant).defaults
-    out: dict[str, Any] = {}
-    for item in items or []:
-        name, sep, text = item.partition("=")
-        name, text = name.strip(), text.strip()
-        if not sep or not name or not text:
-            raise UsageError(f"bad --param '{item}'; accepted: name=value, e.g. --param window=256")
-        if name not in defaults:
-            known = ", ".join(sorted(defaults)) or "none"
-            raise UsageError(f"variant '{variant}' has no parameter '{name}'; accepted: {known}")
-        out[name] = _cast(text, defaults[name], name)
-    return out
+    from .sweep import check_params, parse_param_items
 
-
-def _cast(text: str, default: Any, name: str) -> Any:
-    try:
-        if isinstance(default, bool):
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1")
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-    except ValueError:
-        raise UsageError(f"bad --param {name}={text}; accepted: a {type(default).__name__}") from None
-    return text
+    return check_params(parse_param_items(items), (variant,))
 
 
 # ---------------------------------------------------------------- results

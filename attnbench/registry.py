@@ -36,6 +36,8 @@ class Backend:
     available:    (device) -> reason this backend cannot run on the device, or None.
     supports:     (problem, device) -> reason this problem is unsupported, or None.
     materializes: holds B*H*Lq*Lk scores (used to predict memory and skip what cannot fit).
+    params:       parameters of this backend alone (name -> default, which gives the type), set
+                  like variant parameters but only on this backend's cases.
     """
 
     name: str
@@ -45,6 +47,7 @@ class Backend:
     supports: Callable[[Problem, torch.device], Reason] = _fine
     materializes: bool = False
     test_only: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,11 @@ class Variant:
 
     def backend_names(self, include_test: bool = False) -> list[str]:
         return [b.name for b in self.backends if include_test or not b.test_only]
+
+    def declared_params(self, backend: str) -> dict[str, Any]:
+        """The parameters a case of this backend may set: the variant's and the backend's own."""
+        extra = next((b.params for b in self.backends if b.name == backend), {})
+        return self.defaults | extra
 
 
 _VARIANTS: dict[str, Variant] = {}

@@ -62,7 +62,7 @@ def _worker_main(conn, device: str, threads: int | None, mem_limit: int | None =
     from .measure import refs as refs_mod, telemetry
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops between cases
-    memory.pin_mmap_threshold()
+    memory.timing_allocator()  # peak_cpu switches to its own state for its one call
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)

@@ -152,8 +152,60 @@ def make_sweep(**axes: Any) -> Sweep:
     if "params" in a:
         if not isinstance(a["params"], dict):
             raise UsageError("params must be a table of variant parameters, e.g. params = { window = 256 }")
-        out["params"] = dict(a["params"])
+        out["params"] = check_params(a["params"], out.get("variants", Sweep.variants), out.get("backends", ()))
     return Sweep(**out)
+
+
+def check_params(params: dict[str, Any], variants: tuple[str, ...], backends: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Each parameter must be declared by at least one of the variants, or by one of their
+    backends (all, or those named); it then applies to the cases of those that declare it.
+    Values are cast to the type of the declared default (text from --param)."""
+    out = {}
+    for name, value in params.items():
+        declared = [d for v in variants for d in (registry.get(v).defaults, *(
+            b.params for b in registry.get(v).backends if not backends or b.name in backends)) if name in d]
+        if not declared:
+            known = sorted({n for v in variants for n in registry.get(v).defaults})
+            who = (f"variant '{variants[0]}' has no parameter" if len(variants) == 1
+                   else f"none of the variants {', '.join(variants)} has a parameter")
+            raise UsageError(f"{who} '{name}'{did_you_mean(name, known)}; accepted: {', '.join(known) or 'none'}")
+        out[name] = cast_param(value, declared[0][name], name)
+    return out
+
+
+def cast_param(value: Any, default: Any, name: str) -> Any:
+    """`value` (text from the command line, or a TOML value) as the type of `default`."""
+    kind = type(default).__name__
+    bad = UsageError(f"bad parameter {name}={value}; accepted: a {kind}")
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+            return value.strip().lower() in ("true", "1")
+        raise bad
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, str):
+            try:
+                value = type(default)(value.strip())
+            except ValueError:
+                raise bad from None
+        if isinstance(default, int) and not (isinstance(value, int) or float(value).is_integer()):
+            raise bad
+        return type(default)(value)
+    return value if isinstance(value, str) else str(value)
+
+
+def parse_param_items(items: list[str] | None) -> dict[str, str]:
+    """--param name=value items (repeatable) as {name: text}; cast later, per variant."""
+    out = {}
+    for item in items or []:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip() or not text.strip():
+            raise UsageError(f"bad --param '{item}'; accepted: name=value, e.g. --param window=256")
+        out[name.strip()] = text.strip()
+    return out
 
 
 def load_suite(name_or_path: str, **overrides: Any) -> tuple[list[Sweep], dict[str, Any]]:
@@ -195,6 +247,8 @@ def _merge(axes: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
         merged.pop("kv_groups", None)
     if "modes" in overrides:
         merged.pop("mode", None)
+    if "params" in overrides:  # --param adds to (or replaces one of) the suite's parameters
+        overrides = overrides | {"params": {**merged.get("params", {}), **overrides["params"]}}
     return merged | overrides
 
 
@@ -234,9 +288,11 @@ def _expand_one(sw: Sweep, device: torch.device):
         if g is not None:
             hkv = h // g if h % g == 0 else -g  # -g: groups that do not divide the heads
         seq_q, seq_k = (1, lk or L) if mode == "decode" else (L, lk)
-        raw = Problem(batch=b, heads=h, kv_heads=hkv, seq_q=seq_q, seq_k=seq_k, head_dim=d, dtype=dtype,
-                      causal=causal, mode=mode, params=tuple(sorted({**v.defaults, **sw.params}.items())))
         for backend in sw.backends or tuple(v.backend_names()):
+            declared = v.declared_params(backend)
+            params = v.defaults | {k: x for k, x in sw.params.items() if k in declared}
+            raw = Problem(batch=b, heads=h, kv_heads=hkv, seq_q=seq_q, seq_k=seq_k, head_dim=d, dtype=dtype,
+                          causal=causal, mode=mode, params=tuple(sorted(params.items())))
             yield _decide(v, backend, raw, device)
 
 

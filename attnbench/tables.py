@@ -71,12 +71,13 @@ def results_table(records: list[dict], title: str = "attnbench results") -> Tabl
 
 def variants_table(rows: list[dict]) -> Table:
     t = Table(title="attnbench variants", header_style="bold")
-    for col in ("variant", "family", "time", "memory", "backends", "description"):
+    for col in ("variant", "family", "time", "memory", "backends", "parameters (--param)", "description"):
         t.add_column(col, overflow="fold")
     for r in rows:
         bs = "  ".join(b["name"] if b["available"] else f"[dim]{b['name']}✗[/]" for b in r["backends"])
+        params = " ".join(f"{k}={v}" for k, v in r["params"].items())
         t.add_row(r["name"], r["family"], r["complexity"]["time"], r["complexity"]["memory"], bs,
-                  escape(r["description"]))
+                  escape(params), escape(r["description"]))
     return t
 
 
@@ -85,7 +86,7 @@ def list_rows(device) -> list[dict]:
     for v in registry.all_variants():
         rows.append({
             "name": v.name, "family": v.family, "description": v.description,
-            "complexity": {"time": v.time, "memory": v.memory},
+            "complexity": {"time": v.time, "memory": v.memory}, "params": dict(v.defaults),
             "backends": [{"name": b.name, "available": b.available(device) is None, "reason": b.available(device)}
                          for b in v.backends if not b.test_only],
         })

@@ -14,7 +14,8 @@ def test_list_json(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in rows] == registry.names()
     for r in rows:
-        assert set(r) == {"name", "family", "description", "complexity", "backends"}
+        assert set(r) == {"name", "family", "description", "complexity", "backends", "params"}
+        assert r["params"] == dict(registry.get(r["name"]).defaults)
         assert set(r["complexity"]) == {"time", "memory"} and r["complexity"]["time"].startswith("O(")
         assert r["description"] and r["backends"]
         for b in r["backends"]:

@@ -306,3 +306,17 @@ def test_confirm_needs_the_rerun_alone_to_regress(tmp_path):
     assert "re-run alone same" in unconfirmed.cases[0].note
     confirmed = confirm(first, compare(base, build_side([slow1, slow2]), o), compare(base, build_side([slow2]), o), keys)
     assert confirmed.exit_code == 1 and len(confirmed.current) == 2
+
+
+def test_shown_medians_pool_every_run_like_the_ratio(tmp_path):
+    """A side of several runs shows the median of all their samples, the same median the ratio
+    uses, not the first run's (which made a 2-run side read 18 ms → 11 ms next to '+94 %')."""
+    rng = np.random.default_rng(3)
+    base_runs = [load_run(write(tmp_path / f"b{i}.jsonl", [record(0, noisy(rng, m, n=20))]))
+                 for i, m in enumerate((10.0, 30.0, 30.0))]
+    cur = load_run(write(tmp_path / "c.jsonl", [record(0, noisy(rng, 20.0, n=60))]))
+    base = build_side(base_runs)
+    (result,) = compare(base, build_side([cur]), Options()).cases
+    pooled = float(np.median(np.concatenate([r.records[0]["samples_ms"] for r in base_runs])))
+    assert result.base_ms == pytest.approx(pooled) and result.base_ms > 25
+    assert (result.cur_ms < result.base_ms) == (result.latency.ratio < 1)

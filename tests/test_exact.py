@@ -229,3 +229,22 @@ def test_library_attend_matches_oracle():
     q, k, v = inputs(Problem(batch=1, heads=8, kv_heads=2, seq_q=24, seq_k=40, head_dim=32))
     out = attnbench.attend(q, k, v, variant="gqa", backend="sdpa", causal=True)
     assert max_err(out, oracle(q, k, v, True)) < 1e-5
+
+
+@pytest.mark.parametrize("hq,hkv,lq,lk,causal,few", [
+    (32, 1, 1, 300, False, True),  # MQA decode: 32 rows
+    (8, 2, 16, 70, True, True),  # 64 rows: the last size on the K·Qᵀ path, causal mask on it
+    (8, 2, 17, 70, True, False),  # 68 rows
+    (4, 4, 9, 4, True, True),  # Lq > Lk: rows without a visible key
+    (4, 2, 1, 513, False, True),  # decode, odd cache length
+])
+def test_grouped_both_score_orientations_match_oracle(hq, hkv, lq, lk, causal, few):
+    """grouped computes the scores as K·Qᵀ when G·Lq <= FEW_ROWS and as Q·Kᵀ otherwise; both
+    sides of the threshold against the fp64 oracle."""
+    from attnbench.variants.exact import FEW_ROWS
+
+    p = resolved("gqa", dict(heads=hq, kv_heads=hkv, seq_q=lq, seq_k=lk, causal=causal))
+    q, k, v = inputs(p)
+    out = registry.get("gqa").backend("grouped").build(p, CPU)(q, k, v)
+    check_close(out, q, k, v, p)
+    assert (hq // hkv * lq <= FEW_ROWS) == few  # the cases straddle the threshold as meant

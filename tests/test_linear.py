@@ -45,6 +45,14 @@ def _favor_plain(x, w):
     return torch.exp(x @ w.double().T - (x * x).sum(-1, keepdim=True) / 2) / math.sqrt(w.shape[0])
 
 
+def _favor_floored(x, w, eps, over):
+    """φ(x) = exp(Wx' − |x'|²/2 − max Wx') + eps, the max of the raw projection over `over`
+    (written out here in float64, independently of attnbench)."""
+    x = x.double() / x.shape[-1] ** 0.25
+    r = x @ w.double().T
+    return torch.exp(r - (x * x).sum(-1, keepdim=True) / 2 - r.amax(over, keepdim=True)) + eps
+
+
 SHAPES = [dict(), dict(lq=40, lk=130), dict(lq=130, lk=40), dict(hq=4, hkv=2), dict(lq=1, lk=77)]
 
 
@@ -58,6 +66,27 @@ def test_performer_matches_quadratic_form(causal, shape):
     for backend in ("eager", "chunked"):
         out = var.backend(backend).build(p, CPU)(q, k, v)
         torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4, msg=backend)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_performer_eps_matches_quadratic_form(causal, shape):
+    """With eps the floor is relative to the max over every key (chunked: a first pass finds it),
+    so large logits (scale 1.5) and several key blocks (BLOCK_ROWS = 64 here) are the test."""
+    var, p = _problem("performer", causal=causal, nb_features=32, chunk=16, eps=1e-3, **shape)
+    q, k, v = _inputs(p, scale=1.5)
+    w = lin.random_features(32, p.head_dim, seed=0)
+    expected = _quadratic_form(_favor_floored(q, w, 1e-3, -1), _favor_floored(k, w, 1e-3, (-2, -1)), v, causal)
+    plain = _quadratic_form(_favor_plain(q, w), _favor_plain(k, w), v, causal)
+    assert (expected - plain).abs().max() > 1e-2  # the floor changes the answer at this scale
+    old = lin.BLOCK_ROWS
+    lin.BLOCK_ROWS = 64
+    try:
+        for backend in ("eager", "chunked"):
+            out = var.backend(backend).build(p, CPU)(q, k, v)
+            torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4, msg=backend)
+    finally:
+        lin.BLOCK_ROWS = old
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -50,9 +50,9 @@ def test_parse_length_names_the_option():
 
 # ---------------------------------------------------------------- make_sweep
 def test_make_sweep_normalises():
-    sw = make_sweep(variants="mha, gqa,mha", backends=["sdpa,eager"], seq="1k,2k", heads=8, dtype="fp16,bf16",
-                    mode="fwd,decode", causal=[True, False], params={"window": 4})
-    assert sw.variants == ("mha", "gqa") and sw.backends == ("sdpa", "eager")
+    sw = make_sweep(variants="mha, sliding_window,mha", backends=["sdpa,eager"], seq="1k,2k", heads=8,
+                    dtype="fp16,bf16", mode="fwd,decode", causal=[True, False], params={"window": 4})
+    assert sw.variants == ("mha", "sliding_window") and sw.backends == ("sdpa", "eager")
     assert sw.seq == (1024, 2048) and sw.heads == (8,)
     assert sw.dtype == ("float16", "bfloat16") and sw.modes == ("fwd", "decode")
     assert sw.causal == (True, False) and sw.params == {"window": 4}
@@ -75,11 +75,35 @@ def test_make_sweep_normalises():
     (dict(dtype="fp8"), "unknown dtype"),
     (dict(causal="yes"), "causal"),
     (dict(params=[1, 2]), "params"),
+    (dict(variants="mha,gqa", params={"window": 4}), "none of the variants mha, gqa has a parameter 'window'"),
+    (dict(variants="sliding_window", params={"windw": 4}), "did you mean \"window\""),
+    (dict(variants="sliding_window", params={"window": "wide"}), "window=wide; accepted: a int"),
+    (dict(variants="sliding_window", params={"window": 2.5}), "accepted: a int"),
+    (dict(variants="performer", params={"orthogonal": "maybe"}), "accepted: a bool"),
     (dict(seqq="1k"), "unknown sweep key 'seqq'"),
 ])
 def test_make_sweep_errors(axes, match):
     with pytest.raises(UsageError, match=match):
         make_sweep(**axes)
+
+
+def test_params_cast_to_the_declared_type_and_apply_only_where_declared():
+    sw = make_sweep(variants="mha,sliding_window,performer", backends="eager", seq="128",
+                    params={"window": "32", "eps": "1e-4", "orthogonal": "false"})
+    assert sw.params == {"window": 32, "eps": 1e-4, "orthogonal": False}
+    by = {c.variant: dict(c.problem.params) for c in expand([sw], CPU)}
+    assert by["mha"] == {}  # declares none of them: unchanged
+    assert by["sliding_window"]["window"] == 32 and "eps" not in by["sliding_window"]
+    assert by["performer"]["eps"] == 1e-4 and by["performer"]["orthogonal"] is False
+    assert "window" not in by["performer"]
+
+
+def test_param_override_merges_with_the_suite_params(tmp_path):
+    suite = tmp_path / "s.toml"
+    suite.write_text('[[sweep]]\nvariants = ["performer"]\nbackends = ["eager"]\nseq = "128"\n'
+                     'params = { nb_features = 64 }\n')
+    (sw,), _ = load_suite(str(suite), params={"eps": "1e-4"})
+    assert sw.params == {"nb_features": 64, "eps": 1e-4}
 
 
 # ---------------------------------------------------------------- expansion

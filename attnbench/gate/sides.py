@@ -67,7 +67,7 @@ class Measured:
     status: str
     reason: str | None
     groups: tuple[tuple[float, ...], ...]  # normalised samples, one tuple per run
-    median_ms: float | None  # raw median of the first ok run (for display)
+    median_ms: float | None  # median of every run's raw samples pooled (for display; the ratio's own median before --normalize)
     peak_mem: int | None  # median of the runs' peaks
     runs: int
 
@@ -208,12 +208,14 @@ def _merge(key: str, hits: list, normalize: str) -> Measured:
         return Measured(key, first, bad[0]["status"], bad[0].get("reason"), (), None, None, len(hits))
     groups = []
     peaks = []
+    raw = []
     for run, rec, reference in hits:
         d = divisor(run, rec, normalize, reference)
+        raw.extend(float(s) for s in (rec.get("samples_ms") or []))
         groups.append(tuple(float(s) / d for s in (rec.get("samples_ms") or [])))
         if rec.get("peak_mem_bytes") is not None:
             peaks.append(int(rec["peak_mem_bytes"]))
-    median_ms = (first.get("latency_ms") or {}).get("median")
+    median_ms = statistics.median(raw) if raw else (first.get("latency_ms") or {}).get("median")
     peak = int(statistics.median(peaks)) if peaks else None
     return Measured(key, first, "ok", None, tuple(g for g in groups if g), median_ms, peak, len(hits))
 

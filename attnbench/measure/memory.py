@@ -1,8 +1,10 @@
 """Peak memory of one call, measured in a pass of its own (never during timing).
 
-CPU: write 5 to /proc/self/clear_refs, which resets VmHWM (the peak RSS) to the current RSS,
-run the call, read VmHWM from /proc/self/status: the rise above the RSS before is the call's
-peak. It counts every byte the process touched (torch, BLAS workspaces, Python objects).
+CPU: pin glibc's mmap threshold low (every large block its own mapping), trim the heap, write 5
+to /proc/self/clear_refs, which resets VmHWM (the peak RSS) to the current RSS, run the call,
+read VmHWM from /proc/self/status: the rise above the RSS before is the call's peak. It
+counts every byte the process touched (torch, BLAS workspaces, Python objects). Calls are timed
+in another allocator state (timing_allocator), restored after the memory pass.
 GPU: synchronize, reset the allocator's peak statistics, run, peak minus baseline
 (torch.cuda.max_memory_allocated); NVML's device-wide `used` is added as context.
 """
@@ -49,6 +51,20 @@ def rss_bytes() -> int:
     return _status_kib("VmRSS") * 1024
 
 
+# glibc mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_MAX = 32 * 1024 * 1024  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: its dynamic ceiling
+
+
+def _mallopt(param: int, value: int) -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(param, value)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to set
+
+
 def _trim_heap() -> None:
     """Return freed heap pages to the OS (glibc malloc_trim), so memory cached by earlier calls
     does not hide this call's allocations inside the RSS before it."""
@@ -60,27 +76,40 @@ def _trim_heap() -> None:
         pass
 
 
-def pin_mmap_threshold(nbytes: int = 128 * 1024) -> None:
-    """Keep glibc from raising its mmap threshold (it does, up to 32 MiB, whenever a large block
-    is freed): then every large tensor is its own mapping and VmHWM's rise is the call's own
-    memory, not heap slack left by earlier calls. Call once per measuring process."""
-    try:
-        import ctypes
+def timing_allocator() -> None:
+    """The allocator state calls are timed in: glibc's own steady state for a process that
+    repeats a call. By default glibc raises its mmap threshold to the size of each large block
+    freed (up to 32 MiB) and its trim threshold to twice that, so a repeated call's temporaries
+    come back from the heap instead of fresh, page-faulted mappings. Fixed at the ceiling here,
+    so the state does not depend on which case ran before (mallopt also turns the dynamic rule
+    off). Blocks over 32 MiB are mmapped, and page-faulted, on every call: in a user's process too."""
+    _mallopt(_M_MMAP_THRESHOLD, _MMAP_MAX)
+    _mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_MAX)
 
-        ctypes.CDLL("libc.so.6").mallopt(-3, nbytes)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
+
+def memory_pass_allocator(nbytes: int = 128 * 1024) -> None:
+    """The allocator state memory is measured in: the free heap is trimmed, then every block of
+    `nbytes` or more is its own mapping (a block is cut from the heap's free top before glibc
+    considers mmap, hence the trim), so VmHWM's rise is the call's own memory, not heap slack left
+    by earlier calls. peak_cpu switches to it for its one call, then back to timing_allocator."""
+    _mallopt(_M_MMAP_THRESHOLD, nbytes)
+    _mallopt(_M_TRIM_THRESHOLD, nbytes)
+    _trim_heap()
 
 
 def peak_cpu(fn: Callable[[], object]) -> Peak:
+    """One call's peak RSS rise, under memory_pass_allocator; the timing state is restored after."""
     why = cpu_peak_supported()
     if why:
         return Peak(None, f"unavailable: {why}")
-    _trim_heap()
-    _CLEAR_REFS.write_text("5")
-    before = _status_kib("VmRSS")
-    out = fn()
-    peak = _status_kib("VmHWM")
+    memory_pass_allocator()
+    try:
+        _CLEAR_REFS.write_text("5")
+        before = _status_kib("VmRSS")
+        out = fn()
+        peak = _status_kib("VmHWM")
+    finally:
+        timing_allocator()
     return Peak(max(0, peak - before) * 1024, "cpu-vmhwm", output=out)
 
 

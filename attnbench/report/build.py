@@ -185,11 +185,11 @@ def _peers(headers: list[dict], records, out: Path) -> list[Section]:
     from .peers import peer_targets
 
     refs = next((h.get("refs") for h in headers if h.get("refs")), None)
-    targets = [t for t in peer_targets(records, refs) if t.passed is not None]
+    targets = [t for t in peer_targets(records, refs) if t.passed is not None or t.info]
     if not targets:
         return []
     rows = [{"number": t.number, "what": t.what, "goal": t.goal, "measured": t.measured,
-             "result": {True: "pass", False: "miss"}[t.passed] + (f" ({t.note})" if t.note else "")} for t in targets]
+             "result": t.mark + (f" ({t.note})" if t.note else "")} for t in targets]
     cols = (("number", "#"), ("what", "target"), ("goal", "goal"), ("measured", "measured (ratios in one run)"),
             ("result", "result"))
     return [Section("Against the peers", ["Targets of suites/peers.toml, each a ratio measured in this run."],

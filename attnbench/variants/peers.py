@@ -3,12 +3,13 @@ our implementations are timed against what people actually use. Install: pip ins
 
 peer:performer-pytorch (performer)  performer_pytorch.FastAttention(dim_heads=D, nb_features=m,
     causal) with its projection matrix replaced by OUR random features (same W), so both compute
-    FAVOR+ from the same draw. Remaining differences: the package adds eps = 1e-4 to every
-    feature after its max subtraction (and 1e-6 to causal denominators), which biases keys with
-    small features, so its error against exact attention differs from ours. Without the
-    fast_transformers CUDA extension its causal path is `causal_linear_attention_noncuda`
-    (128 pieces, each holding an (L/128)×m×D prefix tensor). Timed: FastAttention.forward.
-    Needs kv_heads == heads; causal needs Lq == Lk (it pairs query i with key i).
+    FAVOR+ from the same draw. The package adds eps = 1e-4 to every feature (hard-coded in its
+    softmax_kernel), so it runs only for cases with the variant's `eps` = 1e-4 (`--param
+    eps=1e-4`); there our non-causal output equals its to ~3e-7. Its causal path also adds 1e-6
+    to the running key sums in its denominators (ours does not). Without the fast_transformers
+    CUDA extension that path is `causal_linear_attention_noncuda` (128 pieces, each holding an
+    (L/128)×m×D prefix tensor). Timed: FastAttention.forward. Needs kv_heads == heads; causal
+    needs Lq == Lk (it pairs query i with key i).
 peer:linformer (linformer)  linformer.LinformerSelfAttention(dim=H·D, seq_len=Lk, k, heads=H,
     dim_head=D) cannot take q/k/v: it projects its input itself. We make its projections
     transparent (to_q and to_out identity; to_k and to_v read the two halves of a [k | v]
@@ -74,7 +75,13 @@ def _performer_build(problem: Problem, device: torch.device) -> Fn:
     return lambda q, k, v: fa(q, k, v)
 
 
+PERFORMER_PYTORCH_EPS = 1e-4  # performer_pytorch.softmax_kernel's default, not settable via FastAttention
+
+
 def _performer_supports(p: Problem, device: torch.device) -> Reason:
+    if p.param("eps") != PERFORMER_PYTORCH_EPS:
+        return (f"performer-pytorch adds eps = {PERFORMER_PYTORCH_EPS:g} to its features (hard-coded); this case "
+                f"has eps = {p.param('eps'):g}: run with --param eps={PERFORMER_PYTORCH_EPS:g}")
     if p.causal and p.seq_q != p.seq_k:
         return "performer-pytorch's causal path pairs query i with key i, so it needs Lq == Lk"
     return _same_heads(p, device)

@@ -51,4 +51,5 @@ def _build(problem: Problem, device: torch.device) -> Fn:
 
 
 def register_test_backends() -> None:
-    add_backend("mha", Backend("fault", _build, "test-only fault injection", test_only=True))
+    add_backend("mha", Backend("fault", _build, "test-only fault injection", test_only=True,
+                               params={"fault": "none", "attempts_file": ""}))
