@@ -22,17 +22,26 @@ def test_decode_targets_ratios_and_the_unreachable_note():
     t = {x.what: x for x in decode_targets(recs, REFS)}
     vs_sdpa = t["decode: grouped vs SDPA enable_gqa (Hkv ≤ 8)"]
     assert vs_sdpa.measured == "Hkv=8: 3.0×, Hkv=1: 5.0×" and vs_sdpa.passed
-    assert t["decode: MHA/MQA latency (grouped)"].measured == "12.5×"
+    ratio = t["decode: MHA/MQA latency (grouped)"]
+    assert ratio.measured == "12.5×" and ratio.note == "the roofline bounds of the two cases give 20.0× here"  # 100 / 5
     bytes_row = t["decode: grouped latency ÷ (KV bytes ÷ in-run bandwidth)"]
     assert bytes_row.measured == "worst 12.0× (Hkv=1)" and bytes_row.passed is False
     assert bytes_row.note.startswith("Hkv=1: unreachable here") and "5.0×" in bytes_row.note  # 5 ms / 1 ms
-    assert "Hkv=8" not in bytes_row.note  # its FLOP time (5 ms) is under 3× its bytes time (25 ms)
+    assert "Hkv=8" not in bytes_row.note  # within 3× (and bandwidth-bound)
     roof = t["decode: grouped latency ÷ max(KV bytes ÷ bandwidth, FLOPs ÷ GEMM rate)"]
     assert roof.info and roof.passed is None and roof.mark == "info"
     assert roof.measured == "Hkv=32: 1.5× (bytes), Hkv=8: 1.2× (bytes), Hkv=1: 2.4× (FLOPs)"
     assert markdown([roof, bytes_row]).splitlines()[2:] == [
         f"| 1 | {roof.what} | context | {roof.measured} | info — {roof.note} |",
         f"| 1 | {bytes_row.what} | ≤ 3× | {bytes_row.measured} | **miss** — {bytes_row.note} |"]
+
+
+def test_decode_compute_bound_miss_says_what_share_of_the_gemm_rate_it_needs():
+    recs = [dec("grouped", 1, 12.0, 2e7)]  # bytes 2 ms, FLOPs 5 ms: 2.5× of the bytes bound; latency 6×
+    bytes_row, _ = decode_targets(recs, REFS)  # no SDPA or MHA case: the bytes row and the context row
+    assert bytes_row.passed is False
+    assert bytes_row.note == ("Hkv=1: compute-bound here, its FLOPs at the in-run GEMM rate take 2.5× the bytes "
+                              "bound (≤ 3× needs ≥ 83 % of that rate)")
 
 
 def perf(backend, L, ms, err, eps):
