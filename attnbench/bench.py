@@ -19,6 +19,7 @@ from . import results
 from .errors import UsageError
 from .measure import env as env_mod
 from .runner import RunConfig, Worker, run_cases
+from .rounds import merge_rounds, round_order
 from .sweep import Case, Sweep, expand
 
 
@@ -69,9 +70,13 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
               console: Console | None = None, command: list[str] | None = None,
               profile_dir: Path | None = None, shard: tuple[int, int] | None = None,
               world_size: int | None = None, executor: str = "local",
-              address: str | None = None) -> tuple[list[dict], bool]:
-    """Run every case; returns (records of this file, interrupted)."""
+              address: str | None = None, rounds: int = 1) -> tuple[list[dict], bool]:
+    """Run every case (`rounds` times, interleaved: see rounds.py); returns (records of this
+    file, interrupted)."""
     console = console or Console(stderr=True)
+    if rounds > 1 and (executor != "local" or world_size):
+        raise UsageError("--rounds runs cases in one local worker: it does not combine with --executor ray "
+                         "or --world-size")
     check_out(out, resume, force)
     cases = expand(sweeps, device)
     if shard is not None:
@@ -110,7 +115,7 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
             refs = worker.measure_refs(dtypes) if runnable else None
         header = results.make_header(command or sys.argv, env, refs)
         with results.Writer(out, header, append=resume and out.exists()) as writer, _progress(console) as prog:
-            task = prog.add_task("attnbench", total=len(cases))
+            task = prog.add_task("attnbench", total=len(cases) * rounds)
             if executor == "ray":
                 from .executors import run_cases_ray
 
@@ -121,12 +126,26 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
 
                 run_cases_ray(cases, cfg, address, on_record=on_ray_record, refs=refs)
                 cases = []
-            for case in cases:
-                if stop.requested:
-                    break
-                prog.update(task, description=f"{case.variant}/{case.backend} {case.problem.short()} {case.problem.mode}")
-                run_cases([case], cfg, worker, lambda r: (writer.write(r), records.append(r)), refs)
-                prog.advance(task)
+            per_case: list[list[dict]] = [[] for _ in cases]
+            written: set[int] = set()
+            for r in range(rounds):
+                for i in round_order(range(len(cases)), r):
+                    if stop.requested:
+                        break
+                    if i in written:  # not ok in an earlier round: recorded as such
+                        continue
+                    case = cases[i]
+                    prog.update(task, description=f"{case.variant}/{case.backend} {case.problem.short()} "
+                                                  f"{case.problem.mode}" + (f" · round {r + 1}/{rounds}" if rounds > 1 else ""))
+                    run_cases([case], cfg, worker, per_case[i].append, refs)
+                    if per_case[i][-1]["status"] != "ok" or len(per_case[i]) == rounds:
+                        rec = merge_rounds(per_case[i], rounds)
+                        writer.write(rec)
+                        records.append(rec)
+                        written.add(i)
+                        prog.advance(task, rounds - r)
+                    else:
+                        prog.advance(task)
     finally:
         signal.signal(signal.SIGINT, old)
         worker.close()

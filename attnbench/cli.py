@@ -45,6 +45,13 @@ def list_cmd(json_out: Json = False, device: Device = "auto") -> None:
         out_console.print(variants_table(rows))
 
 
+def _suite_rounds(meta: dict, suite: str | None) -> int:
+    r = meta.get("rounds", 1)
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise UsageError(f"suite '{suite}': rounds must be an integer >= 1 (got {r!r})")
+    return r
+
+
 @app.command()
 def env(json_out: Json = False, device: Device = "auto") -> None:
     """The environment a result depends on (versions, device, threads, NVML).
@@ -83,6 +90,7 @@ def run(
     out: Annotated[Optional[Path], typer.Option(help="Results file (JSONL); default results/run-<time>.jsonl.")] = None,
     time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Seconds of measurement per case (default 30, or the suite's); setup and compilation get 60 s more.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (recorded); default: torch's.")] = None,
+    rounds: Annotated[Optional[int], typer.Option(help="Measure every case this many times, interleaved with the others (forward, then backward), pooling the samples: averages out a shared machine's drift (default 1, or the suite's).")] = None,
     resume: Annotated[bool, typer.Option(help="Skip cases already in --out and append the rest.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing --out.")] = False,
     world_size: Annotated[Optional[int], typer.Option("--world-size", help="Ranks for distributed variants (ring); launched locally.")] = None,
@@ -122,6 +130,8 @@ def run(
         shard_kn = parse_shard(shard)
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be at least 1 (got {threads})")
+    if rounds is not None and rounds < 1:
+        raise UsageError(f"--rounds must be at least 1 (got {rounds})")
     axes = {"variants": variants, "backends": backends, "seq": seq, "kv_seq": kv_seq, "batch": batch,
             "heads": heads, "kv_heads": kv_heads, "kv_groups": kv_groups, "head_dim": head_dim,
             "dtype": dtype, "causal": causal, "modes": mode}
@@ -140,10 +150,12 @@ def run(
     dev = resolve_device(meta.get("device", device) if device == "auto" else device)
     out = out or default_out()
     budget = time_budget if time_budget is not None else float(meta.get("time_budget", 30.0))
+    rounds = rounds if rounds is not None else _suite_rounds(meta, suite)
     records, interrupted = run_sweep(sweeps, dev, out, time_budget=budget, threads=threads, resume=resume,
                                      force=force, console=err_console, command=["attnbench", *ctx.obj["argv"]],
                                      profile_dir=profile_dir, shard=shard_kn if shard else None,
-                                     world_size=world_size, executor=executor, address=address)
+                                     world_size=world_size, executor=executor, address=address,
+                                     rounds=rounds)
     if json_out:
         print(json.dumps(records, default=str))
     else:

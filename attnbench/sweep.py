@@ -87,7 +87,7 @@ class Case:
 
 
 SWEEP_KEYS = {f for f in Sweep.__dataclass_fields__} | {"mode"}
-SUITE_KEYS = {"description", "sweep", "time_budget", "device"}
+SUITE_KEYS = {"description", "sweep", "time_budget", "device", "rounds"}
 
 
 def _positive(values, what: str) -> tuple[int, ...]:

@@ -61,6 +61,8 @@ CASES = [
     (["run", "--variants", "mha", "--param", "window=4"], "variant 'mha' has no parameter 'window'", 2),
     (["run", "--variants", "sliding_window", "--param", "window=wide"], "accepted: a int", 2),
     (["run", "--variants", "performer", "--param", "eps"], "name=value", 2),
+    (["run", "--rounds", "0"], "--rounds must be at least 1", 2),
+    (["run", "--rounds", "2", "--executor", "ray"], "does not combine with --executor ray", 2),
     (["frobnicate"], "No such command", 2),
     (["report", "notjsonl.txt", "--out", "rep"], "not JSON", 2),
     (["report", "missing.jsonl", "--out", "rep"], "does not exist", 2),

@@ -176,32 +176,40 @@ def _slope(lengths, values) -> float:
     return float(np.polyfit(np.log(lengths), np.log(values), 1)[0])
 
 
-def _minor_faults_of(fn, warmup: int = 8, repeats: int = 8) -> int:
-    import resource
+_FAULTS_SCRIPT = """
+import resource, sys, torch
+from attnbench.measure import memory
 
+def temporary_8mib():
+    torch.ones(2 * 1024 * 1024).sum()  # 8 MiB written, read, freed
+
+def minor_faults(warmup=8, repeats=8):
     for _ in range(warmup):  # glibc's heap settles over a few calls, as in the timing warmup
-        fn()
+        temporary_8mib()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(repeats):
-        fn()
+        temporary_8mib()
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-
-def _temporary_8mib():
-    torch.ones(2 * 1024 * 1024).sum()  # 8 MiB written, read, freed
+memory.timing_allocator()  # as the worker starts
+steady = minor_faults()
+memory.memory_pass_allocator()
+pinned = minor_faults()
+print(steady, pinned)
+"""
 
 
 def test_timing_state_reuses_temporaries_memory_state_maps_them_fresh():
     """Timed calls run in glibc's steady state (a repeated call's 8 MiB temporary comes back
     from the heap: almost no page faults); the memory pass's pinned state maps every large
-    block anew (up to 2048 faults per 8 MiB of 4 KiB pages). Counted with getrusage, not timed."""
-    memory.timing_allocator()
-    steady = _minor_faults_of(_temporary_8mib)
-    memory.memory_pass_allocator()
-    try:
-        pinned = _minor_faults_of(_temporary_8mib)
-    finally:
-        memory.timing_allocator()
+    block anew (up to 2048 faults per 8 MiB of 4 KiB pages). Counted with getrusage, not timed,
+    in a fresh process (as the worker is), so no earlier test's heap is in the way."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    steady, pinned = map(int, out.stdout.split())
     assert pinned >= 8 * 2048 // 2, (pinned, steady)  # fewer than 2048 each if huge pages back some
     assert steady <= pinned // 20, (pinned, steady)
 

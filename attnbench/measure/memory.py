@@ -1,8 +1,9 @@
 """Peak memory of one call, measured in a pass of its own (never during timing).
 
-CPU: pin glibc's mmap threshold low (every large block its own mapping), trim the heap, write 5
-to /proc/self/clear_refs, which resets VmHWM (the peak RSS) to the current RSS, run the call,
-read VmHWM from /proc/self/status: the rise above the RSS before is the call's peak. It
+CPU: pin glibc's mmap threshold low (every large block its own mapping), trim the heap, fence
+its free chunks, write 5 to /proc/self/clear_refs, which resets VmHWM (the peak RSS) to the
+current RSS, run the call, read VmHWM from /proc/self/status: the rise above the RSS before is
+the call's peak. It
 counts every byte the process touched (torch, BLAS workspaces, Python objects). Calls are timed
 in another allocator state (timing_allocator), restored after the memory pass.
 GPU: synchronize, reset the allocator's peak statistics, run, peak minus baseline
@@ -97,19 +98,62 @@ def memory_pass_allocator(nbytes: int = 128 * 1024) -> None:
     _trim_heap()
 
 
+class _HeapFence:
+    """Holds the heap's free chunks of `nbytes` and more for the memory pass, so the call's large
+    blocks are fresh mappings. glibc serves a request from its free chunks before it considers
+    mmap; chunks freed in the timing state (trimmed, so not resident) would otherwise take the
+    call's blocks and keep their pages after free, and a later block cut elsewhere counts twice
+    (an L=1024 eager call read 48.7 MiB instead of 32.8). malloc takes chunks untouched but for
+    a header; the first block that comes back mmapped means none is left. Freed on exit."""
+
+    def __init__(self, nbytes: int = 128 * 1024, limit: int = 1 << 20):
+        self.nbytes, self.limit, self.held = nbytes, limit, []
+
+    def __enter__(self) -> "_HeapFence":
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6")
+            libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+            libc.free.argtypes = [ctypes.c_void_p]
+        except (OSError, AttributeError):
+            return self  # not glibc
+        self._free = libc.free
+        while len(self.held) < self.limit:
+            p = libc.malloc(self.nbytes)
+            if not p:
+                break
+            if ctypes.c_size_t.from_address(p - 8).value & 2:  # IS_MMAPPED in the chunk's size
+                libc.free(p)
+                break
+            self.held.append(p)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in self.held:
+            self._free(p)
+        self.held = []
+
+
 def peak_cpu(fn: Callable[[], object]) -> Peak:
-    """One call's peak RSS rise, under memory_pass_allocator; the timing state is restored after."""
+    """One call's peak RSS rise, under memory_pass_allocator with the heap's free chunks fenced;
+    the timing state is restored after."""
     why = cpu_peak_supported()
     if why:
         return Peak(None, f"unavailable: {why}")
     memory_pass_allocator()
     try:
-        _CLEAR_REFS.write_text("5")
-        before = _status_kib("VmRSS")
-        out = fn()
-        peak = _status_kib("VmHWM")
+        with _HeapFence():
+            return _vmhwm_rise(fn)
     finally:
         timing_allocator()
+
+
+def _vmhwm_rise(fn: Callable[[], object]) -> Peak:
+    _CLEAR_REFS.write_text("5")
+    before = _status_kib("VmRSS")
+    out = fn()
+    peak = _status_kib("VmHWM")
     return Peak(max(0, peak - before) * 1024, "cpu-vmhwm", output=out)
 
 

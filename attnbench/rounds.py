@@ -1,0 +1,51 @@
+"""Rounds: every case measured several times, interleaved with the others (asv's `rounds`).
+
+A shared machine drifts: a slow minute lands on whichever cases run in it, and a ratio of two
+cases measured a minute apart inherits that drift. With N rounds the whole case list runs N
+times, forward in odd rounds and backward in even ones (so a linear drift weighs each case
+alike), and each case's record pools the samples of its rounds:
+
+    samples_ms   every round's samples, in round order
+    latency_ms   statistics of the pooled samples (the median is the headline, as always)
+    timing       first round's calls_per_sample and stopped_by, plus rounds = N and
+                 round_medians_ms (one median per round: the drift the pooling averaged over)
+    tflops, gbps, roofline_frac   recomputed for the pooled median
+    peak_mem_bytes   the largest of the rounds (memory is measured in every round)
+    wall_s       the sum over rounds
+
+A case that is not `ok` in some round (unsupported, skipped, oom, timeout, error) is recorded
+as that round's record, its reason prefixed with the round, and is not run again.
+"""
+
+from __future__ import annotations
+
+from .measure.timing import Stats
+
+
+def round_order(cases: list, round_index: int) -> list:
+    """Round 0, 2, 4, ... run the cases forward; round 1, 3, ... backward."""
+    return list(cases) if round_index % 2 == 0 else list(reversed(cases))
+
+
+def merge_rounds(rounds: list[dict], total: int) -> dict:
+    """One record from the records of one case's rounds (in round order) out of `total`."""
+    if total == 1:
+        return rounds[0]
+    for i, rec in enumerate(rounds):
+        if rec["status"] != "ok":
+            return {**rec, "reason": f"round {i + 1} of {total}: {rec.get('reason') or rec['status']}"}
+    first, n = rounds[0], len(rounds)
+    samples = [s for rec in rounds for s in rec["samples_ms"]]
+    stats = Stats.of(samples)
+    scale = first["latency_ms"]["median"] / stats.median  # rates go as 1 / median
+    peaks = [rec["peak_mem_bytes"] for rec in rounds if rec.get("peak_mem_bytes") is not None]
+    return {
+        **first,
+        "samples_ms": samples,
+        "latency_ms": stats.__dict__,
+        "timing": {**(first.get("timing") or {}), "rounds": n,
+                   "round_medians_ms": [rec["latency_ms"]["median"] for rec in rounds]},
+        **{k: first[k] * scale for k in ("tflops", "gbps", "roofline_frac") if first.get(k) is not None},
+        "peak_mem_bytes": max(peaks) if peaks else first.get("peak_mem_bytes"),
+        "wall_s": sum(rec.get("wall_s") or 0.0 for rec in rounds),
+    }
