@@ -38,6 +38,8 @@ class Backend:
     materializes: holds B*H*Lq*Lk scores (used to predict memory and skip what cannot fit).
     params:       parameters of this backend alone (name -> default, which gives the type), set
                   like variant parameters but only on this backend's cases.
+    tf32_dots:    fp32 inputs are multiplied in TF32 on the GPU (the Triton kernels); `check`
+                  then bounds the error by a TF32 reference.
     """
 
     name: str
@@ -46,6 +48,7 @@ class Backend:
     available: Callable[[torch.device], Reason] = _fine
     supports: Callable[[Problem, torch.device], Reason] = _fine
     materializes: bool = False
+    tf32_dots: bool = False
     test_only: bool = False
     params: dict[str, Any] = field(default_factory=dict)
 

@@ -144,6 +144,25 @@ def _sdpa_available(name: str) -> Callable[[torch.device], Reason]:
     return available
 
 
+def _sdpa_supports(name: str) -> Callable[[Problem, torch.device], Reason]:
+    """What a pinned CUDA kernel refuses (it raises "No available kernel" at the call otherwise),
+    from torch's SDPA constraints and a run on an H100 (torch 2.11)."""
+
+    def supports(problem: Problem, device: torch.device) -> Reason:
+        if device.type != "cuda":
+            return None
+        if name in ("sdpa-flash", "sdpa-cudnn") and problem.dtype not in ("float16", "bfloat16"):
+            return f"{name} on CUDA takes float16 or bfloat16 (got {problem.dtype}); sdpa-efficient and sdpa-math take float32"
+        if name == "sdpa-efficient" and problem.groups > 1:
+            return "sdpa-efficient has no enable_gqa (K/V heads must equal query heads); sdpa-flash and sdpa-math do"
+        if name == "sdpa-cudnn" and problem.causal and problem.seq_q > problem.seq_k:
+            return ("sdpa-cudnn's bottom-right causal mask with Lq > Lk disagrees with the reference "
+                    "(rel. error 0.54 on an H100, torch 2.11: rows that see no key)")
+        return None
+
+    return supports
+
+
 def sdpa_call(problem: Problem, *, mask: torch.Tensor | None = None):
     """Keyword arguments of F.scaled_dot_product_attention for this problem (bottom-right causal)."""
     kwargs: dict = {"enable_gqa": problem.groups > 1}
@@ -184,6 +203,6 @@ def sdpa_backends(mask_fn: Callable[[Problem, torch.device], torch.Tensor | None
             return sdpa_pinned
 
         desc = "torch scaled_dot_product_attention" + (f", pinned to {SDPA_KERNELS[name]}" if SDPA_KERNELS[name] else ", kernel chosen by torch")
-        out.append(Backend(name, build, desc, available=_sdpa_available(name),
+        out.append(Backend(name, build, desc, available=_sdpa_available(name), supports=_sdpa_supports(name),
                            materializes=name == "sdpa-math" or mask_fn is not None))
     return tuple(out)

@@ -111,7 +111,7 @@ def _linformer_build(problem: Problem, device: torch.device) -> Fn:
     with torch.no_grad():
         attn.proj_k.copy_(e.T)  # the package computes Σ_n x_n·proj[n, :], i.e. E·K with E = projᵀ
         attn.proj_v.copy_(f.T)
-    attn = attn.to(device).eval()
+    attn = attn.to(device=device, dtype=problem.torch_dtype).eval()  # projections in the inputs' dtype
     rows = lambda x: x.transpose(1, 2).reshape(b, x.shape[2], -1)  # noqa: E731  (B, H, L, D) -> (B, L, H·D)
 
     def peer_linformer(q, k, v):

@@ -102,7 +102,8 @@ def _block_supports(problem: Problem, device: torch.device) -> Reason:
 
 
 def _backend(build, description: str, supports=_supports) -> Backend:
-    return Backend("triton", build, description, available=_available, supports=supports)
+    return Backend("triton", build, description + " (fp32: TF32 dots)", available=_available, supports=supports,
+                   tf32_dots=True)
 
 
 def register_triton_backends() -> None:
