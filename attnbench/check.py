@@ -6,7 +6,7 @@ at small shapes, in fp32 and in a low precision, with the relative error rule
 (flash-attention's test style), so the tolerance follows the reference's own rounding error.
 The reference is the variant's dense oracle; approximations (Performer, Linformer, linear, LSH),
 whose oracle is exact attention they only estimate, are checked against their own `eager`
-formulation run in fp64 with the same random features (their error against exact attention
+formulation fed fp64 inputs, with the same random features (their error against exact attention
 is what `run` measures). Backends that compute fp32 dots in TF32 on the GPU (`tf32_dots`, the
 Triton kernels) are bounded by the reference run with TF32 matmuls.
 On a machine without CUDA the Triton backend is checked under TRITON_INTERPRET=1 in a
@@ -72,12 +72,12 @@ def _shape(p: Problem) -> str:
 
 
 def _problems(v: registry.Variant, dtype: str):
-    """fwd, causal and not; decode (non-causal) for exact variants that run it."""
+    """fwd, causal and not; decode (at the variant's own causality) for exact-family variants."""
     for causal in (False, True):
         p = check_problem(v, dtype, causal)
         if p.causal == causal:  # variants that fix causality: checked once
             yield p
-    if v.exact and v.family == "exact" and "decode" in v.modes:
+    if v.family == "exact" and "decode" in v.modes:
         yield check_problem(v, dtype, False, mode="decode")
 
 
@@ -113,7 +113,7 @@ def _oracle(variant: registry.Variant, p: Problem, device: torch.device):
     if variant.exact:
         return (lambda q, k, v: variant.reference(q, k, v, p)), ""
     eager = variant.backend("eager").build(p, device)
-    return eager, "vs its eager formulation in fp64"
+    return eager, "vs its eager formulation (fp64 inputs)"
 
 
 @contextlib.contextmanager
