@@ -13,9 +13,10 @@ GPU: synchronize, reset the allocator's peak statistics, run, peak minus baselin
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -135,18 +136,26 @@ class _HeapFence:
         self.held = []
 
 
-def peak_cpu(fn: Callable[[], object]) -> Peak:
-    """One call's peak RSS rise, under memory_pass_allocator with the heap's free chunks fenced;
-    the timing state is restored after."""
-    why = cpu_peak_supported()
-    if why:
-        return Peak(None, f"unavailable: {why}")
+@contextmanager
+def memory_pass() -> Iterator[None]:
+    """The memory pass's whole allocator state: memory_pass_allocator with the heap's free chunks
+    fenced, then back to timing_allocator. Both parts are needed: a free chunk left in the middle
+    of the heap by timed calls is not trimmed away and would serve the call's blocks."""
     memory_pass_allocator()
     try:
         with _HeapFence():
-            return _vmhwm_rise(fn)
+            yield
     finally:
         timing_allocator()
+
+
+def peak_cpu(fn: Callable[[], object]) -> Peak:
+    """One call's peak RSS rise, in the memory_pass state."""
+    why = cpu_peak_supported()
+    if why:
+        return Peak(None, f"unavailable: {why}")
+    with memory_pass():
+        return _vmhwm_rise(fn)
 
 
 def _vmhwm_rise(fn: Callable[[], object]) -> Peak:
