@@ -162,10 +162,11 @@ def check_params(params: dict[str, Any], variants: tuple[str, ...], backends: tu
     Values are cast to the type of the declared default (text from --param)."""
     out = {}
     for name, value in params.items():
-        declared = [d for v in variants for d in (registry.get(v).defaults, *(
-            b.params for b in registry.get(v).backends if not backends or b.name in backends)) if name in d]
+        tables = [d for v in variants for d in (registry.get(v).defaults, *(
+            b.params for b in registry.get(v).backends if not backends or b.name in backends))]
+        declared = [d for d in tables if name in d]
         if not declared:
-            known = sorted({n for v in variants for n in registry.get(v).defaults})
+            known = sorted({n for d in tables for n in d})
             who = (f"variant '{variants[0]}' has no parameter" if len(variants) == 1
                    else f"none of the variants {', '.join(variants)} has a parameter")
             raise UsageError(f"{who} '{name}'{did_you_mean(name, known)}; accepted: {', '.join(known) or 'none'}")

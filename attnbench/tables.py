@@ -75,7 +75,8 @@ def variants_table(rows: list[dict]) -> Table:
         t.add_column(col, overflow="fold")
     for r in rows:
         bs = "  ".join(b["name"] if b["available"] else f"[dim]{b['name']}✗[/]" for b in r["backends"])
-        params = " ".join(f"{k}={v}" for k, v in r["params"].items())
+        params = " ".join([f"{k}={v}" for k, v in r["params"].items()]
+                          + [f"{b['name']}: {k}={v}" for b in r["backends"] for k, v in b["params"].items()])
         t.add_row(r["name"], r["family"], r["complexity"]["time"], r["complexity"]["memory"], bs,
                   escape(params), escape(r["description"]))
     return t
@@ -87,7 +88,7 @@ def list_rows(device) -> list[dict]:
         rows.append({
             "name": v.name, "family": v.family, "description": v.description,
             "complexity": {"time": v.time, "memory": v.memory}, "params": dict(v.defaults),
-            "backends": [{"name": b.name, "available": b.available(device) is None, "reason": b.available(device)}
-                         for b in v.backends if not b.test_only],
+            "backends": [{"name": b.name, "available": b.available(device) is None, "reason": b.available(device),
+                          "params": dict(b.params)} for b in v.backends if not b.test_only],
         })
     return rows

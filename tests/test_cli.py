@@ -19,14 +19,16 @@ def test_list_json(capsys):
         assert set(r["complexity"]) == {"time", "memory"} and r["complexity"]["time"].startswith("O(")
         assert r["description"] and r["backends"]
         for b in r["backends"]:
-            assert set(b) == {"name", "available", "reason"}
+            assert set(b) == {"name", "available", "reason", "params"}
             assert b["available"] is (b["reason"] is None)
+            assert b["params"] == registry.get(r["name"]).backend(b["name"]).params
         names = [b["name"] for b in r["backends"]]
         assert "fault" not in names  # test-only backends are never listed
     mha = next(r for r in rows if r["name"] == "mha")
     by_name = {b["name"]: b for b in mha["backends"]}
     assert by_name["sdpa"]["available"] and not by_name["sdpa-cudnn"]["available"]
     assert "CUDA" in by_name["sdpa-cudnn"]["reason"]
+    assert by_name["flex"]["params"] == {"block_size": 128} and by_name["sdpa"]["params"] == {}
 
 
 def test_list_table(capsys):

@@ -11,6 +11,7 @@ in the output when seq_len_q > seq_len_kv"; flex and the tiled eager loop return
 
 import functools
 import math
+import time
 import warnings
 
 import pytest
@@ -231,20 +232,60 @@ def test_library_attend_matches_oracle():
     assert max_err(out, oracle(q, k, v, True)) < 1e-5
 
 
-@pytest.mark.parametrize("hq,hkv,lq,lk,causal,few", [
-    (32, 1, 1, 300, False, True),  # MQA decode: 32 rows
-    (8, 2, 16, 70, True, True),  # 64 rows: the last size on the K·Qᵀ path, causal mask on it
-    (8, 2, 17, 70, True, False),  # 68 rows
-    (4, 4, 9, 4, True, True),  # Lq > Lk: rows without a visible key
-    (4, 2, 1, 513, False, True),  # decode, odd cache length
+@pytest.mark.parametrize("scores", ["qk", "kq", "auto"])
+@pytest.mark.parametrize("hq,hkv,lq,lk,causal", [
+    (32, 1, 1, 300, False),  # MQA decode: 32 rows
+    (8, 2, 16, 70, True),  # 64 rows: the last size auto times, causal mask on it
+    (8, 2, 17, 70, True),  # 68 rows: auto takes Q·Kᵀ untimed
+    (4, 4, 9, 4, True),  # Lq > Lk: rows without a visible key
+    (4, 2, 1, 513, False),  # decode, odd cache length
 ])
-def test_grouped_both_score_orientations_match_oracle(hq, hkv, lq, lk, causal, few):
-    """grouped computes the scores as K·Qᵀ when G·Lq <= FEW_ROWS and as Q·Kᵀ otherwise; both
-    sides of the threshold against the fp64 oracle."""
-    from attnbench.variants.exact import FEW_ROWS
-
-    p = resolved("gqa", dict(heads=hq, kv_heads=hkv, seq_q=lq, seq_k=lk, causal=causal))
+def test_grouped_score_orientations_match_oracle(hq, hkv, lq, lk, causal, scores):
+    """grouped computes the scores as Q·Kᵀ or as K·Qᵀ transposed; each, and auto's pick,
+    against the fp64 oracle."""
+    p = resolved("gqa", dict(heads=hq, kv_heads=hkv, seq_q=lq, seq_k=lk, causal=causal)).with_params(scores=scores)
     q, k, v = inputs(p)
     out = registry.get("gqa").backend("grouped").build(p, CPU)(q, k, v)
     check_close(out, q, k, v, p)
-    assert (hq // hkv * lq <= FEW_ROWS) == few  # the cases straddle the threshold as meant
+
+
+def test_grouped_auto_keeps_the_orientation_it_timed_faster(monkeypatch):
+    """auto calls faster_scores once, at setup, for few rows per KV head, and the call then uses
+    that orientation; with many rows it takes Q·Kᵀ without timing."""
+    from attnbench.variants import exact
+
+    used, timed = [], []
+    real = exact._scores
+    monkeypatch.setattr(exact, "_scores", lambda qg, k, scores: used.append(scores) or real(qg, k, scores))
+    monkeypatch.setattr(exact, "faster_scores", lambda p, d: timed.append(p) or "kq")
+    backend = registry.get("gqa").backend("grouped")
+    decode = resolved("gqa", dict(heads=8, kv_heads=2, seq_q=1, seq_k=100))
+    fn = backend.build(decode, CPU)
+    assert len(timed) == 1 and not used  # timed at setup, nothing computed yet
+    fn(*inputs(decode))
+    assert used == ["kq"] and len(timed) == 1
+    prefill = resolved("gqa", dict(heads=8, kv_heads=2, seq_q=100, seq_k=100))  # 400 rows
+    backend.build(prefill, CPU)(*inputs(prefill))
+    assert used == ["kq", "qk"] and len(timed) == 1
+
+
+def test_faster_scores_picks_by_time(monkeypatch):
+    """The pick follows the clock: made to see K·Qᵀ as slow, it answers qk, and the other way."""
+    from attnbench.variants import exact
+
+    p = resolved("gqa", dict(heads=8, kv_heads=2, seq_q=1, seq_k=64))
+    real = exact._scores
+    for slow, want in (("kq", "qk"), ("qk", "kq")):
+        def delayed(qg, k, scores, slow=slow):
+            if scores == slow:
+                time.sleep(0.002)
+            return real(qg, k, scores)
+
+        monkeypatch.setattr(exact, "_scores", delayed)
+        assert exact.faster_scores(p, CPU, calls=2) == want
+
+
+def test_grouped_unknown_scores_is_unsupported_with_the_choices():
+    p = resolved("gqa", dict(heads=8, kv_heads=2, seq_q=1, seq_k=64)).with_params(scores="fast")
+    why = registry.get("gqa").backend("grouped").supports(p, CPU)
+    assert why == "unknown scores 'fast'; accepted: auto, qk, kq"

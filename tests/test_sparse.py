@@ -243,6 +243,20 @@ def test_flex_forward_matches_eager(name, kw):
     assert torch.allclose(out, v.reference(q, k, vv, p), atol=1e-5)
 
 
+def test_flex_block_size_64_matches_eager_and_bad_sizes_are_unsupported():
+    """The BlockMask tile is a flex parameter: 64 (L=200: a ragged last tile) gives the same
+    attention; a size that is not a power of two >= 16 is declared unsupported, with the rule."""
+    v, p = problem("sliding_window", lq=200, d=16, causal=True, window=40)
+    q, k, vv = inputs(p)
+    flex = v.backend("flex")
+    out = flex.build(p.with_params(block_size=64), CPU)(q, k, vv)
+    assert torch.allclose(out, v.reference(q, k, vv, p), atol=1e-5)
+    for bad in (48, 8):
+        assert flex.supports(p.with_params(block_size=bad), CPU) == (
+            f"bad block_size {bad}; accepted: a power of two >= 16 (FlexAttention's default: 128)")
+    assert flex.supports(p.with_params(block_size=64), CPU) is None
+
+
 # ---------------------------------------------------------------- resolve, supports, reasons
 
 

@@ -12,6 +12,7 @@ shared heads directly (enable_gqa). In decode mode (Lq = 1) what grows is the KV
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable
 
 import torch
@@ -23,27 +24,28 @@ from ._common import (attention_flops, causal_mask, check_heads, eager_backend, 
 from ._flex import flex_backend
 
 
-# At most this many query rows per KV head (G·Lq), the scores are computed as K·Qᵀ (Lk × G·Lq)
-# and transposed: a tall, skinny product that reads K row by row, which the CPU BLAS streams at
-# full memory bandwidth, where Q·Kᵀ with a handful of rows runs several times slower (measured
-# here at Lk = 32k, D = 128: 18 vs 43 ms for 32 one-row heads, 2.4 vs 3.5 ms for one 32-row head).
+# Decode scores (few query rows per KV head) come from one of two products: Q·Kᵀ, or K·Qᵀ
+# transposed (a tall, skinny product that reads K row by row). Which one the CPU BLAS runs at
+# memory bandwidth depends on the machine: 32 one-row heads at Lk = 32k, D = 128 took 18 ms as
+# K·Qᵀ and 43 ms as Q·Kᵀ on one host here, 55 ms and 25 ms on another (a later one, AVX-512).
+# `scores = auto` times both at setup on the problem's shapes (Lk capped) and keeps the faster.
 FEW_ROWS = 64
+SCORES = ("auto", "qk", "kq")
+_CALIBRATION_ROWS = 8192
 
 
-def grouped_attention(q, k, v, problem: Problem) -> torch.Tensor:
+def grouped_attention(q, k, v, problem: Problem, scores: str = "qk") -> torch.Tensor:
     """GQA without repeating K/V: the G query heads that share a KV head are stacked into one
     (G·Lq)-row matrix, so each KV head's K and V are read once, by one matmul each.
 
     Query head h uses KV head h // G (the repeat_interleave convention), so the contiguous
-    (B, Hq, Lq, D) tensor reshapes for free to (B, Hkv, G·Lq, D)."""
+    (B, Hq, Lq, D) tensor reshapes for free to (B, Hkv, G·Lq, D). scores: "qk" computes Q·Kᵀ,
+    "kq" computes K·Qᵀ and transposes the small (G·Lq)×Lk result."""
     b, hq, lq, d = q.shape
     hkv, lk = k.shape[1], k.shape[2]
     rows = (hq // hkv) * lq
     qg = (q * (1.0 / math.sqrt(d))).reshape(b, hkv, rows, d)  # (B, Hkv, G·Lq, D), scaled
-    if rows <= FEW_ROWS:  # decode: K·Qᵀ, then the small (G·Lq)×Lk transpose
-        s = torch.matmul(k, qg.transpose(-2, -1)).transpose(-2, -1).contiguous()
-    else:
-        s = torch.matmul(qg, k.transpose(-2, -1))  # (B, Hkv, G·Lq, Lk): K read once per KV head
+    s = _scores(qg, k, scores)  # (B, Hkv, G·Lq, Lk): K read once per KV head
     if problem.causal:
         allowed = causal_mask(lq, lk, q.device).repeat(hq // hkv, 1)  # (G·Lq, Lk)
         s = s.masked_fill(~allowed, float("-inf"))
@@ -53,15 +55,59 @@ def grouped_attention(q, k, v, problem: Problem) -> torch.Tensor:
     return torch.matmul(p.to(v.dtype), v).reshape(b, hq, lq, d)  # (B, Hq, Lq, D)
 
 
+def _scores(qg: torch.Tensor, k: torch.Tensor, scores: str) -> torch.Tensor:
+    if scores == "kq":
+        return torch.matmul(k, qg.transpose(-2, -1)).transpose(-2, -1).contiguous()
+    return torch.matmul(qg, k.transpose(-2, -1))
+
+
+def faster_scores(problem: Problem, device: torch.device, calls: int = 5) -> str:
+    """"qk" or "kq", whichever computes this problem's scores faster here: both are run on random
+    tensors of its shapes (Lk capped at 8192), best of `calls` each, after one warm-up call."""
+    rows = problem.heads // problem.kv_heads * problem.seq_q
+    g = torch.Generator(device=device).manual_seed(0)
+    shape = (problem.batch, problem.kv_heads)
+    qg = torch.randn(*shape, rows, problem.head_dim, generator=g, device=device, dtype=problem.torch_dtype)
+    k = torch.randn(*shape, min(problem.seq_k, _CALIBRATION_ROWS), problem.head_dim, generator=g,
+                    device=device, dtype=problem.torch_dtype)
+
+    def best(scores: str) -> float:
+        times = []
+        for _ in range(calls + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            _scores(qg, k, scores)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+        return min(times[1:])
+
+    return "kq" if best("kq") < best("qk") else "qk"
+
+
+def _scores_supports(p: Problem, device: torch.device) -> Reason:
+    if p.param("scores", "auto") not in SCORES:
+        return f"unknown scores '{p.param('scores')}'; accepted: {', '.join(SCORES)}"
+    return None
+
+
 def _grouped_backend() -> Backend:
     def build(problem: Problem, device: torch.device) -> Fn:
+        scores = problem.param("scores", "auto")
+        if scores == "auto":
+            few = problem.heads // problem.kv_heads * problem.seq_q <= FEW_ROWS
+            scores = faster_scores(problem, device) if few else "qk"
+
         def grouped(q, k, v):
-            return grouped_attention(q, k, v, problem)
+            return grouped_attention(q, k, v, problem, scores)
 
         return grouped
 
-    return Backend("grouped", build, "query heads of a KV head in one matmul: K/V read once, never repeated",
-                   materializes=True)
+    return Backend("grouped", build, "query heads of a KV head in one matmul: K/V read once, never repeated; "
+                   "decode scores as Q·Kᵀ or K·Qᵀ, whichever runs faster here (timed at setup; "
+                   "--param scores=qk|kq pins one)",
+                   supports=_scores_supports, materializes=True, params={"scores": "auto"})
 
 
 def _backends():
