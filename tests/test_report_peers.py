@@ -3,7 +3,8 @@ own numbers, so each expected value below is computed by hand."""
 
 import pytest
 
-from attnbench.report.peers import best_vs_peer, decode_targets, markdown, noncausal_performer_targets
+from attnbench.report.peers import (best_vs_peer, decode_targets, markdown, noncausal_performer_targets,
+                                    sliding_window_targets)
 
 REFS = {"copy": {"bytes_per_s": 1e10}, "gemm": {"float32": {"flops_per_s": 1e11}}}
 
@@ -59,3 +60,16 @@ def test_performer_compared_only_at_the_peers_parameters():
     speed, err, ctx = noncausal_performer_targets(recs)
     assert speed.passed and err.passed and "eps = 0.0001" in err.note
     assert ctx.info and ctx.measured == "chunked eps=0 1k: 3.700"
+
+
+def test_sliding_window_backend_parameters_do_not_split_the_comparison():
+    """flex's block_size is how, not what: a flex case with it set still compares with the peer
+    (which has only the variant's window)."""
+    def sw(backend, ms, **extra):
+        return {"status": "ok", "variant": "sliding_window", "backend": backend, "mode": "fwd", "causal": True,
+                "seq_q": 4096, "latency_ms": {"median": ms}, "params": {"window": 256, **extra}}
+
+    recs = [sw("peer:local-attention", 120.0), sw("flex", 40.0, block_size=64), sw("chunked", 60.0),
+            sw("chunked", 10.0, window=128)]  # another window: another computation, never compared
+    (target,) = sliding_window_targets(recs)
+    assert target.measured == "4k: 3.0× (flex)" and target.passed

@@ -142,14 +142,23 @@ def _rel_err(r: dict) -> float | None:
     return e.get("full_rel_l2", e.get("rel_l2"))
 
 
+def variant_params(r: dict) -> tuple:
+    """The record's parameters of its variant (what is computed), without its backend's own
+    (how: a flex tile size, a product's orientation), which cases may differ in and still compare."""
+    from .. import registry
+
+    declared = registry.get(r["variant"]).defaults
+    return tuple(sorted((k, v) for k, v in r.get("params", {}).items() if k in declared))
+
+
 def best_vs_peer(records: list[dict], peer_backend: str) -> list[tuple[int, float, dict, dict]]:
     """Per length: (L, peer latency ÷ our fastest backend's, our best record, the peer's), ours
-    taken among records with the peer's own parameters."""
+    taken among records with the peer's own variant parameters."""
     out = []
     for L in sorted({r["seq_q"] for r in records}):
         peer = _one(records, backend=peer_backend, seq_q=L)
         ours = [r for r in records if r["seq_q"] == L and not r["backend"].startswith("peer:")
-                and peer and r.get("params") == peer.get("params")]
+                and peer and variant_params(r) == variant_params(peer)]
         if peer and ours:
             best = min(ours, key=_median)
             out.append((L, _median(peer) / _median(best), best, peer))
@@ -171,9 +180,9 @@ def noncausal_performer_targets(records: list[dict]) -> list[Target]:
                           ", ".join(f"{L // 1024}k: {a:.3f} vs {b:.3f}" for L, a, b in errs),
                           all(a <= b * 1.05 for _, a, b in errs),
                           f"same W and eps = {eps:g}: the same estimator (5 % allowance)"))
-    peer_params = {tuple(sorted(peer.get("params", {}).items())) for _, _, _, peer in found}
+    peer_params = {variant_params(peer) for _, _, _, peer in found}
     other = [r for r in _ok(records, variant="performer", causal=False)
-             if not r["backend"].startswith("peer:") and tuple(sorted(r.get("params", {}).items())) not in peer_params
+             if not r["backend"].startswith("peer:") and variant_params(r) not in peer_params
              and _rel_err(r) is not None]
     if other:
         out.append(Target(3, "non-causal Performer, other parameters (not compared with the peer)", "context",
