@@ -29,7 +29,7 @@ from ._flex import flex_backend
 # memory bandwidth depends on the machine: 32 one-row heads at Lk = 32k, D = 128 took 18 ms as
 # K·Qᵀ and 43 ms as Q·Kᵀ on one host here, 55 ms and 25 ms on another (a later one, AVX-512).
 # `scores = auto` times both at setup on the problem's shapes (Lk capped) and keeps the faster.
-FEW_ROWS = 64
+FEW_ROWS = 64  # auto times the two only up to this many rows per KV head; Q·Kᵀ beyond
 SCORES = ("auto", "qk", "kq")
 _CALIBRATION_ROWS = 8192
 
@@ -64,7 +64,7 @@ def _scores(qg: torch.Tensor, k: torch.Tensor, scores: str) -> torch.Tensor:
 def faster_scores(problem: Problem, device: torch.device, calls: int = 5) -> str:
     """"qk" or "kq", whichever computes this problem's scores faster here: both are run on random
     tensors of its shapes (Lk capped at 8192), best of `calls` each, after one warm-up call."""
-    rows = problem.heads // problem.kv_heads * problem.seq_q
+    rows = problem.groups * problem.seq_q
     g = torch.Generator(device=device).manual_seed(0)
     shape = (problem.batch, problem.kv_heads)
     qg = torch.randn(*shape, rows, problem.head_dim, generator=g, device=device, dtype=problem.torch_dtype)
@@ -96,7 +96,7 @@ def _grouped_backend() -> Backend:
     def build(problem: Problem, device: torch.device) -> Fn:
         scores = problem.param("scores", "auto")
         if scores == "auto":
-            few = problem.heads // problem.kv_heads * problem.seq_q <= FEW_ROWS
+            few = problem.groups * problem.seq_q <= FEW_ROWS
             scores = faster_scores(problem, device) if few else "qk"
 
         def grouped(q, k, v):
