@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 
 def attend(*args, **kwargs):
-    from .api import attend as _attend
+    from attnbench.api import attend as _attend
 
     return _attend(*args, **kwargs)
 

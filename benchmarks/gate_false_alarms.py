@@ -79,7 +79,7 @@ def gate_trial(suite: Path, base: Path, work: Path, tag: str, delay: float, a) -
 def ab_trial(suite: Path, work: Path, tag: str, delay: float, a) -> dict:
     """The procedure of `attnbench ab` (interleaved rounds, then confirmation rounds of the
     regressions), with both sides this checkout and the delay on side B only."""
-    from attnbench.compare import make_options
+    from attnbench.gate.compare import make_options
     from attnbench.gate.ab import Rounds, Side
     from attnbench.gate.flow import ab_compare
     from attnbench.gate.render import to_json

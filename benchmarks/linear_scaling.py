@@ -21,9 +21,9 @@ import time
 import torch
 
 import attnbench.variants.peers  # noqa: F401  (registers peer:performer-pytorch; imports linear)
-from attnbench import registry
+from attnbench.variants import registry
 from attnbench.measure.memory import peak_cpu
-from attnbench.problem import Problem
+from attnbench.core.problem import Problem
 
 CPU = torch.device("cpu")
 

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from attnbench import results
+from attnbench.core import results
 from attnbench.cli import main
 from attnbench.report.peers import markdown, peer_targets
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from attnbench.cli import main
-from attnbench.results import Writer, make_header
+from attnbench.core.results import Writer, make_header
 
 
 def _snapshot(root: Path) -> dict[str, str]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from attnbench import check, registry
-from attnbench.registry import Backend
+from attnbench.run import check
+from attnbench.variants import registry
+from attnbench.variants.registry import Backend
 
 CPU = torch.device("cpu")
 

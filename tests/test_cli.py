@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from attnbench import registry, results
+from attnbench.variants import registry
+from attnbench.core import results
 from attnbench.cli import main
 
 
@@ -154,7 +155,7 @@ def _captured_budget(monkeypatch, tmp_path, *args) -> float:
         seen.update(kw)
         return [], False
 
-    monkeypatch.setattr("attnbench.bench.run_sweep", fake_run_sweep)
+    monkeypatch.setattr("attnbench.run.session.run_sweep", fake_run_sweep)
     assert main(["run", *args, "--out", str(tmp_path / "r.jsonl")]) == 0
     return seen["time_budget"]
 

@@ -1,6 +1,6 @@
 """The regression gate on synthetic results files: statistics, verdicts, exit codes, formats.
 
-No benchmark runs here: results files are written with attnbench.results.Writer from samples
+No benchmark runs here: results files are written with attnbench.core.results.Writer from samples
 drawn with a seeded generator, so every verdict is deterministic.
 """
 
@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from attnbench.cli import main
-from attnbench.compare import Options, compare, confirm, parse_fraction
-from attnbench.errors import UsageError
+from attnbench.gate.compare import Options, compare, confirm, parse_fraction
+from attnbench.core.errors import UsageError
 from attnbench.gate.sides import build_side, load_run
 from attnbench.gate.stats import _u_counts, bootstrap_ratio, mann_whitney, seed_for
 from attnbench.measure.timing import Stats
-from attnbench.results import RECORD_FIELDS, Writer, case_id, make_header
+from attnbench.core.results import RECORD_FIELDS, Writer, case_id, make_header
 
 ENV = {"attnbench": "0.1.0", "git_commit": None, "python": "3.11.7", "platform": "Linux", "torch": "2.13.0+cpu",
        "triton": "3.9.0", "cuda": None, "device": "cpu", "cpu_model": "AMD EPYC", "cpu_count": 2, "threads": 1,

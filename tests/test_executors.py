@@ -9,13 +9,13 @@ import sys
 import pytest
 import torch
 
-from attnbench import results
+from attnbench.core import results
 from attnbench.cli import main
-from attnbench.errors import UsageError
-from attnbench.executors import merge, parse_shard, run_cases_ray, shard
+from attnbench.core.errors import UsageError
+from attnbench.run.executors import merge, parse_shard, run_cases_ray, shard
 from attnbench.measure.timing import TimingPolicy
-from attnbench.runner import RunConfig, Worker, base_record, run_cases
-from attnbench.sweep import expand, make_sweep
+from attnbench.run.worker import RunConfig, Worker, base_record, run_cases
+from attnbench.run.plan import expand, make_sweep
 
 CPU = torch.device("cpu")
 FAST = TimingPolicy(min_samples=3, min_time=0.01, max_time=0.05, warmup_time=0.01)

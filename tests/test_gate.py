@@ -19,12 +19,12 @@ import pytest
 import torch
 
 from attnbench.cli import main
-from attnbench.errors import UsageError
+from attnbench.core.errors import UsageError
 from attnbench.gate.ab import check_import, export_rev, resolve_rev, side_env, write_boot
 from attnbench.gate.runs import env_id, sweep_of
-from attnbench.results import Writer, make_header
-from attnbench.runner import base_record
-from attnbench.sweep import expand, make_sweep
+from attnbench.core.results import Writer, make_header
+from attnbench.run.worker import base_record
+from attnbench.run.plan import expand, make_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "ci-gate-example.sh"
@@ -96,9 +96,9 @@ def test_export_of_a_revision_imports_only_its_own_code(tmp_path):
     path = [export, write_boot(tmp_path / "boot")]
     check_import(export, path)  # every attnbench.* module from the export
     (export / "attnbench" / "errors.py").unlink()  # a module this revision would lack ...
-    probe = subprocess.run([sys.executable, "-c", "import attnbench.errors"], cwd=export, env=side_env(path),
+    probe = subprocess.run([sys.executable, "-c", "import attnbench.core.errors"], cwd=export, env=side_env(path),
                            capture_output=True, text=True)
-    assert probe.returncode != 0 and "No module named 'attnbench.errors'" in probe.stderr  # ... stays missing
+    assert probe.returncode != 0 and "No module named 'attnbench.core.errors'" in probe.stderr  # ... stays missing
     with pytest.raises(UsageError, match="does not import cleanly"):
         check_import(export, path)
     with pytest.raises(UsageError, match="is not a commit"):
@@ -148,11 +148,11 @@ def test_ab_confirms_a_regression_with_rounds_of_the_suspects_only(tmp_path, mon
     from test_compare import noisy, record, write
 
     import attnbench.gate.ab as ab
-    from attnbench.compare import Options
+    from attnbench.gate.compare import Options
     from attnbench.gate.ab import Rounds, Side
     from attnbench.gate.flow import ab_compare
     from attnbench.gate.sides import load_run
-    from attnbench.sweep import load_suite
+    from attnbench.run.plan import load_suite
 
     rng = np.random.default_rng(0)
     suites = []

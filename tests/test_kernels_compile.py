@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 pytest.importorskip("triton")
 
-from attnbench import cli_kernels  # noqa: E402
+from attnbench.cli import kernels as cli_kernels  # noqa: E402
 from attnbench.kernels import aot  # noqa: E402
 
 ARCHS, DTYPES = ("sm_80", "sm_90"), ("float16", "bfloat16")

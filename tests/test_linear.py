@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import attnbench.variants.linear as lin
-from attnbench import registry, sweep
-from attnbench.problem import Problem
+from attnbench.variants import registry
+from attnbench.run import plan as sweep
+from attnbench.core.problem import Problem
 from attnbench.variants._common import softmax_attention
 
 CPU = torch.device("cpu")

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from attnbench import registry
+from attnbench.variants import registry
 from attnbench.measure import flops as fl
 from attnbench.measure import memory
 from attnbench.measure.timing import Stats, TimingPolicy, _enough, quantile, time_call, time_cpu
-from attnbench.problem import Problem
+from attnbench.core.problem import Problem
 from attnbench.variants._common import attention_flops, io_bytes, kv_cache_bytes
 
 CPU = torch.device("cpu")

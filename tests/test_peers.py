@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import attnbench.variants.peers as peers
-from attnbench import registry
-from attnbench.errors import UsageError
-from attnbench.problem import Problem
+from attnbench.variants import registry
+from attnbench.core.errors import UsageError
+from attnbench.core.problem import Problem
 from attnbench.variants._common import softmax_attention
 
 CPU = torch.device("cpu")

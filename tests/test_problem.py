@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from attnbench.errors import UsageError
-from attnbench.problem import DTYPES, Problem, parse_dtype
+from attnbench.core.errors import UsageError
+from attnbench.core.problem import DTYPES, Problem, parse_dtype
 
 
 def brute_pairs(lq: int, lk: int, causal: bool) -> int:

@@ -10,9 +10,12 @@ import pytest
 import torch
 from torch.profiler import record_function
 
-from attnbench import profiling, profiling_memory as pm, profiling_nsight as ns, registry
+from attnbench.profile import call as profiling
+from attnbench.profile import memory as pm
+from attnbench.profile import nsight as ns
+from attnbench.variants import registry
 from attnbench.cli import main
-from attnbench.errors import UsageError
+from attnbench.core.errors import UsageError
 
 MiB = 2**20
 
@@ -113,7 +116,7 @@ def test_variant_phases_appear_by_name(variant, phases, tmp_path, cpu):
 
 
 def test_save_case_trace_names_the_file_by_case_id(tmp_path, cpu):
-    from attnbench.runner import base_record
+    from attnbench.run.worker import base_record
 
     case = _case(backend="sdpa", seq=128, heads=2)
     path = profiling.save_case_trace(case, cpu, tmp_path / "traces")

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnbench import results
-from attnbench.frontier import find_frontier
-from attnbench.problem import Problem
-from attnbench.runner import RunConfig, Worker
-from attnbench.sweep import expand, make_sweep
+from attnbench.core import results
+from attnbench.run.frontier import find_frontier
+from attnbench.core.problem import Problem
+from attnbench.run.worker import RunConfig, Worker
+from attnbench.run.plan import expand, make_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "ATTNBENCH_TEST_BACKENDS": "1", "PYTHONUNBUFFERED": "1"}
@@ -80,7 +80,7 @@ def test_existing_out_is_never_overwritten_silently(tmp_path):
 
 
 def test_faults_mixed_with_real_cases(tmp_path, monkeypatch):
-    import attnbench.runner as runner
+    import attnbench.run.worker as runner
 
     monkeypatch.setattr(runner, "STARTUP_GRACE_S", 8.0)
     cfg = RunConfig(device=torch.device("cpu"), time_budget=2.0)

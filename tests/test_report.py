@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnbench import registry
+from attnbench.variants import registry
 from attnbench.cli import main
-from attnbench.registry import Variant
-from attnbench.results import RECORD_FIELDS
+from attnbench.variants.registry import Variant
+from attnbench.core.results import RECORD_FIELDS
 from attnbench.variants._common import attention_flops, exact_reference, fill_defaults, io_bytes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -8,10 +8,10 @@ import warnings
 import pytest
 import torch
 
-from attnbench import results
-from attnbench.results import RECORD_FIELDS, SCHEMA_VERSION, ResultsError, Writer, read, to_frame
-from attnbench.runner import base_record
-from attnbench.sweep import expand, make_sweep
+from attnbench.core import results
+from attnbench.core.results import RECORD_FIELDS, SCHEMA_VERSION, ResultsError, Writer, read, to_frame
+from attnbench.run.worker import base_record
+from attnbench.run.plan import expand, make_sweep
 
 CPU = torch.device("cpu")
 

@@ -14,7 +14,7 @@ from attnbench.distributed.launch import free_port, run_ring_case
 from attnbench.distributed.layout import make_layout, plan, rank_pairs
 from attnbench.distributed.ring import RankStats, ring_attention, simulate
 from attnbench.measure.timing import TimingPolicy
-from attnbench.problem import Problem
+from attnbench.core.problem import Problem
 from attnbench.variants._common import softmax_attention
 
 CONFIGS = [  # (L, causal, Hq, Hkv): odd lengths that do not divide by 2·P, GQA
@@ -76,7 +76,7 @@ def test_plan_steps_of_the_zigzag_are_single_calls():
 
 
 def test_ring_variant_is_unsupported_in_the_single_process_runner(cpu):
-    from attnbench.sweep import expand, make_sweep
+    from attnbench.run.plan import expand, make_sweep
 
     cases = expand([make_sweep(variants="ring", seq=[256])], cpu)
     by_backend = {c.backend: c for c in cases}

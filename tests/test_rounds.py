@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from attnbench import results
-from attnbench.bench import run_sweep
-from attnbench.errors import UsageError
+from attnbench.core import results
+from attnbench.run.session import run_sweep
+from attnbench.core.errors import UsageError
 from attnbench.measure.timing import Stats
-from attnbench.rounds import merge_rounds, round_order
-from attnbench.sweep import make_sweep
+from attnbench.run.rounds import merge_rounds, round_order
+from attnbench.run.plan import make_sweep
 
 CPU = torch.device("cpu")
 

@@ -6,8 +6,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from attnbench.errors import UsageError
-from attnbench.sweep import expand, load_suite, make_sweep, parse_length, parse_seq, suite_names
+from attnbench.core.errors import UsageError
+from attnbench.run.plan import expand, load_suite, make_sweep, parse_length, parse_seq, suite_names
 
 CPU = torch.device("cpu")
 

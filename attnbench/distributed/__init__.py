@@ -8,5 +8,5 @@
     launch.py   spawn the ranks (or join torchrun) and build a results record
     variant.py  the registered `ring` variant (runs only through launch.py)
 
-Sweeps spread over machines (Ray, Slurm shards, merging results) live in attnbench.executors.
+Sweeps spread over machines (Ray, Slurm shards, merging results) live in attnbench.run.executors.
 """

@@ -58,13 +58,13 @@ def sdpa_block(q, k, v, causal: bool, scale: float):
 
 
 def triton_block(q, k, v, causal: bool, scale: float):
-    from .. import kernels
+    from attnbench import kernels
 
     return kernels.flash_attention_lse(q, k, v, causal=causal, scale=scale)
 
 
 def triton_unavailable(device: torch.device) -> str | None:
-    from .. import kernels
+    from attnbench import kernels
 
     why = kernels.triton_unavailable_reason()
     if why:

@@ -18,11 +18,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..measure import accuracy, memory
-from ..measure.timing import TimingPolicy, _enough
-from ..problem import Problem
-from .layout import make_layout, rank_pairs
-from .ring import RankStats, ring_attention
+from attnbench.measure import accuracy
+from attnbench.measure import memory
+from attnbench.measure.timing import TimingPolicy, _enough
+from attnbench.core.problem import Problem
+from attnbench.distributed.layout import make_layout, rank_pairs
+from attnbench.distributed.ring import RankStats, ring_attention
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,9 @@ class _Group:
 
 def shard_inputs(p: Problem, layout, rank: int, device: torch.device):
     """This rank's q, k, v shard, cut from the same seeded inputs the single-process runner uses
-    (attnbench.execute.make_inputs), so errors and latencies compare case for case."""
-    from ..execute import make_inputs
-    from .. import registry
+    (attnbench.run.case.make_inputs), so errors and latencies compare case for case."""
+    from attnbench.run.case import make_inputs
+    from attnbench.variants import registry
 
     q, k, v = make_inputs(registry.get("ring"), p, torch.device("cpu"))
     idx = layout.positions(rank)
@@ -140,8 +141,8 @@ def _sample(call, sync, g: _Group, policy: TimingPolicy) -> tuple[list[float], l
 def _check(p: Problem, layout, out: torch.Tensor, rank: int, g: _Group) -> dict | None:
     """Error of the assembled output against the fp32 reference (rank 0), within the runner's
     reference size limit."""
-    from ..execute import REFERENCE_LIMIT, make_inputs
-    from .. import registry
+    from attnbench.run.case import REFERENCE_LIMIT, make_inputs
+    from attnbench.variants import registry
 
     elems = p.batch * p.heads * p.seq_q * p.seq_k
     if elems > REFERENCE_LIMIT:

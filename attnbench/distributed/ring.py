@@ -28,8 +28,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from .blocks import BLOCKS, BlockFn, default_scale, merge_into
-from .layout import Call, Layout, plan
+from attnbench.distributed.blocks import BLOCKS, BlockFn, default_scale, merge_into
+from attnbench.distributed.layout import Call, Layout, plan
 
 
 @dataclass

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import torch
 
-from ..problem import Problem
-from ..registry import Backend, Fn, Reason, Variant, register
-from ..variants._common import attention_flops, check_heads, exact_reference, fill_defaults, io_bytes
-from .blocks import triton_unavailable
-from .layout import LAYOUTS
+from attnbench.core.problem import Problem
+from attnbench.variants.registry import Backend, Fn, Reason, Variant, register
+from attnbench.variants._common import attention_flops, check_heads, exact_reference, fill_defaults, io_bytes
+from attnbench.distributed.blocks import triton_unavailable
+from attnbench.distributed.layout import LAYOUTS
 
 NOT_HERE = "ring runs only with --world-size N ≥ 2 (launched by attnbench)"
 
@@ -79,7 +79,7 @@ RING = register(Variant(
 # ---------------------------------------------------------------- hooks for the runner
 def is_distributed(case) -> bool:
     """A case the runner must hand to launch.run_distributed_case (not to its worker)."""
-    from .. import registry
+    from attnbench.variants import registry
 
     return registry.get(case.variant).family == "distributed" and case.problem.param("world_size", 1) > 1
 
@@ -87,8 +87,8 @@ def is_distributed(case) -> bool:
 def with_world_size(cases: list, world_size: int, device: torch.device) -> list:
     """The cases of `run --world-size N`: distributed variants get world_size=N and their status
     decided again; every other case is returned unchanged (its case_id too)."""
-    from .. import registry
-    from ..sweep import _decide  # the sweep's own decision: supports, available, ...
+    from attnbench.variants import registry
+    from attnbench.run.plan import _decide  # the sweep's own decision: supports, available, ...
 
     out = []
     for c in cases:

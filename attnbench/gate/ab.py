@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import UsageError
-from .sides import Run, load_run
+from attnbench.core.errors import UsageError
+from attnbench.gate.sides import Run, load_run
 
 
 class RunFailed(RuntimeError):

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from ..compare import Options, Report, compare, confirm
-from ..errors import UsageError
-from .runs import run_sweeps, sweep_of
-from .sides import Side, build_side, case_key, find_reference
+from attnbench.gate.compare import Options, Report, compare, confirm
+from attnbench.core.errors import UsageError
+from attnbench.gate.runs import run_sweeps, sweep_of
+from attnbench.gate.sides import Side, build_side, case_key, find_reference
 
 SUSPECT = ("regression", "inconclusive")
 
@@ -62,7 +62,7 @@ def gate_flow(base: Side, sweeps, dev: torch.device, budget: float, o: Options, 
 
 def suite_file(suite: str) -> Path:
     """The suite's .toml as an absolute path (both sides of an A/B read the same file)."""
-    from ..sweep import load_suite, suite_names
+    from attnbench.run.plan import load_suite, suite_names
 
     load_suite(suite)  # raises a UsageError naming the accepted suites
     p = Path(suite)
@@ -77,9 +77,9 @@ def ab_compare(sides: list, suite: Path, rounds: int, how, o: Options, confirm_r
     """Interleaved rounds of [baseline side, current side], compared; then the regressions
     alone get `confirm_rounds` more interleaved rounds and stand only if those rounds by
     themselves show the regression too (compare.confirm), as in the gate."""
-    from ..sweep import load_suite
-    from .ab import interleave
-    from .runs import suite_text
+    from attnbench.run.plan import load_suite
+    from attnbench.gate.ab import interleave
+    from attnbench.gate.runs import suite_text
 
     base, cur = sides[0].name, sides[1].name
     runs = interleave(sides, suite, rounds, how)
@@ -105,8 +105,8 @@ def ab_flow(ref: str, suite: str, rounds: int, device: str, threads: int | None,
             seed: int, o: Options, console: Console, confirm_rounds: int | None = None) -> Report:
     import random
 
-    from ..bench import resolve_device
-    from .ab import Rounds, repo_root, revision_sides
+    from attnbench.run.session import resolve_device
+    from attnbench.gate.ab import Rounds, repo_root, revision_sides
 
     resolve_device(device)  # validate before any run
     path = suite_file(suite)

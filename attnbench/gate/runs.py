@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from ..errors import UsageError
-from ..results import atomic_write_text
-from ..measure.env import fingerprint
-from .sides import Run, load_run
+from attnbench.core.errors import UsageError
+from attnbench.core.results import atomic_write_text
+from attnbench.measure.env import fingerprint
+from attnbench.gate.sides import Run, load_run
 
 BASELINE_DIR = Path("results") / "baselines"
 
@@ -37,7 +37,7 @@ def env_id(env: dict) -> str:
 
 
 def current_env(device: torch.device) -> dict:
-    from ..measure.env import capture
+    from attnbench.measure.env import capture
 
     return capture(device)
 
@@ -57,8 +57,8 @@ def resolve_baseline(path: Path, env: dict) -> Path:
 def load_suite_device(suite: str, device: str, threads: int | None = None):
     """The suite's sweeps and settings and the device; sets torch's threads (recorded in the
     environment, so baseline and gate must use the same number)."""
-    from ..bench import resolve_device
-    from ..sweep import load_suite
+    from attnbench.run.session import resolve_device
+    from attnbench.run.plan import load_suite
 
     if threads is not None:
         if threads < 1:
@@ -72,7 +72,7 @@ def load_suite_device(suite: str, device: str, threads: int | None = None):
 def run_sweeps(sweeps, dev: torch.device, out: Path, budget: float, console: Console | None,
                command: list[str]) -> Run:
     """Run sweeps into `out` (overwritten) and read the file back."""
-    from ..bench import run_sweep
+    from attnbench.run.session import run_sweep
 
     _, interrupted = run_sweep(sweeps, dev, out, time_budget=budget, threads=torch.get_num_threads(), force=True,
                                console=console, command=command)
@@ -83,7 +83,7 @@ def run_sweeps(sweeps, dev: torch.device, out: Path, budget: float, console: Con
 
 def sweep_of(rec: dict):
     """A one-case sweep that expands back to exactly this record's case."""
-    from ..sweep import make_sweep
+    from attnbench.run.plan import make_sweep
 
     swept = rec["seq_k"] if rec["mode"] == "decode" else rec["seq_q"]
     return make_sweep(variants=[rec["variant"]], backends=[rec["backend"]], seq=[swept], kv_seq=[rec["seq_k"]],

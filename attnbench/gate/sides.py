@@ -25,8 +25,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UsageError
-from ..measure.env import FINGERPRINT_FIELDS, fingerprint
+from attnbench.core.errors import UsageError
+from attnbench.measure.env import FINGERPRINT_FIELDS, fingerprint
 
 ID_FIELDS = ("variant", "backend", "device", "dtype", "mode", "batch", "heads", "kv_heads", "seq_q",
              "seq_k", "head_dim", "causal")
@@ -87,7 +87,7 @@ class Side:
 def load_run(path: str | Path) -> Run:
     """Read a results file strictly: ResultsError on a missing, empty, corrupt or truncated
     file (results.read forgives a cut last line, an interrupted run; a gate must not)."""
-    from ..results import ResultsError, read
+    from attnbench.core.results import ResultsError, read
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -114,7 +114,7 @@ def parse_case_spec(spec: str) -> tuple[str, str, dict]:
                              f"{', '.join(f for f in ID_FIELDS if f not in ('variant', 'backend'))}")
         v = v.strip()
         if k in _INT_KEYS:
-            from ..sweep import parse_length
+            from attnbench.run.plan import parse_length
 
             want[k] = parse_length(v, f"--normalize {k}")
         elif k == "causal":

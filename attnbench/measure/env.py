@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from attnbench import __version__
 
 
 def _git_commit() -> str | None:
@@ -46,7 +46,7 @@ def _triton_version() -> str | None:
 
 
 def capture(device: torch.device) -> dict:
-    from .telemetry import Nvml
+    from attnbench.measure.telemetry import Nvml
 
     env = {
         "attnbench": __version__, "git_commit": _git_commit(),

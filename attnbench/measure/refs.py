@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..problem import DTYPES
-from .timing import TimingPolicy, time_call
+from attnbench.core.problem import DTYPES
+from attnbench.measure.timing import TimingPolicy, time_call
 
 _POLICY = TimingPolicy(min_samples=5, min_time=0.2, max_time=1.0, warmup_time=0.05)
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import analysis, results
-from ..errors import UsageError
-from . import tables as T
-from .charts import SPECS, curve_chart, scenarios
-from .gallery import gallery
-from .model import Context, Section, Table
-from .special import gqa_charts, pareto_charts
-from .style import Palette
+from attnbench.report import analysis
+from attnbench.core import results
+from attnbench.core.errors import UsageError
+from attnbench.report import tables as T
+from attnbench.report.charts import SPECS, curve_chart, scenarios
+from attnbench.report.gallery import gallery
+from attnbench.report.model import Context, Section, Table
+from attnbench.report.special import gqa_charts, pareto_charts
+from attnbench.report.style import Palette
 
 DEFAULT_BASELINE = "mha:eager"
 
@@ -63,8 +64,8 @@ def build_report(paths: list[str | Path], out: Path, baseline: str | None = None
     sections = [_environment(headers, out, paths), _scaling(ctx, everything, records, out, base_note),
                 _throughput(ctx, everything, records, out), _crossovers(records, out),
                 *_special(ctx, everything, records), *_peers(headers, records, out), _not_run(records, out)]
-    from .html import write_html
-    from .markdown import write_markdown
+    from attnbench.report.html import write_html
+    from attnbench.report.markdown import write_markdown
 
     md, html = out / "report.md", out / "report.html"
     title = f"attnbench report: {', '.join(Path(p).name for p in paths)}"
@@ -182,7 +183,7 @@ def _special(ctx: Context, everything, records) -> list[Section]:
 
 def _peers(headers: list[dict], records, out: Path) -> list[Section]:
     """The targets of suites/peers.toml, when this run measured any of them."""
-    from .peers import peer_targets
+    from attnbench.report.peers import peer_targets
 
     refs = next((h.get("refs") for h in headers if h.get("refs")), None)
     targets = [t for t in peer_targets(records, refs) if t.passed is not None or t.info]

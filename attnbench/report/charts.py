@@ -16,11 +16,10 @@ from typing import Callable
 import numpy as np
 from matplotlib.lines import Line2D
 
-from ..analysis import FAILED, SCENARIO_KEYS, Series, length
-from .model import Chart, Context
-from .style import (GUIDE, STATUS_MARKERS, bytes_unit, flops_unit, length_axis, log_y, new_figure, save, styled,
-                    title)
-from .tables import tag
+from attnbench.report.analysis import FAILED, SCENARIO_KEYS, Series, length
+from attnbench.report.model import Chart, Context
+from attnbench.report.style import GUIDE, STATUS_MARKERS, bytes_unit, flops_unit, length_axis, log_y, new_figure, save, styled, title
+from attnbench.report.tables import tag
 
 
 @dataclass(frozen=True)

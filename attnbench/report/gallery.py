@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from matplotlib.colors import ListedColormap
 from rich.text import Text
 
-from .. import registry
-from ..errors import UsageError
-from ..problem import Problem
-from .model import Chart, Context
-from .style import new_figure, save, styled
+from attnbench.variants import registry
+from attnbench.core.errors import UsageError
+from attnbench.core.problem import Problem
+from attnbench.report.model import Chart, Context
+from attnbench.report.style import new_figure, save, styled
 
 MASK_COLORS = ("#f2f2f2", "#1f4e8c")  # masked, attended
 BIAS_CMAP = "viridis"

@@ -8,8 +8,8 @@ import base64
 from html import escape
 from pathlib import Path
 
-from ..results import atomic_write_text
-from .model import Chart, Section, Table
+from attnbench.core.results import atomic_write_text
+from attnbench.report.model import Chart, Section, Table
 
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto;

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..results import atomic_write_text
-from .model import Section, Table
+from attnbench.core.results import atomic_write_text
+from attnbench.report.model import Section, Table
 
 
 def cell(v) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .style import Palette
+from attnbench.report.style import Palette
 
 
 @dataclass(frozen=True)

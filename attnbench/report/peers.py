@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..analysis import fit_exponent
+from attnbench.report.analysis import fit_exponent
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ def _rel_err(r: dict) -> float | None:
 def variant_params(r: dict) -> tuple:
     """The record's parameters of its variant (what is computed), without its backend's own
     (how: a flex tile size, a product's orientation), which cases may differ in and still compare."""
-    from .. import registry
+    from attnbench.variants import registry
 
     declared = registry.get(r["variant"]).defaults
     return tuple(sorted((k, v) for k, v in r.get("params", {}).items() if k in declared))

@@ -17,13 +17,13 @@ from collections import Counter
 
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from .. import registry
-from ..analysis import SCENARIO_KEYS, Series, fmt_len, length
-from ..errors import UsageError
-from .charts import slug
-from .model import Chart, Context
-from .style import GUIDE, bytes_unit, log_y, new_figure, save, styled, title
-from .tables import tag
+from attnbench.variants import registry
+from attnbench.report.analysis import SCENARIO_KEYS, Series, fmt_len, length
+from attnbench.core.errors import UsageError
+from attnbench.report.charts import slug
+from attnbench.report.model import Chart, Context
+from attnbench.report.style import GUIDE, bytes_unit, log_y, new_figure, save, styled, title
+from attnbench.report.tables import tag
 
 GQA_KEYS = ("device", "dtype", "batch", "heads", "head_dim", "causal")
 

@@ -1,6 +1,6 @@
 """The report's tables as lists of dicts (one per row), and writing them as CSV.
 
-Built on attnbench.analysis: series, crossovers and baseline matching. Each table is small
+Built on attnbench.report.analysis: series, crossovers and baseline matching. Each table is small
 (one row per series, pair of series or ok record), so plain Python over the grouped series.
 """
 
@@ -11,9 +11,9 @@ import io
 import json
 from pathlib import Path
 
-from ..analysis import SCENARIO_KEYS, Series, baseline_of, crossover, fmt_len, length, series
-from ..results import atomic_write_text
-from ..tables import fmt_bytes as _fmt_bytes
+from attnbench.report.analysis import SCENARIO_KEYS, Series, baseline_of, crossover, fmt_len, length, series
+from attnbench.core.results import atomic_write_text
+from attnbench.core.units import fmt_bytes as _fmt_bytes
 
 
 def not_run(records: list[dict]) -> list[dict]:

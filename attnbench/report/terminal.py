@@ -9,8 +9,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from .. import analysis
-from . import tables as T
+from attnbench.report import analysis
+from attnbench.report import tables as T
 
 SCALING = (("series", "series"), ("time_cell", "latency ∝ L^x [95% CI]"), ("mem_cell", "memory ∝ L^x [95% CI]"),
            ("base_cell", "vs baseline"), ("crossover_vs_baseline", "crossover vs baseline"), ("frontier", "frontier"))

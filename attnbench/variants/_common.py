@@ -13,8 +13,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..problem import Problem
-from ..registry import Backend, Fn, Reason
+from attnbench.core.problem import Problem
+from attnbench.variants.registry import Backend, Fn, Reason
 
 
 # ---------------------------------------------------------------- problem defaults

@@ -17,11 +17,10 @@ from typing import Callable
 
 import torch
 
-from ..problem import Problem
-from ..registry import Backend, Fn, Reason, Variant, register
-from ._common import (attention_flops, causal_mask, check_heads, eager_backend, exact_reference,
-                      fill_defaults, io_bytes, sdpa_backends, softmax_attention)
-from ._flex import flex_backend
+from attnbench.core.problem import Problem
+from attnbench.variants.registry import Backend, Fn, Reason, Variant, register
+from attnbench.variants._common import attention_flops, causal_mask, check_heads, eager_backend, exact_reference, fill_defaults, io_bytes, sdpa_backends, softmax_attention
+from attnbench.variants._flex import flex_backend
 
 
 # Decode scores (few query rows per KV head) come from one of two products: Q·Kᵀ, or K·Qᵀ

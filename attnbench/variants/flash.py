@@ -16,11 +16,10 @@ import math
 
 import torch
 
-from ..problem import Problem
-from ..registry import Backend, Fn, Variant, register
-from ._common import (attention_flops, check_heads, exact_reference, fill_defaults, io_bytes,
-                      repeat_kv, sdpa_backends)
-from ._flex import flex_backend
+from attnbench.core.problem import Problem
+from attnbench.variants.registry import Backend, Fn, Variant, register
+from attnbench.variants._common import attention_flops, check_heads, exact_reference, fill_defaults, io_bytes, repeat_kv, sdpa_backends
+from attnbench.variants._flex import flex_backend
 
 
 def tiled_attention(q, k, v, problem: Problem, block: int = 256) -> torch.Tensor:

@@ -51,9 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from ..problem import Problem
-from ..registry import Backend, Fn, Reason, Variant, register
-from ._common import check_heads, exact_reference, fill_defaults, io_bytes, softmax_attention
+from attnbench.core.problem import Problem
+from attnbench.variants.registry import Backend, Fn, Reason, Variant, register
+from attnbench.variants._common import check_heads, exact_reference, fill_defaults, io_bytes, softmax_attention
 
 CHUNK = 64
 BLOCK_ROWS = 1024  # causal chunked: this many rows (BLOCK_ROWS/chunk chunks) per batched step

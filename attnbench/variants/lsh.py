@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from ..problem import Problem
-from ..registry import Backend, Fn, Reason, Variant, register
-from ._common import check_heads, exact_reference, fill_defaults, io_bytes, repeat_kv
+from attnbench.core.problem import Problem
+from attnbench.variants.registry import Backend, Fn, Reason, Variant, register
+from attnbench.variants._common import check_heads, exact_reference, fill_defaults, io_bytes, repeat_kv
 
 DEFAULTS = {"n_hashes": 4, "bucket_size": 64, "seed": 0, "inputs": "random"}
 INPUTS = ("random", "clustered")

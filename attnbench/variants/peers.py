@@ -36,11 +36,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .. import registry
-from ..errors import UsageError
-from ..problem import Problem
-from ..registry import Backend, Fn, Reason
-from . import linear
+from attnbench.variants import registry
+from attnbench.core.errors import UsageError
+from attnbench.core.problem import Problem
+from attnbench.variants.registry import Backend, Fn, Reason
+from attnbench.variants import linear
 
 
 def _import(module: str):

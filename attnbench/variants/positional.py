@@ -46,12 +46,11 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from ..problem import Problem
-from ..registry import Backend, Fn, Reason, Variant, register
-from ._common import (attention_flops, check_heads, eager_backend, fill_defaults, io_bytes,
-                      sdpa_backends, softmax_attention)
-from ._flex import flex_backend
-from ..patterns import causal_mask, positions
+from attnbench.core.problem import Problem
+from attnbench.variants.registry import Backend, Fn, Reason, Variant, register
+from attnbench.variants._common import attention_flops, check_heads, eager_backend, fill_defaults, io_bytes, sdpa_backends, softmax_attention
+from attnbench.variants._flex import flex_backend
+from attnbench.variants.patterns import causal_mask, positions
 
 
 def _even_head_dim(p: Problem) -> Reason:

@@ -37,11 +37,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .. import patterns as pat
-from ..problem import Problem
-from ..registry import Backend, Fn, Reason, Variant, register
-from ._common import attention_flops, check_heads, eager_backend, fill_defaults, io_bytes, sdpa_backends, softmax_attention
-from ._flex import flex_backend
+from attnbench.variants import patterns as pat
+from attnbench.core.problem import Problem
+from attnbench.variants.registry import Backend, Fn, Reason, Variant, register
+from attnbench.variants._common import attention_flops, check_heads, eager_backend, fill_defaults, io_bytes, sdpa_backends, softmax_attention
+from attnbench.variants._flex import flex_backend
 
 
 def _flex_with_device(make_mod) -> Backend:

@@ -19,9 +19,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..problem import Problem
-from ..registry import Backend, Fn, add_backend
-from ._common import sdpa_call
+from attnbench.core.problem import Problem
+from attnbench.variants.registry import Backend, Fn, add_backend
+from attnbench.variants._common import sdpa_call
 
 FAULTS = ("none", "oom", "sleep", "raise", "segv", "kill")
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import torch
 
-from ..problem import Problem
-from ..registry import Backend, Fn, Reason, add_backend
+from attnbench.core.problem import Problem
+from attnbench.variants.registry import Backend, Fn, Reason, add_backend
 
 MAX_HEAD_DIM = 256
 
 
 def _available(device: torch.device) -> Reason:
-    from ..kernels import triton_unavailable_reason
+    from attnbench.kernels import triton_unavailable_reason
 
     if device.type != "cuda":
         return "no CUDA device (the Triton kernels run on NVIDIA GPUs; `attnbench check` runs them interpreted)"
@@ -40,7 +40,7 @@ def _decode_ok(problem: Problem) -> bool:
 
 
 def _flash_build(problem: Problem, device: torch.device) -> Fn:
-    from ..kernels import flash_attention, flash_decode
+    from attnbench.kernels import flash_attention, flash_decode
 
     if _decode_ok(problem):
         def triton_decode(q, k, v):
@@ -55,7 +55,7 @@ def _flash_build(problem: Problem, device: torch.device) -> Fn:
 
 
 def _window_build(problem: Problem, device: torch.device) -> Fn:
-    from ..kernels import flash_attention
+    from attnbench.kernels import flash_attention
 
     window = problem.param("window")
 
@@ -66,8 +66,8 @@ def _window_build(problem: Problem, device: torch.device) -> Fn:
 
 
 def _alibi_build(problem: Problem, device: torch.device) -> Fn:
-    from ..kernels import flash_attention
-    from .positional import alibi_slopes
+    from attnbench.kernels import flash_attention
+    from attnbench.variants.positional import alibi_slopes
 
     slopes = alibi_slopes(problem.heads).to(device=device, dtype=torch.float32)
 
@@ -79,8 +79,8 @@ def _alibi_build(problem: Problem, device: torch.device) -> Fn:
 
 def _block_sparse_build(variant: str):
     def build(problem: Problem, device: torch.device) -> Fn:
-        from ..kernels import block_sparse_attention, build_block_index
-        from .sparse import BLOCK_LAYOUTS
+        from attnbench.kernels import block_sparse_attention, build_block_index
+        from attnbench.variants.sparse import BLOCK_LAYOUTS
 
         block = problem.param("block")
         index = build_block_index(BLOCK_LAYOUTS[variant](problem), block=block, device=device)
@@ -94,7 +94,7 @@ def _block_sparse_build(variant: str):
 
 
 def _block_supports(problem: Problem, device: torch.device) -> Reason:
-    from ..kernels.block_sparse import BLOCKS
+    from attnbench.kernels.block_sparse import BLOCKS
 
     if problem.param("block") not in BLOCKS:
         return f"the Triton block-sparse kernel takes block in {BLOCKS} (got {problem.param('block')})"

@@ -31,9 +31,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..problem import Problem
-from ..registry import Backend, Fn, Reason, Variant, register
-from ._common import attention_flops, check_heads, fill_defaults, io_bytes, repeat_kv, softmax_attention
+from attnbench.core.problem import Problem
+from attnbench.variants.registry import Backend, Fn, Reason, Variant, register
+from attnbench.variants._common import attention_flops, check_heads, fill_defaults, io_bytes, repeat_kv, softmax_attention
 
 
 # ---------------------------------------------------------------- the grid

@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import UsageError, did_you_mean
-from .problem import Problem
+from attnbench.core.errors import UsageError, did_you_mean
+from attnbench.core.problem import Problem
 
 Fn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Reason = str | None  # None: fine; a string: why not
@@ -127,7 +127,7 @@ def add_backend(variant_name: str, backend: Backend) -> None:
 
 
 def _load() -> None:
-    from . import variants  # noqa: F401  (explicit imports register every family)
+    from attnbench import variants  # noqa: F401  (explicit imports register every family)
 
 
 def get(name: str) -> Variant:

@@ -16,9 +16,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from .compare import EXIT_ERRORS, EXIT_USAGE, FORMATS, Options, Report, make_options
-from .errors import UsageError
-from .results import ResultsError, atomic_write_text
+from attnbench.gate.compare import EXIT_ERRORS, EXIT_USAGE, FORMATS, Options, Report, make_options
+from attnbench.core.errors import UsageError
+from attnbench.core.results import ResultsError, atomic_write_text
 
 err = Console(stderr=True)
 
@@ -49,7 +49,7 @@ def usage_exit_3():
 
 
 def _options(threshold, warn, metric, normalize, alpha, mem_threshold, allow_env_mismatch, fmt, outs) -> Options:
-    from .gate.render import SUFFIX_FORMATS
+    from attnbench.gate.render import SUFFIX_FORMATS
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown --format '{fmt}'; accepted: {', '.join(FORMATS)}")
@@ -63,7 +63,7 @@ def _options(threshold, warn, metric, normalize, alpha, mem_threshold, allow_env
 
 def emit(report: Report, fmt: str, outs: list[Path] | None) -> None:
     """Print the report, write the --out files, then exit with the report's code."""
-    from .gate.render import RENDERERS, SUFFIX_FORMATS, headline
+    from attnbench.gate.render import RENDERERS, SUFFIX_FORMATS, headline
 
     sys.stdout.write(RENDERERS[fmt](report))
     sys.stdout.flush()
@@ -96,8 +96,8 @@ def register(app: typer.Typer) -> None:
 
           attnbench compare base.jsonl cur.jsonl --metric both --out gate.md --out gate.xml
         """
-        from .compare import compare as run_compare
-        from .gate.sides import build_side, load_run
+        from attnbench.gate.compare import compare as run_compare
+        from attnbench.gate.sides import build_side, load_run
 
         with usage_exit_3():
             o = _options(threshold, warn, metric, normalize, alpha, mem_threshold, allow_env_mismatch, fmt, out)
@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:
 
           attnbench gate --suite ci --baseline base.jsonl --format markdown --out gate.xml
         """
-        from .gate.flow import gate_flow
+        from attnbench.gate.flow import gate_flow
 
         with usage_exit_3():
             o = _options(threshold, warn, metric, normalize, alpha, mem_threshold, allow_env_mismatch, fmt, out)
@@ -149,7 +149,7 @@ def register(app: typer.Typer) -> None:
 
           attnbench baseline save --suite ci --out results/baselines/ci-runner.jsonl
         """
-        from .gate.runs import BASELINE_DIR, current_env, env_id, load_suite_device, save_baseline
+        from attnbench.gate.runs import BASELINE_DIR, current_env, env_id, load_suite_device, save_baseline
 
         with usage_exit_3():
             if runs < 1:
@@ -176,8 +176,8 @@ def register(app: typer.Typer) -> None:
 
           test -f "$(attnbench baseline path)" || attnbench baseline save --suite ci
         """
-        from .bench import resolve_device
-        from .gate.runs import current_env, env_id
+        from attnbench.run.session import resolve_device
+        from attnbench.gate.runs import current_env, env_id
 
         with usage_exit_3():
             if threads is not None:
@@ -211,7 +211,7 @@ def register(app: typer.Typer) -> None:
 
           attnbench ab --ref HEAD~1 --rounds 5 --format markdown --out ab.xml
         """
-        from .gate.flow import ab_flow
+        from attnbench.gate.flow import ab_flow
 
         with usage_exit_3():
             o = _options(threshold, warn, metric, normalize, alpha, mem_threshold, False, fmt, out)
@@ -228,8 +228,8 @@ def register(app: typer.Typer) -> None:
 
 def _gate_plan(suite: str, device: str, threads: int | None, baseline: Path, o: Options):
     """Load everything the gate needs before spending time on a run; fail fast (exit 3)."""
-    from .gate.runs import current_env, load_suite_device, resolve_baseline
-    from .gate.sides import build_side, describe_differences, env_differences, load_run
+    from attnbench.gate.runs import current_env, load_suite_device, resolve_baseline
+    from attnbench.gate.sides import build_side, describe_differences, env_differences, load_run
 
     sweeps, meta, dev = load_suite_device(suite, device, threads)
     env = current_env(dev)
@@ -243,7 +243,7 @@ def _gate_plan(suite: str, device: str, threads: int | None, baseline: Path, o: 
 
 def _guard_run(fn):
     """Run benchmarks: usage problems found late exit 3, a failed run 2, Ctrl-C 130."""
-    from .gate.ab import RunFailed
+    from attnbench.gate.ab import RunFailed
 
     with usage_exit_3():
         try:

@@ -15,12 +15,12 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from . import results
-from .errors import UsageError
-from .measure import env as env_mod
-from .runner import RunConfig, Worker, run_cases
-from .rounds import merge_rounds, round_order
-from .sweep import Case, Sweep, expand
+from attnbench.core import results
+from attnbench.core.errors import UsageError
+from attnbench.measure import env as env_mod
+from attnbench.run.worker import RunConfig, Worker, run_cases
+from attnbench.run.rounds import merge_rounds, round_order
+from attnbench.run.plan import Case, Sweep, expand
 
 
 def resolve_device(name: str) -> torch.device:
@@ -80,11 +80,11 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
     check_out(out, resume, force)
     cases = expand(sweeps, device)
     if shard is not None:
-        from .executors import shard as take_shard
+        from attnbench.run.executors import shard as take_shard
 
         cases = take_shard(cases, *shard)
     if world_size:
-        from .distributed.variant import with_world_size
+        from attnbench.distributed.variant import with_world_size
 
         cases = with_world_size(cases, world_size, device)
     done: list[dict] = []
@@ -117,7 +117,7 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
         with results.Writer(out, header, append=resume and out.exists()) as writer, _progress(console) as prog:
             task = prog.add_task("attnbench", total=len(cases) * rounds)
             if executor == "ray":
-                from .executors import run_cases_ray
+                from attnbench.run.executors import run_cases_ray
 
                 def on_ray_record(r: dict) -> None:
                     writer.write(r)

@@ -66,12 +66,12 @@ def compile_cmd(
     Example: attnbench kernels compile --arch sm_90 --dtype bfloat16
     """
     archs, dtypes = _split(arch, ARCHS, "arch"), _split(dtype, DTYPES, "dtype")
-    from .kernels import triton_unavailable_reason
+    from attnbench.kernels import triton_unavailable_reason
 
     if triton_unavailable_reason() == "triton not installed":
         print("error: triton not installed", file=sys.stderr)
         raise typer.Exit(2)
-    from .kernels.aot import run_compile_report_subprocess
+    from attnbench.kernels.aot import run_compile_report_subprocess
 
     rows = run_compile_report_subprocess(archs, dtypes, all_head_dims=all_head_dims)
     if json_out:

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import registry
-from .problem import Problem
-from .runner import RunConfig, Worker, predict_call_seconds
-from .sweep import Case, _decide
+from attnbench.variants import registry
+from attnbench.core.problem import Problem
+from attnbench.run.worker import RunConfig, Worker, predict_call_seconds
+from attnbench.run.plan import Case, _decide
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,15 @@ from typing import Callable
 
 import torch
 
-from . import registry
-from .measure import accuracy, flops as fl, memory, telemetry
-from .measure.timing import TimingPolicy, time_call
-from .problem import Problem
-from .sweep import Case
-from .variants._common import exact_reference, kv_cache_bytes
+from attnbench.variants import registry
+from attnbench.measure import accuracy
+from attnbench.measure import flops as fl
+from attnbench.measure import memory
+from attnbench.measure import telemetry
+from attnbench.measure.timing import TimingPolicy, time_call
+from attnbench.core.problem import Problem
+from attnbench.run.plan import Case
+from attnbench.variants._common import exact_reference, kv_cache_bytes
 
 # The dense fp32 reference is computed only up to this many score elements (B·Hq·Lq·Lk:
 # 512 MiB per fp32 score tensor); beyond it `error` holds the reason instead.
@@ -129,7 +132,7 @@ def run_case(case: Case, device: torch.device, policy: TimingPolicy, refs: dict 
     timing = time_call(call, device, policy)
     peak, kernel = measure_memory_and_kernel(call, device, nvml)
     if profile_dir:
-        from .profiling import save_case_trace
+        from attnbench.profile.call import save_case_trace
 
         save_case_trace(case, device, Path(profile_dir), call=call)
     error = None

@@ -109,7 +109,7 @@ def _causal_pairs_closed_form(lq: int, lk: int) -> int:
 
 
 def parse_dtype(text: str) -> str:
-    from .errors import UsageError
+    from attnbench.core.errors import UsageError
 
     name = DTYPE_ALIASES.get(text.strip().lower(), text.strip().lower())
     if name not in DTYPES:

@@ -19,11 +19,11 @@ from typing import Callable, Iterable
 
 import torch
 
-from . import registry
-from .measure import memory
-from .measure.timing import TimingPolicy
-from .results import case_id
-from .sweep import Case
+from attnbench.variants import registry
+from attnbench.measure import memory
+from attnbench.measure.timing import TimingPolicy
+from attnbench.core.results import case_id
+from attnbench.run.plan import Case
 
 CALLS_PER_CASE = 4  # first call, at least one timed sample, the memory/profiler pass, slack
 STARTUP_GRACE_S = 60.0  # worker start, setup and compilation on top of the budget
@@ -58,8 +58,9 @@ def limit_memory(device: torch.device, nbytes: int) -> None:
 
 def _worker_main(conn, device: str, threads: int | None, mem_limit: int | None = None,
                  profile_dir: str | None = None) -> None:
-    from .execute import probe_case, run_case
-    from .measure import refs as refs_mod, telemetry
+    from attnbench.run.case import probe_case, run_case
+    from attnbench.measure import refs as refs_mod
+    from attnbench.measure import telemetry
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops between cases
     memory.timing_allocator()  # peak_cpu switches to its own state for its one call
@@ -209,7 +210,7 @@ def predict_peak_bytes(case: Case) -> float:
 def predict_call_seconds(case: Case, refs: dict | None) -> float | None:
     if not refs:
         return None
-    from .measure.flops import mode_flops
+    from attnbench.measure.flops import mode_flops
 
     p = case.problem
     gemm = (refs["gemm"].get(p.dtype) or refs["gemm"]["float32"])["flops_per_s"]
@@ -245,7 +246,7 @@ def base_record(case: Case, device: torch.device) -> dict:
 
 
 def _is_distributed(case: Case) -> bool:
-    from .distributed.variant import is_distributed
+    from attnbench.distributed.variant import is_distributed
 
     return is_distributed(case)
 
@@ -261,7 +262,7 @@ def run_cases(cases: Iterable[Case], cfg: RunConfig, worker: Worker,
         elif (why := skip_reason(case, cfg, refs)) is not None:
             rec.update(status="skipped", reason=why)
         elif _is_distributed(case):  # ranks are spawned from here: the daemonic worker cannot
-            from .distributed.launch import run_distributed_case
+            from attnbench.distributed.launch import run_distributed_case
 
             rec.update(run_distributed_case(case, cfg))
         else:

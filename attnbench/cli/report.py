@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from .errors import UsageError
+from attnbench.core.errors import UsageError
 
 Results = Annotated[list[Path], typer.Argument(help="Results files (.jsonl) written by `attnbench run`.",
                                                show_default=False)]
@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
 
           attnbench report a.jsonl b.jsonl --out reports/ab --baseline mha:sdpa
         """
-        from .report.build import build_report
+        from attnbench.report.build import build_report
 
         written = build_report(results, out, baseline)
         Console(stderr=True).print(f"wrote {len(written)} files; open {out / 'report.html'}")
@@ -44,8 +44,8 @@ def register(app: typer.Typer) -> None:
 
           attnbench show a.jsonl b.jsonl --baseline flash:sdpa-flash
         """
-        from .report.build import check_baseline, load
-        from .report.terminal import show as show_tables
+        from attnbench.report.build import check_baseline, load
+        from attnbench.report.terminal import show as show_tables
 
         _, records = load(results)
         base, note = check_baseline(records, baseline)
@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
 
           attnbench show-pattern alibi --seq 256 --out alibi.png
         """
-        from .report.gallery import picture, render, text_picture
+        from attnbench.report.gallery import picture, render, text_picture
 
         t, p = picture(variant, seq)
         if out is None:

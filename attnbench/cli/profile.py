@@ -10,14 +10,14 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from .errors import UsageError
+from attnbench.core.errors import UsageError
 
 out_console = Console()
 err_console = Console(stderr=True)
 
 
 def _axes(seq, kv_seq, batch, heads, kv_heads, kv_groups, head_dim, dtype, causal, mode, params) -> dict:
-    from .sweep import parse_length
+    from attnbench.run.plan import parse_length
 
     if "," in seq or ".." in seq:
         raise UsageError(f"profile runs one case: give one --seq length (got '{seq}'), e.g. --seq 2k")
@@ -64,9 +64,11 @@ def register(app: typer.Typer) -> None:
 
           attnbench profile --variant flash --backend sdpa-flash --device cuda --nsys
         """
-        from . import profiling, profiling_nsight as ns, registry
-        from .bench import resolve_device
-        from .profiling_view import render
+        from attnbench.profile import call as profiling
+        from attnbench.profile import nsight as ns
+        from attnbench.variants import registry
+        from attnbench.run.session import resolve_device
+        from attnbench.profile.view import render
 
         if warmup < 0 or calls < 1 or top < 1:
             raise UsageError(f"--warmup must be >= 0, --calls and --top >= 1 (got {warmup}, {calls}, {top})")
@@ -92,7 +94,7 @@ def register(app: typer.Typer) -> None:
 
 def _profile_or_exit(case, dev, out: Path, **kw):
     """profiling.profile_case; running out of memory is one line and exit code 1."""
-    from .profiling import profile_case
+    from attnbench.profile.call import profile_case
 
     try:
         return profile_case(case, dev, out, **kw)
@@ -104,7 +106,7 @@ def _profile_or_exit(case, dev, out: Path, **kw):
 
 
 def _nsight(tools: tuple[str, ...], out: Path, case, dev, warmup: int, calls: int) -> None:
-    from . import profiling_nsight as ns
+    from attnbench.profile import nsight as ns
 
     for tool in tools:
         rc, cmd, rep = ns.run(tool, out, case, dev, warmup, calls)

@@ -36,9 +36,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from .errors import UsageError
-from .gate.sides import Measured, Side, case_label, env_differences
-from .gate.stats import bootstrap_ratio, mann_whitney, seed_for
+from attnbench.core.errors import UsageError
+from attnbench.gate.sides import Measured, Side, case_label, env_differences
+from attnbench.gate.stats import bootstrap_ratio, mann_whitney, seed_for
 
 MEM_FLOOR_BYTES = 1 << 20
 METRICS = ("latency", "memory", "both")
@@ -162,7 +162,7 @@ def make_options(threshold: str = "10%", warn: str = "5%", metric: str = "latenc
     if not 0.0 < alpha < 1.0:
         raise UsageError(f"bad --alpha {alpha:g}; accepted: a probability between 0 and 1, e.g. 0.002")
     if normalize not in ("none", "gemm"):
-        from .gate.sides import parse_case_spec
+        from attnbench.gate.sides import parse_case_spec
 
         parse_case_spec(normalize)  # raises on a bad spec
     return Options(threshold=t, warn=w, metric=metric, normalize=normalize, alpha=alpha,

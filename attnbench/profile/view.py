@@ -6,8 +6,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from .profiling import OpRow, Report
-from .profiling_memory import mib, op_label
+from attnbench.profile.call import OpRow, Report
+from attnbench.profile.memory import mib, op_label
 
 
 def fmt_us(us: float) -> str:

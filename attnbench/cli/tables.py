@@ -1,32 +1,12 @@
-"""Rich tables for the terminal."""
+"""Rich tables for the terminal: run results, the variant list."""
 
 from __future__ import annotations
 
 from rich.markup import escape
 from rich.table import Table
 
-from . import registry
-
-
-def fmt_bytes(n: float | None, fmt: str = ".1f") -> str:
-    """Bytes in binary units: 1.5 GiB, 3.2 MiB, ..."""
-    if n is None:
-        return "-"
-    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= div:
-            return f"{n / div:{fmt}} {unit}"
-    return f"{n:.0f} B"
-
-
-def fmt_ms(ms: float | None) -> str:
-    if ms is None:
-        return "-"
-    return f"{ms:.3g}" if ms < 100 else f"{ms:,.0f}"
-
-
-def short_kernel(kernel: str | None) -> str:
-    """The dominant operator, without the aten:: prefix."""
-    return (kernel or "").split(",")[0].replace("aten::", "").strip()
+from attnbench.core.units import fmt_bytes, fmt_len, fmt_ms, short_kernel
+from attnbench.variants import registry
 
 
 def _distributed_note(d: dict | None) -> str:
@@ -36,10 +16,6 @@ def _distributed_note(d: dict | None) -> str:
     eff = d.get("scaling_efficiency")
     return (f", comm {100 * (d.get('comm_share') or 0):.2f}% of time, {fmt_bytes(d.get('bytes_sent'))} sent"
             + (f", efficiency {eff:.2f} vs 1 rank" if eff is not None else ""))
-
-
-def fmt_len(n: int) -> str:
-    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
 
 
 STATUS_STYLE = {"ok": "green", "skipped": "yellow", "unsupported": "dim", "unavailable": "dim",

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from .errors import UsageError
+from attnbench.core.errors import UsageError
 
 app = typer.Typer(name="attnbench", no_args_is_help=False, add_completion=False, rich_markup_mode="rich",
                   help="Benchmark and profile attention mechanisms: latency, memory, FLOPs and error, "
@@ -35,8 +35,8 @@ def list_cmd(json_out: Json = False, device: Device = "auto") -> None:
 
     Example: attnbench list --json
     """
-    from .bench import resolve_device
-    from .tables import list_rows, variants_table
+    from attnbench.run.session import resolve_device
+    from attnbench.cli.tables import list_rows, variants_table
 
     rows = list_rows(resolve_device(device))
     if json_out:
@@ -58,8 +58,8 @@ def env(json_out: Json = False, device: Device = "auto") -> None:
 
     Example: attnbench env --json
     """
-    from .bench import resolve_device
-    from .measure.env import capture
+    from attnbench.run.session import resolve_device
+    from attnbench.measure.env import capture
 
     e = capture(resolve_device(device))
     if json_out:
@@ -110,9 +110,9 @@ def run(
 
       attnbench run --suite quick --out r.jsonl
     """
-    from .bench import resolve_device, run_sweep, default_out
-    from .sweep import load_suite, make_sweep
-    from .tables import results_table
+    from attnbench.run.session import resolve_device, run_sweep, default_out
+    from attnbench.run.plan import load_suite, make_sweep
+    from attnbench.cli.tables import results_table
 
     if time_budget is not None and time_budget <= 0:
         raise UsageError(f"--time-budget must be a positive number of seconds (got {time_budget:g})")
@@ -125,7 +125,7 @@ def run(
     if address is not None and executor != "ray":
         raise UsageError("--address goes with --executor ray")
     if shard is not None:
-        from .executors import parse_shard
+        from attnbench.run.executors import parse_shard
 
         shard_kn = parse_shard(shard)
     if threads is not None and threads < 1:
@@ -137,7 +137,7 @@ def run(
             "dtype": dtype, "causal": causal, "modes": mode}
     given = {k: v for k, v in axes.items() if v not in (None, [])}
     if param:
-        from .sweep import parse_param_items
+        from attnbench.run.plan import parse_param_items
 
         given["params"] = parse_param_items(param)
     if suite is None and not given:
@@ -159,7 +159,7 @@ def run(
     if json_out:
         print(json.dumps(records, default=str))
     else:
-        from .report.terminal import print_scaling
+        from attnbench.report.terminal import print_scaling
 
         out_console.print(results_table(records, title=f"attnbench on {dev.type} → {out}"))
         print_scaling(records, out_console)
@@ -169,32 +169,18 @@ def run(
         raise typer.Exit(130)
 
 
-# Commands that live in modules of their own; each exposes register(app).
-_COMMAND_MODULES = ("cli_kernels", "cli_report", "cli_gate", "cli_tools", "cli_profile", "cli_dist")
+# Commands that live in modules of their own, imported explicitly: each exposes register(app),
+# `kernels` is a command group of its own (typer's add_typer).
+from attnbench.cli import dist, gate, kernels, profile, report, tools  # noqa: E402
 
-
-def _add_subcommands() -> None:
-    import importlib
-
-    for name in _COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(f".{name}", __package__)
-        except ModuleNotFoundError as e:
-            if e.name != f"{__package__}.{name}":
-                raise
-            continue
-        if hasattr(mod, "register"):
-            mod.register(app)
-        else:
-            app.add_typer(mod.app, name=name.removeprefix("cli_"))
-
-
-_add_subcommands()
+app.add_typer(kernels.app, name="kernels")
+for _module in (report, gate, tools, profile, dist):
+    _module.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: usage errors become one line and exit code 2."""
-    from .results import ResultsError
+    from attnbench.core.results import ResultsError
 
     try:
         argv = sys.argv[1:] if argv is None else list(argv)

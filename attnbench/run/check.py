@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from . import registry
-from .execute import make_inputs
-from .measure.accuracy import errors
-from .problem import Problem
+from attnbench.variants import registry
+from attnbench.run.case import make_inputs
+from attnbench.measure.accuracy import errors
+from attnbench.core.problem import Problem
 
 K_REL, ATOL = 3.0, 1e-5
 
@@ -156,7 +156,7 @@ def run_checks(variants: list[str], device: torch.device, backends: list[str] | 
 def triton_rows_interpreted(variants: list[str], dtypes: tuple[str, ...]) -> list[CheckRow]:
     """The Triton backend's checks under the interpreter, in a subprocess."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [sys.executable, "-m", "attnbench.check", ",".join(variants), ",".join(dtypes)]
+    cmd = [sys.executable, "-m", "attnbench.run.check", ",".join(variants), ",".join(dtypes)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if proc.returncode != 0:
         tail = " ".join(proc.stderr.strip().splitlines()[-1:])

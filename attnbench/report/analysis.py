@@ -313,7 +313,7 @@ def frontier(s: Series) -> dict[str, Any]:
 # ---------------------------------------------------------------- tables
 def parse_baseline(text: str) -> str:
     """'VARIANT:BACKEND' checked for shape (presence in the data is checked by the caller)."""
-    from .errors import UsageError
+    from attnbench.core.errors import UsageError
 
     parts = text.split(":")
     if len(parts) != 2 or not all(p.strip() for p in parts):
@@ -342,8 +342,8 @@ def ratio_at(s: Series, base: Series, field: str) -> tuple[float | None, int | N
 
 
 def _claims(variant: str):
-    from . import registry
-    from .errors import UsageError
+    from attnbench.variants import registry
+    from attnbench.core.errors import UsageError
 
     try:
         v = registry.get(variant)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .sweep import Case
+from attnbench.run.plan import Case
 
 TOOLS = {"nsys": "Nsight Systems", "ncu": "Nsight Compute"}
 
@@ -68,7 +68,7 @@ def run(tool: str, out_dir: Path, case: Case, device: torch.device, warmup: int,
 
 def run_nvtx_only(case: Case, device: torch.device, warmup: int, calls: int) -> None:
     """The child's work: setup, warmup and the calls, each phase in an NVTX range."""
-    from .profiling import CALL, SETUP, prepare
+    from attnbench.profile.call import CALL, SETUP, prepare
 
     nvtx = torch.cuda.nvtx
     nvtx.range_push(SETUP)

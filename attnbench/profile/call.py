@@ -31,10 +31,11 @@ from typing import Any, Callable
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from . import execute, registry
-from .errors import UsageError
-from .results import case_id as make_case_id
-from .sweep import Case, expand, make_sweep
+from attnbench.run import case as execute
+from attnbench.variants import registry
+from attnbench.core.errors import UsageError
+from attnbench.core.results import case_id as make_case_id
+from attnbench.run.plan import Case, expand, make_sweep
 
 SETUP, CALL = "attnbench.setup", "attnbench.call"
 # Named ranges follow "<family>.<phase>" (reformer.hash, performer.features, rope.rotate, ...);
@@ -61,7 +62,7 @@ def resolve_case(variant: str, backend: str, device: torch.device, **axes: Any) 
 def parse_params(items: list[str] | None, variant: str) -> dict[str, Any]:
     """'name=value' items, each checked against the variant's declared parameters and cast
     to the type of its default."""
-    from .sweep import check_params, parse_param_items
+    from attnbench.run.plan import check_params, parse_param_items
 
     return check_params(parse_param_items(items), (variant,))
 
@@ -164,7 +165,7 @@ def profile_case(case: Case, device: torch.device, out_dir: Path, *, warmup: int
                  with_stack: bool = False, top: int = 15) -> Report:
     """Profile one case; write trace.json (with Python frames when with_stack),
     setup_trace.json, memory.png and summary.json under out_dir."""
-    from . import profiling_memory as pm
+    from attnbench.profile import memory as pm
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (q, k, v), call, setup_prof = prepare(case, device)
@@ -231,7 +232,7 @@ def op_rows(averages, device: torch.device, top: int) -> tuple[tuple[OpRow, ...]
 def record_fields(call: Callable[[], object], device: torch.device) -> tuple[str, int | None, str]:
     """The `kernel` and `peak_mem_bytes` fields `attnbench run` records for this call, measured
     the way it measures them (an independent profile and peak probe): (kernel, bytes, source)."""
-    from .measure import telemetry
+    from attnbench.measure import telemetry
 
     nvml = telemetry.Nvml() if device.type == "cuda" else None
     peak, kernel = execute.measure_memory_and_kernel(call, device, nvml)

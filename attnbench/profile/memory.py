@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from .runner import predict_peak_bytes
-from .sweep import Case
+from attnbench.run.worker import predict_peak_bytes
+from attnbench.run.plan import Case
 
 FAR = 1.5  # a verdict when measured/model is above FAR or below 1/FAR ...
 NEAR_BYTES = 2**20  # ... and they differ by at least this much (not for KiB-sized noise)
@@ -101,7 +101,7 @@ def trace_events(path: Path) -> list[dict]:
 
 def analyse(trace: Path, case: Case, device: torch.device, inputs_bytes: int) -> Memory:
     """The timeline, the largest allocations and the verdict, all from the chrome trace."""
-    from .profiling import CALL, is_range_name
+    from attnbench.profile.call import CALL, is_range_name
 
     evs = trace_events(trace)
     want = 1 if device.type == "cuda" else 0  # chrome trace "Device Type": 0 CPU, 1 CUDA
@@ -158,7 +158,7 @@ def open_events(mem: list[dict], evs: list[dict]) -> list[list[dict]]:
 def attribute(chain: list[dict]) -> tuple[str, str | None, str, str | None]:
     """(operator, allocation primitive inside it, its input shapes, named range) of an
     allocation whose open events are `chain` (outermost first)."""
-    from .profiling import CALL, is_range_name
+    from attnbench.profile.call import CALL, is_range_name
 
     if not chain:
         return "(outside any operator)", None, "", None
@@ -220,7 +220,7 @@ def verdict(peak: int, model: float, ratio: float | None, allocations, case: Cas
 
 
 def _materializes(case: Case) -> bool:
-    from . import registry
+    from attnbench.variants import registry
 
     return registry.get(case.variant).backend(case.backend).materializes
 

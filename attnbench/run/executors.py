@@ -3,7 +3,7 @@ Slurm array task) whose results files are merged afterwards.
 
 Ray (`run_cases_ray`): each runnable case is one Ray task (num_gpus=1 on a GPU run, num_cpus =
 --threads or 1 on the CPU) that runs the case exactly as a local run does — in an isolated
-worker process started by the Ray worker (attnbench.runner.Worker/run_cases, kept for that Ray
+worker process started by the Ray worker (attnbench.run.worker.Worker/run_cases, kept for that Ray
 worker's later tasks), so an OOM or a crash of the case is a record, as locally. If the Ray worker process running the task itself dies, Ray
 retries the task once (max_retries=1); a second death becomes an `error` record with the reason.
 Cases whose status is already decided (unsupported, unavailable) never leave this process. The
@@ -30,11 +30,11 @@ import signal
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import results
-from .errors import UsageError
-from .measure import env as env_mod
-from .runner import RunConfig, Worker, run_cases
-from .sweep import Case
+from attnbench.core import results
+from attnbench.core.errors import UsageError
+from attnbench.measure import env as env_mod
+from attnbench.run.worker import RunConfig, Worker, run_cases
+from attnbench.run.plan import Case
 
 RAY_MISSING = "unavailable: ray is not installed; install it with pip install 'attnbench[cluster]'"
 
@@ -125,7 +125,7 @@ def _run_on_ray(ray, cases: list[Case], cfg: RunConfig, on_record, refs) -> list
 
 
 def _result_or_error(ray, ref, case: Case, cfg: RunConfig) -> dict:
-    from .runner import base_record
+    from attnbench.run.worker import base_record
 
     try:
         return ray.get(ref)

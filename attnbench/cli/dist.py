@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import UsageError
+from attnbench.core.errors import UsageError
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -52,7 +52,7 @@ def register_ring(app: typer.Typer) -> None:
 
           torchrun --nproc-per-node 8 -m attnbench ring --seq 64k,128k --causal --device cuda
         """
-        from .distributed.launch import under_torchrun
+        from attnbench.distributed.launch import under_torchrun
 
         world = world_size or int(os.environ.get("WORLD_SIZE", "2"))
         if under_torchrun() and world != int(os.environ["WORLD_SIZE"]):
@@ -66,10 +66,10 @@ def register_ring(app: typer.Typer) -> None:
 
 
 def _ring_cases(seq, world, causal, batch, heads, kv_heads, head_dim, dtype, block, layout):
-    from . import registry
-    from .distributed import variant  # noqa: F401  (registers `ring`)
-    from .problem import Problem, parse_dtype
-    from .sweep import Case, parse_seq
+    from attnbench.variants import registry
+    from attnbench.distributed import variant  # noqa: F401  (registers `ring`)
+    from attnbench.core.problem import Problem, parse_dtype
+    from attnbench.run.plan import Case, parse_seq
 
     v = registry.get("ring")
     v.backend(block)  # raises with the accepted names
@@ -86,11 +86,11 @@ def _ring_cases(seq, world, causal, batch, heads, kv_heads, head_dim, dtype, blo
 
 
 def _run_ring(cases, world, device, threads, baseline, budget, out, force, rank0) -> list[dict]:
-    from . import results
-    from .bench import check_out, resolve_device
-    from .distributed.launch import run_ring_case
-    from .measure import env as env_mod
-    from .runner import base_record
+    from attnbench.core import results
+    from attnbench.run.session import check_out, resolve_device
+    from attnbench.distributed.launch import run_ring_case
+    from attnbench.measure import env as env_mod
+    from attnbench.run.worker import base_record
 
     dev = resolve_device(device)
     if out is None:
@@ -121,7 +121,7 @@ def _time_name(prefix: str) -> str:
 
 
 def _ring_table(records: list[dict]) -> Table:
-    from .tables import fmt_bytes, fmt_len, fmt_ms
+    from attnbench.core.units import fmt_bytes, fmt_len, fmt_ms
 
     t = Table(title="ring attention")
     for col in ("seq", "causal", "ranks", "status", "latency", "1 rank", "efficiency", "comm share", "peak/rank", "error"):
@@ -158,7 +158,7 @@ def register_merge(app: typer.Typer) -> None:
 
           attnbench merge a.jsonl b.jsonl --out ab.jsonl --allow-mixed-env
         """
-        from .executors import merge as merge_files
+        from attnbench.run.executors import merge as merge_files
 
         if out.exists() and not force:
             raise UsageError(f"'{out}' already exists; add --force to overwrite it")

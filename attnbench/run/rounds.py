@@ -19,7 +19,7 @@ as that round's record, its reason prefixed with the round, and is not run again
 
 from __future__ import annotations
 
-from .measure.timing import Stats
+from attnbench.measure.timing import Stats
 
 
 def round_order(cases: list, round_index: int) -> list:

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import UsageError
+from attnbench.core.errors import UsageError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.I)
 
@@ -64,12 +64,12 @@ def register_frontier(app: typer.Typer) -> None:
 
           attnbench frontier --variants gqa --backends eager,sdpa --budget 2GiB --mode fwd+bwd
         """
-        from .bench import resolve_device
-        from .frontier import default_backends, find_frontier, frontier_rows
-        from .problem import MODES, Problem, parse_dtype
-        from .results import atomic_write_text
-        from .runner import RunConfig, Worker
-        from .sweep import make_sweep, parse_length
+        from attnbench.run.session import resolve_device
+        from attnbench.run.frontier import default_backends, find_frontier, frontier_rows
+        from attnbench.core.problem import MODES, Problem, parse_dtype
+        from attnbench.core.results import atomic_write_text
+        from attnbench.run.worker import RunConfig, Worker
+        from attnbench.run.plan import make_sweep, parse_length
 
         if axis != "seq":
             raise UsageError(f"unknown --axis '{axis}'; accepted: seq")
@@ -141,10 +141,10 @@ def register_check(app: typer.Typer) -> None:
         """
         from dataclasses import asdict
 
-        from . import registry
-        from .bench import resolve_device
-        from .check import run_checks, triton_rows_interpreted
-        from .problem import parse_dtype
+        from attnbench.variants import registry
+        from attnbench.run.session import resolve_device
+        from attnbench.run.check import run_checks, triton_rows_interpreted
+        from attnbench.core.problem import parse_dtype
 
         names = [s.strip() for s in variants.split(",") if s.strip()] if variants else registry.names()
         for n in names:

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from . import registry
-from .errors import UsageError, did_you_mean
-from .problem import MODES, Problem, parse_dtype
+from attnbench.variants import registry
+from attnbench.core.errors import UsageError, did_you_mean
+from attnbench.core.problem import MODES, Problem, parse_dtype
 
 _SEQ_ITEM = re.compile(r"^(\d+)([kKmM]?)$")
 

@@ -1,0 +1,28 @@
+"""Units and number formatting shared by every layer (no torch, no rich)."""
+
+from __future__ import annotations
+
+
+def fmt_bytes(n: float | None, fmt: str = ".1f") -> str:
+    """Bytes in binary units: 1.5 GiB, 3.2 MiB, ..."""
+    if n is None:
+        return "-"
+    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= div:
+            return f"{n / div:{fmt}} {unit}"
+    return f"{n:.0f} B"
+
+
+def fmt_ms(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    return f"{ms:.3g}" if ms < 100 else f"{ms:,.0f}"
+
+
+def short_kernel(kernel: str | None) -> str:
+    """The dominant operator, without the aten:: prefix."""
+    return (kernel or "").split(",")[0].replace("aten::", "").strip()
+
+
+def fmt_len(n: int) -> str:
+    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
