@@ -20,7 +20,7 @@ import time
 
 import torch
 
-import attnbench.variants.peers  # noqa: F401  (registers peer:performer-pytorch; imports linear)
+import attnbench.variants.backends.peers  # noqa: F401  (registers peer:performer-pytorch; imports linear)
 from attnbench.variants import registry
 from attnbench.measure.memory import peak_cpu
 from attnbench.core.problem import Problem

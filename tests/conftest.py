@@ -8,7 +8,7 @@ that need a real (non-interpreted) triton run in a subprocess with it removed.
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.setdefault("ATTNBENCH_TEST_BACKENDS", "1")  # registers the fault-injection backend
+os.environ.setdefault("ATTNBENCH_TEST_BACKENDS", "1")  # mha lists the fault-injection backend (variants/backends/fault.py)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

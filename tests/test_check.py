@@ -56,7 +56,7 @@ def test_pinned_sdpa_kernels_declare_what_cuda_refuses():
 
 
 def test_flex_recompiles_fail_loudly_instead_of_running_eagerly():
-    from attnbench.variants import _flex
+    from attnbench.variants.backends import flex as _flex
 
     _flex.no_silent_eager_fallback()
     cfg = torch._dynamo.config

@@ -9,7 +9,7 @@ import attnbench.variants.linear as lin
 from attnbench.variants import registry
 from attnbench.run import plan as sweep
 from attnbench.core.problem import Problem
-from attnbench.variants._common import softmax_attention
+from attnbench.variants.shared import softmax_attention
 
 CPU = torch.device("cpu")
 

@@ -8,7 +8,7 @@ from torch.profiler import profile
 import attnbench.variants.lsh as lsh
 from attnbench.variants import registry
 from attnbench.core.problem import Problem
-from attnbench.variants._common import softmax_attention
+from attnbench.variants.shared import softmax_attention
 
 CPU = torch.device("cpu")
 VAR = registry.get("reformer")

@@ -14,7 +14,7 @@ from attnbench.measure import flops as fl
 from attnbench.measure import memory
 from attnbench.measure.timing import Stats, TimingPolicy, _enough, quantile, time_call, time_cpu
 from attnbench.core.problem import Problem
-from attnbench.variants._common import attention_flops, io_bytes, kv_cache_bytes
+from attnbench.variants.shared import attention_flops, io_bytes, kv_cache_bytes
 
 CPU = torch.device("cpu")
 

@@ -10,11 +10,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-import attnbench.variants.peers as peers
+import attnbench.variants.backends.peers as peers
 from attnbench.variants import registry
 from attnbench.core.errors import UsageError
 from attnbench.core.problem import Problem
-from attnbench.variants._common import softmax_attention
+from attnbench.variants.shared import softmax_attention
 
 CPU = torch.device("cpu")
 

@@ -18,7 +18,7 @@ from attnbench.variants import registry
 from attnbench.cli import main
 from attnbench.variants.registry import Variant
 from attnbench.core.results import RECORD_FIELDS
-from attnbench.variants._common import attention_flops, exact_reference, fill_defaults, io_bytes
+from attnbench.variants.shared import attention_flops, exact_reference, fill_defaults, io_bytes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)

@@ -9,13 +9,14 @@ import os
 import pytest
 import torch
 
-from attnbench.distributed import variant as ring_variant  # noqa: F401  (registers `ring`)
+from attnbench.run.plan import is_distributed, with_world_size
+from attnbench.variants import ring as ring_variant
 from attnbench.distributed.launch import free_port, run_ring_case
 from attnbench.distributed.layout import make_layout, plan, rank_pairs
 from attnbench.distributed.ring import RankStats, ring_attention, simulate
 from attnbench.measure.timing import TimingPolicy
 from attnbench.core.problem import Problem
-from attnbench.variants._common import softmax_attention
+from attnbench.variants.shared import softmax_attention
 
 CONFIGS = [  # (L, causal, Hq, Hkv): odd lengths that do not divide by 2·P, GQA
     (101, True, 4, 4), (101, False, 4, 4), (255, True, 4, 2), (64, True, 2, 2), (509, False, 2, 1),
@@ -88,9 +89,9 @@ def test_ring_variant_is_unsupported_in_the_single_process_runner(cpu):
     with pytest.raises(RuntimeError, match="world-size"):
         ring_variant.RING.backend("sdpa").build(ready[0].problem, cpu)
     mixed = expand([make_sweep(variants="ring,mha", seq=[256], backends="sdpa")], cpu)
-    moved = ring_variant.with_world_size(mixed, 4, cpu)
+    moved = with_world_size(mixed, 4, cpu)
     assert moved[1] is mixed[1] and moved[0].status is None and moved[0].problem.param("world_size") == 4
-    assert [ring_variant.is_distributed(c) for c in moved] == [True, False]
+    assert [is_distributed(c) for c in moved] == [True, False]
 
 
 # ---------------------------------------------------------------- gloo ranks

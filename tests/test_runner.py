@@ -1,5 +1,5 @@
 """The runner: real cases in a spawned worker give full `ok` records; injected faults (the
-test-only `fault` backend of `mha`, see attnbench/variants/testing.py) give error / oom /
+test-only `fault` backend of `mha`, see attnbench/variants/backends/fault.py) give error / oom /
 timeout records with reasons, and the worker is restarted so later cases still run."""
 
 import pytest
@@ -11,6 +11,7 @@ from attnbench.core.problem import Problem
 from attnbench.core.results import validate_record
 from attnbench.run.worker import RunConfig, Worker, base_record, run_cases, skip_reason
 from attnbench.run.plan import Case
+from attnbench.measure.failure import failure_fields
 
 CPU = torch.device("cpu")
 POLICY = TimingPolicy(min_samples=3, min_time=0.01, max_time=0.2, warmup_time=0.01)
@@ -75,7 +76,7 @@ def test_faults_become_records_and_the_sweep_goes_on(worker):
     recs = run(cases, worker=worker)
     raised, oom, segv, kill, after = recs
     assert raised["status"] == "error" and "RuntimeError: injected failure" in raised["reason"]
-    assert "testing.py" in raised["reason"]  # where it was raised
+    assert "fault.py" in raised["reason"]  # where it was raised
     assert oom["status"] == "oom" and "allocate" in oom["reason"]
     assert segv["status"] == "error" and "SIGSEGV" in segv["reason"]
     assert kill["status"] == "oom" and "SIGKILL" in kill["reason"]
@@ -130,9 +131,9 @@ def test_base_record_carries_the_problem():
 
 
 def test_failure_fields():
-    assert runner.failure_fields(MemoryError())["status"] == "oom"
-    assert runner.failure_fields(RuntimeError("CUDA out of memory. Tried"))["status"] == "oom"
-    err = runner.failure_fields(ValueError("bad\n  shape"))
+    assert failure_fields(MemoryError())["status"] == "oom"
+    assert failure_fields(RuntimeError("CUDA out of memory. Tried"))["status"] == "oom"
+    err = failure_fields(ValueError("bad\n  shape"))
     assert err == {"status": "error", "reason": "ValueError: bad shape"}
 
 

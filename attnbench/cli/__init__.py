@@ -171,7 +171,12 @@ def run(
 
 # Commands that live in modules of their own, imported explicitly: each exposes register(app),
 # `kernels` is a command group of its own (typer's add_typer).
-from attnbench.cli import dist, gate, kernels, profile, report, tools  # noqa: E402
+from attnbench.cli import dist
+from attnbench.cli import gate
+from attnbench.cli import kernels
+from attnbench.cli import profile
+from attnbench.cli import report
+from attnbench.cli import tools  # noqa: E402
 
 app.add_typer(kernels.app, name="kernels")
 for _module in (report, gate, tools, profile, dist):

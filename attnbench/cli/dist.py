@@ -67,7 +67,6 @@ def register_ring(app: typer.Typer) -> None:
 
 def _ring_cases(seq, world, causal, batch, heads, kv_heads, head_dim, dtype, block, layout):
     from attnbench.variants import registry
-    from attnbench.distributed import variant  # noqa: F401  (registers `ring`)
     from attnbench.core.problem import Problem, parse_dtype
     from attnbench.run.plan import Case, parse_seq
 

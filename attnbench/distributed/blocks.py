@@ -63,18 +63,6 @@ def triton_block(q, k, v, causal: bool, scale: float):
     return kernels.flash_attention_lse(q, k, v, causal=causal, scale=scale)
 
 
-def triton_unavailable(device: torch.device) -> str | None:
-    from attnbench import kernels
-
-    why = kernels.triton_unavailable_reason()
-    if why:
-        return why
-    if not hasattr(kernels, "flash_attention_lse"):
-        return ("attnbench.kernels has no flash_attention_lse(q, k, v, causal, scale) -> (out, lse) yet; "
-                "the ring needs each block's log-sum-exp")
-    return None
-
-
 BLOCKS: dict[str, BlockFn] = {"sdpa": sdpa_block, "eager": eager_block, "triton": triton_block}
 
 

@@ -26,11 +26,11 @@ from dataclasses import replace
 import torch
 
 from attnbench.measure import flops as fl
+from attnbench.measure.failure import failure_fields
 from attnbench.measure.timing import Stats, TimingPolicy
 from attnbench.core.problem import Problem
-from attnbench.variants._common import attention_flops, io_bytes, kv_cache_bytes
+from attnbench.variants.shared import attention_flops, io_bytes, kv_cache_bytes
 from attnbench.distributed.rank import RankSpec, run_rank
-from attnbench.distributed import variant as _variant  # noqa: F401  (registers `ring`)
 
 DEFAULT_POLICY = TimingPolicy(min_samples=5, min_time=0.2, max_time=2.0, target_rel_iqr=0.1)
 START_GRACE_S = 30.0  # imports and process-group setup on top of the budget
@@ -62,7 +62,6 @@ def _rank_entry(rank: int, spec: RankSpec, err_dir: str) -> None:
     """Body of a spawned rank: failures are written as a record's status/reason, then exit 1."""
     import torch.distributed as dist
 
-    from attnbench.run.worker import failure_fields
 
     try:
         device = _rank_device(spec.comm, rank)

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-LAYOUTS = ("zigzag", "contiguous")
+from attnbench.variants.ring import LAYOUTS
+
 
 Range = tuple[int, int]  # [start, end) of global positions
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import torch
 
+# The dense fp32 reference is computed only up to this many score elements (B·Hq·Lq·Lk:
+# 512 MiB per fp32 score tensor); beyond it `error` holds the reason instead.
+REFERENCE_LIMIT = 2**27
+
 
 def errors(out: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
     """rel_l2 = ‖out − ref‖₂ / ‖ref‖₂ and max_abs = max |out − ref|."""

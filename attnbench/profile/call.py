@@ -1,7 +1,7 @@
 """Profile one attention call: where its time and memory go.
 
 Builds a case exactly as `attnbench run` does (sweep expansion decides unsupported cases,
-execute.make_inputs / execute.mode_call build the call), then runs torch.profiler twice:
+variants.inputs.make_inputs / run.case.mode_call build the call), then runs torch.profiler twice:
 
   * the setup profile: ``backend.build`` inside ``record_function("attnbench.setup")``;
   * the call profile, after ``warmup`` untimed calls: each call inside
@@ -11,7 +11,7 @@ execute.make_inputs / execute.mode_call build the call), then runs torch.profile
 From them it derives the top operators/kernels by self time, the kernels that did the
 attention (cross-checked against ``execute.detect_kernel``, the ``kernel`` field of `run`),
 the named ranges (phases such as ``reformer.hash``) and, in profiling_memory, the memory
-timeline, its chart and a verdict against ``runner.predict_peak_bytes``.
+timeline, its chart and a verdict against ``measure.cost.predict_peak_bytes``.
 
 Honest limits: profiler overhead inflates the time of small operators (read shares, not
 absolute times, and use `attnbench run` for latency); ranges opened in the forward code do not
@@ -29,18 +29,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch.profiler import ProfilerActivity, profile, record_function
+from torch.profiler import record_function
 
+from attnbench.measure.trace import CALL, SETUP, is_range_name, profile_calls, profiler, quiet_stderr, save_trace, sync
 from attnbench.run import case as execute
+from attnbench.variants.inputs import make_inputs
 from attnbench.variants import registry
 from attnbench.core.errors import UsageError
 from attnbench.core.results import case_id as make_case_id
 from attnbench.run.plan import Case, expand, make_sweep
 
-SETUP, CALL = "attnbench.setup", "attnbench.call"
-# Named ranges follow "<family>.<phase>" (reformer.hash, performer.features, rope.rotate, ...);
-# torch's own annotations ("Torch-Compiled Region: 0/0", "ProfilerStep#3") do not match.
-RANGE_NAME = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)+$")
 # Operators and kernels that do the attention itself (matmuls, softmax, fused SDPA, Triton).
 ATTENTION_OP = re.compile(r"scaled_dot_product|flash|efficient_attention|cudnn|fmha|attn|flex|"
                           r"bmm|\bmm\b|::mm$|matmul|einsum|softmax|gemm|triton|Compiled", re.I)
@@ -117,48 +115,24 @@ class Report:
 
 
 # ---------------------------------------------------------------- profiling
-def activities(device: torch.device) -> list:
-    return [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _profiler(device: torch.device, with_stack: bool = False):
-    return profile(activities=activities(device), record_shapes=True, profile_memory=True,
-                   with_stack=with_stack)
-
-
 def prepare(case: Case, device: torch.device, setup_prof: bool = True):
     """(inputs, call, setup profile or None): inputs as run_case makes them, the backend built
     inside the attnbench.setup range."""
     variant = registry.get(case.variant)
     p = case.problem
     torch.manual_seed(0)
-    q, k, v = execute.make_inputs(variant, p, device)
+    q, k, v = make_inputs(variant, p, device)
     if p.needs_grad:
         q, k, v = (t.requires_grad_(True) for t in (q, k, v))
     prof = None
     if setup_prof:
-        with execute.quiet_stderr(), _profiler(device) as prof:
+        with quiet_stderr(), profiler(device) as prof:
             with record_function(SETUP):
                 fn = variant.backend(case.backend).build(p, device)
-            _sync(device)
+            sync(device)
     else:
         fn = variant.backend(case.backend).build(p, device)
     return (q, k, v), execute.mode_call(fn, q, k, v, p), prof
-
-
-def profile_calls(call: Callable[[], object], device: torch.device, calls: int = 1, with_stack: bool = False):
-    """The call profile: `calls` calls, each inside the attnbench.call range."""
-    with execute.quiet_stderr(), _profiler(device, with_stack) as prof:
-        for _ in range(calls):
-            with record_function(CALL):
-                call()  # the output is dropped inside the range: its free is part of the call
-                _sync(device)
-    return prof
 
 
 def profile_case(case: Case, device: torch.device, out_dir: Path, *, warmup: int = 2, calls: int = 1,
@@ -171,7 +145,7 @@ def profile_case(case: Case, device: torch.device, out_dir: Path, *, warmup: int
     (q, k, v), call, setup_prof = prepare(case, device)
     for _ in range(warmup):
         call()
-        _sync(device)
+        sync(device)
     prof = profile_calls(call, device, calls, with_stack)
     files = {"trace": out_dir / "trace.json", "setup_trace": out_dir / "setup_trace.json",
              "memory_chart": out_dir / "memory.png", "summary": out_dir / "summary.json"}
@@ -287,10 +261,6 @@ def phase_rows(events, where: str, root: str) -> tuple[PhaseRow, ...]:
     return tuple(PhaseRow(where, n, int(sums[n][0]), sums[n][1], sums[n][2], sums[n][1] / base) for n in order)
 
 
-def is_range_name(name: str) -> bool:
-    return bool(RANGE_NAME.match(name))
-
-
 def is_named_range(e) -> bool:
     """A record_function range (user annotation) named 'family.phase'."""
     name = getattr(e, "name", None) or e.key  # FunctionEvent has name, FunctionEventAvg key
@@ -305,15 +275,11 @@ def save_case_trace(case: Case, device: torch.device, out_dir: Path,
                     call: Callable[[], object] | None = None) -> Path:
     """A Perfetto/chrome trace of one call of the case, saved as out_dir/<case_id>.json.
 
-    Pass the already built `call` (execute.run_case has it) to avoid building the backend
-    again; without it the case is built here and called once untimed first."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    Pass an already built `call` to avoid building the backend again; without it the case is
+    built here and called once untimed first (run_case traces with measure.trace.save_trace)."""
     if call is None:
         _, call, _ = prepare(case, device, setup_prof=False)
         call()
-        _sync(device)
-    prof = profile_calls(call, device, calls=1)
-    path = out_dir / f"{make_case_id(case.problem.as_dict(), case.variant, case.backend, device.type)}.json"
-    prof.export_chrome_trace(str(path))
-    return path
+        sync(device)
+    name = f"{make_case_id(case.problem.as_dict(), case.variant, case.backend, device.type)}.json"
+    return save_trace(call, device, Path(out_dir) / name)

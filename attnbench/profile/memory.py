@@ -8,7 +8,7 @@ VmHWM, see FACTS.md), so the curve is drawn as the inputs' bytes plus that rise.
 counter is the caching allocator's ``memory_allocated``, so the curve is absolute (everything
 alive on the device, inputs included).
 
-The model is ``runner.predict_peak_bytes(case)``: inputs and output (doubled with gradients)
+The model is ``measure.cost.predict_peak_bytes``: inputs and output (doubled with gradients)
 plus two fp32 Lq×Lk tensors per head for backends that materialise scores. A measured peak
 beyond 1.5× (or below 1/1.5×) of it gets a verdict naming the largest allocations and the
 operators that made them (from ``record_shapes`` and the self memory of each operator).
@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-from attnbench.run.worker import predict_peak_bytes
+from attnbench.measure.cost import predict_peak_bytes
+from attnbench.measure.trace import CALL, is_range_name
 from attnbench.run.plan import Case
 
 FAR = 1.5  # a verdict when measured/model is above FAR or below 1/FAR ...
@@ -62,7 +63,7 @@ class Memory:
     peak: int
     peak_t_ms: float
     source: str  # how the curve was obtained
-    model: float  # runner.predict_peak_bytes
+    model: float  # measure.cost.predict_peak_bytes
     ratio: float | None  # peak / model
     spans: tuple[tuple[str, float, float], ...]  # named ranges (name, start ms, end ms)
     calls: tuple[tuple[float, float], ...]  # each attnbench.call (start ms, end ms)
@@ -101,8 +102,6 @@ def trace_events(path: Path) -> list[dict]:
 
 def analyse(trace: Path, case: Case, device: torch.device, inputs_bytes: int) -> Memory:
     """The timeline, the largest allocations and the verdict, all from the chrome trace."""
-    from attnbench.profile.call import CALL, is_range_name
-
     evs = trace_events(trace)
     want = 1 if device.type == "cuda" else 0  # chrome trace "Device Type": 0 CPU, 1 CUDA
     mem = sorted((e for e in evs if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type") == want),
@@ -122,7 +121,7 @@ def analyse(trace: Path, case: Case, device: torch.device, inputs_bytes: int) ->
         t.append((calls[-1][1] - t0) / 1e3)
         y.append(y[-1])
     i = max(range(len(y)), key=y.__getitem__)
-    model = predict_peak_bytes(case)
+    model = predict_peak_bytes(case.problem, _materializes(case))
     ratio = y[i] / model if model > 0 else None
     owners = [attribute(chain) for chain in open_events(mem, evs)]
     allocations = largest_allocations(mem, owners)
@@ -158,8 +157,6 @@ def open_events(mem: list[dict], evs: list[dict]) -> list[list[dict]]:
 def attribute(chain: list[dict]) -> tuple[str, str | None, str, str | None]:
     """(operator, allocation primitive inside it, its input shapes, named range) of an
     allocation whose open events are `chain` (outermost first)."""
-    from attnbench.profile.call import CALL, is_range_name
-
     if not chain:
         return "(outside any operator)", None, "", None
     j = len(chain) - 1

@@ -68,7 +68,8 @@ def run(tool: str, out_dir: Path, case: Case, device: torch.device, warmup: int,
 
 def run_nvtx_only(case: Case, device: torch.device, warmup: int, calls: int) -> None:
     """The child's work: setup, warmup and the calls, each phase in an NVTX range."""
-    from attnbench.profile.call import CALL, SETUP, prepare
+    from attnbench.measure.trace import CALL, SETUP
+    from attnbench.profile.call import prepare
 
     nvtx = torch.cuda.nvtx
     nvtx.range_push(SETUP)

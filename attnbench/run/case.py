@@ -6,10 +6,7 @@ inside an isolated worker process. Variant code never sees any of this.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,29 +15,17 @@ import torch
 
 from attnbench.variants import registry
 from attnbench.measure import accuracy
+from attnbench.measure.accuracy import REFERENCE_LIMIT
+from attnbench.variants.inputs import make_inputs
 from attnbench.measure import flops as fl
 from attnbench.measure import memory
 from attnbench.measure import telemetry
 from attnbench.measure.timing import TimingPolicy, time_call
+from attnbench.measure.trace import quiet_stderr, save_trace
+from attnbench.core.results import case_id
 from attnbench.core.problem import Problem
 from attnbench.run.plan import Case
-from attnbench.variants._common import exact_reference, kv_cache_bytes
-
-# The dense fp32 reference is computed only up to this many score elements (B·Hq·Lq·Lk:
-# 512 MiB per fp32 score tensor); beyond it `error` holds the reason instead.
-REFERENCE_LIMIT = 2**27
-
-
-def make_inputs(variant: registry.Variant, problem: Problem, device: torch.device, seed: int = 0):
-    if variant.make_inputs is not None:
-        return variant.make_inputs(problem, device, seed)
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    shape_q = (problem.batch, problem.heads, problem.seq_q, problem.head_dim)
-    shape_kv = (problem.batch, problem.kv_heads, problem.seq_k, problem.head_dim)
-    q, k, v = (torch.randn(s, generator=g).to(device=device, dtype=problem.torch_dtype)
-               for s in (shape_q, shape_kv, shape_kv))
-    return q, k, v
-
+from attnbench.variants.shared import exact_reference, kv_cache_bytes
 
 def mode_call(fn, q, k, v, problem: Problem) -> Callable[[], object]:
     """The timed call for the problem's mode (fwd and decode: the forward alone)."""
@@ -82,20 +67,6 @@ def detect_kernel(prof, device: torch.device, top: int = 3) -> str:
     return ", ".join(e.key for e in ranked[:top]) or "unknown"
 
 
-@contextlib.contextmanager
-def quiet_stderr():
-    """Silence file descriptor 2 (the profiler's C++ side logs start/stop lines there)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def compute_error(variant, problem: Problem, out: torch.Tensor, q, k, v) -> dict | None:
     """Error of the forward output against the variant's fp32 reference (and, for patterns
     and approximations, against full softmax attention). None with reason if too large."""
@@ -132,9 +103,7 @@ def run_case(case: Case, device: torch.device, policy: TimingPolicy, refs: dict 
     timing = time_call(call, device, policy)
     peak, kernel = measure_memory_and_kernel(call, device, nvml)
     if profile_dir:
-        from attnbench.profile.call import save_case_trace
-
-        save_case_trace(case, device, Path(profile_dir), call=call)
+        save_trace(call, device, Path(profile_dir) / f"{case_id(p.as_dict(), case.variant, case.backend, device.type)}.json")
     error = None
     if p.mode in ("fwd", "decode"):
         try:

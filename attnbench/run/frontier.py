@@ -15,8 +15,9 @@ import torch
 
 from attnbench.variants import registry
 from attnbench.core.problem import Problem
-from attnbench.run.worker import RunConfig, Worker, predict_call_seconds
-from attnbench.run.plan import Case, _decide
+from attnbench.measure.cost import predict_call_seconds
+from attnbench.run.worker import RunConfig, Worker
+from attnbench.run.plan import Case, decide_case
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,11 @@ def find_frontier(variant: str, backend: str, base: Problem, cfg: RunConfig, wor
     def case_at(seq: int) -> Case:
         raw = Problem(**{**base.as_dict(), "seq_q": seq, "seq_k": 0, "params": ()}) \
             .with_params(**{**v.defaults, **dict(base.params)})
-        return _decide(v, backend, raw, cfg.device)
+        return decide_case(v, backend, raw, cfg.device)
 
     def too_slow(c: Case) -> str | None:
-        secs = predict_call_seconds(c, refs)
+        v = registry.get(c.variant)
+        secs = predict_call_seconds(c.problem, v.flops, v.backend(c.backend).materializes, refs)
         if secs is not None and secs > cfg.time_budget:
             return f"L={c.problem.seq_q} needs ~{secs:.0f} s per call (time budget {cfg.time_budget:g} s)"
         return None

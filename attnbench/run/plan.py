@@ -294,28 +294,35 @@ def _expand_one(sw: Sweep, device: torch.device):
             params = v.defaults | {k: x for k, x in sw.params.items() if k in declared}
             raw = Problem(batch=b, heads=h, kv_heads=hkv, seq_q=seq_q, seq_k=seq_k, head_dim=d, dtype=dtype,
                           causal=causal, mode=mode, params=tuple(sorted(params.items())))
-            yield _decide(v, backend, raw, device)
+            yield decide_case(v, backend, raw, device)
 
 
-def _decide(v, backend: str, raw: Problem, device: torch.device) -> Case:
+def decide_case(v, backend: str, raw: Problem, device: torch.device) -> Case:
+    """The case of `backend` of variant `v` for the unresolved problem `raw`: resolved, and
+    `unsupported`/`unavailable` with the reason when it cannot run here (registry.decide)."""
     if raw.kv_heads < 0:  # kv_groups that do not divide the heads: keep the groups in params
         p = v.resolve(replace(raw, kv_heads=raw.heads))
         return Case(v.name, backend, replace(p, kv_heads=0).with_params(kv_groups=-raw.kv_heads),
                     "unsupported", f"kv_groups={-raw.kv_heads} does not divide heads={raw.heads}")
     p = v.resolve(raw)
-    if p.mode not in v.modes:
-        return Case(v.name, backend, p, "unsupported", f"{v.name} does not support mode {p.mode} "
-                    f"(supported: {', '.join(v.modes)})")
-    if backend not in v.backend_names(include_test=True):
-        return Case(v.name, backend, p, "unsupported", f"{v.name} has no backend '{backend}'")
-    b = v.backend(backend)
-    reason = v.supports(p)
-    if reason:
-        return Case(v.name, backend, p, "unsupported", reason)
-    reason = b.available(device)
-    if reason:
-        return Case(v.name, backend, p, "unavailable", reason)
-    reason = b.supports(p, device)
-    if reason:
-        return Case(v.name, backend, p, "unsupported", reason)
-    return Case(v.name, backend, p)
+    verdict = registry.decide(v, backend, p, device)
+    return Case(v.name, backend, p) if verdict is None else Case(v.name, backend, p, *verdict)
+
+
+# ---------------------------------------------------------------- distributed (ring) cases
+def is_distributed(case: Case) -> bool:
+    """A case the runner hands to distributed.launch (ranks in processes of their own), not to its worker."""
+    return registry.get(case.variant).family == "distributed" and case.problem.param("world_size", 1) > 1
+
+
+def with_world_size(cases: list[Case], world_size: int, device: torch.device) -> list[Case]:
+    """The cases of `run --world-size N`: distributed variants get world_size=N and their status
+    decided again; every other case is returned unchanged (its case_id too)."""
+    out = []
+    for c in cases:
+        v = registry.get(c.variant)
+        if v.family != "distributed":
+            out.append(c)
+            continue
+        out.append(decide_case(v, c.backend, c.problem.with_params(world_size=world_size), device))
+    return out

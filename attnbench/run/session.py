@@ -84,7 +84,7 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
 
         cases = take_shard(cases, *shard)
     if world_size:
-        from attnbench.distributed.variant import with_world_size
+        from attnbench.run.plan import with_world_size
 
         cases = with_world_size(cases, world_size, device)
     done: list[dict] = []

@@ -9,11 +9,9 @@ with the prediction. Whatever happens, the sweep goes on and every case gets a r
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import re
 import signal
 import time
-import traceback
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
@@ -21,9 +19,11 @@ import torch
 
 from attnbench.variants import registry
 from attnbench.measure import memory
+from attnbench.measure.cost import predict_call_seconds, predict_peak_bytes
+from attnbench.measure.failure import failure_fields
 from attnbench.measure.timing import TimingPolicy
 from attnbench.core.results import case_id
-from attnbench.run.plan import Case
+from attnbench.run.plan import Case, is_distributed
 
 CALLS_PER_CASE = 4  # first call, at least one timed sample, the memory/profiler pass, slack
 STARTUP_GRACE_S = 60.0  # worker start, setup and compilation on top of the budget
@@ -48,7 +48,6 @@ def limit_memory(device: torch.device, nbytes: int) -> None:
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, nbytes / total), device)
         return
-    import re
     import resource
 
     with open("/proc/self/status") as f:
@@ -99,25 +98,6 @@ def _worker_main(conn, device: str, threads: int | None, mem_limit: int | None =
         finally:
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-
-
-def failure_fields(e: BaseException) -> dict:
-    if _is_oom(e):
-        return {"status": "oom", "reason": _one_line(e)}
-    where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
-    at = f" (at {os.path.basename(where.filename)}:{where.lineno})" if where else ""
-    return {"status": "error", "reason": f"{type(e).__name__}: {_one_line(e)}{at}"}
-
-
-def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (
-        isinstance(e, RuntimeError) and ("out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower()))
-
-
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", text)  # torch's C++ prefix
-    return text[:limit] + ("…" if len(text) > limit else "")
 
 
 class Worker:
@@ -194,38 +174,16 @@ class Worker:
             self.kill()
 
 
-# ---------------------------------------------------------------------------- predictions
-def predict_peak_bytes(case: Case) -> float:
-    """A rough model of a case's peak memory: inputs, outputs, gradients and, for backends
-    that materialise scores, two fp32 Lq×Lk tensors per head (scores and probabilities)."""
-    p = case.problem
-    b = registry.get(case.variant).backend(case.backend)
-    q = p.batch * p.heads * p.seq_q * p.head_dim
-    kv = p.batch * p.kv_heads * p.seq_k * p.head_dim
-    io = (2 * q + 2 * kv) * p.itemsize * (2 if p.needs_grad else 1)
-    scores = 2 * p.batch * p.heads * p.seq_q * p.seq_k * 4 if b.materializes else 0
-    return io + scores * (1.5 if p.needs_grad else 1.0)
-
-
-def predict_call_seconds(case: Case, refs: dict | None) -> float | None:
-    if not refs:
-        return None
-    from attnbench.measure.flops import mode_flops
-
-    p = case.problem
-    gemm = (refs["gemm"].get(p.dtype) or refs["gemm"]["float32"])["flops_per_s"]
-    flops = mode_flops(registry.get(case.variant).flops(p), p.mode)
-    # attention reaches about half the GEMM rate; materialising backends about a quarter
-    efficiency = 0.25 if registry.get(case.variant).backend(case.backend).materializes else 0.5
-    return flops / (gemm * efficiency)
+def _materializes(case: Case) -> bool:
+    return registry.get(case.variant).backend(case.backend).materializes
 
 
 def skip_reason(case: Case, cfg: RunConfig, refs: dict | None) -> str | None:
-    need = predict_peak_bytes(case)
+    need = predict_peak_bytes(case.problem, _materializes(case))
     free = memory.free_bytes(cfg.device)
     if need > 0.8 * free:
         return f"needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
-    secs = predict_call_seconds(case, refs)
+    secs = predict_call_seconds(case.problem, registry.get(case.variant).flops, _materializes(case), refs)
     if secs is not None and CALLS_PER_CASE * secs > cfg.time_budget:
         return (f"needs ~{secs:.1f} s per call (predicted from the in-run GEMM rate); the time budget of "
                 f"{cfg.time_budget:g} s allows fewer than the {CALLS_PER_CASE} calls a case takes (raise --time-budget)")
@@ -239,16 +197,10 @@ def base_record(case: Case, device: torch.device) -> dict:
             "variant": case.variant, "backend": case.backend, "device": device.type, **pd,
             "status": None, "reason": None, "latency_ms": None, "samples_ms": None, "setup_ms": None,
             "first_call_ms": None, "peak_mem_bytes": None, "mem_source": None,
-            "mem_model_bytes": predict_peak_bytes(case) if case.status is None else None,
+            "mem_model_bytes": predict_peak_bytes(case.problem, _materializes(case)) if case.status is None else None,
             "flops": None, "bytes": None, "kv_cache_bytes": None, "tflops": None, "gbps": None,
             "roofline_frac": None, "error": None, "kernel": None, "threads": torch.get_num_threads(),
             "telemetry": None, "wall_s": None}
-
-
-def _is_distributed(case: Case) -> bool:
-    from attnbench.distributed.variant import is_distributed
-
-    return is_distributed(case)
 
 
 def run_cases(cases: Iterable[Case], cfg: RunConfig, worker: Worker,
@@ -261,7 +213,7 @@ def run_cases(cases: Iterable[Case], cfg: RunConfig, worker: Worker,
             rec.update(status=case.status, reason=case.reason)
         elif (why := skip_reason(case, cfg, refs)) is not None:
             rec.update(status="skipped", reason=why)
-        elif _is_distributed(case):  # ranks are spawned from here: the daemonic worker cannot
+        elif is_distributed(case):  # ranks are spawned from here: the daemonic worker cannot
             from attnbench.distributed.launch import run_distributed_case
 
             rec.update(run_distributed_case(case, cfg))

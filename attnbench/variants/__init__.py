@@ -1,22 +1,9 @@
-"""Every variant family, imported explicitly: importing a module registers its variants."""
+"""The variants: one file per family (exact, flash, positional, sparse, lsh, linear, vision, graph,
+ring), each listing its variants with all their backends; registry.py is the catalogue.
 
-import os
-
-from attnbench.variants import exact
-from attnbench.variants import flash
-from attnbench.variants import positional
-from attnbench.variants import sparse
-from attnbench.variants import lsh
-from attnbench.variants import linear
-from attnbench.variants import vision
-from attnbench.variants import graph
-from attnbench.variants import peers  # noqa: F401
-from attnbench.distributed import variant as _ring  # noqa: F401  (variant `ring`)
-from attnbench.variants.triton_backends import register_triton_backends
-
-register_triton_backends()
-
-if os.environ.get("ATTNBENCH_TEST_BACKENDS") == "1":
-    from attnbench.variants.testing import register_test_backends
-
-    register_test_backends()
+    base.py       Variant and Backend (frozen), Fn, Reason
+    registry.py   the catalogue (FAMILIES), get/names/all_variants, decide (is this case runnable?)
+    shared.py     math shared by families: masks, textbook softmax attention, FLOP/byte models, SDPA backends
+    patterns.py   mask and layout builders (sliding window, Longformer, BigBird, strided)
+    backends/     backend factories used by several families: flex, triton, peers, fault (tests only)
+"""

@@ -18,9 +18,11 @@ from typing import Callable
 import torch
 
 from attnbench.core.problem import Problem
-from attnbench.variants.registry import Backend, Fn, Reason, Variant, register
-from attnbench.variants._common import attention_flops, causal_mask, check_heads, eager_backend, exact_reference, fill_defaults, io_bytes, sdpa_backends, softmax_attention
-from attnbench.variants._flex import flex_backend
+from attnbench.variants.base import Backend, Fn, Reason, Variant
+from attnbench.variants.shared import attention_flops, causal_mask, check_heads, eager_backend, exact_reference, fill_defaults, io_bytes, sdpa_backends, softmax_attention
+from attnbench.variants.backends.flex import flex_backend
+from attnbench.variants.backends import triton
+from attnbench.variants.backends.fault import fault_backends
 
 
 # Decode scores (few query rows per KV head) come from one of two products: Q·Kᵀ, or K·Qᵀ
@@ -111,15 +113,16 @@ def _grouped_backend() -> Backend:
 
 def _backends():
     return (eager_backend(lambda q, k, v, p: softmax_attention(q, k, v, causal=p.causal)),
-            *sdpa_backends(), flex_backend(), _grouped_backend())
+            *sdpa_backends(), flex_backend(), _grouped_backend(), triton.flash_backend())
 
 
 def _exact(name: str, description: str, resolve: Callable[[Problem], Problem],
-           supports: Callable[[Problem], Reason] = check_heads, time: str = "O(L²)") -> Variant:
-    return register(Variant(
+           supports: Callable[[Problem], Reason] = check_heads, time: str = "O(L²)",
+           extra: tuple[Backend, ...] = ()) -> Variant:
+    return Variant(
         name=name, family="exact", description=description, time=time, memory="O(L²)",
         reference=exact_reference, flops=attention_flops, bytes=io_bytes,
-        backends=_backends(), resolve=resolve, supports=supports))
+        backends=_backends() + extra, resolve=resolve, supports=supports)
 
 
 def _mha_supports(p: Problem) -> Reason:
@@ -151,7 +154,8 @@ def _gqa_supports(p: Problem) -> Reason:
     return check_heads(p)
 
 
-MHA = _exact("mha", "multi-head attention, one K/V head per query head", fill_defaults, _mha_supports)
+MHA = _exact("mha", "multi-head attention, one K/V head per query head", fill_defaults, _mha_supports,
+             extra=fault_backends())
 CAUSAL = _exact("causal", "decoder self-attention with a bottom-right causal mask",
                 lambda p: fill_defaults(p, causal=True), _causal_supports, time="O(L²/2)")
 CROSS = _exact("cross", "cross attention, Lq != Lk (default Lk = Lq/2; set --kv-seq)", _cross_resolve)
@@ -159,3 +163,5 @@ MQA = _exact("mqa", "multi-query attention, one K/V head shared by all query hea
              lambda p: fill_defaults(p, kv_heads=1), _mqa_supports)
 GQA = _exact("gqa", "grouped-query attention, G query heads share a K/V head (default G=4)",
              _gqa_resolve, _gqa_supports)
+
+VARIANTS = (MHA, CAUSAL, CROSS, MQA, GQA)

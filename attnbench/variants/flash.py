@@ -7,7 +7,7 @@ acc' = e^(m-m')·acc + e^(S_blk-m')·V_blk,  and out = acc / l at the end.
 
 Backends: `eager` is that loop in plain PyTorch (readable, memory O(L·block)); `sdpa-flash` is
 torch's fused flash kernel (CPU and CUDA); `flex` is FlexAttention; `triton` (our kernel) is
-attached by attnbench.variants.triton_backends.
+attached by attnbench.variants.backends.triton.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import math
 import torch
 
 from attnbench.core.problem import Problem
-from attnbench.variants.registry import Backend, Fn, Variant, register
-from attnbench.variants._common import attention_flops, check_heads, exact_reference, fill_defaults, io_bytes, repeat_kv, sdpa_backends
-from attnbench.variants._flex import flex_backend
+from attnbench.variants.base import Backend, Fn, Variant
+from attnbench.variants.shared import attention_flops, check_heads, exact_reference, fill_defaults, io_bytes, repeat_kv, sdpa_backends
+from attnbench.variants.backends.flex import flex_backend
+from attnbench.variants.backends import triton
 
 
 def tiled_attention(q, k, v, problem: Problem, block: int = 256) -> torch.Tensor:
@@ -60,9 +61,11 @@ def _tiled_backend() -> Backend:
     return Backend("eager", build, "online-softmax loop over 256-key tiles in plain PyTorch")
 
 
-FLASH = register(Variant(
+FLASH = Variant(
     name="flash", family="exact",
     description="exact attention tile by tile with an online softmax (FlashAttention)",
     time="O(L²)", memory="O(L)", reference=exact_reference, flops=attention_flops, bytes=io_bytes,
-    backends=(*sdpa_backends(names=("sdpa-flash",)), flex_backend(), _tiled_backend()),
-    resolve=fill_defaults, supports=check_heads))
+    backends=(*sdpa_backends(names=("sdpa-flash",)), flex_backend(), _tiled_backend(), triton.flash_backend()),
+    resolve=fill_defaults, supports=check_heads)
+
+VARIANTS = (FLASH,)

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.core.problem import Problem
-from attnbench.variants.registry import Backend, Fn, Reason, Variant, register
-from attnbench.variants._common import attention_flops, check_heads, fill_defaults, io_bytes, repeat_kv, softmax_attention
+from attnbench.variants.base import Backend, Fn, Reason, Variant
+from attnbench.variants.shared import attention_flops, check_heads, fill_defaults, io_bytes, repeat_kv, softmax_attention
 
 DEFAULTS = {"degree": 16, "graph": "random", "seed": 0}
 GRAPHS = ("random", "ring", "grid")
@@ -142,10 +142,12 @@ def gat_picture(p: Problem) -> torch.Tensor:
     return dense_mask(small).float()
 
 
-GAT = register(Variant(
+GAT = Variant(
     name="gat", family="graph",
     description="graph attention over a sparse graph's edges (graph=random|ring|grid, degree=16)",
     time="O(L·d)", memory="O(L·d)", reference=gat_reference,
     flops=lambda p: attention_flops(p, pairs=num_edges(p)),  # 4·B·Hq·E·D: scores and sums per edge
     bytes=io_bytes, backends=_backends(), resolve=lambda p: fill_defaults(p, **DEFAULTS),
-    supports=gat_supports, full_attention_error=True, defaults=DEFAULTS, picture=gat_picture))
+    supports=gat_supports, full_attention_error=True, defaults=DEFAULTS, picture=gat_picture)
+
+VARIANTS = (GAT,)

@@ -52,8 +52,9 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 
 from attnbench.core.problem import Problem
-from attnbench.variants.registry import Backend, Fn, Reason, Variant, register
-from attnbench.variants._common import check_heads, exact_reference, fill_defaults, io_bytes, softmax_attention
+from attnbench.variants.base import Backend, Fn, Reason, Variant
+from attnbench.variants.shared import check_heads, exact_reference, fill_defaults, io_bytes, softmax_attention
+from attnbench.variants.backends import peers
 
 CHUNK = 64
 BLOCK_ROWS = 1024  # causal chunked: this many rows (BLOCK_ROWS/chunk chunks) per batched step
@@ -308,12 +309,12 @@ def _linear_resolve(**defaults):
 
 
 PERFORMER_DEFAULTS = {"nb_features": 256, "orthogonal": True, "seed": 0, "chunk": CHUNK, "eps": 0.0}
-PERFORMER = register(Variant(
+PERFORMER = Variant(
     name="performer", family="linear",
     description="FAVOR+ positive orthogonal random features (m=nb_features), prefix sums when causal",
     time="O(L·m)", memory="O(L·m)", reference=exact_reference, flops=performer_flops, bytes=io_bytes,
-    backends=_performer_backends(), resolve=_linear_resolve(**PERFORMER_DEFAULTS), supports=check_heads,
-    exact=False, defaults=PERFORMER_DEFAULTS))
+    backends=_performer_backends() + (peers.performer_peer(_performer_w),), resolve=_linear_resolve(**PERFORMER_DEFAULTS), supports=check_heads,
+    exact=False, defaults=PERFORMER_DEFAULTS)
 
 
 # ---------------------------------------------------------------- linear (elu + 1)
@@ -337,12 +338,12 @@ def linear_flops(p: Problem) -> float:
 
 
 LINEAR_DEFAULTS = {"chunk": CHUNK}
-LINEAR = register(Variant(
+LINEAR = Variant(
     name="linear", family="linear",
     description="linear attention, φ = elu + 1 (Katharopoulos et al. 2020), prefix sums when causal",
     time="O(L)", memory="O(L)", reference=exact_reference, flops=linear_flops, bytes=io_bytes,
     backends=_linear_backends(), resolve=_linear_resolve(**LINEAR_DEFAULTS), supports=check_heads,
-    exact=False, defaults=LINEAR_DEFAULTS))
+    exact=False, defaults=LINEAR_DEFAULTS)
 
 
 # ---------------------------------------------------------------- linformer
@@ -390,9 +391,11 @@ def _linformer_supports(p: Problem) -> Reason:
 
 
 LINFORMER_DEFAULTS = {"k": 256, "seed": 0}
-LINFORMER = register(Variant(
+LINFORMER = Variant(
     name="linformer", family="linear",
     description="Linformer: K, V projected along the sequence to k rows (random N(0,1/k) E, F)",
     time="O(L·k)", memory="O(L·k)", reference=exact_reference, flops=linformer_flops, bytes=io_bytes,
-    backends=_linformer_backends(), resolve=_linear_resolve(**LINFORMER_DEFAULTS),
-    supports=_linformer_supports, exact=False, defaults=LINFORMER_DEFAULTS))
+    backends=_linformer_backends() + (peers.linformer_peer(linformer_projections),), resolve=_linear_resolve(**LINFORMER_DEFAULTS),
+    supports=_linformer_supports, exact=False, defaults=LINFORMER_DEFAULTS)
+
+VARIANTS = (PERFORMER, LINEAR, LINFORMER)

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 
 from attnbench.core.problem import Problem
-from attnbench.variants.registry import Backend, Fn, Reason, Variant, register
-from attnbench.variants._common import check_heads, exact_reference, fill_defaults, io_bytes, repeat_kv
+from attnbench.variants.base import Backend, Fn, Reason, Variant
+from attnbench.variants.shared import check_heads, exact_reference, fill_defaults, io_bytes, repeat_kv
 
 DEFAULTS = {"n_hashes": 4, "bucket_size": 64, "seed": 0, "inputs": "random"}
 INPUTS = ("random", "clustered")
@@ -200,9 +200,11 @@ def make_inputs(problem: Problem, device: torch.device, seed: int = 0):
     return tuple(torch.randn(s, generator=g).to(device=device, dtype=problem.torch_dtype) for s in shapes)
 
 
-REFORMER = register(Variant(
+REFORMER = Variant(
     name="reformer", family="lsh",
     description="Reformer LSH attention: hash, sort into buckets, attend within chunks, n_hashes rounds",
     time="O(L log L)", memory="O(L·c)", reference=exact_reference, flops=reformer_flops, bytes=io_bytes,
     backends=(_eager_backend(),), resolve=lambda p: fill_defaults(p, **DEFAULTS), supports=reformer_supports,
-    exact=False, defaults=DEFAULTS, make_inputs=make_inputs))
+    exact=False, defaults=DEFAULTS, make_inputs=make_inputs)
+
+VARIANTS = (REFORMER,)

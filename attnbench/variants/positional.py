@@ -47,10 +47,11 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.core.problem import Problem
-from attnbench.variants.registry import Backend, Fn, Reason, Variant, register
-from attnbench.variants._common import attention_flops, check_heads, eager_backend, fill_defaults, io_bytes, sdpa_backends, softmax_attention
-from attnbench.variants._flex import flex_backend
+from attnbench.variants.base import Backend, Fn, Reason, Variant
+from attnbench.variants.shared import attention_flops, check_heads, eager_backend, fill_defaults, io_bytes, sdpa_backends, softmax_attention
+from attnbench.variants.backends.flex import flex_backend
 from attnbench.variants.patterns import causal_mask, positions
+from attnbench.variants.backends import triton
 
 
 def _even_head_dim(p: Problem) -> Reason:
@@ -120,7 +121,7 @@ def _rope_picture(p: Problem) -> torch.Tensor:
     return _masked_picture(rotate(ones_q, cq, sq) @ rotate(ones_k, ck, sk).T / p.head_dim, p)
 
 
-ROPE = register(Variant(
+ROPE = Variant(
     name="rope", family="positional",
     description="rotary position embedding on q and k (base 10000), then exact attention",
     time="O(L²)", memory="O(L²)", reference=rope_attention, flops=rope_flops, bytes=rope_bytes,
@@ -128,7 +129,7 @@ ROPE = register(Variant(
         eager_backend(lambda q, k, v, p: softmax_attention(q, k, v, causal=p.causal)),
         *sdpa_backends(names=("sdpa",)), flex_backend())),
     resolve=lambda p: fill_defaults(p, base=10000.0), supports=_even_head_dim,
-    defaults={"base": 10000.0}, picture=_rope_picture))
+    defaults={"base": 10000.0}, picture=_rope_picture)
 
 
 # ================================================================ additive biases: ALiBi, T5
@@ -206,7 +207,8 @@ def t5_score_mod(p: Problem, device: torch.device):
     return t5
 
 
-def _bias_variant(name: str, description: str, bias_fn, score_mod, defaults: dict, supports=check_heads) -> Variant:
+def _bias_variant(name: str, description: str, bias_fn, score_mod, defaults: dict, supports=check_heads,
+                  extra: tuple[Backend, ...] = ()) -> Variant:
     """Exact attention plus an additive (Hq, Lq, Lk) bias: eager, SDPA with the bias as a float
     attn_mask (causal folded in as −inf), flex with a score_mod computing the bias per pair."""
 
@@ -227,15 +229,15 @@ def _bias_variant(name: str, description: str, bias_fn, score_mod, defaults: dic
             bias = bias.masked_fill(~causal_mask(p.seq_q, p.seq_k, device), float("-inf"))
         return bias[None].to(p.torch_dtype)  # (1, Hq, Lq, Lk)
 
-    return register(Variant(
+    return Variant(
         name=name, family="positional", description=description, time="O(L²)", memory="O(L²)",
         reference=reference, flops=attention_flops,
         # q, k, v, out; the bias is computed (flex) or read once per head (sdpa: + Hq·Lq·Lk)
         bytes=io_bytes,
         backends=(Backend("eager", eager_build, "materialised softmax(QKᵀ/√D + bias)V", materializes=True),
-                  *sdpa_backends(sdpa_mask, names=("sdpa",)), flex_backend(score_mod=score_mod)),
+                  *sdpa_backends(sdpa_mask, names=("sdpa",)), flex_backend(score_mod=score_mod), *extra),
         resolve=lambda p: fill_defaults(p, **defaults), supports=supports, defaults=dict(defaults),
-        picture=lambda p: _masked_picture(bias_fn(p)[0], p)))
+        picture=lambda p: _masked_picture(bias_fn(p)[0], p))
 
 
 def _t5_supports(p: Problem) -> Reason:
@@ -248,7 +250,7 @@ def _t5_supports(p: Problem) -> Reason:
 
 
 ALIBI = _bias_variant("alibi", "ALiBi: linear distance penalty −slope_h·|i'−j| with geometric per-head slopes",
-                      alibi_bias, alibi_score_mod, {})
+                      alibi_bias, alibi_score_mod, {}, extra=(triton.alibi_backend(alibi_slopes),))
 T5_BIAS = _bias_variant("t5_bias", "T5 relative position bias: per-head bias per log-spaced distance bucket "
                         "(32 buckets, max distance 128)", t5_bias, t5_score_mod,
                         {"num_buckets": 32, "max_distance": 128, "seed": 0}, _t5_supports)
@@ -358,7 +360,7 @@ def _xl_picture(p: Problem) -> torch.Tensor:
     return _masked_picture((r @ vb[0]).view(p.seq_q, p.seq_k) / math.sqrt(p.head_dim), p)
 
 
-TRANSFORMER_XL = register(Variant(
+TRANSFORMER_XL = Variant(
     name="transformer_xl", family="positional",
     description="Transformer-XL relative attention over [memory ; segment] (mem_len 512), u/v biases",
     time="O(L·(L+m))", memory="O(L·(L+m))", reference=xl_attention, flops=xl_flops,
@@ -368,4 +370,6 @@ TRANSFORMER_XL = register(Variant(
               _xl_backend("chunked", 256, "256-query chunks: position bias chunk by chunk + fused SDPA; "
                           "O(L·256) memory")),
     resolve=_xl_resolve, supports=_xl_supports, defaults={"mem_len": 512, "seed": 0},
-    picture=_xl_picture))
+    picture=_xl_picture)
+
+VARIANTS = (ROPE, ALIBI, T5_BIAS, TRANSFORMER_XL)

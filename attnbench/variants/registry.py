@@ -1,149 +1,60 @@
-"""The explicit registry of variants and their backends.
+"""The catalogue: every variant, each with all of its backends, from the family files listed here.
 
-A *variant* is an attention idea (its math, FLOP/byte model, complexity claims); a *backend*
-is one way to compute it. ``Backend.build(problem, device)`` does all setup (masks, random
-features, compilation) and returns ``fn(q, k, v) -> out``; only ``fn`` is timed.
-Variant modules call :func:`register` at import; ``attnbench/variants/__init__.py`` lists them.
+A family file (exact.py, sparse.py, ...) builds its variants, backends included, and lists them in
+a module-level tuple ``VARIANTS``; nothing is attached or registered later. Adding a family is one
+new file and one entry in ``FAMILIES`` (docs/architecture.md walks through it).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
-from typing import Any, Callable
 
 import torch
 
 from attnbench.core.errors import UsageError, did_you_mean
 from attnbench.core.problem import Problem
+from attnbench.variants import exact, flash, graph, linear, lsh, positional, ring, sparse, vision
+from attnbench.variants.base import Backend, Fn, Reason, Variant
 
-Fn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-Reason = str | None  # None: fine; a string: why not
+__all__ = ["Backend", "Fn", "Reason", "Variant", "FAMILIES", "get", "names", "all_variants", "decide"]
 
+FAMILIES = (exact, flash, positional, sparse, lsh, linear, vision, graph, ring)
 
-def _fine(*_: Any) -> Reason:
-    return None
-
-
-def _same(problem: Problem) -> Problem:
-    return problem
-
-
-@dataclass(frozen=True)
-class Backend:
-    """One implementation of a variant.
-
-    build:        (problem, device) -> fn(q, k, v) -> out; all setup happens here.
-    available:    (device) -> reason this backend cannot run on the device, or None.
-    supports:     (problem, device) -> reason this problem is unsupported, or None.
-    materializes: holds B*H*Lq*Lk scores (used to predict memory and skip what cannot fit).
-    params:       parameters of this backend alone (name -> default, which gives the type), set
-                  like variant parameters but only on this backend's cases.
-    tf32_dots:    fp32 inputs are multiplied in TF32 on the GPU (the Triton kernels); `check`
-                  then bounds the error by a TF32 reference.
-    """
-
-    name: str
-    build: Callable[[Problem, torch.device], Fn]
-    description: str = ""
-    available: Callable[[torch.device], Reason] = _fine
-    supports: Callable[[Problem, torch.device], Reason] = _fine
-    materializes: bool = False
-    tf32_dots: bool = False
-    test_only: bool = False
-    params: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Variant:
-    """An attention variant: its math, cost model, claims and backends.
-
-    reference: (q, k, v, problem) -> out, computed densely in the inputs' dtype; the oracle every
-               backend is checked against (tests call it in fp32).
-    flops:     forward FLOPs for a problem (the runner scales by mode).
-    bytes:     forward minimum bytes moved (inputs read once, output written once).
-    resolve:   fills the variant's natural shape (e.g. MQA sets kv_heads=1) and default params.
-    supports:  reason a problem is unsupported (e.g. causal Linformer), or None.
-    exact:     computes exact softmax attention of its own definition (error vs reference ~ 0);
-               False for approximations whose reference is exact attention.
-    full_attention_error: also report the error against full (unmasked) softmax attention.
-    make_inputs: (problem, device, seed) -> (q, k, v), when random normal inputs do not fit.
-    picture:   problem -> 2-D (Lq, Lk) tensor showing what is attended (0/1 mask or bias values),
-               for the pattern gallery and `attnbench show-pattern`.
-    modes:     the modes this variant can run; others become `unsupported`.
-    """
-
-    name: str
-    family: str
-    description: str
-    time: str
-    memory: str
-    reference: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Problem], torch.Tensor]
-    flops: Callable[[Problem], float]
-    bytes: Callable[[Problem], float]
-    backends: tuple[Backend, ...]
-    resolve: Callable[[Problem], Problem] = _same
-    supports: Callable[[Problem], Reason] = _fine
-    exact: bool = True
-    full_attention_error: bool = False
-    defaults: dict[str, Any] = field(default_factory=dict)
-    make_inputs: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
-    picture: Callable[[Problem], torch.Tensor] | None = None
-    modes: tuple[str, ...] = ("fwd", "bwd", "fwd+bwd", "decode")
-
-    def backend(self, name: str) -> Backend:
-        for b in self.backends:
-            if b.name == name:
-                return b
-        raise UsageError(
-            f"variant '{self.name}' has no backend '{name}'{did_you_mean(name, self.backend_names())}; "
-            f"accepted: {', '.join(self.backend_names())}"
-        )
-
-    def backend_names(self, include_test: bool = False) -> list[str]:
-        return [b.name for b in self.backends if include_test or not b.test_only]
-
-    def declared_params(self, backend: str) -> dict[str, Any]:
-        """The parameters a case of this backend may set: the variant's and the backend's own."""
-        extra = next((b.params for b in self.backends if b.name == backend), {})
-        return self.defaults | extra
-
-
-_VARIANTS: dict[str, Variant] = {}
-
-
-def register(variant: Variant) -> Variant:
-    if variant.name in _VARIANTS:
-        raise RuntimeError(f"variant '{variant.name}' registered twice")
-    _VARIANTS[variant.name] = variant
-    return variant
-
-
-def add_backend(variant_name: str, backend: Backend) -> None:
-    """Attach a backend defined elsewhere (e.g. the Triton kernels) to a registered variant."""
-    v = _VARIANTS[variant_name]
-    if backend.name in v.backend_names(include_test=True):
-        raise RuntimeError(f"backend '{backend.name}' registered twice for '{variant_name}'")
-    object.__setattr__(v, "backends", v.backends + (backend,))
-
-
-def _load() -> None:
-    from attnbench import variants  # noqa: F401  (explicit imports register every family)
+_CATALOGUE: dict[str, Variant] = {v.name: v for family in FAMILIES for v in family.VARIANTS}
+assert len(_CATALOGUE) == sum(len(f.VARIANTS) for f in FAMILIES), "a variant name is used twice"
 
 
 def get(name: str) -> Variant:
-    _load()
-    if name not in _VARIANTS:
+    if name not in _CATALOGUE:
         raise UsageError(
-            f"unknown variant '{name}'{did_you_mean(name, _VARIANTS)}; accepted: {', '.join(names())}"
+            f"unknown variant '{name}'{did_you_mean(name, _CATALOGUE)}; accepted: {', '.join(names())}"
         )
-    return _VARIANTS[name]
+    return _CATALOGUE[name]
 
 
 def names() -> list[str]:
-    _load()
-    return list(_VARIANTS)
+    return list(_CATALOGUE)
 
 
 def all_variants() -> list[Variant]:
-    _load()
-    return list(_VARIANTS.values())
+    return list(_CATALOGUE.values())
+
+
+def decide(variant: Variant, backend: str, problem: Problem, device: torch.device,
+           available: bool = True) -> tuple[str, str] | None:
+    """Whether `backend` of `variant` can run `problem` (already resolved) on `device`: the one
+    place that answers "is this case runnable?" for the sweep, the library, check, the frontier
+    and distributed runs. None when runnable, else (status, reason): `unsupported` when the
+    variant or backend cannot do this problem, `unavailable` when this machine lacks what the
+    backend needs. available=False leaves the machine out (check runs Triton interpreted)."""
+    if problem.mode not in variant.modes:
+        return "unsupported", (f"{variant.name} does not support mode {problem.mode} "
+                               f"(supported: {', '.join(variant.modes)})")
+    if backend not in variant.backend_names(include_test=True):
+        return "unsupported", f"{variant.name} has no backend '{backend}'"
+    b = variant.backend(backend)
+    if why := variant.supports(problem):
+        return "unsupported", why
+    if available and (why := b.available(device)):
+        return "unavailable", why
+    if why := b.supports(problem, device):
+        return "unsupported", why
+    return None

@@ -39,9 +39,10 @@ import torch.nn.functional as F
 
 from attnbench.variants import patterns as pat
 from attnbench.core.problem import Problem
-from attnbench.variants.registry import Backend, Fn, Reason, Variant, register
-from attnbench.variants._common import attention_flops, check_heads, eager_backend, fill_defaults, io_bytes, sdpa_backends, softmax_attention
-from attnbench.variants._flex import flex_backend
+from attnbench.variants.base import Backend, Fn, Reason, Variant
+from attnbench.variants.shared import attention_flops, check_heads, eager_backend, fill_defaults, io_bytes, sdpa_backends, softmax_attention
+from attnbench.variants.backends.flex import flex_backend
+from attnbench.variants.backends import peers, triton
 
 
 def _flex_with_device(make_mod) -> Backend:
@@ -153,7 +154,7 @@ def _sw_picture(p: Problem) -> torch.Tensor:
     return pat.sliding_window_mask(p.seq_q, p.seq_k, p.param("window"), p.causal).float()
 
 
-SLIDING_WINDOW = register(Variant(
+SLIDING_WINDOW = Variant(
     name="sliding_window", family="sparse",
     description="local attention: each query sees the keys within `window` positions (default 256)",
     time="O(L·w)", memory="O(L·w)", reference=sliding_window_attention,
@@ -163,9 +164,10 @@ SLIDING_WINDOW = register(Variant(
               _chunked_backend(),
               eager_backend(sliding_window_attention, "dense masked softmax (the reference)"),
               *sdpa_backends(lambda p, dev: pat.sliding_window_mask(p.seq_q, p.seq_k, p.param("window"),
-                                                                    p.causal, dev), names=("sdpa",))),
+                                                                    p.causal, dev), names=("sdpa",)),
+              peers.local_attention_peer(), triton.window_backend()),
     resolve=lambda p: fill_defaults(p, window=256), supports=_sw_supports,
-    full_attention_error=True, defaults={"window": 256}, picture=_sw_picture))
+    full_attention_error=True, defaults={"window": 256}, picture=_sw_picture)
 
 
 # ================================================================ block layouts
@@ -211,14 +213,15 @@ class BlockPattern:
         return self.mask(p).float()
 
 
-def _register_blocks(name: str, description: str, time: str, bp: BlockPattern, defaults: dict,
-                     resolve=None) -> Variant:
-    return register(Variant(
+def _block_variant(name: str, description: str, time: str, bp: BlockPattern, defaults: dict,
+                   resolve=None) -> Variant:
+    return Variant(
         name=name, family="sparse", description=description, time=time, memory=time,
-        reference=bp.reference, flops=bp.flops, bytes=io_bytes, backends=bp.backends(),
+        reference=bp.reference, flops=bp.flops, bytes=io_bytes,
+        backends=bp.backends() + (triton.block_sparse_backend(bp.layout),),
         resolve=resolve or (lambda p: fill_defaults(p, **defaults)), supports=bp.supports,
         full_attention_error=True, defaults=dict(defaults), picture=bp.picture,
-        modes=("fwd", "bwd", "fwd+bwd")))
+        modes=("fwd", "bwd", "fwd+bwd"))
 
 
 def _multiple(p: Problem, name: str, of: int, what: str) -> Reason:
@@ -242,7 +245,7 @@ def _longformer_check(p: Problem) -> Reason:
     return _multiple(p, "window", 2 * p.param("block"), "2·block") or _multiple(p, "global_tokens", p.param("block"), "block")
 
 
-LONGFORMER = _register_blocks(
+LONGFORMER = _block_variant(
     "longformer", "Longformer: (dilated) sliding window of `window` tokens + global tokens, in 64-blocks",
     "O(L·(w+g))", BlockPattern(_longformer_layout, _longformer_check),
     {"window": 512, "global_tokens": 64, "dilation": 1, "block": 64})
@@ -264,7 +267,7 @@ def _bigbird_check(p: Problem) -> Reason:
     return None
 
 
-BIGBIRD = _register_blocks(
+BIGBIRD = _block_variant(
     "bigbird", "BigBird: window + global + seeded random blocks (ITC, block 64)", "O(L·b·(w+g+r))",
     BlockPattern(_bigbird_layout, _bigbird_check),
     {"block": 64, "window_blocks": 3, "global_blocks": 2, "random_blocks": 3, "seed": 0})
@@ -299,13 +302,9 @@ def _strided_resolve(p: Problem) -> Problem:
     return p
 
 
-STRIDED = _register_blocks(
+STRIDED = _block_variant(
     "strided", "Sparse Transformer strided/fixed patterns in 64-blocks, stride ≈ √L (0 = auto)",
     "O(L·√L)", BlockPattern(_strided_layout, _strided_check),
     {"pattern": "strided", "stride": 0, "summary": 1, "block": 64}, resolve=_strided_resolve)
 
-
-# The block layouts by variant, for backends defined elsewhere (the Triton block-sparse kernel).
-BLOCK_LAYOUTS: dict[str, Callable[[Problem], torch.Tensor]] = {
-    "longformer": _longformer_layout, "bigbird": _bigbird_layout, "strided": _strided_layout,
-}
+VARIANTS = (SLIDING_WINDOW, LONGFORMER, BIGBIRD, STRIDED)

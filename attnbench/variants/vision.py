@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.core.problem import Problem
-from attnbench.variants.registry import Backend, Fn, Reason, Variant, register
-from attnbench.variants._common import attention_flops, check_heads, fill_defaults, io_bytes, repeat_kv, softmax_attention
+from attnbench.variants.base import Backend, Fn, Reason, Variant
+from attnbench.variants.shared import attention_flops, check_heads, fill_defaults, io_bytes, repeat_kv, softmax_attention
 
 
 # ---------------------------------------------------------------- the grid
@@ -154,14 +154,14 @@ def axial_picture(p: Problem) -> torch.Tensor:
 
 
 AXIAL_DEFAULTS = {"grid": None}
-AXIAL = register(Variant(
+AXIAL = Variant(
     name="axial", family="vision",
     description="axial attention on an H×W grid: along rows, then along columns (grid=HxW, default square)",
     time="O(L·√L)", memory="O(L·√L)", reference=axial_reference, flops=axial_flops, bytes=io_bytes,
     backends=(Backend("eager", _builder(axial_attention, False), "rows then columns as batched matmuls"),
               Backend("sdpa", _builder(axial_attention, True), "rows then columns batched into torch SDPA")),
     resolve=_resolve(AXIAL_DEFAULTS), supports=_grid_supports, full_attention_error=True,
-    defaults=AXIAL_DEFAULTS, picture=axial_picture))
+    defaults=AXIAL_DEFAULTS, picture=axial_picture)
 
 
 # ---------------------------------------------------------------- swin
@@ -247,7 +247,7 @@ def swin_picture(p: Problem) -> torch.Tensor:
 
 
 SWIN_DEFAULTS = {"grid": None, "window": 8, "shift": None}
-SWIN = register(Variant(
+SWIN = Variant(
     name="swin", family="vision",
     description="Swin shifted-window attention on an H×W grid (window=8, shift=window//2)",
     time="O(L·w²)", memory="O(L·w²)", reference=swin_reference,
@@ -256,4 +256,6 @@ SWIN = register(Variant(
     backends=(Backend("eager", _builder(swin_attention, False, window_mask), "roll, cut windows, batched matmuls"),
               Backend("sdpa", _builder(swin_attention, True, window_mask), "roll, cut windows, torch SDPA over all windows")),
     resolve=_resolve(SWIN_DEFAULTS), supports=_swin_supports, full_attention_error=True,
-    defaults=SWIN_DEFAULTS, picture=swin_picture))
+    defaults=SWIN_DEFAULTS, picture=swin_picture)
+
+VARIANTS = (AXIAL, SWIN)

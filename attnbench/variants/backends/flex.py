@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from attnbench.core.problem import Problem
-from attnbench.variants.registry import Backend, Fn, Reason
+from attnbench.variants.base import Backend, Fn, Reason
 
 MaskMod = Callable  # (b, h, q_idx, kv_idx) -> bool tensor
 ScoreMod = Callable  # (score, b, h, q_idx, kv_idx) -> score

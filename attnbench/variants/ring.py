@@ -1,6 +1,7 @@
 """The `ring` variant: exact attention computed by P ranks, the sequence split across them
 (Ring Attention, Liu et al. 2023; see ring.py). Registered like every family, but it runs in
-P processes launched by attnbench.distributed.launch, never inside the single-process runner.
+P processes launched by attnbench.distributed.launch, never inside the single-process runner
+(run/plan.py: is_distributed, with_world_size).
 
 Parameters: world_size (ranks, default 1: not runnable), layout ("zigzag" for causal load
 balance, or "contiguous"). Backends name the local block computation: `sdpa` (torch's fused
@@ -14,11 +15,10 @@ from __future__ import annotations
 import torch
 
 from attnbench.core.problem import Problem
-from attnbench.variants.registry import Backend, Fn, Reason, Variant, register
-from attnbench.variants._common import attention_flops, check_heads, exact_reference, fill_defaults, io_bytes
-from attnbench.distributed.blocks import triton_unavailable
-from attnbench.distributed.layout import LAYOUTS
+from attnbench.variants.base import Backend, Fn, Reason, Variant
+from attnbench.variants.shared import attention_flops, check_heads, exact_reference, fill_defaults, io_bytes
 
+LAYOUTS = ("zigzag", "contiguous")  # how the sequence is split across ranks (distributed/layout.py)
 NOT_HERE = "ring runs only with --world-size N ≥ 2 (launched by attnbench)"
 
 
@@ -49,9 +49,20 @@ def _available(block: str):
 
         if not dist.is_available():
             return "torch.distributed is not available in this torch build"
-        return triton_unavailable(device) if block == "triton" else None
+        return _triton_unavailable() if block == "triton" else None
 
     return available
+
+
+def _triton_unavailable() -> Reason:
+    from attnbench import kernels
+
+    if why := kernels.triton_unavailable_reason():
+        return why
+    if not hasattr(kernels, "flash_attention_lse"):
+        return ("attnbench.kernels has no flash_attention_lse(q, k, v, causal, scale) -> (out, lse) yet; "
+                "the ring needs each block's log-sum-exp")
+    return None
 
 
 def _build(problem: Problem, device: torch.device) -> Fn:
@@ -65,7 +76,7 @@ _DESCRIPTIONS = {
     "triton": "ring over nccl; local blocks by attnbench.kernels (needs flash_attention_lse)",
 }
 
-RING = register(Variant(
+RING = Variant(
     name="ring", family="distributed",
     description="exact attention, sequence split over --world-size ranks, K/V passed around a ring "
                 "(zig-zag shards when causal)",
@@ -73,28 +84,6 @@ RING = register(Variant(
     bytes=io_bytes,
     backends=tuple(Backend(name, _build, desc, available=_available(name), supports=_backend_supports)
                    for name, desc in _DESCRIPTIONS.items()),
-    resolve=_resolve, supports=_supports, defaults={"world_size": 1, "layout": "zigzag"}, modes=("fwd",)))
+    resolve=_resolve, supports=_supports, defaults={"world_size": 1, "layout": "zigzag"}, modes=("fwd",))
 
-
-# ---------------------------------------------------------------- hooks for the runner
-def is_distributed(case) -> bool:
-    """A case the runner must hand to launch.run_distributed_case (not to its worker)."""
-    from attnbench.variants import registry
-
-    return registry.get(case.variant).family == "distributed" and case.problem.param("world_size", 1) > 1
-
-
-def with_world_size(cases: list, world_size: int, device: torch.device) -> list:
-    """The cases of `run --world-size N`: distributed variants get world_size=N and their status
-    decided again; every other case is returned unchanged (its case_id too)."""
-    from attnbench.variants import registry
-    from attnbench.run.plan import _decide  # the sweep's own decision: supports, available, ...
-
-    out = []
-    for c in cases:
-        v = registry.get(c.variant)
-        if v.family != "distributed":
-            out.append(c)
-            continue
-        out.append(_decide(v, c.backend, c.problem.with_params(world_size=world_size), device))
-    return out
+VARIANTS = (RING,)

@@ -1,4 +1,4 @@
-"""A fault-injection backend for attnbench's own tests; registered only when the environment
+"""A fault-injection backend for attnbench's own tests; part of `mha` only when the environment
 variable ATTNBENCH_TEST_BACKENDS=1 (tests/conftest.py sets it) and never listed to users.
 
 Backend `fault` of variant `mha`, driven by the problem parameter `fault`:
@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.core.problem import Problem
-from attnbench.variants.registry import Backend, Fn, add_backend
-from attnbench.variants._common import sdpa_call
+from attnbench.variants.base import Backend, Fn
+from attnbench.variants.shared import sdpa_call
 
 FAULTS = ("none", "oom", "sleep", "raise", "segv", "kill")
 
@@ -50,6 +50,9 @@ def _build(problem: Problem, device: torch.device) -> Fn:
     return fault_fn
 
 
-def register_test_backends() -> None:
-    add_backend("mha", Backend("fault", _build, "test-only fault injection", test_only=True,
-                               params={"fault": "none", "attempts_file": ""}))
+def fault_backends() -> tuple[Backend, ...]:
+    """The test-only backends `mha` lists: (fault,) under ATTNBENCH_TEST_BACKENDS=1, else none."""
+    if os.environ.get("ATTNBENCH_TEST_BACKENDS") != "1":
+        return ()
+    return (Backend("fault", _build, "test-only fault injection", test_only=True,
+                    params={"fault": "none", "attempts_file": ""}),)

@@ -1,4 +1,5 @@
-"""Backend `triton`: attnbench's own Triton kernels (attnbench.kernels) behind the registry.
+"""Backend `triton`: attnbench's own Triton kernels (attnbench.kernels); the family files list
+these factories among their variants' backends.
 
     exact variants   flash_attention (decode mode: flash_decode, split-KV)
     sliding_window   flash_attention(window=w)           the band is skipped tile by tile
@@ -13,10 +14,12 @@ TRITON_INTERPRET=1 to prove them correct on CPU tensors.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from attnbench.core.problem import Problem
-from attnbench.variants.registry import Backend, Fn, Reason, add_backend
+from attnbench.variants.base import Backend, Fn, Reason
 
 MAX_HEAD_DIM = 256
 
@@ -65,25 +68,26 @@ def _window_build(problem: Problem, device: torch.device) -> Fn:
     return triton_window
 
 
-def _alibi_build(problem: Problem, device: torch.device) -> Fn:
-    from attnbench.kernels import flash_attention
-    from attnbench.variants.positional import alibi_slopes
+def _alibi_build(slopes_of: Callable[[int], torch.Tensor]):
+    def build(problem: Problem, device: torch.device) -> Fn:
+        from attnbench.kernels import flash_attention
 
-    slopes = alibi_slopes(problem.heads).to(device=device, dtype=torch.float32)
+        slopes = slopes_of(problem.heads).to(device=device, dtype=torch.float32)
 
-    def triton_alibi(q, k, v):
-        return flash_attention(q, k, v, causal=problem.causal, alibi_slopes=slopes)
+        def triton_alibi(q, k, v):
+            return flash_attention(q, k, v, causal=problem.causal, alibi_slopes=slopes)
 
-    return triton_alibi
+        return triton_alibi
+
+    return build
 
 
-def _block_sparse_build(variant: str):
+def _block_sparse_build(layout: Callable[[Problem], torch.Tensor]):
     def build(problem: Problem, device: torch.device) -> Fn:
         from attnbench.kernels import block_sparse_attention, build_block_index
-        from attnbench.variants.sparse import BLOCK_LAYOUTS
 
         block = problem.param("block")
-        index = build_block_index(BLOCK_LAYOUTS[variant](problem), block=block, device=device)
+        index = build_block_index(layout(problem), block=block, device=device)
 
         def triton_block_sparse(q, k, v):
             return block_sparse_attention(q, k, v, index, causal=problem.causal)
@@ -106,11 +110,20 @@ def _backend(build, description: str, supports=_supports) -> Backend:
                    tf32_dots=True)
 
 
-def register_triton_backends() -> None:
-    for name in ("mha", "causal", "cross", "mqa", "gqa", "flash"):
-        add_backend(name, _backend(_flash_build, "attnbench's Triton FlashAttention-2 (split-KV in decode)"))
-    add_backend("sliding_window", _backend(_window_build, "Triton FlashAttention with the window in the kernel"))
-    add_backend("alibi", _backend(_alibi_build, "Triton FlashAttention with ALiBi in the kernel"))
-    for name in ("longformer", "bigbird", "strided"):
-        add_backend(name, _backend(_block_sparse_build(name), "Triton block-sparse attention over the layout",
-                                   _block_supports))
+def flash_backend() -> Backend:
+    """For the exact family and flash: FlashAttention-2 forward/backward, split-KV in decode."""
+    return _backend(_flash_build, "attnbench's Triton FlashAttention-2 (split-KV in decode)")
+
+
+def window_backend() -> Backend:
+    return _backend(_window_build, "Triton FlashAttention with the window in the kernel")
+
+
+def alibi_backend(slopes_of: Callable[[int], torch.Tensor]) -> Backend:
+    """slopes_of(heads) -> (H,) ALiBi slopes, the variant's own."""
+    return _backend(_alibi_build(slopes_of), "Triton FlashAttention with ALiBi in the kernel")
+
+
+def block_sparse_backend(layout: Callable[[Problem], torch.Tensor]) -> Backend:
+    """layout(problem) -> the variant's (blocks_q, blocks_k) block layout."""
+    return _backend(_block_sparse_build(layout), "Triton block-sparse attention over the layout", _block_supports)

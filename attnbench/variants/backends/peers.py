@@ -36,11 +36,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from attnbench.variants import registry
-from attnbench.core.errors import UsageError
 from attnbench.core.problem import Problem
-from attnbench.variants.registry import Backend, Fn, Reason
-from attnbench.variants import linear
+from attnbench.variants.base import Backend, Fn, Reason
 
 
 def _import(module: str):
@@ -65,14 +62,17 @@ def _same_heads(p: Problem, device: torch.device) -> Reason:
 
 
 # ---------------------------------------------------------------- performer-pytorch
-def _performer_build(problem: Problem, device: torch.device) -> Fn:
-    pp = _import("performer_pytorch")
-    w = linear._performer_w(problem, device)  # (m, D): our draw
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints a notice when CUDA code is missing
-        fa = pp.FastAttention(dim_heads=problem.head_dim, nb_features=w.shape[0], causal=problem.causal)
-    fa = fa.to(device)
-    fa.projection_matrix.copy_(w)
-    return lambda q, k, v: fa(q, k, v)
+def _performer_build(features: Callable[[Problem, torch.device], torch.Tensor]):
+    def build(problem: Problem, device: torch.device) -> Fn:
+        pp = _import("performer_pytorch")
+        w = features(problem, device)  # (m, D): our draw
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints a notice when CUDA code is missing
+            fa = pp.FastAttention(dim_heads=problem.head_dim, nb_features=w.shape[0], causal=problem.causal)
+        fa = fa.to(device)
+        fa.projection_matrix.copy_(w)
+        return lambda q, k, v: fa(q, k, v)
+
+    return build
 
 
 PERFORMER_PYTORCH_EPS = 1e-4  # performer_pytorch.softmax_kernel's default, not settable via FastAttention
@@ -100,14 +100,18 @@ class _Half(nn.Module):
         return x[..., :n] if self.first else x[..., n:]
 
 
-def _linformer_build(problem: Problem, device: torch.device) -> Fn:
+def _linformer_build(projections: Callable[[Problem, torch.device], tuple[torch.Tensor, torch.Tensor]]):
+    return lambda problem, device: _linformer(problem, device, projections)
+
+
+def _linformer(problem: Problem, device: torch.device, projections) -> Fn:
     lf = _import("linformer")
     b, h, d = problem.batch, problem.heads, problem.head_dim
     attn = lf.LinformerSelfAttention(dim=h * d, seq_len=problem.seq_k, k=int(problem.param("k")), heads=h,
                                      dim_head=d, one_kv_head=problem.kv_heads == 1 and h > 1)
     attn.to_q, attn.to_out = nn.Identity(), nn.Identity()
     attn.to_k, attn.to_v = _Half(True), _Half(False)
-    e, f = linear.linformer_projections(problem, device)  # (k, Lk) each
+    e, f = projections(problem, device)  # (k, Lk) each
     with torch.no_grad():
         attn.proj_k.copy_(e.T)  # the package computes Σ_n x_n·proj[n, :], i.e. E·K with E = projᵀ
         attn.proj_v.copy_(f.T)
@@ -159,22 +163,22 @@ def _local_supports(p: Problem, device: torch.device) -> Reason:
     return _same_heads(p, device)
 
 
-# ---------------------------------------------------------------- attach
-PERFORMER_PEER = Backend("peer:performer-pytorch", _performer_build,
-                         "performer-pytorch FastAttention with our random features (adds eps=1e-4 to features)",
-                         available=_available("performer_pytorch", "performer-pytorch"), supports=_performer_supports)
-LINFORMER_PEER = Backend("peer:linformer", _linformer_build,
-                         "linformer LinformerSelfAttention, projections made identity, our E and F",
-                         available=_available("linformer", "linformer"), supports=_linformer_supports)
-LOCAL_PEER = Backend("peer:local-attention", _local_build,
-                     "local-attention LocalAttention, exact window of size window-1 (see docs)",
-                     available=_available("local_attention", "local-attention"), supports=_local_supports)
+# ---------------------------------------------------------------- the backends
+def performer_peer(features: Callable[[Problem, torch.device], torch.Tensor]) -> Backend:
+    """features(problem, device) -> (m, D): the performer variant's own random features."""
+    return Backend("peer:performer-pytorch", _performer_build(features),
+                   "performer-pytorch FastAttention with our random features (adds eps=1e-4 to features)",
+                   available=_available("performer_pytorch", "performer-pytorch"), supports=_performer_supports)
 
-registry.add_backend("performer", PERFORMER_PEER)
-registry.add_backend("linformer", LINFORMER_PEER)
-try:
-    registry.get("sliding_window")
-except UsageError:
-    pass  # the sparse family is not registered: nothing to attach to
-else:
-    registry.add_backend("sliding_window", LOCAL_PEER)
+
+def linformer_peer(projections: Callable[[Problem, torch.device], tuple[torch.Tensor, torch.Tensor]]) -> Backend:
+    """projections(problem, device) -> (E, F), each (k, Lk): the linformer variant's own."""
+    return Backend("peer:linformer", _linformer_build(projections),
+                   "linformer LinformerSelfAttention, projections made identity, our E and F",
+                   available=_available("linformer", "linformer"), supports=_linformer_supports)
+
+
+def local_attention_peer() -> Backend:
+    return Backend("peer:local-attention", _local_build,
+                   "local-attention LocalAttention, exact window of size window-1 (see docs)",
+                   available=_available("local_attention", "local-attention"), supports=_local_supports)

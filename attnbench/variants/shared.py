@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.core.problem import Problem
-from attnbench.variants.registry import Backend, Fn, Reason
+from attnbench.variants.base import Backend, Fn, Reason
 
 
 # ---------------------------------------------------------------- problem defaults

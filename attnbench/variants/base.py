@@ -1,0 +1,109 @@
+"""What a variant and a backend are (the types every family file builds).
+
+A *variant* is an attention idea (its math, FLOP/byte model, complexity claims); a *backend*
+is one way to compute it. ``Backend.build(problem, device)`` does all setup (masks, random
+features, compilation) and returns ``fn(q, k, v) -> out``; only ``fn`` is timed.
+Each family file lists its variants, every backend included, in a module-level tuple
+``VARIANTS``; ``attnbench/variants/registry.py`` is the catalogue of those tuples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from attnbench.core.errors import UsageError, did_you_mean
+from attnbench.core.problem import Problem
+
+Fn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Reason = str | None  # None: fine; a string: why not
+
+
+def _fine(*_: Any) -> Reason:
+    return None
+
+
+def _same(problem: Problem) -> Problem:
+    return problem
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of a variant.
+
+    build:        (problem, device) -> fn(q, k, v) -> out; all setup happens here.
+    available:    (device) -> reason this backend cannot run on the device, or None.
+    supports:     (problem, device) -> reason this problem is unsupported, or None.
+    materializes: holds B*H*Lq*Lk scores (used to predict memory and skip what cannot fit).
+    params:       parameters of this backend alone (name -> default, which gives the type), set
+                  like variant parameters but only on this backend's cases.
+    tf32_dots:    fp32 inputs are multiplied in TF32 on the GPU (the Triton kernels); `check`
+                  then bounds the error by a TF32 reference.
+    """
+
+    name: str
+    build: Callable[[Problem, torch.device], Fn]
+    description: str = ""
+    available: Callable[[torch.device], Reason] = _fine
+    supports: Callable[[Problem, torch.device], Reason] = _fine
+    materializes: bool = False
+    tf32_dots: bool = False
+    test_only: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An attention variant: its math, cost model, claims and backends.
+
+    reference: (q, k, v, problem) -> out, computed densely in the inputs' dtype; the oracle every
+               backend is checked against (tests call it in fp32).
+    flops:     forward FLOPs for a problem (the runner scales by mode).
+    bytes:     forward minimum bytes moved (inputs read once, output written once).
+    resolve:   fills the variant's natural shape (e.g. MQA sets kv_heads=1) and default params.
+    supports:  reason a problem is unsupported (e.g. causal Linformer), or None.
+    exact:     computes exact softmax attention of its own definition (error vs reference ~ 0);
+               False for approximations whose reference is exact attention.
+    full_attention_error: also report the error against full (unmasked) softmax attention.
+    make_inputs: (problem, device, seed) -> (q, k, v), when random normal inputs do not fit.
+    picture:   problem -> 2-D (Lq, Lk) tensor showing what is attended (0/1 mask or bias values),
+               for the pattern gallery and `attnbench show-pattern`.
+    modes:     the modes this variant can run; others become `unsupported`.
+    """
+
+    name: str
+    family: str
+    description: str
+    time: str
+    memory: str
+    reference: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Problem], torch.Tensor]
+    flops: Callable[[Problem], float]
+    bytes: Callable[[Problem], float]
+    backends: tuple[Backend, ...]
+    resolve: Callable[[Problem], Problem] = _same
+    supports: Callable[[Problem], Reason] = _fine
+    exact: bool = True
+    full_attention_error: bool = False
+    defaults: dict[str, Any] = field(default_factory=dict)
+    make_inputs: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+    picture: Callable[[Problem], torch.Tensor] | None = None
+    modes: tuple[str, ...] = ("fwd", "bwd", "fwd+bwd", "decode")
+
+    def backend(self, name: str) -> Backend:
+        for b in self.backends:
+            if b.name == name:
+                return b
+        raise UsageError(
+            f"variant '{self.name}' has no backend '{name}'{did_you_mean(name, self.backend_names())}; "
+            f"accepted: {', '.join(self.backend_names())}"
+        )
+
+    def backend_names(self, include_test: bool = False) -> list[str]:
+        return [b.name for b in self.backends if include_test or not b.test_only]
+
+    def declared_params(self, backend: str) -> dict[str, Any]:
+        """The parameters a case of this backend may set: the variant's and the backend's own."""
+        extra = next((b.params for b in self.backends if b.name == backend), {})
+        return self.defaults | extra
