@@ -201,3 +201,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def eprint(msg: str) -> None:
     print(msg, file=sys.stderr)
+
+
+# Fields that must match for two results to be comparable (used by the regression gate).
+FINGERPRINT_FIELDS = ("device", "device_name", "torch", "triton", "cuda", "threads")
+
+
+def fingerprint(env: dict) -> dict:
+    return {k: env.get(k) for k in FINGERPRINT_FIELDS}

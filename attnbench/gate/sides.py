@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from attnbench.core.errors import UsageError
-from attnbench.measure.env import FINGERPRINT_FIELDS, fingerprint
+from attnbench.core.results import FINGERPRINT_FIELDS, fingerprint
 
 ID_FIELDS = ("variant", "backend", "device", "dtype", "mode", "batch", "heads", "kv_heads", "seq_q",
              "seq_k", "head_dim", "causal")

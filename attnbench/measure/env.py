@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from attnbench import __version__
+from attnbench.core.results import FINGERPRINT_FIELDS, fingerprint  # noqa: F401  (re-exported)
 
 
 def _git_commit() -> str | None:
@@ -70,11 +71,3 @@ def capture(device: torch.device) -> dict:
         except Exception as e:  # old drivers lack the call: say so rather than guess
             env["driver"] = f"unknown ({type(e).__name__})"
     return env
-
-
-# Fields that must match for two results to be comparable (used by the regression gate).
-FINGERPRINT_FIELDS = ("device", "device_name", "torch", "triton", "cuda", "threads")
-
-
-def fingerprint(env: dict) -> dict:
-    return {k: env.get(k) for k in FINGERPRINT_FIELDS}
