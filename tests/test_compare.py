@@ -18,7 +18,7 @@ from attnbench.cli import main
 from attnbench.gate.compare import Options, compare, confirm, parse_fraction
 from attnbench.core.errors import UsageError
 from attnbench.gate.sides import build_side, load_run
-from attnbench.gate.stats import _u_counts, bootstrap_ratio, mann_whitney, seed_for
+from attnbench.gate.stats import bootstrap_ratio, mann_whitney, seed_for
 from attnbench.measure.timing import Stats
 from attnbench.core.results import RECORD_FIELDS, Writer, case_id, make_header
 
@@ -102,13 +102,20 @@ def test_mann_whitney_normal_without_ties_large():
     assert mann_whitney([1.0] * 8, [1.0] * 8).p == 1.0  # all tied: no evidence
 
 
-def test_exact_u_distribution_matches_enumeration():
+def test_exact_p_matches_enumeration():
+    """The exact two-sided p-value equals the one counted over every ordering of 4 x's and 5 y's."""
     m, n = 4, 5
     counts = [0] * (m * n + 1)
     for xs in itertools.combinations(range(m + n), m):  # positions of the x's in the ordering
         ys = [p for p in range(m + n) if p not in xs]
         counts[sum(1 for x in xs for y in ys if x > y)] += 1
-    assert list(_u_counts(m, n)) == counts
+    total = sum(counts)
+    for x in ([0, 1, 2, 3], [0, 2, 5, 7], [1, 4, 6, 8]):
+        y = [v for v in range(m + n) if v not in x]
+        r = mann_whitney(x, y)
+        u = int(r.u)
+        expected = min(1.0, 2 * min(sum(counts[: u + 1]), sum(counts[u:])) / total)
+        assert r.method == "exact" and r.p == pytest.approx(expected, rel=1e-12), (x, u)
 
 
 def test_bootstrap_ratio_is_reproducible_and_covers_the_truth():
