@@ -38,7 +38,6 @@ from dataclasses import dataclass, replace
 
 from attnbench.core.errors import UsageError
 from attnbench.gate.sides import Measured, Side, case_label, env_differences
-from attnbench.gate.stats import bootstrap_ratio, mann_whitney, seed_for
 
 MEM_FLOOR_BYTES = 1 << 20
 METRICS = ("latency", "memory", "both")
@@ -176,6 +175,8 @@ def latency_verdict(key: str, base: Measured, cur: Measured, o: Options) -> Late
     if min(nb, nc) < o.min_samples:
         return Latency("inconclusive", f"too few samples ({nb} vs {nc}; at least {o.min_samples} needed)",
                        n_base=nb, n_cur=nc)
+    from attnbench.gate.stats import bootstrap_ratio, mann_whitney, seed_for  # numpy/scipy: only when comparing
+
     ci = bootstrap_ratio(base.groups, cur.groups, seed_for(key, o.seed), o.resamples, o.level)
     p = mann_whitney(cur.samples, base.samples).p
     sig = p < o.alpha
