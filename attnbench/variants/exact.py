@@ -19,7 +19,8 @@ import torch
 
 from attnbench.core.problem import Problem
 from attnbench.variants.base import Backend, Fn, Reason, Variant
-from attnbench.variants.shared import attention_flops, causal_mask, check_heads, eager_backend, exact_reference, fill_defaults, io_bytes, sdpa_backends, softmax_attention
+from attnbench.variants.patterns import causal_mask
+from attnbench.variants.shared import attention_flops, check_heads, eager_backend, exact_reference, fill_defaults, io_bytes, sdpa_backends, softmax_attention
 from attnbench.variants.backends.flex import flex_backend
 from attnbench.variants.backends import triton
 from attnbench.variants.backends.fault import fault_backends

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from attnbench.core.problem import Problem
 from attnbench.variants.base import Backend, Fn, Reason
+from attnbench.variants.patterns import causal_mask
 
 
 # ---------------------------------------------------------------- problem defaults
@@ -39,13 +40,6 @@ def check_heads(problem: Problem) -> Reason:
 
 
 # ---------------------------------------------------------------- masks and math
-def causal_mask(lq: int, lk: int, device=None) -> torch.Tensor:
-    """(Lq, Lk) bool, True where query i may see key j (bottom-right aligned)."""
-    i = torch.arange(lq, device=device)[:, None]
-    j = torch.arange(lk, device=device)[None, :]
-    return j <= i + (lk - lq)
-
-
 def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     """(B, Hkv, L, D) -> (B, Hkv*groups, L, D), as naive GQA code does (a real copy)."""
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
