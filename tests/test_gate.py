@@ -95,7 +95,7 @@ def test_export_of_a_revision_imports_only_its_own_code(tmp_path):
     export = export_rev(ROOT, sha, tmp_path / "src")
     path = [export, write_boot(tmp_path / "boot")]
     check_import(export, path)  # every attnbench.* module from the export
-    (export / "attnbench" / "errors.py").unlink()  # a module this revision would lack ...
+    (export / "attnbench" / "core" / "errors.py").unlink()  # a module this revision would lack ...
     probe = subprocess.run([sys.executable, "-c", "import attnbench.core.errors"], cwd=export, env=side_env(path),
                            capture_output=True, text=True)
     assert probe.returncode != 0 and "No module named 'attnbench.core.errors'" in probe.stderr  # ... stays missing
