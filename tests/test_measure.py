@@ -179,12 +179,13 @@ def _slope(lengths, values) -> float:
 _FAULTS_SCRIPT = """
 import resource, sys, torch
 from attnbench.measure import memory
+from attnbench.measure.timing import TimingPolicy
 
 def temporary_8mib():
     torch.ones(2 * 1024 * 1024).sum()  # 8 MiB written, read, freed
 
-def minor_faults(warmup=8, repeats=8):
-    for _ in range(warmup):  # glibc's heap settles over a few calls, as in the timing warmup
+def minor_faults(warmup=TimingPolicy().warmup_calls, repeats=8):
+    for _ in range(warmup):  # glibc's heap settles within ~10 calls: as many as time_cpu warms up
         temporary_8mib()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(repeats):
@@ -207,7 +208,9 @@ def test_timing_state_reuses_temporaries_memory_state_maps_them_fresh():
     from the heap: almost no page faults); the memory pass's pinned state maps every large
     block anew (up to 2048 faults per 8 MiB of 4 KiB pages), even with a free chunk left in the
     middle of the heap (without the fence it serves every block: CI once read 2047 faults in all).
-    Counted with getrusage, not timed, in a fresh process (as the worker is)."""
+    Counted with getrusage, not timed, in a fresh process (as the worker is), after as many
+    warmup calls as time_cpu makes at least (8 were too few: the heap kept growing until the 10th
+    call in about a third of fresh processes, see timing_allocator)."""
     import subprocess
     import sys
 
