@@ -149,6 +149,25 @@ def test_time_cpu_slow_fn_stops_at_max_time():
     assert min(t.samples_ms) >= 20.0
 
 
+def test_time_cpu_warms_up_at_least_warmup_calls():
+    """After a quick first call, one 0.11 s call would be warmup_time (0.1 s) enough: time_cpu
+    still makes warmup_calls (glibc may need ~10 to settle the heap); a first call longer than
+    warmup_time skips the warmup."""
+    calls = []
+
+    def fn(pause: float = 0.11) -> None:
+        calls.append(1)
+        if len(calls) > 1:
+            time.sleep(pause)
+
+    pol = TimingPolicy(min_samples=1, max_samples=1, max_time=10.0, warmup_time=0.1, warmup_calls=3)
+    time_cpu(fn, pol)
+    assert len(calls) == 1 + 3 + 1  # first, warmup, one sample of one call
+    calls.clear()
+    time_cpu(lambda: (calls.append(1), time.sleep(0.01)), TimingPolicy(min_samples=1, max_samples=1, warmup_time=0.001))
+    assert len(calls) == 2
+
+
 def test_time_cpu_max_samples():
     t = time_cpu(lambda: None, TimingPolicy(min_samples=10, max_samples=3, max_time=10.0))
     assert t.stopped_by == "max_samples" and t.stats.n == 3
