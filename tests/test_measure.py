@@ -149,6 +149,25 @@ def test_time_cpu_slow_fn_stops_at_max_time():
     assert min(t.samples_ms) >= 20.0
 
 
+def test_time_cpu_warms_up_at_least_warmup_calls():
+    """After a quick first call, one 0.11 s call would be warmup_time (0.1 s) enough: time_cpu
+    still makes warmup_calls (glibc may need ~10 to settle the heap); a first call longer than
+    warmup_time skips the warmup."""
+    calls = []
+
+    def fn(pause: float = 0.11) -> None:
+        calls.append(1)
+        if len(calls) > 1:
+            time.sleep(pause)
+
+    pol = TimingPolicy(min_samples=1, max_samples=1, max_time=10.0, warmup_time=0.1, warmup_calls=3)
+    time_cpu(fn, pol)
+    assert len(calls) == 1 + 3 + 1  # first, warmup, one sample of one call
+    calls.clear()
+    time_cpu(lambda: (calls.append(1), time.sleep(0.01)), TimingPolicy(min_samples=1, max_samples=1, warmup_time=0.001))
+    assert len(calls) == 2
+
+
 def test_time_cpu_max_samples():
     t = time_cpu(lambda: None, TimingPolicy(min_samples=10, max_samples=3, max_time=10.0))
     assert t.stopped_by == "max_samples" and t.stats.n == 3
@@ -179,12 +198,13 @@ def _slope(lengths, values) -> float:
 _FAULTS_SCRIPT = """
 import resource, sys, torch
 from attnbench.measure import memory
+from attnbench.measure.timing import TimingPolicy
 
 def temporary_8mib():
     torch.ones(2 * 1024 * 1024).sum()  # 8 MiB written, read, freed
 
-def minor_faults(warmup=8, repeats=8):
-    for _ in range(warmup):  # glibc's heap settles over a few calls, as in the timing warmup
+def minor_faults(warmup=TimingPolicy().warmup_calls, repeats=8):
+    for _ in range(warmup):  # glibc's heap settles within ~10 calls: as many as time_cpu warms up
         temporary_8mib()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(repeats):
@@ -207,7 +227,9 @@ def test_timing_state_reuses_temporaries_memory_state_maps_them_fresh():
     from the heap: almost no page faults); the memory pass's pinned state maps every large
     block anew (up to 2048 faults per 8 MiB of 4 KiB pages), even with a free chunk left in the
     middle of the heap (without the fence it serves every block: CI once read 2047 faults in all).
-    Counted with getrusage, not timed, in a fresh process (as the worker is)."""
+    Counted with getrusage, not timed, in a fresh process (as the worker is), after as many
+    warmup calls as time_cpu makes at least (8 were too few: the heap kept growing until the 10th
+    call in about a third of fresh processes, see timing_allocator)."""
     import subprocess
     import sys
 

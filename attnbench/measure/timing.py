@@ -22,6 +22,9 @@ class TimingPolicy:
     max_samples: int = 500
     target_rel_iqr: float = 0.05
     warmup_time: float = 0.05  # s of warmup after the first (untimed) call
+    # CPU: and at least this many warmup calls (unless the first call lasts warmup_time): glibc
+    # takes up to ~10 calls to settle a repeated call's heap (measure/memory.timing_allocator)
+    warmup_calls: int = 16
     min_block_time: float = 1e-3  # s: a CPU sample groups calls until it lasts this long
     l2_flush_bytes: int = 256 * 2**20  # GPU: zero this much memory before each timed call
 
@@ -83,10 +86,10 @@ def time_cpu(fn: Callable[[], object], policy: TimingPolicy = TimingPolicy()) ->
     t0 = time.perf_counter_ns()
     fn()
     first = (time.perf_counter_ns() - t0) / 1e6
-    # warm up (a first call longer than the warmup time is warmup enough) and size the block
-    # so one sample lasts >= min_block_time
+    # warm up for warmup_time and warmup_calls (a first call longer than the warmup time is
+    # warmup enough) and size the block so one sample lasts >= min_block_time
     calls, spent_warm, t_start = 0, 0.0, time.perf_counter()
-    while spent_warm < policy.warmup_time and first / 1e3 < policy.warmup_time:
+    while (spent_warm < policy.warmup_time or calls < policy.warmup_calls) and first / 1e3 < policy.warmup_time:
         fn()
         calls += 1
         spent_warm = time.perf_counter() - t_start
