@@ -83,3 +83,12 @@ def test_parse_dtype_aliases(text, name):
 def test_parse_dtype_errors(text):
     with pytest.raises(UsageError, match="accepted: float32, float16, bfloat16"):
         parse_dtype(text)
+
+
+def test_itemsize_and_torch_dtype_agree_with_torch():
+    """core/problem.py names dtypes without importing torch; each must be torch's own."""
+    import torch
+
+    for d in DTYPES:
+        p = Problem(dtype=d)
+        assert p.torch_dtype == getattr(torch, d) and p.itemsize == torch.empty((), dtype=p.torch_dtype).element_size()

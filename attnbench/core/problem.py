@@ -16,13 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import torch
-
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
+ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}  # bytes per element of each accepted dtype
+DTYPES = tuple(ITEMSIZE)  # accepted dtype names (torch's dtypes: Problem.torch_dtype, imported lazily)
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16"}
 MODES = ("fwd", "bwd", "fwd+bwd", "decode")
 
@@ -48,12 +43,14 @@ class Problem:
         return self.heads // self.kv_heads
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+    def torch_dtype(self) -> "torch.dtype":  # noqa: F821  (core imports no torch at module level)
+        import torch
+
+        return getattr(torch, self.dtype)
 
     @property
     def itemsize(self) -> int:
-        return torch.empty((), dtype=self.torch_dtype).element_size()
+        return ITEMSIZE[self.dtype]
 
     @property
     def needs_grad(self) -> bool:

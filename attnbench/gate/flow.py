@@ -18,7 +18,6 @@ import time
 from importlib import resources
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
 from attnbench.gate.compare import Options, Report, compare, confirm
@@ -34,7 +33,7 @@ def default_results() -> Path:
     return Path("results") / time.strftime("gate-%Y%m%d-%H%M%S.jsonl")
 
 
-def gate_flow(base: Side, sweeps, dev: torch.device, budget: float, o: Options, results: Path | None,
+def gate_flow(base: Side, sweeps, dev: "torch.device", budget: float, o: Options, results: Path | None,
               rerun: bool, console: Console) -> Report:
     out = results or default_results()
     cmd = ["attnbench", *sys.argv[1:]]

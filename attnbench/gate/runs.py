@@ -17,7 +17,6 @@ import os
 import re
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
 from attnbench.core.errors import UsageError
@@ -36,7 +35,7 @@ def env_id(env: dict) -> str:
     return f"{slug}-{digest}"
 
 
-def current_env(device: torch.device) -> dict:
+def current_env(device: "torch.device") -> dict:
     from attnbench.measure.env import capture
 
     return capture(device)
@@ -57,6 +56,8 @@ def resolve_baseline(path: Path, env: dict) -> Path:
 def load_suite_device(suite: str, device: str, threads: int | None = None):
     """The suite's sweeps and settings and the device; sets torch's threads (recorded in the
     environment, so baseline and gate must use the same number)."""
+    import torch  # this module runs suites; torch only when one runs (compare stays torch-free)
+
     from attnbench.run.session import resolve_device
     from attnbench.run.plan import load_suite
 
@@ -69,9 +70,11 @@ def load_suite_device(suite: str, device: str, threads: int | None = None):
     return sweeps, meta, dev
 
 
-def run_sweeps(sweeps, dev: torch.device, out: Path, budget: float, console: Console | None,
+def run_sweeps(sweeps, dev: "torch.device", out: Path, budget: float, console: Console | None,
                command: list[str]) -> Run:
     """Run sweeps into `out` (overwritten) and read the file back."""
+    import torch
+
     from attnbench.run.session import run_sweep
 
     _, interrupted = run_sweep(sweeps, dev, out, time_budget=budget, threads=torch.get_num_threads(), force=True,
@@ -92,7 +95,7 @@ def sweep_of(rec: dict):
                       modes=[rec["mode"]], params=dict(rec.get("params") or {}))
 
 
-def save_baseline(sweeps, dev: torch.device, out: Path, budget: float, console: Console | None,
+def save_baseline(sweeps, dev: "torch.device", out: Path, budget: float, console: Console | None,
                   command: list[str], runs: int = 3) -> Run:
     """Run the suite `runs` times and write one file: the first run's header, then every run's
     records (one record per case per run: the gate resamples them as runs, so the baseline

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 
-from attnbench.core.problem import DTYPES
 from attnbench.measure.timing import TimingPolicy, time_call
 
 _POLICY = TimingPolicy(min_samples=5, min_time=0.2, max_time=1.0, warmup_time=0.05)
@@ -17,8 +16,8 @@ _POLICY = TimingPolicy(min_samples=5, min_time=0.2, max_time=1.0, warmup_time=0.
 def gemm_flops(device: torch.device, dtype: str = "float32", n: int | None = None) -> dict:
     """Achieved FLOP/s of an n×n @ n×n matmul (2n³ FLOPs)."""
     n = n or (4096 if device.type == "cuda" else 2048)
-    a = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
-    b = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
+    a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
     t = time_call(lambda: a @ b, device, _POLICY)
     ms = t.stats.median
     return {"n": n, "dtype": dtype, "median_ms": ms, "flops_per_s": 2 * n**3 / (ms * 1e-3)}
