@@ -1,7 +1,6 @@
 """Measurement: FLOP and byte conventions (hand-computed and cross-checked with torch's
 FlopCounterMode), timing statistics and stop rules (structural, never timed), CPU peak memory."""
 
-import math
 import time
 
 import numpy as np

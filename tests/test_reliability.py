@@ -1,6 +1,5 @@
 """Interrupted and resumed sweeps, fault injection mixed with real cases, the memory frontier."""
 
-import json
 import os
 import signal
 import subprocess

@@ -33,7 +33,7 @@ def default_results() -> Path:
     return Path("results") / time.strftime("gate-%Y%m%d-%H%M%S.jsonl")
 
 
-def gate_flow(base: Side, sweeps, dev: "torch.device", budget: float, o: Options, results: Path | None,
+def gate_flow(base: Side, sweeps, dev: "torch.device", budget: float, o: Options, results: Path | None,  # noqa: F821  (torch loads only inside)
               rerun: bool, console: Console) -> Report:
     out = results or default_results()
     cmd = ["attnbench", *sys.argv[1:]]

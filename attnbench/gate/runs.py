@@ -35,7 +35,7 @@ def env_id(env: dict) -> str:
     return f"{slug}-{digest}"
 
 
-def current_env(device: "torch.device") -> dict:
+def current_env(device: "torch.device") -> dict:  # noqa: F821  (torch loads only inside)
     from attnbench.measure.env import capture
 
     return capture(device)
@@ -70,7 +70,7 @@ def load_suite_device(suite: str, device: str, threads: int | None = None):
     return sweeps, meta, dev
 
 
-def run_sweeps(sweeps, dev: "torch.device", out: Path, budget: float, console: Console | None,
+def run_sweeps(sweeps, dev: "torch.device", out: Path, budget: float, console: Console | None,  # noqa: F821  (torch loads only inside)
                command: list[str]) -> Run:
     """Run sweeps into `out` (overwritten) and read the file back."""
     import torch
@@ -95,7 +95,7 @@ def sweep_of(rec: dict):
                       modes=[rec["mode"]], params=dict(rec.get("params") or {}))
 
 
-def save_baseline(sweeps, dev: "torch.device", out: Path, budget: float, console: Console | None,
+def save_baseline(sweeps, dev: "torch.device", out: Path, budget: float, console: Console | None,  # noqa: F821  (torch loads only inside)
                   command: list[str], runs: int = 3) -> Run:
     """Run the suite `runs` times and write one file: the first run's header, then every run's
     records (one record per case per run: the gate resamples them as runs, so the baseline
