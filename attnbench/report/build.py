@@ -15,7 +15,6 @@ from .. import analysis, results
 from ..errors import UsageError
 from . import tables as T
 from .charts import SPECS, curve_chart, scenarios
-from .gallery import gallery
 from .model import Context, Section, Table
 from .special import gqa_charts, pareto_charts
 from .style import Palette
@@ -61,7 +60,7 @@ def build_report(paths: list[str | Path], out: Path, baseline: str | None = None
     ctx = Context(tuple(headers), out / "charts", Palette(sorted({T.tag(s) for s in everything}
                                                                 | {s.name for s in everything})), baseline)
     sections = [_environment(headers, out, paths), _scaling(ctx, everything, records, out, base_note),
-                _throughput(ctx, everything, records, out), _crossovers(records, out),
+                _throughput(ctx, everything, records, out), _crossovers(records, out, ctx.baseline),
                 *_special(ctx, everything, records), *_peers(headers, records, out), _not_run(records, out)]
     from .html import write_html
     from .markdown import write_markdown
@@ -155,14 +154,17 @@ def _throughput(ctx: Context, everything, records, out: Path) -> Section:
     return sec
 
 
-def _crossovers(records, out: Path) -> Section:
-    rows = T.with_scenario(T.crossover_table(records))
-    sec = Section("Crossovers", ["Where one series passes another, interpolated in log-log between "
-                                 "measured lengths; *none in range* names the one ahead throughout."])
+def _crossovers(records, out: Path, baseline: str) -> Section:
+    rows = T.with_scenario(T.crossover_table(records, baseline))
+    sec = Section("Crossovers", ["Where one series passes another within the swept lengths, interpolated in "
+                                 "log-log between measured lengths. Only pairs that matter are listed: two backends "
+                                 f"of one variant, an approximation against an exact series, or a series against "
+                                 f"the baseline {baseline}; pairs that never cross are left out."])
     if rows:
         sec.tables.append(_table("crossovers", T.CROSSOVER_COLUMNS, rows, out, "crossovers"))
     else:
-        sec.skipped.append("Crossovers: no two series with two or more common lengths.")
+        sec.skipped.append("Crossovers: no pair that matters crosses within the swept lengths "
+                           "(or no two series share two or more lengths).")
     return sec
 
 
@@ -172,6 +174,8 @@ def _special(ctx: Context, everything, records) -> list[Section]:
     for r in records:
         if r["status"] == "ok":
             variants.setdefault(r["variant"], r.get("params") or {})
+    from .gallery import gallery  # the pictures come from the registry's variants (torch), drawn only here
+
     secs = []
     for name, (charts, skipped) in (("GQA and MQA", gqa_charts(ctx, everything)),
                                     ("Accuracy vs latency", pareto_charts(ctx, everything)),
