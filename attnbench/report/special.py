@@ -154,32 +154,29 @@ def _pareto(ctx: Context, sc: dict, pts: list[tuple[Series, dict]], L: int) -> C
     approx = [(s, r) for s, r in pts if (s, r) not in exact]
     fig, axes = new_figure(9.5, 6.2, nrows=2, sharex=True, gridspec_kw={"height_ratios": (5, 1)})
     ax, band = axes[0][0], axes[1][0]
-    for target, group in ((ax, approx), (band, exact)):
-        xy, texts, colors = [], [], []
-        for s, r in group:
-            look = looks[labels.names[id(s)]]
-            x, y = r["latency_ms"]["median"] / div, (_error(r) if target is ax else 0.5)
-            target.plot([x], [y], marker=look.marker, color=look.color, ls="none", ms=8, mew=1.4, zorder=3)
-            xy.append((x, y))
-            texts.append(labels.names[id(s)])
-            colors.append(look.color)
-        target.set_xscale("log")
-        if target is ax:
-            errs = [y for _, y in xy] or [0.1]
-            ax.set_yscale("log")
-            ax.set_ylim(min(errs) / 3, max(max(errs), 1.0) * 3)
-            ax.axhspan(1.0, ax.get_ylim()[1], color="#d62728", alpha=0.08, lw=0, zorder=0)
-            ax.axhline(1.0, color="#d62728", lw=0.8, alpha=0.5, zorder=1)
-            front = _frontier([p for p in xy if p[1] < 1.0])
-            if len(front) > 1:
-                ax.step(*zip(*front), where="post", color=GUIDE, lw=1.2, ls="--", zorder=2)
-            log_y(ax)
-        else:
-            band.set_ylim(0, 1)
-            band.set_yticks([])
-        _pad_x(target, [x for x, _ in xy])
-        fig.canvas.draw()
-        place_labels(target, xy, texts, colors)
+    marks: dict = {ax: ([], [], []), band: ([], [], [])}
+    for s, r in pts:
+        target = band if (s, r) in exact else ax
+        look = looks[labels.names[id(s)]]
+        x, y = r["latency_ms"]["median"] / div, (_error(r) if target is ax else 0.5)
+        target.plot([x], [y], marker=look.marker, color=look.color, ls="none", ms=8, mew=1.4, zorder=3)
+        for lst, v in zip(marks[target], ((x, y), labels.names[id(s)], look.color)):
+            lst.append(v)
+    errs = [y for _, y in marks[ax][0]] or [0.1]
+    ax.set_yscale("log")
+    ax.set_ylim(min(errs) / 3, max(max(errs), 1.0) * 3)
+    ax.axhspan(1.0, ax.get_ylim()[1], color="#d62728", alpha=0.08, lw=0, zorder=0)
+    ax.axhline(1.0, color="#d62728", lw=0.8, alpha=0.5, zorder=1)
+    front = _frontier([p for p in marks[ax][0] if p[1] < 1.0])
+    if len(front) > 1:
+        ax.step(*zip(*front), where="post", color=GUIDE, lw=1.2, ls="--", zorder=2)
+    log_y(ax)
+    band.set_ylim(0, 1)
+    band.set_yticks([])
+    band.set_xscale("log")
+    xs = [x / div for x in lat]
+    band.set_xlim(min(xs) / 1.6, max(xs) * 1.6)  # room for labels left and right of the extreme points
+    log_y(band, "x")
     if exact:
         fastest = min(r["latency_ms"]["median"] for _, r in exact) / div
         for target in (ax, band):
@@ -188,7 +185,6 @@ def _pareto(ctx: Context, sc: dict, pts: list[tuple[Series, dict]], L: int) -> C
     ax.annotate("error ≥ 1:\nworse than\nzeros", (1.0, 1.0), xycoords=trans, xytext=(4, 2),
                 textcoords="offset points", va="bottom", fontsize=8, color="#d62728", annotation_clip=False)
     band.set_ylabel("exact", rotation=0, ha="right", va="center")
-    log_y(band, "x")
     ax.set_ylabel("relative L2 error vs full softmax attention, log scale")
     band.set_xlabel(f"median latency ({unit}), log scale")
     fig.suptitle(f"Accuracy vs latency at L={fmt_len(L)}\n{subtitle(sc, ctx.device_name(sc['device']), labels.shared)}",
@@ -196,16 +192,13 @@ def _pareto(ctx: Context, sc: dict, pts: list[tuple[Series, dict]], L: int) -> C
     if labels.fixed_params:
         fig.text(0.0, 0.0, wrap("Fixed parameters: " + labels.fixed_params, 120), ha="left", va="top", fontsize=8,
                  color="#555555")
+    fig.canvas.draw()  # the layout is final: place the labels in display space, then freeze it
+    for target, (xy, texts, colors) in marks.items():
+        place_labels(target, xy, texts, colors)
+    fig.set_layout_engine("none")
     png, svg = save(fig, ctx.out_dir, f"pareto-{slug(tuple(sc[k] for k in SCENARIO_KEYS))}")
     return Chart(f"Accuracy vs latency at L={fmt_len(L)} ({sc['mode']}, {sc['dtype']}, {len(pts)} points)", png, svg,
                  PARETO_HOW)
-
-
-def _pad_x(ax, xs: list[float]) -> None:
-    """Room for labels left and right of the extreme points (log axis)."""
-    if xs:
-        lo, hi = min(xs), max(xs)
-        ax.set_xlim(min(lo, ax.get_xlim()[0]) / 1.6, max(hi, ax.get_xlim()[1]) * 1.6)
 
 
 def _frontier(xy: list[tuple[float, float]]) -> list[tuple[float, float]]:
