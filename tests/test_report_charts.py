@@ -210,3 +210,11 @@ def test_report_page_has_no_overlapping_labels_and_no_overflow(tmp_path):
         assert got["texts"] > got["charts"] * 5  # the charts' text is text, so it was measured
         assert got["overflow"] == [], f"charts wider than their container at {width}px: {got['overflow']}"
         assert got["overlaps"] == [], f"overlapping labels at {width}px: {got['overlaps'][:5]}"
+
+
+def test_one_variant_gets_one_marker_per_backend():
+    backends = ["chunked", "eager", "flex", "grouped", "peer:x", "sdpa", "sdpa-cudnn", "sdpa-efficient",
+                "sdpa-flash", "sdpa-math", "triton"]
+    pal = Palette([f"{v}:{b}" for v in ("flash", "gqa", "performer") for b in backends])
+    names = [f"gqa:{b}" for b in backends]
+    assert len({pal.looks(names)[n].marker for n in names}) == len(backends)

@@ -22,16 +22,22 @@ from .style import Palette
 DEFAULT_BASELINE = "mha:eager"
 
 
-def load(paths: list[str | Path]) -> tuple[list[dict], list[dict]]:
-    """(headers, records) of several results files, in order."""
+def load_runs(paths: list[str | Path]) -> tuple[list[dict], list[list[dict]]]:
+    """(headers, records of each file) of several results files, in order."""
     if not paths:
         raise UsageError("no results files given; accepted: one or more .jsonl files written by `attnbench run`")
-    headers, records = [], []
+    headers, runs = [], []
     for p in paths:
         h, recs = results.read(p)
         headers.append(h)
-        records += recs
-    return headers, records
+        runs.append(recs)
+    return headers, runs
+
+
+def load(paths: list[str | Path]) -> tuple[list[dict], list[dict]]:
+    """(headers, records) of several results files, in order (a later file's case replaces an earlier one)."""
+    headers, runs = load_runs(paths)
+    return headers, [r for recs in runs for r in recs]
 
 
 def check_baseline(records: list[dict], baseline: str | None) -> tuple[str, str | None]:
@@ -47,9 +53,16 @@ def check_baseline(records: list[dict], baseline: str | None) -> tuple[str, str 
     return baseline, None
 
 
-def build_report(paths: list[str | Path], out: Path, baseline: str | None = None) -> list[Path]:
-    """Write the report into `out` (created if needed); returns every file written."""
-    headers, records = load(paths)
+def build_report(paths: list[str | Path], out: Path, baseline: str | None = None,
+                 history: Path | None = None) -> list[Path]:
+    """Write the report into `out` (created if needed); returns every file written. With several
+    files (or a `history` directory, its files oldest first, before `paths`), a history section
+    draws each case across the runs; the other sections show each case's latest run."""
+    from .history import history_files, history_section
+
+    paths = [*(history_files(history) if history else []), *paths]
+    headers, runs = load_runs(paths)
+    records = [r for recs in runs for r in recs]
     baseline, base_note = check_baseline(records, baseline)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -62,11 +75,15 @@ def build_report(paths: list[str | Path], out: Path, baseline: str | None = None
     sections = [_environment(headers, out, paths), _scaling(ctx, everything, records, out, base_note),
                 _throughput(ctx, everything, records, out), _crossovers(records, out, ctx.baseline),
                 *_special(ctx, everything, records), *_peers(headers, records, out), _not_run(records, out)]
+    hist = history_section(ctx, [Path(p).name for p in paths], runs)
+    if hist:
+        sections.insert(1, hist)
     from .html import write_html
     from .markdown import write_markdown
 
     md, html = out / "report.md", out / "report.html"
-    title = f"attnbench report: {', '.join(Path(p).name for p in paths)}"
+    title = f"attnbench report: {', '.join(Path(p).name for p in paths[:4])}" + \
+        (f" and {len(paths) - 4} more" if len(paths) > 4 else "")
     write_markdown(md, title, sections, out)
     write_html(html, title, sections, out)
     written = [md, html]

@@ -155,8 +155,9 @@ def curve_chart(ctx: Context, scenario: tuple, group: list[Series], spec: Spec) 
     fig.suptitle(f"{spec.what}\n{subtitle(sc, ctx.device_name(sc['device']), labels.shared)}", fontsize=11)
     _footnote(fig, labels.fixed_params, len(panels))
     png, svg = save(fig, ctx.out_dir, f"{spec.kind}-{slug(scenario)}")
-    facet_note = f" Small multiples: {len(panels)} panels with shared axes; the baseline is in each." \
-        if len(panels) > 1 else ""
+    has_base = any(s.name == ctx.baseline for s in group)
+    facet_note = f" Small multiples: {len(panels)} panels with shared axes" + \
+        ("; the baseline (thick line) is in each." if has_base else ".") if len(panels) > 1 else ""
     return Chart(f"{spec.what} ({sc['mode']}, {sc['dtype']}, {len(group)} series)", png, svg,
                  spec.how + facet_note)
 
@@ -184,6 +185,9 @@ def _draw_series(ax, s: Series, spec: Spec, scale: float, look, label: str, is_b
     if len(band) >= 2:
         bx, b_lo, b_hi = (np.array(v) for v in zip(*band))
         ax.fill_between(bx, b_lo * scale, b_hi * scale, color=look.color, alpha=0.15, lw=0, zorder=2)
+    elif band:  # one length: the same p10–p90 as an error bar
+        (bx, b_lo, b_hi), = band
+        ax.plot([bx, bx], [b_lo * scale, b_hi * scale], color=look.color, alpha=0.45, lw=3, zorder=2)
     if single:
         sx, sy = zip(*single)
         ax.plot(sx, np.array(sy) * scale, ls="none", marker=look.marker, ms=6, mew=1.4, mfc="white",

@@ -131,8 +131,9 @@ def pareto_charts(ctx: Context, everything: list[Series]) -> tuple[list[Chart], 
     charts = []
     for scn, pts in sorted(by_scn.items(), key=lambda kv: str(kv[0])):
         approx = Counter(length(r) for s, r in pts if approximate(s))
-        if approx:
-            L = max(approx, key=lambda x: (approx[x], x))  # most approximate points; ties: longest
+        every = Counter(length(r) for s, r in pts)
+        if approx:  # the length with the most points (approximate and exact) that has an approximation
+            L = max(approx, key=lambda x: (every[x], approx[x], x))
             charts.append(_pareto(ctx, dict(zip(SCENARIO_KEYS, scn)), [(s, r) for s, r in pts if length(r) == L], L))
     skipped = [] if charts else ["Accuracy-vs-latency chart: no approximate or pattern variant with an "
                                  "error against full attention in the data."]
@@ -164,7 +165,7 @@ def _pareto(ctx: Context, sc: dict, pts: list[tuple[Series, dict]], L: int) -> C
             lst.append(v)
     errs = [y for _, y in marks[ax][0]] or [0.1]
     ax.set_yscale("log")
-    ax.set_ylim(min(errs) / 3, max(max(errs), 1.0) * 3)
+    ax.set_ylim(min(min(errs) / 3, 0.3), max(max(errs), 1.0) * 3)  # error 1 is always on the axis
     ax.axhspan(1.0, ax.get_ylim()[1], color="#d62728", alpha=0.08, lw=0, zorder=0)
     ax.axhline(1.0, color="#d62728", lw=0.8, alpha=0.5, zorder=1)
     front = _frontier([p for p in marks[ax][0] if p[1] < 1.0])
@@ -185,6 +186,9 @@ def _pareto(ctx: Context, sc: dict, pts: list[tuple[Series, dict]], L: int) -> C
     ax.annotate("error ≥ 1:\nworse than\nzeros", (1.0, 1.0), xycoords=trans, xytext=(4, 2),
                 textcoords="offset points", va="bottom", fontsize=8, color="#d62728", annotation_clip=False)
     band.set_ylabel("exact", rotation=0, ha="right", va="center")
+    if not exact:
+        band.text(0.5, 0.5, f"no exact result at L={fmt_len(L)}", transform=band.transAxes, ha="center",
+                  va="center", fontsize=8, color=GUIDE)
     ax.set_ylabel("relative L2 error vs full softmax attention, log scale")
     band.set_xlabel(f"median latency ({unit}), log scale")
     fig.suptitle(f"Accuracy vs latency at L={fmt_len(L)}\n{subtitle(sc, ctx.device_name(sc['device']), labels.shared)}",

@@ -26,7 +26,7 @@ from ..analysis import fmt_len  # noqa: E402
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
           "#bcbd22", "#222222", "#6b3fa0", "#7a8a00")  # 12 qualitative colours; grey is kept for guides
-MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # 7 markers × 4 line styles: 28 (marker, style) pairs
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h")  # 11 markers × 4 line styles: 44 pairs
 LINESTYLES = ("-", "--", ":", "-.")
 LINE_WIDTH, BASELINE_WIDTH = 1.6, 3.0  # every line alike; the baseline is the one drawn thicker
 GUIDE = "#8a8a8a"
@@ -70,7 +70,9 @@ class Palette:
     """Colour per variant, (marker, line style) per backend, both in sorted order over the report,
     so a variant keeps its colour and a backend its marker in every chart of a report. `looks`
     resolves clashes within one chart (same variant and backend with other parameters, or more than
-    12 variants): no two series of a chart share (colour, marker, line style) up to 12 × 28 series."""
+    12 variants): no two series of a chart share (colour, marker, line style) up to 12 × 44 series, and
+    series of one colour get different markers while there are markers left (a single point has no
+    line, so its marker must tell it apart)."""
 
     names: list[str] = field(default_factory=list)
 
@@ -88,7 +90,7 @@ class Palette:
 
     @staticmethod
     def _style(slot: int) -> tuple[str, str]:
-        slot %= len(MARKERS) * len(LINESTYLES)  # 7 and 4 are coprime: slots 0..27 are 28 distinct pairs
+        slot %= len(MARKERS) * len(LINESTYLES)  # 11 and 4 are coprime: slots 0..43 are 44 distinct pairs
         return MARKERS[slot % len(MARKERS)], LINESTYLES[slot % len(LINESTYLES)]
 
     def color(self, name: str) -> str:
@@ -107,12 +109,11 @@ class Palette:
         n_styles = len(MARKERS) * len(LINESTYLES)
         for name in names:
             c0, s0 = self._color_slot(name), self._style_slot(name)
-            for k in range(len(COLORS) * n_styles):  # keep the colour, try the next styles, then colours
-                c, s = (c0 + k // n_styles) % len(COLORS), s0 + k % n_styles
-                key = (c, *self._style(s))
-                if key not in taken:
-                    break
-            taken.add(key)
+            candidates = [((c0 + k // n_styles) % len(COLORS), *self._style(s0 + k % n_styles))
+                          for k in range(len(COLORS) * n_styles)]  # this colour's styles first, then others
+            key = next((c for c in candidates if c not in taken and (c[0], c[1]) not in taken),
+                       next(c for c in candidates if c not in taken))
+            taken |= {key, key[:2]}
             out[name] = Look(COLORS[key[0]], key[1], key[2])
         return out
 
