@@ -218,3 +218,32 @@ def test_one_variant_gets_one_marker_per_backend():
     pal = Palette([f"{v}:{b}" for v in ("flash", "gqa", "performer") for b in backends])
     names = [f"gqa:{b}" for b in backends]
     assert len({pal.looks(names)[n].marker for n in names}) == len(backends)
+
+
+# ---------------------------------------------------------------- history across runs
+def test_history_draws_cases_across_runs_regressions_first(tmp_path, monkeypatch):
+    from attnbench.report import history as Hm
+
+    figs = []
+    monkeypatch.setattr(Hm, "save", lambda fig, d, stem: (figs.append(fig), (d / f"{stem}.png", d / f"{stem}.svg"))[1])
+    base = [r for r in issue_records() if r["variant"] == "flash"]
+    cur = json.loads(json.dumps(base))
+    for r in cur:
+        if r["backend"] == "flex":  # a regression of one series
+            r["latency_ms"]["median"] *= 1.5
+            r["samples_ms"] = [x * 1.5 for x in r["samples_ms"]]
+    ctx, _ = ctx_for(base, tmp_path)
+    sec = Hm.history_section(ctx, ["base.jsonl", "cur.jsonl"], [base, cur])
+    assert sec.charts and sec.charts[0].caption == "History of 3 series across 2 runs"
+    titles = [ax.get_title(loc="left") for ax in figs[0].axes if ax.get_visible()]
+    assert titles[0] == "flash:flex" and len(titles) == 3  # the series that moved comes first
+    assert Hm.history_section(ctx, ["only.jsonl"], [base]) is None
+
+
+def test_history_dir_usage_errors(tmp_path, capsys):
+    assert main(["report", "--history", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", "--history", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "holds no .jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -26,7 +26,7 @@ from .charts import slug
 from .labels import chart_labels, subtitle, wrap
 from .model import Chart, Context
 from .placement import place_labels
-from .style import GUIDE, bytes_unit, log_y, new_figure, save, styled, time_unit, title
+from .style import GUIDE, LINE_WIDTH, bytes_unit, log_y, new_figure, save, styled, time_unit, title
 from .tables import approximate
 
 GQA_KEYS = ("device", "dtype", "batch", "heads", "head_dim", "causal")
@@ -82,12 +82,16 @@ def _gqa_chart(ctx: Context, sc: dict, panels: dict[str, tuple[int, dict]]) -> C
     heads = sc["heads"]
     for row, (mode, (L, curves)) in zip(axes, panels.items()):
         kv_bytes: dict[int, float] = {}
+        looks = ctx.palette.looks(sorted(curves))
+        every_ms = [p[1] for pts in curves.values() for p in pts]
+        div, unit = time_unit(min(every_ms), max(every_ms))
         for name, pts in sorted(curves.items()):
             g, ms, kvb = zip(*pts)
-            row[0].plot(g, ms, marker=ctx.palette.marker(name), color=ctx.palette.color(name),
-                        mfc="none", mew=1.6, ms=8, lw=1.8, label=name)
+            ms = [x / div for x in ms]
+            lk = looks[name]
+            row[0].plot(g, ms, marker=lk.marker, color=lk.color, ls=lk.ls, mew=1.4, ms=7, lw=LINE_WIDTH, label=name)
             kv_bytes.update({x: b for x, b in zip(g, kvb) if b})
-        row[0].set_ylabel("median latency (ms)")
+        row[0].set_ylabel(f"median latency ({unit})")
         row[0].set_title(f"{mode}: latency at L={fmt_len(L)}")
         row[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
         if kv_bytes:
@@ -104,7 +108,9 @@ def _gqa_chart(ctx: Context, sc: dict, panels: dict[str, tuple[int, dict]]) -> C
     fig.suptitle(title("GQA/MQA: query heads per KV head", scn, ctx.device_name(sc["device"])))
     stem = f"gqa-{slug(tuple(scn[k] if k != 'mode' else 'all' for k in SCENARIO_KEYS))}"
     png, svg = save(fig, ctx.out_dir, stem)
-    return Chart(f"GQA/MQA: latency and KV-cache bytes against KV groups (H={heads}, {sc['dtype']})", png, svg)
+    return Chart(f"GQA/MQA: latency and KV-cache bytes against KV groups (Hq={heads}, {sc['dtype']})", png, svg,
+                 "Left: latency as query heads share fewer KV heads (1 = MHA, Hq = MQA); right: the K+V bytes "
+                 "that sharing saves. A flat left curve means the kernel does not profit from sharing.")
 
 
 def _groups_axis(ax, heads: int, groups: list[int]) -> None:
