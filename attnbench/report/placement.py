@@ -3,8 +3,8 @@
 Each label tries offsets around its point, nearest first, in rings of growing radius; it takes the
 first position whose box (in display pixels, measured with the figure's renderer) overlaps no label
 placed before, no point marker and stays inside the axes. A label that finds no free position takes
-its least-overlapping one, with a thin leader line to its point, and is counted in the return value
-so a caller (or a test) can say so. Placement is deterministic: points are taken by x, then y.
+its least-overlapping one and is counted in the return value so a caller (or a test) can say so;
+a label that landed far from its point (or crowded) gets a thin leader line to it. Placement is deterministic: points are taken by x, then y.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ DIRECTIONS = ((1, 0.4), (1, -1.2), (-1, 0.4), (-1, -1.2), (0, 1.2), (0, -2.0), (
               (1, -2.4), (-1, -2.4))
 RINGS = (6, 14, 26, 40)
 MARKER_PX = 6  # half the side of the box kept free around each point
+LEADER_PX = 16  # labels placed further than this (points) get a thin line to their point
 
 
 def _overlap(a: Bbox, b: Bbox) -> float:
@@ -55,9 +56,9 @@ def place_labels(ax, points: list[tuple[float, float]], texts: list[str], colors
                     break
             if best[0] == 0:
                 break
-        cost, ann, box, _ = best
-        if cost > 0:
-            crowded += 1
+        cost, ann, box, offset = best
+        crowded += cost > 0
+        if cost > 0 or max(abs(offset[0]), abs(offset[1])) > LEADER_PX:  # far or crowded: a leader line
             ann.remove()
             ann = ax.annotate(texts[i], points[i], xytext=best[3], textcoords="offset points", fontsize=fontsize,
                               color=colors[i], ha=ann.get_ha(), va="bottom",
