@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 from matplotlib.lines import Line2D
-from matplotlib.transforms import blended_transform_factory
+from matplotlib.transforms import ScaledTranslation, blended_transform_factory
 
 from ..analysis import FAILED, SCENARIO_KEYS, Series, length
 from .labels import chart_labels, subtitle, wrap
@@ -117,7 +117,7 @@ def curve_chart(ctx: Context, scenario: tuple, group: list[Series], spec: Spec) 
     panels = facets(group, ctx.baseline)
     ncols = 1 if len(panels) == 1 else 2
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = new_figure(8.6 if ncols == 1 else 14.0, 4.6 if nrows == 1 else 3.3 * nrows + 0.9,
+    fig, axes = new_figure(9.0 if ncols == 1 else 14.0, 6.0 if nrows == 1 else 4.1 * nrows + 0.9,
                            ncols=ncols, nrows=nrows, sharex=True, sharey=True)
     lengths = [length(r) for s in group for r in s.records if r["status"] == "ok" or r["status"] in FAILED]
     lo, hi = float(values.min()) * scale, float(values.max()) * scale
@@ -137,13 +137,15 @@ def curve_chart(ctx: Context, scenario: tuple, group: list[Series], spec: Spec) 
         if spec.guides:
             _guides(ax, series, spec.field, scale, ctx.baseline)
         handles = _failure_marks(ax, series, looks, labels)
-        ax.legend(handles=ax.get_legend_handles_labels()[0] + handles, loc="upper left",
-                  bbox_to_anchor=(1.09 if spec.guides or roof else 1.01, 1.0), frameon=False, fontsize=8)
+        ax.xaxis.set_tick_params(labelbottom=True)  # every panel's lengths are labelled: its legend sits below
+        below = ScaledTranslation(0, -0.62 if len(panels) == 1 else -0.3, fig.dpi_scale_trans)  # under ticks (+ label)
+        ax.legend(handles=ax.get_legend_handles_labels()[0] + handles, loc="upper center", ncol=3 if ncols == 1 else 2,
+                  bbox_to_anchor=(0.5, 0.0), bbox_transform=ax.transAxes + below, frameon=False, fontsize=8,
+                  columnspacing=1.2, handlelength=2.6)
         if name:
             ax.set_title(name, fontsize=10, loc="left")
     for ax in flat[len(panels):]:
         ax.set_visible(False)
-        flat[flat.index(ax) - ncols].xaxis.set_tick_params(labelbottom=True)  # the panel above keeps its ticks
     xlabel = "KV-cache length Lk (decode), log scale" if sc["mode"] == "decode" else "sequence length L, log scale"
     ylabel = spec.ylabel.format(unit=unit) + ", log scale"
     if len(panels) == 1:
