@@ -104,8 +104,8 @@ def check_report(out: Path) -> dict[str, list[Path]]:
     for name in ("scaling", "measurements", "environment"):
         rows = list(csv.DictReader((out / "tables" / f"{name}.csv").open()))
         assert rows, f"{name}.csv is empty"
-    assert html.count("data:image/png;base64,") == html.count("<img") == len(pngs)
-    assert not re.search(r"""(src|href)=["'](https?:|//)""", html) and "<script" not in html and "<link" not in html
+    assert html.count('<div class="chart"') == len(pngs) and "<img" not in html  # inline SVG, one per chart
+    assert not re.search(r"""(src|href)=["'](https?:|//)""", html) and "<script src" not in html and "<link" not in html
     assert not list(out.rglob(".*.tmp*")), "temporary files left behind"
     kinds: dict[str, list[Path]] = {}
     for png in pngs:
@@ -114,10 +114,11 @@ def check_report(out: Path) -> dict[str, list[Path]]:
 
 
 def chromium_load(html: Path, tmp: Path) -> tuple[str, list[str]]:
-    """(document title after load, console lines) of a test copy that reports undecoded images."""
-    probe = ("<script>window.addEventListener('load', function () { var im = Array.from(document.images);"
-             " document.title = 'images ' + im.length + ' broken ' + im.filter(function (i) {"
-             " return !i.complete || i.naturalWidth === 0; }).length; });</script>")
+    """(document title after load, console lines) of a test copy that reports charts drawn empty."""
+    probe = ("<script>window.addEventListener('load', function () {"
+             " var im = Array.from(document.querySelectorAll('.chart svg'));"
+             " document.title = 'charts ' + im.length + ' broken ' + im.filter(function (i) {"
+             " var r = i.getBoundingClientRect(); return r.width < 100 || r.height < 50; }).length; });</script>")
     copy = tmp / "probe.html"
     copy.write_text(html.read_text().replace("</body>", probe + "</body>"))
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -168,7 +169,9 @@ def test_show_prints_tables_and_writes_nothing(tmp_path, capsys):
     before = set(tmp_path.rglob("*"))
     assert main(["show", str(res)]) == 0
     out = capsys.readouterr().out
-    assert "scaling with L" in out and "measurements" in out and "crossovers" in out and "mha:eager" in out
+    assert "scaling with L" in out and "measurements" in out and "mha:eager" in out
+    assert "crossovers ·" in out and "faster from L≈" in out  # testwindow (∝ L) passes gqa/mqa:sdpa (∝ L²)
+    assert "none in" not in out.split("crossovers ·")[1].split("faster from")[0]  # non-crossing pairs left out
     assert set(tmp_path.rglob("*")) == before
 
 
@@ -259,5 +262,5 @@ def test_report_from_a_real_cpu_sweep(sweep, tmp_path):
     if CHROMIUM is None:
         pytest.skip("no chromium binary on PATH (apt-get install chromium): HTML not opened in a browser")
     title, console = chromium_load(out / "report.html", tmp_path)
-    assert title == f"images {len(list((out / 'charts').glob('*.png')))} broken 0"
+    assert title == f"charts {len(list((out / 'charts').glob('*.png')))} broken 0"
     assert console == []

@@ -19,19 +19,29 @@ Baseline = Annotated[Optional[str], typer.Option(
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    def report(results: Results, out: Annotated[Path, typer.Option(help="Output directory (created).")],
-               baseline: Baseline = None) -> None:
+    def report(out: Annotated[Path, typer.Option(help="Output directory (created).")],
+               results: Annotated[Optional[list[Path]], typer.Argument(
+                   help="Results files (.jsonl) written by `attnbench run`, oldest first.", show_default=False)] = None,
+               baseline: Baseline = None,
+               history: Annotated[Optional[Path], typer.Option(
+                   help="A directory of results files (e.g. one per CI run): every .jsonl in it, oldest "
+                        "first by its header, is drawn as per-case trend lines.")] = None) -> None:
         """Write report.md, a self-contained report.html, charts (PNG, SVG) and tables (CSV).
+
+        With two or more files (or --history DIR) the report adds per-case trend lines across the
+        runs; every other section shows each case's latest run.
 
         Examples:
 
           attnbench report results/run.jsonl --out reports/run
 
-          attnbench report a.jsonl b.jsonl --out reports/ab --baseline mha:sdpa
+          attnbench report base.jsonl cur.jsonl --out reports/ab --baseline mha:sdpa
+
+          attnbench report --history ci-results/ --out reports/trend
         """
         from attnbench.report.build import build_report
 
-        written = build_report(results, out, baseline)
+        written = build_report(results or [], out, baseline, history)
         Console(stderr=True).print(f"wrote {len(written)} files; open {out / 'report.html'}")
 
     @app.command()

@@ -6,7 +6,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from attnbench.core.units import fmt_bytes, fmt_len, fmt_ms, short_kernel
-from attnbench.variants import registry
 
 
 def _distributed_note(d: dict | None) -> str:
@@ -26,7 +25,7 @@ def results_table(records: list[dict], title: str = "attnbench results") -> Tabl
     t = Table(title=title, header_style="bold", show_lines=False, pad_edge=False)
     for col, just in (("variant", "left"), ("backend", "left"), ("mode", "left"), ("L q×k", "right"),
                       ("H", "right"), ("status", "left"), ("ms", "right"), ("±%", "right"),
-                      ("mem", "right"), ("TF/s", "right"), ("err", "right")):
+                      ("mem", "right"), ("TFLOP/s", "right"), ("err", "right")):
         t.add_column(col, justify=just, no_wrap=True)
     t.add_column("kernel / reason", overflow="fold", min_width=16, ratio=1)
     for r in records:
@@ -40,7 +39,7 @@ def results_table(records: list[dict], title: str = "attnbench results") -> Tabl
         heads = f"{r['heads']}" if r["heads"] == r["kv_heads"] else f"{r['heads']}/{r['kv_heads']}"
         t.add_row(r["variant"], r["backend"], r["mode"], f"{fmt_len(r['seq_q'])}×{fmt_len(r['seq_k'])}",
                   heads, f"[{STATUS_STYLE.get(st, '')}]{st}[/]", fmt_ms(med), iqr,
-                  fmt_bytes(r.get("peak_mem_bytes")), f"{r['tflops']:.2g}" if r.get("tflops") else "-",
+                  fmt_bytes(r.get("peak_mem_bytes")), f"{r['tflops']:.3g}" if r.get("tflops") else "-",
                   err_s, escape(note[:160]))
     return t
 
@@ -59,6 +58,8 @@ def variants_table(rows: list[dict]) -> Table:
 
 
 def list_rows(device) -> list[dict]:
+    from attnbench.variants import registry  # torch: only for `list`
+
     rows = []
     for v in registry.all_variants():
         rows.append({

@@ -323,7 +323,7 @@ def parse_baseline(text: str) -> str:
 
 def baseline_of(s: Series, everything: list[Series], baseline: str) -> Series | None:
     """The baseline series at s's scenario: same kv_heads and params if present, else the only one."""
-    same = [b for b in everything if b.name == baseline and b.scenario() == s.scenario()]
+    same = [b for b in everything if b.name == baseline and b.scenario() == s.scenario() and b.ok()]
     exact = [b for b in same if (b.axes["kv_heads"], b.axes["params"]) == (s.axes["kv_heads"], s.axes["params"])]
     if exact:
         return exact[0]

@@ -16,7 +16,6 @@ from attnbench.core import results
 from attnbench.core.errors import UsageError
 from attnbench.report import tables as T
 from attnbench.report.charts import SPECS, curve_chart, scenarios
-from attnbench.report.gallery import gallery
 from attnbench.report.model import Context, Section, Table
 from attnbench.report.special import gqa_charts, pareto_charts
 from attnbench.report.style import Palette
@@ -24,16 +23,22 @@ from attnbench.report.style import Palette
 DEFAULT_BASELINE = "mha:eager"
 
 
-def load(paths: list[str | Path]) -> tuple[list[dict], list[dict]]:
-    """(headers, records) of several results files, in order."""
+def load_runs(paths: list[str | Path]) -> tuple[list[dict], list[list[dict]]]:
+    """(headers, records of each file) of several results files, in order."""
     if not paths:
         raise UsageError("no results files given; accepted: one or more .jsonl files written by `attnbench run`")
-    headers, records = [], []
+    headers, runs = [], []
     for p in paths:
         h, recs = results.read(p)
         headers.append(h)
-        records += recs
-    return headers, records
+        runs.append(recs)
+    return headers, runs
+
+
+def load(paths: list[str | Path]) -> tuple[list[dict], list[dict]]:
+    """(headers, records) of several results files, in order (a later file's case replaces an earlier one)."""
+    headers, runs = load_runs(paths)
+    return headers, [r for recs in runs for r in recs]
 
 
 def check_baseline(records: list[dict], baseline: str | None) -> tuple[str, str | None]:
@@ -49,9 +54,16 @@ def check_baseline(records: list[dict], baseline: str | None) -> tuple[str, str 
     return baseline, None
 
 
-def build_report(paths: list[str | Path], out: Path, baseline: str | None = None) -> list[Path]:
-    """Write the report into `out` (created if needed); returns every file written."""
-    headers, records = load(paths)
+def build_report(paths: list[str | Path], out: Path, baseline: str | None = None,
+                 history: Path | None = None) -> list[Path]:
+    """Write the report into `out` (created if needed); returns every file written. With several
+    files (or a `history` directory, its files oldest first, before `paths`), a history section
+    draws each case across the runs; the other sections show each case's latest run."""
+    from attnbench.report.history import history_files, history_section
+
+    paths = [*(history_files(history) if history else []), *paths]
+    headers, runs = load_runs(paths)
+    records = [r for recs in runs for r in recs]
     baseline, base_note = check_baseline(records, baseline)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -62,13 +74,17 @@ def build_report(paths: list[str | Path], out: Path, baseline: str | None = None
     ctx = Context(tuple(headers), out / "charts", Palette(sorted({T.tag(s) for s in everything}
                                                                 | {s.name for s in everything})), baseline)
     sections = [_environment(headers, out, paths), _scaling(ctx, everything, records, out, base_note),
-                _throughput(ctx, everything, records, out), _crossovers(records, out),
+                _throughput(ctx, everything, records, out), _crossovers(records, out, ctx.baseline),
                 *_special(ctx, everything, records), *_peers(headers, records, out), _not_run(records, out)]
+    hist = history_section(ctx, [Path(p).name for p in paths], runs)
+    if hist:
+        sections.insert(1, hist)
     from attnbench.report.html import write_html
     from attnbench.report.markdown import write_markdown
 
     md, html = out / "report.md", out / "report.html"
-    title = f"attnbench report: {', '.join(Path(p).name for p in paths)}"
+    title = f"attnbench report: {', '.join(Path(p).name for p in paths[:4])}" + \
+        (f" and {len(paths) - 4} more" if len(paths) > 4 else "")
     write_markdown(md, title, sections, out)
     write_html(html, title, sections, out)
     written = [md, html]
@@ -156,14 +172,17 @@ def _throughput(ctx: Context, everything, records, out: Path) -> Section:
     return sec
 
 
-def _crossovers(records, out: Path) -> Section:
-    rows = T.with_scenario(T.crossover_table(records))
-    sec = Section("Crossovers", ["Where one series passes another, interpolated in log-log between "
-                                 "measured lengths; *none in range* names the one ahead throughout."])
+def _crossovers(records, out: Path, baseline: str) -> Section:
+    rows = T.with_scenario(T.crossover_table(records, baseline))
+    sec = Section("Crossovers", ["Where one series passes another within the swept lengths, interpolated in "
+                                 "log-log between measured lengths. Only pairs that matter are listed: two backends "
+                                 f"of one variant, an approximation against an exact series, or a series against "
+                                 f"the baseline {baseline}; pairs that never cross are left out."])
     if rows:
         sec.tables.append(_table("crossovers", T.CROSSOVER_COLUMNS, rows, out, "crossovers"))
     else:
-        sec.skipped.append("Crossovers: no two series with two or more common lengths.")
+        sec.skipped.append("Crossovers: no pair that matters crosses within the swept lengths "
+                           "(or no two series share two or more lengths).")
     return sec
 
 
@@ -173,6 +192,8 @@ def _special(ctx: Context, everything, records) -> list[Section]:
     for r in records:
         if r["status"] == "ok":
             variants.setdefault(r["variant"], r.get("params") or {})
+    from attnbench.report.gallery import gallery  # the pictures come from the registry's variants (torch), drawn only here
+
     secs = []
     for name, (charts, skipped) in (("GQA and MQA", gqa_charts(ctx, everything)),
                                     ("Accuracy vs latency", pareto_charts(ctx, everything)),

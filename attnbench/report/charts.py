@@ -1,25 +1,34 @@
 """Scaling charts: latency, peak memory and achieved FLOP/s against the sequence length.
 
-One chart per scenario (device, mode, dtype, B, H, D, causal); one line per series, coloured by
-series and marked by backend. Latency and memory are log-log with O(L) and O(L²) guide lines
-anchored at the shortest length (compare slopes, not heights); lengths that did not run (OOM,
-timeout, error, skipped) are marked along the top edge. The FLOP/s chart draws the in-run GEMM
-reference of the run's dtype as the roofline.
+One chart per scenario (device, mode, dtype, B, Hq, D, causal). A series is coloured by its
+variant and marked (marker and line style) by its backend; its label says only what differs
+within the chart (labels.py). A chart of more than MAX_SERIES series becomes small multiples with
+shared axes: one panel per kind (exact / approximation) and KV-head count, variants packed so no
+panel holds more than MAX_SERIES, the baseline repeated in every panel. Latency lines carry a
+p10–p90 band of the timed samples; a point with a single sample is drawn hollow. Latency and
+memory are log-log with O(L) and O(L²) guides anchored at the baseline series (compare slopes,
+not heights), labelled in the right margin; lengths that did not run (OOM, timeout, error,
+skipped) are marked along the top edge. The FLOP/s chart draws the in-run GEMM reference.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 from matplotlib.lines import Line2D
+from matplotlib.transforms import ScaledTranslation, blended_transform_factory
 
 from attnbench.report.analysis import FAILED, SCENARIO_KEYS, Series, length
+from attnbench.report.labels import chart_labels, subtitle, wrap
 from attnbench.report.model import Chart, Context
-from attnbench.report.style import GUIDE, STATUS_MARKERS, bytes_unit, flops_unit, length_axis, log_y, new_figure, save, styled, title
-from attnbench.report.tables import tag
+from attnbench.report.tables import approximate
+from attnbench.report.style import BASELINE_WIDTH, GUIDE, LINE_WIDTH, STATUS_MARKERS, bytes_unit, flops_unit, length_axis, log_y, new_figure, save, styled, time_unit
+
+MAX_SERIES = 6  # more series than this in one chart: small multiples
 
 
 @dataclass(frozen=True)
@@ -27,18 +36,22 @@ class Spec:
     kind: str  # file stem prefix
     what: str  # title
     field: str  # Series.xy field
-    unit: Callable[[float], tuple[float, str]]  # peak value -> (divisor, unit)
+    unit: Callable[[float, float], tuple[float, str]]  # (low, high) value -> (divisor, unit)
     ylabel: str
+    how: str  # the "how to read this" line
     guides: bool = True
 
 
 SPECS = {
-    "latency": Spec("latency", "Median latency vs sequence length", "latency", lambda _: (1.0, "ms"),
-                    "median latency ({unit})"),
-    "memory": Spec("memory", "Peak memory vs sequence length", "peak_mem_bytes", bytes_unit,
-                   "peak memory above baseline ({unit})"),
-    "tflops": Spec("tflops", "Achieved throughput vs sequence length", "tflops", flops_unit,
-                   "achieved {unit}", guides=False),
+    "latency": Spec("latency", "Median latency vs sequence length", "latency", time_unit,
+                    "median latency ({unit})", "Lower is faster. Compare each line's slope with the grey O(L) and "
+                    "O(L²) guides; the shaded band is p10–p90 of the timed samples; hollow points had one sample."),
+    "memory": Spec("memory", "Peak memory vs sequence length", "peak_mem_bytes", lambda lo, hi: bytes_unit(hi),
+                   "peak memory above baseline ({unit})", "Lower uses less memory. A slope like the O(L) guide "
+                   "means linear memory, like O(L²) quadratic; marks on the top edge are lengths that did not run."),
+    "tflops": Spec("tflops", "Achieved throughput vs sequence length", "tflops", lambda lo, hi: flops_unit(hi),
+                   "achieved {unit}", "Higher is better. The dashed line is the in-run GEMM of this dtype (a "
+                   "practical roof); a line near it is compute bound.", guides=False),
 }
 
 
@@ -57,75 +70,181 @@ def slug(scenario: tuple) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower() + ("-causal" if sc["causal"] else ""))
 
 
+def facets(group: list[Series], baseline: str) -> list[tuple[str, list[Series]]]:
+    """[(panel title, series)]: one panel when the chart holds ≤ MAX_SERIES series, else panels by
+    kind and KV-head count, each variant's series kept together where they fit, the baseline in each."""
+    if len(group) <= MAX_SERIES:
+        return [("", group)]
+    base = [s for s in group if s.name == baseline and s.axes["kv_heads"] == s.axes["heads"]][:1]
+    rest = [s for s in group if s not in base]
+    kinds: dict[tuple, list[Series]] = {}
+    for s in sorted(rest, key=lambda s: (approximate(s), s.axes["kv_heads"] != s.axes["heads"], s.name)):
+        kinds.setdefault((approximate(s), s.axes["heads"], s.axes["kv_heads"]), []).append(s)
+    room = MAX_SERIES - len(base)
+    out = []
+    for (approx, hq, hkv), ss in kinds.items():
+        name = ("approximations" if approx else "exact") + (f" · Hkv={hkv}" if hkv != hq else "")
+        panels: list[list[Series]] = [[]]
+        by_variant: dict[str, list[Series]] = {}
+        for s in ss:
+            by_variant.setdefault(s.axes["variant"], []).append(s)
+        for vs in by_variant.values():
+            for i in range(0, len(vs), room):
+                chunk = vs[i:i + room]
+                if len(panels[-1]) + len(chunk) > room:
+                    panels.append([])
+                panels[-1] += chunk
+        panels = [p for p in panels if p]
+        for k, p in enumerate(panels):
+            out.append((name + (f" ({k + 1}/{len(panels)})" if len(panels) > 1 else ""), base + p))
+    return out
+
+
 @styled
 def curve_chart(ctx: Context, scenario: tuple, group: list[Series], spec: Spec) -> Chart | None:
-    """One scaling chart; None when no series has a value for the field."""
-    data = [(s, *s.xy(spec.field)) for s in group]
-    data = [(s, L, y) for s, L, y in data if len(L)]
-    if not data:
+    """One scaling chart (small multiples beyond MAX_SERIES series); None when no series has a value."""
+    group = [s for s in group if len(s.xy(spec.field)[0])]
+    if not group:
         return None
     sc = dict(zip(SCENARIO_KEYS, scenario))
-    peak = max(float(y.max()) for _, _, y in data)
+    values = np.concatenate([s.xy(spec.field)[1] for s in group])
     roof = ctx.gemm_flops(sc["device"], sc["dtype"]) if spec.kind == "tflops" else None
-    div, unit = spec.unit(max(peak, roof[0] / 1e12) if roof else peak)
+    div, unit = spec.unit(float(values.min()), max(float(values.max()), roof[0] / 1e12 if roof else 0.0))
     scale = 1.0 / div  # tflops are stored in TFLOP/s, memory in bytes, latency in ms
-    fig, axes = new_figure()
-    ax = axes[0][0]
-    for i, (s, L, y) in enumerate(data):
-        name = tag(s)  # hollow markers, each line thinner than the one below: equal curves stay visible
-        ax.plot(L, y * scale, marker=ctx.palette.marker(name), color=ctx.palette.color(name),
-                lw=max(3.4 - 0.4 * i, 1.0), ms=max(12 - 1.2 * i, 5), mfc="none", mew=1.6, label=name)
-    values = np.concatenate([y * scale for _, _, y in data])
-    lengths = np.concatenate([L for _, L, _ in data] + [np.array([length(r) for s in group for r in s.records
-                                                                   if r["status"] in FAILED], float)])
-    lo, hi = values.min(), values.max()
+    labels = chart_labels(group)
+    looks = ctx.palette.looks([labels.names[id(s)] for s in group])
+    panels = facets(group, ctx.baseline)
+    ncols = 1 if len(panels) == 1 else 2
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = new_figure(9.0 if ncols == 1 else 14.0, 6.0 if nrows == 1 else 4.1 * nrows + 0.9,
+                           ncols=ncols, nrows=nrows, sharex=True, sharey=True)
+    lengths = [length(r) for s in group for r in s.records if r["status"] == "ok" or r["status"] in FAILED]
+    lo, hi = float(values.min()) * scale, float(values.max()) * scale
     if roof:
         hi = max(hi, roof[0] / 1e12 * scale)
-        ax.axhline(roof[0] / 1e12 * scale, color="#444444", ls="--", lw=1.2,
-                   label=f"in-run GEMM {roof[1]}² {sc['dtype']}: {roof[0] / 1e12 * scale:.3g} {unit}")
-    log_y(ax)
-    ax.set_ylim(lo / 1.8, hi * 2.2)
-    length_axis(ax, lengths)
-    if spec.guides:
-        _guides(ax, data, scale)
-    handles = _failure_marks(ctx, ax, group)
-    ax.set_xlabel("sequence length L (KV-cache length in decode)" if sc["mode"] == "decode"
-                  else "sequence length L (log scale)")
-    ax.set_ylabel(spec.ylabel.format(unit=unit) + ", log scale")
-    ax.set_title(title(spec.what, sc, ctx.device_name(sc["device"])))
-    ax.legend(handles=ax.get_legend_handles_labels()[0] + handles, loc="upper left",
-              bbox_to_anchor=(1.01, 1.0), frameon=False)
+    flat = [ax for row in axes for ax in row]
+    for ax, (name, series) in zip(flat, panels):
+        for s in series:
+            label = labels.names[id(s)]
+            _draw_series(ax, s, spec, scale, looks[label], label, s.name == ctx.baseline)
+        if roof:
+            ax.axhline(roof[0] / 1e12 * scale, color="#444444", ls="--", lw=1.2, zorder=1)
+            _margin_label(ax, roof[0] / 1e12 * scale, f"GEMM roof\n{roof[0] / 1e12 * scale:.3g}")
+        log_y(ax)
+        ax.set_ylim(lo / 1.6, hi * 1.9)
+        length_axis(ax, lengths)
+        if spec.guides:
+            _guides(ax, series, spec.field, scale, ctx.baseline)
+        handles = _failure_marks(ax, series, looks, labels)
+        ax.xaxis.set_tick_params(labelbottom=True)  # every panel's lengths are labelled: its legend sits below
+        below = ScaledTranslation(0, -0.62 if len(panels) == 1 else -0.3, fig.dpi_scale_trans)  # under ticks (+ label)
+        ax.legend(handles=ax.get_legend_handles_labels()[0] + handles, loc="upper center", ncol=3 if ncols == 1 else 2,
+                  bbox_to_anchor=(0.5, 0.0), bbox_transform=ax.transAxes + below, frameon=False, fontsize=8,
+                  columnspacing=1.2, handlelength=2.6)
+        if name:
+            ax.set_title(name, fontsize=10, loc="left")
+    for ax in flat[len(panels):]:
+        ax.set_visible(False)
+    xlabel = "KV-cache length Lk (decode), log scale" if sc["mode"] == "decode" else "sequence length L, log scale"
+    ylabel = spec.ylabel.format(unit=unit) + ", log scale"
+    if len(panels) == 1:
+        flat[0].set_xlabel(xlabel)
+        flat[0].set_ylabel(ylabel)
+    else:
+        fig.supxlabel(xlabel, fontsize=10)
+        fig.supylabel(ylabel, fontsize=10)
+    fig.suptitle(f"{spec.what}\n{subtitle(sc, ctx.device_name(sc['device']), labels.shared)}", fontsize=11)
+    _footnote(fig, labels.fixed_params, len(panels))
     png, svg = save(fig, ctx.out_dir, f"{spec.kind}-{slug(scenario)}")
-    return Chart(f"{spec.what} ({sc['mode']}, {sc['dtype']})", png, svg)
+    has_base = any(s.name == ctx.baseline for s in group)
+    facet_note = f" Small multiples: {len(panels)} panels with shared axes" + \
+        ("; the baseline (thick line) is in each." if has_base else ".") if len(panels) > 1 else ""
+    return Chart(f"{spec.what} ({sc['mode']}, {sc['dtype']}, {len(group)} series)", png, svg,
+                 spec.how + facet_note)
 
 
-def _guides(ax, data, scale: float) -> None:
-    """O(L) and O(L²) through the geometric mean of the values at the shortest length."""
-    l0 = min(float(L.min()) for _, L, _ in data)
-    l1 = max(float(L.max()) for _, L, _ in data)
-    if l1 <= l0:
+def _draw_series(ax, s: Series, spec: Spec, scale: float, look, label: str, is_base: bool) -> None:
+    L, y = s.xy(spec.field)
+    lw = BASELINE_WIDTH if is_base else LINE_WIDTH
+    ax.plot(L, y * scale, color=look.color, ls=look.ls, lw=lw, marker=look.marker, ms=6, mew=1.4,
+            label=label + (" (baseline)" if is_base else ""), zorder=3)
+    if spec.kind == "memory":
         return
-    at0 = [float(y[np.argmin(L)]) * scale for _, L, y in data if float(L.min()) == l0]
-    y0 = float(np.exp(np.mean(np.log(at0))))
+    band, single = [], []
+    for r in s.ok():
+        samples = [x for x in (r.get("samples_ms") or []) if x and x > 0]
+        med = (r.get("latency_ms") or {}).get("median")
+        if not med or length(r) not in L:
+            continue
+        k = spec.field == "latency" and 1.0 or (r.get(spec.field) or 0.0) * med  # tflops ∝ 1 / latency
+        if len(samples) >= 2 and k:
+            p10, p90 = np.percentile(samples, [10, 90])
+            band.append((length(r), *((p10, p90) if spec.field == "latency" else (k / p90, k / p10))))
+        n = (r.get("latency_ms") or {}).get("n") or len(samples)
+        if n == 1:
+            single.append((length(r), float(y[list(L).index(length(r))])))
+    if len(band) >= 2:
+        bx, b_lo, b_hi = (np.array(v) for v in zip(*band))
+        ax.fill_between(bx, b_lo * scale, b_hi * scale, color=look.color, alpha=0.15, lw=0, zorder=2)
+    elif band:  # one length: the same p10–p90 as an error bar
+        (bx, b_lo, b_hi), = band
+        ax.plot([bx, bx], [b_lo * scale, b_hi * scale], color=look.color, alpha=0.45, lw=3, zorder=2)
+    if single:
+        sx, sy = zip(*single)
+        ax.plot(sx, np.array(sy) * scale, ls="none", marker=look.marker, ms=6, mew=1.4, mfc="white",
+                color=look.color, zorder=4)
+
+
+def _anchor(series: list[Series], field: str, baseline: str) -> tuple[float, float] | None:
+    """(L, value) where the guides start: the baseline's shortest length, else the first series'."""
+    ordered = sorted(series, key=lambda s: (s.name != baseline, approximate(s), -len(s.xy(field)[0])))
+    for s in ordered:
+        L, y = s.xy(field)
+        if len(L):
+            return float(L.min()), float(y[np.argmin(L)])
+    return None
+
+
+def _guides(ax, series: list[Series], field: str, scale: float, baseline: str) -> None:
+    """O(L) and O(L²) from the baseline's first point to the longest length; labels in the right margin."""
+    start = _anchor(series, field, baseline)
+    l1 = max(float(s.xy(field)[0].max()) for s in series if len(s.xy(field)[0]))
+    if start is None or l1 <= start[0]:
+        return
+    l0, y0 = start[0], start[1] * scale
     xs = np.geomspace(l0, l1, 32)
+    top = ax.get_ylim()[1]
+    ends = [y0 * (l1 / l0) ** p for p in (1, 2)]
+    if max(ends) > top and max(ends) <= top * 30:  # a little room makes both guides end inside
+        ax.set_ylim(ax.get_ylim()[0], max(ends) * 1.3)
     for p, text, ls in ((1, "O(L)", ":"), (2, "O(L²)", "--")):
         ys = y0 * (xs / l0) ** p
-        ax.plot(xs, ys, color=GUIDE, ls=ls, lw=1.1, zorder=0, label=f"{text} guide")
-        inside = ys <= ax.get_ylim()[1]
-        k = int(np.nonzero(inside)[0][-1]) if inside.any() else 0
-        ax.annotate(text, (xs[k], ys[k]), textcoords="offset points", xytext=(-4, 4), ha="right",
-                    color=GUIDE, fontsize=9)
+        ax.plot(xs, ys, color=GUIDE, ls=ls, lw=1.1, zorder=1)
+        _margin_label(ax, min(float(ys[-1]), ax.get_ylim()[1]), text + ("↑" if ys[-1] > ax.get_ylim()[1] else ""))
 
 
-def _failure_marks(ctx: Context, ax, group: list[Series]) -> list[Line2D]:
+def _margin_label(ax, y: float, text: str) -> None:
+    """A grey label just right of the axes at data height y (outside the data area)."""
+    trans = blended_transform_factory(ax.transAxes, ax.transData)
+    ax.annotate(text, (1.0, y), xycoords=trans, xytext=(3, 0), textcoords="offset points", ha="left",
+                va="center", color=GUIDE, fontsize=8, annotation_clip=False)
+
+
+def _footnote(fig, fixed: str, n_panels: int) -> None:
+    if fixed:
+        fig.text(0.0, 0.0, wrap("Fixed parameters: " + fixed, 150 if n_panels > 1 else 110), ha="left", va="top",
+                 fontsize=8, color="#555555")
+
+
+def _failure_marks(ax, series: list[Series], looks, labels) -> list[Line2D]:
     """Mark lengths that did not run along the top edge; returns legend handles for the statuses."""
     seen = set()
     trans = ax.get_xaxis_transform()  # x in data, y in axes fraction
-    for s in group:
+    for s in series:
         for r in s.records:
             if r["status"] in FAILED:
                 m, _ = STATUS_MARKERS[r["status"]]
-                ax.plot([length(r)], [0.97], marker=m, ms=9, mew=2, color=ctx.palette.color(tag(s)),
+                ax.plot([length(r)], [0.97], marker=m, ms=9, mew=2, color=looks[labels.names[id(s)]].color,
                         transform=trans, clip_on=False, ls="none")
                 seen.add(r["status"])
     return [Line2D([], [], marker=STATUS_MARKERS[st][0], color="#444444", ls="none", mew=2, ms=8,

@@ -11,6 +11,8 @@ shade is then the fraction of its pairs attended), and the text says so.
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
 import numpy as np
 import torch
@@ -114,7 +116,7 @@ def gallery(ctx: Context, variants: dict[str, dict]) -> tuple[list[Chart], list[
             continue
         t, p = picked
         extra = ", ".join(f"{k}={val}" for k, val in p.params)
-        heading = f"{name} at L={p.seq_q}" + (f"\n{extra}" if extra else "")
+        heading = f"{name} at L={p.seq_q}" + (f"\n{textwrap.fill(extra, 40)}" if extra else "")  # within the picture's width
         png, svg = render(t, heading, ctx.out_dir, f"pattern-{name}")
         charts.append(Chart(f"{name}: {v.description}", png, svg))
     if not charts:

@@ -1,80 +1,81 @@
-"""report.html: one self-contained page. Images are embedded as base64 PNG data URIs and the
-style sheet is inline, so it opens offline; there is no JavaScript. Links to the CSV and SVG
-files are relative (they work beside the page, and are not needed to read it)."""
+"""report.html: one self-contained page rendered from templates/report.html.j2 (jinja2, autoescaped).
+
+Charts are inline SVG that scale with the page (text stays text, so a browser can measure it);
+the style sheet and a few lines of vanilla JavaScript that sort the tables are inline; there is no
+CDN, no external request, and the page opens offline. Links to the CSV, SVG and PNG files are
+relative (they work beside the page and are not needed to read it).
+"""
 
 from __future__ import annotations
 
-import base64
-from html import escape
+import re
 from pathlib import Path
+
+import jinja2
+from markupsafe import Markup, escape
 
 from attnbench.core.results import atomic_write_text
 from attnbench.report.model import Chart, Section, Table
 
-CSS = """
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto;
-       max-width: 1400px; padding: 0 1.5em; color: #1d1d1d; }
-h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; padding-bottom: .2em; }
-table { border-collapse: collapse; margin: .6em 0 1.4em; font-size: 13px; display: block; overflow-x: auto; }
-th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: left; vertical-align: top; }
-th { background: #f3f5f8; position: sticky; top: 0; } tr:nth-child(even) td { background: #fafafa; }
-figure { margin: 1em 0 2em; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption { color: #555; font-size: 13px; } .skipped { color: #8a5a00; background: #fff8e6;
-  border-left: 3px solid #e0a800; padding: .3em .8em; } nav li { margin: .1em 0; }
-td.agrees { color: #17692b; font-weight: 600; } td.differs { color: #8a5a00; font-weight: 600; }
-.gallery { display: flex; flex-wrap: wrap; gap: 1em; } .gallery figure { max-width: 440px; }
-"""
+_ENV = jinja2.Environment(loader=jinja2.PackageLoader("attnbench.report", "templates"),
+                          autoescape=True, keep_trailing_newline=True)
 
 
 def _anchor(title: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in title.lower())
 
 
-def table_html(t: Table, out: Path) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for _, h in t.columns)
-    body = "".join("<tr>" + "".join(_td(k, r.get(k)) for k, _ in t.columns) + "</tr>" for r in t.rows)
-    link = f' (<a href="{escape(t.csv.relative_to(out).as_posix())}">CSV</a>)' if t.csv else ""
-    note = f"<p>{escape(t.note)}</p>" if t.note else ""
-    return (f"<p><b>{escape(t.title)}</b>{link}</p>"
-            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}")
+def _md(text: str) -> Markup:
+    """**x** -> <b>x</b> and *x* -> <i>x</i> in the section texts (escaped first)."""
+    t = str(escape(text))
+    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+    return Markup(re.sub(r"\*(.+?)\*", r"<i>\1</i>", t))
 
 
-def _td(key: str, value) -> str:
+_ENV.filters["md"] = _md
+
+
+def _cell(key: str, value) -> tuple[str, str]:
     text = "-" if value is None else str(value)
     cls = ""
     if key.endswith("verdict"):
-        cls = ' class="agrees"' if text == "agrees" else ' class="differs"' if text.startswith("differs") else ""
-    return f"<td{cls}>{escape(text)}</td>"
+        cls = "agrees" if text == "agrees" else "differs" if text.startswith("differs") else ""
+    return cls, text
 
 
-def figure_html(c: Chart, out: Path) -> str:
-    data = base64.b64encode(c.png.read_bytes()).decode("ascii")
-    svg = escape(c.svg.relative_to(out).as_posix())
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{escape(c.caption)}">'
-            f'<figcaption>{escape(c.caption)} (<a href="{svg}">SVG</a>)</figcaption></figure>')
+def _table(t: Table, out: Path) -> dict:
+    return {"title": t.title, "csv": t.csv.relative_to(out).as_posix() if t.csv else None, "note": t.note,
+            "heads": [h for _, h in t.columns], "rows": [[_cell(k, r.get(k)) for k, _ in t.columns] for r in t.rows]}
+
+
+def inline_svg(path: Path, prefix: str) -> Markup:
+    """The SVG file as an element for the page: no XML prologue, width 100 % (viewBox kept), and
+    every id prefixed so charts on one page never share an id."""
+    text = path.read_text(encoding="utf-8")
+    text = text[text.index("<svg"):]
+    head_end = text.index(">")
+    head = re.sub(r'\s(width|height)="[^"]*"', "", text[:head_end])
+    text = head + ' preserveAspectRatio="xMinYMin meet"' + text[head_end:]
+    text = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}-\1"', text)
+    text = re.sub(r'url\(#([^)]+)\)', rf'url(#{prefix}-\1)', text)
+    text = re.sub(r'(xlink:)?href="#([^"]+)"', rf'\1href="#{prefix}-\2"', text)
+    return Markup(text)
+
+
+def _chart(c: Chart, out: Path, n: int) -> dict:
+    return {"caption": c.caption, "how": c.how, "svg": inline_svg(c.svg, f"c{n}"),
+            "svg_href": c.svg.relative_to(out).as_posix(), "png_href": c.png.relative_to(out).as_posix()}
 
 
 def write_html(path: Path, title: str, sections: list[Section], out: Path) -> None:
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
-             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{CSS}</style>"
-             f"</head><body><h1>{escape(title)}</h1><nav><ul>"]
-    parts += [f'<li><a href="#{_anchor(s.title)}">{escape(s.title)}</a></li>' for s in sections]
-    parts.append("</ul></nav>")
+    n = 0
+    secs = []
     for s in sections:
-        parts.append(f'<h2 id="{_anchor(s.title)}">{escape(s.title)}</h2>')
-        parts += [f"<p>{_md_bold(escape(p))}</p>" for p in s.text]
-        parts += [table_html(t, out) for t in s.tables]
+        charts = []
+        for c in s.charts:
+            n += 1
+            charts.append(_chart(c, out, n))
         gallery = all(c.png.name.startswith("pattern-") for c in s.charts) and len(s.charts) > 1
-        figs = "".join(figure_html(c, out) for c in s.charts)
-        parts.append(f'<div class="gallery">{figs}</div>' if gallery else figs)
-        parts += [f'<p class="skipped">Not drawn: {escape(n)}</p>' for n in s.skipped]
-    parts.append("</body></html>\n")
-    atomic_write_text(path, "\n".join(parts))
-
-
-def _md_bold(text: str) -> str:
-    """**x** -> <b>x</b> and *x* -> <i>x</i> in the section texts (already escaped)."""
-    import re
-
-    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
-    return re.sub(r"\*(.+?)\*", r"<i>\1</i>", text)
+        secs.append({"title": s.title, "anchor": _anchor(s.title), "text": s.text, "charts": charts,
+                     "tables": [_table(t, out) for t in s.tables], "skipped": s.skipped, "gallery": gallery})
+    atomic_write_text(path, _ENV.get_template("report.html.j2").render(title=title, sections=secs))

@@ -19,6 +19,7 @@ class Chart:
     caption: str
     png: Path
     svg: Path
+    how: str = ""  # one line above the chart: how to read it
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,10 @@ mha, gqa and mqa are one computation at different KV-head counts, so each backen
 across them ("mha/gqa/mqa:sdpa"); another variant is a curve of its own when it ran at several
 KV-head counts. KV-cache bytes are the analytic 2·B·Hkv·Lk·D·itemsize of the records.
 Pareto: error against full softmax attention (`full_rel_l2`, else `rel_l2` for approximations
-whose reference is exact attention) against median latency, both log; exact variants appear as
-reference points (an error of exactly 0 is drawn at the floor of the axis and said so).
+whose reference is exact attention) against median latency, both log. Exact results (and errors
+of exactly 0) sit in a strip of their own below the log axis, never at a made-up small error; the
+region error ≥ 1 (worse than returning zeros) is shaded; the frontier is computed over the
+approximations with error < 1; point labels are placed without overlap (placement.py).
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from collections import Counter
 
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from attnbench.variants import registry
+from matplotlib.transforms import blended_transform_factory
+
 from attnbench.report.analysis import SCENARIO_KEYS, Series, fmt_len, length
-from attnbench.core.errors import UsageError
 from attnbench.report.charts import slug
+from attnbench.report.labels import chart_labels, subtitle, wrap
 from attnbench.report.model import Chart, Context
-from attnbench.report.style import GUIDE, bytes_unit, log_y, new_figure, save, styled, title
-from attnbench.report.tables import tag
+from attnbench.report.placement import place_labels
+from attnbench.report.style import GUIDE, LINE_WIDTH, bytes_unit, log_y, new_figure, save, styled, time_unit, title
+from attnbench.report.tables import approximate
 
 GQA_KEYS = ("device", "dtype", "batch", "heads", "head_dim", "causal")
 
@@ -78,12 +82,16 @@ def _gqa_chart(ctx: Context, sc: dict, panels: dict[str, tuple[int, dict]]) -> C
     heads = sc["heads"]
     for row, (mode, (L, curves)) in zip(axes, panels.items()):
         kv_bytes: dict[int, float] = {}
+        looks = ctx.palette.looks(sorted(curves))
+        every_ms = [p[1] for pts in curves.values() for p in pts]
+        div, unit = time_unit(min(every_ms), max(every_ms))
         for name, pts in sorted(curves.items()):
             g, ms, kvb = zip(*pts)
-            row[0].plot(g, ms, marker=ctx.palette.marker(name), color=ctx.palette.color(name),
-                        mfc="none", mew=1.6, ms=8, lw=1.8, label=name)
+            ms = [x / div for x in ms]
+            lk = looks[name]
+            row[0].plot(g, ms, marker=lk.marker, color=lk.color, ls=lk.ls, mew=1.4, ms=7, lw=LINE_WIDTH, label=name)
             kv_bytes.update({x: b for x, b in zip(g, kvb) if b})
-        row[0].set_ylabel("median latency (ms)")
+        row[0].set_ylabel(f"median latency ({unit})")
         row[0].set_title(f"{mode}: latency at L={fmt_len(L)}")
         row[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
         if kv_bytes:
@@ -100,7 +108,9 @@ def _gqa_chart(ctx: Context, sc: dict, panels: dict[str, tuple[int, dict]]) -> C
     fig.suptitle(title("GQA/MQA: query heads per KV head", scn, ctx.device_name(sc["device"])))
     stem = f"gqa-{slug(tuple(scn[k] if k != 'mode' else 'all' for k in SCENARIO_KEYS))}"
     png, svg = save(fig, ctx.out_dir, stem)
-    return Chart(f"GQA/MQA: latency and KV-cache bytes against KV groups (H={heads}, {sc['dtype']})", png, svg)
+    return Chart(f"GQA/MQA: latency and KV-cache bytes against KV groups (Hq={heads}, {sc['dtype']})", png, svg,
+                 "Left: latency as query heads share fewer KV heads (1 = MHA, Hq = MQA); right: the K+V bytes "
+                 "that sharing saves. A flat left curve means the kernel does not profit from sharing.")
 
 
 def _groups_axis(ax, heads: int, groups: list[int]) -> None:
@@ -113,14 +123,6 @@ def _groups_axis(ax, heads: int, groups: list[int]) -> None:
 
 
 # ---------------------------------------------------------------- Pareto
-def _approximate(variant: str) -> bool:
-    try:
-        v = registry.get(variant)
-    except UsageError:
-        return False
-    return (not v.exact) or v.full_attention_error
-
-
 def _error(r: dict) -> float | None:
     err = r.get("error") or {}
     return err.get("full_rel_l2", err.get("rel_l2"))
@@ -134,43 +136,79 @@ def pareto_charts(ctx: Context, everything: list[Series]) -> tuple[list[Chart], 
                 by_scn.setdefault(s.scenario(), []).append((s, r))
     charts = []
     for scn, pts in sorted(by_scn.items(), key=lambda kv: str(kv[0])):
-        approx = Counter(length(r) for s, r in pts if _approximate(s.axes["variant"]))
-        if approx:
-            L = max(approx, key=lambda x: (approx[x], x))  # most approximate points; ties: longest
+        approx = Counter(length(r) for s, r in pts if approximate(s))
+        every = Counter(length(r) for s, r in pts)
+        if approx:  # the length with the most points (approximate and exact) that has an approximation
+            L = max(approx, key=lambda x: (every[x], approx[x], x))
             charts.append(_pareto(ctx, dict(zip(SCENARIO_KEYS, scn)), [(s, r) for s, r in pts if length(r) == L], L))
     skipped = [] if charts else ["Accuracy-vs-latency chart: no approximate or pattern variant with an "
                                  "error against full attention in the data."]
     return charts, skipped
 
 
+PARETO_HOW = ("Down and left is better. The bottom strip holds exact results (rounding error only, or an error "
+              "of exactly 0); the red region (error ≥ 1) is worse than returning zeros; the dashed step is the "
+              "Pareto frontier of the approximations with error < 1; the dotted line is the fastest exact result.")
+
+
 @styled
 def _pareto(ctx: Context, sc: dict, pts: list[tuple[Series, dict]], L: int) -> Chart:
-    errs = [e for _, r in pts if (e := _error(r))]
-    floor = min(errs) / 10 if errs else 1e-9
-    fig, axes = new_figure(8.5, 5.2)
-    ax = axes[0][0]
-    xy = []
+    labels = chart_labels([s for s, _ in pts])
+    looks = ctx.palette.looks([labels.names[id(s)] for s, _ in pts])
+    lat = [r["latency_ms"]["median"] for _, r in pts]
+    div, unit = time_unit(min(lat), max(lat))
+    exact = [(s, r) for s, r in pts if not approximate(s) or not _error(r)]
+    approx = [(s, r) for s, r in pts if (s, r) not in exact]
+    fig, axes = new_figure(9.5, 6.2, nrows=2, sharex=True, gridspec_kw={"height_ratios": (5, 1)})
+    ax, band = axes[0][0], axes[1][0]
+    marks: dict = {ax: ([], [], []), band: ([], [], [])}
     for s, r in pts:
-        name, e = tag(s), _error(r)
-        x, y = r["latency_ms"]["median"], e if e else floor
-        approx = _approximate(s.axes["variant"])
-        ax.plot([x], [y], marker=ctx.palette.marker(name), color=ctx.palette.color(name), ls="none", ms=9,
-                mfc=ctx.palette.color(name) if approx else "none", mew=1.6, label=name + ("" if approx else " (exact)"))
-        if approx:  # name the approximations on the plot; exact points are in the legend
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(7, 4), fontsize=8, color="#333333")
-        xy.append((x, y))
-    front = _frontier(xy)
-    ax.step(*zip(*front), where="post", color=GUIDE, lw=1.2, ls="--", zorder=0, label="Pareto frontier")
-    log_y(ax, "x")
+        target = band if (s, r) in exact else ax
+        look = looks[labels.names[id(s)]]
+        x, y = r["latency_ms"]["median"] / div, (_error(r) if target is ax else 0.5)
+        target.plot([x], [y], marker=look.marker, color=look.color, ls="none", ms=8, mew=1.4, zorder=3)
+        for lst, v in zip(marks[target], ((x, y), labels.names[id(s)], look.color)):
+            lst.append(v)
+    errs = [y for _, y in marks[ax][0]] or [0.1]
+    ax.set_yscale("log")
+    ax.set_ylim(min(min(errs) / 3, 0.3), max(max(errs), 1.0) * 3)  # error 1 is always on the axis
+    ax.axhspan(1.0, ax.get_ylim()[1], color="#d62728", alpha=0.08, lw=0, zorder=0)
+    ax.axhline(1.0, color="#d62728", lw=0.8, alpha=0.5, zorder=1)
+    front = _frontier([p for p in marks[ax][0] if p[1] < 1.0])
+    if len(front) > 1:
+        ax.step(*zip(*front), where="post", color=GUIDE, lw=1.2, ls="--", zorder=2)
     log_y(ax)
-    ax.set_xlabel("median latency (ms), log scale")
+    band.set_ylim(0, 1)
+    band.set_yticks([])
+    band.set_xscale("log")
+    xs = [x / div for x in lat]
+    band.set_xlim(min(xs) / 1.6, max(xs) * 1.6)  # room for labels left and right of the extreme points
+    log_y(band, "x")
+    if exact:
+        fastest = min(r["latency_ms"]["median"] for _, r in exact) / div
+        for target in (ax, band):
+            target.axvline(fastest, color="#444444", ls=":", lw=1.0, zorder=1)
+    trans = blended_transform_factory(ax.transAxes, ax.transData)
+    ax.annotate("error ≥ 1:\nworse than\nzeros", (1.0, 1.0), xycoords=trans, xytext=(4, 2),
+                textcoords="offset points", va="bottom", fontsize=8, color="#d62728", annotation_clip=False)
+    band.set_ylabel("exact", rotation=0, ha="right", va="center")
+    if not exact:
+        band.text(0.5, 0.5, f"no exact result at L={fmt_len(L)}", transform=band.transAxes, ha="center",
+                  va="center", fontsize=8, color=GUIDE)
     ax.set_ylabel("relative L2 error vs full softmax attention, log scale")
-    ax.set_title(title(f"Accuracy vs latency at L={fmt_len(L)}", sc, ctx.device_name(sc["device"])))
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    if any(not e for _, r in pts if (e := _error(r)) is not None):
-        ax.text(0.01, 0.01, f"error 0 drawn at {floor:.0e}", transform=ax.transAxes, fontsize=8, color=GUIDE)
+    band.set_xlabel(f"median latency ({unit}), log scale")
+    fig.suptitle(f"Accuracy vs latency at L={fmt_len(L)}\n{subtitle(sc, ctx.device_name(sc['device']), labels.shared)}",
+                 fontsize=11)
+    if labels.fixed_params:
+        fig.text(0.0, 0.0, wrap("Fixed parameters: " + labels.fixed_params, 120), ha="left", va="top", fontsize=8,
+                 color="#555555")
+    fig.canvas.draw()  # the layout is final: place the labels in display space, then freeze it
+    for target, (xy, texts, colors) in marks.items():
+        place_labels(target, xy, texts, colors)
+    fig.set_layout_engine("none")
     png, svg = save(fig, ctx.out_dir, f"pareto-{slug(tuple(sc[k] for k in SCENARIO_KEYS))}")
-    return Chart(f"Accuracy vs latency at L={fmt_len(L)} ({sc['mode']}, {sc['dtype']})", png, svg)
+    return Chart(f"Accuracy vs latency at L={fmt_len(L)} ({sc['mode']}, {sc['dtype']}, {len(pts)} points)", png, svg,
+                 PARETO_HOW)
 
 
 def _frontier(xy: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -1,8 +1,8 @@
 """Shared look of the report's charts: palette, markers, units, titles and atomic saving.
 
-Colours are keyed on the series name ("variant:backend"): each name's preferred slot is a hash of
-the name, and names present in one report take free slots in sorted order, so a series keeps its
-colour across every chart of a report (and, collisions apart, across reports). matplotlib runs
+Colour is keyed on the variant and (marker, line style) on the backend, each in sorted order over
+the report, so a series looks the same in every chart of a report; within one chart no two series
+share (colour, marker, line style). Every line has the same width except the baseline. matplotlib runs
 with the Agg backend (no display needed).
 """
 
@@ -25,32 +25,17 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: 
 from attnbench.report.analysis import fmt_len  # noqa: E402
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-          "#bcbd22", "#222222")  # tab10 with its grey (kept for guides) replaced by near-black
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+          "#bcbd22", "#222222", "#6b3fa0", "#7a8a00")  # 12 qualitative colours; grey is kept for guides
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h")  # 11 markers × 4 line styles: 44 pairs
+LINESTYLES = ("-", "--", ":", "-.")
+LINE_WIDTH, BASELINE_WIDTH = 1.6, 3.0  # every line alike; the baseline is the one drawn thicker
 GUIDE = "#8a8a8a"
 STATUS_MARKERS = {"oom": ("x", "OOM"), "timeout": ("v", "timeout"), "error": ("X", "error"),
                   "skipped": ("|", "skipped (predicted too big/slow)")}
 RC = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
       "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.grid": True, "grid.alpha": 0.3,
       "grid.linestyle": "-", "axes.spines.top": False, "axes.spines.right": False,
-      "svg.hashsalt": "attnbench", "figure.dpi": 110, "savefig.dpi": 110}
-
-
-def _slot(name: str, n: int) -> int:
-    return int(hashlib.sha1(name.encode()).hexdigest(), 16) % n
-
-
-def _assign(names, n: int) -> dict[str, int]:
-    """Each name takes its hashed slot, or the next free one (sorted order decides ties)."""
-    taken: set[int] = set()
-    out = {}
-    for name in sorted(set(names)):
-        s = _slot(name, n)
-        while len(taken) < n and s in taken:
-            s = (s + 1) % n
-        taken.add(s)
-        out[name] = s
-    return out
+      "svg.hashsalt": "attnbench", "figure.dpi": 110, "savefig.dpi": 110, "svg.fonttype": "none"}
 
 
 def styled(fn):
@@ -63,23 +48,74 @@ def styled(fn):
     return wrapper
 
 
+@dataclass(frozen=True)
+class Look:
+    """How one series is drawn: colour (its variant), marker and line style (its backend)."""
+
+    color: str
+    marker: str
+    ls: str
+
+
+def _variant(name: str) -> str:
+    return name.split(":")[0]
+
+
+def _backend(name: str) -> str:
+    return name.split(":")[-1].split(" ")[0]
+
+
 @dataclass
 class Palette:
-    """Colour per series name, marker per backend; stable for one report."""
+    """Colour per variant, (marker, line style) per backend, both in sorted order over the report,
+    so a variant keeps its colour and a backend its marker in every chart of a report. `looks`
+    resolves clashes within one chart (same variant and backend with other parameters, or more than
+    12 variants): no two series of a chart share (colour, marker, line style) up to 12 × 44 series, and
+    series of one colour get different markers while there are markers left (a single point has no
+    line, so its marker must tell it apart)."""
 
     names: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        self._c = _assign(self.names, len(COLORS))
-        backends = sorted({n.split(":")[-1].split(" ")[0] for n in self.names})
-        self._m = {b: i % len(MARKERS) for i, b in enumerate(backends)}  # sorted order: o, s, ^, ...
+        self._c = {v: i % len(COLORS) for i, v in enumerate(sorted({_variant(n) for n in self.names}))}
+        self._s = {b: i for i, b in enumerate(sorted({_backend(n) for n in self.names}))}
+
+    def _color_slot(self, name: str) -> int:
+        v = _variant(name)
+        return self._c.get(v, int(hashlib.sha1(v.encode()).hexdigest(), 16) % len(COLORS))
+
+    def _style_slot(self, name: str) -> int:
+        b = _backend(name)
+        return self._s.get(b, int(hashlib.sha1(b.encode()).hexdigest(), 16) % (len(MARKERS) * len(LINESTYLES)))
+
+    @staticmethod
+    def _style(slot: int) -> tuple[str, str]:
+        slot %= len(MARKERS) * len(LINESTYLES)  # 11 and 4 are coprime: slots 0..43 are 44 distinct pairs
+        return MARKERS[slot % len(MARKERS)], LINESTYLES[slot % len(LINESTYLES)]
 
     def color(self, name: str) -> str:
-        return COLORS[self._c.get(name, _slot(name, len(COLORS)))]
+        return COLORS[self._color_slot(name)]
 
     def marker(self, name: str) -> str:
-        backend = name.split(":")[-1].split(" ")[0]
-        return MARKERS[self._m.get(backend, _slot(backend, len(MARKERS)))]
+        return self._style(self._style_slot(name))[0]
+
+    def look(self, name: str) -> Look:
+        return Look(self.color(name), *self._style(self._style_slot(name)))
+
+    def looks(self, names: list[str]) -> dict[str, Look]:
+        """Looks of one chart's series (names unique), each (colour, marker, style) used once."""
+        taken: set[tuple] = set()
+        out = {}
+        n_styles = len(MARKERS) * len(LINESTYLES)
+        for name in names:
+            c0, s0 = self._color_slot(name), self._style_slot(name)
+            candidates = [((c0 + k // n_styles) % len(COLORS), *self._style(s0 + k % n_styles))
+                          for k in range(len(COLORS) * n_styles)]  # this colour's styles first, then others
+            key = next((c for c in candidates if c not in taken and (c[0], c[1]) not in taken),
+                       next(c for c in candidates if c not in taken))
+            taken |= {key, key[:2]}
+            out[name] = Look(COLORS[key[0]], key[1], key[2])
+        return out
 
 
 def bytes_unit(peak: float) -> tuple[float, str]:
@@ -90,8 +126,22 @@ def bytes_unit(peak: float) -> tuple[float, str]:
 
 
 def flops_unit(peak: float) -> tuple[float, str]:
-    """TFLOP/s, or GFLOP/s when nothing reaches one TFLOP/s (CPU runs)."""
-    return (1.0, "TFLOP/s") if peak >= 1 else (1e-3, "GFLOP/s")
+    """Always TFLOP/s: the one throughput unit of the terminal tables, the CSV (`tflops`) and the charts."""
+    return 1.0, FLOPS_UNIT
+
+
+FLOPS_UNIT = "TFLOP/s"
+
+
+def time_unit(lo_ms: float, hi_ms: float) -> tuple[float, str]:
+    """(divisor of milliseconds, unit) for values from lo_ms to hi_ms: µs, ms or s, whichever puts
+    the geometric middle of the range between 1 and 1000."""
+    mid = math.sqrt(max(lo_ms, 1e-12) * max(hi_ms, 1e-12))
+    if mid < 1.0:
+        return 1e-3, "µs"
+    if mid >= 1000.0:
+        return 1e3, "s"
+    return 1.0, "ms"
 
 
 def length_axis(ax, lengths) -> None:
@@ -124,14 +174,14 @@ def log_y(ax, which: str = "y") -> None:
 
 def title(what: str, scenario: dict, device_name: str | None) -> str:
     dev = device_name or scenario["device"]
-    shape = f"B={scenario['batch']} H={scenario['heads']} D={scenario['head_dim']}"
+    shape = f"B={scenario['batch']} Hq={scenario['heads']} D={scenario['head_dim']}"
     extra = ", causal" if scenario["causal"] else ""
     return f"{what}\n{dev} · {scenario['dtype']} · {shape}{extra} · {scenario['mode']}"
 
 
-def new_figure(width: float = 8.0, height: float = 4.8, ncols: int = 1, nrows: int = 1):
+def new_figure(width: float = 8.0, height: float = 4.8, ncols: int = 1, nrows: int = 1, **kwargs):
     """A figure with constrained layout (titles and labels never overlap); axes as a 2-D array."""
-    return plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, layout="constrained")
+    return plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, layout="constrained", **kwargs)
 
 
 def save(fig, out_dir: Path, stem: str) -> tuple[Path, Path]:

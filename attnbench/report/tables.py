@@ -27,17 +27,37 @@ def not_run(records: list[dict]) -> list[dict]:
     return rows
 
 
-def crossover_table(records: list[dict]) -> list[dict]:
-    """Every pair of series in the same scenario: where latency and peak memory swap order."""
+def approximate(s: Series) -> bool:
+    """From the data, not the registry: an error against full attention was recorded (patterns,
+    positional), or the error against the exact reference is at least 1e-3 (approximations)."""
+    for r in s.ok():
+        err = r.get("error") or {}
+        if "full_rel_l2" in err or (err.get("rel_l2") or 0.0) >= 1e-3:
+            return True
+    return False
+
+
+def pair_matters(a: Series, b: Series, baseline: str) -> bool:
+    """A crossover worth a row: two backends of one variant (fused vs eager), an approximation
+    against an exact series, or a series against the baseline."""
+    return (a.axes["variant"] == b.axes["variant"] or approximate(a) != approximate(b)
+            or baseline in (a.name, b.name))
+
+
+def crossover_table(records: list[dict], baseline: str = "mha:eager", every: bool = False) -> list[dict]:
+    """Pairs of series in the same scenario whose latency or peak memory swap order within the swept
+    range, among the pairs that matter (pair_matters); every=True: every pair, crossing or not."""
     everything = [s for s in series(records) if len(s.ok()) >= 2]
     rows = []
     for i, a in enumerate(everything):
         for b in everything[i + 1:]:
-            if a.scenario() != b.scenario():
+            if a.scenario() != b.scenario() or not (every or pair_matters(a, b, baseline)):
                 continue
             lat = crossover(*a.xy("latency"), *b.xy("latency"), tag(a), tag(b))
             mem = crossover(*a.xy("peak_mem_bytes"), *b.xy("peak_mem_bytes"), tag(a), tag(b), "smaller") \
                 if len(a.xy("peak_mem_bytes")[0]) > 1 and len(b.xy("peak_mem_bytes")[0]) > 1 else {"text": "-"}
+            if not every and not lat["points"] and not mem.get("points"):
+                continue
             rows.append({"a": tag(a), "b": tag(b), **dict(zip(SCENARIO_KEYS, a.scenario())),
                          "latency": lat["text"], "memory": mem["text"],
                          "latency_L": ", ".join(f"{L:.0f}" for L, _ in lat["points"])})
@@ -105,7 +125,7 @@ SCALING_COLUMNS = (
     ("throughput", "at the longest L"), ("notes", "notes"))
 MEASUREMENT_COLUMNS = (
     ("series", "series"), ("scenario", "scenario"), ("L_text", "L"), ("latency", "median ms"),
-    ("iqr", "IQR %"), ("memory", "peak memory"), ("flops", "FLOP/s"), ("bw", "GB/s"),
+    ("iqr", "IQR %"), ("memory", "peak memory"), ("flops", "TFLOP/s"), ("bw", "GB/s"),
     ("roofline", "roofline %"), ("speedup_text", "speedup"), ("saving_text", "memory saving"),
     ("error_text", "rel. L2 error"))
 CROSSOVER_COLUMNS = (("a", "A"), ("b", "B"), ("scenario", "scenario"), ("latency", "latency crossover"),
@@ -125,9 +145,10 @@ def fmt_bytes(n) -> str:
 
 
 def fmt_flops(tflops) -> str:
+    """Always in TFLOP/s, the one throughput unit of the terminal, the CSV (`tflops`) and the charts."""
     if not tflops:
         return "-"
-    return f"{tflops:.3g} TFLOP/s" if tflops >= 1 else f"{tflops * 1e3:.3g} GFLOP/s"
+    return f"{tflops:.3g} TFLOP/s"
 
 
 def _x(v) -> str:

@@ -15,7 +15,7 @@ from attnbench.report import tables as T
 SCALING = (("series", "series"), ("time_cell", "latency ∝ L^x [95% CI]"), ("mem_cell", "memory ∝ L^x [95% CI]"),
            ("base_cell", "vs baseline"), ("crossover_vs_baseline", "crossover vs baseline"), ("frontier", "frontier"))
 MEASUREMENTS = (("series", "series"), ("L_text", "L"), ("latency", "median ms"), ("iqr", "IQR %"),
-                ("memory", "peak mem"), ("flops", "FLOP/s"), ("roofline", "roof %"), ("speedup_text", "speedup"),
+                ("memory", "peak mem"), ("flops", "throughput"), ("roofline", "roof %"), ("speedup_text", "speedup"),
                 ("saving_text", "mem saving"), ("error_text", "rel. L2"))
 CROSSOVERS = (("a", "A"), ("b", "B"), ("latency", "latency"), ("memory", "peak memory"))
 NOT_RUN = (("series", "series"), ("status", "status"), ("reason", "reason"))
@@ -75,7 +75,11 @@ def show(records: list[dict], console: Console, baseline: str) -> None:
     _print_scaling_rows(scaling, console, baseline)
     for scn, rows in _by_scenario(T.measurement_display(T.measurements(records, baseline))).items():
         console.print(rich_table(f"measurements · {scn}", MEASUREMENTS, rows))
-    for scn, rows in _by_scenario(T.with_scenario(T.crossover_table(records))).items():
+    crossings = T.with_scenario(T.crossover_table(records, baseline))
+    for scn, rows in _by_scenario(crossings).items():
         console.print(rich_table(f"crossovers · {scn}", CROSSOVERS, rows))
+    if not crossings:
+        console.print("crossovers: no pair that matters crosses within the swept lengths (pairs: two backends "
+                      f"of one variant, approximation vs exact, or vs the baseline {_esc(baseline)})")
     for scn, rows in _by_scenario(T.with_scenario(T.not_run(records))).items():
         console.print(rich_table(f"not run · {scn}", NOT_RUN, rows))
