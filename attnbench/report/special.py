@@ -158,7 +158,6 @@ def _pareto(ctx: Context, sc: dict, pts: list[tuple[Series, dict]], L: int) -> C
     lat = [r["latency_ms"]["median"] for _, r in pts]
     div, unit = time_unit(min(lat), max(lat))
     exact = [(s, r) for s, r in pts if not approximate(s) or not _error(r)]
-    approx = [(s, r) for s, r in pts if (s, r) not in exact]
     fig, axes = new_figure(9.5, 6.2, nrows=2, sharex=True, gridspec_kw={"height_ratios": (5, 1)})
     ax, band = axes[0][0], axes[1][0]
     marks: dict = {ax: ([], [], []), band: ([], [], [])}
