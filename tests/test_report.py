@@ -84,9 +84,9 @@ def picture_variants(monkeypatch):
                   flops=attention_flops, bytes=io_bytes, backends=(), full_attention_error=True,
                   resolve=fill_defaults)
     registry.names()  # load the real registry first
-    monkeypatch.setitem(registry._VARIANTS, "testwindow", Variant(
+    monkeypatch.setitem(registry._CATALOGUE, "testwindow", Variant(
         name="testwindow", description="test window mask", picture=_window_picture, defaults={"window": 16}, **common))
-    monkeypatch.setitem(registry._VARIANTS, "testbias", Variant(
+    monkeypatch.setitem(registry._CATALOGUE, "testbias", Variant(
         name="testbias", description="test distance bias", picture=_bias_picture, **common))
 
 
@@ -212,7 +212,7 @@ def test_additive_masks_and_masked_biases(tmp_path, monkeypatch):
 
     registry.names()
     for name, fn in (("testadditive", additive), ("testcausalbias", causal_bias)):
-        monkeypatch.setitem(registry._VARIANTS, name, Variant(
+        monkeypatch.setitem(registry._CATALOGUE, name, Variant(
             name=name, family="test", description=name, time="O(L)", memory="O(L)", reference=exact_reference,
             flops=attention_flops, bytes=io_bytes, backends=(), resolve=fill_defaults, picture=fn))
     mask, _ = picture("testadditive", 32)
