@@ -10,7 +10,7 @@ built and called once on seeded inputs, then:
       - exact variants that change the scores (patterns: masks; positional: biases/rotations)
         against the variant's own `reference` run on float64 inputs: the oracle has no notion of
         their masks and biases, so their reference is the definition (the reference itself is
-        checked against independent math in tests/test_sparse.py, test_positional.py, ...);
+        checked against independent math in tests/variants/test_sparse.py, test_positional.py, ...);
       - both with EXACT_BOUND: rel-L2 <= 1e-4, i.e. fp32 rounding (~1e-6 at these sizes) with
         margin, far below any real defect (a wrong mask or scale gives rel-L2 ~ 1e-1);
       - approximations (Variant.exact False: Performer, linear, Linformer, Reformer) against the
@@ -19,10 +19,10 @@ built and called once on seeded inputs, then:
         (APPROX_BOUND); a tight bound is checked too: every non-eager backend against the
         variant's own `eager` formulation fed float64 inputs (same random features).
 Skipped, each with registry.decide's own reason: test-only backends, the ring family (needs
-world_size >= 2 processes: tests/test_ring.py), Triton (no CUDA here; the kernels have their own
+world_size >= 2 processes: tests/distributed/test_ring.py), Triton (no CUDA here; the kernels have their own
 interpreter tests), peer packages that are missing, and combinations the variant does not support
 at the chosen problem. FlexAttention cases compile (10-120 s each on this CPU): marked slow and
-run only with ATTNBENCH_CONTRACT_FLEX=1 (tests/test_exact.py, test_sparse.py, test_positional.py
+run only with ATTNBENCH_CONTRACT_FLEX=1 (tests/variants/test_exact.py, test_sparse.py, test_positional.py
 test flex per family).
 """
 
@@ -55,7 +55,7 @@ def contract_problem(v: registry.Variant) -> Problem:
     blocks over L=256 (Longformer: window 2·block = 64, 32 global tokens); the sliding window is
     33, so local-attention's exact window ws = w − 1 = 32 divides L and the peer computes our
     pattern (with w = 32 it would run ws = 32, one key wider a side: a documented difference,
-    tests/test_peers.py); grids are 8×8 (L=64, Swin windows of 4)."""
+    tests/variants/test_peers.py); grids are 8×8 (L=64, Swin windows of 4)."""
     params = dict(v.defaults)
     seq = 128
     if "block" in params:

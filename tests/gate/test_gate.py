@@ -26,7 +26,7 @@ from attnbench.core.results import Writer, make_header
 from attnbench.run.worker import base_record
 from attnbench.run.plan import expand, make_sweep
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "ci-gate-example.sh"
 TINY = """description = "gate test: one slowable case and one plain SDPA case"
 time_budget = 4

@@ -16,7 +16,7 @@ from attnbench.core.problem import Problem
 from attnbench.run.worker import RunConfig, Worker
 from attnbench.run.plan import expand, make_sweep
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "ATTNBENCH_TEST_BACKENDS": "1", "PYTHONUNBUFFERED": "1"}
 
 
