@@ -14,7 +14,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from .errors import UsageError
+from .errors import UsageError, say
+
+GATE_COMMANDS = ("compare", "gate", "baseline", "ab")  # usage errors exit 3 (docs/ci.md)
 
 app = typer.Typer(name="attnbench", no_args_is_help=False, add_completion=False, rich_markup_mode="rich",
                   help="Benchmark and profile attention mechanisms: latency, memory, FLOPs and error, "
@@ -164,9 +166,15 @@ def run(
         out_console.print(results_table(records, title=f"attnbench on {dev.type} → {out}"))
         print_scaling(records, out_console)
     if interrupted:
-        err_console.print(f"interrupted: {len(records)} records kept in {out}; resume with the same "
-                          f"command plus --out {out} --resume", soft_wrap=True)
-        raise typer.Exit(130)
+        import signal
+
+        how = " (the case in flight was abandoned)" if interrupted.abandoned else ""
+        try:  # after SIGHUP the terminal may be gone: the records are kept either way
+            say(err_console, f"interrupted by {signal.Signals(interrupted.signum).name}{how}: {len(records)} "
+                f"records kept in {out}; resume with the same command plus --out {out} --resume")
+        except OSError:
+            pass
+        raise typer.Exit(128 + interrupted.signum)
 
 
 # Commands that live in modules of their own; each exposes register(app).
@@ -195,13 +203,14 @@ _add_subcommands()
 def main(argv: list[str] | None = None) -> int:
     """Entry point: usage errors become one line and exit code 2."""
     from .results import ResultsError
+    from .safe_io import EXIT_WRITE, OutputError
 
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         rc = app(args=argv, standalone_mode=False, obj={"argv": argv})  # typer.Exit inside returns its code
-    except (UsageError, ResultsError) as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        return 2
+    except (UsageError, ResultsError, OutputError) as e:
+        say(err_console, str(e), "error:")
+        return EXIT_WRITE if isinstance(e, OutputError) else 2
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
@@ -210,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # click's own errors (typer vendors click, so match by shape)
         if hasattr(e, "format_message") and hasattr(e, "exit_code"):
             msg = " ".join(e.format_message().split())
-            err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-            return 2 if e.exit_code == 2 else e.exit_code
+            say(err_console, msg, "error:")
+            gate = bool(argv) and argv[0] in GATE_COMMANDS  # the gate's contract: usage errors exit 3
+            return (3 if gate else 2) if e.exit_code == 2 else e.exit_code
         raise
     return rc if isinstance(rc, int) else 0
 

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from .errors import UsageError
+from .errors import UsageError, say
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -99,7 +99,7 @@ def _profile_or_exit(case, dev, out: Path, **kw):
     except (MemoryError, RuntimeError) as e:
         if not (isinstance(e, MemoryError) or "out of memory" in str(e).lower()):
             raise
-        err_console.print(f"[bold red]error:[/] the call ran out of memory: {' '.join(str(e).split())[:200]}")
+        say(err_console, f"the call ran out of memory: {' '.join(str(e).split())[:200]}", "error:")
         raise typer.Exit(1) from None
 
 

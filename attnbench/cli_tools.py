@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import UsageError
+from .errors import UsageError, say
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.I)
 
@@ -96,8 +96,7 @@ def register_frontier(app: typer.Typer) -> None:
                     err.print(f"searching {v}/{b} ...")
                     f = find_frontier(v, b.strip(), base, cfg, worker, nbytes, lo, hi, refs)
                     found.append(f)
-                    err.print(f"  {v}/{b}: largest L that ran {f.largest_ok or '-'}; limit {f.limit}: "
-                              f"{f.reason or ''}", highlight=False, soft_wrap=True)
+                    say(err, f"  {v}/{b}: largest L that ran {f.largest_ok or '-'}; limit {f.limit}: {f.reason or ''}")
         finally:
             worker.close()
         rows = frontier_rows(found)

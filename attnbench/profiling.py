@@ -33,7 +33,6 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from . import execute, registry
 from .errors import UsageError
-from .results import case_id as make_case_id
 from .sweep import Case, expand, make_sweep
 
 SETUP, CALL = "attnbench.setup", "attnbench.call"
@@ -185,7 +184,7 @@ def profile_case(case: Case, device: torch.device, out_dir: Path, *, warmup: int
     pm.chart(memory, files["memory_chart"], title=f"{case.variant}/{case.backend}  {case.problem.short()}  "
              f"{case.problem.dtype} {case.problem.mode} on {device.type}")
     report = Report(case=case, device=device.type,
-                    case_id=make_case_id(case.problem.as_dict(), case.variant, case.backend, device.type),
+                    case_id=_case_key(case, device),
                     warmup=warmup, calls=calls, ops=ops, kernels=kernels,
                     attention=tuple(n for n in ranked if ATTENTION_OP.search(n)),
                     path=attention_path(ranked, device), detected=detected,
@@ -313,6 +312,13 @@ def save_case_trace(case: Case, device: torch.device, out_dir: Path,
         call()
         _sync(device)
     prof = profile_calls(call, device, calls=1)
-    path = out_dir / f"{make_case_id(case.problem.as_dict(), case.variant, case.backend, device.type)}.json"
+    path = out_dir / f"{_case_key(case, device)}.json"
     prof.export_chrome_trace(str(path))
     return path
+
+
+def _case_key(case, device) -> str:
+    """The case_id its record in a results file has (runner.case_key)."""
+    from .runner import case_key
+
+    return case_key(case, device)

@@ -43,7 +43,7 @@ def fmt_len(n: int) -> str:
 
 
 STATUS_STYLE = {"ok": "green", "skipped": "yellow", "unsupported": "dim", "unavailable": "dim",
-                "oom": "red", "timeout": "red", "error": "bold red"}
+                "oom": "red", "timeout": "red", "error": "bold red", "killed": "red"}
 
 
 def results_table(records: list[dict], title: str = "attnbench results") -> Table:

@@ -49,12 +49,30 @@ def check_baseline(records: list[dict], baseline: str | None) -> tuple[str, str 
 
 
 def build_report(paths: list[str | Path], out: Path, baseline: str | None = None) -> list[Path]:
-    """Write the report into `out` (created if needed); returns every file written."""
+    """Write the report into the directory `out`; returns every file written (under `out`).
+
+    The report is built in a temporary sibling, under `out`'s lock (safe_io), and renamed into
+    place only when complete: a failure (a full disk, bad records) leaves no partial directory
+    and an earlier report at `out` as it was. An existing `out` is replaced as a whole, so it
+    must be a report directory (holding report.md) or empty."""
+    from ..safe_io import atomic_dir, hold_lock
+
     headers, records = load(paths)
     baseline, base_note = check_baseline(records, baseline)
-    out = Path(out)
+    out = Path(out).absolute()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out '{out}' is a file; give a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "report.md").exists():
+        raise UsageError(f"--out '{out}' is a directory that holds no report; give a new directory or an "
+                         f"earlier report's (it is replaced as a whole)")
+    if not out.parent.is_dir():
+        raise UsageError(f"cannot write --out '{out}': directory '{out.parent}' does not exist")
+    with hold_lock(out), atomic_dir(out) as tmp:
+        written = _build(paths, tmp, headers, records, baseline, base_note)
+    return [out / p.relative_to(tmp) for p in written]
+
+
+def _build(paths, out: Path, headers, records, baseline, base_note) -> list[Path]:
     (out / "charts").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(exist_ok=True)
     everything = analysis.series(records)

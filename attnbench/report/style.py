@@ -12,7 +12,6 @@ import functools
 import hashlib
 import io
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +27,7 @@ COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e3
           "#bcbd22", "#222222")  # tab10 with its grey (kept for guides) replaced by near-black
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 GUIDE = "#8a8a8a"
-STATUS_MARKERS = {"oom": ("x", "OOM"), "timeout": ("v", "timeout"), "error": ("X", "error"),
+STATUS_MARKERS = {"oom": ("x", "OOM"), "timeout": ("v", "timeout"), "error": ("X", "error"), "killed": ("1", "killed"),
                   "skipped": ("|", "skipped (predicted too big/slow)")}
 RC = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
       "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.grid": True, "grid.alpha": 0.3,
@@ -149,11 +148,8 @@ def save(fig, out_dir: Path, stem: str) -> tuple[Path, Path]:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Like results.atomic_write_text for bytes: temporary file beside `path`, fsync, rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Like results.atomic_write_text for bytes: temporary file beside `path`, fsync, rename;
+    a failed write removes the temporary and raises OutputError."""
+    from ..results import atomic_write_bytes as write
+
+    write(path, data)
