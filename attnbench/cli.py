@@ -116,8 +116,10 @@ def run(
     from .sweep import load_suite, make_sweep
     from .tables import results_table
 
-    if time_budget is not None and time_budget <= 0:
-        raise UsageError(f"--time-budget must be a positive number of seconds (got {time_budget:g})")
+    from .schema import positive_finite
+
+    if time_budget is not None:
+        positive_finite(time_budget, "--time-budget", " of seconds")
     if profile_dir is not None and not profile_dir.parent.exists():
         raise UsageError(f"--profile-dir '{profile_dir}': directory '{profile_dir.parent}' does not exist")
     if world_size is not None and world_size < 1:

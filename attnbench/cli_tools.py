@@ -75,8 +75,9 @@ def register_frontier(app: typer.Typer) -> None:
             raise UsageError(f"unknown --axis '{axis}'; accepted: seq")
         if mode not in MODES:
             raise UsageError(f"unknown mode '{mode}'; accepted: {', '.join(MODES)}")
-        if time_budget <= 0:
-            raise UsageError(f"--time-budget must be positive (got {time_budget:g})")
+        from .schema import positive_finite
+
+        positive_finite(time_budget, "--time-budget", " of seconds")
         nbytes = parse_size(budget)
         sw = make_sweep(variants=variants, batch=batch, heads=heads, head_dim=head_dim)
         lo, hi = parse_length(start, "--start"), parse_length(max_seq, "--max-seq")
@@ -145,11 +146,22 @@ def register_check(app: typer.Typer) -> None:
         from .check import run_checks, triton_rows_interpreted
         from .problem import parse_dtype
 
-        names = [s.strip() for s in variants.split(",") if s.strip()] if variants else registry.names()
+        from .errors import did_you_mean
+
+        names = [s.strip() for s in variants.split(",") if s.strip()] if variants is not None else registry.names()
+        if not names:
+            raise UsageError(f"--variants '{variants}' names no variant; accepted: a comma-separated list of "
+                             f"{', '.join(registry.names())}")
         for n in names:
             registry.get(n)
         dtypes = tuple(parse_dtype(d) for d in dtype.split(","))
-        only = [s.strip() for s in backends.split(",")] if backends else None
+        only = [s.strip() for s in backends.split(",") if s.strip()] if backends is not None else None
+        if only is not None:
+            known = sorted({b for n in names for b in registry.get(n).backend_names()})
+            bad = [b for b in only if b not in known] or ([] if only else [backends])
+            if bad:
+                raise UsageError(f"unknown backend '{bad[0]}'{did_you_mean(bad[0], known)} for the variants checked; "
+                                 f"accepted: {', '.join(known)}")
         dev = resolve_device(device)
         rows = run_checks(names, dev, only, dtypes)
         wants_triton = only is None or "triton" in only

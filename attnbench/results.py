@@ -238,6 +238,14 @@ def validate_record(obj: Any, path: Path | str, n: int) -> dict:
         raise ResultsError(f"{path}:{n}: record lacks {', '.join(missing[:5])}")
     if obj["status"] not in STATUSES:
         raise ResultsError(f"{path}:{n}: unknown status {obj['status']!r}; expected one of {', '.join(STATUSES)}")
+    from pydantic import ValidationError
+
+    from .schema import RecordModel, first_error
+
+    try:
+        RecordModel.model_validate(obj)  # types and finiteness of every field
+    except ValidationError as e:
+        raise ResultsError(first_error(e, f"{path}:{n}: ")) from None
     return obj
 
 
