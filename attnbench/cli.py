@@ -212,9 +212,16 @@ def main(argv: list[str] | None = None) -> int:
         rc = app(args=argv, standalone_mode=False, obj={"argv": argv})  # typer.Exit inside returns its code
     except (UsageError, ResultsError, OutputError) as e:
         say(err_console, str(e), "error:")
-        return EXIT_WRITE if isinstance(e, OutputError) else 2
+        gate = bool(argv) and argv[0] in GATE_COMMANDS  # the gate's contract: usage and I/O problems exit 3
+        return 3 if gate else EXIT_WRITE if isinstance(e, OutputError) else 2
     except typer.Exit as e:
         return e.exit_code
+    except OSError as e:  # a write or read the command did not wrap itself (a full or read-only disk)
+        from .safe_io import why
+
+        where = f"'{e.filename}': " if getattr(e, "filename", None) else ""
+        say(err_console, f"{where}{why(e)}", "error:")
+        return 3 if argv and argv[0] in GATE_COMMANDS else EXIT_WRITE
     except typer.Abort:
         err_console.print("aborted")
         return 130

@@ -85,6 +85,14 @@ def register(app: typer.Typer) -> None:
         out = out or Path("results") / f"profile-{variant}-{backend}-{time.strftime('%Y%m%d-%H%M%S')}"
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out '{out}' is a file; give a folder")
+        import os
+
+        parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+        if not os.access(parent, os.W_OK):
+            from .safe_io import OutputError
+
+            raise OutputError(f"cannot write --out '{out}': '{parent}' is not writable (read-only or no "
+                              f"permission); nothing was written")
         report = _profile_or_exit(case, dev, out, warmup=warmup, calls=calls, with_stack=with_stack, top=top)
         render(report, out_console)
         _nsight(("nsys",) * nsys + ("ncu",) * ncu, out, case, dev, warmup, calls)

@@ -87,11 +87,12 @@ def register_frontier(app: typer.Typer) -> None:
         base = Problem(batch=batch, heads=heads, kv_heads=0, head_dim=head_dim, dtype=parse_dtype(dtype),
                        causal=causal, mode=mode)
         cfg = RunConfig(device=dev, time_budget=time_budget, mem_limit=nbytes)
-        worker = Worker(cfg)
         err = Console(stderr=True)
         found = []
+        refs = _refs_outside_budget(cfg, base.dtype)
+        worker = Worker(cfg)
+        worker.refs = refs  # handed to the limited worker when it starts
         try:
-            refs = worker.measure_refs((base.dtype,))
             for v in sw.variants:
                 for b in (backends.split(",") if backends else default_backends(v, dev)):
                     err.print(f"searching {v}/{b} ...")
@@ -108,6 +109,19 @@ def register_frontier(app: typer.Typer) -> None:
             print(json.dumps(doc, indent=2))
             return
         Console().print(_table(rows, budget, dev.type))
+
+    def _refs_outside_budget(cfg, dtype: str) -> dict:
+        """The in-run references (GEMM, copy) measured in a worker of their own without the memory
+        limit: their large operands must not count against (or crash within) the budget."""
+        from dataclasses import replace
+
+        from .runner import Worker
+
+        ref_worker = Worker(replace(cfg, mem_limit=None))
+        try:
+            return ref_worker.measure_refs((dtype,))
+        finally:
+            ref_worker.close()
 
     def _table(rows: list[dict], budget: str, device: str) -> Table:
         t = Table(title=f"memory frontier within {budget} on {device}", header_style="bold")

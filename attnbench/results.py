@@ -9,6 +9,7 @@ last line is ignored with a warning when reading. See docs/results-schema.md.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -104,7 +105,7 @@ class Writer:
         try:
             n = os.write(self._fd, data)
             if n != len(data):
-                raise OSError(28, f"short write ({n} of {len(data)} bytes)")
+                raise OSError(errno.ENOSPC, f"No space left on device (a short write: {n} of {len(data)} bytes)")
             os.fsync(self._fd)
         except OSError as e:
             with contextlib.suppress(OSError):
