@@ -172,8 +172,9 @@ def run(
 
         how = " (the case in flight was abandoned)" if interrupted.abandoned else ""
         try:  # after SIGHUP the terminal may be gone: the records are kept either way
-            say(err_console, f"interrupted by {signal.Signals(interrupted.signum).name}{how}: {len(records)} "
-                f"records kept in {out}; resume with the same command plus --out {out} --resume")
+            kept = (f"{len(records)} records kept in {out}; resume with the same command plus --out {out} --resume"
+                    if records else f"no case finished, nothing written to {out}")
+            say(err_console, f"interrupted by {signal.Signals(interrupted.signum).name}{how}: {kept}")
         except OSError:
             pass
         raise typer.Exit(128 + interrupted.signum)
