@@ -82,9 +82,9 @@ class RoundJournal:
                 cid, n, r, rec = row["case_id"], row["rounds"], row["round"], row["record"]
             except (ValueError, KeyError, TypeError):  # a line cut by kill -9
                 continue
-            have = self.done.setdefault(cid, [])
+            have = self.done.get(cid, [])
             if n == self.rounds and r == len(have) and isinstance(rec, dict) and rec.get("status") == "ok":
-                have.append(rec)
+                self.done[cid] = have + [rec]
 
     def add(self, case_id: str, record: dict) -> None:
         from .results import _finite, _jsonable
