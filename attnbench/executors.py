@@ -50,6 +50,8 @@ def connect_ray(address: str | None, local_cpus: int | None = None) -> bool:
     ray = _import_ray()
     if ray.is_initialized():
         return False
+    if address:
+        _check_reachable(address)
     kwargs = {"address": address} if address else {"num_cpus": local_cpus, "include_dashboard": False}
     try:
         ray.init(log_to_driver=False, **kwargs)
@@ -109,6 +111,21 @@ def _import_ray():
     except ImportError:
         raise UsageError(RAY_MISSING) from None
     return ray
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A host:port address (or ray://host:port) must accept a TCP connection within `timeout`
+    seconds: Ray itself retries an absent head for minutes before it fails."""
+    import socket
+
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UsageError(f"cannot connect to the Ray cluster at '{address}' ({e.strerror or e}); {RAY_FIX}") from None
 
 
 def run_cases_ray(cases: Iterable[Case], cfg: RunConfig, address: str | None = None,
