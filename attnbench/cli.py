@@ -94,7 +94,7 @@ def run(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (recorded); default: torch's.")] = None,
     rounds: Annotated[Optional[int], typer.Option(help="Measure every case this many times, interleaved with the others (forward, then backward), pooling the samples: averages out a shared machine's drift (default 1, or the suite's).")] = None,
     resume: Annotated[bool, typer.Option(help="Skip cases already in --out and append the rest.")] = False,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing --out.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace an existing --out (only once the new run's first record is written).")] = False,
     world_size: Annotated[Optional[int], typer.Option("--world-size", help="Ranks for distributed variants (ring); launched locally.")] = None,
     executor: Annotated[str, typer.Option(help="local | ray (each case a Ray task).")] = "local",
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start one in-process).")] = None,

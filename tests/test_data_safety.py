@@ -212,6 +212,21 @@ def test_rounds_kill9_then_resume_gives_one_record_per_case(tmp_path):
 
 
 # ---------------------------------------------------------------- signals and the worker
+def test_interrupt_first_signal_finishes_the_case_second_abandons_it_sigterm_at_once():
+    from attnbench.bench import Interrupt
+
+    stop = Interrupt()
+    assert not stop
+    stop(signal.SIGINT, None)  # first Ctrl-C: stop after the case in flight
+    assert stop and stop.signum == signal.SIGINT
+    with pytest.raises(KeyboardInterrupt):  # second: abandon it now
+        stop(signal.SIGINT, None)
+    term = Interrupt()
+    with pytest.raises(KeyboardInterrupt):  # SIGTERM: at once (a SIGKILL usually follows)
+        term(signal.SIGTERM, None)
+    assert term.signum == signal.SIGTERM
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_sigterm_and_sighup_keep_the_records_and_say_so(tmp_path, sig, code):
