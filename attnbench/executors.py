@@ -170,7 +170,7 @@ def _result_or_error(ray, ref, case: Case, cfg: RunConfig) -> dict:
     try:
         return ray.get(ref)
     except ray.exceptions.RayError as e:  # the task's process died twice, or Ray lost the node
-        rec = base_record(case, cfg.device)
+        rec = base_record(case, cfg.device, cfg.threads)
         why = " ".join(str(e).split())[:300]
         rec.update(status="error", reason=f"the Ray task died and its one retry too ({type(e).__name__}): {why}",
                    executor={"kind": "ray", "node": None})

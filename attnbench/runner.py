@@ -346,9 +346,11 @@ def case_key(case: Case, device: torch.device, threads: int | None = None) -> st
                    case_identity(case.backend, device, threads))
 
 
-def base_record(case: Case, device: torch.device) -> dict:
+def base_record(case: Case, device: torch.device, threads: int | None = None) -> dict:
+    """Every field of a record, unmeasured; `threads` (the run's --threads, default torch's)
+    goes into the case_id as the record's `threads` field does."""
     pd = case.problem.as_dict()
-    return {"case_id": case_key(case, device),
+    return {"case_id": case_key(case, device, threads),
             "variant": case.variant, "backend": case.backend, "device": device.type, **pd,
             "status": None, "reason": None, "latency_ms": None, "samples_ms": None, "setup_ms": None,
             "first_call_ms": None, "peak_mem_bytes": None, "mem_source": None,
@@ -368,7 +370,7 @@ def run_cases(cases: Iterable[Case], cfg: RunConfig, worker: Worker,
               on_record: Callable[[dict], None], refs: dict | None = None) -> None:
     """Run every case, handing each finished record to on_record (which writes it)."""
     for case in cases:
-        rec = base_record(case, cfg.device)
+        rec = base_record(case, cfg.device, cfg.threads)
         t0 = time.perf_counter()
         if case.status is not None:
             rec.update(status=case.status, reason=case.reason)
