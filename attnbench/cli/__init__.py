@@ -14,7 +14,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from attnbench.core.errors import UsageError
+from attnbench.cli.errors import UsageError, say
+
+GATE_COMMANDS = ("compare", "gate", "baseline", "ab")  # usage errors exit 3 (docs/ci.md)
 
 app = typer.Typer(name="attnbench", no_args_is_help=False, add_completion=False, rich_markup_mode="rich",
                   help="Benchmark and profile attention mechanisms: latency, memory, FLOPs and error, "
@@ -92,7 +94,7 @@ def run(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (recorded); default: torch's.")] = None,
     rounds: Annotated[Optional[int], typer.Option(help="Measure every case this many times, interleaved with the others (forward, then backward), pooling the samples: averages out a shared machine's drift (default 1, or the suite's).")] = None,
     resume: Annotated[bool, typer.Option(help="Skip cases already in --out and append the rest.")] = False,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing --out.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace an existing --out (only once the new run's first record is written).")] = False,
     world_size: Annotated[Optional[int], typer.Option("--world-size", help="Ranks for distributed variants (ring); launched locally.")] = None,
     executor: Annotated[str, typer.Option(help="local | ray (each case a Ray task).")] = "local",
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start one in-process).")] = None,
@@ -114,8 +116,10 @@ def run(
     from attnbench.run.plan import load_suite, make_sweep
     from attnbench.cli.tables import results_table
 
-    if time_budget is not None and time_budget <= 0:
-        raise UsageError(f"--time-budget must be a positive number of seconds (got {time_budget:g})")
+    from attnbench.cli.schema import positive_finite
+
+    if time_budget is not None:
+        positive_finite(time_budget, "--time-budget", " of seconds")
     if profile_dir is not None and not profile_dir.parent.exists():
         raise UsageError(f"--profile-dir '{profile_dir}': directory '{profile_dir.parent}' does not exist")
     if world_size is not None and world_size < 1:
@@ -164,9 +168,16 @@ def run(
         out_console.print(results_table(records, title=f"attnbench on {dev.type} → {out}"))
         print_scaling(records, out_console)
     if interrupted:
-        err_console.print(f"interrupted: {len(records)} records kept in {out}; resume with the same "
-                          f"command plus --out {out} --resume", soft_wrap=True)
-        raise typer.Exit(130)
+        import signal
+
+        how = " (the case in flight was abandoned)" if interrupted.abandoned else ""
+        try:  # after SIGHUP the terminal may be gone: the records are kept either way
+            kept = (f"{len(records)} records kept in {out}; resume with the same command plus --out {out} --resume"
+                    if records else f"no case finished, nothing written to {out}")
+            say(err_console, f"interrupted by {signal.Signals(interrupted.signum).name}{how}: {kept}")
+        except OSError:
+            pass
+        raise typer.Exit(128 + interrupted.signum)
 
 
 # Commands that live in modules of their own, imported explicitly: each exposes register(app),
@@ -185,24 +196,33 @@ for _module in (report, gate, tools, profile, dist):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: usage errors become one line and exit code 2."""
-    from attnbench.core.results import ResultsError
+    from attnbench.cli.results import ResultsError
+    from attnbench.cli.safe_io import EXIT_WRITE, OutputError
 
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         rc = app(args=argv, standalone_mode=False, obj={"argv": argv})  # typer.Exit inside returns its code
-    except (UsageError, ResultsError) as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        return 2
+    except (UsageError, ResultsError, OutputError) as e:
+        say(err_console, str(e), "error:")
+        gate = bool(argv) and argv[0] in GATE_COMMANDS  # the gate's contract: usage and I/O problems exit 3
+        return 3 if gate else EXIT_WRITE if isinstance(e, OutputError) else 2
     except typer.Exit as e:
         return e.exit_code
+    except OSError as e:  # a write or read the command did not wrap itself (a full or read-only disk)
+        from attnbench.cli.safe_io import why
+
+        where = f"'{e.filename}': " if getattr(e, "filename", None) else ""
+        say(err_console, f"{where}{why(e)}", "error:")
+        return 3 if argv and argv[0] in GATE_COMMANDS else EXIT_WRITE
     except typer.Abort:
         err_console.print("aborted")
         return 130
     except Exception as e:  # click's own errors (typer vendors click, so match by shape)
         if hasattr(e, "format_message") and hasattr(e, "exit_code"):
             msg = " ".join(e.format_message().split())
-            err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-            return 2 if e.exit_code == 2 else e.exit_code
+            say(err_console, msg, "error:")
+            gate = bool(argv) and argv[0] in GATE_COMMANDS  # the gate's contract: usage errors exit 3
+            return (3 if gate else 2) if e.exit_code == 2 else e.exit_code
         raise
     return rc if isinstance(rc, int) else 0
 

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from attnbench.core.errors import UsageError
+from attnbench.cli.errors import UsageError, say
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -165,5 +165,4 @@ def register_merge(app: typer.Typer) -> None:
             raise UsageError(f"cannot write '{out}': directory '{out.parent}' does not exist")
         summary = merge_files(files, out, allow_mixed_env=allow_mixed_env, command=["attnbench", *sys.argv[1:]])
         dup = f", {summary['duplicates']} duplicate case_ids dropped" if summary["duplicates"] else ""
-        err_console.print(f"merged {summary['files']} files: {summary['records']} records → {out}{dup}",
-                          highlight=False, soft_wrap=True)
+        say(err_console, f"merged {summary['files']} files: {summary['records']} records → {out}{dup}")

@@ -16,9 +16,10 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from attnbench.gate.compare import EXIT_ERRORS, EXIT_USAGE, FORMATS, Options, Report, make_options
-from attnbench.core.errors import UsageError
-from attnbench.core.results import ResultsError, atomic_write_text
+from attnbench.cli.compare import EXIT_ERRORS, EXIT_USAGE, FORMATS, Options, Report, make_options
+from attnbench.cli.errors import UsageError, say
+from attnbench.cli.safe_io import OutputError
+from attnbench.cli.results import ResultsError, atomic_write_text
 
 err = Console(stderr=True)
 
@@ -43,8 +44,8 @@ def usage_exit_3():
     """Usage problems and unreadable results exit 3 with one line on stderr."""
     try:
         yield
-    except (UsageError, ResultsError) as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    except (UsageError, ResultsError, OutputError) as e:
+        say(err, str(e), "error:")
         raise typer.Exit(EXIT_USAGE) from None
 
 
@@ -70,7 +71,7 @@ def emit(report: Report, fmt: str, outs: list[Path] | None) -> None:
     for p in outs or []:
         atomic_write_text(p, RENDERERS[SUFFIX_FORMATS[p.suffix]](report))
     if report.incomparable:
-        err.print(f"[bold red]error:[/] {headline(report).partition(': ')[2]}", highlight=False, soft_wrap=True)
+        say(err, headline(report).partition(': ')[2], "error:")
     raise typer.Exit(report.exit_code)
 
 
@@ -158,7 +159,7 @@ def register(app: typer.Typer) -> None:
             target = out or BASELINE_DIR / f"{env_id(current_env(dev))}.jsonl"
         run = _guard_run(lambda: save_baseline(sweeps, dev, target, float(meta.get("time_budget", 30.0)), err,
                                                ["attnbench", *sys.argv[1:]], runs))
-        bad = [r for r in run.records if r["status"] in ("error", "oom", "timeout")]
+        bad = [r for r in run.records if r["status"] in ("error", "oom", "timeout", "killed")]
         print(f"baseline: {target} ({len(run.records) // runs} cases × {runs} runs)")
         if bad:
             err.print(f"warning: {len(bad)} cases failed in the baseline run; they will be reported as 'new'")
@@ -249,7 +250,7 @@ def _guard_run(fn):
         try:
             return fn()
         except RunFailed as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            say(err, str(e), "error:")
             raise typer.Exit(EXIT_ERRORS) from None
         except KeyboardInterrupt:
             err.print("interrupted")

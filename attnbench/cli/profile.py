@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from attnbench.core.errors import UsageError
+from attnbench.cli.errors import UsageError, say
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -87,6 +87,14 @@ def register(app: typer.Typer) -> None:
         out = out or Path("results") / f"profile-{variant}-{backend}-{time.strftime('%Y%m%d-%H%M%S')}"
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out '{out}' is a file; give a folder")
+        import os
+
+        parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+        if not os.access(parent, os.W_OK):
+            from attnbench.cli.safe_io import OutputError
+
+            raise OutputError(f"cannot write --out '{out}': '{parent}' is not writable (read-only or no "
+                              f"permission); nothing was written")
         report = _profile_or_exit(case, dev, out, warmup=warmup, calls=calls, with_stack=with_stack, top=top)
         render(report, out_console)
         _nsight(("nsys",) * nsys + ("ncu",) * ncu, out, case, dev, warmup, calls)
@@ -101,7 +109,7 @@ def _profile_or_exit(case, dev, out: Path, **kw):
     except (MemoryError, RuntimeError) as e:
         if not (isinstance(e, MemoryError) or "out of memory" in str(e).lower()):
             raise
-        err_console.print(f"[bold red]error:[/] the call ran out of memory: {' '.join(str(e).split())[:200]}")
+        say(err_console, f"the call ran out of memory: {' '.join(str(e).split())[:200]}", "error:")
         raise typer.Exit(1) from None
 
 

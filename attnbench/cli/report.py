@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from attnbench.core.errors import UsageError
+from attnbench.cli.errors import UsageError, say
 
 Results = Annotated[list[Path], typer.Argument(help="Results files (.jsonl) written by `attnbench run`.",
                                                show_default=False)]
@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         from attnbench.report.build import build_report
 
         written = build_report(results or [], out, baseline, history)
-        Console(stderr=True).print(f"wrote {len(written)} files; open {out / 'report.html'}")
+        say(Console(stderr=True), f"wrote {len(written)} files; open {out / 'report.html'}")
 
     @app.command()
     def show(results: Results, baseline: Baseline = None) -> None:
@@ -92,4 +92,4 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"cannot write '{out}': directory '{out.parent}' does not exist")
         extra = ", ".join(f"{k}={v}" for k, v in p.params)
         render(t, f"{variant} at L={seq}" + (f"\n{extra}" if extra else ""), out.parent, out.stem)
-        Console(stderr=True).print(f"wrote {out} and {out.with_suffix('.svg')}")
+        say(Console(stderr=True), f"wrote {out} and {out.with_suffix('.svg')}")

@@ -18,7 +18,7 @@ def _distributed_note(d: dict | None) -> str:
 
 
 STATUS_STYLE = {"ok": "green", "skipped": "yellow", "unsupported": "dim", "unavailable": "dim",
-                "oom": "red", "timeout": "red", "error": "bold red"}
+                "oom": "red", "timeout": "red", "error": "bold red", "killed": "red"}
 
 
 def results_table(records: list[dict], title: str = "attnbench results") -> Table:

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from attnbench.core.errors import UsageError
+from attnbench.cli.errors import UsageError, say
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.I)
 
@@ -75,8 +75,9 @@ def register_frontier(app: typer.Typer) -> None:
             raise UsageError(f"unknown --axis '{axis}'; accepted: seq")
         if mode not in MODES:
             raise UsageError(f"unknown mode '{mode}'; accepted: {', '.join(MODES)}")
-        if time_budget <= 0:
-            raise UsageError(f"--time-budget must be positive (got {time_budget:g})")
+        from attnbench.cli.schema import positive_finite
+
+        positive_finite(time_budget, "--time-budget", " of seconds")
         nbytes = parse_size(budget)
         sw = make_sweep(variants=variants, batch=batch, heads=heads, head_dim=head_dim)
         lo, hi = parse_length(start, "--start"), parse_length(max_seq, "--max-seq")
@@ -86,18 +87,18 @@ def register_frontier(app: typer.Typer) -> None:
         base = Problem(batch=batch, heads=heads, kv_heads=0, head_dim=head_dim, dtype=parse_dtype(dtype),
                        causal=causal, mode=mode)
         cfg = RunConfig(device=dev, time_budget=time_budget, mem_limit=nbytes)
-        worker = Worker(cfg)
         err = Console(stderr=True)
         found = []
+        refs = _refs_outside_budget(cfg, base.dtype)
+        worker = Worker(cfg)
+        worker.refs = refs  # handed to the limited worker when it starts
         try:
-            refs = worker.measure_refs((base.dtype,))
             for v in sw.variants:
                 for b in (backends.split(",") if backends else default_backends(v, dev)):
                     err.print(f"searching {v}/{b} ...")
                     f = find_frontier(v, b.strip(), base, cfg, worker, nbytes, lo, hi, refs)
                     found.append(f)
-                    err.print(f"  {v}/{b}: largest L that ran {f.largest_ok or '-'}; limit {f.limit}: "
-                              f"{f.reason or ''}", highlight=False, soft_wrap=True)
+                    say(err, f"  {v}/{b}: largest L that ran {f.largest_ok or '-'}; limit {f.limit}: {f.reason or ''}")
         finally:
             worker.close()
         rows = frontier_rows(found)
@@ -108,6 +109,19 @@ def register_frontier(app: typer.Typer) -> None:
             print(json.dumps(doc, indent=2))
             return
         Console().print(_table(rows, budget, dev.type))
+
+    def _refs_outside_budget(cfg, dtype: str) -> dict:
+        """The in-run references (GEMM, copy) measured in a worker of their own without the memory
+        limit: their large operands must not count against (or crash within) the budget."""
+        from dataclasses import replace
+
+        from attnbench.cli.runner import Worker
+
+        ref_worker = Worker(replace(cfg, mem_limit=None))
+        try:
+            return ref_worker.measure_refs((dtype,))
+        finally:
+            ref_worker.close()
 
     def _table(rows: list[dict], budget: str, device: str) -> Table:
         t = Table(title=f"memory frontier within {budget} on {device}", header_style="bold")
@@ -146,11 +160,22 @@ def register_check(app: typer.Typer) -> None:
         from attnbench.run.check import run_checks, triton_rows_interpreted
         from attnbench.core.problem import parse_dtype
 
-        names = [s.strip() for s in variants.split(",") if s.strip()] if variants else registry.names()
+        from attnbench.cli.errors import did_you_mean
+
+        names = [s.strip() for s in variants.split(",") if s.strip()] if variants is not None else registry.names()
+        if not names:
+            raise UsageError(f"--variants '{variants}' names no variant; accepted: a comma-separated list of "
+                             f"{', '.join(registry.names())}")
         for n in names:
             registry.get(n)
         dtypes = tuple(parse_dtype(d) for d in dtype.split(","))
-        only = [s.strip() for s in backends.split(",")] if backends else None
+        only = [s.strip() for s in backends.split(",") if s.strip()] if backends is not None else None
+        if only is not None:
+            known = sorted({b for n in names for b in registry.get(n).backend_names()})
+            bad = [b for b in only if b not in known] or ([] if only else [backends])
+            if bad:
+                raise UsageError(f"unknown backend '{bad[0]}'{did_you_mean(bad[0], known)} for the variants checked; "
+                                 f"accepted: {', '.join(known)}")
         dev = resolve_device(device)
         rows = run_checks(names, dev, only, dtypes)
         wants_triton = only is None or "triton" in only

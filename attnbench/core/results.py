@@ -8,6 +8,8 @@ last line is ignored with a warning when reading. See docs/results-schema.md.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "oom", "timeout", "error", "unsupported", "skipped", "unavailable")
+STATUSES = ("ok", "oom", "timeout", "error", "killed", "unsupported", "skipped", "unavailable")
 
 RECORD_FIELDS = (
     "case_id", "variant", "backend", "device", "dtype", "mode", "batch", "heads", "kv_heads",
@@ -34,10 +36,15 @@ class ResultsError(ValueError):
     """A results file that cannot be read: the message says which file and what is wrong."""
 
 
-def case_id(problem: dict, variant: str, backend: str, device: str) -> str:
-    """A stable id of a case: the resolved problem, variant, backend and device."""
-    key = json.dumps({"p": problem, "v": variant, "b": backend, "d": device}, sort_keys=True)
-    return hashlib.sha1(key.encode()).hexdigest()[:16]
+def case_id(problem: dict, variant: str, backend: str, device: str, identity: dict | None = None) -> str:
+    """A stable id of a case: everything that changes its measurement. The resolved problem
+    (shape, dtype, mode, params), variant, backend and device type, plus `identity`: threads,
+    device name and the backend's version (runner.case_identity), so two environments never
+    share an id (`merge --allow-mixed-env` keeps both)."""
+    key = {"p": problem, "v": variant, "b": backend, "d": device}
+    if identity:
+        key["i"] = identity
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def make_header(command: list[str], env: dict, refs: dict | None) -> dict:
@@ -47,27 +54,97 @@ def make_header(command: list[str], env: dict, refs: dict | None) -> dict:
 
 
 class Writer:
-    """Appends records to a JSONL file, one flushed and fsynced line per record."""
+    """Appends records to a JSONL file: each line one complete ``os.write`` (O_APPEND), fsynced.
 
-    def __init__(self, path: Path, header: dict, append: bool = False):
+    A write that fails (disk full, read-only, permission, I/O error) is cut back to the last
+    complete record (``ftruncate``) and raises OutputError saying what failed and what was kept.
+    A new file whose header cannot be written is removed. Replacing an existing file (``--force``)
+    writes into a temporary sibling and renames it over the old file only once its first record
+    is safely on disk: until then the old file is untouched. With ``discard_empty`` a file (or
+    temporary) this writer created and never gave a record is removed on close, so a run that
+    ends before its first case leaves no header-only file.
+    """
+
+    def __init__(self, path: Path, header: dict, append: bool = False, discard_empty: bool = False):
+        from attnbench.core.safe_io import OutputError, why
+
         self.path = Path(path)
+        self.records = 0
+        self._discard_empty = discard_empty
+        self._pending: Path | None = None  # temporary sibling renamed over `path` at the first record
+        self._created: Path | None = None
         if append and self.path.exists() and self.path.stat().st_size:
             _ensure_newline_terminated(self.path)
-            self._f = open(self.path, "a", encoding="utf-8")
-        else:
-            self._f = open(self.path, "w", encoding="utf-8")
+            self._fd = self._open(self.path, os.O_WRONLY | os.O_APPEND)
+            self._good = os.fstat(self._fd).st_size
+            return
+        target = self.path
+        if self.path.exists():
+            target = self._pending = self.path.with_name(f".{self.path.name}.new{os.getpid()}")
+        self._fd = self._open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC)
+        self._created, self._good = target, 0
+        try:
             self._write(header)
+        except OutputError as e:
+            self._drop()
+            kept = "the existing file is unchanged" if self._pending else "nothing was written"
+            raise OutputError(f"cannot write '{self.path}': {why(e)}; {kept}", why(e)) from None
+
+    def _open(self, path: Path, flags: int) -> int:
+        from attnbench.core.safe_io import OutputError, why
+
+        try:
+            return os.open(path, flags, 0o644)
+        except OSError as e:
+            raise OutputError(f"cannot write '{self.path}': {why(e)}; nothing was written", why(e)) from None
 
     def _write(self, obj: dict) -> None:
-        self._f.write(json.dumps(_finite(obj), default=_jsonable, allow_nan=False) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        from attnbench.core.safe_io import OutputError, why
+
+        data = (json.dumps(_finite(obj), default=_jsonable, allow_nan=False) + "\n").encode("utf-8")
+        try:
+            n = os.write(self._fd, data)
+            if n != len(data):
+                raise OSError(errno.ENOSPC, f"No space left on device (a short write: {n} of {len(data)} bytes)")
+            os.fsync(self._fd)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._good)
+            raise OutputError(str(e), why(e)) from None
+        self._good += len(data)
 
     def write(self, record: dict) -> None:
-        self._write({"type": "record", **record})
+        from attnbench.core.safe_io import OutputError, fsync_dir, why
+
+        try:
+            self._write({"type": "record", **record})
+        except OutputError as e:
+            kept = ("the existing file is unchanged" if self._pending else
+                    f"kept {self.records} complete records ({self._good} bytes)")
+            raise OutputError(f"cannot write '{self.path}': {why(e)}; {kept}; free space (or fix the "
+                              f"permission) and rerun with --resume", why(e)) from None
+        self.records += 1
+        if self._pending is not None:  # the new file has a record: only now replace the old one
+            os.replace(self._pending, self.path)
+            fsync_dir(self.path.parent)
+            self._pending = self._created = None
+
+    def _drop(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._fd = -1
+        if self._created is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._created)
 
     def close(self) -> None:
-        self._f.close()
+        if self._fd < 0:
+            return
+        if self._pending is not None or (self._discard_empty and self.records == 0 and self._created):
+            self._drop()
+            return
+        os.close(self._fd)
+        self._fd = -1
 
     def __enter__(self):
         return self
@@ -162,6 +239,14 @@ def validate_record(obj: Any, path: Path | str, n: int) -> dict:
         raise ResultsError(f"{path}:{n}: record lacks {', '.join(missing[:5])}")
     if obj["status"] not in STATUSES:
         raise ResultsError(f"{path}:{n}: unknown status {obj['status']!r}; expected one of {', '.join(STATUSES)}")
+    from pydantic import ValidationError
+
+    from attnbench.core.schema import RecordModel, first_error
+
+    try:
+        RecordModel.model_validate(obj)  # types and finiteness of every field
+    except ValidationError as e:
+        raise ResultsError(first_error(e, f"{path}:{n}: ")) from None
     return obj
 
 
@@ -189,14 +274,27 @@ def iter_records(paths: list[str | Path]) -> Iterator[tuple[dict, dict]]:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it."""
+    """Write to a temporary file beside `path`, fsync, then rename over it. On a failed write
+    the temporary is removed, `path` is left as it was, and OutputError says why."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    from attnbench.core.safe_io import OutputError, why
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        kept = "the earlier file is unchanged" if path.exists() else "nothing was written"
+        raise OutputError(f"cannot write '{path}': {why(e)}; {kept}", why(e)) from None
 
 
 def eprint(msg: str) -> None:

@@ -37,7 +37,7 @@ def gate_flow(base: Side, sweeps, dev: "torch.device", budget: float, o: Options
               rerun: bool, console: Console) -> Report:
     out = results or default_results()
     cmd = ["attnbench", *sys.argv[1:]]
-    console.print(f"gate: running the suite → {out}")
+    console.print(f"gate: running the suite → {out}", markup=False)
     run1 = run_sweeps(sweeps, dev, out, budget, console, cmd)
     first = compare(base, build_side([run1], o.normalize), o)
     suspects = [c.key for c in first.cases if c.verdict in SUSPECT]

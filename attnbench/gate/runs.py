@@ -11,6 +11,7 @@ target and renamed over it, so a killed run never leaves a half baseline.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -95,14 +96,25 @@ def sweep_of(rec: dict):
                       modes=[rec["mode"]], params=dict(rec.get("params") or {}))
 
 
+@contextlib.contextmanager
+def _removing(paths: list[Path]):
+    try:
+        yield
+    finally:
+        for p in paths:
+            p.unlink(missing_ok=True)
+
+
 def save_baseline(sweeps, dev: "torch.device", out: Path, budget: float, console: Console | None,  # noqa: F821  (torch loads only inside)
                   command: list[str], runs: int = 3) -> Run:
     """Run the suite `runs` times and write one file: the first run's header, then every run's
     records (one record per case per run: the gate resamples them as runs, so the baseline
     carries its own run-to-run spread). Written to a temporary file beside `out`, then renamed."""
+    from attnbench.core.safe_io import hold_lock
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmps = [out.with_name(f".{out.name}.run{i}.tmp{os.getpid()}") for i in range(runs)]
-    try:
+    with hold_lock(out), _removing(tmps):
         done = []
         for i, tmp in enumerate(tmps):
             if console is not None and runs > 1:
@@ -111,9 +123,6 @@ def save_baseline(sweeps, dev: "torch.device", out: Path, budget: float, console
         lines = [tmps[0].read_text(encoding="utf-8").splitlines()[0]]
         lines += [ln for t in tmps for ln in t.read_text(encoding="utf-8").splitlines()[1:] if ln.strip()]
         atomic_write_text(out, "\n".join(lines) + "\n")
-    finally:
-        for tmp in tmps:
-            tmp.unlink(missing_ok=True)
     return Run(str(out), done[0].header, tuple(r for run in done for r in run.records))
 
 

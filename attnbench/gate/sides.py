@@ -85,7 +85,7 @@ class Side:
 
 
 def load_run(path: str | Path) -> Run:
-    """Read a results file strictly: ResultsError on a missing, empty, corrupt or truncated
+    """Read a results file strictly: ResultsError on a missing, empty, header-only, corrupt or truncated
     file (results.read forgives a cut last line, an interrupted run; a gate must not)."""
     from attnbench.core.results import ResultsError, read
 
@@ -96,6 +96,9 @@ def load_run(path: str | Path) -> Run:
         if "truncated" in str(w.message):
             raise ResultsError(f"'{path}' is truncated (its last line is cut: an interrupted run); "
                                "run it again (attnbench baseline save writes baselines atomically)")
+    if not records:
+        raise ResultsError(f"'{path}' has a header but no records (a run that ended before its first case); "
+                           "there is nothing to compare: run it again")
     return Run(str(path), header, tuple(records))
 
 

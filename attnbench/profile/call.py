@@ -33,10 +33,10 @@ from torch.profiler import record_function
 
 from attnbench.measure.trace import CALL, SETUP, is_range_name, profile_calls, profiler, quiet_stderr, save_trace, sync
 from attnbench.run import case as execute
+from attnbench.run.worker import case_key
 from attnbench.variants.inputs import make_inputs
 from attnbench.variants import registry
 from attnbench.core.errors import UsageError
-from attnbench.core.results import case_id as make_case_id
 from attnbench.run.plan import Case, expand, make_sweep
 
 # Operators and kernels that do the attention itself (matmuls, softmax, fused SDPA, Triton).
@@ -160,7 +160,7 @@ def profile_case(case: Case, device: torch.device, out_dir: Path, *, warmup: int
     pm.chart(memory, files["memory_chart"], title=f"{case.variant}/{case.backend}  {case.problem.short()}  "
              f"{case.problem.dtype} {case.problem.mode} on {device.type}")
     report = Report(case=case, device=device.type,
-                    case_id=make_case_id(case.problem.as_dict(), case.variant, case.backend, device.type),
+                    case_id=case_key(case, device),
                     warmup=warmup, calls=calls, ops=ops, kernels=kernels,
                     attention=tuple(n for n in ranked if ATTENTION_OP.search(n)),
                     path=attention_path(ranked, device), detected=detected,
@@ -281,5 +281,4 @@ def save_case_trace(case: Case, device: torch.device, out_dir: Path,
         _, call, _ = prepare(case, device, setup_prof=False)
         call()
         sync(device)
-    name = f"{make_case_id(case.problem.as_dict(), case.variant, case.backend, device.type)}.json"
-    return save_trace(call, device, Path(out_dir) / name)
+    return save_trace(call, device, Path(out_dir) / f"{case_key(case, device)}.json")

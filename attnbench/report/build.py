@@ -56,18 +56,37 @@ def check_baseline(records: list[dict], baseline: str | None) -> tuple[str, str 
 
 def build_report(paths: list[str | Path], out: Path, baseline: str | None = None,
                  history: Path | None = None) -> list[Path]:
-    """Write the report into `out` (created if needed); returns every file written. With several
-    files (or a `history` directory, its files oldest first, before `paths`), a history section
-    draws each case across the runs; the other sections show each case's latest run."""
-    from attnbench.report.history import history_files, history_section
+    """Write the report into the directory `out`; returns every file written (under `out`). With
+    several files (or a `history` directory, its files oldest first, before `paths`), a history
+    section draws each case across the runs; the other sections show each case's latest run.
+
+    The report is built in a temporary sibling, under `out`'s lock (safe_io), and renamed into
+    place only when complete: a failure (a full disk, bad records) leaves no partial directory
+    and an earlier report at `out` as it was. An existing `out` is replaced as a whole, so it
+    must be a report directory (holding report.md) or empty."""
+    from attnbench.core.safe_io import atomic_dir, hold_lock
+    from attnbench.report.history import history_files
 
     paths = [*(history_files(history) if history else []), *paths]
     headers, runs = load_runs(paths)
     records = [r for recs in runs for r in recs]
     baseline, base_note = check_baseline(records, baseline)
-    out = Path(out)
+    out = Path(out).absolute()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out '{out}' is a file; give a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "report.md").exists():
+        raise UsageError(f"--out '{out}' is a directory that holds no report; give a new directory or an "
+                         f"earlier report's (it is replaced as a whole)")
+    if not out.parent.is_dir():
+        raise UsageError(f"cannot write --out '{out}': directory '{out.parent}' does not exist")
+    with hold_lock(out), atomic_dir(out) as tmp:
+        written = _build(paths, tmp, headers, runs, records, baseline, base_note)
+    return [out / p.relative_to(tmp) for p in written]
+
+
+def _build(paths, out: Path, headers, runs, records, baseline, base_note) -> list[Path]:
+    from attnbench.report.history import history_section
+
     (out / "charts").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(exist_ok=True)
     everything = analysis.series(records)

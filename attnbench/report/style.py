@@ -12,7 +12,6 @@ import functools
 import hashlib
 import io
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +29,7 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h")  # 11 markers 
 LINESTYLES = ("-", "--", ":", "-.")
 LINE_WIDTH, BASELINE_WIDTH = 1.6, 3.0  # every line alike; the baseline is the one drawn thicker
 GUIDE = "#8a8a8a"
-STATUS_MARKERS = {"oom": ("x", "OOM"), "timeout": ("v", "timeout"), "error": ("X", "error"),
+STATUS_MARKERS = {"oom": ("x", "OOM"), "timeout": ("v", "timeout"), "error": ("X", "error"), "killed": ("1", "killed"),
                   "skipped": ("|", "skipped (predicted too big/slow)")}
 RC = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
       "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.grid": True, "grid.alpha": 0.3,
@@ -199,11 +198,8 @@ def save(fig, out_dir: Path, stem: str) -> tuple[Path, Path]:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Like results.atomic_write_text for bytes: temporary file beside `path`, fsync, rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Like results.atomic_write_text for bytes: temporary file beside `path`, fsync, rename;
+    a failed write removes the temporary and raises OutputError."""
+    from attnbench.core.results import atomic_write_bytes as write
+
+    write(path, data)

@@ -16,7 +16,9 @@ one case per node); the header's in-run references (GEMM, copy) come from the ca
 Shards (`shard`): the case list sorted by a stable hash of each case, dealt round robin, so
 shard K of N is the same on every machine and the N shards partition the list.
 Merge (`merge`): results files concatenated under one header; environments must match unless
-allowed; a case_id seen twice is kept once (the first) and counted.
+allowed; a case_id seen twice in one environment is kept once (the first) and counted; the same
+case measured in two environments (--allow-mixed-env) is kept twice. Each merged record's
+`source` names the file it came from.
 """
 
 from __future__ import annotations
@@ -37,6 +39,27 @@ from attnbench.run.worker import RunConfig, Worker, run_cases
 from attnbench.run.plan import Case
 
 RAY_MISSING = "unavailable: ray is not installed; install it with pip install 'attnbench[cluster]'"
+RAY_FIX = ("check the address (`ray status` on the head prints it; host:6379, or ray://host:10001 for a "
+           "client); a cluster started by a recent `ray start` uses token authentication: start it with "
+           "RAY_AUTH_MODE=disabled, or run here with the cluster's RAY_AUTH_MODE and token (see docs/distributed.md)")
+
+
+def connect_ray(address: str | None, local_cpus: int | None = None) -> bool:
+    """Connect to (or, with no address, start) Ray before anything is written; True when this
+    call initialised it (the caller shuts it down). A failure is one UsageError line with the fix."""
+    ray = _import_ray()
+    if ray.is_initialized():
+        return False
+    if address:
+        _check_reachable(address)
+    kwargs = {"address": address} if address else {"num_cpus": local_cpus, "include_dashboard": False}
+    try:
+        ray.init(log_to_driver=False, **kwargs)
+    except Exception as e:  # ConnectionError, RuntimeError, Ray's auth errors: all one line
+        why = " ".join(str(e).split())[:200]
+        where = f"the Ray cluster at '{address}'" if address else "a local Ray instance"
+        raise UsageError(f"cannot connect to {where} ({type(e).__name__}: {why}); {RAY_FIX}") from None
+    return True
 
 
 # ---------------------------------------------------------------------------- Ray
@@ -50,10 +73,16 @@ def _task_worker(cfg: RunConfig) -> Worker:
 
 
 def _case_in_task(case: Case, cfg: RunConfig, refs: dict | None) -> dict:
-    """Body of one Ray task: the case in an isolated worker, exactly as in a local run."""
+    """Body of one Ray task: the case in an isolated worker, exactly as in a local run, with the
+    header's in-run references (so its record has roofline_frac as a local one does)."""
     _test_hook(case)
     out: list[dict] = []
-    run_cases([case], cfg, _task_worker(cfg), out.append, refs)
+    worker = _task_worker(cfg)
+    if refs is not None and worker.refs != refs:
+        worker.refs = refs  # sent to the worker when it (re)starts
+        if worker.proc is not None and worker.proc.is_alive():
+            worker.conn.send(("refs-set", refs))
+    run_cases([case], cfg, worker, out.append, refs)
     out[0]["executor"] = {"kind": "ray", "node": os.uname().nodename}
     return out[0]
 
@@ -84,6 +113,21 @@ def _import_ray():
     return ray
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A host:port address (or ray://host:port) must accept a TCP connection within `timeout`
+    seconds: Ray itself retries an absent head for minutes before it fails."""
+    import socket
+
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UsageError(f"cannot connect to the Ray cluster at '{address}' ({e.strerror or e}); {RAY_FIX}") from None
+
+
 def run_cases_ray(cases: Iterable[Case], cfg: RunConfig, address: str | None = None,
                   on_record: Callable[[dict], None] = lambda r: None, refs: dict | None = None,
                   local_cpus: int | None = None) -> list[dict]:
@@ -94,11 +138,7 @@ def run_cases_ray(cases: Iterable[Case], cfg: RunConfig, address: str | None = N
     cases = list(cases)
     if not cases:
         return []
-    started = False
-    if not ray.is_initialized():
-        kwargs = {"address": address} if address else {"num_cpus": local_cpus, "include_dashboard": False}
-        ray.init(log_to_driver=False, **kwargs)
-        started = True
+    started = connect_ray(address, local_cpus)
     try:
         return _run_on_ray(ray, cases, cfg, on_record, refs)
     finally:
@@ -130,7 +170,7 @@ def _result_or_error(ray, ref, case: Case, cfg: RunConfig) -> dict:
     try:
         return ray.get(ref)
     except ray.exceptions.RayError as e:  # the task's process died twice, or Ray lost the node
-        rec = base_record(case, cfg.device)
+        rec = base_record(case, cfg.device, cfg.threads)
         why = " ".join(str(e).split())[:300]
         rec.update(status="error", reason=f"the Ray task died and its one retry too ({type(e).__name__}): {why}",
                    executor={"kind": "ray", "node": None})
@@ -188,18 +228,22 @@ def merge(paths: list[str | Path], out: str | Path, allow_mixed_env: bool = Fals
         if diff and not allow_mixed_env:
             raise UsageError(f"'{path}' was measured on another environment than '{first_path}' "
                              f"({'; '.join(diff)}); add --allow-mixed-env to merge anyway")
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     kept: list[dict] = []
-    for _, _, recs in loaded:
+    for path, header, recs in loaded:
+        env_key = json.dumps(_env_key(header), sort_keys=True, default=str)
         for r in recs:
-            if r["case_id"] not in seen:
-                seen.add(r["case_id"])
-                kept.append(r)
+            if (r["case_id"], env_key) not in seen:  # the same case measured in two environments: both kept
+                seen.add((r["case_id"], env_key))
+                kept.append({**r, "source": str(path)})
     header = dict(first) | {"created": results.make_header([], {}, None)["created"],
                             "command": command or first.get("command"),
                             "merged_from": [{"path": str(p), "records": len(recs), "env": _env_key(h)}
                                             for p, h, recs in loaded]}
     lines = [json.dumps(header)] + [json.dumps(r) for r in kept]
-    results.atomic_write_text(out, "\n".join(lines) + "\n")
+    from attnbench.run.safe_io import hold_lock
+
+    with hold_lock(Path(out)):
+        results.atomic_write_text(out, "\n".join(lines) + "\n")
     total = sum(len(recs) for _, _, recs in loaded)
     return {"records": len(kept), "duplicates": total - len(kept), "files": len(loaded)}

@@ -8,6 +8,7 @@ combinations a variant or backend cannot do become cases with a status already d
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -192,8 +193,11 @@ def cast_param(value: Any, default: Any, name: str) -> Any:
                 value = type(default)(value.strip())
             except ValueError:
                 raise bad from None
-        if isinstance(default, int) and not (isinstance(value, int) or float(value).is_integer()):
+        if isinstance(default, int) and not (isinstance(value, int) or math.isfinite(value) and float(value).is_integer()):
             raise bad
+        from attnbench.run.schema import param_number
+
+        param_number(value, name)  # finite, 0 .. 2**53
         return type(default)(value)
     return value if isinstance(value, str) else str(value)
 
@@ -217,7 +221,13 @@ def load_suite(name_or_path: str, **overrides: Any) -> tuple[list[Sweep], dict[s
         if not path.is_file():
             raise UsageError(f"suite file '{name_or_path}' does not exist; give a .toml path or one of: "
                              f"{', '.join(suite_names())}")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"suite file '{name_or_path}' is not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                             f"offset {e.start}); accepted: a TOML file") from None
+        except OSError as e:
+            raise UsageError(f"cannot read suite file '{name_or_path}': {e.strerror or e}") from None
     else:
         if name_or_path not in suite_names():
             raise UsageError(f"unknown suite '{name_or_path}'{did_you_mean(name_or_path, suite_names())}; "
@@ -232,13 +242,31 @@ def load_suite(name_or_path: str, **overrides: Any) -> tuple[list[Sweep], dict[s
         k = sorted(unknown)[0]
         raise UsageError(f"suite '{name_or_path}': unknown key '{k}'{did_you_mean(k, SUITE_KEYS)}; "
                          f"accepted: {', '.join(sorted(SUITE_KEYS))}")
-    sweeps = data.get("sweep")
-    if not isinstance(sweeps, list) or not sweeps:
+    if not isinstance(data.get("sweep"), list) or not data["sweep"]:
         raise UsageError(f"suite '{name_or_path}' has no [[sweep]] tables")
+    _validate_suite(data, name_or_path)
+    sweeps = data["sweep"]
     try:
         return [make_sweep(**_merge(s, overrides)) for s in sweeps], {k: v for k, v in data.items() if k != "sweep"}
     except UsageError as e:
         raise UsageError(f"suite '{name_or_path}': {e}") from None
+
+
+def _validate_suite(data: dict, name: str) -> None:
+    """Types and ranges of the suite's values (schema.SuiteModel, SweepModel): one line each."""
+    from pydantic import ValidationError
+
+    from attnbench.run.schema import SuiteModel, SweepModel, first_error
+
+    try:
+        SuiteModel.model_validate(data)
+        for i, s in enumerate(data["sweep"]):
+            try:
+                SweepModel.model_validate(s)
+            except ValidationError as e:
+                raise UsageError(first_error(e, f"suite '{name}': sweep {i + 1}: ")) from None
+    except ValidationError as e:
+        raise UsageError(first_error(e, f"suite '{name}': ")) from None
 
 
 def _merge(axes: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

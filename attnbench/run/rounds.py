@@ -15,11 +15,22 @@ alike), and each case's record pools the samples of its rounds:
 
 A case that is not `ok` in some round (unsupported, skipped, oom, timeout, error) is recorded
 as that round's record, its reason prefixed with the round, and is not run again.
+
+Durability (RoundJournal): each finished round of a case that still has rounds to go is
+appended (one fsynced line) to the journal `.NAME.rounds` beside the results file NAME; `kill -9`
+then loses at most the round in flight, and `--resume` continues every case from the rounds it
+has. The journal is removed when a run ends with every case recorded; an interrupted run keeps
+it for its resume; a run that is not a resume starts a new one.
 """
 
 from __future__ import annotations
 
-from attnbench.measure.timing import Stats
+import contextlib
+import json
+import os
+from pathlib import Path
+
+from attnbench.run.measure.timing import Stats
 
 
 def round_order(cases: list, round_index: int) -> list:
@@ -49,3 +60,61 @@ def merge_rounds(rounds: list[dict], total: int) -> dict:
         "peak_mem_bytes": max(peaks) if peaks else first.get("peak_mem_bytes"),
         "wall_s": sum(rec.get("wall_s") or 0.0 for rec in rounds),
     }
+
+
+class RoundJournal:
+    """The finished rounds of cases not yet recorded, one JSON line each (see the module doc)."""
+
+    def __init__(self, out: Path, rounds: int, resume: bool):
+        self.path = Path(out).with_name(f".{Path(out).name}.rounds")
+        self.rounds = rounds
+        self.done: dict[str, list[dict]] = {}
+        self._fd = -1
+        if resume and rounds > 1 and self.path.exists():
+            self._load()
+        elif not resume and self.path.exists():  # the journal of an earlier run of this file
+            self.path.unlink()
+
+    def _load(self) -> None:
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+                cid, n, r, rec = row["case_id"], row["rounds"], row["round"], row["record"]
+            except (ValueError, KeyError, TypeError):  # a line cut by kill -9
+                continue
+            have = self.done.get(cid, [])
+            if n == self.rounds and r == len(have) and isinstance(rec, dict) and rec.get("status") == "ok":
+                self.done[cid] = have + [rec]
+
+    def add(self, case_id: str, record: dict) -> None:
+        from attnbench.run.results import _finite, _jsonable
+        from attnbench.run.safe_io import OutputError, why
+
+        have = self.done.setdefault(case_id, [])
+        row = {"case_id": case_id, "rounds": self.rounds, "round": len(have), "record": record}
+        data = (json.dumps(_finite(row), default=_jsonable, allow_nan=False) + "\n").encode()
+        try:
+            if self._fd < 0:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            size = os.fstat(self._fd).st_size
+            if os.write(self._fd, data) != len(data):
+                os.ftruncate(self._fd, size)
+                raise OSError(28, "short write")
+            os.fsync(self._fd)
+        except OSError as e:
+            raise OutputError(f"cannot write the rounds journal '{self.path}': {why(e)}; the records written "
+                              f"so far are kept; free space and rerun with --resume", why(e)) from None
+        have.append(record)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def finish(self) -> None:
+        """Every case is recorded: the journal is no longer needed."""
+        self.close()
+        if self.rounds == 1 and not self.done:
+            return  # a --rounds 1 resume leaves another run's journal alone
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()

@@ -15,12 +15,12 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from attnbench.core import results
-from attnbench.core.errors import UsageError
-from attnbench.measure import env as env_mod
-from attnbench.run.worker import RunConfig, Worker, run_cases
+from attnbench.run import results
+from attnbench.run.errors import UsageError
+from attnbench.run.measure import env as env_mod
+from attnbench.run.runner import RunConfig, Worker, case_key, run_cases
 from attnbench.run.rounds import merge_rounds, round_order
-from attnbench.run.plan import Case, Sweep, expand
+from attnbench.run.sweep import Case, Sweep, expand
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,14 +55,28 @@ def check_out(out: Path, resume: bool, force: bool) -> None:
 
 @dataclass
 class Interrupt:
-    """First Ctrl-C: stop after the current case. Second: stop now."""
+    """SIGINT (Ctrl-C) and SIGHUP: stop after the current case; SIGTERM (CI runners, `timeout`):
+    abandon the current case at once. A second signal of any kind abandons the case in flight.
+    `signum` is the first signal received (0: none); `abandoned` says a case was cut short."""
 
-    requested: bool = False
+    signum: int = 0
+    abandoned: bool = False
+
+    @property
+    def requested(self) -> bool:
+        return self.signum != 0
+
+    def __bool__(self) -> bool:
+        return self.requested
 
     def __call__(self, signum, frame):
-        if self.requested:
+        first = not self.signum
+        self.signum = self.signum or signum
+        if not first or signum == signal.SIGTERM:
             raise KeyboardInterrupt
-        self.requested = True
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budget: float,
@@ -70,9 +84,17 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
               console: Console | None = None, command: list[str] | None = None,
               profile_dir: Path | None = None, shard: tuple[int, int] | None = None,
               world_size: int | None = None, executor: str = "local",
-              address: str | None = None, rounds: int = 1) -> tuple[list[dict], bool]:
+              address: str | None = None, rounds: int = 1) -> tuple[list[dict], Interrupt]:
     """Run every case (`rounds` times, interleaved: see rounds.py); returns (records of this
-    file, interrupted)."""
+    file, the Interrupt: false when the run was not stopped by a signal, else its signum and
+    whether a case in flight was abandoned).
+
+    The results file is locked for the whole run (safe_io.hold_lock: a second writer fails at
+    once); a write that fails raises safe_io.OutputError after cutting the file back to its last
+    complete record; a run that ends before its first record leaves no file (and `--force`
+    replaces the old file only once the new one has a record)."""
+    from attnbench.run.safe_io import hold_lock
+
     console = console or Console(stderr=True)
     if rounds > 1 and (executor != "local" or world_size):
         raise UsageError("--rounds runs cases in one local worker: it does not combine with --executor ray "
@@ -87,26 +109,46 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
         from attnbench.run.plan import with_world_size
 
         cases = with_world_size(cases, world_size, device)
-    done: list[dict] = []
     if threads:
         torch.set_num_threads(threads)
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(exist_ok=True)  # only the default results/ can be missing here
+    with hold_lock(out):
+        check_out(out, resume, force)  # again, now that no other writer can change it
+        return _run_locked(cases, device, out, time_budget=time_budget, threads=threads, resume=resume,
+                           console=console, command=command, profile_dir=profile_dir, executor=executor,
+                           address=address, rounds=rounds)
+
+
+def _run_locked(cases: list[Case], device: torch.device, out: Path, *, time_budget: float, threads: int | None,
+                resume: bool, console: Console, command: list[str] | None, profile_dir: Path | None,
+                executor: str, address: str | None, rounds: int) -> tuple[list[dict], Interrupt]:
+    from attnbench.run.rounds import RoundJournal
+
     env = env_mod.capture(device)
+    done: list[dict] = []
+    header: dict = {}
     if resume and out.exists():
         header, done = results.read(out)
         _check_same_env(out, header.get("env") or {}, env)
         ids = {r["case_id"] for r in done}
-        cases = [c for c in cases if _case_id(c, device) not in ids]
-        console.print(f"resuming {out}: {len(done)} cases recorded, {len(cases)} to run")
-    if profile_dir is not None:
-        profile_dir.mkdir(parents=True, exist_ok=True)
-    out.parent.mkdir(exist_ok=True)  # only the default results/ can be missing here
+        cases = [c for c in cases if case_key(c, device, threads) not in ids]
+        console.print(f"resuming {out}: {len(done)} cases recorded, {len(cases)} to run", markup=False,
+                      highlight=False)
     cfg = RunConfig(device=device, time_budget=time_budget, threads=threads,
                     profile_dir=str(profile_dir) if profile_dir else None)
+    journal = RoundJournal(out, rounds, resume)
     worker = Worker(cfg)
     records: list[dict] = list(done)
     stop = Interrupt()
-    old = signal.signal(signal.SIGINT, stop)
+    old = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    ray_started = False
     try:
+        if executor == "ray":
+            from attnbench.run.executors import connect_ray
+
+            ray_started = connect_ray(address)
         runnable = [c for c in cases if c.status is None]
         dtypes = tuple(sorted({c.problem.dtype for c in runnable}))
         if resume and done and header.get("refs") and all(d in header["refs"]["gemm"] for d in dtypes):
@@ -114,42 +156,61 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
         else:
             refs = worker.measure_refs(dtypes) if runnable else None
         header = results.make_header(command or sys.argv, env, refs)
-        with results.Writer(out, header, append=resume and out.exists()) as writer, _progress(console) as prog:
+        with results.Writer(out, header, append=resume and out.exists(), discard_empty=True) as writer, \
+                _progress(console) as prog:
             task = prog.add_task("attnbench", total=len(cases) * rounds)
+
+            def keep(rec: dict) -> None:
+                writer.write(rec)
+                records.append(rec)
+
             if executor == "ray":
                 from attnbench.run.executors import run_cases_ray
 
-                def on_ray_record(r: dict) -> None:
-                    writer.write(r)
-                    records.append(r)
-                    prog.advance(task)
-
-                run_cases_ray(cases, cfg, address, on_record=on_ray_record, refs=refs)
+                run_cases_ray(cases, cfg, address, on_record=lambda r: (keep(r), prog.advance(task)), refs=refs)
                 cases = []
-            per_case: list[list[dict]] = [[] for _ in cases]
-            written: set[int] = set()
-            for r in range(rounds):
-                for i in round_order(range(len(cases)), r):
-                    if stop.requested:
-                        break
-                    if i in written:  # not ok in an earlier round: recorded as such
-                        continue
-                    case = cases[i]
-                    prog.update(task, description=f"{case.variant}/{case.backend} {case.problem.short()} "
-                                                  f"{case.problem.mode}" + (f" · round {r + 1}/{rounds}" if rounds > 1 else ""))
-                    run_cases([case], cfg, worker, per_case[i].append, refs)
-                    if per_case[i][-1]["status"] != "ok" or len(per_case[i]) == rounds:
-                        rec = merge_rounds(per_case[i], rounds)
-                        writer.write(rec)
-                        records.append(rec)
-                        written.add(i)
-                        prog.advance(task, rounds - r)
-                    else:
-                        prog.advance(task)
+            _rounds_loop(cases, cfg, worker, refs, rounds, journal, keep, stop, prog, task, device)
+        if not stop.requested:
+            journal.finish()
+    except KeyboardInterrupt:  # a second signal, or SIGTERM: the case in flight is abandoned
+        stop.abandoned = True
+        stop.signum = stop.signum or signal.SIGINT
     finally:
-        signal.signal(signal.SIGINT, old)
+        for s, h in old.items():
+            signal.signal(s, h)
         worker.close()
-    return records, stop.requested
+        journal.close()
+        if ray_started:
+            import ray
+
+            ray.shutdown()
+    return records, stop
+
+
+def _rounds_loop(cases: list[Case], cfg: RunConfig, worker: Worker, refs, rounds: int, journal, keep,
+                 stop: Interrupt, prog, task, device: torch.device) -> None:
+    """Each round of each case: journaled (rounds > 1), merged and kept once the case is done."""
+    ids = [case_key(c, device, cfg.threads) for c in cases]
+    per_case: list[list[dict]] = [list(journal.done.get(cid, [])) for cid in ids]
+    prog.advance(task, sum(len(p) for p in per_case))
+    for r in range(rounds):
+        for i in round_order(range(len(cases)), r):
+            if stop.requested:
+                return
+            if len(per_case[i]) > r:  # done in an earlier run (journal)
+                continue
+            if per_case[i] and per_case[i][-1]["status"] != "ok":  # not ok in an earlier round: kept
+                continue
+            case = cases[i]
+            prog.update(task, description=f"{case.variant}/{case.backend} {case.problem.short()} "
+                                          f"{case.problem.mode}" + (f" · round {r + 1}/{rounds}" if rounds > 1 else ""))
+            run_cases([case], cfg, worker, per_case[i].append, refs)
+            if per_case[i][-1]["status"] != "ok" or len(per_case[i]) == rounds:
+                keep(merge_rounds(per_case[i], rounds))
+                prog.advance(task, rounds - r)
+            else:
+                journal.add(ids[i], per_case[i][-1])
+                prog.advance(task)
 
 
 def _check_same_env(out: Path, old: dict, new: dict) -> None:
@@ -160,10 +221,6 @@ def _check_same_env(out: Path, old: dict, new: dict) -> None:
     if diff:
         raise UsageError(f"cannot resume '{out}': it was measured on another environment ({'; '.join(diff)}); "
                          f"use a new --out")
-
-
-def _case_id(case: Case, device: torch.device) -> str:
-    return results.case_id(case.problem.as_dict(), case.variant, case.backend, device.type)
 
 
 def _progress(console: Console) -> Progress:

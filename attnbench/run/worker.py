@@ -8,7 +8,9 @@ with the prediction. Whatever happens, the sweep goes on and every case gets a r
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
+import os
 import re
 import signal
 import time
@@ -55,13 +57,40 @@ def limit_memory(device: torch.device, nbytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (data + nbytes, resource.RLIM_INFINITY))
 
 
+def die_with_parent(parent_pid: int | None) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux PR_SET_PDEATHSIG), so an
+    orphaned worker never runs on, nor prints, after the parent has gone. Elsewhere (or when the
+    call fails) a watchdog thread checks every second that the parent is still there."""
+    import ctypes
+    import threading
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        ok = libc.prctl(1, signal.SIGKILL, 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        ok = False
+    if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before the prctl
+        os._exit(0)
+    if ok or parent_pid is None:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _worker_main(conn, device: str, threads: int | None, mem_limit: int | None = None,
-                 profile_dir: str | None = None) -> None:
+                 profile_dir: str | None = None, parent_pid: int | None = None) -> None:
     from attnbench.run.case import probe_case, run_case
     from attnbench.measure import refs as refs_mod
     from attnbench.measure import telemetry
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops between cases
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal too: the parent keeps the records
+    die_with_parent(parent_pid)
     memory.timing_allocator()  # peak_cpu switches to its own state for its one call
     if threads:
         torch.set_num_threads(threads)
@@ -75,14 +104,17 @@ def _worker_main(conn, device: str, threads: int | None, mem_limit: int | None =
     while True:
         try:
             msg = conn.recv()
-        except EOFError:
+        except (EOFError, OSError):
             return
         kind, payload = msg
         if kind == "stop":
             return
         if kind == "refs":
             refs = refs_mod.measure(dev, tuple(payload))
-            conn.send(("refs", refs))
+            try:
+                conn.send(("refs", refs))
+            except OSError:
+                os._exit(0)
             continue
         if kind == "refs-set":
             refs = payload
@@ -90,14 +122,52 @@ def _worker_main(conn, device: str, threads: int | None, mem_limit: int | None =
         case, policy = payload
         try:
             if kind == "probe":
-                conn.send(("record", probe_case(case, dev)))
+                rec = probe_case(case, dev)
             else:
-                conn.send(("record", run_case(case, dev, policy, refs, nvml, profile_dir)))
+                rec = run_case(case, dev, policy, refs, nvml, profile_dir)
         except BaseException as e:  # every failure becomes a record with its reason
-            conn.send(("record", failure_fields(e)))
+            rec = failure_fields(e)
         finally:
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
+        try:
+            conn.send(("record", rec))
+        except OSError:  # the parent has gone: leave quietly
+            os._exit(0)
+
+
+def _cgroup_oom_files() -> list[str]:
+    out = []
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, ctrl, rel = line.rstrip("\n").split(":", 2)
+                if ctrl == "":
+                    out.append(f"/sys/fs/cgroup{rel}/memory.events")
+                elif "memory" in ctrl.split(","):
+                    out.append(f"/sys/fs/cgroup/memory{rel}/memory.oom_control")
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def oom_kill_count() -> int | None:
+    """The kernel's count of out-of-memory kills (/proc/vmstat oom_kill, Linux >= 4.13; the
+    cgroup's memory.events when this process is in a cgroup v2 with a memory controller, which
+    counts kills of a container's limit too; memory.oom_control in cgroup v1); None where none can be read."""
+    counts = []
+    try:
+        with open("/proc/vmstat") as f:
+            counts += [int(ln.split()[1]) for ln in f if ln.startswith("oom_kill ")]
+    except (OSError, ValueError, IndexError):
+        pass
+    for path in _cgroup_oom_files():
+        try:
+            with open(path) as f:
+                counts += [int(ln.split()[1]) for ln in f if ln.startswith("oom_kill ")]
+        except (OSError, ValueError, IndexError):
+            pass
+    return sum(counts) if counts else None
 
 
 class Worker:
@@ -113,7 +183,7 @@ class Worker:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, str(self.cfg.device), self.cfg.threads, self.cfg.mem_limit,
-                                                                self.cfg.profile_dir),
+                                                                self.cfg.profile_dir, os.getpid()),
                                 daemon=True)
         self.proc.start()
         child.close()
@@ -135,6 +205,7 @@ class Worker:
     def run(self, case: Case, timeout: float, kind: str = "case") -> dict:
         """kind "case" measures everything; "probe" only runs a call and its peak memory."""
         self._ensure()
+        oom_before = oom_kill_count()
         policy = replace(self.cfg.policy, max_time=min(self.cfg.policy.max_time, max(0.1, self.cfg.time_budget / 4)))
         self.conn.send((kind, (case, policy)))
         if not self.conn.poll(timeout):
@@ -145,16 +216,23 @@ class Worker:
             return self.conn.recv()[1]
         except (EOFError, ConnectionError):
             self.proc.join(5)
-            return self._death_fields()
+            return self._death_fields(oom_before)
 
-    def _death_fields(self) -> dict:
+    def _death_fields(self, oom_kills_before: int | None) -> dict:
         code = self.proc.exitcode
         self.proc = None
         if code is not None and code < 0:
             sig = signal.Signals(-code).name
             if -code == signal.SIGKILL:
-                return {"status": "oom", "reason": "the worker was killed by SIGKILL, most likely by the "
-                        "kernel's out-of-memory killer"}
+                after = oom_kill_count()
+                if oom_kills_before is not None and after is not None and after > oom_kills_before:
+                    return {"status": "oom", "reason": "the worker was killed by SIGKILL while the kernel's "
+                            f"out-of-memory killer acted (oom_kill count {oom_kills_before} -> {after})"}
+                return {"status": "killed", "reason": "the worker was killed by SIGKILL from outside (the "
+                        "kernel's out-of-memory kill count did not change)" if after is not None else
+                        "the worker was killed by SIGKILL (whether by the out-of-memory killer is unknown here)"}
+            if -code in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):
+                return {"status": "killed", "reason": f"the worker was killed by {sig} from outside"}
             return {"status": "error", "reason": f"the worker crashed with {sig}"}
         return {"status": "error", "reason": f"the worker exited with code {code}"}
 
@@ -191,9 +269,48 @@ def skip_reason(case: Case, cfg: RunConfig, refs: dict | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------- the loop
-def base_record(case: Case, device: torch.device) -> dict:
+@functools.lru_cache(maxsize=8)
+def _device_name(device: torch.device) -> str | None:
+    from attnbench.run.measure.env import capture
+
+    return capture(device).get("device_name")
+
+
+@functools.lru_cache(maxsize=64)
+def backend_version(backend: str) -> str:
+    """The version of the code that runs a backend: the peer package's for peer:NAME, triton's
+    and torch's for the Triton kernels, torch's for the rest."""
+    from importlib import metadata
+
+    if backend.startswith("peer:"):
+        try:
+            return f"{backend[5:]} {metadata.version(backend[5:])}"
+        except metadata.PackageNotFoundError:
+            return f"{backend[5:]} not installed"
+    if "triton" in backend:
+        try:
+            return f"triton {metadata.version('triton')}, torch {torch.__version__}"
+        except metadata.PackageNotFoundError:
+            return f"triton not installed, torch {torch.__version__}"
+    return f"torch {torch.__version__}"
+
+
+def case_identity(backend: str, device: torch.device, threads: int | None = None) -> dict:
+    """What besides the problem changes a measurement: threads, device name, backend version."""
+    return {"threads": threads or torch.get_num_threads(), "device_name": _device_name(device),
+            "backend_version": backend_version(backend)}
+
+
+def case_key(case: Case, device: torch.device, threads: int | None = None) -> str:
+    return case_id(case.problem.as_dict(), case.variant, case.backend, device.type,
+                   case_identity(case.backend, device, threads))
+
+
+def base_record(case: Case, device: torch.device, threads: int | None = None) -> dict:
+    """Every field of a record, unmeasured; `threads` (the run's --threads, default torch's)
+    goes into the case_id as the record's `threads` field does."""
     pd = case.problem.as_dict()
-    return {"case_id": case_id(pd, case.variant, case.backend, device.type),
+    return {"case_id": case_key(case, device, threads),
             "variant": case.variant, "backend": case.backend, "device": device.type, **pd,
             "status": None, "reason": None, "latency_ms": None, "samples_ms": None, "setup_ms": None,
             "first_call_ms": None, "peak_mem_bytes": None, "mem_source": None,
@@ -207,7 +324,7 @@ def run_cases(cases: Iterable[Case], cfg: RunConfig, worker: Worker,
               on_record: Callable[[dict], None], refs: dict | None = None) -> None:
     """Run every case, handing each finished record to on_record (which writes it)."""
     for case in cases:
-        rec = base_record(case, cfg.device)
+        rec = base_record(case, cfg.device, cfg.threads)
         t0 = time.perf_counter()
         if case.status is not None:
             rec.update(status=case.status, reason=case.reason)

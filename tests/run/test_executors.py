@@ -87,11 +87,60 @@ def test_merge_rejects_mixed_environments_unless_allowed(tmp_path, capsys):
     assert rc == 2 and "--force" in capsys.readouterr().err
 
 
+def test_merge_allow_mixed_env_keeps_both_measurements_of_a_case(tmp_path):
+    """The same case measured with other threads has another case_id; both records are kept and
+    each names its source file."""
+    import attnbench.run.worker as runner
+
+    cases = _cases()[:2]
+    _write(tmp_path / "a.jsonl", cases)
+    other = [{**base_record(c, CPU), "case_id": runner.case_id(c.problem.as_dict(), c.variant, c.backend, "cpu",
+                                                                runner.case_identity(c.backend, CPU, threads=8)),
+              "threads": 8} for c in cases]
+    with results.Writer(tmp_path / "b.jsonl", results.make_header(["t"], {"device": "cpu", "threads": 8}, None)) as w:
+        for r in other:
+            w.write({**r, "status": "unsupported", "reason": "test"})
+    summary = merge([tmp_path / "a.jsonl", tmp_path / "b.jsonl"], tmp_path / "ab.jsonl", allow_mixed_env=True)
+    _, recs = results.read(tmp_path / "ab.jsonl")
+    assert summary["records"] == 4 and summary["duplicates"] == 0
+    assert sorted(r["source"] for r in recs) == sorted([str(tmp_path / "a.jsonl")] * 2 + [str(tmp_path / "b.jsonl")] * 2)
+
+
 # ---------------------------------------------------------------- Ray
 def test_ray_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(UsageError, match="unavailable: ray is not installed"):
         run_cases_ray([], RunConfig(device=CPU))
+
+
+def test_ray_missing_hint_prints_verbatim(monkeypatch, capsys, tmp_path):
+    """The hint keeps [cluster] (no rich markup), one line, exit 2, no file."""
+    monkeypatch.setitem(sys.modules, "ray", None)
+    out = tmp_path / "r.jsonl"
+    rc = main(["run", "--variants", "mha", "--backends", "sdpa", "--seq", "64", "--executor", "ray", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "pip install 'attnbench[cluster]'" in err and len(err.splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("exc,mention", [(ConnectionError("could not connect to 1.2.3.4:6379"), "address"),
+                                         (RuntimeError("InvalidAuthToken: token mismatch"), "RAY_AUTH_MODE")])
+def test_ray_connection_failure_is_one_line_with_the_fix(monkeypatch, capsys, tmp_path, exc, mention):
+    """A cluster that cannot be reached (or refuses the client's authentication): one line naming
+    the fix, exit 2, and no header-only results file."""
+    import types
+
+    def init(**kw):
+        raise exc
+
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=init, shutdown=lambda: None)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    out = tmp_path / "r.jsonl"
+    rc = main(["run", "--variants", "mha", "--backends", "sdpa", "--seq", "64", "--executor", "ray",
+               "--address", "1.2.3.4:6379", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and mention in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +157,14 @@ def ray_run(tmp_path_factory):
     local, worker = [], Worker(cfg)
     worker.start()  # the local run's worker starts while the cluster does
     try:
+        refs = worker.measure_refs(("float32",))  # the header's references, as run_sweep gives both
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             streamed = []
-            on_ray = run_cases_ray(tiny + faults, cfg, on_record=streamed.append)
+            on_ray = run_cases_ray(tiny + faults, cfg, on_record=streamed.append, refs=refs)
         finally:
             ray.shutdown()
-        run_cases(tiny, cfg, worker, local.append)
+        run_cases(tiny, cfg, worker, local.append, refs)
     finally:
         worker.close()
     return {"tiny": on_ray[:len(tiny)], "faults": on_ray[len(tiny):], "local": local, "streamed": streamed,
@@ -128,14 +178,17 @@ def test_ray_run_gives_the_same_cases_as_a_local_run(ray_run):
     assert len(ray_run["streamed"]) == len(ray_run["tiny"]) + len(ray_run["faults"])
     ran = [r for r in ray_run["tiny"] if r["status"] == "ok"]
     assert all(r["executor"]["kind"] == "ray" and r["latency_ms"]["median"] > 0 for r in ran)
+    # as complete as a local record: the task's worker got the header's references
+    assert all(r["roofline_frac"] is not None and r["roofline_frac"] > 0 for r in ran)
+    assert all(r["roofline_frac"] is not None for r in ray_run["local"] if r["status"] == "ok")
     for r in ray_run["tiny"]:
         results.validate_record(json.loads(json.dumps({"type": "record", **r})), "ray", 1)
 
 
 @pytest.mark.slow
 def test_a_case_that_kills_its_worker_is_a_record_not_a_retry(ray_run):
-    killed = ray_run["faults"][0]
-    assert killed["status"] == "oom" and "SIGKILL" in killed["reason"]  # the isolated worker's verdict
+    killed = ray_run["faults"][0]  # the isolated worker's verdict: killed from outside, not an OOM
+    assert killed["status"] == "killed" and "SIGKILL" in killed["reason"], killed
 
 
 @pytest.mark.slow
