@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from attnbench.cli.errors import UsageError, say
+from attnbench.core.errors import UsageError, say
 
 GATE_COMMANDS = ("compare", "gate", "baseline", "ab")  # usage errors exit 3 (docs/ci.md)
 
@@ -116,7 +116,7 @@ def run(
     from attnbench.run.plan import load_suite, make_sweep
     from attnbench.cli.tables import results_table
 
-    from attnbench.cli.schema import positive_finite
+    from attnbench.core.schema import positive_finite
 
     if time_budget is not None:
         positive_finite(time_budget, "--time-budget", " of seconds")
@@ -196,8 +196,8 @@ for _module in (report, gate, tools, profile, dist):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: usage errors become one line and exit code 2."""
-    from attnbench.cli.results import ResultsError
-    from attnbench.cli.safe_io import EXIT_WRITE, OutputError
+    from attnbench.core.results import ResultsError
+    from attnbench.core.safe_io import EXIT_WRITE, OutputError
 
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as e:
         return e.exit_code
     except OSError as e:  # a write or read the command did not wrap itself (a full or read-only disk)
-        from attnbench.cli.safe_io import why
+        from attnbench.core.safe_io import why
 
         where = f"'{e.filename}': " if getattr(e, "filename", None) else ""
         say(err_console, f"{where}{why(e)}", "error:")

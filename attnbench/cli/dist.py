@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from attnbench.cli.errors import UsageError, say
+from attnbench.core.errors import UsageError, say
 
 err_console = Console(stderr=True)
 out_console = Console()

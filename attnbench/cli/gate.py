@@ -16,10 +16,10 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from attnbench.cli.compare import EXIT_ERRORS, EXIT_USAGE, FORMATS, Options, Report, make_options
-from attnbench.cli.errors import UsageError, say
-from attnbench.cli.safe_io import OutputError
-from attnbench.cli.results import ResultsError, atomic_write_text
+from attnbench.gate.compare import EXIT_ERRORS, EXIT_USAGE, FORMATS, Options, Report, make_options
+from attnbench.core.errors import UsageError, say
+from attnbench.core.safe_io import OutputError
+from attnbench.core.results import ResultsError, atomic_write_text
 
 err = Console(stderr=True)
 

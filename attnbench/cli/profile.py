@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from attnbench.cli.errors import UsageError, say
+from attnbench.core.errors import UsageError, say
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
 
         parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
         if not os.access(parent, os.W_OK):
-            from attnbench.cli.safe_io import OutputError
+            from attnbench.core.safe_io import OutputError
 
             raise OutputError(f"cannot write --out '{out}': '{parent}' is not writable (read-only or no "
                               f"permission); nothing was written")

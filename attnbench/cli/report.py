@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from attnbench.cli.errors import UsageError, say
+from attnbench.core.errors import UsageError, say
 
 Results = Annotated[list[Path], typer.Argument(help="Results files (.jsonl) written by `attnbench run`.",
                                                show_default=False)]

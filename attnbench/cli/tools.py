@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from attnbench.cli.errors import UsageError, say
+from attnbench.core.errors import UsageError, say
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.I)
 
@@ -75,7 +75,7 @@ def register_frontier(app: typer.Typer) -> None:
             raise UsageError(f"unknown --axis '{axis}'; accepted: seq")
         if mode not in MODES:
             raise UsageError(f"unknown mode '{mode}'; accepted: {', '.join(MODES)}")
-        from attnbench.cli.schema import positive_finite
+        from attnbench.core.schema import positive_finite
 
         positive_finite(time_budget, "--time-budget", " of seconds")
         nbytes = parse_size(budget)
@@ -115,7 +115,7 @@ def register_frontier(app: typer.Typer) -> None:
         limit: their large operands must not count against (or crash within) the budget."""
         from dataclasses import replace
 
-        from attnbench.cli.runner import Worker
+        from attnbench.run.worker import Worker
 
         ref_worker = Worker(replace(cfg, mem_limit=None))
         try:
@@ -160,7 +160,7 @@ def register_check(app: typer.Typer) -> None:
         from attnbench.run.check import run_checks, triton_rows_interpreted
         from attnbench.core.problem import parse_dtype
 
-        from attnbench.cli.errors import did_you_mean
+        from attnbench.core.errors import did_you_mean
 
         names = [s.strip() for s in variants.split(",") if s.strip()] if variants is not None else registry.names()
         if not names:

@@ -241,7 +241,7 @@ def merge(paths: list[str | Path], out: str | Path, allow_mixed_env: bool = Fals
                             "merged_from": [{"path": str(p), "records": len(recs), "env": _env_key(h)}
                                             for p, h, recs in loaded]}
     lines = [json.dumps(header)] + [json.dumps(r) for r in kept]
-    from attnbench.run.safe_io import hold_lock
+    from attnbench.core.safe_io import hold_lock
 
     with hold_lock(Path(out)):
         results.atomic_write_text(out, "\n".join(lines) + "\n")

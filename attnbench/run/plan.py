@@ -195,7 +195,7 @@ def cast_param(value: Any, default: Any, name: str) -> Any:
                 raise bad from None
         if isinstance(default, int) and not (isinstance(value, int) or math.isfinite(value) and float(value).is_integer()):
             raise bad
-        from attnbench.run.schema import param_number
+        from attnbench.core.schema import param_number
 
         param_number(value, name)  # finite, 0 .. 2**53
         return type(default)(value)
@@ -256,7 +256,7 @@ def _validate_suite(data: dict, name: str) -> None:
     """Types and ranges of the suite's values (schema.SuiteModel, SweepModel): one line each."""
     from pydantic import ValidationError
 
-    from attnbench.run.schema import SuiteModel, SweepModel, first_error
+    from attnbench.core.schema import SuiteModel, SweepModel, first_error
 
     try:
         SuiteModel.model_validate(data)

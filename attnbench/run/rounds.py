@@ -30,7 +30,7 @@ import json
 import os
 from pathlib import Path
 
-from attnbench.run.measure.timing import Stats
+from attnbench.measure.timing import Stats
 
 
 def round_order(cases: list, round_index: int) -> list:
@@ -87,8 +87,8 @@ class RoundJournal:
                 self.done[cid] = have + [rec]
 
     def add(self, case_id: str, record: dict) -> None:
-        from attnbench.run.results import _finite, _jsonable
-        from attnbench.run.safe_io import OutputError, why
+        from attnbench.core.results import _finite, _jsonable
+        from attnbench.core.safe_io import OutputError, why
 
         have = self.done.setdefault(case_id, [])
         row = {"case_id": case_id, "rounds": self.rounds, "round": len(have), "record": record}

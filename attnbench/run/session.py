@@ -15,12 +15,12 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from attnbench.run import results
-from attnbench.run.errors import UsageError
-from attnbench.run.measure import env as env_mod
-from attnbench.run.runner import RunConfig, Worker, case_key, run_cases
+from attnbench.core import results
+from attnbench.core.errors import UsageError
+from attnbench.measure import env as env_mod
+from attnbench.run.worker import RunConfig, Worker, case_key, run_cases
 from attnbench.run.rounds import merge_rounds, round_order
-from attnbench.run.sweep import Case, Sweep, expand
+from attnbench.run.plan import Case, Sweep, expand
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,7 +93,7 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
     once); a write that fails raises safe_io.OutputError after cutting the file back to its last
     complete record; a run that ends before its first record leaves no file (and `--force`
     replaces the old file only once the new one has a record)."""
-    from attnbench.run.safe_io import hold_lock
+    from attnbench.core.safe_io import hold_lock
 
     console = console or Console(stderr=True)
     if rounds > 1 and (executor != "local" or world_size):

@@ -271,7 +271,7 @@ def skip_reason(case: Case, cfg: RunConfig, refs: dict | None) -> str | None:
 # ---------------------------------------------------------------------------- the loop
 @functools.lru_cache(maxsize=8)
 def _device_name(device: torch.device) -> str | None:
-    from attnbench.run.measure.env import capture
+    from attnbench.measure.env import capture
 
     return capture(device).get("device_name")
 
