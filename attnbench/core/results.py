@@ -101,7 +101,7 @@ class Writer:
     def _write(self, obj: dict) -> None:
         from attnbench.core.safe_io import OutputError, why
 
-        data = (json.dumps(_finite(obj), default=_jsonable, allow_nan=False) + "\n").encode("utf-8")
+        data = json_line(obj)
         try:
             n = os.write(self._fd, data)
             if n != len(data):
@@ -160,6 +160,12 @@ def _ensure_newline_terminated(path: Path) -> None:
         cut = data.rfind(b"\n") + 1
         with open(path, "r+b") as f:
             f.truncate(cut)
+
+
+def json_line(obj: Any) -> bytes:
+    """The one serialisation of a header, record or journal row: one JSON line, NaN and infinities
+    as null, numpy scalars as numbers."""
+    return (json.dumps(_finite(obj), default=_jsonable, allow_nan=False) + "\n").encode("utf-8")
 
 
 def _finite(x: Any) -> Any:

@@ -87,12 +87,12 @@ class RoundJournal:
                 self.done[cid] = have + [rec]
 
     def add(self, case_id: str, record: dict) -> None:
-        from attnbench.core.results import _finite, _jsonable
+        from attnbench.core.results import json_line
         from attnbench.core.safe_io import OutputError, why
 
         have = self.done.setdefault(case_id, [])
         row = {"case_id": case_id, "rounds": self.rounds, "round": len(have), "record": record}
-        data = (json.dumps(_finite(row), default=_jsonable, allow_nan=False) + "\n").encode()
+        data = json_line(row)
         try:
             if self._fd < 0:
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
