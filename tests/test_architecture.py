@@ -219,7 +219,7 @@ def test_report_and_gate_import_no_torch_at_module_level():
 
 
 # ---------------------------------------------------------------- (c) private names stay home
-KNOWN_PRIVATE = {("attnbench.distributed.rank", "attnbench.measure.timing", "_enough")}
+KNOWN_PRIVATE = {("attnbench.distributed.rank", "attnbench.measure.timing", "stop_reason")}
 
 
 def private_imports() -> set[tuple[str, str, str]]:
@@ -238,7 +238,7 @@ def test_no_private_name_imported_from_another_module():
     assert not private_imports() - KNOWN_PRIVATE
 
 
-@pytest.mark.xfail(strict=True, reason="distributed/rank imports measure.timing._enough (lead fixing)")
+@pytest.mark.xfail(strict=True, reason="distributed/rank imports measure.timing.stop_reason (lead fixing)")
 def test_known_private_import_is_gone():
     assert not private_imports() & KNOWN_PRIVATE
 

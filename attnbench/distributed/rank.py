@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from attnbench.measure import accuracy
 from attnbench.measure import memory
-from attnbench.measure.timing import TimingPolicy, _enough
+from attnbench.measure.timing import TimingPolicy, stop_reason
 from attnbench.core.problem import Problem
 from attnbench.distributed.layout import make_layout, rank_pairs
 from attnbench.distributed.ring import RankStats, ring_attention
@@ -134,7 +134,7 @@ def _sample(call, sync, g: _Group, policy: TimingPolicy) -> tuple[list[float], l
                          "post_ms": st.post_s * 1e3, "bytes_sent": st.bytes_sent, "pairs": st.pairs,
                          "calls": st.calls})
         spent += slowest
-        if _enough(samples, spent, policy):
+        if stop_reason(samples, spent, policy):
             return samples, per_iter
 
 

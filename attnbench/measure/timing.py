@@ -69,7 +69,7 @@ class Timing:
         return Stats.of(list(self.samples_ms))
 
 
-def _enough(samples: list[float], spent: float, policy: TimingPolicy) -> str | None:
+def stop_reason(samples: list[float], spent: float, policy: TimingPolicy) -> str | None:
     """Why to stop sampling now, or None to go on."""
     if spent >= policy.max_time:
         return "max_time"
@@ -104,7 +104,7 @@ def time_cpu(fn: Callable[[], object], policy: TimingPolicy = TimingPolicy()) ->
         dt = (time.perf_counter_ns() - t0) / 1e9
         samples.append(dt * 1e3 / block)
         spent += dt
-        why = _enough(samples, spent, policy)
+        why = stop_reason(samples, spent, policy)
         if why:
             return Timing(tuple(samples), block, first, why)
 
@@ -134,7 +134,7 @@ def time_cuda(fn: Callable[[], object], policy: TimingPolicy = TimingPolicy()) -
         ms = start.elapsed_time(end)
         samples.append(ms)
         spent += ms / 1e3
-        why = _enough(samples, spent, policy)
+        why = stop_reason(samples, spent, policy)
         if why:
             return Timing(tuple(samples), 1, first, why)
 

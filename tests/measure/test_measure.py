@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from attnbench.variants import registry
 from attnbench.measure import flops as fl
 from attnbench.measure import memory
-from attnbench.measure.timing import Stats, TimingPolicy, _enough, quantile, time_call, time_cpu
+from attnbench.measure.timing import Stats, TimingPolicy, stop_reason, quantile, time_call, time_cpu
 from attnbench.core.problem import Problem
 from attnbench.variants.shared import attention_flops, io_bytes, kv_cache_bytes
 
@@ -123,12 +123,12 @@ def test_quantile_matches_numpy_linear():
 def test_stop_rule():
     pol = TimingPolicy(min_samples=10, min_time=0.2, max_time=1.0, max_samples=50, target_rel_iqr=0.1)
     flat, noisy = [1.0] * 10, [1.0, 2.0] * 5
-    assert _enough(flat, 0.3, pol) == "spread"
-    assert _enough(flat[:9], 0.3, pol) is None  # too few samples
-    assert _enough(flat, 0.1, pol) is None  # too little time
-    assert _enough(noisy, 0.3, pol) is None  # too noisy: keep going
-    assert _enough(noisy, 1.0, pol) == "max_time"
-    assert _enough(noisy * 5, 0.5, pol) == "max_samples"
+    assert stop_reason(flat, 0.3, pol) == "spread"
+    assert stop_reason(flat[:9], 0.3, pol) is None  # too few samples
+    assert stop_reason(flat, 0.1, pol) is None  # too little time
+    assert stop_reason(noisy, 0.3, pol) is None  # too noisy: keep going
+    assert stop_reason(noisy, 1.0, pol) == "max_time"
+    assert stop_reason(noisy * 5, 0.5, pol) == "max_samples"
 
 
 def test_time_cpu_cheap_fn_reaches_min_samples():
