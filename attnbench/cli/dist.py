@@ -157,7 +157,7 @@ def register_merge(app: typer.Typer) -> None:
 
           attnbench merge a.jsonl b.jsonl --out ab.jsonl --allow-mixed-env
         """
-        from attnbench.run.executors import merge as merge_files
+        from attnbench.core.merge import merge as merge_files
 
         if out.exists() and not force:
             raise UsageError(f"'{out}' already exists; add --force to overwrite it")

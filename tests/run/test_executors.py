@@ -12,7 +12,8 @@ import torch
 from attnbench.core import results
 from attnbench.cli import main
 from attnbench.core.errors import UsageError
-from attnbench.run.executors import merge, parse_shard, run_cases_ray, shard
+from attnbench.core.merge import merge
+from attnbench.run.executors import parse_shard, run_cases_ray, shard
 from attnbench.measure.timing import TimingPolicy
 from attnbench.run.worker import RunConfig, Worker, base_record, run_cases
 from attnbench.run.plan import expand, make_sweep
