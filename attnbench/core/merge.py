@@ -43,7 +43,10 @@ def merge(paths: list[str | Path], out: str | Path, allow_mixed_env: bool = Fals
             if (r["case_id"], env_key) not in seen:  # the same case measured in two environments: both kept
                 seen.add((r["case_id"], env_key))
                 kept.append({**r, "source": str(path)})
-    header = dict(first) | {"created": results.make_header([], {}, None)["created"],
+    catalogue = {}
+    for _, h, _ in loaded:
+        catalogue |= h.get("catalogue") or {}
+    header = dict(first) | {"created": results.make_header([], {}, None)["created"], "catalogue": catalogue,
                             "command": command or first.get("command"),
                             "merged_from": [{"path": str(p), "records": len(recs), "env": _env_key(h)}
                                             for p, h, recs in loaded]}

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from attnbench.core import results
+from attnbench.variants import registry
 from attnbench.core.errors import UsageError
 from attnbench.measure import env as env_mod
 from attnbench.run.worker import RunConfig, Worker, case_key, run_cases
@@ -155,7 +156,7 @@ def _run_locked(cases: list[Case], device: torch.device, out: Path, *, time_budg
             refs = worker.refs = header["refs"]  # the header's rates stay the ones records use
         else:
             refs = worker.measure_refs(dtypes) if runnable else None
-        header = results.make_header(command or sys.argv, env, refs)
+        header = results.make_header(command or sys.argv, env, refs, registry.describe(c.variant for c in cases))
         with results.Writer(out, header, append=resume and out.exists(), discard_empty=True) as writer, \
                 _progress(console) as prog:
             task = prog.add_task("attnbench", total=len(cases) * rounds)

@@ -14,7 +14,7 @@ from attnbench.core.problem import Problem
 from attnbench.variants import exact, flash, graph, linear, lsh, positional, ring, sparse, vision
 from attnbench.variants.base import Backend, Fn, Reason, Variant
 
-__all__ = ["Backend", "Fn", "Reason", "Variant", "FAMILIES", "get", "names", "all_variants", "decide"]
+__all__ = ["Backend", "Fn", "Reason", "Variant", "FAMILIES", "get", "names", "all_variants", "decide", "describe"]
 
 FAMILIES = (exact, flash, positional, sparse, lsh, linear, vision, graph, ring)
 
@@ -58,3 +58,23 @@ def decide(variant: Variant, backend: str, problem: Problem, device: torch.devic
     if why := b.supports(problem, device):
         return "unsupported", why
     return None
+
+
+def describe(variant_names) -> dict[str, dict]:
+    """What readers of a results file need to know of its variants, without importing them (the
+    report, show and the gate import no torch): family, whether exact, the complexity claims of the
+    variant and of each backend that declares its own, and the variant's own parameter names (a
+    backend's parameters, like flex's block_size, are not among them). Written into the header."""
+    out = {}
+    for name in sorted(set(variant_names)):
+        if name not in _CATALOGUE:
+            continue
+        v = _CATALOGUE[name]
+        out[name] = {
+            "family": v.family, "exact": v.exact, "full_attention_error": v.full_attention_error,
+            "time": v.time, "memory": v.memory, "params": sorted(v.defaults),
+            "backends": {b.name: {"time": getattr(b, "time", None) or v.time,
+                                  "memory": getattr(b, "memory", None) or v.memory}
+                         for b in v.backends if not b.test_only},
+        }
+    return out
