@@ -74,12 +74,19 @@ def variants_table(rows: list[dict]) -> Table:
     for col in ("variant", "family", "time", "memory", "backends", "parameters (--param)", "description"):
         t.add_column(col, overflow="fold")
     for r in rows:
-        bs = "  ".join(b["name"] if b["available"] else f"[dim]{b['name']}✗[/]" for b in r["backends"])
+        bs = "  ".join((b["name"] if b["available"] else f"[dim]{b['name']}✗[/]") + _own_claims(r, b)
+                       for b in r["backends"])
         params = " ".join([f"{k}={v}" for k, v in r["params"].items()]
                           + [f"{b['name']}: {k}={v}" for b in r["backends"] for k, v in b["params"].items()])
         t.add_row(r["name"], r["family"], r["complexity"]["time"], r["complexity"]["memory"], bs,
                   escape(params), escape(r["description"]))
     return t
+
+
+def _own_claims(variant_row: dict, b: dict) -> str:
+    """' (memory O(L))' where a backend's claims differ from its variant's, else ''."""
+    diff = [f"{k} {b['complexity'][k]}" for k in ("time", "memory") if b["complexity"][k] != variant_row["complexity"][k]]
+    return f" ({', '.join(diff)})" if diff else ""
 
 
 def list_rows(device) -> list[dict]:
@@ -89,6 +96,8 @@ def list_rows(device) -> list[dict]:
             "name": v.name, "family": v.family, "description": v.description,
             "complexity": {"time": v.time, "memory": v.memory}, "params": dict(v.defaults),
             "backends": [{"name": b.name, "available": b.available(device) is None, "reason": b.available(device),
-                          "params": dict(b.params)} for b in v.backends if not b.test_only],
+                          "params": dict(b.params),
+                          "complexity": dict(zip(("time", "memory"), v.claims(b.name)))}
+                         for b in v.backends if not b.test_only],
         })
     return rows

@@ -101,16 +101,18 @@ def _block_supports(problem: Problem, device: torch.device) -> Reason:
     return _supports(problem, device)
 
 
-def _backend(build, description: str, supports=_supports) -> Backend:
+def _backend(build, description: str, supports=_supports, memory: str | None = None) -> Backend:
+    """memory: the kernel's own claim where it changes the variant's (online softmax: O(L))."""
     return Backend("triton", build, description + " (fp32: TF32 dots)", available=_available, supports=supports,
-                   tf32_dots=True)
+                   tf32_dots=True, memory=memory)
 
 
 def register_triton_backends() -> None:
     for name in ("mha", "causal", "cross", "mqa", "gqa", "flash"):
-        add_backend(name, _backend(_flash_build, "attnbench's Triton FlashAttention-2 (split-KV in decode)"))
+        add_backend(name, _backend(_flash_build, "attnbench's Triton FlashAttention-2 (split-KV in decode)",
+                                   memory="O(L)"))
     add_backend("sliding_window", _backend(_window_build, "Triton FlashAttention with the window in the kernel"))
-    add_backend("alibi", _backend(_alibi_build, "Triton FlashAttention with ALiBi in the kernel"))
+    add_backend("alibi", _backend(_alibi_build, "Triton FlashAttention with ALiBi in the kernel", memory="O(L)"))
     for name in ("longformer", "bigbird", "strided"):
         add_backend(name, _backend(_block_sparse_build(name), "Triton block-sparse attention over the layout",
                                    _block_supports))
