@@ -8,7 +8,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -70,7 +70,8 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
               console: Console | None = None, command: list[str] | None = None,
               profile_dir: Path | None = None, shard: tuple[int, int] | None = None,
               world_size: int | None = None, executor: str = "local",
-              address: str | None = None, rounds: int = 1) -> tuple[list[dict], bool]:
+              address: str | None = None, rounds: int = 1, inputs: str = "randn",
+              reference_limit: int | None = None, sample_time: float | None = None) -> tuple[list[dict], bool]:
     """Run every case (`rounds` times, interleaved: see rounds.py); returns (records of this
     file, interrupted)."""
     console = console or Console(stderr=True)
@@ -101,7 +102,10 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
         profile_dir.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(exist_ok=True)  # only the default results/ can be missing here
     cfg = RunConfig(device=device, time_budget=time_budget, threads=threads,
-                    profile_dir=str(profile_dir) if profile_dir else None)
+                    profile_dir=str(profile_dir) if profile_dir else None, inputs=inputs,
+                    reference_limit=reference_limit)
+    if sample_time is not None:  # a suite's cap on timed samples per case (the quick suite: 0.5 s)
+        cfg = replace(cfg, policy=replace(cfg.policy, max_time=float(sample_time)))
     worker = Worker(cfg)
     records: list[dict] = list(done)
     stop = Interrupt()

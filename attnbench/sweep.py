@@ -87,7 +87,8 @@ class Case:
 
 
 SWEEP_KEYS = {f for f in Sweep.__dataclass_fields__} | {"mode"}
-SUITE_KEYS = {"description", "sweep", "time_budget", "device", "rounds"}
+SUITE_KEYS = {"description", "sweep", "time_budget", "device", "rounds", "reference_limit", "inputs",
+              "sample_time"}
 
 
 def _positive(values, what: str) -> tuple[int, ...]:

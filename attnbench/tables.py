@@ -6,6 +6,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import registry
+from .results import spread_text
 
 
 def fmt_bytes(n: float | None, fmt: str = ".1f") -> str:
@@ -49,16 +50,17 @@ STATUS_STYLE = {"ok": "green", "skipped": "yellow", "unsupported": "dim", "unava
 def results_table(records: list[dict], title: str = "attnbench results") -> Table:
     t = Table(title=title, header_style="bold", show_lines=False, pad_edge=False)
     for col, just in (("variant", "left"), ("backend", "left"), ("mode", "left"), ("L q×k", "right"),
-                      ("H", "right"), ("status", "left"), ("ms", "right"), ("±%", "right"),
+                      ("H", "right"), ("status", "left"), ("ms", "right"), ("IQR %", "right"),
                       ("mem", "right"), ("TF/s", "right"), ("err", "right")):
         t.add_column(col, justify=just, no_wrap=True)
     t.add_column("kernel / reason", overflow="fold", min_width=16, ratio=1)
     for r in records:
         lat = r.get("latency_ms") or {}
         med = lat.get("median")
-        iqr = f"{100 * lat['iqr'] / med:.0f}" if med else "-"
+        iqr = spread_text(lat)
         err = r.get("error") or {}
         err_s = f"{err['rel_l2']:.0e}" if "rel_l2" in err else "-"
+        err_s += "!" if err.get("rel_l2", 0) >= 1 else ""
         note = r.get("reason") or short_kernel(r.get("kernel")) + _distributed_note(r.get("distributed"))
         st = r["status"]
         heads = f"{r['heads']}" if r["heads"] == r["kv_heads"] else f"{r['heads']}/{r['kv_heads']}"
@@ -67,6 +69,23 @@ def results_table(records: list[dict], title: str = "attnbench results") -> Tabl
                   fmt_bytes(r.get("peak_mem_bytes")), f"{r['tflops']:.2g}" if r.get("tflops") else "-",
                   err_s, escape(note[:160]))
     return t
+
+
+def results_footnotes(records: list[dict]) -> list[str]:
+    """What the results table's spread and error columns mean for these records."""
+    notes = []
+    few = sum(1 for r in records if (r.get("latency_ms") or {}).get("n", 99) < 3)
+    if few:
+        notes.append(f"IQR %: n=1/n=2 where fewer than 3 samples fitted the time budget ({few} cases; no spread "
+                     f"shown); (! x%) marks IQR/median above 10 %.")
+    errs = [r for r in records if "rel_l2" in (r.get("error") or {})]
+    if errs:
+        ent = [r["attn_entropy"] for r in errs if r.get("attn_entropy") is not None]
+        inputs = sorted({r.get("inputs") or "randn" for r in errs})
+        mean = f"; exact attention's mean normalised entropy {sum(ent) / len(ent):.2f} (1 = uniform)" if ent else ""
+        notes.append(f"err: relative L2 error against the fp64 reference on {', '.join(inputs)} inputs{mean}; "
+                     f"≥ 1 (marked !) is worse than returning zeros.")
+    return notes
 
 
 def variants_table(rows: list[dict]) -> Table:

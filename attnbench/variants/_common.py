@@ -68,7 +68,7 @@ def softmax_attention(q, k, v, *, causal: bool = False, mask: torch.Tensor | Non
         allowed = cm if allowed is None else allowed & cm
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
-    probs = torch.softmax(scores.float(), dim=-1)
+    probs = torch.softmax(scores if scores.dtype == torch.float64 else scores.float(), dim=-1)  # fp64 oracle stays fp64
     if allowed is not None:  # rows with no visible key are all -inf: their NaNs become 0
         probs = probs.nan_to_num(0.0)
     return torch.matmul(probs.to(q.dtype), v)
