@@ -43,6 +43,10 @@ class Backend:
     time, memory: this backend's own complexity claims where it changes the variant's (a fused
                   online-softmax kernel: O(L) memory; chunked linear attention); None: the variant's.
                   Scaling verdicts test the (variant, backend) pair's claim.
+    pinned:       parameter values this backend needs (a peer package's hard-coded constant, e.g.
+                  performer-pytorch's eps = 1e-4). Unless a sweep sets the parameter itself, this
+                  backend's cases run at these values and the variant's other backends run at them
+                  too (besides the sweep's), so the comparison is like for like and labelled.
     """
 
     name: str
@@ -56,6 +60,7 @@ class Backend:
     params: dict[str, Any] = field(default_factory=dict)
     time: str | None = None
     memory: str | None = None
+    pinned: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -290,12 +290,29 @@ def _expand_one(sw: Sweep, device: torch.device):
         if g is not None:
             hkv = h // g if h % g == 0 else -g  # -g: groups that do not divide the heads
         seq_q, seq_k = (1, lk or L) if mode == "decode" else (L, lk)
-        for backend in sw.backends or tuple(v.backend_names()):
+        chosen = sw.backends or tuple(v.backend_names())
+        pins = _peer_pins(v, chosen, sw.params, device)
+        for backend in chosen:
             declared = v.declared_params(backend)
             params = v.defaults | {k: x for k, x in sw.params.items() if k in declared}
-            raw = Problem(batch=b, heads=h, kv_heads=hkv, seq_q=seq_q, seq_k=seq_k, head_dim=d, dtype=dtype,
-                          causal=causal, mode=mode, params=tuple(sorted(params.items())))
-            yield _decide(v, backend, raw, device)
+            own = v.backend(backend).pinned
+            sets = [params | own] if own and not own.keys() & sw.params.keys() else \
+                [params] + [params | pin for pin in pins if not own]
+            for ps in sets:
+                raw = Problem(batch=b, heads=h, kv_heads=hkv, seq_q=seq_q, seq_k=seq_k, head_dim=d, dtype=dtype,
+                              causal=causal, mode=mode, params=tuple(sorted(ps.items())))
+                yield _decide(v, backend, raw, device)
+
+
+def _peer_pins(v, chosen, explicit: dict, device: torch.device) -> list[dict]:
+    """The pinned parameters (registry.Backend.pinned) of the chosen, available backends whose
+    parameters the sweep does not set: the other backends also run at them."""
+    pins = []
+    for name in chosen:
+        b = v.backend(name)
+        if b.pinned and not b.pinned.keys() & explicit.keys() and b.available(device) is None:
+            pins.append(dict(b.pinned))
+    return pins
 
 
 def _decide(v, backend: str, raw: Problem, device: torch.device) -> Case:
