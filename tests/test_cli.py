@@ -19,7 +19,7 @@ def test_list_json(capsys):
         assert set(r["complexity"]) == {"time", "memory"} and r["complexity"]["time"].startswith("O(")
         assert r["description"] and r["backends"]
         for b in r["backends"]:
-            assert set(b) == {"name", "available", "reason", "params"}
+            assert set(b) == {"name", "available", "reason", "params", "complexity"}
             assert b["available"] is (b["reason"] is None)
             assert b["params"] == registry.get(r["name"]).backend(b["name"]).params
         names = [b["name"] for b in r["backends"]]

@@ -6,8 +6,8 @@ lengths; the exponent k is then the growth the claim is about), unless the offse
 5 % of the value at the shortest length, where the plain power law y = c·L^k (one parameter
 fewer) is used. With 4 lengths only the power law. The 95 % interval of k is Student's t
 (scipy) times the standard error from the fit's covariance, with n − 3 (offset) or n − 2 degrees
-of freedom. Shortest lengths where the offset is more than half the value are dropped first (the
-fixed overhead dominates there, not the growth the claim is about); `lengths` lists those used.
+of freedom. Shortest lengths may be dropped (see fit_scaling: the narrowest interval over all
+lengths and the longest 4, 5, ...); `lengths` lists those used.
 
 The verdict (`judge`), against the standard classes O(1), O(L), O(L·√L), O(L²), O(L³):
 - ``too few lengths``: fewer than 4 distinct lengths; no exponent verdict at all.
@@ -36,7 +36,6 @@ VERDICTS = ("agrees", "differs", "inconclusive", "too few lengths")
 MIN_LENGTHS = 4  # fewer: "too few lengths"
 OFFSET_MIN_LENGTHS = 5  # the offset model needs two degrees of freedom left
 OFFSET_MIN_SHARE = 0.05  # a smaller offset (share of y at the shortest length) is not modelled
-DROP_SHARE = 0.5  # a shortest length whose value is more than half offset is dropped
 MODEL_TOL = 0.1  # exponent units: lower-order terms at finite L, allowed when testing the claim only
 MAX_WIDTH = 0.5  # a wider interval is never decisive (half the gap between O(L) and O(L²))
 
@@ -97,18 +96,15 @@ def offset_fit(L: np.ndarray, y: np.ndarray, k0: float) -> dict | None:
 def fit_scaling(lengths, values):
     """The Fit (attnbench.analysis.Fit) of the claim's regime; None with fewer than two lengths.
 
-    Lengths where a fixed overhead dominates are dropped first: while 5 or more remain and the
-    offset model puts more than DROP_SHARE of the shortest length's value in the offset, that
-    length goes (the fit then says which lengths it used)."""
+    The regime: the fit over all lengths, or with the shortest 1, 2, ... dropped while at least
+    MIN_LENGTHS remain (short lengths where something other than the claimed growth dominates:
+    allocator granularity, a kernel's tile buffers still growing), whichever has the narrowest
+    interval; the Fit says which lengths it used. The longest length is always in the fit."""
     L, y = clean_points(lengths, values)
     if len(np.unique(L)) < 2:
         return None
-    while len(np.unique(L)) >= OFFSET_MIN_LENGTHS:
-        off = offset_fit(L, y, power_fit(L, y)["k"])
-        if off is None or off["offset_share"] <= DROP_SHARE:
-            break
-        L, y = L[1:], y[1:]
-    return _fit(L, y)
+    fits = [_fit(L[i:], y[i:]) for i in range(max(1, len(L) - MIN_LENGTHS + 1))]
+    return min(fits, key=lambda f: (f.ci_high - f.ci_low) if math.isfinite(f.ci_low) else math.inf)
 
 
 def _fit(L: np.ndarray, y: np.ndarray):
