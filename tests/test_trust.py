@@ -176,6 +176,7 @@ def test_each_case_is_held_to_the_roof_of_its_working_set():
     assert "memory roof" in refs_mod.above_roof_reason(1.5, small, "float32", REFS)
 
 
+@pytest.mark.slow  # one case through run_case: the profiler's first start takes seconds
 @pytest.mark.parametrize("gemm", [1e6, 1e15])
 def test_roofline_frac_is_at_most_1_05_or_flagged(gemm):
     (case,) = expand([make_sweep(variants="mha", backends="sdpa", seq="128", heads=["2"])], CPU)
