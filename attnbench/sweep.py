@@ -295,7 +295,7 @@ def _expand_one(sw: Sweep, device: torch.device):
         for backend in chosen:
             declared = v.declared_params(backend)
             params = v.defaults | {k: x for k, x in sw.params.items() if k in declared}
-            own = v.backend(backend).pinned
+            own = next((x.pinned for x in v.backends if x.name == backend), {})  # none: unsupported later
             sets = [params | own] if own and not own.keys() & sw.params.keys() else \
                 [params] + [params | pin for pin in pins if not own]
             for ps in sets:
@@ -308,9 +308,8 @@ def _peer_pins(v, chosen, explicit: dict, device: torch.device) -> list[dict]:
     """The pinned parameters (registry.Backend.pinned) of the chosen, available backends whose
     parameters the sweep does not set: the other backends also run at them."""
     pins = []
-    for name in chosen:
-        b = v.backend(name)
-        if b.pinned and not b.pinned.keys() & explicit.keys() and b.available(device) is None:
+    for b in v.backends:
+        if b.name in chosen and b.pinned and not b.pinned.keys() & explicit.keys() and b.available(device) is None:
             pins.append(dict(b.pinned))
     return pins
 
