@@ -110,7 +110,30 @@ def quiet_stderr():
         os.close(saved)
 
 
-def compute_error(variant, problem: Problem, out: torch.Tensor, q, k, v, limit: int | None = None) -> dict | None:
+ORACLE_CACHE = 4  # fp64 oracle outputs kept per worker (the backends of one case share inputs)
+_oracles: dict = {}
+
+
+def oracle(variant, problem: Problem, q, k, v, key=None) -> dict:
+    """The fp64 oracle outputs {"ref", "full"} for these inputs; with a key (variant, problem,
+    inputs, seed) the last ORACLE_CACHE are kept, so the backends of one case (same inputs: the same
+    seed) compute it once. The outputs are small (B·Hq·Lq·D); the scores are not kept."""
+    if key is not None and key in _oracles:
+        return _oracles[key]
+    with torch.no_grad():
+        q64, k64, v64 = (t.detach().double() for t in (q, k, v))
+        res = {"ref": variant.reference(q64, k64, v64, problem)}
+        if variant.full_attention_error or not variant.exact:
+            res["full"] = exact_reference(q64, k64, v64, problem)
+    if key is not None:
+        while len(_oracles) >= ORACLE_CACHE:
+            _oracles.pop(next(iter(_oracles)))
+        _oracles[key] = res
+    return res
+
+
+def compute_error(variant, problem: Problem, out: torch.Tensor, q, k, v, limit: int | None = None,
+                  key=None) -> dict | None:
     """Error of the forward output against an fp64 oracle: the variant's reference computed in
     float64 from the same inputs (every backend, eager included: never the output against itself),
     and, for patterns and approximations, against full softmax attention in float64. None with
@@ -120,12 +143,11 @@ def compute_error(variant, problem: Problem, out: torch.Tensor, q, k, v, limit: 
     if elems > limit:
         return {"reason": f"reference too large ({elems:.2e} scores > {limit:.1e}"
                           + (", the suite's reference_limit)" if limit != REFERENCE_LIMIT else ")")}
-    with torch.no_grad():
-        q64, k64, v64 = (t.detach().double() for t in (q, k, v))
-        result = {"vs": "fp64 reference", **accuracy.errors(out, variant.reference(q64, k64, v64, problem))}
-        if variant.full_attention_error or not variant.exact:
-            full = accuracy.errors(out, exact_reference(q64, k64, v64, problem))
-            result |= {"full_rel_l2": full["rel_l2"], "full_max_abs": full["max_abs"]}
+    refs = oracle(variant, problem, q, k, v, key)
+    result = {"vs": "fp64 reference", **accuracy.errors(out, refs["ref"])}
+    if "full" in refs:
+        full = accuracy.errors(out, refs["full"])
+        result |= {"full_rel_l2": full["rel_l2"], "full_max_abs": full["max_abs"]}
     return result
 
 
@@ -175,7 +197,8 @@ def run_case(case: Case, device: torch.device, policy: TimingPolicy, refs: dict 
     error, entropy = None, None
     if p.mode in ("fwd", "decode"):
         try:
-            error = compute_error(variant, p, peak.output, q, k, v, reference_limit)
+            error = compute_error(variant, p, peak.output, q, k, v, reference_limit,
+                                  key=(case.variant, p, inputs, device.type))
             if "reason" not in error:
                 entropy = mean_entropy(q.detach().cpu(), k.detach().cpu(), p.causal)
         except (MemoryError, RuntimeError) as e:  # the reference alone must not cost the case
