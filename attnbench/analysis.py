@@ -33,7 +33,7 @@ SERIES_KEYS = ("variant", "backend", "device", "mode", "dtype", "batch", "heads"
 SCENARIO_KEYS = ("device", "mode", "dtype", "batch", "heads", "head_dim", "causal")
 FAILED = ("oom", "timeout", "error", "skipped")  # statuses that end a frontier
 
-from .report.verdicts import VERDICTS, fit_scaling, judge, t975  # noqa: F401  (re-exported)
+from .report.verdicts import VERDICTS, Fit, fit_scaling, judge, t975  # noqa: F401  (re-exported)
 
 
 # ---------------------------------------------------------------- complexity claims
@@ -106,29 +106,6 @@ def _term_power(term: str) -> tuple[float, int]:
 
 
 # ---------------------------------------------------------------- fits
-@dataclass(frozen=True)
-class Fit:
-    """y ≈ c·L**exponent by least squares in log-log; CI at 95 % (nan with fewer than 3 points)."""
-
-    exponent: float
-    ci_low: float
-    ci_high: float
-    n: int
-    l_min: int
-    l_max: int
-    tail: float | None  # slope between the two longest lengths
-    lengths: tuple[int, ...] = ()  # the lengths the fit used
-    model: str = "c·L^k"  # or "a + c·L^k" (a fixed offset fitted; see report/verdicts.py)
-    offset_share: float = 0.0  # the offset's share of the value at l_min
-    scatter: float = float("nan")  # residual standard deviation of log(y)
-    df: int = 0  # degrees of freedom of the interval
-
-    def text(self) -> str:
-        if math.isnan(self.ci_low):
-            return f"{self.exponent:.2f}"
-        return f"{self.exponent:.2f} [{self.ci_low:.2f}, {self.ci_high:.2f}]"
-
-
 def fit_exponent(lengths, values) -> Fit | None:
     """Fit log(values) = a + b·log(lengths); None with fewer than two positive points."""
     L = np.asarray(lengths, dtype=float)

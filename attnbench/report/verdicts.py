@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import optimize, stats
@@ -38,6 +39,30 @@ OFFSET_MIN_LENGTHS = 5  # the offset model needs two degrees of freedom left
 OFFSET_MIN_SHARE = 0.05  # a smaller offset (share of y at the shortest length) is not modelled
 MODEL_TOL = 0.1  # exponent units: lower-order terms at finite L, allowed when testing the claim only
 MAX_WIDTH = 0.5  # a wider interval is never decisive (half the gap between O(L) and O(L²))
+
+
+@dataclass(frozen=True)
+class Fit:
+    """y ≈ c·L**exponent (or a + c·L**exponent, `model`) fitted on log y; its 95 % interval (nan
+    without a degree of freedom: two points)."""
+
+    exponent: float
+    ci_low: float
+    ci_high: float
+    n: int
+    l_min: int
+    l_max: int
+    tail: float | None  # slope between the two longest lengths
+    lengths: tuple[int, ...] = ()  # the lengths the fit used
+    model: str = "c·L^k"  # or "a + c·L^k" (a fixed offset fitted; see report/verdicts.py)
+    offset_share: float = 0.0  # the offset's share of the value at l_min
+    scatter: float = float("nan")  # residual standard deviation of log(y)
+    df: int = 0  # degrees of freedom of the interval
+
+    def text(self) -> str:
+        if math.isnan(self.ci_low):
+            return f"{self.exponent:.2f}"
+        return f"{self.exponent:.2f} [{self.ci_low:.2f}, {self.ci_high:.2f}]"
 
 
 def t975(df: int) -> float:
@@ -107,9 +132,7 @@ def fit_scaling(lengths, values):
     return min(fits, key=lambda f: (f.ci_high - f.ci_low) if math.isfinite(f.ci_low) else math.inf)
 
 
-def _fit(L: np.ndarray, y: np.ndarray):
-    from ..analysis import Fit
-
+def _fit(L: np.ndarray, y: np.ndarray) -> Fit:
     x, z = np.log(L), np.log(y)
     tail = float((z[-1] - z[-2]) / (x[-1] - x[-2])) if x[-1] > x[-2] else None
     chosen = power_fit(L, y) if len(L) >= 3 else {"k": float((z[-1] - z[0]) / (x[-1] - x[0])), "se": float("nan"),
