@@ -160,7 +160,7 @@ def _captured_budget(monkeypatch, tmp_path, *args) -> float:
 
 
 def test_suite_time_budget_applies_unless_given(monkeypatch, tmp_path):
-    assert _captured_budget(monkeypatch, tmp_path, "--suite", "quick") == 10  # quick.toml: time_budget = 10
+    assert _captured_budget(monkeypatch, tmp_path, "--suite", "quick") == 13  # quick.toml: time_budget = 13
     assert _captured_budget(monkeypatch, tmp_path, "--suite", "quick", "--time-budget", "5") == 5
     assert _captured_budget(monkeypatch, tmp_path, "--variants", "mha", "--seq", "64") == 30  # the default
 
