@@ -6,8 +6,8 @@ lengths; the exponent k is then the growth the claim is about), unless the offse
 5 % of the value at the shortest length, where the plain power law y = c·L^k (one parameter
 fewer) is used. With 4 lengths only the power law. The 95 % interval of k is Student's t
 (scipy) times the standard error from the fit's covariance, with n − 3 (offset) or n − 2 degrees
-of freedom. Shortest lengths may be dropped (see fit_scaling: the narrowest interval over all
-lengths and the longest 4, 5, ...); `lengths` lists those used.
+of freedom. Shortest lengths may be dropped (see fit_scaling: the best-fitting of all lengths and
+the longest 4, 5, ...); `lengths` lists those used.
 
 The verdict (`judge`), against the standard classes O(1), O(L), O(L·√L), O(L²), O(L³):
 - ``too few lengths``: fewer than 4 distinct lengths; no exponent verdict at all.
@@ -123,13 +123,15 @@ def fit_scaling(lengths, values):
 
     The regime: the fit over all lengths, or with the shortest 1, 2, ... dropped while at least
     MIN_LENGTHS remain (short lengths where something other than the claimed growth dominates:
-    allocator granularity, a kernel's tile buffers still growing), whichever has the narrowest
-    interval; the Fit says which lengths it used. The longest length is always in the fit."""
+    allocator granularity, a kernel's tile buffers still growing), whichever fits best: the
+    smallest residual scatter (per degree of freedom), the most lengths on a tie. Not the narrowest
+    interval: that would prefer a biased model that happens to be tight. The Fit says which
+    lengths it used; the longest length is always in the fit."""
     L, y = clean_points(lengths, values)
     if len(np.unique(L)) < 2:
         return None
     fits = [_fit(L[i:], y[i:]) for i in range(max(1, len(L) - MIN_LENGTHS + 1))]
-    return min(fits, key=lambda f: (f.ci_high - f.ci_low) if math.isfinite(f.ci_low) else math.inf)
+    return min(fits, key=lambda f: round(f.scatter, 4) if math.isfinite(f.scatter) else math.inf)
 
 
 def _fit(L: np.ndarray, y: np.ndarray) -> Fit:
