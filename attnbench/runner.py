@@ -25,7 +25,7 @@ from .measure.timing import TimingPolicy
 from .results import case_id
 from .sweep import Case
 
-CALLS_PER_CASE = 4  # first call, at least one timed sample, the memory/profiler pass, slack
+CALLS_PER_CASE = 4  # first call, a steady warm-up call, at least one timed sample, the memory/profiler pass
 STARTUP_GRACE_S = 60.0  # worker start, setup and compilation on top of the budget
 
 
