@@ -100,6 +100,7 @@ def run(
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start one in-process).")] = None,
     shard: Annotated[Optional[str], typer.Option(help="Run only shard K/N of the cases (e.g. 0/4); merge with `attnbench merge`.")] = None,
     profile_dir: Annotated[Optional[Path], typer.Option("--profile-dir", help="Save a trace of one call per case as DIR/<case_id>.json.")] = None,
+    inputs: Annotated[Optional[str], typer.Option(help="Inputs: randn (q, k, v ~ N(0,1): near-uniform attention, the default) | peaked (per-head temperatures and attention sinks, like a trained model's); recorded with the exact attention's mean entropy.")] = None,
     json_out: Json = False,
 ) -> None:
     """Run a sweep; with no arguments, the quick suite on the best device.
@@ -146,6 +147,7 @@ def run(
         given["params"] = parse_param_items(param)
     if suite is None and not given:
         suite = "quick"
+    from attnbench.measure.inputs import check_inputs
     if suite is not None:
         sweeps, meta = load_suite(suite, **given)
     else:
@@ -155,17 +157,30 @@ def run(
     out = out or default_out()
     budget = time_budget if time_budget is not None else float(meta.get("time_budget", 30.0))
     rounds = rounds if rounds is not None else _suite_rounds(meta, suite)
+    inputs = check_inputs(inputs or meta.get("inputs", "randn"))
+    ref_limit = meta.get("reference_limit")
+    sample_time = meta.get("sample_time")
+    if sample_time is not None and (not isinstance(sample_time, (int, float)) or isinstance(sample_time, bool)
+                                    or sample_time <= 0):
+        raise UsageError(f"suite '{suite}': sample_time must be a positive number of seconds (got {sample_time!r})")
+    if ref_limit is not None and (not isinstance(ref_limit, int) or isinstance(ref_limit, bool) or ref_limit < 0):
+        raise UsageError(f"suite '{suite}': reference_limit must be a whole number of score elements (got {ref_limit!r})")
     records, interrupted = run_sweep(sweeps, dev, out, time_budget=budget, threads=threads, resume=resume,
                                      force=force, console=err_console, command=["attnbench", *ctx.obj["argv"]],
                                      profile_dir=profile_dir, shard=shard_kn if shard else None,
                                      world_size=world_size, executor=executor, address=address,
-                                     rounds=rounds)
+                                     rounds=rounds, inputs=inputs, reference_limit=ref_limit,
+                                     sample_time=sample_time)
     if json_out:
         print(json.dumps(records, default=str))
     else:
         from attnbench.report.terminal import print_scaling
 
+        from attnbench.core.units import results_footnotes
+
         out_console.print(results_table(records, title=f"attnbench on {dev.type} → {out}"))
+        for note in results_footnotes(records):
+            out_console.print(f"[dim]{note}[/]", highlight=False)
         print_scaling(records, out_console)
     if interrupted:
         import signal

@@ -45,12 +45,17 @@ def register(app: typer.Typer) -> None:
         say(Console(stderr=True), f"wrote {len(written)} files; open {out / 'report.html'}")
 
     @app.command()
-    def show(results: Results, baseline: Baseline = None) -> None:
+    def show(results: Results, baseline: Baseline = None,
+             json_out: Annotated[bool, typer.Option("--json", help="Print the scaling verdicts as JSON: one row per "
+                                                    "series and metric (series, shape, metric, exponent, ci_low, "
+                                                    "ci_high, lengths, claim, verdict).")] = False) -> None:
         """Print the report's tables (scaling, measurements, crossovers) without writing files.
 
         Examples:
 
           attnbench show results/run.jsonl
+
+          attnbench show results/run.jsonl --json
 
           attnbench show a.jsonl b.jsonl --baseline flash:sdpa-flash
         """
@@ -59,6 +64,13 @@ def register(app: typer.Typer) -> None:
 
         _, records = load(results)
         base, note = check_baseline(records, baseline)
+        if json_out:
+            import json
+
+            from attnbench.report.analysis import json_rows, scaling_table
+
+            print(json.dumps(json_rows(scaling_table(records, base)), indent=2, ensure_ascii=False))
+            return
         console = Console()
         if note:
             console.print(note)

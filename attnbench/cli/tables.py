@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
+from attnbench.core.results import spread_text
 from attnbench.core.units import fmt_bytes, fmt_len, fmt_ms, short_kernel
 
 
@@ -24,16 +25,17 @@ STATUS_STYLE = {"ok": "green", "skipped": "yellow", "unsupported": "dim", "unava
 def results_table(records: list[dict], title: str = "attnbench results") -> Table:
     t = Table(title=title, header_style="bold", show_lines=False, pad_edge=False)
     for col, just in (("variant", "left"), ("backend", "left"), ("mode", "left"), ("L q×k", "right"),
-                      ("H", "right"), ("status", "left"), ("ms", "right"), ("±%", "right"),
+                      ("H", "right"), ("status", "left"), ("ms", "right"), ("IQR %", "right"),
                       ("mem", "right"), ("TFLOP/s", "right"), ("err", "right")):
         t.add_column(col, justify=just, no_wrap=True)
     t.add_column("kernel / reason", overflow="fold", min_width=16, ratio=1)
     for r in records:
         lat = r.get("latency_ms") or {}
         med = lat.get("median")
-        iqr = f"{100 * lat['iqr'] / med:.0f}" if med else "-"
+        iqr = spread_text(lat)
         err = r.get("error") or {}
         err_s = f"{err['rel_l2']:.0e}" if "rel_l2" in err else "-"
+        err_s += "!" if err.get("rel_l2", 0) >= 1 else ""
         note = r.get("reason") or short_kernel(r.get("kernel")) + _distributed_note(r.get("distributed"))
         st = r["status"]
         heads = f"{r['heads']}" if r["heads"] == r["kv_heads"] else f"{r['heads']}/{r['kv_heads']}"
@@ -44,17 +46,41 @@ def results_table(records: list[dict], title: str = "attnbench results") -> Tabl
     return t
 
 
+def results_footnotes(records: list[dict]) -> list[str]:
+    """What the results table's spread and error columns mean for these records."""
+    notes = []
+    few = sum(1 for r in records if (r.get("latency_ms") or {}).get("n", 99) < 3)
+    if few:
+        notes.append(f"IQR %: n=1/n=2 where fewer than 3 samples fitted the time budget ({few} cases; no spread "
+                     f"shown); (! x%) marks IQR/median above 10 %.")
+    errs = [r for r in records if "rel_l2" in (r.get("error") or {})]
+    if errs:
+        ent = [r["attn_entropy"] for r in errs if r.get("attn_entropy") is not None]
+        inputs = sorted({r.get("inputs") or "randn" for r in errs})
+        mean = f"; exact attention's mean normalised entropy {sum(ent) / len(ent):.2f} (1 = uniform)" if ent else ""
+        notes.append(f"err: relative L2 error against the fp64 reference on {', '.join(inputs)} inputs{mean}; "
+                     f"≥ 1 (marked !) is worse than returning zeros.")
+    return notes
+
+
 def variants_table(rows: list[dict]) -> Table:
     t = Table(title="attnbench variants", header_style="bold")
     for col in ("variant", "family", "time", "memory", "backends", "parameters (--param)", "description"):
         t.add_column(col, overflow="fold")
     for r in rows:
-        bs = "  ".join(b["name"] if b["available"] else f"[dim]{b['name']}✗[/]" for b in r["backends"])
+        bs = "  ".join((b["name"] if b["available"] else f"[dim]{b['name']}✗[/]") + _own_claims(r, b)
+                       for b in r["backends"])
         params = " ".join([f"{k}={v}" for k, v in r["params"].items()]
                           + [f"{b['name']}: {k}={v}" for b in r["backends"] for k, v in b["params"].items()])
         t.add_row(r["name"], r["family"], r["complexity"]["time"], r["complexity"]["memory"], bs,
                   escape(params), escape(r["description"]))
     return t
+
+
+def _own_claims(variant_row: dict, b: dict) -> str:
+    """' (memory O(L))' where a backend's claims differ from its variant's, else ''."""
+    diff = [f"{k} {b['complexity'][k]}" for k in ("time", "memory") if b["complexity"][k] != variant_row["complexity"][k]]
+    return f" ({', '.join(diff)})" if diff else ""
 
 
 def list_rows(device) -> list[dict]:
@@ -66,6 +92,8 @@ def list_rows(device) -> list[dict]:
             "name": v.name, "family": v.family, "description": v.description,
             "complexity": {"time": v.time, "memory": v.memory}, "params": dict(v.defaults),
             "backends": [{"name": b.name, "available": b.available(device) is None, "reason": b.available(device),
-                          "params": dict(b.params)} for b in v.backends if not b.test_only],
+                          "params": dict(b.params),
+                          "complexity": dict(zip(("time", "memory"), v.claims(b.name)))}
+                         for b in v.backends if not b.test_only],
         })
     return rows

@@ -30,6 +30,39 @@ RECORD_FIELDS = (
     "flops", "bytes", "kv_cache_bytes", "tflops", "gbps", "roofline_frac", "error", "kernel",
     "threads", "telemetry", "wall_s",
 )
+# Fields added within schema version 1 (issue 15): written by every run now, absent from older
+# files, so a reader must not require them. See docs/results-schema.md.
+OPTIONAL_RECORD_FIELDS = ("flags", "inputs", "attn_entropy", "roof", "timing")
+
+
+# ---- record flags (`flags`: a list of short strings; docs/results-schema.md)
+LOW_SAMPLES = 5  # fewer latency samples than this: `low_samples`
+HIGH_VARIANCE = 0.10  # IQR/median above this: `high_variance` (torch Compare's "(! 12%)")
+MIN_SPREAD_SAMPLES = 3  # fewer samples: no spread is shown or judged, only n
+ROOF_SLACK = 1.05  # roofline_frac above this: `above_roof`, with `roof.reason`
+FLAGS = ("low_samples", "high_variance", "throttled", "above_roof", "worse_than_zeros")
+
+
+def timing_flags(lat: dict | None) -> list[str]:
+    """low_samples (n < 5) and high_variance (IQR/median > 10 %, judged from 3 samples up) of a
+    record's latency_ms."""
+    if not lat or lat.get("n") is None:
+        return []
+    flags = ["low_samples"] if lat["n"] < LOW_SAMPLES else []
+    if lat["n"] >= MIN_SPREAD_SAMPLES and lat.get("median") and lat["iqr"] / lat["median"] > HIGH_VARIANCE:
+        flags.append("high_variance")
+    return flags
+
+
+def spread_text(lat: dict | None) -> str:
+    """The spread of latency_ms for tables: 'n=1'/'n=2' under 3 samples, else the IQR in % of the
+    median, marked '(! 12%)' above 10 %."""
+    if not lat or not lat.get("median") or lat.get("iqr") is None:
+        return "-"
+    if lat.get("n") is not None and lat["n"] < MIN_SPREAD_SAMPLES:
+        return f"n={lat['n']}"
+    rel = 100 * lat["iqr"] / lat["median"]
+    return f"(! {rel:.0f}%)" if rel > 100 * HIGH_VARIANCE else f"{rel:.0f}"
 
 
 class ResultsError(ValueError):

@@ -64,8 +64,8 @@ class _Group:
 
 def shard_inputs(p: Problem, layout, rank: int, device: torch.device):
     """This rank's q, k, v shard, cut from the same seeded inputs the single-process runner uses
-    (attnbench.variants.inputs.make_inputs), so errors and latencies compare case for case."""
-    from attnbench.variants.inputs import make_inputs
+    (attnbench.measure.inputs.make_inputs), so errors and latencies compare case for case."""
+    from attnbench.measure.inputs import make_inputs
     from attnbench.variants import registry
 
     q, k, v = make_inputs(registry.get("ring"), p, torch.device("cpu"))
@@ -142,7 +142,7 @@ def _check(p: Problem, layout, out: torch.Tensor, rank: int, g: _Group) -> dict 
     """Error of the assembled output against the fp32 reference (rank 0), within the runner's
     reference size limit."""
     from attnbench.measure.accuracy import REFERENCE_LIMIT
-    from attnbench.variants.inputs import make_inputs
+    from attnbench.measure.inputs import make_inputs
     from attnbench.variants import registry
 
     elems = p.batch * p.heads * p.seq_q * p.seq_k

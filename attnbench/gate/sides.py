@@ -161,7 +161,8 @@ def divisor(run: Run, rec: dict, normalize: str, reference: dict | None) -> floa
         if not gemm or not gemm.get("median_ms"):
             raise UsageError(f"--normalize gemm: {run.path} has no in-run GEMM reference for {rec['dtype']} "
                              "(header refs.gemm); use --normalize none or a reference case")
-        return float(gemm["median_ms"])
+        # per n³: the reference's size changed (CPU 2048² -> 1024² in issue 15), a rate does not
+        return float(gemm["median_ms"]) / float(gemm.get("n") or 1) ** 3 * 1e9
     return float(reference["latency_ms"]["median"])
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-# The dense fp32 reference is computed only up to this many score elements (B·Hq·Lq·Lk:
-# 512 MiB per fp32 score tensor); beyond it `error` holds the reason instead.
+# The dense fp64 oracle is computed only up to this many score elements (B·Hq·Lq·Lk:
+# 1 GiB per fp64 score tensor); beyond it `error` holds the reason instead.
 REFERENCE_LIMIT = 2**27
 
 

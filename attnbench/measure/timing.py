@@ -2,10 +2,17 @@
 ``perf_counter_ns`` on the CPU. Adaptive stop in both: at least `min_samples` samples and
 `min_time` seconds, then stop once IQR/median < `target_rel_iqr` or `max_time` is spent
 (nvbench's stdrel criterion, torch Timer's adaptive_autorange). Raw samples are kept.
+
+Warm-up: the first call (compilation, caches) is timed apart (`first_call_ms`) and is never a
+sample; then at least `min_warmup_calls` steady calls, and more until `warmup_time` is spent. On
+the CPU the fastest steady warm-up call sizes the block: a call shorter than `min_block_time` is
+timed in blocks of calls lasting at least that long. A call longer than max_time leaves one
+sample: `Stats.n` says so, and `flags` (low_samples, high_variance) carry it into the record.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -22,6 +29,7 @@ class TimingPolicy:
     max_samples: int = 500
     target_rel_iqr: float = 0.05
     warmup_time: float = 0.05  # s of warmup after the first (untimed) call
+    min_warmup_calls: int = 1  # steady calls after the first, however long the first took
     # CPU: and at least this many warmup calls (unless the first call lasts warmup_time): glibc
     # takes up to ~10 calls to settle a repeated call's heap (measure/memory.timing_allocator)
     warmup_calls: int = 16
@@ -86,15 +94,17 @@ def time_cpu(fn: Callable[[], object], policy: TimingPolicy = TimingPolicy()) ->
     t0 = time.perf_counter_ns()
     fn()
     first = (time.perf_counter_ns() - t0) / 1e6
-    # warm up for warmup_time and warmup_calls (a first call longer than the warmup time is
-    # warmup enough) and size the block so one sample lasts >= min_block_time
-    calls, spent_warm, t_start = 0, 0.0, time.perf_counter()
-    while (spent_warm < policy.warmup_time or calls < policy.warmup_calls) and first / 1e3 < policy.warmup_time:
+    # warm up: at least min_warmup_calls steady calls, then for warmup_time and warmup_calls (a
+    # first call longer than the warmup time is warmup enough for those two); the fastest steady
+    # call sizes the block so one sample lasts >= min_block_time
+    per_call, spent_warm, calls = float("inf"), 0.0, 0
+    while calls < policy.min_warmup_calls or (
+            (spent_warm < policy.warmup_time or calls < policy.warmup_calls) and first / 1e3 < policy.warmup_time):
+        t0 = time.perf_counter_ns()
         fn()
-        calls += 1
-        spent_warm = time.perf_counter() - t_start
-    per_call = spent_warm / calls if calls else first / 1e3
-    block = max(1, int(policy.min_block_time / max(per_call, 1e-9)))
+        dt = (time.perf_counter_ns() - t0) / 1e9
+        per_call, spent_warm, calls = min(per_call, dt), spent_warm + dt, calls + 1
+    block = max(1, math.ceil(policy.min_block_time / max(per_call, 1e-9)))
     samples: list[float] = []
     spent = 0.0
     while True:
@@ -118,10 +128,11 @@ def time_cuda(fn: Callable[[], object], policy: TimingPolicy = TimingPolicy()) -
     fn()
     torch.cuda.synchronize()
     first = (time.perf_counter_ns() - t0) / 1e6
-    t_start = time.perf_counter()
-    while time.perf_counter() - t_start < policy.warmup_time:
+    t_start, calls = time.perf_counter(), 0
+    while calls < policy.min_warmup_calls or time.perf_counter() - t_start < policy.warmup_time:
         fn()
-    torch.cuda.synchronize()
+        torch.cuda.synchronize()
+        calls += 1
     samples: list[float] = []
     spent = 0.0
     while True:

@@ -34,7 +34,7 @@ from torch.profiler import record_function
 from attnbench.measure.trace import CALL, SETUP, is_range_name, profile_calls, profiler, quiet_stderr, save_trace, sync
 from attnbench.run import case as execute
 from attnbench.run.worker import case_key
-from attnbench.variants.inputs import make_inputs
+from attnbench.measure.inputs import make_inputs
 from attnbench.variants import registry
 from attnbench.core.errors import UsageError
 from attnbench.run.plan import Case, expand, make_sweep

@@ -3,11 +3,11 @@
 A *series* is one variant/backend at fixed other axes (device, mode, dtype, B, Hq, Hkv, D, causal,
 params) over the swept length L (seq_q; seq_k, the KV-cache length, in decode mode).
 
-- Exponent: least squares of log(y) on log(L) (y = median latency or peak memory), with a 95 %
-  confidence interval from Student's t (n − 2 degrees of freedom, quantiles from a table), next
-  to the exponent the registry's complexity claim implies ("O(L²)" → 2, "O(L·w)" → 1,
+- Exponent: the fit of report/verdicts.py (y = a + c·L^k with a fixed offset from 5 lengths,
+  else c·L^k; y = median latency or peak memory) with a 95 % Student-t interval, next to the
+  exponent the (variant, backend) pair's complexity claim implies ("O(L²)" → 2, "O(L·w)" → 1,
   "O(L·√L)" → 1.5, "O(L log L)" → 1 plus the local slope of log L over the measured range).
-  Verdict: "agrees" when the claim lies inside the CI widened by ±TOLERANCE, else "differs".
+  Verdict: agrees | differs | inconclusive | too few lengths (report/verdicts.py).
 - Crossover: the L where curve A passes curve B, interpolated linearly in log-log space.
 - Frontier: the longest L that ran, and the status and reason of the next one that did not.
 
@@ -28,33 +28,12 @@ from typing import Any
 
 import numpy as np
 
-TOLERANCE = 0.25  # exponent units added to each side of the CI before judging a claim
 SERIES_KEYS = ("variant", "backend", "device", "mode", "dtype", "batch", "heads", "kv_heads",
                "head_dim", "causal", "params")
 SCENARIO_KEYS = ("device", "mode", "dtype", "batch", "heads", "head_dim", "causal")
 FAILED = ("oom", "timeout", "error", "skipped")  # statuses that end a frontier
 
-# two-sided 95 % Student t quantiles t(0.975, df); between entries interpolated in 1/df
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-         10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110,
-         18: 2.101, 19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
-
-
-def t975(df: int) -> float:
-    """The 97.5 % quantile of Student's t with `df` degrees of freedom (1.960 as df → ∞)."""
-    if df < 1:
-        raise ValueError("t quantile needs at least one degree of freedom")
-    if df in _T975:
-        return _T975[df]
-    keys = sorted(_T975)
-    if df > keys[-1]:
-        lo, hi, t_lo, t_hi = 1 / keys[-1], 0.0, _T975[keys[-1]], 1.960
-    else:
-        a = max(k for k in keys if k < df)
-        b = min(k for k in keys if k > df)
-        lo, hi, t_lo, t_hi = 1 / a, 1 / b, _T975[a], _T975[b]
-    w = (1 / df - hi) / (lo - hi)
-    return t_hi + w * (t_lo - t_hi)
+from attnbench.report.verdicts import VERDICTS, Fit, fit_scaling, judge, t975  # noqa: F401  (re-exported)
 
 
 # ---------------------------------------------------------------- complexity claims
@@ -127,24 +106,6 @@ def _term_power(term: str) -> tuple[float, int]:
 
 
 # ---------------------------------------------------------------- fits
-@dataclass(frozen=True)
-class Fit:
-    """y ≈ c·L**exponent by least squares in log-log; CI at 95 % (nan with fewer than 3 points)."""
-
-    exponent: float
-    ci_low: float
-    ci_high: float
-    n: int
-    l_min: int
-    l_max: int
-    tail: float | None  # slope between the two longest lengths
-
-    def text(self) -> str:
-        if math.isnan(self.ci_low):
-            return f"{self.exponent:.2f}"
-        return f"{self.exponent:.2f} [{self.ci_low:.2f}, {self.ci_high:.2f}]"
-
-
 def fit_exponent(lengths, values) -> Fit | None:
     """Fit log(values) = a + b·log(lengths); None with fewer than two positive points."""
     L = np.asarray(lengths, dtype=float)
@@ -167,27 +128,13 @@ def fit_exponent(lengths, values) -> Fit | None:
     else:
         lo = hi = float("nan")
     tail = float((z[-1] - z[-2]) / (x[-1] - x[-2])) if x[-1] > x[-2] else None
-    return Fit(slope, lo, hi, n, int(L[0]), int(L[-1]), tail)
+    return Fit(slope, lo, hi, n, int(L[0]), int(L[-1]), tail, tuple(int(v) for v in L), df=max(n - 2, 0))
 
 
-def verdict(fit: Fit | None, claim: Claim | None, tol: float = TOLERANCE) -> tuple[str, str]:
-    """(verdict, note): 'agrees' / 'differs: flatter|steeper than ...' / 'no claim' / 'no fit'."""
-    if fit is None:
-        return "no fit", "fewer than two lengths with data"
-    if claim is None:
-        return "no claim", ""
-    lo_band, hi_band = claim.band(fit.l_min, fit.l_max)
-    point = math.isnan(fit.ci_low)
-    lo, hi = (fit.exponent, fit.exponent) if point else (fit.ci_low, fit.ci_high)
-    notes = ["2 points: no interval"] if point else []
-    if not point and fit.ci_high - fit.ci_low > 1:
-        notes.append(f"weak: interval {fit.ci_high - fit.ci_low:.1f} wide ({fit.n} lengths; noise)")
-    if fit.tail is not None and fit.n >= 3 and fit.tail - fit.exponent > 0.2:
-        notes.append(f"steepens with L (last-pair slope {fit.tail:.2f}): fixed overheads flatten small L")
-    if lo - tol <= hi_band and hi + tol >= lo_band:
-        return "agrees", "; ".join(notes)
-    direction = "flatter" if hi + tol < lo_band else "steeper"
-    return f"differs: {direction} than {claim.text}", "; ".join(notes)
+def verdict(fit: Fit | None, claim: Claim | None) -> tuple[str, str]:
+    """(verdict, note): agrees | differs | inconclusive | too few lengths (see report/verdicts.py),
+    or 'no fit' / 'no claim'."""
+    return judge(fit, claim)
 
 
 def decode_claim(claim: Claim | None) -> Claim | None:
@@ -341,7 +288,9 @@ def ratio_at(s: Series, base: Series, field: str) -> tuple[float | None, int | N
     return float(theirs[L] / mine[L]), int(L)
 
 
-def _claims(variant: str):
+def _claims(variant: str, backend: str | None = None):
+    """The (time, memory) claims of a (variant, backend) pair: the backend's own where it declares
+    one (a fused kernel's O(L) memory), else the variant's; "?" for a name not registered."""
     from attnbench.variants import registry
     from attnbench.core.errors import UsageError
 
@@ -349,18 +298,33 @@ def _claims(variant: str):
         v = registry.get(variant)
     except UsageError:
         return "?", "?"
-    return v.time, v.memory
+    return v.claims(backend) if backend is not None else (v.time, v.memory)
 
 
-def scaling_row(s: Series, everything: list[Series], baseline: str, tol: float = TOLERANCE) -> dict:
-    """One row of the scaling table: claims, fits with CI and verdicts, crossover, frontier, speed."""
-    time_text, mem_text = _claims(s.axes["variant"])
+def shape_text(axes: dict) -> str:
+    """The fixed axes of a series in one line: mode dtype B H[/Hkv] D [causal] device."""
+    kv = f"/{axes['kv_heads']}" if axes.get("kv_heads") not in (None, axes["heads"]) else ""
+    return (f"{axes['mode']} {axes['dtype']} B{axes['batch']} H{axes['heads']}{kv} D{axes['head_dim']}"
+            + (" causal" if axes["causal"] else "") + f" {axes['device']}")
+
+
+def _fit_fields(prefix: str, fit: Fit | None, verdict_note: tuple[str, str]) -> dict:
+    v, note = verdict_note
+    return {f"{prefix}_exp": fit.exponent if fit else None,
+            f"{prefix}_ci_low": _finite(fit.ci_low) if fit else None,
+            f"{prefix}_ci_high": _finite(fit.ci_high) if fit else None,
+            f"{prefix}_lengths": list(fit.lengths) if fit else [], f"{prefix}_model": fit.model if fit else None,
+            f"{prefix}_fit": fit.text() if fit else "-", f"{prefix}_verdict": v, f"{prefix}_note": note}
+
+
+def scaling_row(s: Series, everything: list[Series], baseline: str) -> dict:
+    """One row of the scaling table: claims of the (variant, backend) pair, fits of the regime the
+    claims are about with 95 % intervals and three-outcome verdicts, crossover, frontier, speed."""
+    time_text, mem_text = _claims(s.axes["variant"], s.axes["backend"])
     decode = s.axes["mode"] == "decode"
     t_claim = decode_claim(parse_claim(time_text)) if decode else parse_claim(time_text)
     m_claim = None if decode else parse_claim(mem_text)
-    t_fit, m_fit = fit_exponent(*s.xy("latency")), fit_exponent(*s.xy("peak_mem_bytes"))
-    t_verdict, t_note = verdict(t_fit, t_claim, tol)
-    m_verdict, m_note = verdict(m_fit, m_claim, tol) if not decode else ("n/a in decode", "")
+    t_fit, m_fit = fit_scaling(*s.xy("latency")), fit_scaling(*s.xy("peak_mem_bytes"))
     base = baseline_of(s, everything, baseline)
     cross = "-" if base is None or base is s else \
         crossover(*s.xy("latency"), *base.xy("latency"), s.name, baseline)["text"]
@@ -369,18 +333,13 @@ def scaling_row(s: Series, everything: list[Series], baseline: str, tol: float =
     last = s.ok()[-1] if s.ok() else {}
     fr = frontier(s)
     return {
-        **{k: s.axes[k] for k in SERIES_KEYS}, "params": s.params(), "series": s.name,
+        **{k: s.axes[k] for k in SERIES_KEYS}, "params": s.params(), "series": s.name, "shape": shape_text(s.axes),
         "time_claim": time_text, "memory_claim": mem_text,
         "time_expected": t_claim.short() if t_claim else "-", "memory_expected": m_claim.short() if m_claim else "-",
         "n_time": t_fit.n if t_fit else 0, "l_min": t_fit.l_min if t_fit else None,
-        "l_max": t_fit.l_max if t_fit else None,
-        "time_exp": t_fit.exponent if t_fit else None, "time_ci_low": _finite(t_fit.ci_low) if t_fit else None,
-        "time_ci_high": _finite(t_fit.ci_high) if t_fit else None, "time_tail": t_fit.tail if t_fit else None,
-        "time_fit": t_fit.text() if t_fit else "-", "time_verdict": t_verdict, "time_note": t_note,
-        "n_mem": m_fit.n if m_fit else 0, "mem_exp": m_fit.exponent if m_fit else None,
-        "mem_ci_low": _finite(m_fit.ci_low) if m_fit else None,
-        "mem_ci_high": _finite(m_fit.ci_high) if m_fit else None,
-        "mem_fit": m_fit.text() if m_fit else "-", "mem_verdict": m_verdict, "mem_note": m_note,
+        "l_max": t_fit.l_max if t_fit else None, "time_tail": t_fit.tail if t_fit else None,
+        **_fit_fields("time", t_fit, verdict(t_fit, t_claim)), "n_mem": m_fit.n if m_fit else 0,
+        **_fit_fields("mem", m_fit, verdict(m_fit, m_claim) if not decode else ("n/a in decode", "")),
         "baseline": baseline if base is not None else None, "is_baseline": base is s,
         "crossover_vs_baseline": cross,
         "speedup": speedup, "mem_saving": saving, "compared_at": at,
@@ -390,11 +349,25 @@ def scaling_row(s: Series, everything: list[Series], baseline: str, tol: float =
     }
 
 
+def json_rows(rows: list[dict]) -> list[dict]:
+    """The machine-readable verdicts (`attnbench show --json`): one row per (series, metric) with
+    series, shape, metric, exponent, ci_low, ci_high, lengths, claim, verdict (and note)."""
+    out = []
+    for r in rows:
+        name = r["series"] + "".join(f" {k}={v}" for k, v in sorted(r["params"].items()))
+        for metric, pre, claim in (("latency", "time", "time_claim"), ("memory", "mem", "memory_claim")):
+            out.append({"series": name, "shape": r["shape"], "metric": metric, "exponent": r[f"{pre}_exp"],
+                        "ci_low": r[f"{pre}_ci_low"], "ci_high": r[f"{pre}_ci_high"], "lengths": r[f"{pre}_lengths"],
+                        "claim": r[claim], "verdict": r[f"{pre}_verdict"], "note": r[f"{pre}_note"],
+                        "model": r[f"{pre}_model"]})
+    return out
+
+
 def _finite(x: float) -> float | None:
     return None if x is None or math.isnan(x) else float(x)
 
 
-def scaling_table(records: list[dict], baseline: str = "mha:eager", tol: float = TOLERANCE) -> list[dict]:
+def scaling_table(records: list[dict], baseline: str = "mha:eager") -> list[dict]:
     """One row per series with at least one ok record (see scaling_row)."""
     everything = series(records)
-    return [scaling_row(s, everything, baseline, tol) for s in everything if s.ok()]
+    return [scaling_row(s, everything, baseline) for s in everything if s.ok()]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attnbench.report import analysis
+from attnbench.report import analysis, verdicts
 from attnbench.core import results
 from attnbench.core.errors import UsageError
 from attnbench.report import tables as T
@@ -154,10 +154,14 @@ def _short(v) -> str:
 def _scaling(ctx: Context, everything, records, out: Path, base_note: str | None) -> Section:
     sec = Section("Scaling with sequence length")
     sec.text.append(
-        f"Exponents are least-squares slopes of log(median latency) and log(peak memory) against log L, "
-        f"with 95 % Student-t intervals; a claim *agrees* when its exponent lies within the interval "
-        f"widened by ±{analysis.TOLERANCE}. Small lengths are flattened by fixed overheads: compare the "
-        f"notes' last-pair slopes. Baseline for speedups and crossovers: **{ctx.baseline}** (matched on "
+        f"Exponents are fitted to median latency and peak memory against L (y = a + c·L^k with a fixed "
+        f"offset a from 5 lengths, else c·L^k; the lengths used are in the notes), with 95 % Student-t "
+        f"intervals. Each (variant, backend) pair is judged against its own claim: *agrees* when the "
+        f"interval contains the claimed exponent (±{verdicts.MODEL_TOL} for lower-order terms) and "
+        f"excludes every other class of O(1), O(L), O(L·√L), O(L²), O(L³); *differs* when it excludes "
+        f"the claim; *inconclusive* otherwise (the note says which classes it covers and why it is "
+        f"wide); *too few lengths* under {verdicts.MIN_LENGTHS} lengths. Baseline for speedups and "
+        f"crossovers: **{ctx.baseline}** (matched on "
         f"device, mode, dtype, B, H, D, causal and L).")
     if base_note:
         sec.text.append(base_note)

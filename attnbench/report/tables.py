@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from attnbench.report.analysis import SCENARIO_KEYS, Series, baseline_of, crossover, fmt_len, length, series
-from attnbench.core.results import atomic_write_text
+from attnbench.core.results import atomic_write_text, spread_text
 from attnbench.core.units import fmt_bytes as _fmt_bytes
 
 
@@ -85,7 +85,9 @@ def measurements(records: list[dict], baseline: str = "mha:eager") -> list[dict]
             err = r.get("error") or {}
             rows.append({"series": tag(s), **{k: s.axes[k] for k in SCENARIO_KEYS}, "L": L,
                          "seq_q": r["seq_q"], "seq_k": r["seq_k"], "kv_heads": r["kv_heads"],
-                         "latency_ms": lat.get("median"), "iqr_ms": lat.get("iqr"), "peak_mem_bytes": mem,
+                         "latency_ms": lat.get("median"), "iqr_ms": lat.get("iqr"), "n": lat.get("n"),
+                         "flags": list(r.get("flags") or []), "inputs": r.get("inputs"),
+                         "attn_entropy": r.get("attn_entropy"), "peak_mem_bytes": mem,
                          "kv_cache_bytes": r.get("kv_cache_bytes"), "tflops": r.get("tflops"),
                          "gbps": r.get("gbps"), "roofline_frac": r.get("roofline_frac"),
                          "rel_l2": err.get("rel_l2"), "full_rel_l2": err.get("full_rel_l2"),
@@ -127,7 +129,7 @@ MEASUREMENT_COLUMNS = (
     ("series", "series"), ("scenario", "scenario"), ("L_text", "L"), ("latency", "median ms"),
     ("iqr", "IQR %"), ("memory", "peak memory"), ("flops", "TFLOP/s"), ("bw", "GB/s"),
     ("roofline", "roofline %"), ("speedup_text", "speedup"), ("saving_text", "memory saving"),
-    ("error_text", "rel. L2 error"))
+    ("error_text", "rel. L2 error vs fp64"), ("inputs", "inputs"), ("entropy_text", "attention entropy"))
 CROSSOVER_COLUMNS = (("a", "A"), ("b", "B"), ("scenario", "scenario"), ("latency", "latency crossover"),
                      ("memory", "peak-memory crossover"))
 NOT_RUN_COLUMNS = (("series", "series"), ("scenario", "scenario"), ("status", "status"), ("reason", "reason"),
@@ -178,12 +180,14 @@ def measurement_display(rows: list[dict]) -> list[dict]:
         err = r["full_rel_l2"] if r["full_rel_l2"] is not None else r["rel_l2"]
         out.append({**r, "scenario": scenario_text(r), "L_text": fmt_len(r["L"]),
                     "latency": "-" if lat is None else f"{lat:.4g}",
-                    "iqr": f"{100 * iqr / lat:.0f}" if lat and iqr is not None else "-",
+                    "iqr": spread_text({"median": lat, "iqr": iqr, "n": r.get("n")}),
                     "memory": fmt_bytes(r["peak_mem_bytes"]), "flops": fmt_flops(r["tflops"]),
                     "bw": "-" if r["gbps"] is None else f"{r['gbps']:.3g}",
-                    "roofline": "-" if r["roofline_frac"] is None else f"{100 * r['roofline_frac']:.0f}",
+                    "roofline": "-" if r["roofline_frac"] is None else f"{100 * r['roofline_frac']:.0f}"
+                    + (" (above roof)" if "above_roof" in r.get("flags", []) else ""),
                     "speedup_text": _x(r["speedup"]), "saving_text": _x(r["mem_saving"]),
-                    "error_text": "-" if err is None else f"{err:.2e}"})
+                    "entropy_text": "-" if r.get("attn_entropy") is None else f"{r['attn_entropy']:.2f}",
+                    "error_text": "-" if err is None else f"{err:.2e}" + (" (≥ 1: worse than zeros)" if err >= 1 else "")})
     return out
 
 

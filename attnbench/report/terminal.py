@@ -34,9 +34,10 @@ def _esc(v) -> str:
     return "-" if v is None else str(v).replace("[", "\\[")
 
 
-def _cell(fit: str, claim: str, verdict: str) -> str:
-    color = "green" if verdict == "agrees" else "yellow" if verdict.startswith("differs") else "dim"
-    return f"{_esc(fit)}\nvs {_esc(claim)}: [{color}]{_esc(verdict)}[/]"
+def _cell(fit: str, claim: str, verdict: str, note: str = "") -> str:
+    color = "green" if verdict == "agrees" else "yellow" if verdict == "differs" else "dim"
+    side = f" ({note.split()[0]})" if verdict == "differs" and note else ""
+    return f"{_esc(fit)}\nvs {_esc(claim)}: [{color}]{_esc(verdict)}{side}[/]"
 
 
 def _by_scenario(rows: list[dict]) -> dict[str, list[dict]]:
@@ -48,8 +49,8 @@ def _by_scenario(rows: list[dict]) -> dict[str, list[dict]]:
 
 def _print_scaling_rows(rows: list[dict], console: Console, baseline: str, columns=SCALING) -> None:
     for scn, group in _by_scenario(rows).items():
-        cells = [{**r, "time_cell": _cell(r["time_fit"], r["time_claim"], r["time_verdict"]),
-                  "mem_cell": _cell(r["mem_fit"], r["memory_claim"], r["mem_verdict"]),
+        cells = [{**r, "time_cell": _cell(r["time_fit"], r["time_claim"], r["time_verdict"], r["time_note"]),
+                  "mem_cell": _cell(r["mem_fit"], r["memory_claim"], r["mem_verdict"], r["mem_note"]),
                   "base_cell": "baseline" if r["is_baseline"] else
                   f"speed {_esc(r['speedup_text'])}\nmemory {_esc(r['saving_text'])}"} for r in group]
         console.print(rich_table(f"scaling with L · {scn} · baseline {baseline}", columns, cells))

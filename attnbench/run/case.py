@@ -6,7 +6,7 @@ inside an isolated worker process. Variant code never sees any of this.
 
 from __future__ import annotations
 
-import math
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -14,18 +14,18 @@ from typing import Callable
 import torch
 
 from attnbench.variants import registry
-from attnbench.measure import accuracy
-from attnbench.measure.accuracy import REFERENCE_LIMIT
-from attnbench.variants.inputs import make_inputs
+from attnbench.measure import accuracy, memory, telemetry
 from attnbench.measure import flops as fl
-from attnbench.measure import memory
-from attnbench.measure import telemetry
+from attnbench.measure import refs as refs_mod
+from attnbench.measure.accuracy import REFERENCE_LIMIT
+from attnbench.measure.inputs import make_inputs, mean_entropy
 from attnbench.measure.timing import TimingPolicy, time_call
 from attnbench.measure.trace import quiet_stderr, save_trace
-from attnbench.core.results import case_id
+from attnbench.core.results import case_id, timing_flags
 from attnbench.core.problem import Problem
 from attnbench.run.plan import Case
 from attnbench.variants.shared import exact_reference, kv_cache_bytes
+
 
 def mode_call(fn, q, k, v, problem: Problem) -> Callable[[], object]:
     """The timed call for the problem's mode (fwd and decode: the forward alone)."""
@@ -54,43 +54,103 @@ def measure_memory_and_kernel(call: Callable[[], object], device: torch.device, 
     return peak, detect_kernel(prof, device)
 
 
+# Operators that allocate, view, fill or compare: never "the kernel that ran".
+_NOT_KERNEL = re.compile(
+    r"aten::(empty\w*|zeros\w*|ones\w*|full\w*|new_\w+|fill_|zero_|expand\w*|view\w*|reshape|_reshape_alias|"
+    r"as_strided\w*|unsqueeze\w*|squeeze\w*|transpose\w*|permute|t|select|slice|narrow|unbind|split\w*|"
+    r"contiguous|clone|copy_|to|_to_copy|detach\w*|alias|lift\w*|resolve_\w+|item|_local_scalar_dense|"
+    r"result_type|arange|resize_|set_|isneginf|isposinf|isinf|isnan|isfinite|all|any|eq|ne|lt|le|gt|ge|"
+    r"logical_\w+|scaled_dot_product_attention)")
+_ATTENTION = re.compile(r"attention|flash|fmha|sdpa", re.I)
+SDPA_MATH = "aten::_scaled_dot_product_attention_math"
+
+
 def detect_kernel(prof, device: torch.device, top: int = 3) -> str:
-    """The operators (on a GPU, kernels) that took most self time in a profiled call."""
-    events = prof.key_averages()
-    if device.type == "cuda":
-        ranked = sorted((e for e in events if getattr(e, "self_device_time_total", 0) > 0),
-                        key=lambda e: -e.self_device_time_total)
-    else:
-        ranked = sorted((e for e in events if e.key.startswith(("aten::", "triton", "torch_dynamo", "Torch-Compiled", "CompiledFunction"))
-                         and e.self_cpu_time_total > 0), key=lambda e: -e.self_cpu_time_total)
-        ranked = ranked or sorted(events, key=lambda e: -e.self_cpu_time_total)
-    return ", ".join(e.key for e in ranked[:top]) or "unknown"
+    """The attention operator of a profiled call: a fused attention op (SDPA's flash/efficient/cuDNN
+    kernels, Triton, FlexAttention) when one ran, else the compute operators with most self time
+    (allocation, view, fill and comparison ops skipped). SDPA's math path is named as such."""
+    events = [e for e in prof.key_averages() if not _NOT_KERNEL.fullmatch(e.key)]
+    t = (lambda e: getattr(e, "self_device_time_total", 0)) if device.type == "cuda" else \
+        (lambda e: e.self_cpu_time_total)
+    if device.type != "cuda":
+        events = [e for e in events if e.key.startswith(("aten::", "triton", "torch_dynamo", "Torch-Compiled",
+                                                         "CompiledFunction", "flex"))] or events
+    ranked = sorted((e for e in events if t(e) > 0), key=lambda e: (not _ATTENTION.search(e.key), -t(e)))
+    names = ", ".join(e.key for e in ranked[:top]) or "unknown"
+    if any(e.key == SDPA_MATH for e in prof.key_averages()):
+        return f"sdpa math path ({SDPA_MATH}): {names}"
+    return names
 
 
-def compute_error(variant, problem: Problem, out: torch.Tensor, q, k, v) -> dict | None:
-    """Error of the forward output against the variant's fp32 reference (and, for patterns
-    and approximations, against full softmax attention). None with reason if too large."""
-    elems = problem.batch * problem.heads * problem.seq_q * problem.seq_k
-    if elems > REFERENCE_LIMIT:
-        return {"reason": f"reference too large ({elems:.2e} scores > {REFERENCE_LIMIT:.1e})"}
+ORACLE_CACHE = 4  # fp64 oracle outputs kept per worker (the backends of one case share inputs)
+_oracles: dict = {}
+
+
+def oracle(variant, problem: Problem, q, k, v, key=None) -> dict:
+    """The fp64 oracle outputs {"ref", "full"} for these inputs; with a key (variant, problem,
+    inputs, seed) the last ORACLE_CACHE are kept, so the backends of one case (same inputs: the same
+    seed) compute it once. The outputs are small (B·Hq·Lq·D); the scores are not kept."""
+    if key is not None and key in _oracles:
+        return _oracles[key]
     with torch.no_grad():
-        out = out.detach().float()
-        q32, k32, v32 = (t.detach().float() for t in (q, k, v))
-        result = {"vs": "reference", **accuracy.errors(out, variant.reference(q32, k32, v32, problem))}
+        q64, k64, v64 = (t.detach().double() for t in (q, k, v))
+        res = {"ref": variant.reference(q64, k64, v64, problem)}
         if variant.full_attention_error or not variant.exact:
-            full = accuracy.errors(out, exact_reference(q32, k32, v32, problem))
-            result |= {"full_rel_l2": full["rel_l2"], "full_max_abs": full["max_abs"]}
+            res["full"] = exact_reference(q64, k64, v64, problem)
+    if key is not None:
+        while len(_oracles) >= ORACLE_CACHE:
+            _oracles.pop(next(iter(_oracles)))
+        _oracles[key] = res
+    return res
+
+
+def compute_error(variant, problem: Problem, out: torch.Tensor, q, k, v, limit: int | None = None,
+                  key=None) -> dict | None:
+    """Error of the forward output against an fp64 oracle: the variant's reference computed in
+    float64 from the same inputs (every backend, eager included: never the output against itself),
+    and, for patterns and approximations, against full softmax attention in float64. None with
+    reason if too large. rel_l2 ≥ 1 is worse than returning zeros (an all-zero output has 1)."""
+    elems = problem.batch * problem.heads * problem.seq_q * problem.seq_k
+    limit = REFERENCE_LIMIT if limit is None else limit
+    if elems > limit:
+        return {"reason": f"reference too large ({elems:.2e} scores > {limit:.1e}"
+                          + (", the suite's reference_limit)" if limit != REFERENCE_LIMIT else ")")}
+    refs = oracle(variant, problem, q, k, v, key)
+    result = {"vs": "fp64 reference", **accuracy.errors(out, refs["ref"])}
+    if "full" in refs:
+        full = accuracy.errors(out, refs["full"])
+        result |= {"full_rel_l2": full["rel_l2"], "full_max_abs": full["max_abs"]}
     return result
 
 
+def shown_error(error: dict | None) -> float | None:
+    """The error tables show: against full attention where measured, else against the reference."""
+    error = error or {}
+    return error.get("full_rel_l2", error.get("rel_l2"))
+
+
+def case_flags(stats_dict: dict, tel: dict | None, frac_reason: str | None, error: dict | None) -> list[str]:
+    """The record's flags (results.FLAGS): timing, throttling, roof, worse-than-zeros error."""
+    flags = timing_flags(stats_dict)
+    if (tel or {}).get("throttled"):
+        flags.append("throttled")
+    if frac_reason:
+        flags.append("above_roof")
+    err = shown_error(error)
+    if err is not None and err >= 1:
+        flags.append("worse_than_zeros")
+    return flags
+
+
 def run_case(case: Case, device: torch.device, policy: TimingPolicy, refs: dict | None,
-             nvml: telemetry.Nvml | None = None, profile_dir: str | None = None) -> dict:
+             nvml: telemetry.Nvml | None = None, profile_dir: str | None = None, inputs: str = "randn",
+             reference_limit: int | None = None) -> dict:
     """Measure one runnable case; returns the measured fields of its record."""
     variant = registry.get(case.variant)
     backend = variant.backend(case.backend)
     p = case.problem
     torch.manual_seed(0)
-    q, k, v = make_inputs(variant, p, device)
+    q, k, v = make_inputs(variant, p, device, inputs=inputs)
     if p.needs_grad:
         q, k, v = (t.requires_grad_(True) for t in (q, k, v))
     nvml = nvml or telemetry.Nvml()
@@ -104,20 +164,27 @@ def run_case(case: Case, device: torch.device, policy: TimingPolicy, refs: dict 
     peak, kernel = measure_memory_and_kernel(call, device, nvml)
     if profile_dir:
         save_trace(call, device, Path(profile_dir) / f"{case_id(p.as_dict(), case.variant, case.backend, device.type)}.json")
-    error = None
+    error, entropy = None, None
     if p.mode in ("fwd", "decode"):
         try:
-            error = compute_error(variant, p, peak.output, q, k, v)
+            error = compute_error(variant, p, peak.output, q, k, v, reference_limit,
+                                  key=(case.variant, p, inputs, device.type))
+            if "reason" not in error:
+                entropy = mean_entropy(q.detach().cpu(), k.detach().cpu(), p.causal)
         except (MemoryError, RuntimeError) as e:  # the reference alone must not cost the case
             if not ("memory" in str(e).lower() or isinstance(e, MemoryError)):
                 raise
-            error = {"reason": f"the fp32 reference did not fit: {' '.join(str(e).split())[:120]}"}
+            error = {"reason": f"the fp64 reference did not fit: {' '.join(str(e).split())[:120]}"}
     after = nvml.snapshot()
     stats = timing.stats
     flops = fl.mode_flops(variant.flops(p), p.mode)
     nbytes = fl.mode_bytes(variant.bytes(p), p.mode)
     tflops = fl.rate(flops, stats.median, 1e12)
     gbps = fl.rate(nbytes, stats.median, 1e9)
+    roof = refs_mod.roof(flops, nbytes, variant.bytes(p), p.dtype, refs)
+    frac = roofline_fraction(flops, stats.median, roof)
+    why_above = refs_mod.above_roof_reason(frac, roof, p.dtype, refs)
+    tel = telemetry.summarize(nvml, before, after, time.perf_counter() - t_case)
     return {
         "status": "ok", "reason": None,
         "latency_ms": stats.__dict__, "samples_ms": list(timing.samples_ms),
@@ -125,10 +192,10 @@ def run_case(case: Case, device: torch.device, policy: TimingPolicy, refs: dict 
         "peak_mem_bytes": peak.bytes, "mem_source": peak.source,
         "flops": flops, "bytes": nbytes, "kv_cache_bytes": kv_cache_bytes(p),
         "tflops": tflops, "gbps": gbps,
-        "roofline_frac": roofline_fraction(flops, nbytes, stats.median, p.dtype, refs),
-        "error": error, "kernel": kernel, "threads": torch.get_num_threads(),
-        "telemetry": telemetry.summarize(nvml, before, after, time.perf_counter() - t_case),
+        "roofline_frac": frac, "roof": roof and {**roof, "reason": why_above},
+        "error": error, "kernel": kernel, "threads": torch.get_num_threads(), "telemetry": tel,
         "timing": {"calls_per_sample": timing.calls_per_sample, "stopped_by": timing.stopped_by},
+        "inputs": inputs, "attn_entropy": entropy, "flags": case_flags(stats.__dict__, tel, why_above, error),
     }
 
 
@@ -148,14 +215,9 @@ def probe_case(case: Case, device: torch.device) -> dict:
             "wall_s": time.perf_counter() - t0}
 
 
-def roofline_fraction(flops: float, nbytes: float, median_ms: float, dtype: str, refs: dict | None) -> float | None:
-    """Achieved FLOP/s over min(in-run GEMM FLOP/s, intensity × in-run copy bandwidth)."""
-    if not refs or not median_ms:
+def roofline_fraction(flops: float, median_ms: float, roof: dict | None) -> float | None:
+    """Achieved FLOP/s over the case's roof (measure/refs.py roof: min(in-run GEMM best,
+    intensity × the copy bandwidth at the case's working set))."""
+    if not roof or not median_ms or not roof["flops_per_s"] > 0:
         return None
-    gemm = (refs.get("gemm") or {}).get(dtype) or (refs.get("gemm") or {}).get("float32")
-    bw = (refs.get("copy") or {}).get("bytes_per_s")
-    if not gemm or not bw or nbytes <= 0:
-        return None
-    roof = min(gemm["flops_per_s"], flops / nbytes * bw)
-    achieved = flops / (median_ms * 1e-3)
-    return achieved / roof if roof > 0 and math.isfinite(roof) else None
+    return flops / (median_ms * 1e-3) / roof["flops_per_s"]

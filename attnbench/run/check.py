@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from attnbench.variants import registry
-from attnbench.variants.inputs import make_inputs
+from attnbench.measure.inputs import make_inputs
 from attnbench.measure.accuracy import errors
 from attnbench.core.problem import Problem
 

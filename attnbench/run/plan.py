@@ -88,7 +88,8 @@ class Case:
 
 
 SWEEP_KEYS = {f for f in Sweep.__dataclass_fields__} | {"mode"}
-SUITE_KEYS = {"description", "sweep", "time_budget", "device", "rounds"}
+SUITE_KEYS = {"description", "sweep", "time_budget", "device", "rounds", "reference_limit", "inputs",
+              "sample_time"}
 
 
 def _positive(values, what: str) -> tuple[int, ...]:
@@ -317,12 +318,28 @@ def _expand_one(sw: Sweep, device: torch.device):
         if g is not None:
             hkv = h // g if h % g == 0 else -g  # -g: groups that do not divide the heads
         seq_q, seq_k = (1, lk or L) if mode == "decode" else (L, lk)
-        for backend in sw.backends or tuple(v.backend_names()):
+        chosen = sw.backends or tuple(v.backend_names())
+        pins = _peer_pins(v, chosen, sw.params, device)
+        for backend in chosen:
             declared = v.declared_params(backend)
             params = v.defaults | {k: x for k, x in sw.params.items() if k in declared}
-            raw = Problem(batch=b, heads=h, kv_heads=hkv, seq_q=seq_q, seq_k=seq_k, head_dim=d, dtype=dtype,
-                          causal=causal, mode=mode, params=tuple(sorted(params.items())))
-            yield decide_case(v, backend, raw, device)
+            own = next((x.pinned for x in v.backends if x.name == backend), {})  # none: unsupported later
+            sets = [params | own] if own and not own.keys() & sw.params.keys() else \
+                [params] + [params | pin for pin in pins if not own]
+            for ps in sets:
+                raw = Problem(batch=b, heads=h, kv_heads=hkv, seq_q=seq_q, seq_k=seq_k, head_dim=d, dtype=dtype,
+                              causal=causal, mode=mode, params=tuple(sorted(ps.items())))
+                yield decide_case(v, backend, raw, device)
+
+
+def _peer_pins(v, chosen, explicit: dict, device: torch.device) -> list[dict]:
+    """The pinned parameters (registry.Backend.pinned) of the chosen, available backends whose
+    parameters the sweep does not set: the other backends also run at them."""
+    pins = []
+    for b in v.backends:
+        if b.name in chosen and b.pinned and not b.pinned.keys() & explicit.keys() and b.available(device) is None:
+            pins.append(dict(b.pinned))
+    return pins
 
 
 def decide_case(v, backend: str, raw: Problem, device: torch.device) -> Case:

@@ -59,7 +59,19 @@ def merge_rounds(rounds: list[dict], total: int) -> dict:
         **{k: first[k] * scale for k in ("tflops", "gbps", "roofline_frac") if first.get(k) is not None},
         "peak_mem_bytes": max(peaks) if peaks else first.get("peak_mem_bytes"),
         "wall_s": sum(rec.get("wall_s") or 0.0 for rec in rounds),
+        "flags": _merged_flags(first, stats, scale),
     }
+
+
+def _merged_flags(first: dict, stats: Stats, scale: float) -> list[str]:
+    """The first round's flags with the timing flags of the pooled samples (and above_roof of the
+    rescaled roofline fraction)."""
+    from attnbench.core.results import ROOF_SLACK, timing_flags
+
+    keep = [f for f in first.get("flags") or [] if f not in ("low_samples", "high_variance", "above_roof")]
+    frac = first.get("roofline_frac")
+    above = ["above_roof"] if frac is not None and frac * scale > ROOF_SLACK else []
+    return timing_flags(stats.__dict__) + keep + above
 
 
 class RoundJournal:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -85,7 +85,8 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
               console: Console | None = None, command: list[str] | None = None,
               profile_dir: Path | None = None, shard: tuple[int, int] | None = None,
               world_size: int | None = None, executor: str = "local",
-              address: str | None = None, rounds: int = 1) -> tuple[list[dict], Interrupt]:
+              address: str | None = None, rounds: int = 1, inputs: str = "randn",
+              reference_limit: int | None = None, sample_time: float | None = None) -> tuple[list[dict], Interrupt]:
     """Run every case (`rounds` times, interleaved: see rounds.py); returns (records of this
     file, the Interrupt: false when the run was not stopped by a signal, else its signum and
     whether a case in flight was abandoned).
@@ -119,12 +120,14 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
         check_out(out, resume, force)  # again, now that no other writer can change it
         return _run_locked(cases, device, out, time_budget=time_budget, threads=threads, resume=resume,
                            console=console, command=command, profile_dir=profile_dir, executor=executor,
-                           address=address, rounds=rounds)
+                           address=address, rounds=rounds, inputs=inputs, reference_limit=reference_limit,
+                           sample_time=sample_time)
 
 
 def _run_locked(cases: list[Case], device: torch.device, out: Path, *, time_budget: float, threads: int | None,
                 resume: bool, console: Console, command: list[str] | None, profile_dir: Path | None,
-                executor: str, address: str | None, rounds: int) -> tuple[list[dict], Interrupt]:
+                executor: str, address: str | None, rounds: int, inputs: str = "randn",
+                reference_limit: int | None = None, sample_time: float | None = None) -> tuple[list[dict], Interrupt]:
     from attnbench.run.rounds import RoundJournal
 
     env = env_mod.capture(device)
@@ -138,7 +141,10 @@ def _run_locked(cases: list[Case], device: torch.device, out: Path, *, time_budg
         console.print(f"resuming {out}: {len(done)} cases recorded, {len(cases)} to run", markup=False,
                       highlight=False)
     cfg = RunConfig(device=device, time_budget=time_budget, threads=threads,
-                    profile_dir=str(profile_dir) if profile_dir else None)
+                    profile_dir=str(profile_dir) if profile_dir else None, inputs=inputs,
+                    reference_limit=reference_limit)
+    if sample_time is not None:  # a suite's cap on timed samples per case (the quick suite: 0.5 s)
+        cfg = replace(cfg, policy=replace(cfg.policy, max_time=float(sample_time)))
     journal = RoundJournal(out, rounds, resume)
     worker = Worker(cfg)
     records: list[dict] = list(done)

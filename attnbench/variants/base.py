@@ -41,6 +41,13 @@ class Backend:
                   like variant parameters but only on this backend's cases.
     tf32_dots:    fp32 inputs are multiplied in TF32 on the GPU (the Triton kernels); `check`
                   then bounds the error by a TF32 reference.
+    time, memory: this backend's own complexity claims where it changes the variant's (a fused
+                  online-softmax kernel: O(L) memory; chunked linear attention); None: the variant's.
+                  Scaling verdicts test the (variant, backend) pair's claim.
+    pinned:       parameter values this backend needs (a peer package's hard-coded constant, e.g.
+                  performer-pytorch's eps = 1e-4). Unless a sweep sets the parameter itself, this
+                  backend's cases run at these values and the variant's other backends run at them
+                  too (besides the sweep's), so the comparison is like for like and labelled.
     """
 
     name: str
@@ -52,6 +59,9 @@ class Backend:
     tf32_dots: bool = False
     test_only: bool = False
     params: dict[str, Any] = field(default_factory=dict)
+    time: str | None = None
+    memory: str | None = None
+    pinned: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,12 @@ class Variant:
 
     def backend_names(self, include_test: bool = False) -> list[str]:
         return [b.name for b in self.backends if include_test or not b.test_only]
+
+    def claims(self, backend: str) -> tuple[str, str]:
+        """(time, memory) claims of this variant computed by `backend`: the backend's own where it
+        declares one, else the variant's (an unknown backend name: the variant's)."""
+        b = next((b for b in self.backends if b.name == backend), None)
+        return (b and b.time) or self.time, (b and b.memory) or self.memory
 
     def declared_params(self, backend: str) -> dict[str, Any]:
         """The parameters a case of this backend may set: the variant's and the backend's own."""

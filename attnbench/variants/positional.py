@@ -326,7 +326,7 @@ def _xl_backend(name: str, chunk: int | None, description: str) -> Backend:
 
         return xl
 
-    return Backend(name, build, description, materializes=chunk is None)
+    return Backend(name, build, description, materializes=chunk is None, memory=None if chunk is None else "O(L·c)")
 
 
 def xl_flops(p: Problem) -> float:

@@ -199,5 +199,6 @@ def sdpa_backends(mask_fn: Callable[[Problem, torch.device], torch.Tensor | None
 
         desc = "torch scaled_dot_product_attention" + (f", pinned to {SDPA_KERNELS[name]}" if SDPA_KERNELS[name] else ", kernel chosen by torch")
         out.append(Backend(name, build, desc, available=_sdpa_available(name), supports=_sdpa_supports(name),
-                           materializes=name == "sdpa-math" or mask_fn is not None))
+                           materializes=name == "sdpa-math" or mask_fn is not None,
+                           memory=None if name == "sdpa-math" or mask_fn is not None else "O(L)"))
     return tuple(out)

@@ -180,6 +180,18 @@ def swin_mask(problem: Problem, device=None) -> torch.Tensor:
     return (cell_r[:, None] == cell_r[None, :]) & (cell_c[:, None] == cell_c[None, :])
 
 
+def swin_pairs(problem: Problem) -> int:
+    """(query, key) pairs swin_mask attends: the mask is (same row cell) & (same column cell), so
+    its pairs are (Σ row-cell sizes²)·(Σ column-cell sizes²). The shifted windows' wrapped tokens
+    are masked, so this is below L·w² when shift > 0 (L·w² counts the windows' full w²×w² blocks)."""
+    (hg, wg), (w, s) = grid_of(problem), _window_params(problem)
+
+    def squares(n: int) -> int:
+        return int((torch.bincount((torch.arange(n) - s + w) // w) ** 2).sum())
+
+    return squares(hg) * squares(wg)
+
+
 def swin_reference(q, k, v, problem: Problem) -> torch.Tensor:
     return softmax_attention(q, k, v, mask=swin_mask(problem, q.device))
 
@@ -251,7 +263,7 @@ SWIN = Variant(
     name="swin", family="vision",
     description="Swin shifted-window attention on an H×W grid (window=8, shift=window//2)",
     time="O(L·w²)", memory="O(L·w²)", reference=swin_reference,
-    flops=lambda p: attention_flops(p, pairs=p.seq_q * int(p.param("window")) ** 2),  # w² keys per query
+    flops=lambda p: attention_flops(p, pairs=swin_pairs(p)),  # the attended pairs of the shifted windows
     bytes=io_bytes,
     backends=(Backend("eager", _builder(swin_attention, False, window_mask), "roll, cut windows, batched matmuls"),
               Backend("sdpa", _builder(swin_attention, True, window_mask), "roll, cut windows, torch SDPA over all windows")),

@@ -20,7 +20,7 @@ def test_list_json(capsys):
         assert set(r["complexity"]) == {"time", "memory"} and r["complexity"]["time"].startswith("O(")
         assert r["description"] and r["backends"]
         for b in r["backends"]:
-            assert set(b) == {"name", "available", "reason", "params"}
+            assert set(b) == {"name", "available", "reason", "params", "complexity"}
             assert b["available"] is (b["reason"] is None)
             assert b["params"] == registry.get(r["name"]).backend(b["name"]).params
         names = [b["name"] for b in r["backends"]]
@@ -161,7 +161,7 @@ def _captured_budget(monkeypatch, tmp_path, *args) -> float:
 
 
 def test_suite_time_budget_applies_unless_given(monkeypatch, tmp_path):
-    assert _captured_budget(monkeypatch, tmp_path, "--suite", "quick") == 10  # quick.toml: time_budget = 10
+    assert _captured_budget(monkeypatch, tmp_path, "--suite", "quick") == 13  # quick.toml: time_budget = 13
     assert _captured_budget(monkeypatch, tmp_path, "--suite", "quick", "--time-budget", "5") == 5
     assert _captured_budget(monkeypatch, tmp_path, "--variants", "mha", "--seq", "64") == 30  # the default
 

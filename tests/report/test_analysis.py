@@ -20,8 +20,8 @@ def noisy(values, sigma=0.05, seed=0):
 
 # ---------------------------------------------------------------- t quantiles
 def test_t_quantiles_match_tables_and_tend_to_normal():
-    assert t975(1) == pytest.approx(12.706)
-    assert t975(10) == pytest.approx(2.228)
+    assert t975(1) == pytest.approx(12.706, abs=1e-3)
+    assert t975(10) == pytest.approx(2.228, abs=1e-3)
     assert t975(22) == pytest.approx(2.074, abs=2e-3)  # interpolated; true 2.0739
     assert t975(100) == pytest.approx(1.984, abs=2e-3)  # true 1.9840
     assert t975(10**6) == pytest.approx(1.960, abs=1e-3)
@@ -56,7 +56,8 @@ def test_l_log_l_interval_contains_the_effective_exponent_and_agrees_with_its_cl
     fit = fit_exponent(LENGTHS, noisy([L * math.log(L) for L in LENGTHS], sigma=0.03, seed=4))
     assert fit.ci_low < clean.exponent < fit.ci_high
     assert verdict(fit, parse_claim("O(L log L)"))[0] == "agrees"
-    assert verdict(fit, parse_claim("O(L²)"))[0] == "differs: flatter than O(L²)"
+    v, note = verdict(fit, parse_claim("O(L²)"))
+    assert v == "differs" and note.startswith("flatter than O(L²)")
 
 
 def test_fit_needs_two_lengths_and_ignores_non_positive_values():
@@ -66,7 +67,7 @@ def test_fit_needs_two_lengths_and_ignores_non_positive_values():
     two = fit_exponent([256, 512, 1024], [1.0, 0.0, 4.0])
     assert two.n == 2 and two.exponent == pytest.approx(1.0) and math.isnan(two.ci_low)
     v, note = verdict(two, parse_claim("O(L)"))
-    assert v == "agrees" and "no interval" in note
+    assert v == "too few lengths" and "at least 4" in note
 
 
 # ---------------------------------------------------------------- claims and verdicts
@@ -90,20 +91,27 @@ def test_strings_without_a_big_o_are_no_claim(text):
 
 def test_verdict_directions_and_tolerance():
     linear = fit_exponent(LENGTHS, LENGTHS)
-    assert verdict(linear, parse_claim("O(L²)"))[0] == "differs: flatter than O(L²)"
+    v, note = verdict(linear, parse_claim("O(L²)"))
+    assert v == "differs" and note.startswith("flatter than O(L²)")
     steep = fit_exponent(LENGTHS, [L**2.6 for L in LENGTHS])
-    assert verdict(steep, parse_claim("O(L)"))[0] == "differs: steeper than O(L)"
-    near = fit_exponent(LENGTHS, [L**1.2 for L in LENGTHS])  # within the ±0.25 tolerance of 1
+    v, note = verdict(steep, parse_claim("O(L)"))
+    assert v == "differs" and note.startswith("steeper than O(L)")
+    near = fit_exponent(LENGTHS, [L**1.05 for L in LENGTHS])  # within MODEL_TOL (0.1) of 1
     assert verdict(near, parse_claim("O(L·w)"))[0] == "agrees"
-    assert verdict(near, parse_claim("O(L·w)"), tol=0.1)[0].startswith("differs")
+    off = fit_exponent(LENGTHS, [L**1.2 for L in LENGTHS])
+    assert verdict(off, parse_claim("O(L·w)"))[0] == "differs"
     assert verdict(None, parse_claim("O(L)"))[0] == "no fit"
 
 
-def test_fixed_overheads_are_reported_not_hidden():
-    fit = fit_exponent(LENGTHS, [5e3 + 1e-3 * L**2 for L in LENGTHS])  # launch cost dominates small L
+def test_fixed_overheads_are_fitted_and_their_lengths_named():
+    values = [5e3 + 1e-3 * L**2 for L in LENGTHS]  # a launch cost dominates small L
+    plain = fit_exponent(LENGTHS, values)
+    assert plain.exponent < 1.7  # a plain power law undershoots
+    fit = analysis.fit_scaling(LENGTHS, values)
+    assert fit.exponent == pytest.approx(2.0, abs=0.02) and fit.ci_low <= 2.0 <= fit.ci_high
+    assert fit.model == "a + c·L^k"  # the offset is fitted, not assumed away
     v, note = verdict(fit, parse_claim("O(L²)"))
-    assert fit.exponent < 1.7 and fit.tail > 1.8
-    assert "fixed overheads" in note and f"{fit.tail:.2f}" in note
+    assert v == "agrees" and ",".join(str(L) for L in fit.lengths) in note
 
 
 def test_decode_lowers_the_time_claim_by_one_power():
@@ -177,8 +185,10 @@ def test_scaling_table_fits_speedups_and_crossovers():
     eager, sdpa = rows["mha:eager"], rows["mha:sdpa"]
     assert eager["time_exp"] == pytest.approx(2.0) and eager["time_verdict"] == "agrees"
     assert eager["is_baseline"] and eager["speedup"] == pytest.approx(1.0)
-    assert sdpa["time_exp"] == pytest.approx(1.0) and sdpa["time_verdict"] == "differs: flatter than O(L²)"
+    assert sdpa["time_exp"] == pytest.approx(1.0) and sdpa["time_verdict"] == "differs"
     assert sdpa["mem_exp"] == pytest.approx(1.0)
+    assert (sdpa["memory_claim"], sdpa["mem_verdict"]) == ("O(L)", "agrees")  # the fused backend's own claim
+    assert (eager["memory_claim"], eager["mem_verdict"]) == ("O(L²)", "agrees")
     assert sdpa["speedup"] == pytest.approx(1e-5 * 2048 / 5e-3) and sdpa["compared_at"] == 2048
     assert sdpa["mem_saving"] == pytest.approx(16 * 2048 / 1024)
     assert sdpa["crossover_vs_baseline"] == "mha:sdpa faster from L≈500"  # 1e-5·L² = 5e-3·L
@@ -186,8 +196,8 @@ def test_scaling_table_fits_speedups_and_crossovers():
 
 
 def test_series_split_by_mode_and_decode_uses_the_cache_length():
-    recs = [rec("gqa", "sdpa", L, ms=1e-3 * L, mode="decode", kv_heads=2) for L in (1024, 2048, 4096)]
-    recs += [rec("gqa", "sdpa", L, ms=1e-6 * L * L, kv_heads=2) for L in (1024, 2048, 4096)]
+    recs = [rec("gqa", "sdpa", L, ms=1e-3 * L, mode="decode", kv_heads=2) for L in (1024, 2048, 4096, 8192)]
+    recs += [rec("gqa", "sdpa", L, ms=1e-6 * L * L, kv_heads=2) for L in (1024, 2048, 4096, 8192)]
     rows = {r["mode"]: r for r in analysis.scaling_table(recs, "mha:eager")}
     assert rows["decode"]["time_exp"] == pytest.approx(1.0) and rows["decode"]["time_verdict"] == "agrees"
     assert rows["decode"]["mem_verdict"] == "n/a in decode"

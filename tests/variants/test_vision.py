@@ -124,6 +124,8 @@ def test_unsupported_with_reasons():
 def test_flops():
     var, p = _problem("axial", length=1024, hq=1, hkv=1, d=64)
     assert var.flops(p) == 4 * 2 * 1024 * (32 + 32) * 64
-    var, p = _problem("swin", length=1024, hq=1, hkv=1, d=64, window=8)
-    assert var.flops(p) == 4 * 2 * 1024 * 64 * 64
+    var, p = _problem("swin", length=1024, hq=1, hkv=1, d=64, window=8, shift=0)
+    assert var.flops(p) == 4 * 2 * 1024 * 64 * 64  # unshifted: L·w² pairs
+    var, p = _problem("swin", length=1024, hq=1, hkv=1, d=64, window=8)  # shift 4: cells 4, 8, 8, 8, 4 per axis
+    assert var.flops(p) == 4 * 2 * 64 * (4 * 4 + 3 * 8 * 8 + 4 * 4) ** 2
     assert registry.get("axial").full_attention_error and registry.get("swin").exact

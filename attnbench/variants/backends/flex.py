@@ -128,4 +128,4 @@ def flex_backend(mask_mod: Callable[[Problem], MaskMod | None] | None = None,
         return flex
 
     return Backend("flex", build, description, available=_flex_available, supports=_flex_supports,
-                   params={"block_size": BLOCK_SIZE})
+                   params={"block_size": BLOCK_SIZE}, memory="O(L)" if mask_mod is None else None)

@@ -4,8 +4,10 @@ our implementations are timed against what people actually use. Install: pip ins
 peer:performer-pytorch (performer)  performer_pytorch.FastAttention(dim_heads=D, nb_features=m,
     causal) with its projection matrix replaced by OUR random features (same W), so both compute
     FAVOR+ from the same draw. The package adds eps = 1e-4 to every feature (hard-coded in its
-    softmax_kernel), so it runs only for cases with the variant's `eps` = 1e-4 (`--param
-    eps=1e-4`); there our non-causal output equals its to ~3e-7. Its causal path also adds 1e-6
+    softmax_kernel), so it runs only for cases with the variant's `eps` = 1e-4: by default its
+    cases run at eps = 1e-4 and our backends run there too (besides the sweep's eps), labelled;
+    an explicit `--param eps=0` makes it unsupported, naming the parameter. There our non-causal
+    output equals its to ~3e-7. Its causal path also adds 1e-6
     to the running key sums in its denominators (ours does not). Without the fast_transformers
     CUDA extension that path is `causal_linear_attention_noncuda` (128 pieces, each holding an
     (L/128)×m×D prefix tensor). Timed: FastAttention.forward. Needs kv_heads == heads; causal
@@ -165,10 +167,12 @@ def _local_supports(p: Problem, device: torch.device) -> Reason:
 
 # ---------------------------------------------------------------- the backends
 def performer_peer(features: Callable[[Problem, torch.device], torch.Tensor]) -> Backend:
-    """features(problem, device) -> (m, D): the performer variant's own random features."""
+    """features(problem, device) -> (m, D): the performer variant's own random features. The package
+    hard-codes eps = 1e-4 (pinned: the variant's other backends also run there, labelled)."""
     return Backend("peer:performer-pytorch", _performer_build(features),
                    "performer-pytorch FastAttention with our random features (adds eps=1e-4 to features)",
-                   available=_available("performer_pytorch", "performer-pytorch"), supports=_performer_supports)
+                   available=_available("performer_pytorch", "performer-pytorch"), supports=_performer_supports,
+                   pinned={"eps": PERFORMER_PYTORCH_EPS})
 
 
 def linformer_peer(projections: Callable[[Problem, torch.device], tuple[torch.Tensor, torch.Tensor]]) -> Backend:

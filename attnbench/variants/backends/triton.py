@@ -105,14 +105,15 @@ def _block_supports(problem: Problem, device: torch.device) -> Reason:
     return _supports(problem, device)
 
 
-def _backend(build, description: str, supports=_supports) -> Backend:
+def _backend(build, description: str, supports=_supports, memory: str | None = None) -> Backend:
+    """memory: the kernel's own claim where it changes the variant's (online softmax: O(L))."""
     return Backend("triton", build, description + " (fp32: TF32 dots)", available=_available, supports=supports,
-                   tf32_dots=True)
+                   tf32_dots=True, memory=memory)
 
 
 def flash_backend() -> Backend:
     """For the exact family and flash: FlashAttention-2 forward/backward, split-KV in decode."""
-    return _backend(_flash_build, "attnbench's Triton FlashAttention-2 (split-KV in decode)")
+    return _backend(_flash_build, "attnbench's Triton FlashAttention-2 (split-KV in decode)", memory="O(L)")
 
 
 def window_backend() -> Backend:
@@ -121,7 +122,7 @@ def window_backend() -> Backend:
 
 def alibi_backend(slopes_of: Callable[[int], torch.Tensor]) -> Backend:
     """slopes_of(heads) -> (H,) ALiBi slopes, the variant's own."""
-    return _backend(_alibi_build(slopes_of), "Triton FlashAttention with ALiBi in the kernel")
+    return _backend(_alibi_build(slopes_of), "Triton FlashAttention with ALiBi in the kernel", memory="O(L)")
 
 
 def block_sparse_backend(layout: Callable[[Problem], torch.Tensor]) -> Backend:
