@@ -176,7 +176,7 @@ def run(
     else:
         from attnbench.report.terminal import print_scaling
 
-        from attnbench.core.units import results_footnotes
+        from attnbench.cli.tables import results_footnotes
 
         out_console.print(results_table(records, title=f"attnbench on {dev.type} → {out}"))
         for note in results_footnotes(records):
