@@ -92,3 +92,12 @@ def make_qkv():
 def oracle():
     """The fp64 oracle: oracle(q, k, v, causal=..., mask=..., bias=...) -> float64 output."""
     return fp64_oracle
+
+
+def with_catalogue(records: list[dict]) -> list[dict]:
+    """Records as the report reads them from a file: annotated from a header catalogue of the
+    installed variants (report/catalogue.py), for tests that build records by hand."""
+    from attnbench.report.catalogue import annotate
+    from attnbench.variants.registry import describe
+
+    return annotate({"catalogue": describe(r["variant"] for r in records)}, records)

@@ -91,7 +91,8 @@ def test_fused_backends_claim_linear_memory_and_list_shows_both(capsys):
 
 # ---------------------------------------------------------------- 10. show --json
 def _rec(backend, L, mem, ms):
-    return {"type": "record", "variant": "mha", "backend": backend, "device": "cpu", "dtype": "float32",
+    return {"type": "record", "case_id": f"{backend}-{L}", "variant": "mha", "backend": backend, "device": "cpu",
+            "dtype": "float32",
             "mode": "fwd", "batch": 1, "heads": 8, "kv_heads": 8, "seq_q": L, "seq_k": L, "head_dim": 64,
             "causal": False, "params": {}, "status": "ok", "latency_ms": {"median": ms, "iqr": 0.0, "n": 10},
             "peak_mem_bytes": mem}

@@ -174,14 +174,15 @@ def run(
     if json_out:
         print(json.dumps(records, default=str))
     else:
-        from attnbench.report.terminal import print_scaling
-
         from attnbench.cli.tables import results_footnotes
+        from attnbench.report.catalogue import annotate
+        from attnbench.report.terminal import print_scaling
+        from attnbench.variants.registry import describe
 
         out_console.print(results_table(records, title=f"attnbench on {dev.type} → {out}"))
         for note in results_footnotes(records):
             out_console.print(f"[dim]{note}[/]", highlight=False)
-        print_scaling(records, out_console)
+        print_scaling(annotate({"catalogue": describe(r["variant"] for r in records)}, records), out_console)
     if interrupted:
         import signal
 

@@ -25,7 +25,10 @@ def register(app: typer.Typer) -> None:
                baseline: Baseline = None,
                history: Annotated[Optional[Path], typer.Option(
                    help="A directory of results files (e.g. one per CI run): every .jsonl in it, oldest "
-                        "first by its header, is drawn as per-case trend lines.")] = None) -> None:
+                        "first by its header, is drawn as per-case trend lines.")] = None,
+               patterns: Annotated[bool, typer.Option(
+                   "--patterns", help="Add the pattern gallery: what each sparse/positional/vision variant "
+                                      "attends (draws the masks with torch).")] = False) -> None:
         """Write report.md, a self-contained report.html, charts (PNG, SVG) and tables (CSV).
 
         With two or more files (or --history DIR) the report adds per-case trend lines across the
@@ -41,7 +44,7 @@ def register(app: typer.Typer) -> None:
         """
         from attnbench.report.build import build_report
 
-        written = build_report(results or [], out, baseline, history)
+        written = build_report(results or [], out, baseline, history, patterns)
         say(Console(stderr=True), f"wrote {len(written)} files; open {out / 'report.html'}")
 
     @app.command()

@@ -288,17 +288,11 @@ def ratio_at(s: Series, base: Series, field: str) -> tuple[float | None, int | N
     return float(theirs[L] / mine[L]), int(L)
 
 
-def _claims(variant: str, backend: str | None = None):
-    """The (time, memory) claims of a (variant, backend) pair: the backend's own where it declares
-    one (a fused kernel's O(L) memory), else the variant's; "?" for a name not registered."""
-    from attnbench.variants import registry
-    from attnbench.core.errors import UsageError
-
-    try:
-        v = registry.get(variant)
-    except UsageError:
-        return "?", "?"
-    return v.claims(backend) if backend is not None else (v.time, v.memory)
+def _claims(s: "Series") -> tuple[str, str]:
+    """The (time, memory) claims of a series' (variant, backend) pair: the backend's own where it
+    declares one (a fused kernel's O(L) memory), else the variant's, from the results file's
+    catalogue (report/catalogue.py); "?" for a variant no catalogue describes."""
+    return tuple(s.records[0].get("_claims") or ("?", "?"))
 
 
 def shape_text(axes: dict) -> str:
@@ -320,7 +314,7 @@ def _fit_fields(prefix: str, fit: Fit | None, verdict_note: tuple[str, str]) -> 
 def scaling_row(s: Series, everything: list[Series], baseline: str) -> dict:
     """One row of the scaling table: claims of the (variant, backend) pair, fits of the regime the
     claims are about with 95 % intervals and three-outcome verdicts, crossover, frontier, speed."""
-    time_text, mem_text = _claims(s.axes["variant"], s.axes["backend"])
+    time_text, mem_text = _claims(s)
     decode = s.axes["mode"] == "decode"
     t_claim = decode_claim(parse_claim(time_text)) if decode else parse_claim(time_text)
     m_claim = None if decode else parse_claim(mem_text)

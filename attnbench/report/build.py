@@ -15,6 +15,7 @@ from attnbench.report import analysis, verdicts
 from attnbench.core import results
 from attnbench.core.errors import UsageError
 from attnbench.report import tables as T
+from attnbench.report.catalogue import annotate
 from attnbench.report.charts import SPECS, curve_chart, scenarios
 from attnbench.report.model import Context, Section, Table
 from attnbench.report.special import gqa_charts, pareto_charts
@@ -24,14 +25,15 @@ DEFAULT_BASELINE = "mha:eager"
 
 
 def load_runs(paths: list[str | Path]) -> tuple[list[dict], list[list[dict]]]:
-    """(headers, records of each file) of several results files, in order."""
+    """(headers, records of each file) of several results files, in order; each record annotated
+    with what the header's catalogue says of its variant (report/catalogue.py)."""
     if not paths:
         raise UsageError("no results files given; accepted: one or more .jsonl files written by `attnbench run`")
     headers, runs = [], []
     for p in paths:
         h, recs = results.read(p)
         headers.append(h)
-        runs.append(recs)
+        runs.append(annotate(h, recs))
     return headers, runs
 
 
@@ -55,7 +57,7 @@ def check_baseline(records: list[dict], baseline: str | None) -> tuple[str, str 
 
 
 def build_report(paths: list[str | Path], out: Path, baseline: str | None = None,
-                 history: Path | None = None) -> list[Path]:
+                 history: Path | None = None, patterns: bool = False) -> list[Path]:
     """Write the report into the directory `out`; returns every file written (under `out`). With
     several files (or a `history` directory, its files oldest first, before `paths`), a history
     section draws each case across the runs; the other sections show each case's latest run.
@@ -63,7 +65,8 @@ def build_report(paths: list[str | Path], out: Path, baseline: str | None = None
     The report is built in a temporary sibling, under `out`'s lock (safe_io), and renamed into
     place only when complete: a failure (a full disk, bad records) leaves no partial directory
     and an earlier report at `out` as it was. An existing `out` is replaced as a whole, so it
-    must be a report directory (holding report.md) or empty."""
+    must be a report directory (holding report.md) or empty. `patterns` adds the pattern gallery,
+    which draws the variants' masks with torch (the rest of the report imports no torch)."""
     from attnbench.core.safe_io import atomic_dir, hold_lock
     from attnbench.report.history import history_files
 
@@ -80,11 +83,11 @@ def build_report(paths: list[str | Path], out: Path, baseline: str | None = None
     if not out.parent.is_dir():
         raise UsageError(f"cannot write --out '{out}': directory '{out.parent}' does not exist")
     with hold_lock(out), atomic_dir(out) as tmp:
-        written = _build(paths, tmp, headers, runs, records, baseline, base_note)
+        written = _build(paths, tmp, headers, runs, records, baseline, base_note, patterns)
     return [out / p.relative_to(tmp) for p in written]
 
 
-def _build(paths, out: Path, headers, runs, records, baseline, base_note) -> list[Path]:
+def _build(paths, out: Path, headers, runs, records, baseline, base_note, patterns: bool) -> list[Path]:
     from attnbench.report.history import history_section
 
     (out / "charts").mkdir(parents=True, exist_ok=True)
@@ -94,7 +97,7 @@ def _build(paths, out: Path, headers, runs, records, baseline, base_note) -> lis
                                                                 | {s.name for s in everything})), baseline)
     sections = [_environment(headers, out, paths), _scaling(ctx, everything, records, out, base_note),
                 _throughput(ctx, everything, records, out), _crossovers(records, out, ctx.baseline),
-                *_special(ctx, everything, records), *_peers(headers, records, out), _not_run(records, out)]
+                *_special(ctx, everything, records, patterns), *_peers(headers, records, out), _not_run(records, out)]
     hist = history_section(ctx, [Path(p).name for p in paths], runs)
     if hist:
         sections.insert(1, hist)
@@ -209,20 +212,18 @@ def _crossovers(records, out: Path, baseline: str) -> Section:
     return sec
 
 
-def _special(ctx: Context, everything, records) -> list[Section]:
-    """GQA/MQA, accuracy-vs-latency and the pattern gallery, each a section."""
-    variants: dict[str, dict] = {}
-    for r in records:
-        if r["status"] == "ok":
-            variants.setdefault(r["variant"], r.get("params") or {})
-    from attnbench.report.gallery import gallery  # the pictures come from the registry's variants (torch), drawn only here
+def _special(ctx: Context, everything, records, patterns: bool) -> list[Section]:
+    """GQA/MQA, accuracy-vs-latency and (with `patterns`) the pattern gallery, each a section."""
+    parts = [("GQA and MQA", gqa_charts(ctx, everything)), ("Accuracy vs latency", pareto_charts(ctx, everything))]
+    if patterns:
+        from attnbench.report.gallery import gallery  # the pictures come from the variants' masks (torch)
 
-    secs = []
-    for name, (charts, skipped) in (("GQA and MQA", gqa_charts(ctx, everything)),
-                                    ("Accuracy vs latency", pareto_charts(ctx, everything)),
-                                    ("Pattern gallery", gallery(ctx, variants))):
-        secs.append(Section(name, charts=charts, skipped=skipped))
-    return secs
+        variants: dict[str, dict] = {}
+        for r in records:
+            if r["status"] == "ok":
+                variants.setdefault(r["variant"], r.get("params") or {})
+        parts.append(("Pattern gallery", gallery(ctx, variants)))
+    return [Section(name, charts=charts, skipped=skipped) for name, (charts, skipped) in parts]
 
 
 def _peers(headers: list[dict], records, out: Path) -> list[Section]:

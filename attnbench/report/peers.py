@@ -145,9 +145,9 @@ def _rel_err(r: dict) -> float | None:
 def variant_params(r: dict) -> tuple:
     """The record's parameters of its variant (what is computed), without its backend's own
     (how: a flex tile size, a product's orientation), which cases may differ in and still compare."""
-    from attnbench.variants import registry
-
-    declared = registry.get(r["variant"]).defaults
+    declared = r.get("_params")  # the variant's own parameter names (report/catalogue.py)
+    if declared is None:
+        return tuple(sorted(r.get("params", {}).items()))
     return tuple(sorted((k, v) for k, v in r.get("params", {}).items() if k in declared))
 
 

@@ -9,6 +9,7 @@ import pytest
 from attnbench.report import analysis
 from attnbench.report.analysis import Claim, crossover, fit_exponent, parse_claim, t975, verdict
 from attnbench.core.errors import UsageError
+from conftest import with_catalogue
 
 LENGTHS = [256 * 2**i for i in range(7)]  # 256 .. 16k
 
@@ -180,7 +181,7 @@ def test_frontier_names_the_first_failure_after_the_longest_ok():
 
 
 def test_scaling_table_fits_speedups_and_crossovers():
-    rows = {r["series"]: r for r in analysis.scaling_table(sweep_records(), "mha:eager")}
+    rows = {r["series"]: r for r in analysis.scaling_table(with_catalogue(sweep_records()), "mha:eager")}
     assert set(rows) == {"mha:eager", "mha:sdpa"}  # the unavailable series has no ok record
     eager, sdpa = rows["mha:eager"], rows["mha:sdpa"]
     assert eager["time_exp"] == pytest.approx(2.0) and eager["time_verdict"] == "agrees"
@@ -198,7 +199,7 @@ def test_scaling_table_fits_speedups_and_crossovers():
 def test_series_split_by_mode_and_decode_uses_the_cache_length():
     recs = [rec("gqa", "sdpa", L, ms=1e-3 * L, mode="decode", kv_heads=2) for L in (1024, 2048, 4096, 8192)]
     recs += [rec("gqa", "sdpa", L, ms=1e-6 * L * L, kv_heads=2) for L in (1024, 2048, 4096, 8192)]
-    rows = {r["mode"]: r for r in analysis.scaling_table(recs, "mha:eager")}
+    rows = {r["mode"]: r for r in analysis.scaling_table(with_catalogue(recs), "mha:eager")}
     assert rows["decode"]["time_exp"] == pytest.approx(1.0) and rows["decode"]["time_verdict"] == "agrees"
     assert rows["decode"]["mem_verdict"] == "n/a in decode"
     assert rows["fwd"]["time_exp"] == pytest.approx(2.0)

@@ -19,6 +19,7 @@ from attnbench.cli import main
 from attnbench.variants.registry import Variant
 from attnbench.core.results import RECORD_FIELDS
 from attnbench.variants.shared import attention_flops, exact_reference, fill_defaults, io_bytes
+from conftest import with_catalogue
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
@@ -133,7 +134,7 @@ def chromium_load(html: Path, tmp: Path) -> tuple[str, list[str]]:
 # ---------------------------------------------------------------- synthetic report
 def test_report_draws_gqa_pareto_and_gallery(tmp_path, picture_variants, capsys):
     res = write_results(tmp_path / "r.jsonl", synthetic_records())
-    assert main(["report", str(res), "--out", str(tmp_path / "rep")]) == 0
+    assert main(["report", str(res), "--out", str(tmp_path / "rep"), "--patterns"]) == 0
     kinds = check_report(tmp_path / "rep")
     assert {"latency", "memory", "tflops", "gqa", "pareto", "pattern"} <= set(kinds)
     assert {p.name for p in kinds["pattern"]} == {"pattern-testwindow.png", "pattern-testbias.png"}
@@ -148,7 +149,7 @@ def test_report_draws_gqa_pareto_and_gallery(tmp_path, picture_variants, capsys)
 def test_report_without_optional_data_says_what_was_skipped(tmp_path):
     recs = [record("mha", "sdpa", L, 1e-5 * L * L) for L in (256, 512)]
     res = write_results(tmp_path / "r.jsonl", recs)
-    assert main(["report", str(res), "--out", str(tmp_path / "rep")]) == 0
+    assert main(["report", str(res), "--out", str(tmp_path / "rep"), "--patterns"]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     assert md.count("> Not drawn:") == 4  # crossovers (one series), GQA, Pareto, gallery
     assert "default baseline mha:eager is not in the data" in md
@@ -182,7 +183,7 @@ def test_print_scaling_needs_three_lengths(tmp_path):
 
     console = Console(record=True, width=160)
     recs = synthetic_records()
-    assert print_scaling(recs, console) is True
+    assert print_scaling(with_catalogue(recs), console) is True
     assert "latency ∝ L^x" in console.export_text()
     assert print_scaling([r for r in recs if r["seq_k"] <= 512], Console(record=True)) is False
 
