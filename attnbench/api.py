@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import torch
 
-from attnbench.variants import registry
 from attnbench.core.errors import UsageError
 from attnbench.core.problem import Problem
+from attnbench.variants import registry
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 

@@ -49,8 +49,9 @@ FAULT_LABEL = "mha/fault fwd B1 H4/4 L256x256 D64 float32 fault=none"
 def attnbench(args: list[str], delay_ms: float = 0.0) -> subprocess.CompletedProcess:
     env = dict(os.environ, ATTNBENCH_TEST_BACKENDS="1", ATTNBENCH_TEST_DELAY_MS=f"{delay_ms:.4f}")
     env.pop("TRITON_INTERPRET", None)
-    out = subprocess.run([sys.executable, "-m", "attnbench", *map(str, args)], env=env, cwd=ROOT,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "attnbench", *map(str, args)], env=env, cwd=ROOT, capture_output=True, text=True
+    )
     if out.returncode not in (0, 1):
         raise SystemExit(f"attnbench {args[0]} failed (exit {out.returncode}): {out.stderr[-600:]}")
     return out
@@ -68,48 +69,87 @@ def look(base: Path, run: Path, extra: list[str]) -> list[str]:
 def gate_trial(suite: Path, base: Path, work: Path, tag: str, delay: float, a) -> dict:
     run = work / f"gate-{tag}.jsonl"
     t0 = time.perf_counter()
-    out = attnbench(["gate", "--suite", suite, "--baseline", base, "--threads", a.threads, "--results", run,
-                     "--format", "json", *a.gate_args], delay)
+    out = attnbench(
+        [
+            "gate",
+            "--suite",
+            suite,
+            "--baseline",
+            base,
+            "--threads",
+            a.threads,
+            "--results",
+            run,
+            "--format",
+            "json",
+            *a.gate_args,
+        ],
+        delay,
+    )
     doc = json.loads(out.stdout)
-    return {"exit": out.returncode, "regressions": regressions(doc), "single_look": look(base, run, a.gate_args),
-            "single_look_gemm": look(base, run, [*a.gate_args, "--normalize", "gemm"]),
-            "wall_s": round(time.perf_counter() - t0, 1)}
+    return {
+        "exit": out.returncode,
+        "regressions": regressions(doc),
+        "single_look": look(base, run, a.gate_args),
+        "single_look_gemm": look(base, run, [*a.gate_args, "--normalize", "gemm"]),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
 
 
 def ab_trial(suite: Path, work: Path, tag: str, delay: float, a) -> dict:
     """The procedure of `attnbench ab` (interleaved rounds, then confirmation rounds of the
     regressions), with both sides this checkout and the delay on side B only."""
-    from attnbench.gate.compare import make_options
     from attnbench.gate.ab import Rounds, Side
+    from attnbench.gate.compare import make_options
     from attnbench.gate.flow import ab_compare
     from attnbench.gate.render import to_json
 
     env = (("ATTNBENCH_TEST_BACKENDS", "1"),)
-    sides = [Side("a", "A", ROOT, None, env + (("ATTNBENCH_TEST_DELAY_MS", "0"),)),
-             Side("b", "B", ROOT, None, env + (("ATTNBENCH_TEST_DELAY_MS", f"{delay:.4f}"),))]
+    sides = [
+        Side("a", "A", ROOT, None, env + (("ATTNBENCH_TEST_DELAY_MS", "0"),)),
+        Side("b", "B", ROOT, None, env + (("ATTNBENCH_TEST_DELAY_MS", f"{delay:.4f}"),)),
+    ]
     where = work / f"ab-{tag}"
     where.mkdir(parents=True, exist_ok=True)
     how = Rounds("auto", a.threads, where, random.Random(tag), lambda msg: None)
     t0 = time.perf_counter()
     report = ab_compare(sides, suite, a.ab_rounds, how, make_options(*a.ab_options), a.ab_rounds)
     doc = json.loads(to_json(report))
-    first = [c["label"] for c in doc["cases"] if c["verdict"] == "regression" or
-             (c.get("note") or "").startswith("re-run: first regression")]
-    return {"exit": doc["exit_code"], "regressions": regressions(doc), "single_look": first,
-            "wall_s": round(time.perf_counter() - t0, 1)}
+    first = [
+        c["label"]
+        for c in doc["cases"]
+        if c["verdict"] == "regression" or (c.get("note") or "").startswith("re-run: first regression")
+    ]
+    return {
+        "exit": doc["exit_code"],
+        "regressions": regressions(doc),
+        "single_look": first,
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
 
 
 def summarize(a, delay: float, aa: list[dict], slow: list[dict]) -> dict:
-    s = {"mode": a.mode, "rounds": a.rounds, "baseline_runs": a.baseline_runs, "ab_rounds": a.ab_rounds,
-         "delay_ms": delay, "slowdown": a.slowdown, "gate_args": a.gate_args,
-         "aa_false_alarms": sum(r["exit"] == 1 for r in aa),
-         "injected_detected": sum(FAULT_LABEL in r["regressions"] for r in slow),
-         "injected_other_cases_flagged": sum(len(set(r["regressions"]) - {FAULT_LABEL}) for r in slow)}
-    s |= {"aa_single_look_alarms": sum(bool(r["single_look"]) for r in aa),
-          "injected_single_look_detected": sum(FAULT_LABEL in r["single_look"] for r in slow)}
+    s = {
+        "mode": a.mode,
+        "rounds": a.rounds,
+        "baseline_runs": a.baseline_runs,
+        "ab_rounds": a.ab_rounds,
+        "delay_ms": delay,
+        "slowdown": a.slowdown,
+        "gate_args": a.gate_args,
+        "aa_false_alarms": sum(r["exit"] == 1 for r in aa),
+        "injected_detected": sum(FAULT_LABEL in r["regressions"] for r in slow),
+        "injected_other_cases_flagged": sum(len(set(r["regressions"]) - {FAULT_LABEL}) for r in slow),
+    }
+    s |= {
+        "aa_single_look_alarms": sum(bool(r["single_look"]) for r in aa),
+        "injected_single_look_detected": sum(FAULT_LABEL in r["single_look"] for r in slow),
+    }
     if a.mode == "gate":
-        s |= {"aa_single_look_gemm_alarms": sum(bool(r["single_look_gemm"]) for r in aa),
-              "injected_single_look_gemm_detected": sum(FAULT_LABEL in r["single_look_gemm"] for r in slow)}
+        s |= {
+            "aa_single_look_gemm_alarms": sum(bool(r["single_look_gemm"]) for r in aa),
+            "injected_single_look_gemm_detected": sum(FAULT_LABEL in r["single_look_gemm"] for r in slow),
+        }
     return s | {"aa": aa, "injected": slow}
 
 
@@ -132,16 +172,23 @@ def main() -> None:
         suite = work / "ci-fault.toml"
         suite.write_text((ROOT / "suites" / "ci.toml").read_text() + FAULT_SWEEP)
         base = work / "baseline.jsonl"
-        attnbench(["baseline", "save", "--suite", suite, "--threads", a.threads, "--runs", a.baseline_runs, "--out", base])
+        attnbench(
+            ["baseline", "save", "--suite", suite, "--threads", a.threads, "--runs", a.baseline_runs, "--out", base]
+        )
         rec = next(r for r in map(json.loads, base.read_text().splitlines()[1:]) if r["backend"] == "fault")
         delay = a.slowdown * rec["latency_ms"]["median"]
         print(f"fault case median {rec['latency_ms']['median']:.3f} ms -> injected delay {delay:.4f} ms", flush=True)
         aa, slow = [], []
         for i in range(a.rounds):
             for tag, d, into in ((f"aa{i}", 0.0, aa), (f"slow{i}", delay, slow)):
-                into.append(gate_trial(suite, base, work, tag, d, a) if a.mode == "gate" else ab_trial(suite, work, tag, d, a))
-            print(f"trial {i + 1}/{a.rounds}: A/A exit {aa[-1]['exit']} {aa[-1]['regressions']} | +{a.slowdown:.0%}: "
-                  f"exit {slow[-1]['exit']} {slow[-1]['regressions']}", flush=True)
+                into.append(
+                    gate_trial(suite, base, work, tag, d, a) if a.mode == "gate" else ab_trial(suite, work, tag, d, a)
+                )
+            print(
+                f"trial {i + 1}/{a.rounds}: A/A exit {aa[-1]['exit']} {aa[-1]['regressions']} | +{a.slowdown:.0%}: "
+                f"exit {slow[-1]['exit']} {slow[-1]['regressions']}",
+                flush=True,
+            )
     s = summarize(a, delay, aa, slow)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(s, indent=2))
@@ -155,8 +202,13 @@ def _ab_options(args: list[str]) -> tuple:
     unknown = set(vals) - set(keys)
     if unknown:
         raise SystemExit(f"unsupported option(s) {sorted(unknown)}; accepted: {keys}")
-    return (vals.get("--threshold", "10%"), vals.get("--warn", "5%"), vals.get("--metric", "latency"),
-            vals.get("--normalize", "none"), float(vals.get("--alpha", 0.002)))
+    return (
+        vals.get("--threshold", "10%"),
+        vals.get("--warn", "5%"),
+        vals.get("--metric", "latency"),
+        vals.get("--normalize", "none"),
+        float(vals.get("--alpha", 0.002)),
+    )
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ import time
 import torch
 
 import attnbench.variants.backends.peers  # noqa: F401  (registers peer:performer-pytorch; imports linear)
-from attnbench.variants import registry
-from attnbench.measure.memory import peak_cpu
 from attnbench.core.problem import Problem
+from attnbench.measure.memory import peak_cpu
+from attnbench.variants import registry
 
 CPU = torch.device("cpu")
 

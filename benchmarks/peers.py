@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from attnbench.core import results
 from attnbench.cli import main
+from attnbench.core import results
 from attnbench.report.peers import markdown, peer_targets
 
 

@@ -34,8 +34,18 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (AotKernel, _load_rows, _store_rows, autotune_by_arch, pick_tuner, block_d,
-                      bwd_preprocess, check_qkv, default_scale, upcast_for)
+from ._common import (
+    AotKernel,
+    _load_rows,
+    _store_rows,
+    autotune_by_arch,
+    block_d,
+    bwd_preprocess,
+    check_qkv,
+    default_scale,
+    pick_tuner,
+    upcast_for,
+)
 from .configs import BS_DKDV_CONFIGS, BS_DQ_CONFIGS, BS_FWD_CONFIGS, INTERPRET_BLOCK_SPARSE
 from .flash import _dkdv_tiles, _dq_tiles, _fwd_tiles
 

@@ -26,8 +26,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (AotKernel, _load_rows, autotune_by_arch, pick_tuner, block_d, check_qkv,
-                      default_scale, interpreting, upcast_for)
+from ._common import (
+    AotKernel,
+    _load_rows,
+    autotune_by_arch,
+    block_d,
+    check_qkv,
+    default_scale,
+    interpreting,
+    pick_tuner,
+    upcast_for,
+)
 from .configs import DECODE_CONFIGS, DECODE_CONFIGS_WIDE, INTERPRET_DECODE
 
 MAX_QUERIES = 16

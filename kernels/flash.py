@@ -38,11 +38,33 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import (DKDV_CONFIGS, DKDV_CONFIGS_WIDE, DQ_CONFIGS, DQ_CONFIGS_WIDE, FWD_CONFIGS,
-                      FWD_CONFIGS_WIDE, INTERPRET_DKDV, INTERPRET_DQ, INTERPRET_FWD)
-from ._common import (AotKernel, _alibi, _key_band, _load_rows, _query_band, _store_rows,
-                      _visible, autotune_by_arch, pick_tuner, block_d, bwd_preprocess, check_qkv,
-                      default_scale, upcast_for)
+from ._common import (
+    AotKernel,
+    _alibi,
+    _key_band,
+    _load_rows,
+    _query_band,
+    _store_rows,
+    _visible,
+    autotune_by_arch,
+    block_d,
+    bwd_preprocess,
+    check_qkv,
+    default_scale,
+    pick_tuner,
+    upcast_for,
+)
+from .configs import (
+    DKDV_CONFIGS,
+    DKDV_CONFIGS_WIDE,
+    DQ_CONFIGS,
+    DQ_CONFIGS_WIDE,
+    FWD_CONFIGS,
+    FWD_CONFIGS_WIDE,
+    INTERPRET_DKDV,
+    INTERPRET_DQ,
+    INTERPRET_FWD,
+)
 
 # ---------------------------------------------------------------- autotuning (lists: configs.py)
 TUNE_KEY = ["Lq", "Lk", "HEAD_DIM", "CAUSAL", "HAS_WINDOW", "HAS_ALIBI"]

@@ -8,7 +8,9 @@ that need a real (non-interpreted) triton run in a subprocess with it removed.
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.setdefault("ATTNBENCH_TEST_BACKENDS", "1")  # mha lists the fault-injection backend (variants/backends/fault.py)
+os.environ.setdefault(
+    "ATTNBENCH_TEST_BACKENDS", "1"
+)  # mha lists the fault-injection backend (variants/backends/fault.py)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -31,14 +33,25 @@ def seeded_qkv(problem, seed: int = 0, dtype: torch.dtype | None = None, device:
     `seed`, in `dtype` (default: the problem's). Same seed, same numbers on every run."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     b, d = problem.batch, problem.head_dim
-    shapes = ((b, problem.heads, problem.seq_q, d), (b, problem.kv_heads, problem.seq_k, d),
-              (b, problem.kv_heads, problem.seq_k, d))
+    shapes = (
+        (b, problem.heads, problem.seq_q, d),
+        (b, problem.kv_heads, problem.seq_k, d),
+        (b, problem.kv_heads, problem.seq_k, d),
+    )
     dt = dtype or problem.torch_dtype
     return tuple(torch.randn(s, generator=g, dtype=torch.float64).to(device=device, dtype=dt) for s in shapes)
 
 
-def fp64_oracle(q, k, v, *, causal: bool = False, mask: torch.Tensor | None = None,
-                bias: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+def fp64_oracle(
+    q,
+    k,
+    v,
+    *,
+    causal: bool = False,
+    mask: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
     """softmax(Q Kᵀ · scale + bias + mask) V materialised in float64, returned in float64.
 
     q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D) with Hkv dividing Hq (query head h reads KV head

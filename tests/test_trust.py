@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from attnbench.run import case as execute
-from attnbench.variants import registry
-from attnbench.report.analysis import Claim, Fit, json_rows, parse_claim, scaling_table
 from attnbench.cli import main
+from attnbench.core.problem import Problem
+from attnbench.core.results import spread_text, timing_flags
 from attnbench.measure import refs as refs_mod
 from attnbench.measure.inputs import generate, mean_entropy
 from attnbench.measure.timing import TimingPolicy, time_cpu
-from attnbench.core.problem import Problem
+from attnbench.report.analysis import Claim, Fit, json_rows, parse_claim, scaling_table
 from attnbench.report.verdicts import MAX_WIDTH, fit_scaling, judge
-from attnbench.core.results import spread_text, timing_flags
+from attnbench.run import case as execute
 from attnbench.run.plan import expand, make_sweep
+from attnbench.variants import registry
 
 CPU = torch.device("cpu")
 

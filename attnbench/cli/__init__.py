@@ -18,10 +18,15 @@ from attnbench.core.errors import UsageError, say
 
 GATE_COMMANDS = ("compare", "gate", "baseline", "ab")  # usage errors exit 3 (docs/ci.md)
 
-app = typer.Typer(name="attnbench", no_args_is_help=False, add_completion=False, rich_markup_mode="rich",
-                  help="Benchmark and profile attention mechanisms: latency, memory, FLOPs and error, "
-                       "on a GPU or the CPU.\n\nExamples:\n\n  attnbench list\n\n  attnbench run\n\n"
-                       "  attnbench run --variants mha,flash,gqa --seq 1k..16k\n\n  attnbench env")
+app = typer.Typer(
+    name="attnbench",
+    no_args_is_help=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+    help="Benchmark and profile attention mechanisms: latency, memory, FLOPs and error, "
+    "on a GPU or the CPU.\n\nExamples:\n\n  attnbench list\n\n  attnbench run\n\n"
+    "  attnbench run --variants mha,flash,gqa --seq 1k..16k\n\n  attnbench env",
+)
 # Piped output is not cut to 80 columns: tables stay readable in files and CI logs.
 out_console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
@@ -37,8 +42,8 @@ def list_cmd(json_out: Json = False, device: Device = "auto") -> None:
 
     Example: attnbench list --json
     """
-    from attnbench.run.session import resolve_device
     from attnbench.cli.tables import list_rows, variants_table
+    from attnbench.run.session import resolve_device
 
     rows = list_rows(resolve_device(device))
     if json_out:
@@ -60,8 +65,8 @@ def env(json_out: Json = False, device: Device = "auto") -> None:
 
     Example: attnbench env --json
     """
-    from attnbench.run.session import resolve_device
     from attnbench.measure.env import capture
+    from attnbench.run.session import resolve_device
 
     e = capture(resolve_device(device))
     if json_out:
@@ -75,32 +80,82 @@ def env(json_out: Json = False, device: Device = "auto") -> None:
 def run(
     ctx: typer.Context,
     variants: Annotated[Optional[str], typer.Option(help="Comma-separated variants (see `attnbench list`).")] = None,
-    backends: Annotated[Optional[str], typer.Option(help="Comma-separated backends; default: all of each variant.")] = None,
-    suite: Annotated[Optional[str], typer.Option(help="A suite name (quick, ...) or a .toml path; flags override its axes.")] = None,
+    backends: Annotated[
+        Optional[str], typer.Option(help="Comma-separated backends; default: all of each variant.")
+    ] = None,
+    suite: Annotated[
+        Optional[str], typer.Option(help="A suite name (quick, ...) or a .toml path; flags override its axes.")
+    ] = None,
     seq: Annotated[Optional[str], typer.Option(help="Lengths: 1k..64k doubles, 1k,3k,8k lists, k = 1024.")] = None,
-    kv_seq: Annotated[Optional[str], typer.Option("--kv-seq", help="Key/value length (cross attention); same grammar.")] = None,
+    kv_seq: Annotated[
+        Optional[str], typer.Option("--kv-seq", help="Key/value length (cross attention); same grammar.")
+    ] = None,
     batch: Annotated[Optional[list[str]], typer.Option(help="Batch size (repeatable).")] = None,
     heads: Annotated[Optional[list[str]], typer.Option(help="Query heads (repeatable).")] = None,
-    kv_heads: Annotated[Optional[list[str]], typer.Option("--kv-heads", help="Key/value heads; must divide heads.")] = None,
-    kv_groups: Annotated[Optional[list[str]], typer.Option("--kv-groups", help="Query heads per KV head (excludes --kv-heads).")] = None,
+    kv_heads: Annotated[
+        Optional[list[str]], typer.Option("--kv-heads", help="Key/value heads; must divide heads.")
+    ] = None,
+    kv_groups: Annotated[
+        Optional[list[str]], typer.Option("--kv-groups", help="Query heads per KV head (excludes --kv-heads).")
+    ] = None,
     head_dim: Annotated[Optional[list[str]], typer.Option("--head-dim", help="Head dimension (repeatable).")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="float32 | float16 | bfloat16 (comma-separated for several).")] = None,
-    causal: Annotated[Optional[bool], typer.Option("--causal/--no-causal", help="Causal mask (bottom-right aligned).")] = None,
-    mode: Annotated[Optional[list[str]], typer.Option(help="fwd | bwd | fwd+bwd | decode (repeatable or comma-separated).")] = None,
-    param: Annotated[Optional[list[str]], typer.Option("--param", help="Variant parameter name=value (repeatable), e.g. --param window=512; applies to the variants that declare it (see `attnbench list`).")] = None,
+    dtype: Annotated[
+        Optional[str], typer.Option(help="float32 | float16 | bfloat16 (comma-separated for several).")
+    ] = None,
+    causal: Annotated[
+        Optional[bool], typer.Option("--causal/--no-causal", help="Causal mask (bottom-right aligned).")
+    ] = None,
+    mode: Annotated[
+        Optional[list[str]], typer.Option(help="fwd | bwd | fwd+bwd | decode (repeatable or comma-separated).")
+    ] = None,
+    param: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--param",
+            help="Variant parameter name=value (repeatable), e.g. --param window=512; applies to the variants that "
+                 "declare it (see `attnbench list`).",
+        ),
+    ] = None,
     device: Device = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Results file (JSONL); default results/run-<time>.jsonl.")] = None,
-    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Seconds of measurement per case (default 30, or the suite's); setup and compilation get 60 s more.")] = None,
+    time_budget: Annotated[
+        Optional[float],
+        typer.Option(
+            "--time-budget",
+            help="Seconds of measurement per case (default 30, or the suite's); setup and compilation get 60 s more.",
+        ),
+    ] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (recorded); default: torch's.")] = None,
-    rounds: Annotated[Optional[int], typer.Option(help="Measure every case this many times, interleaved with the others (forward, then backward), pooling the samples: averages out a shared machine's drift (default 1, or the suite's).")] = None,
+    rounds: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Measure every case this many times, interleaved with the others (forward, then backward), pooling "
+                 "the samples: averages out a shared machine's drift (default 1, or the suite's)."
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Skip cases already in --out and append the rest.")] = False,
-    force: Annotated[bool, typer.Option(help="Replace an existing --out (only once the new run's first record is written).")] = False,
-    world_size: Annotated[Optional[int], typer.Option("--world-size", help="Ranks for distributed variants (ring); launched locally.")] = None,
+    force: Annotated[
+        bool, typer.Option(help="Replace an existing --out (only once the new run's first record is written).")
+    ] = False,
+    world_size: Annotated[
+        Optional[int], typer.Option("--world-size", help="Ranks for distributed variants (ring); launched locally.")
+    ] = None,
     executor: Annotated[str, typer.Option(help="local | ray (each case a Ray task).")] = "local",
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start one in-process).")] = None,
-    shard: Annotated[Optional[str], typer.Option(help="Run only shard K/N of the cases (e.g. 0/4); merge with `attnbench merge`.")] = None,
-    profile_dir: Annotated[Optional[Path], typer.Option("--profile-dir", help="Save a trace of one call per case as DIR/<case_id>.json.")] = None,
-    inputs: Annotated[Optional[str], typer.Option(help="Inputs: randn (q, k, v ~ N(0,1): near-uniform attention, the default) | peaked (per-head temperatures and attention sinks, like a trained model's); recorded with the exact attention's mean entropy.")] = None,
+    shard: Annotated[
+        Optional[str], typer.Option(help="Run only shard K/N of the cases (e.g. 0/4); merge with `attnbench merge`.")
+    ] = None,
+    profile_dir: Annotated[
+        Optional[Path], typer.Option("--profile-dir", help="Save a trace of one call per case as DIR/<case_id>.json.")
+    ] = None,
+    inputs: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Inputs: randn (q, k, v ~ N(0,1): near-uniform attention, the default) | peaked (per-head "
+                 "temperatures and attention sinks, like a trained model's); recorded with the exact attention's "
+                 "mean entropy."
+        ),
+    ] = None,
     json_out: Json = False,
 ) -> None:
     """Run a sweep; with no arguments, the quick suite on the best device.
@@ -113,11 +168,10 @@ def run(
 
       attnbench run --suite quick --out r.jsonl
     """
-    from attnbench.run.session import resolve_device, run_sweep, default_out
-    from attnbench.run.plan import load_suite, make_sweep
     from attnbench.cli.tables import results_table
-
     from attnbench.core.schema import positive_finite
+    from attnbench.run.plan import load_suite, make_sweep
+    from attnbench.run.session import default_out, resolve_device, run_sweep
 
     if time_budget is not None:
         positive_finite(time_budget, "--time-budget", " of seconds")
@@ -137,9 +191,20 @@ def run(
         raise UsageError(f"--threads must be at least 1 (got {threads})")
     if rounds is not None and rounds < 1:
         raise UsageError(f"--rounds must be at least 1 (got {rounds})")
-    axes = {"variants": variants, "backends": backends, "seq": seq, "kv_seq": kv_seq, "batch": batch,
-            "heads": heads, "kv_heads": kv_heads, "kv_groups": kv_groups, "head_dim": head_dim,
-            "dtype": dtype, "causal": causal, "modes": mode}
+    axes = {
+        "variants": variants,
+        "backends": backends,
+        "seq": seq,
+        "kv_seq": kv_seq,
+        "batch": batch,
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "kv_groups": kv_groups,
+        "head_dim": head_dim,
+        "dtype": dtype,
+        "causal": causal,
+        "modes": mode,
+    }
     given = {k: v for k, v in axes.items() if v not in (None, [])}
     if param:
         from attnbench.run.plan import parse_param_items
@@ -148,6 +213,7 @@ def run(
     if suite is None and not given:
         suite = "quick"
     from attnbench.measure.inputs import check_inputs
+
     if suite is not None:
         sweeps, meta = load_suite(suite, **given)
     else:
@@ -160,17 +226,34 @@ def run(
     inputs = check_inputs(inputs or meta.get("inputs", "randn"))
     ref_limit = meta.get("reference_limit")
     sample_time = meta.get("sample_time")
-    if sample_time is not None and (not isinstance(sample_time, (int, float)) or isinstance(sample_time, bool)
-                                    or sample_time <= 0):
+    if sample_time is not None and (
+        not isinstance(sample_time, (int, float)) or isinstance(sample_time, bool) or sample_time <= 0
+    ):
         raise UsageError(f"suite '{suite}': sample_time must be a positive number of seconds (got {sample_time!r})")
     if ref_limit is not None and (not isinstance(ref_limit, int) or isinstance(ref_limit, bool) or ref_limit < 0):
-        raise UsageError(f"suite '{suite}': reference_limit must be a whole number of score elements (got {ref_limit!r})")
-    records, interrupted = run_sweep(sweeps, dev, out, time_budget=budget, threads=threads, resume=resume,
-                                     force=force, console=err_console, command=["attnbench", *ctx.obj["argv"]],
-                                     profile_dir=profile_dir, shard=shard_kn if shard else None,
-                                     world_size=world_size, executor=executor, address=address,
-                                     rounds=rounds, inputs=inputs, reference_limit=ref_limit,
-                                     sample_time=sample_time)
+        raise UsageError(
+            f"suite '{suite}': reference_limit must be a whole number of score elements (got {ref_limit!r})"
+        )
+    records, interrupted = run_sweep(
+        sweeps,
+        dev,
+        out,
+        time_budget=budget,
+        threads=threads,
+        resume=resume,
+        force=force,
+        console=err_console,
+        command=["attnbench", *ctx.obj["argv"]],
+        profile_dir=profile_dir,
+        shard=shard_kn if shard else None,
+        world_size=world_size,
+        executor=executor,
+        address=address,
+        rounds=rounds,
+        inputs=inputs,
+        reference_limit=ref_limit,
+        sample_time=sample_time,
+    )
     if json_out:
         print(json.dumps(records, default=str))
     else:
@@ -188,8 +271,11 @@ def run(
 
         how = " (the case in flight was abandoned)" if interrupted.abandoned else ""
         try:  # after SIGHUP the terminal may be gone: the records are kept either way
-            kept = (f"{len(records)} records kept in {out}; resume with the same command plus --out {out} --resume"
-                    if records else f"no case finished, nothing written to {out}")
+            kept = (
+                f"{len(records)} records kept in {out}; resume with the same command plus --out {out} --resume"
+                if records
+                else f"no case finished, nothing written to {out}"
+            )
             say(err_console, f"interrupted by {signal.Signals(interrupted.signum).name}{how}: {kept}")
         except OSError:
             pass
@@ -198,12 +284,7 @@ def run(
 
 # Commands that live in modules of their own, imported explicitly: each exposes register(app),
 # `kernels` is a command group of its own (typer's add_typer).
-from attnbench.cli import dist
-from attnbench.cli import gate
-from attnbench.cli import kernels
-from attnbench.cli import profile
-from attnbench.cli import report
-from attnbench.cli import tools  # noqa: E402
+from attnbench.cli import dist, gate, kernels, profile, report, tools  # noqa: E402
 
 app.add_typer(kernels.app, name="kernels")
 for _module in (report, gate, tools, profile, dist):

@@ -27,7 +27,9 @@ def register_ring(app: typer.Typer) -> None:
     @app.command()
     def ring(
         seq: Annotated[str, typer.Option(help="Lengths: 4k,8k,16k lists, 1k..64k doubles, k = 1024.")] = "4k",
-        world_size: Annotated[Optional[int], typer.Option("--world-size", help="Ranks (default: torchrun's WORLD_SIZE, else 2).")] = None,
+        world_size: Annotated[
+            Optional[int], typer.Option("--world-size", help="Ranks (default: torchrun's WORLD_SIZE, else 2).")
+        ] = None,
         causal: Annotated[bool, typer.Option("--causal/--no-causal", help="Causal mask (zig-zag shards).")] = False,
         batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
         heads: Annotated[int, typer.Option(help="Query heads.")] = 8,
@@ -38,9 +40,15 @@ def register_ring(app: typer.Typer) -> None:
         layout: Annotated[str, typer.Option(help="zigzag | contiguous (how a causal sequence is split).")] = "zigzag",
         device: Annotated[str, typer.Option(help="cpu (gloo) | cuda (nccl, one GPU per rank) | auto.")] = "auto",
         threads: Annotated[Optional[int], typer.Option(help="CPU threads per rank (default: cores / ranks).")] = None,
-        baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Also time one rank (scaling efficiency).")] = True,
-        time_budget: Annotated[float, typer.Option("--time-budget", help="Seconds per case before its ranks are killed.")] = 600.0,
-        out: Annotated[Optional[Path], typer.Option(help="Results file (JSONL); default results/ring-<time>.jsonl.")] = None,
+        baseline: Annotated[
+            bool, typer.Option("--baseline/--no-baseline", help="Also time one rank (scaling efficiency).")
+        ] = True,
+        time_budget: Annotated[
+            float, typer.Option("--time-budget", help="Seconds per case before its ranks are killed.")
+        ] = 600.0,
+        out: Annotated[
+            Optional[Path], typer.Option(help="Results file (JSONL); default results/ring-<time>.jsonl.")
+        ] = None,
         force: Annotated[bool, typer.Option(help="Overwrite an existing --out.")] = False,
     ) -> None:
         """Ring attention on P ranks: latency (max over ranks), compute/communication split,
@@ -56,8 +64,10 @@ def register_ring(app: typer.Typer) -> None:
 
         world = world_size or int(os.environ.get("WORLD_SIZE", "2"))
         if under_torchrun() and world != int(os.environ["WORLD_SIZE"]):
-            raise UsageError(f"--world-size {world} but torchrun started {os.environ['WORLD_SIZE']} ranks; "
-                             "leave --world-size out under torchrun")
+            raise UsageError(
+                f"--world-size {world} but torchrun started {os.environ['WORLD_SIZE']} ranks; "
+                "leave --world-size out under torchrun"
+            )
         cases = _ring_cases(seq, world, causal, batch, heads, kv_heads, head_dim, dtype, block, layout)
         rank0 = not under_torchrun() or os.environ.get("RANK") == "0"
         records = _run_ring(cases, world, device, threads, baseline, time_budget, out, force, rank0)
@@ -66,17 +76,27 @@ def register_ring(app: typer.Typer) -> None:
 
 
 def _ring_cases(seq, world, causal, batch, heads, kv_heads, head_dim, dtype, block, layout):
-    from attnbench.variants import registry
     from attnbench.core.problem import Problem, parse_dtype
     from attnbench.run.plan import Case, parse_seq
+    from attnbench.variants import registry
 
     v = registry.get("ring")
     v.backend(block)  # raises with the accepted names
     cases = []
     for n in parse_seq(seq):
-        p = v.resolve(Problem(batch=batch, heads=heads, kv_heads=kv_heads or heads, seq_q=n, seq_k=n,
-                              head_dim=head_dim, dtype=parse_dtype(dtype), causal=causal,
-                              params=(("layout", layout), ("world_size", world))))
+        p = v.resolve(
+            Problem(
+                batch=batch,
+                heads=heads,
+                kv_heads=kv_heads or heads,
+                seq_q=n,
+                seq_k=n,
+                head_dim=head_dim,
+                dtype=parse_dtype(dtype),
+                causal=causal,
+                params=(("layout", layout), ("world_size", world)),
+            )
+        )
         why = v.supports(p) or (None if world >= 2 else "--world-size must be at least 2")
         if why:
             raise UsageError(f"ring at seq={n}: {why}")
@@ -86,9 +106,9 @@ def _ring_cases(seq, world, causal, batch, heads, kv_heads, head_dim, dtype, blo
 
 def _run_ring(cases, world, device, threads, baseline, budget, out, force, rank0) -> list[dict]:
     from attnbench.core import results
-    from attnbench.run.session import check_out, resolve_device
     from attnbench.distributed.launch import run_ring_case
     from attnbench.measure import env as env_mod
+    from attnbench.run.session import check_out, resolve_device
     from attnbench.run.worker import base_record
 
     dev = resolve_device(device)
@@ -97,13 +117,24 @@ def _run_ring(cases, world, device, threads, baseline, budget, out, force, rank0
         out = Path("results") / _time_name("ring")
     if rank0:
         check_out(out, resume=False, force=force)
-    writer = results.Writer(out, results.make_header(["attnbench", *sys.argv[1:]], env_mod.capture(dev), None)) if rank0 else None
+    writer = (
+        results.Writer(out, results.make_header(["attnbench", *sys.argv[1:]], env_mod.capture(dev), None))
+        if rank0
+        else None
+    )
     records = []
     try:
         for case in cases:
-            fields = run_ring_case(case.problem, world, device=dev.type, block=case.backend,
-                                   layout=case.problem.param("layout"), threads=threads, baseline=baseline,
-                                   timeout=budget)
+            fields = run_ring_case(
+                case.problem,
+                world,
+                device=dev.type,
+                block=case.backend,
+                layout=case.problem.param("layout"),
+                threads=threads,
+                baseline=baseline,
+                timeout=budget,
+            )
             if fields is not None and writer is not None:
                 records.append(base_record(case, dev) | fields)
                 writer.write(records[-1])
@@ -123,17 +154,35 @@ def _ring_table(records: list[dict]) -> Table:
     from attnbench.core.units import fmt_bytes, fmt_len, fmt_ms
 
     t = Table(title="ring attention")
-    for col in ("seq", "causal", "ranks", "status", "latency", "1 rank", "efficiency", "comm share", "peak/rank", "error"):
+    for col in (
+        "seq",
+        "causal",
+        "ranks",
+        "status",
+        "latency",
+        "1 rank",
+        "efficiency",
+        "comm share",
+        "peak/rank",
+        "error",
+    ):
         t.add_column(col)
     for r in records:
         d = r.get("distributed") or {}
         pct = lambda x: f"{100 * x:.0f}%" if x is not None else "—"  # noqa: E731
         err = (r.get("error") or {}).get("rel_l2")
-        t.add_row(fmt_len(r["seq_q"]), "yes" if r["causal"] else "no", str(d.get("world_size", "—")),
-                  r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}",
-                  fmt_ms((r.get("latency_ms") or {}).get("median")), fmt_ms(d.get("baseline_ms")),
-                  pct(d.get("scaling_efficiency")), pct(d.get("comm_share")), fmt_bytes(r.get("peak_mem_bytes")),
-                  f"{err:.1e}" if err is not None else "—")
+        t.add_row(
+            fmt_len(r["seq_q"]),
+            "yes" if r["causal"] else "no",
+            str(d.get("world_size", "—")),
+            r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}",
+            fmt_ms((r.get("latency_ms") or {}).get("median")),
+            fmt_ms(d.get("baseline_ms")),
+            pct(d.get("scaling_efficiency")),
+            pct(d.get("comm_share")),
+            fmt_bytes(r.get("peak_mem_bytes")),
+            f"{err:.1e}" if err is not None else "—",
+        )
     return t
 
 
@@ -142,8 +191,12 @@ def register_merge(app: typer.Typer) -> None:
     def merge(
         files: Annotated[list[Path], typer.Argument(help="Results files (JSONL) to merge, in order.")],
         out: Annotated[Path, typer.Option(help="The merged results file (written atomically).")],
-        allow_mixed_env: Annotated[bool, typer.Option("--allow-mixed-env", help="Merge files measured on "
-                                                      "different environments (device, torch, threads...).")] = False,
+        allow_mixed_env: Annotated[
+            bool,
+            typer.Option(
+                "--allow-mixed-env", help="Merge files measured on different environments (device, torch, threads...)."
+            ),
+        ] = False,
         force: Annotated[bool, typer.Option(help="Overwrite an existing --out.")] = False,
     ) -> None:
         """Merge results files (shards of one sweep, or nodes of a cluster) under one header.

@@ -16,10 +16,10 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from attnbench.gate.compare import EXIT_ERRORS, EXIT_USAGE, FORMATS, Options, Report, make_options
 from attnbench.core.errors import UsageError, say
-from attnbench.core.safe_io import OutputError
 from attnbench.core.results import ResultsError, atomic_write_text
+from attnbench.core.safe_io import OutputError
+from attnbench.gate.compare import EXIT_ERRORS, EXIT_USAGE, FORMATS, Options, Report, make_options
 
 err = Console(stderr=True)
 
@@ -28,15 +28,26 @@ Warn = Annotated[str, typer.Option(help="Changes within ±warn count as 'same'."
 Metric = Annotated[str, typer.Option(help="What decides the exit code: latency | memory | both (the other is shown).")]
 Normalize = Annotated[str, typer.Option(help="none | gemm (in-run GEMM time) | a case, e.g. mha:sdpa:seq=1024.")]
 Format = Annotated[str, typer.Option("--format", help="stdout format: table | markdown | json | junit.")]
-Outs = Annotated[Optional[list[Path]], typer.Option(
-    "--out", help="Also write the report here; format by suffix: .md .xml .json .txt (repeatable).")]
+Outs = Annotated[
+    Optional[list[Path]],
+    typer.Option("--out", help="Also write the report here; format by suffix: .md .xml .json .txt (repeatable)."),
+]
 Alpha = Annotated[float, typer.Option(help="Significance level of the Mann–Whitney test.")]
-AllowEnv = Annotated[bool, typer.Option("--allow-env-mismatch", help="Compare results of different environments anyway.")]
-MemThreshold = Annotated[str, typer.Option("--mem-threshold", help="Peak-memory regression threshold (and at least 1 MiB).")]
+AllowEnv = Annotated[
+    bool, typer.Option("--allow-env-mismatch", help="Compare results of different environments anyway.")
+]
+MemThreshold = Annotated[
+    str, typer.Option("--mem-threshold", help="Peak-memory regression threshold (and at least 1 MiB).")
+]
 Suite = Annotated[str, typer.Option(help="Suite name or .toml path.")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")]
-Threads = Annotated[Optional[int], typer.Option(help="CPU threads for torch (part of the environment: use the same "
-                                                     "for baseline and gate; 1 is far steadier on a shared CPU).")]
+Threads = Annotated[
+    Optional[int],
+    typer.Option(
+        help="CPU threads for torch (part of the environment: use the same "
+        "for baseline and gate; 1 is far steadier on a shared CPU)."
+    ),
+]
 
 
 @contextlib.contextmanager
@@ -71,7 +82,7 @@ def emit(report: Report, fmt: str, outs: list[Path] | None) -> None:
     for p in outs or []:
         atomic_write_text(p, RENDERERS[SUFFIX_FORMATS[p.suffix]](report))
     if report.incomparable:
-        say(err, headline(report).partition(': ')[2], "error:")
+        say(err, headline(report).partition(": ")[2], "error:")
     raise typer.Exit(report.exit_code)
 
 
@@ -83,9 +94,15 @@ def register(app: typer.Typer) -> None:
     def compare(
         baseline: Annotated[Path, typer.Argument(help="Baseline results (JSONL).")],
         current: Annotated[Path, typer.Argument(help="Current results (JSONL).")],
-        threshold: Threshold = "10%", warn: Warn = "5%", metric: Metric = "latency",
-        normalize: Normalize = "none", fmt: Format = "table", out: Outs = None, alpha: Alpha = 0.002,
-        allow_env_mismatch: AllowEnv = False, mem_threshold: MemThreshold = "5%",
+        threshold: Threshold = "10%",
+        warn: Warn = "5%",
+        metric: Metric = "latency",
+        normalize: Normalize = "none",
+        fmt: Format = "table",
+        out: Outs = None,
+        alpha: Alpha = 0.002,
+        allow_env_mismatch: AllowEnv = False,
+        mem_threshold: MemThreshold = "5%",
     ) -> None:
         """Compare two results files case by case; exit 1 on a confirmed regression.
 
@@ -109,12 +126,21 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def gate(
         baseline: Annotated[Path, typer.Option(help="Baseline file, or a directory holding one per environment.")],
-        suite: Suite = "ci", threshold: Threshold = "10%", warn: Warn = "5%", metric: Metric = "latency",
-        normalize: Normalize = "none", fmt: Format = "table", out: Outs = None, alpha: Alpha = 0.002,
-        allow_env_mismatch: AllowEnv = False, mem_threshold: MemThreshold = "5%", device: Device = "auto",
+        suite: Suite = "ci",
+        threshold: Threshold = "10%",
+        warn: Warn = "5%",
+        metric: Metric = "latency",
+        normalize: Normalize = "none",
+        fmt: Format = "table",
+        out: Outs = None,
+        alpha: Alpha = 0.002,
+        allow_env_mismatch: AllowEnv = False,
+        mem_threshold: MemThreshold = "5%",
+        device: Device = "auto",
         threads: Threads = None,
-        results: Annotated[Optional[Path], typer.Option(
-            help="Where the run's results go (default results/gate-<time>.jsonl).")] = None,
+        results: Annotated[
+            Optional[Path], typer.Option(help="Where the run's results go (default results/gate-<time>.jsonl).")
+        ] = None,
         rerun: Annotated[bool, typer.Option("--rerun/--no-rerun", help="Re-run suspect cases to confirm them.")] = True,
     ) -> None:
         """Run a suite, compare it with a baseline, re-run suspects, exit 1 on a confirmed regression.
@@ -135,10 +161,13 @@ def register(app: typer.Typer) -> None:
 
     @baseline_app.command("save")
     def baseline_save(
-        suite: Suite = "ci", device: Device = "auto", threads: Threads = None,
+        suite: Suite = "ci",
+        device: Device = "auto",
+        threads: Threads = None,
         runs: Annotated[int, typer.Option(help="Runs of the suite kept in the baseline (its run-to-run spread).")] = 3,
-        out: Annotated[Optional[Path], typer.Option(
-            help="Baseline file (default results/baselines/<environment>.jsonl).")] = None,
+        out: Annotated[
+            Optional[Path], typer.Option(help="Baseline file (default results/baselines/<environment>.jsonl).")
+        ] = None,
     ) -> None:
         """Run a suite and save it, atomically, as the baseline of this environment.
 
@@ -157,8 +186,11 @@ def register(app: typer.Typer) -> None:
                 raise UsageError(f"--runs must be at least 1 (got {runs})")
             sweeps, meta, dev = load_suite_device(suite, device, threads)
             target = out or BASELINE_DIR / f"{env_id(current_env(dev))}.jsonl"
-        run = _guard_run(lambda: save_baseline(sweeps, dev, target, float(meta.get("time_budget", 30.0)), err,
-                                               ["attnbench", *sys.argv[1:]], runs))
+        run = _guard_run(
+            lambda: save_baseline(
+                sweeps, dev, target, float(meta.get("time_budget", 30.0)), err, ["attnbench", *sys.argv[1:]], runs
+            )
+        )
         bad = [r for r in run.records if r["status"] in ("error", "oom", "timeout", "killed")]
         print(f"baseline: {target} ({len(run.records) // runs} cases × {runs} runs)")
         if bad:
@@ -166,7 +198,8 @@ def register(app: typer.Typer) -> None:
 
     @baseline_app.command("path")
     def baseline_path(
-        device: Device = "auto", threads: Threads = None,
+        device: Device = "auto",
+        threads: Threads = None,
         directory: Annotated[Path, typer.Option("--dir", help="Where baselines live.")] = Path("results/baselines"),
     ) -> None:
         """Print the path of this environment's baseline (whether or not it exists yet).
@@ -177,8 +210,8 @@ def register(app: typer.Typer) -> None:
 
           test -f "$(attnbench baseline path)" || attnbench baseline save --suite ci
         """
-        from attnbench.run.session import resolve_device
         from attnbench.gate.runs import current_env, env_id
+        from attnbench.run.session import resolve_device
 
         with usage_exit_3():
             if threads is not None:
@@ -194,14 +227,28 @@ def register(app: typer.Typer) -> None:
         ref: Annotated[str, typer.Option(help="The git revision to compare the working tree with (baseline side).")],
         suite: Suite = "ci",
         rounds: Annotated[int, typer.Option(help="Interleaved rounds (each runs both sides once).")] = 3,
-        threshold: Threshold = "10%", warn: Warn = "5%", metric: Metric = "latency", normalize: Normalize = "none",
-        fmt: Format = "table", out: Outs = None, alpha: Alpha = 0.002, mem_threshold: MemThreshold = "5%",
-        device: Device = "auto", threads: Threads = None,
+        threshold: Threshold = "10%",
+        warn: Warn = "5%",
+        metric: Metric = "latency",
+        normalize: Normalize = "none",
+        fmt: Format = "table",
+        out: Outs = None,
+        alpha: Alpha = 0.002,
+        mem_threshold: MemThreshold = "5%",
+        device: Device = "auto",
+        threads: Threads = None,
         seed: Annotated[int, typer.Option(help="Seed of the per-round order.")] = 0,
-        confirm_rounds: Annotated[Optional[int], typer.Option(
-            "--confirm-rounds", help="Extra rounds of the regressions only, to confirm them (default: --rounds; 0: none).")] = None,
-        runs_dir: Annotated[Optional[Path], typer.Option(
-            "--runs-dir", help="Keep each round's results here (default: a temporary directory).")] = None,
+        confirm_rounds: Annotated[
+            Optional[int],
+            typer.Option(
+                "--confirm-rounds",
+                help="Extra rounds of the regressions only, to confirm them (default: --rounds; 0: none).",
+            ),
+        ] = None,
+        runs_dir: Annotated[
+            Optional[Path],
+            typer.Option("--runs-dir", help="Keep each round's results here (default: a temporary directory)."),
+        ] = None,
     ) -> None:
         """Same-job A/B: a git revision against the working tree, interleaved rounds, then compare;
         regressions get extra interleaved rounds and must show again to fail.
@@ -222,8 +269,9 @@ def register(app: typer.Typer) -> None:
                 raise UsageError(f"--threads must be at least 1 (got {threads})")
             if confirm_rounds is not None and confirm_rounds < 0:
                 raise UsageError(f"--confirm-rounds must be 0 or more (got {confirm_rounds})")
-        report = _guard_run(lambda: ab_flow(ref, suite, rounds, device, threads, runs_dir, seed, o, err,
-                                            confirm_rounds))
+        report = _guard_run(
+            lambda: ab_flow(ref, suite, rounds, device, threads, runs_dir, seed, o, err, confirm_rounds)
+        )
         emit(report, fmt, out)
 
 
@@ -237,8 +285,10 @@ def _gate_plan(suite: str, device: str, threads: int | None, baseline: Path, o: 
     base_run = load_run(resolve_baseline(baseline, env))
     diff = env_differences(base_run.header.get("env") or {}, env)
     if diff and not o.allow_env_mismatch:
-        raise UsageError(f"the baseline {base_run.path} was measured in another environment: "
-                         f"{describe_differences(diff)}; save a baseline here or pass --allow-env-mismatch")
+        raise UsageError(
+            f"the baseline {base_run.path} was measured in another environment: "
+            f"{describe_differences(diff)}; save a baseline here or pass --allow-env-mismatch"
+        )
     return build_side([base_run], o.normalize), sweeps, dev, float(meta.get("time_budget", 30.0))
 
 

@@ -20,8 +20,12 @@ from rich.table import Table
 ARCHS = ("sm_80", "sm_90")
 DTYPES = ("float16", "bfloat16", "float32")
 
-app = typer.Typer(name="kernels", no_args_is_help=True, add_completion=False,
-                  help="The Triton kernels: ahead-of-time compile report (no GPU needed).")
+app = typer.Typer(
+    name="kernels",
+    no_args_is_help=True,
+    add_completion=False,
+    help="The Triton kernels: ahead-of-time compile report (no GPU needed).",
+)
 
 
 @app.callback()
@@ -41,24 +45,44 @@ def _split(value: str, accepted: tuple[str, ...], what: str) -> tuple[str, ...]:
 
 def _table(rows: list[dict]) -> Table:
     table = Table(title="Triton ahead-of-time compile report")
-    for name, justify in (("kernel", "left"), ("arch", "left"), ("dtype", "left"), ("D", "right"),
-                          ("config", "left"), ("shared KiB", "right"), ("regs", "right"),
-                          ("spills B", "right"), ("status", "left")):
+    for name, justify in (
+        ("kernel", "left"),
+        ("arch", "left"),
+        ("dtype", "left"),
+        ("D", "right"),
+        ("config", "left"),
+        ("shared KiB", "right"),
+        ("regs", "right"),
+        ("spills B", "right"),
+        ("status", "left"),
+    ):
         table.add_column(name, justify=justify)
     for r in rows:
         shared = "-" if r["shared_bytes"] is None else f"{r['shared_bytes'] / 1024:.1f}"
         status = "[green]ok[/]" if r["ok"] else f"[red]FAIL[/] {r['reason']}"
-        table.add_row(r["kernel"], r["arch"], r["dtype"], str(r["head_dim"]), r["config"], shared,
-                      str(r["registers"] if r["registers"] is not None else "-"),
-                      str(r["spills"] if r["spills"] is not None else "-"), status)
+        table.add_row(
+            r["kernel"],
+            r["arch"],
+            r["dtype"],
+            str(r["head_dim"]),
+            r["config"],
+            shared,
+            str(r["registers"] if r["registers"] is not None else "-"),
+            str(r["spills"] if r["spills"] is not None else "-"),
+            status,
+        )
     return table
 
 
 @app.command("compile")
 def compile_cmd(
     arch: Annotated[str, typer.Option(help="Comma-separated target architectures: sm_80, sm_90.")] = "sm_80,sm_90",
-    dtype: Annotated[str, typer.Option(help="Comma-separated dtypes: float16, bfloat16, float32.")] = "float16,bfloat16",
-    all_head_dims: Annotated[bool, typer.Option("--all-head-dims", help="Also compile at head dim 64 (slower).")] = False,
+    dtype: Annotated[
+        str, typer.Option(help="Comma-separated dtypes: float16, bfloat16, float32.")
+    ] = "float16,bfloat16",
+    all_head_dims: Annotated[
+        bool, typer.Option("--all-head-dims", help="Also compile at head dim 64 (slower).")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the rows as a JSON list.")] = False,
 ) -> None:
     """Compile every kernel × autotune config × dtype ahead of time: shared memory, registers, spills.

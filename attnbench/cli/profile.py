@@ -21,9 +21,19 @@ def _axes(seq, kv_seq, batch, heads, kv_heads, kv_groups, head_dim, dtype, causa
 
     if "," in seq or ".." in seq:
         raise UsageError(f"profile runs one case: give one --seq length (got '{seq}'), e.g. --seq 2k")
-    axes = {"seq": parse_length(seq), "kv_seq": parse_length(kv_seq, "--kv-seq") if kv_seq else None,
-            "batch": batch, "heads": heads, "kv_heads": kv_heads, "kv_groups": kv_groups, "head_dim": head_dim,
-            "dtype": dtype, "causal": causal, "modes": mode, "params": params or None}
+    axes = {
+        "seq": parse_length(seq),
+        "kv_seq": parse_length(kv_seq, "--kv-seq") if kv_seq else None,
+        "batch": batch,
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "kv_groups": kv_groups,
+        "head_dim": head_dim,
+        "dtype": dtype,
+        "causal": causal,
+        "modes": mode,
+        "params": params or None,
+    }
     return {k: v for k, v in axes.items() if v is not None}
 
 
@@ -32,26 +42,36 @@ def register(app: typer.Typer) -> None:
     def profile(
         variant: Annotated[str, typer.Option(help="The variant (see `attnbench list`).")],
         backend: Annotated[Optional[str], typer.Option(help="Its backend; default: the variant's first.")] = None,
-        seq: Annotated[str, typer.Option(help="Sequence length (k = 1024); in decode mode the KV-cache length.")] = "1k",
+        seq: Annotated[
+            str, typer.Option(help="Sequence length (k = 1024); in decode mode the KV-cache length.")
+        ] = "1k",
         kv_seq: Annotated[Optional[str], typer.Option("--kv-seq", help="Key/value length (cross attention).")] = None,
         batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
         heads: Annotated[int, typer.Option(help="Query heads.")] = 8,
-        kv_heads: Annotated[Optional[int], typer.Option("--kv-heads", help="Key/value heads; must divide heads.")] = None,
+        kv_heads: Annotated[
+            Optional[int], typer.Option("--kv-heads", help="Key/value heads; must divide heads.")
+        ] = None,
         kv_groups: Annotated[Optional[int], typer.Option("--kv-groups", help="Query heads per KV head.")] = None,
         head_dim: Annotated[int, typer.Option("--head-dim", help="Head dimension.")] = 64,
         dtype: Annotated[str, typer.Option(help="float32 | float16 | bfloat16.")] = "float32",
-        causal: Annotated[Optional[bool], typer.Option("--causal/--no-causal", help="Causal mask (bottom-right aligned).")] = None,
+        causal: Annotated[
+            Optional[bool], typer.Option("--causal/--no-causal", help="Causal mask (bottom-right aligned).")
+        ] = None,
         mode: Annotated[str, typer.Option(help="fwd | bwd | fwd+bwd | decode.")] = "fwd",
         device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
         param: Annotated[Optional[list[str]], typer.Option(help="Variant parameter name=value (repeatable).")] = None,
-        out: Annotated[Optional[Path], typer.Option(help="Output folder; default results/profile-<variant>-<backend>-<time>.")] = None,
+        out: Annotated[
+            Optional[Path], typer.Option(help="Output folder; default results/profile-<variant>-<backend>-<time>.")
+        ] = None,
         with_stack: Annotated[bool, typer.Option("--with-stack", help="Record Python frames into trace.json.")] = False,
         warmup: Annotated[int, typer.Option(help="Untimed calls before the profiled ones.")] = 2,
         calls: Annotated[int, typer.Option(help="Profiled calls.")] = 1,
         top: Annotated[int, typer.Option(help="Rows in the operator tables.")] = 15,
         nsys: Annotated[bool, typer.Option("--nsys", help="Also re-run the case under Nsight Systems (CUDA).")] = False,
         ncu: Annotated[bool, typer.Option("--ncu", help="Also re-run the case under Nsight Compute (CUDA).")] = False,
-        nvtx_only: Annotated[bool, typer.Option("--nvtx-only", hidden=True, help="Internal: the Nsight child run.")] = False,
+        nvtx_only: Annotated[
+            bool, typer.Option("--nvtx-only", hidden=True, help="Internal: the Nsight child run.")
+        ] = False,
     ) -> None:
         """Profile one attention call: top operators/kernels, the attention kernel, time by
         named range, a Perfetto trace and a memory timeline against the memory model.
@@ -66,9 +86,9 @@ def register(app: typer.Typer) -> None:
         """
         from attnbench.profile import call as profiling
         from attnbench.profile import nsight as ns
-        from attnbench.variants import registry
-        from attnbench.run.session import resolve_device
         from attnbench.profile.view import render
+        from attnbench.run.session import resolve_device
+        from attnbench.variants import registry
 
         if warmup < 0 or calls < 1 or top < 1:
             raise UsageError(f"--warmup must be >= 0, --calls and --top >= 1 (got {warmup}, {calls}, {top})")
@@ -77,8 +97,19 @@ def register(app: typer.Typer) -> None:
             if (why := ns.unavailable(tool, dev)) is not None:
                 raise UsageError(why)
         backend = backend or registry.get(variant).backend_names()[0]
-        axes = _axes(seq, kv_seq, batch, heads, kv_heads, kv_groups, head_dim, dtype, causal, mode,
-                     profiling.parse_params(param, variant))
+        axes = _axes(
+            seq,
+            kv_seq,
+            batch,
+            heads,
+            kv_heads,
+            kv_groups,
+            head_dim,
+            dtype,
+            causal,
+            mode,
+            profiling.parse_params(param, variant),
+        )
         case = profiling.resolve_case(variant, backend, dev, **axes)
         if nvtx_only:
             if dev.type != "cuda":
@@ -93,8 +124,10 @@ def register(app: typer.Typer) -> None:
         if not os.access(parent, os.W_OK):
             from attnbench.core.safe_io import OutputError
 
-            raise OutputError(f"cannot write --out '{out}': '{parent}' is not writable (read-only or no "
-                              f"permission); nothing was written")
+            raise OutputError(
+                f"cannot write --out '{out}': '{parent}' is not writable (read-only or no "
+                f"permission); nothing was written"
+            )
         report = _profile_or_exit(case, dev, out, warmup=warmup, calls=calls, with_stack=with_stack, top=top)
         render(report, out_console)
         _nsight(("nsys",) * nsys + ("ncu",) * ncu, out, case, dev, warmup, calls)
@@ -118,7 +151,10 @@ def _nsight(tools: tuple[str, ...], out: Path, case, dev, warmup: int, calls: in
 
     for tool in tools:
         rc, cmd, rep = ns.run(tool, out, case, dev, warmup, calls)
-        out_console.print(f"[bold]{tool}:[/] {'wrote ' + str(rep) if rc == 0 else f'failed (exit {rc})'}  "
-                          f"[dim]{' '.join(cmd)}[/]", highlight=False, soft_wrap=True)
+        out_console.print(
+            f"[bold]{tool}:[/] {'wrote ' + str(rep) if rc == 0 else f'failed (exit {rc})'}  [dim]{' '.join(cmd)}[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
         if rc != 0:
             raise typer.Exit(1)

@@ -64,12 +64,12 @@ def register_frontier(app: typer.Typer) -> None:
 
           attnbench frontier --variants gqa --backends eager,sdpa --budget 2GiB --mode fwd+bwd
         """
-        from attnbench.run.session import resolve_device
-        from attnbench.run.frontier import default_backends, find_frontier, frontier_rows
         from attnbench.core.problem import MODES, Problem, parse_dtype
         from attnbench.core.results import atomic_write_text
-        from attnbench.run.worker import RunConfig, Worker
+        from attnbench.run.frontier import default_backends, find_frontier, frontier_rows
         from attnbench.run.plan import make_sweep, parse_length
+        from attnbench.run.session import resolve_device
+        from attnbench.run.worker import RunConfig, Worker
 
         if axis != "seq":
             raise UsageError(f"unknown --axis '{axis}'; accepted: seq")
@@ -155,12 +155,11 @@ def register_check(app: typer.Typer) -> None:
         """
         from dataclasses import asdict
 
-        from attnbench.variants import registry
-        from attnbench.run.session import resolve_device
-        from attnbench.run.check import run_checks, triton_rows_interpreted
-        from attnbench.core.problem import parse_dtype
-
         from attnbench.core.errors import did_you_mean
+        from attnbench.core.problem import parse_dtype
+        from attnbench.run.check import run_checks, triton_rows_interpreted
+        from attnbench.run.session import resolve_device
+        from attnbench.variants import registry
 
         names = [s.strip() for s in variants.split(",") if s.strip()] if variants is not None else registry.names()
         if not names:

@@ -14,6 +14,7 @@ from attnbench.core import results
 from attnbench.core.errors import UsageError
 from attnbench.core.safe_io import hold_lock
 
+
 def _env_key(header: dict) -> dict:
     env = header.get("env") or {}
     return results.fingerprint(env) | {"attnbench": env.get("attnbench")}

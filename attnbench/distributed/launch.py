@@ -25,12 +25,12 @@ from dataclasses import replace
 
 import torch
 
+from attnbench.core.problem import Problem
+from attnbench.distributed.rank import RankSpec, run_rank
 from attnbench.measure import flops as fl
 from attnbench.measure.failure import failure_fields
 from attnbench.measure.timing import Stats, TimingPolicy
-from attnbench.core.problem import Problem
 from attnbench.variants.shared import attention_flops, io_bytes, kv_cache_bytes
-from attnbench.distributed.rank import RankSpec, run_rank
 
 DEFAULT_POLICY = TimingPolicy(min_samples=5, min_time=0.2, max_time=2.0, target_rel_iqr=0.1)
 START_GRACE_S = 30.0  # imports and process-group setup on top of the budget

@@ -23,7 +23,6 @@ import torch
 
 from attnbench.variants.ring import LAYOUTS
 
-
 Range = tuple[int, int]  # [start, end) of global positions
 
 

@@ -18,12 +18,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from attnbench.measure import accuracy
-from attnbench.measure import memory
-from attnbench.measure.timing import TimingPolicy, stop_reason
 from attnbench.core.problem import Problem
 from attnbench.distributed.layout import make_layout, rank_pairs
 from attnbench.distributed.ring import RankStats, ring_attention
+from attnbench.measure import accuracy, memory
+from attnbench.measure.timing import TimingPolicy, stop_reason
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,11 @@ import sys
 import tarfile
 import tempfile
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import tomllib
 
 from attnbench.core.errors import UsageError
 from attnbench.gate.sides import Run, load_run
@@ -50,11 +51,16 @@ def repo_root(start: Path) -> Path:
 
 
 def resolve_rev(repo: Path, rev: str) -> str:
-    out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
-        raise UsageError(f"--ref '{rev}' is not a commit of '{repo}' (in a shallow CI clone, fetch it first: "
-                         "git fetch --depth=1 origin REV)")
+        raise UsageError(
+            f"--ref '{rev}' is not a commit of '{repo}' (in a shallow CI clone, fetch it first: "
+            "git fetch --depth=1 origin REV)"
+        )
     return out.stdout.strip()
 
 
@@ -91,7 +97,8 @@ import importlib.machinery, os, sys
 sys.meta_path[:] = [f for f in sys.meta_path
                     if not str(getattr(f, "__module__", "")).startswith("__editable___attnbench")]
 _here = os.path.dirname(os.path.abspath(__file__))
-_spec = importlib.machinery.PathFinder.find_spec("sitecustomize", [p for p in sys.path if p and os.path.abspath(p) != _here])
+_spec = importlib.machinery.PathFinder.find_spec(
+    "sitecustomize", [p for p in sys.path if p and os.path.abspath(p) != _here])
 if _spec is not None and _spec.loader is not None:
     _spec.loader.exec_module(type(sys)("_shadowed_sitecustomize"))
 """
@@ -110,17 +117,20 @@ def side_env(pythonpath: list[Path] | None) -> dict:
     return env
 
 
-_CHECK = ("import os, sys, attnbench.cli\n"
-          "bad = [m.__file__ for n, m in list(sys.modules.items()) if n.split('.')[0] == 'attnbench'\n"
-          "       and getattr(m, '__file__', None) and not os.path.realpath(m.__file__).startswith(sys.argv[1])]\n"
-          "print('\\n'.join(bad))")
+_CHECK = (
+    "import os, sys, attnbench.cli\n"
+    "bad = [m.__file__ for n, m in list(sys.modules.items()) if n.split('.')[0] == 'attnbench'\n"
+    "       and getattr(m, '__file__', None) and not os.path.realpath(m.__file__).startswith(sys.argv[1])]\n"
+    "print('\\n'.join(bad))"
+)
 
 
 def check_import(export: Path, pythonpath: list[Path]) -> None:
     """Every attnbench module the revision's CLI imports must come from the export."""
     root = str(export.resolve())
-    out = subprocess.run([sys.executable, "-c", _CHECK, root], cwd=export, env=side_env(pythonpath),
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHECK, root], cwd=export, env=side_env(pythonpath), capture_output=True, text=True
+    )
     if out.returncode != 0 or out.stdout.strip():
         why = out.stdout.strip().replace("\n", ", ") or " ".join(out.stderr.split())[-300:]
         raise UsageError(f"the exported revision does not import cleanly from {export}: {why}")
@@ -147,8 +157,20 @@ class Rounds:
 
 
 def run_side(side: Side, suite: Path, out: Path, how: Rounds) -> Run:
-    cmd = [sys.executable, "-m", "attnbench", "run", "--suite", str(suite), "--out", str(out), "--force",
-           "--device", how.device, *(["--threads", str(how.threads)] if how.threads else [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "attnbench",
+        "run",
+        "--suite",
+        str(suite),
+        "--out",
+        str(out),
+        "--force",
+        "--device",
+        how.device,
+        *(["--threads", str(how.threads)] if how.threads else []),
+    ]
     t0 = time.perf_counter()
     env = side_env(side.pythonpath) | dict(side.extra_env)
     proc = subprocess.run(cmd, cwd=side.cwd, env=env, capture_output=True, text=True)

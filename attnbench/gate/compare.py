@@ -127,9 +127,15 @@ class Report:
 
     @property
     def stale(self) -> list[CaseResult]:
-        return [c for c in self.cases if c.verdict == "improvement" and
-                ((c.latency and c.latency.stale and self.options.gates("latency")) or
-                 (c.memory and c.memory.stale and self.options.gates("memory")))]
+        return [
+            c
+            for c in self.cases
+            if c.verdict == "improvement"
+            and (
+                (c.latency and c.latency.stale and self.options.gates("latency"))
+                or (c.memory and c.memory.stale and self.options.gates("memory"))
+            )
+        ]
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -147,12 +153,21 @@ def parse_fraction(text: str, what: str) -> float:
     m = _PCT.match(str(text))
     value = float(m.group(1)) / (100.0 if m.group(2) else 1.0) if m else -1.0
     if not m or not (0.0 <= value < 1.0) or (not m.group(2) and float(m.group(1)) >= 1.0):
-        raise UsageError(f"bad {what} '{text}'; accepted: a percentage such as 10% or a fraction such as 0.10 (below 1)")
+        raise UsageError(
+            f"bad {what} '{text}'; accepted: a percentage such as 10% or a fraction such as 0.10 (below 1)"
+        )
     return value
 
 
-def make_options(threshold: str = "10%", warn: str = "5%", metric: str = "latency", normalize: str = "none",
-                 alpha: float = 0.002, mem_threshold: str = "5%", allow_env_mismatch: bool = False) -> Options:
+def make_options(
+    threshold: str = "10%",
+    warn: str = "5%",
+    metric: str = "latency",
+    normalize: str = "none",
+    alpha: float = 0.002,
+    mem_threshold: str = "5%",
+    allow_env_mismatch: bool = False,
+) -> Options:
     t, w = parse_fraction(threshold, "--threshold"), parse_fraction(warn, "--warn")
     if w > t:
         raise UsageError(f"--warn ({warn}) must not exceed --threshold ({threshold})")
@@ -164,17 +179,24 @@ def make_options(threshold: str = "10%", warn: str = "5%", metric: str = "latenc
         from attnbench.gate.sides import parse_case_spec
 
         parse_case_spec(normalize)  # raises on a bad spec
-    return Options(threshold=t, warn=w, metric=metric, normalize=normalize, alpha=alpha,
-                   mem_threshold=parse_fraction(mem_threshold, "--mem-threshold"),
-                   allow_env_mismatch=allow_env_mismatch)
+    return Options(
+        threshold=t,
+        warn=w,
+        metric=metric,
+        normalize=normalize,
+        alpha=alpha,
+        mem_threshold=parse_fraction(mem_threshold, "--mem-threshold"),
+        allow_env_mismatch=allow_env_mismatch,
+    )
 
 
 # ------------------------------------------------------------------ verdicts
 def latency_verdict(key: str, base: Measured, cur: Measured, o: Options) -> Latency:
     nb, nc = len(base.samples), len(cur.samples)
     if min(nb, nc) < o.min_samples:
-        return Latency("inconclusive", f"too few samples ({nb} vs {nc}; at least {o.min_samples} needed)",
-                       n_base=nb, n_cur=nc)
+        return Latency(
+            "inconclusive", f"too few samples ({nb} vs {nc}; at least {o.min_samples} needed)", n_base=nb, n_cur=nc
+        )
     from attnbench.gate.stats import bootstrap_ratio, mann_whitney, seed_for  # numpy/scipy: only when comparing
 
     ci = bootstrap_ratio(base.groups, cur.groups, seed_for(key, o.seed), o.resamples, o.level)
@@ -186,8 +208,7 @@ def latency_verdict(key: str, base: Measured, cur: Measured, o: Options) -> Late
     if sig and ci.lo > 1 + T:
         return Latency("regression", f"{interval}: slower by more than {T:.0%}", **stat)
     if sig and ci.hi < 1 - T:
-        return Latency("improvement", f"{interval}: faster by more than {T:.0%}", **stat,
-                       stale=ci.ratio < 1 - 2 * T)
+        return Latency("improvement", f"{interval}: faster by more than {T:.0%}", **stat, stale=ci.ratio < 1 - 2 * T)
     if ci.lo >= 1 - W and ci.hi <= 1 + W:
         return Latency("same", f"{interval}: within ±{W:.0%}", **stat)
     if ci.lo < 1 - T or ci.hi > 1 + T:
@@ -217,8 +238,9 @@ _SEVERITY = ("error", "regression", "inconclusive", "slower", "faster", "improve
 
 def combine(lat: Latency, mem: Memory, o: Options) -> tuple[str, str]:
     """The case's overall verdict from the gated metrics, and why."""
-    gated = ([("latency", lat.verdict, lat.why)] if o.gates("latency") else []) + \
-            ([("memory", mem.verdict, _mem_why(mem, o))] if o.gates("memory") else [])
+    gated = ([("latency", lat.verdict, lat.why)] if o.gates("latency") else []) + (
+        [("memory", mem.verdict, _mem_why(mem, o))] if o.gates("memory") else []
+    )
     gated = [g for g in gated if g[1] != "n/a"] or gated
     metric, verdict, why = min(gated, key=lambda g: _SEVERITY.index(g[1]))
     return verdict, f"{metric}: {why}"
@@ -230,8 +252,9 @@ def _mem_why(m: Memory, o: Options) -> str:
     return f"peak {m.base} -> {m.cur} bytes (threshold {o.mem_threshold:.0%} and 1 MiB)"
 
 
-def compare_case(key: str, base: Measured | None, cur: Measured | None, o: Options,
-                 reference_key: str | None, incomparable: bool) -> CaseResult:
+def compare_case(
+    key: str, base: Measured | None, cur: Measured | None, o: Options, reference_key: str | None, incomparable: bool
+) -> CaseResult:
     rec = (cur or base).record
     label = case_label(rec)
     if base is None:
@@ -259,8 +282,10 @@ def compare(baseline: Side, current: Side, o: Options) -> Report:
     diff = env_differences(baseline.env, current.env)
     incomparable = bool(diff) and not o.allow_env_mismatch
     keys = list(current.cases) + [k for k in baseline.cases if k not in current.cases]
-    cases = tuple(compare_case(k, baseline.cases.get(k), current.cases.get(k), o,
-                               current.reference_key, incomparable) for k in keys)
+    cases = tuple(
+        compare_case(k, baseline.cases.get(k), current.cases.get(k), o, current.reference_key, incomparable)
+        for k in keys
+    )
     return Report(o, baseline.paths, current.paths, diff, cases)
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from attnbench.gate.compare import Options, Report, compare, confirm
 from attnbench.core.errors import UsageError
+from attnbench.gate.compare import Options, Report, compare, confirm
 from attnbench.gate.runs import run_sweeps, sweep_of
 from attnbench.gate.sides import Side, build_side, case_key, find_reference
 
@@ -33,8 +33,16 @@ def default_results() -> Path:
     return Path("results") / time.strftime("gate-%Y%m%d-%H%M%S.jsonl")
 
 
-def gate_flow(base: Side, sweeps, dev: "torch.device", budget: float, o: Options, results: Path | None,  # noqa: F821  (torch loads only inside)
-              rerun: bool, console: Console) -> Report:
+def gate_flow(
+    base: Side,
+    sweeps,
+    dev: "torch.device",  # noqa: F821  (torch loads only inside)
+    budget: float,
+    o: Options,
+    results: Path | None,
+    rerun: bool,
+    console: Console,
+) -> Report:
     out = results or default_results()
     cmd = ["attnbench", *sys.argv[1:]]
     console.print(f"gate: running the suite → {out}", markup=False)
@@ -76,9 +84,9 @@ def ab_compare(sides: list, suite: Path, rounds: int, how, o: Options, confirm_r
     """Interleaved rounds of [baseline side, current side], compared; then the regressions
     alone get `confirm_rounds` more interleaved rounds and stand only if those rounds by
     themselves show the regression too (compare.confirm), as in the gate."""
-    from attnbench.run.plan import load_suite
     from attnbench.gate.ab import interleave
     from attnbench.gate.runs import suite_text
+    from attnbench.run.plan import load_suite
 
     base, cur = sides[0].name, sides[1].name
     runs = interleave(sides, suite, rounds, how)
@@ -95,25 +103,39 @@ def ab_compare(sides: list, suite: Path, rounds: int, how, o: Options, confirm_r
     path.write_text(suite_text([records[k] for k in again], load_suite(str(suite))[1]), encoding="utf-8")
     how.log(f"confirming {len(suspects)} regression(s) with {confirm_rounds} more round(s)")
     more = interleave(sides, path, confirm_rounds, how, tag="confirm-")
-    merged = compare(build_side(runs[base] + more[base], o.normalize), build_side(runs[cur] + more[cur], o.normalize), o)
+    merged = compare(
+        build_side(runs[base] + more[base], o.normalize), build_side(runs[cur] + more[cur], o.normalize), o
+    )
     alone = compare(build_side(more[base], o.normalize), build_side(more[cur], o.normalize), o)
     return confirm(first, merged, alone, set(suspects))
 
 
-def ab_flow(ref: str, suite: str, rounds: int, device: str, threads: int | None, runs_dir: Path | None,
-            seed: int, o: Options, console: Console, confirm_rounds: int | None = None) -> Report:
+def ab_flow(
+    ref: str,
+    suite: str,
+    rounds: int,
+    device: str,
+    threads: int | None,
+    runs_dir: Path | None,
+    seed: int,
+    o: Options,
+    console: Console,
+    confirm_rounds: int | None = None,
+) -> Report:
     import random
 
-    from attnbench.run.session import resolve_device
     from attnbench.gate.ab import Rounds, repo_root, revision_sides
+    from attnbench.run.session import resolve_device
 
     resolve_device(device)  # validate before any run
     path = suite_file(suite)
     repo = repo_root(Path.cwd())
     here = Path(sys.modules["attnbench"].__file__).resolve()
     if repo not in here.parents:
-        console.print(f"warning: attnbench is imported from {here.parent}, not from the checkout {repo}; "
-                      "the 'working tree' side runs that installation")
+        console.print(
+            f"warning: attnbench is imported from {here.parent}, not from the checkout {repo}; "
+            "the 'working tree' side runs that installation"
+        )
     confirm_rounds = rounds if confirm_rounds is None else confirm_rounds
     with tempfile.TemporaryDirectory(prefix="attnbench-ab-runs-") as tmp, revision_sides(repo, ref) as sides:
         where = runs_dir or Path(tmp)

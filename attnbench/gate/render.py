@@ -10,8 +10,8 @@ import json
 import xml.etree.ElementTree as ET
 from dataclasses import asdict
 
-from attnbench.gate.compare import CaseResult, Report
 from attnbench.core.units import fmt_bytes, fmt_ms
+from attnbench.gate.compare import CaseResult, Report
 from attnbench.gate.sides import describe_differences
 
 _WORD = {0: "PASS", 1: "FAIL", 2: "ERROR", 3: "INCOMPARABLE"}

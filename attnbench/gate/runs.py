@@ -22,8 +22,8 @@ from rich.console import Console
 
 from attnbench.core.errors import UsageError
 from attnbench.core.results import atomic_write_text
-from attnbench.measure.env import fingerprint
 from attnbench.gate.sides import Run, load_run
+from attnbench.measure.env import fingerprint
 
 BASELINE_DIR = Path("results") / "baselines"
 
@@ -59,8 +59,8 @@ def load_suite_device(suite: str, device: str, threads: int | None = None):
     environment, so baseline and gate must use the same number)."""
     import torch  # this module runs suites; torch only when one runs (compare stays torch-free)
 
-    from attnbench.run.session import resolve_device
     from attnbench.run.plan import load_suite
+    from attnbench.run.session import resolve_device
 
     if threads is not None:
         if threads < 1:

@@ -28,8 +28,20 @@ from pathlib import Path
 from attnbench.core.errors import UsageError
 from attnbench.core.results import FINGERPRINT_FIELDS, fingerprint
 
-ID_FIELDS = ("variant", "backend", "device", "dtype", "mode", "batch", "heads", "kv_heads", "seq_q",
-             "seq_k", "head_dim", "causal")
+ID_FIELDS = (
+    "variant",
+    "backend",
+    "device",
+    "dtype",
+    "mode",
+    "batch",
+    "heads",
+    "kv_heads",
+    "seq_q",
+    "seq_k",
+    "head_dim",
+    "causal",
+)
 _INT_KEYS = {"batch", "heads", "kv_heads", "seq_q", "seq_k", "head_dim", "seq"}
 
 
@@ -41,8 +53,10 @@ def case_key(rec: dict) -> str:
 
 def case_label(rec: dict) -> str:
     """Short human name: mha/sdpa fwd B1 H8/8 L256x256 D64 float32 [causal] [k=v]."""
-    s = (f"{rec['variant']}/{rec['backend']} {rec['mode']} B{rec['batch']} H{rec['heads']}/{rec['kv_heads']} "
-         f"L{rec['seq_q']}x{rec['seq_k']} D{rec['head_dim']} {rec['dtype']}")
+    s = (
+        f"{rec['variant']}/{rec['backend']} {rec['mode']} B{rec['batch']} H{rec['heads']}/{rec['kv_heads']} "
+        f"L{rec['seq_q']}x{rec['seq_k']} D{rec['head_dim']} {rec['dtype']}"
+    )
     if rec.get("causal"):
         s += " causal"
     params = rec.get("params") or {}
@@ -67,7 +81,9 @@ class Measured:
     status: str
     reason: str | None
     groups: tuple[tuple[float, ...], ...]  # normalised samples, one tuple per run
-    median_ms: float | None  # median of every run's raw samples pooled (for display; the ratio's own median before --normalize)
+    median_ms: (
+        float | None
+    )  # median of every run's raw samples pooled (for display; the ratio's own median before --normalize)
     peak_mem: int | None  # median of the runs' peaks
     runs: int
 
@@ -94,11 +110,15 @@ def load_run(path: str | Path) -> Run:
         header, records = read(path)
     for w in caught:
         if "truncated" in str(w.message):
-            raise ResultsError(f"'{path}' is truncated (its last line is cut: an interrupted run); "
-                               "run it again (attnbench baseline save writes baselines atomically)")
+            raise ResultsError(
+                f"'{path}' is truncated (its last line is cut: an interrupted run); "
+                "run it again (attnbench baseline save writes baselines atomically)"
+            )
     if not records:
-        raise ResultsError(f"'{path}' has a header but no records (a run that ended before its first case); "
-                           "there is nothing to compare: run it again")
+        raise ResultsError(
+            f"'{path}' has a header but no records (a run that ended before its first case); "
+            "there is nothing to compare: run it again"
+        )
     return Run(str(path), header, tuple(records))
 
 
@@ -106,15 +126,19 @@ def parse_case_spec(spec: str) -> tuple[str, str, dict]:
     """'mha:sdpa:seq=1024:dtype=float32' -> ('mha', 'sdpa', {'seq': 1024, 'dtype': 'float32'})."""
     parts = [p for chunk in spec.split(":") for p in chunk.split(",") if p.strip()]
     if len(parts) < 2 or "=" in parts[0] or "=" in parts[1]:
-        raise UsageError(f"bad --normalize case '{spec}'; accepted: none, gemm or VARIANT:BACKEND[:key=value...], "
-                         "e.g. mha:sdpa:seq=1024")
+        raise UsageError(
+            f"bad --normalize case '{spec}'; accepted: none, gemm or VARIANT:BACKEND[:key=value...], "
+            "e.g. mha:sdpa:seq=1024"
+        )
     want: dict = {}
     for p in parts[2:]:
         k, eq, v = p.partition("=")
         k = k.strip()
         if not eq or k not in set(ID_FIELDS) | {"seq"}:
-            raise UsageError(f"bad key '{p}' in --normalize case '{spec}'; accepted keys: seq, "
-                             f"{', '.join(f for f in ID_FIELDS if f not in ('variant', 'backend'))}")
+            raise UsageError(
+                f"bad key '{p}' in --normalize case '{spec}'; accepted keys: seq, "
+                f"{', '.join(f for f in ID_FIELDS if f not in ('variant', 'backend'))}"
+            )
         v = v.strip()
         if k in _INT_KEYS:
             from attnbench.run.plan import parse_length
@@ -141,11 +165,14 @@ def find_reference(run: Run, spec: str) -> dict:
     variant, backend, want = parse_case_spec(spec)
     hits = [r for r in run.records if _matches(r, variant, backend, want)]
     if not hits:
-        raise UsageError(f"--normalize {spec}: no such case in {run.path}; the reference case must be "
-                         "measured in every run compared")
+        raise UsageError(
+            f"--normalize {spec}: no such case in {run.path}; the reference case must be measured in every run compared"
+        )
     if len({case_key(r) for r in hits}) > 1:
-        raise UsageError(f"--normalize {spec} matches {len(hits)} cases in {run.path}; add keys "
-                         f"(e.g. :mode=fwd:dtype=float32) until one is left: {case_label(hits[0])}, {case_label(hits[1])}")
+        raise UsageError(
+            f"--normalize {spec} matches {len(hits)} cases in {run.path}; add keys "
+            f"(e.g. :mode=fwd:dtype=float32) until one is left: {case_label(hits[0])}, {case_label(hits[1])}"
+        )
     ref = hits[0]
     if ref["status"] != "ok" or not (ref.get("latency_ms") or {}).get("median"):
         raise UsageError(f"--normalize {spec}: the reference case has status {ref['status']} in {run.path}")
@@ -159,8 +186,10 @@ def divisor(run: Run, rec: dict, normalize: str, reference: dict | None) -> floa
     if normalize == "gemm":
         gemm = ((run.header.get("refs") or {}).get("gemm") or {}).get(rec["dtype"])
         if not gemm or not gemm.get("median_ms"):
-            raise UsageError(f"--normalize gemm: {run.path} has no in-run GEMM reference for {rec['dtype']} "
-                             "(header refs.gemm); use --normalize none or a reference case")
+            raise UsageError(
+                f"--normalize gemm: {run.path} has no in-run GEMM reference for {rec['dtype']} "
+                "(header refs.gemm); use --normalize none or a reference case"
+            )
         # per n³: the reference's size changed (CPU 2048² -> 1024² in issue 15), a rate does not
         return float(gemm["median_ms"]) / float(gemm.get("n") or 1) ** 3 * 1e9
     return float(reference["latency_ms"]["median"])
@@ -192,8 +221,9 @@ def build_side(runs: list[Run], normalize: str = "none") -> Side:
     for run in runs[1:]:
         diff = env_differences(runs[0].header.get("env") or {}, run.header.get("env") or {})
         if diff:
-            raise UsageError(f"cannot merge {runs[0].path} and {run.path}: environments differ in "
-                             f"{describe_differences(diff)}")
+            raise UsageError(
+                f"cannot merge {runs[0].path} and {run.path}: environments differ in {describe_differences(diff)}"
+            )
     for run in runs:
         reference = None
         if normalize not in ("none", "gemm"):

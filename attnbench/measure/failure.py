@@ -22,7 +22,8 @@ def failure_fields(e: BaseException) -> dict:
 
 def is_oom(e: BaseException) -> bool:
     return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (
-        isinstance(e, RuntimeError) and ("out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower()))
+        isinstance(e, RuntimeError) and ("out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower())
+    )
 
 
 def one_line(e: BaseException, limit: int = 300) -> str:

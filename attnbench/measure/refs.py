@@ -10,7 +10,8 @@ fraction of the achievable roofline, and a regression gate can normalise by them
   descheduled thread, and such samples must not lower the roof), with the median and the spread
   (p90 − p10)/median of the samples in the header.
 - Copy bandwidth (read + write counted) at several buffer sizes: 256 KiB, 2 MiB, 8 MiB, 32 MiB
-  (cache sizes) and DRAM size (64 MiB on the CPU: twice the L3 of this machine; 1 GiB on a GPU), each best of at least BEST_OF
+  (cache sizes) and DRAM size (64 MiB on the CPU: twice the L3 of this machine; 1 GiB on a GPU), each best of
+  at least BEST_OF
   single calls (more, up to MIN_TIME_S, for the small ones).
 - On the CPU each reference is measured with torch's thread count and with one thread, and the
   faster is kept (`threads` says which): on a loaded machine a multi-threaded copy of 256 KiB
@@ -80,8 +81,13 @@ def gemm_flops(device: torch.device, dtype: str = "float32", n: int | None = Non
     a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
     b = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
     s = _summary(_samples_ms(lambda: a @ b, device))
-    return {"n": n, "dtype": dtype, **s, "flops_per_s": 2 * n**3 / (s["best_ms"] * 1e-3),
-            "median_flops_per_s": 2 * n**3 / (s["median_ms"] * 1e-3)}
+    return {
+        "n": n,
+        "dtype": dtype,
+        **s,
+        "flops_per_s": 2 * n**3 / (s["best_ms"] * 1e-3),
+        "median_flops_per_s": 2 * n**3 / (s["median_ms"] * 1e-3),
+    }
 
 
 def copy_bandwidth(device: torch.device, nbytes: int) -> dict:
@@ -95,8 +101,9 @@ def copy_bandwidth(device: torch.device, nbytes: int) -> dict:
 def measure(device: torch.device, dtypes: tuple[str, ...] = ("float32",)) -> dict:
     """The header's refs: gemm per dtype; copy = the DRAM-size level (bytes_per_s) plus `levels`."""
     dram = 1 << 30 if device.type == "cuda" else 64 << 20
-    levels = [_best_over_threads(lambda n=n: copy_bandwidth(device, n), device, "bytes_per_s")
-              for n in (*COPY_LEVELS, dram)]
+    levels = [
+        _best_over_threads(lambda n=n: copy_bandwidth(device, n), device, "bytes_per_s") for n in (*COPY_LEVELS, dram)
+    ]
     gemm = {d: _best_over_threads(lambda d=d: gemm_flops(device, d), device, "flops_per_s") for d in dtypes}
     return {"gemm": gemm, "copy": {**levels[-1], "levels": levels}}
 
@@ -115,8 +122,13 @@ def roof(flops: float, nbytes: float, working_set: float, dtype: str, refs: dict
     level = min(fits, key=lambda lv: lv["bytes"]) if fits else max(levels, key=lambda lv: lv["bytes"])
     mem_roof = flops / nbytes * level["bytes_per_s"]
     bound = "compute" if gemm["flops_per_s"] <= mem_roof else "memory"
-    return {"flops_per_s": min(gemm["flops_per_s"], mem_roof), "bound": bound,
-            "bytes_per_s": level["bytes_per_s"], "level_bytes": level["bytes"], "working_set_bytes": working_set}
+    return {
+        "flops_per_s": min(gemm["flops_per_s"], mem_roof),
+        "bound": bound,
+        "bytes_per_s": level["bytes_per_s"],
+        "level_bytes": level["bytes"],
+        "working_set_bytes": working_set,
+    }
 
 
 def above_roof_reason(frac: float | None, r: dict | None, dtype: str, refs: dict | None) -> str | None:
@@ -125,8 +137,12 @@ def above_roof_reason(frac: float | None, r: dict | None, dtype: str, refs: dict
         return None
     if r["bound"] == "compute":
         g = ((refs or {}).get("gemm") or {}).get(dtype) or ((refs or {}).get("gemm") or {}).get("float32") or {}
-        return (f"{frac:.2f}× the in-run GEMM best ({g.get('n')}²: {r['flops_per_s'] / 1e9:.3g} GFLOP/s): the FLOP "
-                f"model counts more than the kernel computes, or the machine was faster than during the reference")
-    return (f"{frac:.2f}× the memory roof (copy bandwidth {r['bytes_per_s'] / 1e9:.3g} GB/s at a {r['level_bytes'] >> 10} "
-            f"KiB buffer, working set {r['working_set_bytes'] / 2**20:.2g} MiB): data reused from a faster level "
-            f"than the copy measured, or fewer bytes moved than the model's minimum")
+        return (
+            f"{frac:.2f}× the in-run GEMM best ({g.get('n')}²: {r['flops_per_s'] / 1e9:.3g} GFLOP/s): the FLOP "
+            f"model counts more than the kernel computes, or the machine was faster than during the reference"
+        )
+    return (
+        f"{frac:.2f}× the memory roof (copy bandwidth {r['bytes_per_s'] / 1e9:.3g} GB/s at a {r['level_bytes'] >> 10} "
+        f"KiB buffer, working set {r['working_set_bytes'] / 2**20:.2g} MiB): data reused from a faster level "
+        f"than the copy measured, or fewer bytes moved than the model's minimum"
+    )

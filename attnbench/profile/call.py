@@ -31,13 +31,13 @@ from typing import Any, Callable
 import torch
 from torch.profiler import record_function
 
+from attnbench.core.errors import UsageError
+from attnbench.measure.inputs import make_inputs
 from attnbench.measure.trace import CALL, SETUP, is_range_name, profile_calls, profiler, quiet_stderr, save_trace, sync
 from attnbench.run import case as execute
-from attnbench.run.worker import case_key
-from attnbench.measure.inputs import make_inputs
-from attnbench.variants import registry
-from attnbench.core.errors import UsageError
 from attnbench.run.plan import Case, expand, make_sweep
+from attnbench.run.worker import case_key
+from attnbench.variants import registry
 
 # Operators and kernels that do the attention itself (matmuls, softmax, fused SDPA, Triton).
 ATTENTION_OP = re.compile(r"scaled_dot_product|flash|efficient_attention|cudnn|fmha|attn|flex|"

@@ -33,7 +33,7 @@ SERIES_KEYS = ("variant", "backend", "device", "mode", "dtype", "batch", "heads"
 SCENARIO_KEYS = ("device", "mode", "dtype", "batch", "heads", "head_dim", "causal")
 FAILED = ("oom", "timeout", "error", "skipped")  # statuses that end a frontier
 
-from attnbench.report.verdicts import VERDICTS, Fit, fit_scaling, judge, t975  # noqa: F401  (re-exported)
+from attnbench.report.verdicts import VERDICTS, Fit, fit_scaling, judge, t975  # noqa: E402, F401  (re-exported)
 
 
 # ---------------------------------------------------------------- complexity claims

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attnbench.report import analysis, verdicts
 from attnbench.core import results
 from attnbench.core.errors import UsageError
+from attnbench.report import analysis, verdicts
 from attnbench.report import tables as T
 from attnbench.report.catalogue import annotate
 from attnbench.report.charts import SPECS, curve_chart, scenarios

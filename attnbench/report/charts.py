@@ -25,8 +25,21 @@ from matplotlib.transforms import ScaledTranslation, blended_transform_factory
 from attnbench.report.analysis import FAILED, SCENARIO_KEYS, Series, length
 from attnbench.report.labels import chart_labels, subtitle, wrap
 from attnbench.report.model import Chart, Context
+from attnbench.report.style import (
+    BASELINE_WIDTH,
+    GUIDE,
+    LINE_WIDTH,
+    STATUS_MARKERS,
+    bytes_unit,
+    flops_unit,
+    length_axis,
+    log_y,
+    new_figure,
+    save,
+    styled,
+    time_unit,
+)
 from attnbench.report.tables import approximate
-from attnbench.report.style import BASELINE_WIDTH, GUIDE, LINE_WIDTH, STATUS_MARKERS, bytes_unit, flops_unit, length_axis, log_y, new_figure, save, styled, time_unit
 
 MAX_SERIES = 6  # more series than this in one chart: small multiples
 

@@ -5,7 +5,8 @@ anything else is a bias or weight matrix, drawn with a colour map and a colour b
 draws each variant at the first of 256, 1024, 4096 (squares, so vision variants fit) where a mask
 leaves at least a quarter of the pairs out (a window of 256 covers all of L = 256). In the
 terminal, a picture is drawn with Unicode blocks: half blocks in colour (two rows per line,
-square pixels), or shades when the terminal has no colour; pictures longer than 64 are averaged down to 64 cells a side (a cell's
+square pixels), or shades when the terminal has no colour; pictures longer than 64 are averaged down to 64
+cells a side (a cell's
 shade is then the fraction of its pairs attended), and the text says so.
 """
 
@@ -20,11 +21,11 @@ import torch.nn.functional as F
 from matplotlib.colors import ListedColormap
 from rich.text import Text
 
-from attnbench.variants import registry
 from attnbench.core.errors import UsageError
 from attnbench.core.problem import Problem
 from attnbench.report.model import Chart, Context
 from attnbench.report.style import new_figure, save, styled
+from attnbench.variants import registry
 
 MASK_COLORS = ("#f2f2f2", "#1f4e8c")  # masked, attended
 BIAS_CMAP = "viridis"
@@ -36,8 +37,9 @@ def picture(variant: str, seq: int, params: dict | None = None) -> tuple[torch.T
     v = registry.get(variant)
     if v.picture is None:
         with_pic = [x.name for x in registry.all_variants() if x.picture is not None]
-        raise UsageError(f"variant '{variant}' has no pattern picture; variants with one: "
-                         f"{', '.join(with_pic) or 'none registered'}")
+        raise UsageError(
+            f"variant '{variant}' has no pattern picture; variants with one: {', '.join(with_pic) or 'none registered'}"
+        )
     if seq < 1:
         raise UsageError(f"--seq must be at least 1 (got {seq})")
     raw = Problem(batch=1, heads=1, kv_heads=0, seq_q=seq, seq_k=0)
@@ -65,8 +67,14 @@ def render(t: torch.Tensor, heading: str, out_dir, stem: str):
     fig, axes = new_figure(4.6 * min(max(lk / lq, 0.6), 1.8) + (0.9 if not is_mask(t) else 0), 4.6)
     ax = axes[0][0]
     if is_mask(t):
-        ax.imshow(t.numpy(), cmap=ListedColormap(MASK_COLORS), vmin=0, vmax=1, aspect="equal",
-                  interpolation="nearest" if lq <= 512 else "antialiased")  # long: blend, thin lines stay
+        ax.imshow(
+            t.numpy(),
+            cmap=ListedColormap(MASK_COLORS),
+            vmin=0,
+            vmax=1,
+            aspect="equal",
+            interpolation="nearest" if lq <= 512 else "antialiased",
+        )  # long: blend, thin lines stay
         density = float(t.mean())
         ax.set_xlabel(f"key j (dark: attended, {100 * density:.1f}% of pairs)")
     else:
@@ -116,12 +124,16 @@ def gallery(ctx: Context, variants: dict[str, dict]) -> tuple[list[Chart], list[
             continue
         t, p = picked
         extra = ", ".join(f"{k}={val}" for k, val in p.params)
-        heading = f"{name} at L={p.seq_q}" + (f"\n{textwrap.fill(extra, 40)}" if extra else "")  # within the picture's width
+        heading = f"{name} at L={p.seq_q}" + (
+            f"\n{textwrap.fill(extra, 40)}" if extra else ""
+        )  # within the picture's width
         png, svg = render(t, heading, ctx.out_dir, f"pattern-{name}")
         charts.append(Chart(f"{name}: {v.description}", png, svg))
     if not charts:
-        notes.append("Pattern gallery: no variant in the data has a pattern picture "
-                     "(try `attnbench show-pattern VARIANT --seq 256`).")
+        notes.append(
+            "Pattern gallery: no variant in the data has a pattern picture "
+            "(try `attnbench show-pattern VARIANT --seq 256`)."
+        )
     return charts, notes
 
 
@@ -146,11 +158,17 @@ def text_picture(t: torch.Tensor, color: bool, cells: int = 64) -> Text:
             out.append("\n")
     else:
         for i in range(norm.shape[0]):
-            out.append("".join(SHADES[min(int(float(x) * (len(SHADES) - 1) + 0.5), len(SHADES) - 1)] * 2
-                               for x in norm[i]) + "\n")
+            out.append(
+                "".join(SHADES[min(int(float(x) * (len(SHADES) - 1) + 0.5), len(SHADES) - 1)] * 2 for x in norm[i])
+                + "\n"
+            )
     scaled = f", averaged down to {norm.shape[0]}×{norm.shape[1]} cells" if (lq, lk) != tuple(norm.shape) else ""
-    legend = "dark/█: attended, light/blank: masked" if mask else \
-        f"bias from {lo:.3g} (dark) to {hi:.3g} (bright)" + (", masked (-inf) drawn as the minimum" if masked else "")
+    legend = (
+        "dark/█: attended, light/blank: masked"
+        if mask
+        else f"bias from {lo:.3g} (dark) to {hi:.3g} (bright)"
+        + (", masked (-inf) drawn as the minimum" if masked else "")
+    )
     out.append(f"{lq}×{lk} {'mask' if mask else 'bias'}{scaled}; {legend}")
     return out
 
@@ -158,7 +176,7 @@ def text_picture(t: torch.Tensor, color: bool, cells: int = 64) -> Text:
 def _colors(norm: torch.Tensor, mask: bool) -> list[list[str]]:
     cmap = ListedColormap(MASK_COLORS) if mask else matplotlib.colormaps[BIAS_CMAP]
     if mask:  # blend the two mask colours by the attended fraction of each cell
-        a, b = (torch.tensor([int(c[k:k + 2], 16) for k in (1, 3, 5)], dtype=torch.float32) for c in MASK_COLORS)
+        a, b = (torch.tensor([int(c[k : k + 2], 16) for k in (1, 3, 5)], dtype=torch.float32) for c in MASK_COLORS)
         px = a + norm[..., None] * (b - a)
     else:
         px = torch.tensor(cmap(norm.numpy())[..., :3], dtype=torch.float32) * 255

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from attnbench.report.analysis import fmt_len, length, series
 from attnbench.core.errors import UsageError
+from attnbench.report.analysis import fmt_len, length, series
 from attnbench.report.labels import chart_labels
 from attnbench.report.model import Chart, Context, Section
 from attnbench.report.style import COLORS, LINE_WIDTH, MARKERS, log_y, new_figure, save, styled, time_unit

@@ -1,4 +1,4 @@
-""""Against the peers": the performance targets of suites/peers.toml, read off one run.
+""" "Against the peers": the performance targets of suites/peers.toml, read off one run.
 
 Each target is a ratio measured in the same run (same machine, same moment), never an
 absolute time:
@@ -70,8 +70,15 @@ def decode_targets(records: list[dict], refs: dict | None) -> list[Target]:
             ratios.append((g, _median(sd) / _median(gr)))
     if ratios:
         worst = min(x for _, x in ratios)
-        out.append(Target(1, "decode: grouped vs SDPA enable_gqa (Hkv ≤ 8)", "≥ 3×",
-                          ", ".join(f"Hkv={g}: {x:.1f}×" for g, x in ratios), worst >= 3))
+        out.append(
+            Target(
+                1,
+                "decode: grouped vs SDPA enable_gqa (Hkv ≤ 8)",
+                "≥ 3×",
+                ", ".join(f"Hkv={g}: {x:.1f}×" for g, x in ratios),
+                worst >= 3,
+            )
+        )
     heads = max(r["heads"] for r in dec)
     mha = _one(dec, kv_heads=heads, backend="grouped")
     mqa = _one(dec, kv_heads=1, backend="grouped")
@@ -95,15 +102,40 @@ def decode_targets(records: list[dict], refs: dict | None) -> list[Target]:
     if bw and grouped:
         worst = max(grouped, key=lambda r: _median(r) / bytes_ms(r))
         x = _median(worst) / bytes_ms(worst)
-        note = "; ".join(_compute_bound(r["kv_heads"], flops_ms(r) / bytes_ms(r)) for r in grouped
-                         if _median(r) > 3 * bytes_ms(r) and flops_ms(r) > bytes_ms(r))
-        out.append(Target(1, "decode: grouped latency ÷ (KV bytes ÷ in-run bandwidth)", "≤ 3×",
-                          f"worst {x:.1f}× (Hkv={worst['kv_heads']})", x <= 3, note))
-        rows = [(r["kv_heads"], _median(r) / max(bytes_ms(r), flops_ms(r)),
-                 "FLOPs" if flops_ms(r) > bytes_ms(r) else "bytes") for r in grouped]
-        out.append(Target(1, "decode: grouped latency ÷ max(KV bytes ÷ bandwidth, FLOPs ÷ GEMM rate)", "context",
-                          ", ".join(f"Hkv={g}: {x:.1f}× ({bound})" for g, x, bound in sorted(rows, reverse=True)),
-                          None, "the bound that binds in parentheses", info=True))
+        note = "; ".join(
+            _compute_bound(r["kv_heads"], flops_ms(r) / bytes_ms(r))
+            for r in grouped
+            if _median(r) > 3 * bytes_ms(r) and flops_ms(r) > bytes_ms(r)
+        )
+        out.append(
+            Target(
+                1,
+                "decode: grouped latency ÷ (KV bytes ÷ in-run bandwidth)",
+                "≤ 3×",
+                f"worst {x:.1f}× (Hkv={worst['kv_heads']})",
+                x <= 3,
+                note,
+            )
+        )
+        rows = [
+            (
+                r["kv_heads"],
+                _median(r) / max(bytes_ms(r), flops_ms(r)),
+                "FLOPs" if flops_ms(r) > bytes_ms(r) else "bytes",
+            )
+            for r in grouped
+        ]
+        out.append(
+            Target(
+                1,
+                "decode: grouped latency ÷ max(KV bytes ÷ bandwidth, FLOPs ÷ GEMM rate)",
+                "context",
+                ", ".join(f"Hkv={g}: {x:.1f}× ({bound})" for g, x, bound in sorted(rows, reverse=True)),
+                None,
+                "the bound that binds in parentheses",
+                info=True,
+            )
+        )
     return out
 
 
@@ -111,9 +143,12 @@ def _compute_bound(kv_heads: int, floor: float) -> str:
     """Why a compute-bound decode case misses the bytes target: its FLOPs at the in-run GEMM
     rate alone take `floor` × the bytes bound."""
     if floor > 3:
-        return f"Hkv={kv_heads}: unreachable here, its FLOPs at the in-run GEMM rate alone take {floor:.1f}× the bytes bound"
-    return (f"Hkv={kv_heads}: compute-bound here, its FLOPs at the in-run GEMM rate take {floor:.1f}× the bytes "
-            f"bound (≤ 3× needs ≥ {100 * floor / 3:.0f} % of that rate)")
+        return (f"Hkv={kv_heads}: unreachable here, its FLOPs at the in-run GEMM rate alone take "
+                f"{floor:.1f}× the bytes bound")
+    return (
+        f"Hkv={kv_heads}: compute-bound here, its FLOPs at the in-run GEMM rate take {floor:.1f}× the bytes "
+        f"bound (≤ 3× needs ≥ {100 * floor / 3:.0f} % of that rate)"
+    )
 
 
 def causal_linear_targets(records: list[dict]) -> list[Target]:
@@ -129,11 +164,21 @@ def causal_linear_targets(records: list[dict]) -> list[Target]:
         if len(pts) >= 3:
             lt = fit_exponent([r["seq_q"] for r in pts], [_median(r) for r in pts])
             mem = fit_exponent([r["seq_q"] for r in pts], [r["peak_mem_bytes"] for r in pts])
-            out.append(Target(2, f"causal {variant} chunked: latency exponent {lt.l_min // 1024}k..{lt.l_max // 1024}k",
-                              "≤ 1.15", lt.text(), lt.exponent <= 1.15))
+            out.append(
+                Target(
+                    2,
+                    f"causal {variant} chunked: latency exponent {lt.l_min // 1024}k..{lt.l_max // 1024}k",
+                    "≤ 1.15",
+                    lt.text(),
+                    lt.exponent <= 1.15,
+                )
+            )
             if mem is not None:
-                out.append(Target(2, f"causal {variant} chunked: peak-memory exponent", "≤ 1.1", mem.text(),
-                                  mem.exponent <= 1.1))
+                out.append(
+                    Target(
+                        2, f"causal {variant} chunked: peak-memory exponent", "≤ 1.1", mem.text(), mem.exponent <= 1.1
+                    )
+                )
     return out or [_missing(2, "causal Performer / linear", "≥ 10× peer at 16k; exponents ≤ 1.15 / 1.1")]
 
 
@@ -157,8 +202,14 @@ def best_vs_peer(records: list[dict], peer_backend: str) -> list[tuple[int, floa
     out = []
     for L in sorted({r["seq_q"] for r in records}):
         peer = _one(records, backend=peer_backend, seq_q=L)
-        ours = [r for r in records if r["seq_q"] == L and not r["backend"].startswith("peer:")
-                and peer and variant_params(r) == variant_params(peer)]
+        ours = [
+            r
+            for r in records
+            if r["seq_q"] == L
+            and not r["backend"].startswith("peer:")
+            and peer
+            and variant_params(r) == variant_params(peer)
+        ]
         if peer and ours:
             best = min(ours, key=_median)
             out.append((L, _median(peer) / _median(best), best, peer))
@@ -168,27 +219,55 @@ def best_vs_peer(records: list[dict], peer_backend: str) -> list[tuple[int, floa
 def noncausal_performer_targets(records: list[dict]) -> list[Target]:
     found = best_vs_peer(_ok(records, variant="performer", causal=False), "peer:performer-pytorch")
     rows = [(L, x, best["backend"]) for L, x, best, _ in found]
-    errs = [(L, _rel_err(best), _rel_err(peer)) for L, _, best, peer in found
-            if _rel_err(best) is not None and _rel_err(peer) is not None]
+    errs = [
+        (L, _rel_err(best), _rel_err(peer))
+        for L, _, best, peer in found
+        if _rel_err(best) is not None and _rel_err(peer) is not None
+    ]
     if not rows:
         return [_missing(3, "non-causal Performer", "no slower than performer-pytorch; error no worse")]
-    out = [Target(3, "non-causal Performer: performer-pytorch ÷ our best", "≥ 1.0× at every L",
-                  ", ".join(f"{L // 1024}k: {x:.2f}× ({b})" for L, x, b in rows), all(x >= 1.0 for _, x, _ in rows))]
+    out = [
+        Target(
+            3,
+            "non-causal Performer: performer-pytorch ÷ our best",
+            "≥ 1.0× at every L",
+            ", ".join(f"{L // 1024}k: {x:.2f}× ({b})" for L, x, b in rows),
+            all(x >= 1.0 for _, x, _ in rows),
+        )
+    ]
     if errs:
         eps = found[0][3].get("params", {}).get("eps")
-        out.append(Target(3, "non-causal Performer: relative error ours vs peer", "ours ≤ peer",
-                          ", ".join(f"{L // 1024}k: {a:.3f} vs {b:.3f}" for L, a, b in errs),
-                          all(a <= b * 1.05 for _, a, b in errs),
-                          f"same W and eps = {eps:g}: the same estimator (5 % allowance)"))
+        out.append(
+            Target(
+                3,
+                "non-causal Performer: relative error ours vs peer",
+                "ours ≤ peer",
+                ", ".join(f"{L // 1024}k: {a:.3f} vs {b:.3f}" for L, a, b in errs),
+                all(a <= b * 1.05 for _, a, b in errs),
+                f"same W and eps = {eps:g}: the same estimator (5 % allowance)",
+            )
+        )
     peer_params = {variant_params(peer) for _, _, _, peer in found}
-    other = [r for r in _ok(records, variant="performer", causal=False)
-             if not r["backend"].startswith("peer:") and variant_params(r) not in peer_params
-             and _rel_err(r) is not None]
+    other = [
+        r
+        for r in _ok(records, variant="performer", causal=False)
+        if not r["backend"].startswith("peer:") and variant_params(r) not in peer_params and _rel_err(r) is not None
+    ]
     if other:
-        out.append(Target(3, "non-causal Performer, other parameters (not compared with the peer)", "context",
-                          ", ".join(f"{r['backend']} eps={r.get('params', {}).get('eps', 0):g} "
-                                    f"{r['seq_q'] // 1024}k: {_rel_err(r):.3f}" for r in other),
-                          None, "relative error against exact attention", info=True))
+        out.append(
+            Target(
+                3,
+                "non-causal Performer, other parameters (not compared with the peer)",
+                "context",
+                ", ".join(
+                    f"{r['backend']} eps={r.get('params', {}).get('eps', 0):g} {r['seq_q'] // 1024}k: {_rel_err(r):.3f}"
+                    for r in other
+                ),
+                None,
+                "relative error against exact attention",
+                info=True,
+            )
+        )
     return out
 
 
@@ -197,14 +276,24 @@ def sliding_window_targets(records: list[dict]) -> list[Target]:
     rows = [(L, x, best["backend"]) for L, x, best, _ in best_vs_peer(sw, "peer:local-attention")]
     if not rows:
         return [_missing(4, "sliding window w=256 causal", "≥ 3× local-attention at 4k..64k")]
-    return [Target(4, "sliding window (w=256, causal): local-attention ÷ our best", "≥ 3× at every L",
-                   ", ".join(f"{L // 1024}k: {x:.1f}× ({b})" for L, x, b in rows), all(x >= 3 for _, x, _ in rows))]
+    return [
+        Target(
+            4,
+            "sliding window (w=256, causal): local-attention ÷ our best",
+            "≥ 3× at every L",
+            ", ".join(f"{L // 1024}k: {x:.1f}× ({b})" for L, x, b in rows),
+            all(x >= 3 for _, x, _ in rows),
+        )
+    ]
 
 
 def exact_roofline_targets(records: list[dict], refs: dict | None) -> list[Target]:
-    ex = [r for r in _ok(records, mode="fwd", causal=False) if r["variant"] in ("mha", "flash")
-          and r["seq_q"] >= 2048 and r.get("flops")]
-    gemm = ((refs or {}).get("gemm") or {})
+    ex = [
+        r
+        for r in _ok(records, mode="fwd", causal=False)
+        if r["variant"] in ("mha", "flash") and r["seq_q"] >= 2048 and r.get("flops")
+    ]
+    gemm = (refs or {}).get("gemm") or {}
     if not ex or not gemm:
         return [_missing(5, "exact attention vs in-run GEMM", "≥ 80 % at L ≥ 2k")]
     fracs = []
@@ -213,15 +302,25 @@ def exact_roofline_targets(records: list[dict], refs: dict | None) -> list[Targe
         best = max(cands, key=lambda r: r["flops"] / _median(r))
         rate = best["flops"] / (_median(best) * 1e-3)
         fracs.append((L, rate / gemm[best["dtype"]]["flops_per_s"], best["backend"]))
-    return [Target(5, "best exact backend ÷ in-run GEMM FLOP/s (non-causal)", "≥ 80 % at every L ≥ 2k",
-                   ", ".join(f"{L // 1024}k: {100 * f:.0f} % ({b})" for L, f, b in fracs),
-                   all(f >= 0.8 for _, f, _ in fracs))]
+    return [
+        Target(
+            5,
+            "best exact backend ÷ in-run GEMM FLOP/s (non-causal)",
+            "≥ 80 % at every L ≥ 2k",
+            ", ".join(f"{L // 1024}k: {100 * f:.0f} % ({b})" for L, f, b in fracs),
+            all(f >= 0.8 for _, f, _ in fracs),
+        )
+    ]
 
 
 def peer_targets(records: list[dict], refs: dict | None) -> list[Target]:
-    return [*decode_targets(records, refs), *causal_linear_targets(records),
-            *noncausal_performer_targets(records), *sliding_window_targets(records),
-            *exact_roofline_targets(records, refs)]
+    return [
+        *decode_targets(records, refs),
+        *causal_linear_targets(records),
+        *noncausal_performer_targets(records),
+        *sliding_window_targets(records),
+        *exact_roofline_targets(records, refs),
+    ]
 
 
 def markdown(targets: list[Target]) -> str:

@@ -4,15 +4,26 @@ Each label tries offsets around its point, nearest first, in rings of growing ra
 first position whose box (in display pixels, measured with the figure's renderer) overlaps no label
 placed before, no point marker and stays inside the axes. A label that finds no free position takes
 its least-overlapping one and is counted in the return value so a caller (or a test) can say so;
-a label that landed far from its point (or crowded) gets a thin leader line to it. Placement is deterministic: points are taken by x, then y.
+a label that landed far from its point (or crowded) gets a thin leader line to it. Placement is deterministic:
+points are taken by x, then y.
 """
 
 from __future__ import annotations
 
 from matplotlib.transforms import Bbox
 
-DIRECTIONS = ((1, 0.4), (1, -1.2), (-1, 0.4), (-1, -1.2), (0, 1.2), (0, -2.0), (1, 1.4), (-1, 1.4),
-              (1, -2.4), (-1, -2.4))
+DIRECTIONS = (
+    (1, 0.4),
+    (1, -1.2),
+    (-1, 0.4),
+    (-1, -1.2),
+    (0, 1.2),
+    (0, -2.0),
+    (1, 1.4),
+    (-1, 1.4),
+    (1, -2.4),
+    (-1, -2.4),
+)
 RINGS = (6, 14, 26, 40)
 MARKER_PX = 6  # half the side of the box kept free around each point
 LEADER_PX = 16  # labels placed further than this (points) get a thin line to their point
@@ -24,14 +35,17 @@ def _overlap(a: Bbox, b: Bbox) -> float:
     return w * h if w > 0 and h > 0 else 0.0
 
 
-def place_labels(ax, points: list[tuple[float, float]], texts: list[str], colors: list[str],
-                 fontsize: float = 8) -> tuple[list, int]:
+def place_labels(
+    ax, points: list[tuple[float, float]], texts: list[str], colors: list[str], fontsize: float = 8
+) -> tuple[list, int]:
     """Annotate points (data coordinates) with texts; returns (annotations, labels that overlap)."""
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
     to_px = ax.transData.transform
-    markers = [Bbox.from_extents(x - MARKER_PX, y - MARKER_PX, x + MARKER_PX, y + MARKER_PX)
-               for x, y in (to_px(p) for p in points)]
+    markers = [
+        Bbox.from_extents(x - MARKER_PX, y - MARKER_PX, x + MARKER_PX, y + MARKER_PX)
+        for x, y in (to_px(p) for p in points)
+    ]
     frame = ax.get_window_extent(renderer)
     placed: list[Bbox] = []
     out, crowded = [], 0
@@ -39,13 +53,23 @@ def place_labels(ax, points: list[tuple[float, float]], texts: list[str], colors
         best = None
         for r in RINGS:
             for dx, dy in DIRECTIONS:
-                ann = ax.annotate(texts[i], points[i], xytext=(dx * r, dy * r * 0.8), textcoords="offset points",
-                                  ha="left" if dx > 0 else "right" if dx < 0 else "center", va="bottom",
-                                  fontsize=fontsize, color=colors[i])
+                ann = ax.annotate(
+                    texts[i],
+                    points[i],
+                    xytext=(dx * r, dy * r * 0.8),
+                    textcoords="offset points",
+                    ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                    va="bottom",
+                    fontsize=fontsize,
+                    color=colors[i],
+                )
                 box = ann.get_window_extent(renderer).expanded(1.0, 1.0).padded(2)
                 cost = sum(_overlap(box, b) for b in placed) + sum(_overlap(box, m) for m in markers)
-                cost += 0 if (box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0
-                              and box.y1 <= frame.y1) else 1e6
+                cost += (
+                    0
+                    if (box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1)
+                    else 1e6
+                )
                 if best is None or cost < best[0]:
                     if best is not None:
                         best[1].remove()
@@ -60,9 +84,17 @@ def place_labels(ax, points: list[tuple[float, float]], texts: list[str], colors
         crowded += cost > 0
         if cost > 0 or max(abs(offset[0]), abs(offset[1])) > LEADER_PX:  # far or crowded: a leader line
             ann.remove()
-            ann = ax.annotate(texts[i], points[i], xytext=best[3], textcoords="offset points", fontsize=fontsize,
-                              color=colors[i], ha=ann.get_ha(), va="bottom",
-                              arrowprops={"arrowstyle": "-", "color": "#999999", "lw": 0.6})
+            ann = ax.annotate(
+                texts[i],
+                points[i],
+                xytext=best[3],
+                textcoords="offset points",
+                fontsize=fontsize,
+                color=colors[i],
+                ha=ann.get_ha(),
+                va="bottom",
+                arrowprops={"arrowstyle": "-", "color": "#999999", "lw": 0.6},
+            )
             box = ann.get_window_extent(renderer)
         placed.append(box)
         out.append(ann)

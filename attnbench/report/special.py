@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections import Counter
 
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
-
 from matplotlib.transforms import blended_transform_factory
 
 from attnbench.report.analysis import SCENARIO_KEYS, Series, fmt_len, length

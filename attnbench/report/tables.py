@@ -11,9 +11,9 @@ import io
 import json
 from pathlib import Path
 
-from attnbench.report.analysis import SCENARIO_KEYS, Series, baseline_of, crossover, fmt_len, length, series
 from attnbench.core.results import atomic_write_text, spread_text
 from attnbench.core.units import fmt_bytes as _fmt_bytes
+from attnbench.report.analysis import SCENARIO_KEYS, Series, baseline_of, crossover, fmt_len, length, series
 
 
 def not_run(records: list[dict]) -> list[dict]:
@@ -22,8 +22,15 @@ def not_run(records: list[dict]) -> list[dict]:
     for s in series(records):
         if not s.ok():
             r = s.records[0]
-            rows.append({"series": s.name, **{k: s.axes[k] for k in SCENARIO_KEYS}, "status": r["status"],
-                         "reason": r.get("reason"), "lengths": ", ".join(fmt_len(length(x)) for x in s.records)})
+            rows.append(
+                {
+                    "series": s.name,
+                    **{k: s.axes[k] for k in SCENARIO_KEYS},
+                    "status": r["status"],
+                    "reason": r.get("reason"),
+                    "lengths": ", ".join(fmt_len(length(x)) for x in s.records),
+                }
+            )
     return rows
 
 
@@ -40,8 +47,7 @@ def approximate(s: Series) -> bool:
 def pair_matters(a: Series, b: Series, baseline: str) -> bool:
     """A crossover worth a row: two backends of one variant (fused vs eager), an approximation
     against an exact series, or a series against the baseline."""
-    return (a.axes["variant"] == b.axes["variant"] or approximate(a) != approximate(b)
-            or baseline in (a.name, b.name))
+    return a.axes["variant"] == b.axes["variant"] or approximate(a) != approximate(b) or baseline in (a.name, b.name)
 
 
 def crossover_table(records: list[dict], baseline: str = "mha:eager", every: bool = False) -> list[dict]:
@@ -50,17 +56,27 @@ def crossover_table(records: list[dict], baseline: str = "mha:eager", every: boo
     everything = [s for s in series(records) if len(s.ok()) >= 2]
     rows = []
     for i, a in enumerate(everything):
-        for b in everything[i + 1:]:
+        for b in everything[i + 1 :]:
             if a.scenario() != b.scenario() or not (every or pair_matters(a, b, baseline)):
                 continue
             lat = crossover(*a.xy("latency"), *b.xy("latency"), tag(a), tag(b))
-            mem = crossover(*a.xy("peak_mem_bytes"), *b.xy("peak_mem_bytes"), tag(a), tag(b), "smaller") \
-                if len(a.xy("peak_mem_bytes")[0]) > 1 and len(b.xy("peak_mem_bytes")[0]) > 1 else {"text": "-"}
+            mem = (
+                crossover(*a.xy("peak_mem_bytes"), *b.xy("peak_mem_bytes"), tag(a), tag(b), "smaller")
+                if len(a.xy("peak_mem_bytes")[0]) > 1 and len(b.xy("peak_mem_bytes")[0]) > 1
+                else {"text": "-"}
+            )
             if not every and not lat["points"] and not mem.get("points"):
                 continue
-            rows.append({"a": tag(a), "b": tag(b), **dict(zip(SCENARIO_KEYS, a.scenario())),
-                         "latency": lat["text"], "memory": mem["text"],
-                         "latency_L": ", ".join(f"{L:.0f}" for L, _ in lat["points"])})
+            rows.append(
+                {
+                    "a": tag(a),
+                    "b": tag(b),
+                    **dict(zip(SCENARIO_KEYS, a.scenario())),
+                    "latency": lat["text"],
+                    "memory": mem["text"],
+                    "latency_L": ", ".join(f"{L:.0f}" for L, _ in lat["points"]),
+                }
+            )
     return rows
 
 
@@ -83,16 +99,31 @@ def measurements(records: list[dict], baseline: str = "mha:eager") -> list[dict]
         for r in s.ok():
             L, lat, mem = length(r), (r.get("latency_ms") or {}), r.get("peak_mem_bytes")
             err = r.get("error") or {}
-            rows.append({"series": tag(s), **{k: s.axes[k] for k in SCENARIO_KEYS}, "L": L,
-                         "seq_q": r["seq_q"], "seq_k": r["seq_k"], "kv_heads": r["kv_heads"],
-                         "latency_ms": lat.get("median"), "iqr_ms": lat.get("iqr"), "n": lat.get("n"),
-                         "flags": list(r.get("flags") or []), "inputs": r.get("inputs"),
-                         "attn_entropy": r.get("attn_entropy"), "peak_mem_bytes": mem,
-                         "kv_cache_bytes": r.get("kv_cache_bytes"), "tflops": r.get("tflops"),
-                         "gbps": r.get("gbps"), "roofline_frac": r.get("roofline_frac"),
-                         "rel_l2": err.get("rel_l2"), "full_rel_l2": err.get("full_rel_l2"),
-                         "speedup": float(b_lat[L] / lat["median"]) if L in b_lat and lat.get("median") else None,
-                         "mem_saving": float(b_mem[L] / mem) if L in b_mem and mem else None})
+            rows.append(
+                {
+                    "series": tag(s),
+                    **{k: s.axes[k] for k in SCENARIO_KEYS},
+                    "L": L,
+                    "seq_q": r["seq_q"],
+                    "seq_k": r["seq_k"],
+                    "kv_heads": r["kv_heads"],
+                    "latency_ms": lat.get("median"),
+                    "iqr_ms": lat.get("iqr"),
+                    "n": lat.get("n"),
+                    "flags": list(r.get("flags") or []),
+                    "inputs": r.get("inputs"),
+                    "attn_entropy": r.get("attn_entropy"),
+                    "peak_mem_bytes": mem,
+                    "kv_cache_bytes": r.get("kv_cache_bytes"),
+                    "tflops": r.get("tflops"),
+                    "gbps": r.get("gbps"),
+                    "roofline_frac": r.get("roofline_frac"),
+                    "rel_l2": err.get("rel_l2"),
+                    "full_rel_l2": err.get("full_rel_l2"),
+                    "speedup": float(b_lat[L] / lat["median"]) if L in b_lat and lat.get("median") else None,
+                    "mem_saving": float(b_mem[L] / mem) if L in b_mem and mem else None,
+                }
+            )
     return rows
 
 
@@ -119,27 +150,61 @@ def _cell(v):
 
 # ---------------------------------------------------------------- display
 SCALING_COLUMNS = (
-    ("series", "series"), ("scenario", "scenario"), ("time_claim", "time claim"),
-    ("time_fit", "latency exponent [95% CI]"), ("time_verdict", "verdict"), ("memory_claim", "memory claim"),
-    ("mem_fit", "memory exponent [95% CI]"), ("mem_verdict", "verdict"), ("lengths", "L range (n)"),
-    ("speedup_text", "speedup vs baseline"), ("saving_text", "memory saving vs baseline"),
-    ("crossover_vs_baseline", "crossover vs baseline"), ("frontier", "frontier"),
-    ("throughput", "at the longest L"), ("notes", "notes"))
+    ("series", "series"),
+    ("scenario", "scenario"),
+    ("time_claim", "time claim"),
+    ("time_fit", "latency exponent [95% CI]"),
+    ("time_verdict", "verdict"),
+    ("memory_claim", "memory claim"),
+    ("mem_fit", "memory exponent [95% CI]"),
+    ("mem_verdict", "verdict"),
+    ("lengths", "L range (n)"),
+    ("speedup_text", "speedup vs baseline"),
+    ("saving_text", "memory saving vs baseline"),
+    ("crossover_vs_baseline", "crossover vs baseline"),
+    ("frontier", "frontier"),
+    ("throughput", "at the longest L"),
+    ("notes", "notes"),
+)
 MEASUREMENT_COLUMNS = (
-    ("series", "series"), ("scenario", "scenario"), ("L_text", "L"), ("latency", "median ms"),
-    ("iqr", "IQR %"), ("memory", "peak memory"), ("flops", "TFLOP/s"), ("bw", "GB/s"),
-    ("roofline", "roofline %"), ("speedup_text", "speedup"), ("saving_text", "memory saving"),
-    ("error_text", "rel. L2 error vs fp64"), ("inputs", "inputs"), ("entropy_text", "attention entropy"))
-CROSSOVER_COLUMNS = (("a", "A"), ("b", "B"), ("scenario", "scenario"), ("latency", "latency crossover"),
-                     ("memory", "peak-memory crossover"))
-NOT_RUN_COLUMNS = (("series", "series"), ("scenario", "scenario"), ("status", "status"), ("reason", "reason"),
-                   ("lengths", "lengths"))
+    ("series", "series"),
+    ("scenario", "scenario"),
+    ("L_text", "L"),
+    ("latency", "median ms"),
+    ("iqr", "IQR %"),
+    ("memory", "peak memory"),
+    ("flops", "TFLOP/s"),
+    ("bw", "GB/s"),
+    ("roofline", "roofline %"),
+    ("speedup_text", "speedup"),
+    ("saving_text", "memory saving"),
+    ("error_text", "rel. L2 error vs fp64"),
+    ("inputs", "inputs"),
+    ("entropy_text", "attention entropy"),
+)
+CROSSOVER_COLUMNS = (
+    ("a", "A"),
+    ("b", "B"),
+    ("scenario", "scenario"),
+    ("latency", "latency crossover"),
+    ("memory", "peak-memory crossover"),
+)
+NOT_RUN_COLUMNS = (
+    ("series", "series"),
+    ("scenario", "scenario"),
+    ("status", "status"),
+    ("reason", "reason"),
+    ("lengths", "lengths"),
+)
 
 
 def scenario_text(r: dict) -> str:
     kv = f"/{r['kv_heads']}" if r.get("kv_heads") not in (None, r["heads"]) else ""
-    return (f"{r['mode']} {r['dtype']} B{r['batch']} H{r['heads']}{kv} D{r['head_dim']}"
-            + (" causal" if r["causal"] else "") + f" {r['device']}")
+    return (
+        f"{r['mode']} {r['dtype']} B{r['batch']} H{r['heads']}{kv} D{r['head_dim']}"
+        + (" causal" if r["causal"] else "")
+        + f" {r['device']}"
+    )
 
 
 def fmt_bytes(n) -> str:
@@ -168,8 +233,17 @@ def scaling_display(rows: list[dict]) -> list[dict]:
         roof = f", {100 * r['roofline_frac']:.0f}% of roofline" if r.get("roofline_frac") else ""
         span = f"{fmt_len(r['l_min'])}–{fmt_len(r['l_max'])} ({r['n_time']})" if r["l_min"] else "-"
         notes = "; ".join(f"{k}: {n}" for k, n in (("latency", r["time_note"]), ("memory", r["mem_note"])) if n)
-        out.append({**r, "scenario": scenario_text(r), "lengths": span, "speedup_text": speed, "saving_text": saving,
-                    "throughput": fmt_flops(r.get("tflops")) + roof, "notes": notes or "-"})
+        out.append(
+            {
+                **r,
+                "scenario": scenario_text(r),
+                "lengths": span,
+                "speedup_text": speed,
+                "saving_text": saving,
+                "throughput": fmt_flops(r.get("tflops")) + roof,
+                "notes": notes or "-",
+            }
+        )
     return out
 
 
@@ -178,16 +252,26 @@ def measurement_display(rows: list[dict]) -> list[dict]:
     for r in rows:
         lat, iqr = r["latency_ms"], r["iqr_ms"]
         err = r["full_rel_l2"] if r["full_rel_l2"] is not None else r["rel_l2"]
-        out.append({**r, "scenario": scenario_text(r), "L_text": fmt_len(r["L"]),
-                    "latency": "-" if lat is None else f"{lat:.4g}",
-                    "iqr": spread_text({"median": lat, "iqr": iqr, "n": r.get("n")}),
-                    "memory": fmt_bytes(r["peak_mem_bytes"]), "flops": fmt_flops(r["tflops"]),
-                    "bw": "-" if r["gbps"] is None else f"{r['gbps']:.3g}",
-                    "roofline": "-" if r["roofline_frac"] is None else f"{100 * r['roofline_frac']:.0f}"
-                    + (" (above roof)" if "above_roof" in r.get("flags", []) else ""),
-                    "speedup_text": _x(r["speedup"]), "saving_text": _x(r["mem_saving"]),
-                    "entropy_text": "-" if r.get("attn_entropy") is None else f"{r['attn_entropy']:.2f}",
-                    "error_text": "-" if err is None else f"{err:.2e}" + (" (≥ 1: worse than zeros)" if err >= 1 else "")})
+        out.append(
+            {
+                **r,
+                "scenario": scenario_text(r),
+                "L_text": fmt_len(r["L"]),
+                "latency": "-" if lat is None else f"{lat:.4g}",
+                "iqr": spread_text({"median": lat, "iqr": iqr, "n": r.get("n")}),
+                "memory": fmt_bytes(r["peak_mem_bytes"]),
+                "flops": fmt_flops(r["tflops"]),
+                "bw": "-" if r["gbps"] is None else f"{r['gbps']:.3g}",
+                "roofline": "-"
+                if r["roofline_frac"] is None
+                else f"{100 * r['roofline_frac']:.0f}"
+                + (" (above roof)" if "above_roof" in r.get("flags", []) else ""),
+                "speedup_text": _x(r["speedup"]),
+                "saving_text": _x(r["mem_saving"]),
+                "entropy_text": "-" if r.get("attn_entropy") is None else f"{r['attn_entropy']:.2f}",
+                "error_text": "-" if err is None else f"{err:.2e}" + (" (≥ 1: worse than zeros)" if err >= 1 else ""),
+            }
+        )
     return out
 
 

@@ -13,7 +13,8 @@ from typing import Callable
 
 import torch
 
-from attnbench.variants import registry
+from attnbench.core.problem import Problem
+from attnbench.core.results import case_id, timing_flags
 from attnbench.measure import accuracy, memory, telemetry
 from attnbench.measure import flops as fl
 from attnbench.measure import refs as refs_mod
@@ -21,9 +22,8 @@ from attnbench.measure.accuracy import REFERENCE_LIMIT
 from attnbench.measure.inputs import make_inputs, mean_entropy
 from attnbench.measure.timing import TimingPolicy, time_call
 from attnbench.measure.trace import quiet_stderr, save_trace
-from attnbench.core.results import case_id, timing_flags
-from attnbench.core.problem import Problem
 from attnbench.run.plan import Case
+from attnbench.variants import registry
 from attnbench.variants.shared import exact_reference, kv_cache_bytes
 
 
@@ -60,7 +60,8 @@ _NOT_KERNEL = re.compile(
     r"as_strided\w*|unsqueeze\w*|squeeze\w*|transpose\w*|permute|t|select|slice|narrow|unbind|split\w*|"
     r"contiguous|clone|copy_|to|_to_copy|detach\w*|alias|lift\w*|resolve_\w+|item|_local_scalar_dense|"
     r"result_type|arange|resize_|set_|isneginf|isposinf|isinf|isnan|isfinite|all|any|eq|ne|lt|le|gt|ge|"
-    r"logical_\w+|scaled_dot_product_attention)")
+    r"logical_\w+|scaled_dot_product_attention)"
+)
 _ATTENTION = re.compile(r"attention|flash|fmha|sdpa", re.I)
 SDPA_MATH = "aten::_scaled_dot_product_attention_math"
 
@@ -70,11 +71,17 @@ def detect_kernel(prof, device: torch.device, top: int = 3) -> str:
     kernels, Triton, FlexAttention) when one ran, else the compute operators with most self time
     (allocation, view, fill and comparison ops skipped). SDPA's math path is named as such."""
     events = [e for e in prof.key_averages() if not _NOT_KERNEL.fullmatch(e.key)]
-    t = (lambda e: getattr(e, "self_device_time_total", 0)) if device.type == "cuda" else \
-        (lambda e: e.self_cpu_time_total)
+    t = (
+        (lambda e: getattr(e, "self_device_time_total", 0))
+        if device.type == "cuda"
+        else (lambda e: e.self_cpu_time_total)
+    )
     if device.type != "cuda":
-        events = [e for e in events if e.key.startswith(("aten::", "triton", "torch_dynamo", "Torch-Compiled",
-                                                         "CompiledFunction", "flex"))] or events
+        events = [
+            e
+            for e in events
+            if e.key.startswith(("aten::", "triton", "torch_dynamo", "Torch-Compiled", "CompiledFunction", "flex"))
+        ] or events
     ranked = sorted((e for e in events if t(e) > 0), key=lambda e: (not _ATTENTION.search(e.key), -t(e)))
     names = ", ".join(e.key for e in ranked[:top]) or "unknown"
     if any(e.key == SDPA_MATH for e in prof.key_averages()):
@@ -104,8 +111,9 @@ def oracle(variant, problem: Problem, q, k, v, key=None) -> dict:
     return res
 
 
-def compute_error(variant, problem: Problem, out: torch.Tensor, q, k, v, limit: int | None = None,
-                  key=None) -> dict | None:
+def compute_error(
+    variant, problem: Problem, out: torch.Tensor, q, k, v, limit: int | None = None, key=None
+) -> dict | None:
     """Error of the forward output against an fp64 oracle: the variant's reference computed in
     float64 from the same inputs (every backend, eager included: never the output against itself),
     and, for patterns and approximations, against full softmax attention in float64. None with
@@ -113,8 +121,10 @@ def compute_error(variant, problem: Problem, out: torch.Tensor, q, k, v, limit: 
     elems = problem.batch * problem.heads * problem.seq_q * problem.seq_k
     limit = REFERENCE_LIMIT if limit is None else limit
     if elems > limit:
-        return {"reason": f"reference too large ({elems:.2e} scores > {limit:.1e}"
-                          + (", the suite's reference_limit)" if limit != REFERENCE_LIMIT else ")")}
+        return {
+            "reason": f"reference too large ({elems:.2e} scores > {limit:.1e}"
+            + (", the suite's reference_limit)" if limit != REFERENCE_LIMIT else ")")
+        }
     refs = oracle(variant, problem, q, k, v, key)
     result = {"vs": "fp64 reference", **accuracy.errors(out, refs["ref"])}
     if "full" in refs:
@@ -142,9 +152,16 @@ def case_flags(stats_dict: dict, tel: dict | None, frac_reason: str | None, erro
     return flags
 
 
-def run_case(case: Case, device: torch.device, policy: TimingPolicy, refs: dict | None,
-             nvml: telemetry.Nvml | None = None, profile_dir: str | None = None, inputs: str = "randn",
-             reference_limit: int | None = None) -> dict:
+def run_case(
+    case: Case,
+    device: torch.device,
+    policy: TimingPolicy,
+    refs: dict | None,
+    nvml: telemetry.Nvml | None = None,
+    profile_dir: str | None = None,
+    inputs: str = "randn",
+    reference_limit: int | None = None,
+) -> dict:
     """Measure one runnable case; returns the measured fields of its record."""
     variant = registry.get(case.variant)
     backend = variant.backend(case.backend)
@@ -163,12 +180,15 @@ def run_case(case: Case, device: torch.device, policy: TimingPolicy, refs: dict 
     timing = time_call(call, device, policy)
     peak, kernel = measure_memory_and_kernel(call, device, nvml)
     if profile_dir:
-        save_trace(call, device, Path(profile_dir) / f"{case_id(p.as_dict(), case.variant, case.backend, device.type)}.json")
+        save_trace(
+            call, device, Path(profile_dir) / f"{case_id(p.as_dict(), case.variant, case.backend, device.type)}.json"
+        )
     error, entropy = None, None
     if p.mode in ("fwd", "decode"):
         try:
-            error = compute_error(variant, p, peak.output, q, k, v, reference_limit,
-                                  key=(case.variant, p, inputs, device.type))
+            error = compute_error(
+                variant, p, peak.output, q, k, v, reference_limit, key=(case.variant, p, inputs, device.type)
+            )
             if "reason" not in error:
                 entropy = mean_entropy(q.detach().cpu(), k.detach().cpu(), p.causal)
         except (MemoryError, RuntimeError) as e:  # the reference alone must not cost the case
@@ -186,16 +206,29 @@ def run_case(case: Case, device: torch.device, policy: TimingPolicy, refs: dict 
     why_above = refs_mod.above_roof_reason(frac, roof, p.dtype, refs)
     tel = telemetry.summarize(nvml, before, after, time.perf_counter() - t_case)
     return {
-        "status": "ok", "reason": None,
-        "latency_ms": stats.__dict__, "samples_ms": list(timing.samples_ms),
-        "setup_ms": setup_ms, "first_call_ms": timing.first_call_ms,
-        "peak_mem_bytes": peak.bytes, "mem_source": peak.source,
-        "flops": flops, "bytes": nbytes, "kv_cache_bytes": kv_cache_bytes(p),
-        "tflops": tflops, "gbps": gbps,
-        "roofline_frac": frac, "roof": roof and {**roof, "reason": why_above},
-        "error": error, "kernel": kernel, "threads": torch.get_num_threads(), "telemetry": tel,
+        "status": "ok",
+        "reason": None,
+        "latency_ms": stats.__dict__,
+        "samples_ms": list(timing.samples_ms),
+        "setup_ms": setup_ms,
+        "first_call_ms": timing.first_call_ms,
+        "peak_mem_bytes": peak.bytes,
+        "mem_source": peak.source,
+        "flops": flops,
+        "bytes": nbytes,
+        "kv_cache_bytes": kv_cache_bytes(p),
+        "tflops": tflops,
+        "gbps": gbps,
+        "roofline_frac": frac,
+        "roof": roof and {**roof, "reason": why_above},
+        "error": error,
+        "kernel": kernel,
+        "threads": torch.get_num_threads(),
+        "telemetry": tel,
         "timing": {"calls_per_sample": timing.calls_per_sample, "stopped_by": timing.stopped_by},
-        "inputs": inputs, "attn_entropy": entropy, "flags": case_flags(stats.__dict__, tel, why_above, error),
+        "inputs": inputs,
+        "attn_entropy": entropy,
+        "flags": case_flags(stats.__dict__, tel, why_above, error),
     }
 
 
@@ -211,8 +244,13 @@ def probe_case(case: Case, device: torch.device) -> dict:
     call = mode_call(variant.backend(case.backend).build(p, device), q, k, v, p)
     call()  # first call: compilation and caches, outside the memory pass
     peak = memory.peak_cuda(call) if device.type == "cuda" else memory.peak_cpu(call)
-    return {"status": "ok", "reason": None, "peak_mem_bytes": peak.bytes, "mem_source": peak.source,
-            "wall_s": time.perf_counter() - t0}
+    return {
+        "status": "ok",
+        "reason": None,
+        "peak_mem_bytes": peak.bytes,
+        "mem_source": peak.source,
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
 def roofline_fraction(flops: float, median_ms: float, roof: dict | None) -> float | None:

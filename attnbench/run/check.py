@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from attnbench.variants import registry
-from attnbench.measure.inputs import make_inputs
-from attnbench.measure.accuracy import errors
 from attnbench.core.problem import Problem
+from attnbench.measure.accuracy import errors
+from attnbench.measure.inputs import make_inputs
+from attnbench.variants import registry
 
 K_REL, ATOL = 3.0, 1e-5
 
@@ -52,23 +52,46 @@ def check_problem(variant: registry.Variant, dtype: str, causal: bool, mode: str
     params = dict(variant.defaults)
     seq = 256
     if mode == "decode":
-        raw = Problem(batch=2, heads=8, kv_heads=0, seq_q=1, seq_k=1000, head_dim=64, dtype=dtype,
-                      causal=causal, mode="decode", params=tuple(sorted(params.items())))
+        raw = Problem(
+            batch=2,
+            heads=8,
+            kv_heads=0,
+            seq_q=1,
+            seq_k=1000,
+            head_dim=64,
+            dtype=dtype,
+            causal=causal,
+            mode="decode",
+            params=tuple(sorted(params.items())),
+        )
         return variant.resolve(raw)
     if "block" in params:
         params["block"], seq = 32, 512
     for key in ("window", "global_tokens"):  # narrow enough to leave most pairs out
         if key in params:
             params[key] = min(params[key], 64)
-    raw = Problem(batch=1, heads=4, kv_heads=0, seq_q=seq, seq_k=0, head_dim=32, dtype=dtype,
-                  causal=causal, params=tuple(sorted(params.items())))
+    raw = Problem(
+        batch=1,
+        heads=4,
+        kv_heads=0,
+        seq_q=seq,
+        seq_k=0,
+        head_dim=32,
+        dtype=dtype,
+        causal=causal,
+        params=tuple(sorted(params.items())),
+    )
     return variant.resolve(raw)
 
 
 def _shape(p: Problem) -> str:
     heads = f"H{p.heads}" if p.heads == p.kv_heads else f"H{p.heads}/{p.kv_heads}"
-    return (f"{heads} L{p.seq_q}" + (f"×{p.seq_k}" if p.seq_k != p.seq_q else "") + (" causal" if p.causal else "")
-            + (" decode" if p.mode == "decode" else ""))
+    return (
+        f"{heads} L{p.seq_q}"
+        + (f"×{p.seq_k}" if p.seq_k != p.seq_q else "")
+        + (" causal" if p.causal else "")
+        + (" decode" if p.mode == "decode" else "")
+    )
 
 
 def _problems(v: registry.Variant, dtype: str):
@@ -81,15 +104,23 @@ def _problems(v: registry.Variant, dtype: str):
         yield check_problem(v, dtype, False, mode="decode")
 
 
-def check_backend(variant: registry.Variant, backend: registry.Backend, p: Problem,
-                  device: torch.device) -> CheckRow:
+def check_backend(variant: registry.Variant, backend: registry.Backend, p: Problem, device: torch.device) -> CheckRow:
     shape = _shape(p)
     why = variant.supports(p) or backend.supports(p, device)
     if why:
         return CheckRow(variant.name, backend.name, p.dtype, shape, None, None, None, None, why)
     if not variant.exact and backend.name == "eager":
-        return CheckRow(variant.name, backend.name, p.dtype, shape, None, None, None, None,
-                        "the oracle of this approximation (`run` measures its error against exact attention)")
+        return CheckRow(
+            variant.name,
+            backend.name,
+            p.dtype,
+            shape,
+            None,
+            None,
+            None,
+            None,
+            "the oracle of this approximation (`run` measures its error against exact attention)",
+        )
     q, k, v = make_inputs(variant, p, device, seed=1)
     oracle, note = _oracle(variant, p, device)
     with torch.no_grad():
@@ -104,8 +135,9 @@ def check_backend(variant: registry.Variant, backend: registry.Backend, p: Probl
             note = "; ".join(filter(None, (note, "bound from a TF32 reference" if tf32 else "")))
         else:
             bound = K_REL * errors(oracle(q, k, v), truth)["max_abs"] + ATOL
-    return CheckRow(variant.name, backend.name, p.dtype, shape, err["rel_l2"], err["max_abs"], bound,
-                    err["max_abs"] <= bound, note)
+    return CheckRow(
+        variant.name, backend.name, p.dtype, shape, err["rel_l2"], err["max_abs"], bound, err["max_abs"] <= bound, note
+    )
 
 
 def _oracle(variant: registry.Variant, p: Problem, device: torch.device):
@@ -126,8 +158,13 @@ def _tf32_matmuls(on: bool):
         torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def run_checks(variants: list[str], device: torch.device, backends: list[str] | None = None,
-               dtypes: tuple[str, ...] = ("float32", "float16"), interpret_triton: bool = False) -> list[CheckRow]:
+def run_checks(
+    variants: list[str],
+    device: torch.device,
+    backends: list[str] | None = None,
+    dtypes: tuple[str, ...] = ("float32", "float16"),
+    interpret_triton: bool = False,
+) -> list[CheckRow]:
     rows = []
     for name in variants:
         v = registry.get(name)
@@ -143,13 +180,26 @@ def run_checks(variants: list[str], device: torch.device, backends: list[str] | 
             for dtype in dtypes:
                 for p in _problems(v, dtype):
                     if why:
-                        rows.append(CheckRow(name, b.name, dtype, _shape(p), None, None, None, None, f"unavailable: {why}"))
+                        rows.append(
+                            CheckRow(name, b.name, dtype, _shape(p), None, None, None, None, f"unavailable: {why}")
+                        )
                         continue
                     try:
                         rows.append(check_backend(v, b, p, device))
                     except Exception as e:  # a failing backend is a failed check with its reason
-                        rows.append(CheckRow(name, b.name, dtype, _shape(p), None, None, None, False,
-                                             f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"))
+                        rows.append(
+                            CheckRow(
+                                name,
+                                b.name,
+                                dtype,
+                                _shape(p),
+                                None,
+                                None,
+                                None,
+                                False,
+                                f"{type(e).__name__}: {' '.join(str(e).split())[:200]}",
+                            )
+                        )
     return rows
 
 

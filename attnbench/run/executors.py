@@ -4,7 +4,8 @@ Slurm array task) whose results files are merged afterwards.
 Ray (`run_cases_ray`): each runnable case is one Ray task (num_gpus=1 on a GPU run, num_cpus =
 --threads or 1 on the CPU) that runs the case exactly as a local run does — in an isolated
 worker process started by the Ray worker (attnbench.run.worker.Worker/run_cases, kept for that Ray
-worker's later tasks), so an OOM or a crash of the case is a record, as locally. If the Ray worker process running the task itself dies, Ray
+worker's later tasks), so an OOM or a crash of the case is a record, as locally. If the Ray worker process
+running the task itself dies, Ray
 retries the task once (max_retries=1); a second death becomes an `error` record with the reason.
 Cases whose status is already decided (unsupported, unavailable) never leave this process. The
 caller writes the records (the same JSONL as a local run).
@@ -32,13 +33,15 @@ import signal
 from typing import Callable, Iterable
 
 from attnbench.core.errors import UsageError
-from attnbench.run.worker import RunConfig, Worker, run_cases
 from attnbench.run.plan import Case
+from attnbench.run.worker import RunConfig, Worker, run_cases
 
 RAY_MISSING = "unavailable: ray is not installed; install it with pip install 'attnbench[cluster]'"
-RAY_FIX = ("check the address (`ray status` on the head prints it; host:6379, or ray://host:10001 for a "
-           "client); a cluster started by a recent `ray start` uses token authentication: start it with "
-           "RAY_AUTH_MODE=disabled, or run here with the cluster's RAY_AUTH_MODE and token (see docs/distributed.md)")
+RAY_FIX = (
+    "check the address (`ray status` on the head prints it; host:6379, or ray://host:10001 for a "
+    "client); a cluster started by a recent `ray start` uses token authentication: start it with "
+    "RAY_AUTH_MODE=disabled, or run here with the cluster's RAY_AUTH_MODE and token (see docs/distributed.md)"
+)
 
 
 def connect_ray(address: str | None, local_cpus: int | None = None) -> bool:
@@ -125,9 +128,14 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise UsageError(f"cannot connect to the Ray cluster at '{address}' ({e.strerror or e}); {RAY_FIX}") from None
 
 
-def run_cases_ray(cases: Iterable[Case], cfg: RunConfig, address: str | None = None,
-                  on_record: Callable[[dict], None] = lambda r: None, refs: dict | None = None,
-                  local_cpus: int | None = None) -> list[dict]:
+def run_cases_ray(
+    cases: Iterable[Case],
+    cfg: RunConfig,
+    address: str | None = None,
+    on_record: Callable[[dict], None] = lambda r: None,
+    refs: dict | None = None,
+    local_cpus: int | None = None,
+) -> list[dict]:
     """Run the cases on a Ray cluster; records in the order of `cases`, each handed to on_record
     as it finishes. address: a cluster ("auto", "ray://host:10001"); None starts a local one
     (local_cpus CPUs) unless Ray is already initialised in this process."""
@@ -169,8 +177,11 @@ def _result_or_error(ray, ref, case: Case, cfg: RunConfig) -> dict:
     except ray.exceptions.RayError as e:  # the task's process died twice, or Ray lost the node
         rec = base_record(case, cfg.device, cfg.threads)
         why = " ".join(str(e).split())[:300]
-        rec.update(status="error", reason=f"the Ray task died and its one retry too ({type(e).__name__}): {why}",
-                   executor={"kind": "ray", "node": None})
+        rec.update(
+            status="error",
+            reason=f"the Ray task died and its one retry too ({type(e).__name__}): {why}",
+            executor={"kind": "ray", "node": None},
+        )
         return rec
 
 

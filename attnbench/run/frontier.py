@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from attnbench.variants import registry
 from attnbench.core.problem import Problem
 from attnbench.measure.cost import predict_call_seconds
-from attnbench.run.worker import RunConfig, Worker
 from attnbench.run.plan import Case, decide_case
+from attnbench.run.worker import RunConfig, Worker
+from attnbench.variants import registry
 
 
 @dataclass(frozen=True)

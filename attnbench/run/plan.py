@@ -10,17 +10,17 @@ from __future__ import annotations
 import itertools
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import torch
 
-from attnbench.variants import registry
 from attnbench.core.errors import UsageError, did_you_mean
 from attnbench.core.problem import MODES, Problem, parse_dtype
+from attnbench.variants import registry
 
 _SEQ_ITEM = re.compile(r"^(\d+)([kKmM]?)$")
 
@@ -28,8 +28,10 @@ _SEQ_ITEM = re.compile(r"^(\d+)([kKmM]?)$")
 def parse_length(text: str, what: str = "--seq") -> int:
     m = _SEQ_ITEM.match(text.strip())
     if not m:
-        raise UsageError(f"bad {what} value '{text}'; accepted: a positive integer with optional k (×1024) "
-                         f"or m (×1024²), e.g. 512, 4k")
+        raise UsageError(
+            f"bad {what} value '{text}'; accepted: a positive integer with optional k (×1024) "
+            f"or m (×1024²), e.g. 512, 4k"
+        )
     n = int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2}[m.group(2).lower()]
     if n < 1:
         raise UsageError(f"bad {what} value '{text}'; lengths must be at least 1")
@@ -88,8 +90,7 @@ class Case:
 
 
 SWEEP_KEYS = {f for f in Sweep.__dataclass_fields__} | {"mode"}
-SUITE_KEYS = {"description", "sweep", "time_budget", "device", "rounds", "reference_limit", "inputs",
-              "sample_time"}
+SUITE_KEYS = {"description", "sweep", "time_budget", "device", "rounds", "reference_limit", "inputs", "sample_time"}
 
 
 def _positive(values, what: str) -> tuple[int, ...]:
@@ -114,7 +115,9 @@ def make_sweep(**axes: Any) -> Sweep:
     unknown = set(axes) - SWEEP_KEYS
     if unknown:
         k = sorted(unknown)[0]
-        raise UsageError(f"unknown sweep key '{k}'{did_you_mean(k, SWEEP_KEYS)}; accepted: {', '.join(sorted(SWEEP_KEYS))}")
+        raise UsageError(
+            f"unknown sweep key '{k}'{did_you_mean(k, SWEEP_KEYS)}; accepted: {', '.join(sorted(SWEEP_KEYS))}"
+        )
     a = {k: v for k, v in axes.items() if v is not None}
     if "mode" in a:
         a["modes"] = a.pop("mode")
@@ -128,10 +131,16 @@ def make_sweep(**axes: Any) -> Sweep:
             registry.get(v)  # raises with a suggestion
         out["variants"] = tuple(dict.fromkeys(vs))
     if "backends" in a:
-        out["backends"] = tuple(dict.fromkeys(s.strip() for v in as_list(a["backends"]) for s in str(v).split(",") if s.strip()))
+        out["backends"] = tuple(
+            dict.fromkeys(s.strip() for v in as_list(a["backends"]) for s in str(v).split(",") if s.strip())
+        )
     for key in ("seq", "kv_seq"):
         if key in a:
-            vals = [n for v in as_list(a[key]) for n in (parse_seq(v, f"--{key.replace('_', '-')}") if isinstance(v, str) else [v])]
+            vals = [
+                n
+                for v in as_list(a[key])
+                for n in (parse_seq(v, f"--{key.replace('_', '-')}") if isinstance(v, str) else [v])
+            ]
             out[key] = _positive(vals, f"--{key.replace('_', '-')}")
     for key in ("batch", "heads", "kv_heads", "kv_groups", "head_dim"):
         if key in a:
@@ -164,13 +173,22 @@ def check_params(params: dict[str, Any], variants: tuple[str, ...], backends: tu
     Values are cast to the type of the declared default (text from --param)."""
     out = {}
     for name, value in params.items():
-        tables = [d for v in variants for d in (registry.get(v).defaults, *(
-            b.params for b in registry.get(v).backends if not backends or b.name in backends))]
+        tables = [
+            d
+            for v in variants
+            for d in (
+                registry.get(v).defaults,
+                *(b.params for b in registry.get(v).backends if not backends or b.name in backends),
+            )
+        ]
         declared = [d for d in tables if name in d]
         if not declared:
             known = sorted({n for d in tables for n in d})
-            who = (f"variant '{variants[0]}' has no parameter" if len(variants) == 1
-                   else f"none of the variants {', '.join(variants)} has a parameter")
+            who = (
+                f"variant '{variants[0]}' has no parameter"
+                if len(variants) == 1
+                else f"none of the variants {', '.join(variants)} has a parameter"
+            )
             raise UsageError(f"{who} '{name}'{did_you_mean(name, known)}; accepted: {', '.join(known) or 'none'}")
         out[name] = cast_param(value, declared[0][name], name)
     return out
@@ -194,7 +212,9 @@ def cast_param(value: Any, default: Any, name: str) -> Any:
                 value = type(default)(value.strip())
             except ValueError:
                 raise bad from None
-        if isinstance(default, int) and not (isinstance(value, int) or math.isfinite(value) and float(value).is_integer()):
+        if isinstance(default, int) and not (
+            isinstance(value, int) or math.isfinite(value) and float(value).is_integer()
+        ):
             raise bad
         from attnbench.core.schema import param_number
 
@@ -220,19 +240,24 @@ def load_suite(name_or_path: str, **overrides: Any) -> tuple[list[Sweep], dict[s
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
-            raise UsageError(f"suite file '{name_or_path}' does not exist; give a .toml path or one of: "
-                             f"{', '.join(suite_names())}")
+            raise UsageError(
+                f"suite file '{name_or_path}' does not exist; give a .toml path or one of: {', '.join(suite_names())}"
+            )
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
-            raise UsageError(f"suite file '{name_or_path}' is not UTF-8 text (byte {e.object[e.start]:#04x} at "
-                             f"offset {e.start}); accepted: a TOML file") from None
+            raise UsageError(
+                f"suite file '{name_or_path}' is not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                f"offset {e.start}); accepted: a TOML file"
+            ) from None
         except OSError as e:
             raise UsageError(f"cannot read suite file '{name_or_path}': {e.strerror or e}") from None
     else:
         if name_or_path not in suite_names():
-            raise UsageError(f"unknown suite '{name_or_path}'{did_you_mean(name_or_path, suite_names())}; "
-                             f"accepted: {', '.join(suite_names())} or a path to a .toml file")
+            raise UsageError(
+                f"unknown suite '{name_or_path}'{did_you_mean(name_or_path, suite_names())}; "
+                f"accepted: {', '.join(suite_names())} or a path to a .toml file"
+            )
         text = resources.files("attnbench.suites").joinpath(f"{name_or_path}.toml").read_text(encoding="utf-8")
     try:
         data = tomllib.loads(text)
@@ -241,8 +266,10 @@ def load_suite(name_or_path: str, **overrides: Any) -> tuple[list[Sweep], dict[s
     unknown = set(data) - SUITE_KEYS
     if unknown:
         k = sorted(unknown)[0]
-        raise UsageError(f"suite '{name_or_path}': unknown key '{k}'{did_you_mean(k, SUITE_KEYS)}; "
-                         f"accepted: {', '.join(sorted(SUITE_KEYS))}")
+        raise UsageError(
+            f"suite '{name_or_path}': unknown key '{k}'{did_you_mean(k, SUITE_KEYS)}; "
+            f"accepted: {', '.join(sorted(SUITE_KEYS))}"
+        )
     if not isinstance(data.get("sweep"), list) or not data["sweep"]:
         raise UsageError(f"suite '{name_or_path}' has no [[sweep]] tables")
     _validate_suite(data, name_or_path)
@@ -305,14 +332,27 @@ def _check_backends(sw: Sweep) -> None:
     known = {b for v in sw.variants for b in registry.get(v).backend_names(include_test=True)}
     for b in sw.backends:
         if b not in known:
-            raise UsageError(f"unknown backend '{b}'{did_you_mean(b, known)} for variants {', '.join(sw.variants)}; "
-                             f"accepted: {', '.join(sorted(known))}")
+            raise UsageError(
+                f"unknown backend '{b}'{did_you_mean(b, known)} for variants {', '.join(sw.variants)}; "
+                f"accepted: {', '.join(sorted(known))}"
+            )
 
 
 def _expand_one(sw: Sweep, device: torch.device):
     groups = sw.kv_groups or (None,)
-    axes = itertools.product(sw.variants, sw.modes, sw.dtype, sw.batch, sw.heads, groups, sw.kv_heads,
-                             sw.head_dim, sw.causal, sw.seq, sw.kv_seq)
+    axes = itertools.product(
+        sw.variants,
+        sw.modes,
+        sw.dtype,
+        sw.batch,
+        sw.heads,
+        groups,
+        sw.kv_heads,
+        sw.head_dim,
+        sw.causal,
+        sw.seq,
+        sw.kv_seq,
+    )
     for variant, mode, dtype, b, h, g, hkv, d, causal, L, lk in axes:
         v = registry.get(variant)
         if g is not None:
@@ -324,11 +364,24 @@ def _expand_one(sw: Sweep, device: torch.device):
             declared = v.declared_params(backend)
             params = v.defaults | {k: x for k, x in sw.params.items() if k in declared}
             own = next((x.pinned for x in v.backends if x.name == backend), {})  # none: unsupported later
-            sets = [params | own] if own and not own.keys() & sw.params.keys() else \
-                [params] + [params | pin for pin in pins if not own]
+            sets = (
+                [params | own]
+                if own and not own.keys() & sw.params.keys()
+                else [params] + [params | pin for pin in pins if not own]
+            )
             for ps in sets:
-                raw = Problem(batch=b, heads=h, kv_heads=hkv, seq_q=seq_q, seq_k=seq_k, head_dim=d, dtype=dtype,
-                              causal=causal, mode=mode, params=tuple(sorted(ps.items())))
+                raw = Problem(
+                    batch=b,
+                    heads=h,
+                    kv_heads=hkv,
+                    seq_q=seq_q,
+                    seq_k=seq_k,
+                    head_dim=d,
+                    dtype=dtype,
+                    causal=causal,
+                    mode=mode,
+                    params=tuple(sorted(ps.items())),
+                )
                 yield decide_case(v, backend, raw, device)
 
 
@@ -347,8 +400,13 @@ def decide_case(v, backend: str, raw: Problem, device: torch.device) -> Case:
     `unsupported`/`unavailable` with the reason when it cannot run here (registry.decide)."""
     if raw.kv_heads < 0:  # kv_groups that do not divide the heads: keep the groups in params
         p = v.resolve(replace(raw, kv_heads=raw.heads))
-        return Case(v.name, backend, replace(p, kv_heads=0).with_params(kv_groups=-raw.kv_heads),
-                    "unsupported", f"kv_groups={-raw.kv_heads} does not divide heads={raw.heads}")
+        return Case(
+            v.name,
+            backend,
+            replace(p, kv_heads=0).with_params(kv_groups=-raw.kv_heads),
+            "unsupported",
+            f"kv_groups={-raw.kv_heads} does not divide heads={raw.heads}",
+        )
     p = v.resolve(raw)
     verdict = registry.decide(v, backend, p, device)
     return Case(v.name, backend, p) if verdict is None else Case(v.name, backend, p, *verdict)

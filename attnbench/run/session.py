@@ -16,12 +16,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from attnbench.core import results
-from attnbench.variants import registry
 from attnbench.core.errors import UsageError
 from attnbench.measure import env as env_mod
-from attnbench.run.worker import RunConfig, Worker, case_key, run_cases
-from attnbench.run.rounds import merge_rounds, round_order
 from attnbench.run.plan import Case, Sweep, expand
+from attnbench.run.rounds import merge_rounds, round_order
+from attnbench.run.worker import RunConfig, Worker, case_key, run_cases
+from attnbench.variants import registry
 
 
 def resolve_device(name: str) -> torch.device:
@@ -80,13 +80,27 @@ class Interrupt:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budget: float,
-              threads: int | None, resume: bool = False, force: bool = False,
-              console: Console | None = None, command: list[str] | None = None,
-              profile_dir: Path | None = None, shard: tuple[int, int] | None = None,
-              world_size: int | None = None, executor: str = "local",
-              address: str | None = None, rounds: int = 1, inputs: str = "randn",
-              reference_limit: int | None = None, sample_time: float | None = None) -> tuple[list[dict], Interrupt]:
+def run_sweep(
+    sweeps: list[Sweep],
+    device: torch.device,
+    out: Path,
+    *,
+    time_budget: float,
+    threads: int | None,
+    resume: bool = False,
+    force: bool = False,
+    console: Console | None = None,
+    command: list[str] | None = None,
+    profile_dir: Path | None = None,
+    shard: tuple[int, int] | None = None,
+    world_size: int | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    rounds: int = 1,
+    inputs: str = "randn",
+    reference_limit: int | None = None,
+    sample_time: float | None = None,
+) -> tuple[list[dict], Interrupt]:
     """Run every case (`rounds` times, interleaved: see rounds.py); returns (records of this
     file, the Interrupt: false when the run was not stopped by a signal, else its signum and
     whether a case in flight was abandoned).
@@ -99,8 +113,9 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
 
     console = console or Console(stderr=True)
     if rounds > 1 and (executor != "local" or world_size):
-        raise UsageError("--rounds runs cases in one local worker: it does not combine with --executor ray "
-                         "or --world-size")
+        raise UsageError(
+            "--rounds runs cases in one local worker: it does not combine with --executor ray or --world-size"
+        )
     check_out(out, resume, force)
     cases = expand(sweeps, device)
     if shard is not None:
@@ -118,16 +133,43 @@ def run_sweep(sweeps: list[Sweep], device: torch.device, out: Path, *, time_budg
     out.parent.mkdir(exist_ok=True)  # only the default results/ can be missing here
     with hold_lock(out):
         check_out(out, resume, force)  # again, now that no other writer can change it
-        return _run_locked(cases, device, out, time_budget=time_budget, threads=threads, resume=resume,
-                           console=console, command=command, profile_dir=profile_dir, executor=executor,
-                           address=address, rounds=rounds, inputs=inputs, reference_limit=reference_limit,
-                           sample_time=sample_time)
+        return _run_locked(
+            cases,
+            device,
+            out,
+            time_budget=time_budget,
+            threads=threads,
+            resume=resume,
+            console=console,
+            command=command,
+            profile_dir=profile_dir,
+            executor=executor,
+            address=address,
+            rounds=rounds,
+            inputs=inputs,
+            reference_limit=reference_limit,
+            sample_time=sample_time,
+        )
 
 
-def _run_locked(cases: list[Case], device: torch.device, out: Path, *, time_budget: float, threads: int | None,
-                resume: bool, console: Console, command: list[str] | None, profile_dir: Path | None,
-                executor: str, address: str | None, rounds: int, inputs: str = "randn",
-                reference_limit: int | None = None, sample_time: float | None = None) -> tuple[list[dict], Interrupt]:
+def _run_locked(
+    cases: list[Case],
+    device: torch.device,
+    out: Path,
+    *,
+    time_budget: float,
+    threads: int | None,
+    resume: bool,
+    console: Console,
+    command: list[str] | None,
+    profile_dir: Path | None,
+    executor: str,
+    address: str | None,
+    rounds: int,
+    inputs: str = "randn",
+    reference_limit: int | None = None,
+    sample_time: float | None = None,
+) -> tuple[list[dict], Interrupt]:
     from attnbench.run.rounds import RoundJournal
 
     env = env_mod.capture(device)
@@ -138,11 +180,15 @@ def _run_locked(cases: list[Case], device: torch.device, out: Path, *, time_budg
         _check_same_env(out, header.get("env") or {}, env)
         ids = {r["case_id"] for r in done}
         cases = [c for c in cases if case_key(c, device, threads) not in ids]
-        console.print(f"resuming {out}: {len(done)} cases recorded, {len(cases)} to run", markup=False,
-                      highlight=False)
-    cfg = RunConfig(device=device, time_budget=time_budget, threads=threads,
-                    profile_dir=str(profile_dir) if profile_dir else None, inputs=inputs,
-                    reference_limit=reference_limit)
+        console.print(f"resuming {out}: {len(done)} cases recorded, {len(cases)} to run", markup=False, highlight=False)
+    cfg = RunConfig(
+        device=device,
+        time_budget=time_budget,
+        threads=threads,
+        profile_dir=str(profile_dir) if profile_dir else None,
+        inputs=inputs,
+        reference_limit=reference_limit,
+    )
     if sample_time is not None:  # a suite's cap on timed samples per case (the quick suite: 0.5 s)
         cfg = replace(cfg, policy=replace(cfg.policy, max_time=float(sample_time)))
     journal = RoundJournal(out, rounds, resume)
@@ -163,8 +209,10 @@ def _run_locked(cases: list[Case], device: torch.device, out: Path, *, time_budg
         else:
             refs = worker.measure_refs(dtypes) if runnable else None
         header = results.make_header(command or sys.argv, env, refs, registry.describe(c.variant for c in cases))
-        with results.Writer(out, header, append=resume and out.exists(), discard_empty=True) as writer, \
-                _progress(console) as prog:
+        with (
+            results.Writer(out, header, append=resume and out.exists(), discard_empty=True) as writer,
+            _progress(console) as prog,
+        ):
             task = prog.add_task("attnbench", total=len(cases) * rounds)
 
             def keep(rec: dict) -> None:
@@ -194,8 +242,19 @@ def _run_locked(cases: list[Case], device: torch.device, out: Path, *, time_budg
     return records, stop
 
 
-def _rounds_loop(cases: list[Case], cfg: RunConfig, worker: Worker, refs, rounds: int, journal, keep,
-                 stop: Interrupt, prog, task, device: torch.device) -> None:
+def _rounds_loop(
+    cases: list[Case],
+    cfg: RunConfig,
+    worker: Worker,
+    refs,
+    rounds: int,
+    journal,
+    keep,
+    stop: Interrupt,
+    prog,
+    task,
+    device: torch.device,
+) -> None:
     """Each round of each case: journaled (rounds > 1), merged and kept once the case is done."""
     ids = [case_key(c, device, cfg.threads) for c in cases]
     per_case: list[list[dict]] = [list(journal.done.get(cid, [])) for cid in ids]
@@ -209,8 +268,11 @@ def _rounds_loop(cases: list[Case], cfg: RunConfig, worker: Worker, refs, rounds
             if per_case[i] and per_case[i][-1]["status"] != "ok":  # not ok in an earlier round: kept
                 continue
             case = cases[i]
-            prog.update(task, description=f"{case.variant}/{case.backend} {case.problem.short()} "
-                                          f"{case.problem.mode}" + (f" · round {r + 1}/{rounds}" if rounds > 1 else ""))
+            prog.update(
+                task,
+                description=f"{case.variant}/{case.backend} {case.problem.short()} "
+                f"{case.problem.mode}" + (f" · round {r + 1}/{rounds}" if rounds > 1 else ""),
+            )
             run_cases([case], cfg, worker, per_case[i].append, refs)
             if per_case[i][-1]["status"] != "ok" or len(per_case[i]) == rounds:
                 keep(merge_rounds(per_case[i], rounds))
@@ -222,14 +284,25 @@ def _rounds_loop(cases: list[Case], cfg: RunConfig, worker: Worker, refs, rounds
 
 def _check_same_env(out: Path, old: dict, new: dict) -> None:
     """A resumed file must be finished on the environment it was started on."""
-    a, b = env_mod.fingerprint(old) | {"attnbench": old.get("attnbench")}, \
-        env_mod.fingerprint(new) | {"attnbench": new.get("attnbench")}
+    a, b = (
+        env_mod.fingerprint(old) | {"attnbench": old.get("attnbench")},
+        env_mod.fingerprint(new) | {"attnbench": new.get("attnbench")},
+    )
     diff = [f"{k}: {a[k]} -> {b[k]}" for k in a if a[k] != b[k]]
     if diff:
-        raise UsageError(f"cannot resume '{out}': it was measured on another environment ({'; '.join(diff)}); "
-                         f"use a new --out")
+        raise UsageError(
+            f"cannot resume '{out}': it was measured on another environment ({'; '.join(diff)}); use a new --out"
+        )
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}", style="cyan"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True)
+    return Progress(
+        TextColumn("{task.description}", style="cyan"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )

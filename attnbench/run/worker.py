@@ -19,13 +19,13 @@ from typing import Callable, Iterable
 
 import torch
 
-from attnbench.variants import registry
+from attnbench.core.results import case_id
 from attnbench.measure import memory
 from attnbench.measure.cost import predict_call_seconds, predict_peak_bytes
 from attnbench.measure.failure import failure_fields
 from attnbench.measure.timing import TimingPolicy
-from attnbench.core.results import case_id
 from attnbench.run.plan import Case, is_distributed
+from attnbench.variants import registry
 
 CALLS_PER_CASE = 4  # first call, a steady warm-up call, at least one timed sample, the memory/profiler pass
 STARTUP_GRACE_S = 60.0  # worker start, setup and compilation on top of the budget
@@ -84,11 +84,17 @@ def die_with_parent(parent_pid: int | None) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _worker_main(conn, device: str, threads: int | None, mem_limit: int | None = None,
-                 profile_dir: str | None = None, parent_pid: int | None = None) -> None:
-    from attnbench.run.case import probe_case, run_case
+def _worker_main(
+    conn,
+    device: str,
+    threads: int | None,
+    mem_limit: int | None = None,
+    profile_dir: str | None = None,
+    parent_pid: int | None = None,
+) -> None:
     from attnbench.measure import refs as refs_mod
     from attnbench.measure import telemetry
+    from attnbench.run.case import probe_case, run_case
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops between cases
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal too: the parent keeps the records
@@ -194,9 +200,11 @@ class Worker:
     def start(self) -> None:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, str(self.cfg.device), self.cfg.threads, self.cfg.mem_limit,
-                                                                self.cfg.profile_dir, os.getpid()),
-                                daemon=True)
+        self.proc = ctx.Process(
+            target=_worker_main,
+            args=(child, str(self.cfg.device), self.cfg.threads, self.cfg.mem_limit, self.cfg.profile_dir, os.getpid()),
+            daemon=True,
+        )
         self.proc.start()
         child.close()
         self.conn = parent
@@ -223,8 +231,11 @@ class Worker:
         self.conn.send((kind, (case, policy, options)))
         if not self.conn.poll(timeout):
             self.kill()
-            return {"status": "timeout", "reason": f"no result within {timeout:.0f} s (time budget "
-                    f"{self.cfg.time_budget:g} s); the worker was killed and restarted"}
+            return {
+                "status": "timeout",
+                "reason": f"no result within {timeout:.0f} s (time budget "
+                f"{self.cfg.time_budget:g} s); the worker was killed and restarted",
+            }
         try:
             return self.conn.recv()[1]
         except (EOFError, ConnectionError):
@@ -239,11 +250,18 @@ class Worker:
             if -code == signal.SIGKILL:
                 after = oom_kill_count()
                 if oom_kills_before is not None and after is not None and after > oom_kills_before:
-                    return {"status": "oom", "reason": "the worker was killed by SIGKILL while the kernel's "
-                            f"out-of-memory killer acted (oom_kill count {oom_kills_before} -> {after})"}
-                return {"status": "killed", "reason": "the worker was killed by SIGKILL from outside (the "
-                        "kernel's out-of-memory kill count did not change)" if after is not None else
-                        "the worker was killed by SIGKILL (whether by the out-of-memory killer is unknown here)"}
+                    return {
+                        "status": "oom",
+                        "reason": "the worker was killed by SIGKILL while the kernel's "
+                        f"out-of-memory killer acted (oom_kill count {oom_kills_before} -> {after})",
+                    }
+                return {
+                    "status": "killed",
+                    "reason": "the worker was killed by SIGKILL from outside (the "
+                    "kernel's out-of-memory kill count did not change)"
+                    if after is not None
+                    else "the worker was killed by SIGKILL (whether by the out-of-memory killer is unknown here)",
+                }
             if -code in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):
                 return {"status": "killed", "reason": f"the worker was killed by {sig} from outside"}
             return {"status": "error", "reason": f"the worker crashed with {sig}"}
@@ -276,8 +294,10 @@ def skip_reason(case: Case, cfg: RunConfig, refs: dict | None) -> str | None:
         return f"needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
     secs = predict_call_seconds(case.problem, registry.get(case.variant).flops, _materializes(case), refs)
     if secs is not None and CALLS_PER_CASE * secs > cfg.time_budget:
-        return (f"needs ~{secs:.1f} s per call (predicted from the in-run GEMM rate); the time budget of "
-                f"{cfg.time_budget:g} s allows fewer than the {CALLS_PER_CASE} calls a case takes (raise --time-budget)")
+        return (
+            f"needs ~{secs:.1f} s per call (predicted from the in-run GEMM rate); the time budget of "
+            f"{cfg.time_budget:g} s allows fewer than the {CALLS_PER_CASE} calls a case takes (raise --time-budget)"
+        )
     return None
 
 
@@ -310,31 +330,59 @@ def backend_version(backend: str) -> str:
 
 def case_identity(backend: str, device: torch.device, threads: int | None = None) -> dict:
     """What besides the problem changes a measurement: threads, device name, backend version."""
-    return {"threads": threads or torch.get_num_threads(), "device_name": _device_name(device),
-            "backend_version": backend_version(backend)}
+    return {
+        "threads": threads or torch.get_num_threads(),
+        "device_name": _device_name(device),
+        "backend_version": backend_version(backend),
+    }
 
 
 def case_key(case: Case, device: torch.device, threads: int | None = None) -> str:
-    return case_id(case.problem.as_dict(), case.variant, case.backend, device.type,
-                   case_identity(case.backend, device, threads))
+    return case_id(
+        case.problem.as_dict(), case.variant, case.backend, device.type, case_identity(case.backend, device, threads)
+    )
 
 
 def base_record(case: Case, device: torch.device, threads: int | None = None) -> dict:
     """Every field of a record, unmeasured; `threads` (the run's --threads, default torch's)
     goes into the case_id as the record's `threads` field does."""
     pd = case.problem.as_dict()
-    return {"case_id": case_key(case, device, threads),
-            "variant": case.variant, "backend": case.backend, "device": device.type, **pd,
-            "status": None, "reason": None, "latency_ms": None, "samples_ms": None, "setup_ms": None,
-            "first_call_ms": None, "peak_mem_bytes": None, "mem_source": None,
-            "mem_model_bytes": predict_peak_bytes(case.problem, _materializes(case)) if case.status is None else None,
-            "flops": None, "bytes": None, "kv_cache_bytes": None, "tflops": None, "gbps": None,
-            "roofline_frac": None, "error": None, "kernel": None, "threads": torch.get_num_threads(),
-            "telemetry": None, "wall_s": None, "flags": [], "inputs": None, "attn_entropy": None, "roof": None}
+    return {
+        "case_id": case_key(case, device, threads),
+        "variant": case.variant,
+        "backend": case.backend,
+        "device": device.type,
+        **pd,
+        "status": None,
+        "reason": None,
+        "latency_ms": None,
+        "samples_ms": None,
+        "setup_ms": None,
+        "first_call_ms": None,
+        "peak_mem_bytes": None,
+        "mem_source": None,
+        "mem_model_bytes": predict_peak_bytes(case.problem, _materializes(case)) if case.status is None else None,
+        "flops": None,
+        "bytes": None,
+        "kv_cache_bytes": None,
+        "tflops": None,
+        "gbps": None,
+        "roofline_frac": None,
+        "error": None,
+        "kernel": None,
+        "threads": torch.get_num_threads(),
+        "telemetry": None,
+        "wall_s": None,
+        "flags": [],
+        "inputs": None,
+        "attn_entropy": None,
+        "roof": None,
+    }
 
 
-def run_cases(cases: Iterable[Case], cfg: RunConfig, worker: Worker,
-              on_record: Callable[[dict], None], refs: dict | None = None) -> None:
+def run_cases(
+    cases: Iterable[Case], cfg: RunConfig, worker: Worker, on_record: Callable[[dict], None], refs: dict | None = None
+) -> None:
     """Run every case, handing each finished record to on_record (which writes it)."""
     for case in cases:
         rec = base_record(case, cfg.device, cfg.threads)

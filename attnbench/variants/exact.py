@@ -18,13 +18,21 @@ from typing import Callable
 import torch
 
 from attnbench.core.problem import Problem
-from attnbench.variants.base import Backend, Fn, Reason, Variant
-from attnbench.variants.patterns import causal_mask
-from attnbench.variants.shared import attention_flops, check_heads, eager_backend, exact_reference, fill_defaults, io_bytes, sdpa_backends, softmax_attention
-from attnbench.variants.backends.flex import flex_backend
 from attnbench.variants.backends import triton
 from attnbench.variants.backends.fault import fault_backends
-
+from attnbench.variants.backends.flex import flex_backend
+from attnbench.variants.base import Backend, Fn, Reason, Variant
+from attnbench.variants.patterns import causal_mask
+from attnbench.variants.shared import (
+    attention_flops,
+    check_heads,
+    eager_backend,
+    exact_reference,
+    fill_defaults,
+    io_bytes,
+    sdpa_backends,
+    softmax_attention,
+)
 
 # Decode scores (few query rows per KV head) come from one of two products: Q·Kᵀ, or K·Qᵀ
 # transposed (a tall, skinny product that reads K row by row). Which one the CPU BLAS runs at

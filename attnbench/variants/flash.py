@@ -17,10 +17,18 @@ import math
 import torch
 
 from attnbench.core.problem import Problem
-from attnbench.variants.base import Backend, Fn, Variant
-from attnbench.variants.shared import attention_flops, check_heads, exact_reference, fill_defaults, io_bytes, repeat_kv, sdpa_backends
-from attnbench.variants.backends.flex import flex_backend
 from attnbench.variants.backends import triton
+from attnbench.variants.backends.flex import flex_backend
+from attnbench.variants.base import Backend, Fn, Variant
+from attnbench.variants.shared import (
+    attention_flops,
+    check_heads,
+    exact_reference,
+    fill_defaults,
+    io_bytes,
+    repeat_kv,
+    sdpa_backends,
+)
 
 
 def tiled_attention(q, k, v, problem: Problem, block: int = 256) -> torch.Tensor:

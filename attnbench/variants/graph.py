@@ -25,7 +25,14 @@ import torch.nn.functional as F
 
 from attnbench.core.problem import Problem
 from attnbench.variants.base import Backend, Fn, Reason, Variant
-from attnbench.variants.shared import attention_flops, check_heads, fill_defaults, io_bytes, repeat_kv, softmax_attention
+from attnbench.variants.shared import (
+    attention_flops,
+    check_heads,
+    fill_defaults,
+    io_bytes,
+    repeat_kv,
+    softmax_attention,
+)
 
 DEFAULTS = {"degree": 16, "graph": "random", "seed": 0}
 GRAPHS = ("random", "ring", "grid")

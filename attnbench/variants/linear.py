@@ -52,9 +52,9 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 
 from attnbench.core.problem import Problem
+from attnbench.variants.backends import peers
 from attnbench.variants.base import Backend, Fn, Reason, Variant
 from attnbench.variants.shared import check_heads, exact_reference, fill_defaults, io_bytes, softmax_attention
-from attnbench.variants.backends import peers
 
 CHUNK = 64
 BLOCK_ROWS = 1024  # causal chunked: this many rows (BLOCK_ROWS/chunk chunks) per batched step
@@ -124,8 +124,9 @@ def linear_eager(q, k, v, problem: Problem, phi_q: Callable, phi_k: Callable, na
     return out.reshape(q.shape).to(q.dtype)
 
 
-def linear_chunked(q, k, v, problem: Problem, phi_q: Callable, phi_k: Callable, name: str,
-                   m: int, stabilized: bool, chunk: int):
+def linear_chunked(
+    q, k, v, problem: Problem, phi_q: Callable, phi_k: Callable, name: str, m: int, stabilized: bool, chunk: int
+):
     """Chunks of `chunk` positions with a running state [S | z] = Σ φ(k)[vᵀ | 1] (m×(D+1)).
 
     V gets a column of ones, so one product gives both numerator and denominator.
@@ -140,8 +141,10 @@ def linear_chunked(q, k, v, problem: Problem, phi_q: Callable, phi_k: Callable, 
     lq, lk = q.shape[-2], k.shape[-2]
     b, hkv, d = k.shape[0], k.shape[1], v.shape[-1]
     out = torch.zeros(qg.shape[:-1] + (d,), device=q.device, dtype=torch.float32)
-    st = {"s": torch.zeros(b, hkv, 1, m, d + 1, device=q.device),  # Σ φ(k)[vᵀ | 1]
-          "c": torch.full((b, hkv, 1, 1, 1), float("-inf"), device=q.device)}  # key max so far
+    st = {
+        "s": torch.zeros(b, hkv, 1, m, d + 1, device=q.device),  # Σ φ(k)[vᵀ | 1]
+        "c": torch.full((b, hkv, 1, 1, 1), float("-inf"), device=q.device),
+    }  # key max so far
 
     def key_features(kc):
         with record_function(f"{name}.features"):
@@ -163,10 +166,10 @@ def linear_chunked(q, k, v, problem: Problem, phi_q: Callable, phi_k: Callable, 
     big = max(chunk, BLOCK_ROWS)  # where there is no local part, only memory bounds the chunk
     if not problem.causal:
         for s in range(0, lk, big):
-            absorb(key_features(kg[..., s:s + big, :]), vg[..., s:s + big, :])
+            absorb(key_features(kg[..., s : s + big, :]), vg[..., s : s + big, :])
         for t in range(0, lq, big):
             with record_function(f"{name}.features"):
-                fq = phi_q(qg[..., t:t + big, :])
+                fq = phi_q(qg[..., t : t + big, :])
             with record_function(f"{name}.products"):
                 finish(t, t + big, fq @ st["s"])  # 2·c·m·(D+1)
         return out.reshape(q.shape).to(q.dtype)
@@ -182,7 +185,7 @@ def linear_chunked(q, k, v, problem: Problem, phi_q: Callable, phi_k: Callable, 
         c = chunk if n else lq - t  # the leftover rows: one short chunk
         n = max(n, 1)
         e = t + n * c
-        fk, vc = key_features(kg[..., t + offset:e + offset, :]), vg[..., t + offset:e + offset, :]
+        fk, vc = key_features(kg[..., t + offset : e + offset, :]), vg[..., t + offset : e + offset, :]
         with record_function(f"{name}.features"):
             fq = phi_q(qg[..., t:e, :])  # (B, Hkv, G, n·c, m)
         with record_function(f"{name}.products"):
@@ -200,8 +203,12 @@ def linear_chunked(q, k, v, problem: Problem, phi_q: Callable, phi_k: Callable, 
 
 # ---------------------------------------------------------------- performer
 def _performer_w(problem: Problem, device: torch.device) -> torch.Tensor:
-    return random_features(int(problem.param("nb_features")), problem.head_dim, int(problem.param("seed")),
-                           bool(problem.param("orthogonal"))).to(device)  # (m, D), drawn in setup
+    return random_features(
+        int(problem.param("nb_features")),
+        problem.head_dim,
+        int(problem.param("seed")),
+        bool(problem.param("orthogonal")),
+    ).to(device)  # (m, D), drawn in setup
 
 
 def favor_stabilized(x: torch.Tensor, w: torch.Tensor, eps: float, over) -> torch.Tensor:
@@ -215,8 +222,15 @@ def favor_stabilized(x: torch.Tensor, w: torch.Tensor, eps: float, over) -> torc
 def performer_eager(q, k, v, problem: Problem, w: torch.Tensor):
     eps = float(problem.param("eps", 0.0))
     if eps:
-        return linear_eager(q, k, v, problem, lambda x: favor_stabilized(x, w, eps, -1),
-                            lambda x: favor_stabilized(x, w, eps, (-2, -1)), "performer")
+        return linear_eager(
+            q,
+            k,
+            v,
+            problem,
+            lambda x: favor_stabilized(x, w, eps, -1),
+            lambda x: favor_stabilized(x, w, eps, (-2, -1)),
+            "performer",
+        )
 
     def phi_k(x):  # one max over every key of a (batch, head): cancels in the ratio
         u = favor_logits(x, w)
@@ -230,7 +244,7 @@ def fast_favor(w: torch.Tensor) -> tuple[Callable, Callable]:
     key term −|x'|²/2 rides in the product as an extra input column (W gets a column of ones);
     the query term is a per-row constant, cancelled by the row max. Returns (φ(q), log φ(k))."""
     m, d = w.shape
-    ws = w * d ** -0.25  # (m, D)
+    ws = w * d**-0.25  # (m, D)
     w_aug = torch.cat([ws, torch.ones(m, 1, device=w.device)], 1)  # (m, D+1)
 
     def phi_q(x):  # (..., c, D) -> (..., c, m)   2·c·m·D
@@ -249,7 +263,7 @@ def fast_favor_stabilized(w: torch.Tensor, eps: float) -> tuple[Callable, Callab
     """fast_favor with the `eps` floor: returns (φ(q), the max of W·k' over all keys, φ(k) given
     that max). The max needs every key first: a pass of its own, in BLOCK_ROWS chunks."""
     m, d = w.shape
-    ws = w * d ** -0.25
+    ws = w * d**-0.25
     _, log_phi_k = fast_favor(w)
 
     def phi_q(x):  # exp(Wx' − |x'|²/2 − max_f Wx') + eps
@@ -261,7 +275,7 @@ def fast_favor_stabilized(w: torch.Tensor, eps: float) -> tuple[Callable, Callab
     def key_max(k):  # (B, Hkv, Lk, D) -> (B, Hkv, 1, 1, 1): max of W·k' over keys and features
         peak = torch.full(k.shape[:2], float("-inf"), device=k.device)
         for s in range(0, k.shape[-2], BLOCK_ROWS):
-            peak = torch.maximum(peak, (k[..., s:s + BLOCK_ROWS, :].float() @ ws.T).amax((-2, -1)))
+            peak = torch.maximum(peak, (k[..., s : s + BLOCK_ROWS, :].float() @ ws.T).amax((-2, -1)))
         return peak[:, :, None, None, None]
 
     def phi_k(x, top):  # exp(Wx' − |x'|²/2 − top) + eps
@@ -284,15 +298,16 @@ def _performer_backends() -> tuple[Backend, ...]:
             def stabilized(q, k, v):
                 with record_function("performer.key_max"):
                     top = key_max(k)
-                return linear_chunked(q, k, v, problem, phi_q, lambda x: phi_k(x, top), "performer", m,
-                                      False, chunk)
+                return linear_chunked(q, k, v, problem, phi_q, lambda x: phi_k(x, top), "performer", m, False, chunk)
 
             return stabilized
         phi_q, log_phi_k = fast_favor(w)
         return lambda q, k, v: linear_chunked(q, k, v, problem, phi_q, log_phi_k, "performer", m, True, chunk)
 
-    return (Backend("eager", build_eager, "FAVOR+ on the whole sequence; causal via cumsum (Lk×m×D memory)"),
-            Backend("chunked", build_chunked, "FAVOR+ in chunks with a running m×D state (O(L) memory)"))
+    return (
+        Backend("eager", build_eager, "FAVOR+ on the whole sequence; causal via cumsum (Lk×m×D memory)"),
+        Backend("chunked", build_chunked, "FAVOR+ in chunks with a running m×D state (O(L) memory)"),
+    )
 
 
 def performer_flops(p: Problem) -> float:
@@ -310,11 +325,20 @@ def _linear_resolve(**defaults):
 
 PERFORMER_DEFAULTS = {"nb_features": 256, "orthogonal": True, "seed": 0, "chunk": CHUNK, "eps": 0.0}
 PERFORMER = Variant(
-    name="performer", family="linear",
+    name="performer",
+    family="linear",
     description="FAVOR+ positive orthogonal random features (m=nb_features), prefix sums when causal",
-    time="O(L·m)", memory="O(L·m)", reference=exact_reference, flops=performer_flops, bytes=io_bytes,
-    backends=_performer_backends() + (peers.performer_peer(_performer_w),), resolve=_linear_resolve(**PERFORMER_DEFAULTS), supports=check_heads,
-    exact=False, defaults=PERFORMER_DEFAULTS)
+    time="O(L·m)",
+    memory="O(L·m)",
+    reference=exact_reference,
+    flops=performer_flops,
+    bytes=io_bytes,
+    backends=_performer_backends() + (peers.performer_peer(_performer_w),),
+    resolve=_linear_resolve(**PERFORMER_DEFAULTS),
+    supports=check_heads,
+    exact=False,
+    defaults=PERFORMER_DEFAULTS,
+)
 
 
 # ---------------------------------------------------------------- linear (elu + 1)
@@ -324,11 +348,14 @@ def _linear_backends() -> tuple[Backend, ...]:
 
     def build_chunked(problem: Problem, device: torch.device) -> Fn:
         chunk = int(problem.param("chunk"))
-        return lambda q, k, v: linear_chunked(q, k, v, problem, elu_features, elu_features, "linear",
-                                              problem.head_dim, False, chunk)
+        return lambda q, k, v: linear_chunked(
+            q, k, v, problem, elu_features, elu_features, "linear", problem.head_dim, False, chunk
+        )
 
-    return (Backend("eager", build_eager, "φ=elu+1 on the whole sequence; causal via cumsum (Lk×D×D memory)"),
-            Backend("chunked", build_chunked, "φ=elu+1 in chunks with a running D×D state (O(L) memory)"))
+    return (
+        Backend("eager", build_eager, "φ=elu+1 on the whole sequence; causal via cumsum (Lk×D×D memory)"),
+        Backend("chunked", build_chunked, "φ=elu+1 in chunks with a running D×D state (O(L) memory)"),
+    )
 
 
 def linear_flops(p: Problem) -> float:
@@ -339,11 +366,20 @@ def linear_flops(p: Problem) -> float:
 
 LINEAR_DEFAULTS = {"chunk": CHUNK}
 LINEAR = Variant(
-    name="linear", family="linear",
+    name="linear",
+    family="linear",
     description="linear attention, φ = elu + 1 (Katharopoulos et al. 2020), prefix sums when causal",
-    time="O(L)", memory="O(L)", reference=exact_reference, flops=linear_flops, bytes=io_bytes,
-    backends=_linear_backends(), resolve=_linear_resolve(**LINEAR_DEFAULTS), supports=check_heads,
-    exact=False, defaults=LINEAR_DEFAULTS)
+    time="O(L)",
+    memory="O(L)",
+    reference=exact_reference,
+    flops=linear_flops,
+    bytes=io_bytes,
+    backends=_linear_backends(),
+    resolve=_linear_resolve(**LINEAR_DEFAULTS),
+    supports=check_heads,
+    exact=False,
+    defaults=LINEAR_DEFAULTS,
+)
 
 
 # ---------------------------------------------------------------- linformer
@@ -371,8 +407,10 @@ def _linformer_backends() -> tuple[Backend, ...]:
 
         return build
 
-    return (Backend("eager", builder(False), "project K, V to k rows, then materialised softmax over k keys"),
-            Backend("sdpa", builder(True), "project K, V to k rows, then torch SDPA over k keys"))
+    return (
+        Backend("eager", builder(False), "project K, V to k rows, then materialised softmax over k keys"),
+        Backend("sdpa", builder(True), "project K, V to k rows, then torch SDPA over k keys"),
+    )
 
 
 def linformer_flops(p: Problem) -> float:
@@ -385,17 +423,28 @@ def _linformer_supports(p: Problem) -> Reason:
     if p.causal:
         return "linformer cannot be causal: its projection E (k×Lk) mixes future positions into every key"
     if p.mode == "decode":
-        return ("linformer cannot decode: E and F are fixed for one length Lk and mix all positions, "
-                "so there is no incremental KV cache")
+        return (
+            "linformer cannot decode: E and F are fixed for one length Lk and mix all positions, "
+            "so there is no incremental KV cache"
+        )
     return check_heads(p)
 
 
 LINFORMER_DEFAULTS = {"k": 256, "seed": 0}
 LINFORMER = Variant(
-    name="linformer", family="linear",
+    name="linformer",
+    family="linear",
     description="Linformer: K, V projected along the sequence to k rows (random N(0,1/k) E, F)",
-    time="O(L·k)", memory="O(L·k)", reference=exact_reference, flops=linformer_flops, bytes=io_bytes,
-    backends=_linformer_backends() + (peers.linformer_peer(linformer_projections),), resolve=_linear_resolve(**LINFORMER_DEFAULTS),
-    supports=_linformer_supports, exact=False, defaults=LINFORMER_DEFAULTS)
+    time="O(L·k)",
+    memory="O(L·k)",
+    reference=exact_reference,
+    flops=linformer_flops,
+    bytes=io_bytes,
+    backends=_linformer_backends() + (peers.linformer_peer(linformer_projections),),
+    resolve=_linear_resolve(**LINFORMER_DEFAULTS),
+    supports=_linformer_supports,
+    exact=False,
+    defaults=LINFORMER_DEFAULTS,
+)
 
 VARIANTS = (PERFORMER, LINEAR, LINFORMER)

@@ -47,11 +47,19 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.core.problem import Problem
-from attnbench.variants.base import Backend, Fn, Reason, Variant
-from attnbench.variants.shared import attention_flops, check_heads, eager_backend, fill_defaults, io_bytes, sdpa_backends, softmax_attention
-from attnbench.variants.backends.flex import flex_backend
-from attnbench.variants.patterns import causal_mask, positions
 from attnbench.variants.backends import triton
+from attnbench.variants.backends.flex import flex_backend
+from attnbench.variants.base import Backend, Fn, Reason, Variant
+from attnbench.variants.patterns import causal_mask, positions
+from attnbench.variants.shared import (
+    attention_flops,
+    check_heads,
+    eager_backend,
+    fill_defaults,
+    io_bytes,
+    sdpa_backends,
+    softmax_attention,
+)
 
 
 def _even_head_dim(p: Problem) -> Reason:

@@ -19,8 +19,9 @@ from attnbench.variants.patterns import causal_mask
 
 
 # ---------------------------------------------------------------- problem defaults
-def fill_defaults(problem: Problem, *, kv_heads: int | None = None, seq_k: int | None = None,
-                  causal: bool | None = None, **params) -> Problem:
+def fill_defaults(
+    problem: Problem, *, kv_heads: int | None = None, seq_k: int | None = None, causal: bool | None = None, **params
+) -> Problem:
     """Fill the 'variant's choice' fields (kv_heads == 0, seq_k == 0) and default params."""
     p = problem
     if p.kv_heads == 0:
@@ -45,8 +46,16 @@ def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
-def softmax_attention(q, k, v, *, causal: bool = False, mask: torch.Tensor | None = None,
-                      bias: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+def softmax_attention(
+    q,
+    k,
+    v,
+    *,
+    causal: bool = False,
+    mask: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
     """Textbook softmax(QKᵀ·scale + bias, masked)·V, materialising the (B, Hq, Lq, Lk) scores.
 
     Rows with no visible key produce 0 (not NaN)."""
@@ -108,8 +117,10 @@ def no_backward_on_cpu(what: str) -> Callable[[Problem, torch.device], Reason]:
 
 
 # ---------------------------------------------------------------- backend factories
-def eager_backend(math_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Problem], torch.Tensor],
-                  description: str = "materialised softmax(QKᵀ)V in plain PyTorch") -> Backend:
+def eager_backend(
+    math_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Problem], torch.Tensor],
+    description: str = "materialised softmax(QKᵀ)V in plain PyTorch",
+) -> Backend:
     def build(problem: Problem, device: torch.device) -> Fn:
         def eager(q, k, v):
             return math_fn(q, k, v, problem)
@@ -147,12 +158,15 @@ def _sdpa_supports(name: str) -> Callable[[Problem, torch.device], Reason]:
         if device.type != "cuda":
             return None
         if name in ("sdpa-flash", "sdpa-cudnn") and problem.dtype not in ("float16", "bfloat16"):
-            return f"{name} on CUDA takes float16 or bfloat16 (got {problem.dtype}); sdpa-efficient and sdpa-math take float32"
+            return (f"{name} on CUDA takes float16 or bfloat16 (got {problem.dtype}); "
+                    "sdpa-efficient and sdpa-math take float32")
         if name == "sdpa-efficient" and problem.groups > 1:
             return "sdpa-efficient has no enable_gqa (K/V heads must equal query heads); sdpa-flash and sdpa-math do"
         if name == "sdpa-cudnn" and problem.causal and problem.seq_q > problem.seq_k:
-            return ("sdpa-cudnn's bottom-right causal mask with Lq > Lk disagrees with the reference "
-                    "(rel. error 0.54 on an H100, torch 2.11: rows that see no key)")
+            return (
+                "sdpa-cudnn's bottom-right causal mask with Lq > Lk disagrees with the reference "
+                "(rel. error 0.54 on an H100, torch 2.11: rows that see no key)"
+            )
         return None
 
     return supports
@@ -172,17 +186,21 @@ def sdpa_call(problem: Problem, *, mask: torch.Tensor | None = None):
     return kwargs
 
 
-def sdpa_backends(mask_fn: Callable[[Problem, torch.device], torch.Tensor | None] | None = None,
-                  names: tuple[str, ...] = tuple(SDPA_KERNELS)) -> tuple[Backend, ...]:
+def sdpa_backends(
+    mask_fn: Callable[[Problem, torch.device], torch.Tensor | None] | None = None,
+    names: tuple[str, ...] = tuple(SDPA_KERNELS),
+) -> tuple[Backend, ...]:
     """torch SDPA, free to choose its kernel (`sdpa`) or pinned to one (`sdpa-flash`, ...).
 
     mask_fn builds an explicit (Lq, Lk) bool mask in setup (sparse patterns); None for plain."""
     out = []
     for name in names:
+
         def build(problem: Problem, device: torch.device, _kernel=SDPA_KERNELS[name]) -> Fn:
             mask = mask_fn(problem, device) if mask_fn else None
             kwargs = sdpa_call(problem, mask=mask)
             if _kernel is None:
+
                 def sdpa(q, k, v):
                     return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
@@ -197,8 +215,18 @@ def sdpa_backends(mask_fn: Callable[[Problem, torch.device], torch.Tensor | None
 
             return sdpa_pinned
 
-        desc = "torch scaled_dot_product_attention" + (f", pinned to {SDPA_KERNELS[name]}" if SDPA_KERNELS[name] else ", kernel chosen by torch")
-        out.append(Backend(name, build, desc, available=_sdpa_available(name), supports=_sdpa_supports(name),
-                           materializes=name == "sdpa-math" or mask_fn is not None,
-                           memory=None if name == "sdpa-math" or mask_fn is not None else "O(L)"))
+        desc = "torch scaled_dot_product_attention" + (
+            f", pinned to {SDPA_KERNELS[name]}" if SDPA_KERNELS[name] else ", kernel chosen by torch"
+        )
+        out.append(
+            Backend(
+                name,
+                build,
+                desc,
+                available=_sdpa_available(name),
+                supports=_sdpa_supports(name),
+                materializes=name == "sdpa-math" or mask_fn is not None,
+                memory=None if name == "sdpa-math" or mask_fn is not None else "O(L)",
+            )
+        )
     return tuple(out)

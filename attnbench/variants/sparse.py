@@ -7,7 +7,7 @@ patterns once for every backend):
 
 | variant        | pattern                                                   | paper                  |
 |----------------|-----------------------------------------------------------|------------------------|
-| sliding_window | tokens with |i' - j| < window (causal: the last `window`) | Beltagy et al. 2020; Mistral (Jiang et al. 2023) |
+| sliding_window | tokens with |i' - j| < window (causal: the last `window`) | Beltagy et al. 2020; Mistral 2023 |
 | longformer     | band of blocks (optionally dilated) + global blocks       | Beltagy et al. 2020    |
 | bigbird        | window + global + random blocks (seeded)                  | Zaheer et al. 2020     |
 | strided        | Sparse Transformer "strided" or "fixed", stride ≈ √L      | Child et al. 2019      |
@@ -37,12 +37,20 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from attnbench.variants import patterns as pat
 from attnbench.core.problem import Problem
-from attnbench.variants.base import Backend, Fn, Reason, Variant
-from attnbench.variants.shared import attention_flops, check_heads, eager_backend, fill_defaults, io_bytes, sdpa_backends, softmax_attention
-from attnbench.variants.backends.flex import flex_backend
+from attnbench.variants import patterns as pat
 from attnbench.variants.backends import peers, triton
+from attnbench.variants.backends.flex import flex_backend
+from attnbench.variants.base import Backend, Fn, Reason, Variant
+from attnbench.variants.shared import (
+    attention_flops,
+    check_heads,
+    eager_backend,
+    fill_defaults,
+    io_bytes,
+    sdpa_backends,
+    softmax_attention,
+)
 
 
 def _flex_with_device(make_mod) -> Backend:
@@ -116,8 +124,8 @@ def chunked_sliding_window(q, k, v, plan: ChunkPlan) -> torch.Tensor:
     hkv = k.shape[1]
     g, c, n, span = hq // hkv, plan.chunk, plan.n_chunks, plan.span
     pad = (0, 0, plan.left, plan.right)
-    kw = F.pad(k[..., plan.start:, :], pad).unfold(2, span, c)  # (B, Hkv, n, D, span), a view
-    vw = F.pad(v[..., plan.start:, :], pad).unfold(2, span, c)  # (B, Hkv, n, D, span)
+    kw = F.pad(k[..., plan.start :, :], pad).unfold(2, span, c)  # (B, Hkv, n, D, span), a view
+    vw = F.pad(v[..., plan.start :, :], pad).unfold(2, span, c)  # (B, Hkv, n, D, span)
     qc = F.pad(q * (1.0 / math.sqrt(d)), (0, 0, 0, n * c - lq))  # (B, Hq, n·C, D), scaled once
     qc = qc.view(b, hkv, g, n, c, d).transpose(2, 3).reshape(b, hkv, n, g * c, d)  # G heads share a window
     s = (qc @ kw).view(b, hkv, n, g, c, span)  # 2·D FLOPs per computed pair: C·span per chunk
@@ -137,8 +145,12 @@ def _chunked_backend() -> Backend:
 
         return chunked
 
-    return Backend("chunked", build, "blocked local attention: each chunk of w/2 queries reads its "
-                   "1.5w (2.5w non-causal) keys through unfold views; O(L·w), no L×L tensor")
+    return Backend(
+        "chunked",
+        build,
+        "blocked local attention: each chunk of w/2 queries reads its "
+        "1.5w (2.5w non-causal) keys through unfold views; O(L·w), no L×L tensor",
+    )
 
 
 def _sw_supports(p: Problem) -> Reason:
@@ -155,19 +167,31 @@ def _sw_picture(p: Problem) -> torch.Tensor:
 
 
 SLIDING_WINDOW = Variant(
-    name="sliding_window", family="sparse",
+    name="sliding_window",
+    family="sparse",
     description="local attention: each query sees the keys within `window` positions (default 256)",
-    time="O(L·w)", memory="O(L·w)", reference=sliding_window_attention,
-    flops=lambda p: attention_flops(p, sliding_window_pairs(p)), bytes=io_bytes,
+    time="O(L·w)",
+    memory="O(L·w)",
+    reference=sliding_window_attention,
+    flops=lambda p: attention_flops(p, sliding_window_pairs(p)),
+    bytes=io_bytes,
     # flex first: the fastest measured (CPU, L=4k w=256 and L=8k w=128: ~2× chunked), then chunked
-    backends=(flex_backend(mask_mod=lambda p: pat.sliding_window_mod(p.param("window"), p.seq_k - p.seq_q)),
-              _chunked_backend(),
-              eager_backend(sliding_window_attention, "dense masked softmax (the reference)"),
-              *sdpa_backends(lambda p, dev: pat.sliding_window_mask(p.seq_q, p.seq_k, p.param("window"),
-                                                                    p.causal, dev), names=("sdpa",)),
-              peers.local_attention_peer(), triton.window_backend()),
-    resolve=lambda p: fill_defaults(p, window=256), supports=_sw_supports,
-    full_attention_error=True, defaults={"window": 256}, picture=_sw_picture)
+    backends=(
+        flex_backend(mask_mod=lambda p: pat.sliding_window_mod(p.param("window"), p.seq_k - p.seq_q)),
+        _chunked_backend(),
+        eager_backend(sliding_window_attention, "dense masked softmax (the reference)"),
+        *sdpa_backends(
+            lambda p, dev: pat.sliding_window_mask(p.seq_q, p.seq_k, p.param("window"), p.causal, dev), names=("sdpa",)
+        ),
+        peers.local_attention_peer(),
+        triton.window_backend(),
+    ),
+    resolve=lambda p: fill_defaults(p, window=256),
+    supports=_sw_supports,
+    full_attention_error=True,
+    defaults={"window": 256},
+    picture=_sw_picture,
+)
 
 
 # ================================================================ block layouts
@@ -194,8 +218,10 @@ class BlockPattern:
 
     def supports(self, p: Problem) -> Reason:
         if p.seq_q != p.seq_k:
-            return (f"block-sparse layouts are defined for self-attention (Lq == Lk, got {p.seq_q} and "
-                    f"{p.seq_k}); cross attention and decode are unsupported")
+            return (
+                f"block-sparse layouts are defined for self-attention (Lq == Lk, got {p.seq_q} and "
+                f"{p.seq_k}); cross attention and decode are unsupported"
+            )
         block = p.param("block")
         if not isinstance(block, int) or block < 1:
             return f"block must be a positive integer (got {block!r})"
@@ -205,23 +231,34 @@ class BlockPattern:
         def mod(p: Problem, device):
             return pat.layout_mask_mod(self.layout(p).to(device), p.param("block"))
 
-        return (eager_backend(self.reference, "dense masked softmax over the expanded layout (the reference)"),
-                *sdpa_backends(lambda p, dev: self.mask(p, dev), names=("sdpa",)),
-                _flex_with_device(mod))
+        return (
+            eager_backend(self.reference, "dense masked softmax over the expanded layout (the reference)"),
+            *sdpa_backends(lambda p, dev: self.mask(p, dev), names=("sdpa",)),
+            _flex_with_device(mod),
+        )
 
     def picture(self, p: Problem) -> torch.Tensor:
         return self.mask(p).float()
 
 
-def _block_variant(name: str, description: str, time: str, bp: BlockPattern, defaults: dict,
-                   resolve=None) -> Variant:
+def _block_variant(name: str, description: str, time: str, bp: BlockPattern, defaults: dict, resolve=None) -> Variant:
     return Variant(
-        name=name, family="sparse", description=description, time=time, memory=time,
-        reference=bp.reference, flops=bp.flops, bytes=io_bytes,
+        name=name,
+        family="sparse",
+        description=description,
+        time=time,
+        memory=time,
+        reference=bp.reference,
+        flops=bp.flops,
+        bytes=io_bytes,
         backends=bp.backends() + (triton.block_sparse_backend(bp.layout),),
-        resolve=resolve or (lambda p: fill_defaults(p, **defaults)), supports=bp.supports,
-        full_attention_error=True, defaults=dict(defaults), picture=bp.picture,
-        modes=("fwd", "bwd", "fwd+bwd"))
+        resolve=resolve or (lambda p: fill_defaults(p, **defaults)),
+        supports=bp.supports,
+        full_attention_error=True,
+        defaults=dict(defaults),
+        picture=bp.picture,
+        modes=("fwd", "bwd", "fwd+bwd"),
+    )
 
 
 def _multiple(p: Problem, name: str, of: int, what: str) -> Reason:
@@ -234,27 +271,42 @@ def _multiple(p: Problem, name: str, of: int, what: str) -> Reason:
 # ---------------------------------------------------------------- longformer
 def _longformer_layout(p: Problem) -> torch.Tensor:
     block = p.param("block")
-    return pat.longformer_layout(pat.num_blocks(p.seq_q, block), half=p.param("window") // (2 * block),
-                                 global_blocks=p.param("global_tokens") // block, dilation=p.param("dilation"))
+    return pat.longformer_layout(
+        pat.num_blocks(p.seq_q, block),
+        half=p.param("window") // (2 * block),
+        global_blocks=p.param("global_tokens") // block,
+        dilation=p.param("dilation"),
+    )
 
 
 def _longformer_check(p: Problem) -> Reason:
     dil = p.param("dilation")
     if not isinstance(dil, int) or dil < 1:
         return f"dilation must be a positive integer (got {dil!r})"
-    return _multiple(p, "window", 2 * p.param("block"), "2·block") or _multiple(p, "global_tokens", p.param("block"), "block")
+    return _multiple(p, "window", 2 * p.param("block"), "2·block") or _multiple(
+        p, "global_tokens", p.param("block"), "block"
+    )
 
 
 LONGFORMER = _block_variant(
-    "longformer", "Longformer: (dilated) sliding window of `window` tokens + global tokens, in 64-blocks",
-    "O(L·(w+g))", BlockPattern(_longformer_layout, _longformer_check),
-    {"window": 512, "global_tokens": 64, "dilation": 1, "block": 64})
+    "longformer",
+    "Longformer: (dilated) sliding window of `window` tokens + global tokens, in 64-blocks",
+    "O(L·(w+g))",
+    BlockPattern(_longformer_layout, _longformer_check),
+    {"window": 512, "global_tokens": 64, "dilation": 1, "block": 64},
+)
 
 
 # ---------------------------------------------------------------- bigbird
 def _bigbird_layout(p: Problem) -> torch.Tensor:
-    return pat.bigbird_layout(pat.num_blocks(p.seq_q, p.param("block")), p.param("window_blocks"),
-                              p.param("global_blocks"), p.param("random_blocks"), p.param("seed"), p.causal)
+    return pat.bigbird_layout(
+        pat.num_blocks(p.seq_q, p.param("block")),
+        p.param("window_blocks"),
+        p.param("global_blocks"),
+        p.param("random_blocks"),
+        p.param("seed"),
+        p.causal,
+    )
 
 
 def _bigbird_check(p: Problem) -> Reason:
@@ -268,9 +320,12 @@ def _bigbird_check(p: Problem) -> Reason:
 
 
 BIGBIRD = _block_variant(
-    "bigbird", "BigBird: window + global + seeded random blocks (ITC, block 64)", "O(L·b·(w+g+r))",
+    "bigbird",
+    "BigBird: window + global + seeded random blocks (ITC, block 64)",
+    "O(L·b·(w+g+r))",
     BlockPattern(_bigbird_layout, _bigbird_check),
-    {"block": 64, "window_blocks": 3, "global_blocks": 2, "random_blocks": 3, "seed": 0})
+    {"block": 64, "window_blocks": 3, "global_blocks": 2, "random_blocks": 3, "seed": 0},
+)
 
 
 # ---------------------------------------------------------------- strided (Sparse Transformer)
@@ -303,8 +358,12 @@ def _strided_resolve(p: Problem) -> Problem:
 
 
 STRIDED = _block_variant(
-    "strided", "Sparse Transformer strided/fixed patterns in 64-blocks, stride ≈ √L (0 = auto)",
-    "O(L·√L)", BlockPattern(_strided_layout, _strided_check),
-    {"pattern": "strided", "stride": 0, "summary": 1, "block": 64}, resolve=_strided_resolve)
+    "strided",
+    "Sparse Transformer strided/fixed patterns in 64-blocks, stride ≈ √L (0 = auto)",
+    "O(L·√L)",
+    BlockPattern(_strided_layout, _strided_check),
+    {"pattern": "strided", "stride": 0, "summary": 1, "block": 64},
+    resolve=_strided_resolve,
+)
 
 VARIANTS = (SLIDING_WINDOW, LONGFORMER, BIGBIRD, STRIDED)

@@ -33,7 +33,14 @@ import torch.nn.functional as F
 
 from attnbench.core.problem import Problem
 from attnbench.variants.base import Backend, Fn, Reason, Variant
-from attnbench.variants.shared import attention_flops, check_heads, fill_defaults, io_bytes, repeat_kv, softmax_attention
+from attnbench.variants.shared import (
+    attention_flops,
+    check_heads,
+    fill_defaults,
+    io_bytes,
+    repeat_kv,
+    softmax_attention,
+)
 
 
 # ---------------------------------------------------------------- the grid
@@ -68,8 +75,10 @@ def _grid_supports(p: Problem) -> Reason:
         return f"needs self-attention on one grid (Lq == Lk); got Lq={p.seq_q}, Lk={p.seq_k}"
     hw = grid_of(p)
     if hw is None or hw[0] * hw[1] != p.seq_k:
-        return (f"L={p.seq_k} is not a grid: give grid=HxW with H·W = L "
-                f"(got grid={p.param('grid')}; None means a square √L × √L)")
+        return (
+            f"L={p.seq_k} is not a grid: give grid=HxW with H·W = L "
+            f"(got grid={p.param('grid')}; None means a square √L × √L)"
+        )
     return check_heads(p)
 
 
@@ -155,13 +164,24 @@ def axial_picture(p: Problem) -> torch.Tensor:
 
 AXIAL_DEFAULTS = {"grid": None}
 AXIAL = Variant(
-    name="axial", family="vision",
+    name="axial",
+    family="vision",
     description="axial attention on an H×W grid: along rows, then along columns (grid=HxW, default square)",
-    time="O(L·√L)", memory="O(L·√L)", reference=axial_reference, flops=axial_flops, bytes=io_bytes,
-    backends=(Backend("eager", _builder(axial_attention, False), "rows then columns as batched matmuls"),
-              Backend("sdpa", _builder(axial_attention, True), "rows then columns batched into torch SDPA")),
-    resolve=_resolve(AXIAL_DEFAULTS), supports=_grid_supports, full_attention_error=True,
-    defaults=AXIAL_DEFAULTS, picture=axial_picture)
+    time="O(L·√L)",
+    memory="O(L·√L)",
+    reference=axial_reference,
+    flops=axial_flops,
+    bytes=io_bytes,
+    backends=(
+        Backend("eager", _builder(axial_attention, False), "rows then columns as batched matmuls"),
+        Backend("sdpa", _builder(axial_attention, True), "rows then columns batched into torch SDPA"),
+    ),
+    resolve=_resolve(AXIAL_DEFAULTS),
+    supports=_grid_supports,
+    full_attention_error=True,
+    defaults=AXIAL_DEFAULTS,
+    picture=axial_picture,
+)
 
 
 # ---------------------------------------------------------------- swin
@@ -260,14 +280,23 @@ def swin_picture(p: Problem) -> torch.Tensor:
 
 SWIN_DEFAULTS = {"grid": None, "window": 8, "shift": None}
 SWIN = Variant(
-    name="swin", family="vision",
+    name="swin",
+    family="vision",
     description="Swin shifted-window attention on an H×W grid (window=8, shift=window//2)",
-    time="O(L·w²)", memory="O(L·w²)", reference=swin_reference,
+    time="O(L·w²)",
+    memory="O(L·w²)",
+    reference=swin_reference,
     flops=lambda p: attention_flops(p, pairs=swin_pairs(p)),  # the attended pairs of the shifted windows
     bytes=io_bytes,
-    backends=(Backend("eager", _builder(swin_attention, False, window_mask), "roll, cut windows, batched matmuls"),
-              Backend("sdpa", _builder(swin_attention, True, window_mask), "roll, cut windows, torch SDPA over all windows")),
-    resolve=_resolve(SWIN_DEFAULTS), supports=_swin_supports, full_attention_error=True,
-    defaults=SWIN_DEFAULTS, picture=swin_picture)
+    backends=(
+        Backend("eager", _builder(swin_attention, False, window_mask), "roll, cut windows, batched matmuls"),
+        Backend("sdpa", _builder(swin_attention, True, window_mask), "roll, cut windows, torch SDPA over all windows"),
+    ),
+    resolve=_resolve(SWIN_DEFAULTS),
+    supports=_swin_supports,
+    full_attention_error=True,
+    defaults=SWIN_DEFAULTS,
+    picture=swin_picture,
+)
 
 VARIANTS = (AXIAL, SWIN)

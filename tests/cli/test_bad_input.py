@@ -13,16 +13,38 @@ from attnbench.cli import main
 from attnbench.core.results import RECORD_FIELDS, Writer, make_header
 from attnbench.core.safe_io import hold_lock
 
-ENV = {"attnbench": "0.1.0", "device": "cpu", "device_name": "x", "torch": "2", "triton": None, "cuda": None,
-       "threads": 2}
+ENV = {
+    "attnbench": "0.1.0",
+    "device": "cpu",
+    "device_name": "x",
+    "torch": "2",
+    "triton": None,
+    "cuda": None,
+    "threads": 2,
+}
 
 
 def valid_record(**changes) -> dict:
     """A complete, valid `unsupported` record (no measurement needed), with `changes` applied."""
     rec = {f: None for f in RECORD_FIELDS} | {
-        "case_id": "0123456789abcdef", "variant": "mha", "backend": "sdpa", "device": "cpu", "dtype": "float32",
-        "mode": "fwd", "batch": 1, "heads": 2, "kv_heads": 2, "seq_q": 64, "seq_k": 64, "head_dim": 16,
-        "causal": False, "params": {}, "status": "unsupported", "reason": "test", "threads": 1}
+        "case_id": "0123456789abcdef",
+        "variant": "mha",
+        "backend": "sdpa",
+        "device": "cpu",
+        "dtype": "float32",
+        "mode": "fwd",
+        "batch": 1,
+        "heads": 2,
+        "kv_heads": 2,
+        "seq_q": 64,
+        "seq_k": 64,
+        "head_dim": 16,
+        "causal": False,
+        "params": {},
+        "status": "unsupported",
+        "reason": "test",
+        "threads": 1,
+    }
     return {"type": "record", **rec, **changes}
 
 
@@ -50,8 +72,10 @@ SUITES = {  # suite files with values of the wrong type or out of range
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(root.rglob("*"))
+    }
 
 
 @pytest.fixture
@@ -70,16 +94,31 @@ def workdir(tmp_path, monkeypatch):
     for name, text in SUITES.items():
         (tmp_path / name).write_text(text)
     _results_file(tmp_path / "rec.jsonl", valid_record())
-    _results_file(tmp_path / "other_env.jsonl", valid_record(case_id="fedcba9876543210"),
-                  header=make_header(["test"], ENV | {"threads": 64}, None))
-    bad = {"bad_seq_q": {"seq_q": "abc"}, "bad_samples": {"samples_ms": {}}, "bad_causal": {"causal": "yes"},
-           "bad_threads": {"threads": 0}, "bad_params": {"params": [1]}, "bad_status": {"status": "fine"},
-           "bad_latency": {"latency_ms": {"median": "fast"}}, "bad_neg": {"peak_mem_bytes": -5},
-           "bad_batch_float": {"batch": 1.5}, "bad_reason": {"reason": 7}}
+    _results_file(
+        tmp_path / "other_env.jsonl",
+        valid_record(case_id="fedcba9876543210"),
+        header=make_header(["test"], ENV | {"threads": 64}, None),
+    )
+    bad = {
+        "bad_seq_q": {"seq_q": "abc"},
+        "bad_samples": {"samples_ms": {}},
+        "bad_causal": {"causal": "yes"},
+        "bad_threads": {"threads": 0},
+        "bad_params": {"params": [1]},
+        "bad_status": {"status": "fine"},
+        "bad_latency": {"latency_ms": {"median": "fast"}},
+        "bad_neg": {"peak_mem_bytes": -5},
+        "bad_batch_float": {"batch": 1.5},
+        "bad_reason": {"reason": 7},
+    }
     for name, change in bad.items():
         _results_file(tmp_path / f"{name}.jsonl", valid_record(**change))
-    _results_file(tmp_path / "bad_nan.jsonl", raw=json.dumps(valid_record()).replace('"tflops": null', '"tflops": NaN') + "\n")
-    _results_file(tmp_path / "bad_inf.jsonl", raw=json.dumps(valid_record()).replace('"gbps": null', '"gbps": Infinity') + "\n")
+    _results_file(
+        tmp_path / "bad_nan.jsonl", raw=json.dumps(valid_record()).replace('"tflops": null', '"tflops": NaN') + "\n"
+    )
+    _results_file(
+        tmp_path / "bad_inf.jsonl", raw=json.dumps(valid_record()).replace('"gbps": null', '"gbps": Infinity') + "\n"
+    )
     rec = valid_record()
     del rec["samples_ms"]
     _results_file(tmp_path / "bad_missing.jsonl", rec)
@@ -284,8 +323,23 @@ def test_bad_input_is_one_line_and_writes_nothing(workdir, capsys, args, mention
 def test_the_table_covers_every_command_with_at_least_a_hundred_cases():
     assert len(CASES) >= 100
     commands = {c[0][0] for c in CASES}
-    assert {"run", "report", "show", "show-pattern", "frontier", "check", "profile", "merge",
-            "kernels", "compare", "gate", "baseline", "ab", "list", "env"} <= commands
+    assert {
+        "run",
+        "report",
+        "show",
+        "show-pattern",
+        "frontier",
+        "check",
+        "profile",
+        "merge",
+        "kernels",
+        "compare",
+        "gate",
+        "baseline",
+        "ab",
+        "list",
+        "env",
+    } <= commands
 
 
 def test_bad_input_table_is_printable_for_the_docs(capsys, workdir):

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from attnbench.variants import registry
-from attnbench.core import results
 from attnbench.cli import main
+from attnbench.core import results
+from attnbench.variants import registry
 
 
 def test_list_json(capsys):

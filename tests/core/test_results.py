@@ -10,8 +10,8 @@ import torch
 
 from attnbench.core import results
 from attnbench.core.results import RECORD_FIELDS, SCHEMA_VERSION, ResultsError, Writer, read, to_frame
-from attnbench.run.worker import base_record
 from attnbench.run.plan import expand, make_sweep
+from attnbench.run.worker import base_record
 
 CPU = torch.device("cpu")
 

@@ -9,13 +9,13 @@ import os
 import pytest
 import torch
 
-from attnbench.run.plan import is_distributed, with_world_size
-from attnbench.variants import ring as ring_variant
+from attnbench.core.problem import Problem
 from attnbench.distributed.launch import free_port, run_ring_case
 from attnbench.distributed.layout import make_layout, plan, rank_pairs
 from attnbench.distributed.ring import RankStats, ring_attention, simulate
 from attnbench.measure.timing import TimingPolicy
-from attnbench.core.problem import Problem
+from attnbench.run.plan import is_distributed, with_world_size
+from attnbench.variants import ring as ring_variant
 from attnbench.variants.shared import softmax_attention
 
 CONFIGS = [  # (L, causal, Hq, Hkv): odd lengths that do not divide by 2·P, GQA

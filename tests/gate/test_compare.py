@@ -15,35 +15,73 @@ import numpy as np
 import pytest
 
 from attnbench.cli import main
-from attnbench.gate.compare import Options, compare, confirm, parse_fraction
 from attnbench.core.errors import UsageError
+from attnbench.core.results import RECORD_FIELDS, Writer, case_id, make_header
+from attnbench.gate.compare import Options, compare, confirm, parse_fraction
 from attnbench.gate.sides import build_side, load_run
 from attnbench.gate.stats import bootstrap_ratio, mann_whitney, seed_for
 from attnbench.measure.timing import Stats
-from attnbench.core.results import RECORD_FIELDS, Writer, case_id, make_header
 
-ENV = {"attnbench": "0.1.0", "git_commit": None, "python": "3.11.7", "platform": "Linux", "torch": "2.13.0+cpu",
-       "triton": "3.9.0", "cuda": None, "device": "cpu", "cpu_model": "AMD EPYC", "cpu_count": 2, "threads": 1,
-       "device_name": "AMD EPYC", "driver": None, "nvml": "unavailable"}
+ENV = {
+    "attnbench": "0.1.0",
+    "git_commit": None,
+    "python": "3.11.7",
+    "platform": "Linux",
+    "torch": "2.13.0+cpu",
+    "triton": "3.9.0",
+    "cuda": None,
+    "device": "cpu",
+    "cpu_model": "AMD EPYC",
+    "cpu_count": 2,
+    "threads": 1,
+    "device_name": "AMD EPYC",
+    "driver": None,
+    "nvml": "unavailable",
+}
 
 
-def record(i: int, samples, status: str = "ok", peak: int = 8 << 20, variant: str = "mha", backend: str = "sdpa") -> dict:
-    prob = dict(batch=1, heads=4, kv_heads=4, seq_q=64 * (i + 1), seq_k=64 * (i + 1), head_dim=64,
-                dtype="float32", causal=False, mode="fwd", params={})
+def record(
+    i: int, samples, status: str = "ok", peak: int = 8 << 20, variant: str = "mha", backend: str = "sdpa"
+) -> dict:
+    prob = dict(
+        batch=1,
+        heads=4,
+        kv_heads=4,
+        seq_q=64 * (i + 1),
+        seq_k=64 * (i + 1),
+        head_dim=64,
+        dtype="float32",
+        causal=False,
+        mode="fwd",
+        params={},
+    )
     rec = {f: None for f in RECORD_FIELDS}
-    rec.update(case_id=case_id(prob, variant, backend, "cpu"), variant=variant, backend=backend, device="cpu",
-               **prob, status=status, threads=1)
+    rec.update(
+        case_id=case_id(prob, variant, backend, "cpu"),
+        variant=variant,
+        backend=backend,
+        device="cpu",
+        **prob,
+        status=status,
+        threads=1,
+    )
     if status == "ok":
-        rec.update(latency_ms=Stats.of(list(samples)).__dict__, samples_ms=[float(s) for s in samples],
-                   peak_mem_bytes=peak, mem_source="cpu-vmhwm")
+        rec.update(
+            latency_ms=Stats.of(list(samples)).__dict__,
+            samples_ms=[float(s) for s in samples],
+            peak_mem_bytes=peak,
+            mem_source="cpu-vmhwm",
+        )
     else:
         rec["reason"] = "RuntimeError: injected"
     return rec
 
 
 def write(path, records, env=ENV, gemm_ms=100.0):
-    refs = {"gemm": {"float32": {"n": 2048, "dtype": "float32", "median_ms": gemm_ms, "flops_per_s": 1e11}},
-            "copy": {"bytes": 1 << 28, "median_ms": 50.0, "bytes_per_s": 1e10}}
+    refs = {
+        "gemm": {"float32": {"n": 2048, "dtype": "float32", "median_ms": gemm_ms, "flops_per_s": 1e11}},
+        "copy": {"bytes": 1 << 28, "median_ms": 50.0, "bytes_per_s": 1e10},
+    }
     with Writer(path, make_header(["test"], env, refs)) as w:
         for r in records:
             w.write(r)
@@ -66,6 +104,7 @@ def pair(tmp_path):
         base = write(tmp_path / "base.jsonl", base_records if base_records is not None else fifty(1))
         cur = write(tmp_path / "cur.jsonl", cur_records, **kw)
         return base, cur
+
     return make
 
 
@@ -182,15 +221,27 @@ def test_bad_baseline_exits_3_with_a_clear_message(pair, capsys, tmp_path, damag
     else:
         open(base, "w").write(text)
     rc, _, err = run_cli(capsys, base, cur)
-    words = {"corrupt": "corrupt", "truncated": "truncated", "empty": "empty", "missing": "does not exist",
-             "not-attnbench": "not an attnbench"}
+    words = {
+        "corrupt": "corrupt",
+        "truncated": "truncated",
+        "empty": "empty",
+        "missing": "does not exist",
+        "not-attnbench": "not an attnbench",
+    }
     assert rc == 3 and words[damage] in err and err.count("\n") == 1
 
 
 def test_bad_options_exit_3(pair, capsys):
     base, cur = pair(fifty(2))
-    for args in (["--threshold", "ten"], ["--threshold", "5%", "--warn", "8%"], ["--metric", "speed"],
-                 ["--normalize", "mha"], ["--format", "html"], ["--out", "x.csv"], ["--alpha", "2"]):
+    for args in (
+        ["--threshold", "ten"],
+        ["--threshold", "5%", "--warn", "8%"],
+        ["--metric", "speed"],
+        ["--normalize", "mha"],
+        ["--format", "html"],
+        ["--out", "x.csv"],
+        ["--alpha", "2"],
+    ):
         rc, _, err = run_cli(capsys, base, cur, *args)
         assert rc == 3 and "error:" in err, args
     with pytest.raises(UsageError):
@@ -246,7 +297,8 @@ def test_memory_is_compared_with_its_own_threshold(pair, capsys):
     rc, out, _ = run_cli(capsys, base, cur, "--metric", "memory", "--format", "json")
     doc = json.loads(out)
     assert rc == 1 and [c["label"] for c in doc["cases"] if c["verdict"] == "regression"] == [
-        "mha/sdpa fwd B1 H4/4 L448x448 D64 float32"]
+        "mha/sdpa fwd B1 H4/4 L448x448 D64 float32"
+    ]
     rc, _, _ = run_cli(capsys, base, cur)  # latency gated: memory shown, does not fail
     assert rc == 0
 
@@ -308,10 +360,14 @@ def test_confirm_needs_the_rerun_alone_to_regress(tmp_path):
     first = compare(base, build_side([slow1]), o)
     assert first.exit_code == 1
     keys = {c.key for c in first.cases}
-    unconfirmed = confirm(first, compare(base, build_side([slow1, fine2]), o), compare(base, build_side([fine2]), o), keys)
+    unconfirmed = confirm(
+        first, compare(base, build_side([slow1, fine2]), o), compare(base, build_side([fine2]), o), keys
+    )
     assert unconfirmed.exit_code == 0 and unconfirmed.cases[0].verdict == "inconclusive"
     assert "re-run alone same" in unconfirmed.cases[0].note
-    confirmed = confirm(first, compare(base, build_side([slow1, slow2]), o), compare(base, build_side([slow2]), o), keys)
+    confirmed = confirm(
+        first, compare(base, build_side([slow1, slow2]), o), compare(base, build_side([slow2]), o), keys
+    )
     assert confirmed.exit_code == 1 and len(confirmed.current) == 2
 
 
@@ -319,8 +375,10 @@ def test_shown_medians_pool_every_run_like_the_ratio(tmp_path):
     """A side of several runs shows the median of all their samples, the same median the ratio
     uses, not the first run's (which made a 2-run side read 18 ms → 11 ms next to '+94 %')."""
     rng = np.random.default_rng(3)
-    base_runs = [load_run(write(tmp_path / f"b{i}.jsonl", [record(0, noisy(rng, m, n=20))]))
-                 for i, m in enumerate((10.0, 30.0, 30.0))]
+    base_runs = [
+        load_run(write(tmp_path / f"b{i}.jsonl", [record(0, noisy(rng, m, n=20))]))
+        for i, m in enumerate((10.0, 30.0, 30.0))
+    ]
     cur = load_run(write(tmp_path / "c.jsonl", [record(0, noisy(rng, 20.0, n=60))]))
     base = build_side(base_runs)
     (result,) = compare(base, build_side([cur]), Options()).cases

@@ -20,11 +20,11 @@ import torch
 
 from attnbench.cli import main
 from attnbench.core.errors import UsageError
+from attnbench.core.results import Writer, make_header
 from attnbench.gate.ab import check_import, export_rev, resolve_rev, side_env, write_boot
 from attnbench.gate.runs import env_id, sweep_of
-from attnbench.core.results import Writer, make_header
-from attnbench.run.worker import base_record
 from attnbench.run.plan import expand, make_sweep
+from attnbench.run.worker import base_record
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "ci-gate-example.sh"
@@ -48,9 +48,11 @@ def _env(**extra) -> dict:
 
 
 def test_sweep_of_expands_back_to_the_same_case(cpu):
-    sweeps = [make_sweep(variants="mha,gqa", backends="sdpa,eager", seq=[256], causal=[False, True]),
-              make_sweep(variants="gqa,mqa", backends="sdpa", seq=[2048], modes="decode"),
-              make_sweep(variants="cross", backends="sdpa", seq=[512], kv_seq=[1024])]
+    sweeps = [
+        make_sweep(variants="mha,gqa", backends="sdpa,eager", seq=[256], causal=[False, True]),
+        make_sweep(variants="gqa,mqa", backends="sdpa", seq=[2048], modes="decode"),
+        make_sweep(variants="cross", backends="sdpa", seq=[512], kv_seq=[1024]),
+    ]
     for case in expand(sweeps, cpu):
         rec = base_record(case, cpu)
         again = expand([sweep_of(rec)], cpu)
@@ -98,8 +100,13 @@ def test_export_of_a_revision_imports_only_its_own_code(tmp_path):
     path = [export, write_boot(tmp_path / "boot")]
     check_import(export, path)  # every attnbench.* module from the export
     (export / "attnbench" / "core" / "errors.py").unlink()  # a module this revision would lack ...
-    probe = subprocess.run([sys.executable, "-c", "import attnbench.core.errors"], cwd=export, env=side_env(path),
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import attnbench.core.errors"],
+        cwd=export,
+        env=side_env(path),
+        capture_output=True,
+        text=True,
+    )
     assert probe.returncode != 0 and "No module named 'attnbench.core.errors'" in probe.stderr  # ... stays missing
     with pytest.raises(UsageError, match="does not import cleanly"):
         check_import(export, path)
@@ -111,21 +118,35 @@ def test_export_of_a_revision_imports_only_its_own_code(tmp_path):
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_example_script_passes_unchanged_and_fails_when_slowed(tmp_path):
     (tmp_path / "tiny.toml").write_text(TINY)
-    settings = dict(SUITE=str(tmp_path / "tiny.toml"), BASELINES=str(tmp_path / "baselines"), BASELINE_RUNS="1",
-                    OUT_DIR=str(tmp_path / "out"), ATTNBENCH=f"{sys.executable} -m attnbench")
+    settings = dict(
+        SUITE=str(tmp_path / "tiny.toml"),
+        BASELINES=str(tmp_path / "baselines"),
+        BASELINE_RUNS="1",
+        OUT_DIR=str(tmp_path / "out"),
+        ATTNBENCH=f"{sys.executable} -m attnbench",
+    )
     # unchanged code: saves the baseline, then the gate passes (generous threshold: noisy CPU)
-    same = subprocess.run(["bash", str(SCRIPT), "--threshold", "30%"], env=_env(**settings), cwd=ROOT,
-                          capture_output=True, text=True)
+    same = subprocess.run(
+        ["bash", str(SCRIPT), "--threshold", "30%"], env=_env(**settings), cwd=ROOT, capture_output=True, text=True
+    )
     assert same.returncode == 0, same.stdout + same.stderr
     assert len(list((tmp_path / "baselines").glob("*.jsonl"))) == 1
     # the fault case slowed by 5 ms per call (~20x): a confirmed regression of that case only
-    slow = subprocess.run(["bash", str(SCRIPT), "--threshold", "30%"], env=_env(ATTNBENCH_TEST_DELAY_MS="5", **settings),
-                          cwd=ROOT, capture_output=True, text=True)
+    slow = subprocess.run(
+        ["bash", str(SCRIPT), "--threshold", "30%"],
+        env=_env(ATTNBENCH_TEST_DELAY_MS="5", **settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert slow.returncode == 1, slow.stdout + slow.stderr
     md = (tmp_path / "out" / "gate.md").read_text()
     assert md.splitlines()[0].startswith("**FAIL** — attnbench gate: 1 regression")
-    failed = [tc.get("name") for tc in ET.parse(tmp_path / "out" / "gate.xml").getroot().iter("testcase")
-              if tc.find("failure") is not None]
+    failed = [
+        tc.get("name")
+        for tc in ET.parse(tmp_path / "out" / "gate.xml").getroot().iter("testcase")
+        if tc.find("failure") is not None
+    ]
     assert failed == ["mha/fault fwd B1 H4/4 L128x128 D64 float32 fault=none"]
     report = json.loads((tmp_path / "out" / "gate.json").read_text())
     assert len(report["current"]) == 2  # the first run and the confirming re-run
@@ -134,13 +155,39 @@ def test_example_script_passes_unchanged_and_fails_when_slowed(tmp_path):
 @pytest.mark.slow
 def test_ab_against_head_matches_every_case(tmp_path):
     (tmp_path / "tiny.toml").write_text(TINY)
-    out = subprocess.run([sys.executable, "-m", "attnbench", "ab", "--ref", "HEAD", "--suite", str(tmp_path / "tiny.toml"),
-                          "--rounds", "1", "--confirm-rounds", "0", "--threads", "1", "--format", "json", "--runs-dir", str(tmp_path / "runs")],
-                         env=_env(), cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "attnbench",
+            "ab",
+            "--ref",
+            "HEAD",
+            "--suite",
+            str(tmp_path / "tiny.toml"),
+            "--rounds",
+            "1",
+            "--confirm-rounds",
+            "0",
+            "--threads",
+            "1",
+            "--format",
+            "json",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        ],
+        env=_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode in (0, 1), out.stderr  # no usage error, no failed case
     doc = json.loads(out.stdout)
     assert sorted(doc["counts"]) and not set(doc["counts"]) & {"new", "missing", "error", "incomparable"}
-    assert len(doc["cases"]) == 2 and sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["cur-1.jsonl", "ref-1.jsonl"]
+    assert len(doc["cases"]) == 2 and sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "cur-1.jsonl",
+        "ref-1.jsonl",
+    ]
 
 
 def test_ab_confirms_a_regression_with_rounds_of_the_suspects_only(tmp_path, monkeypatch):
@@ -150,8 +197,8 @@ def test_ab_confirms_a_regression_with_rounds_of_the_suspects_only(tmp_path, mon
     from test_compare import noisy, record, write
 
     import attnbench.gate.ab as ab
-    from attnbench.gate.compare import Options
     from attnbench.gate.ab import Rounds, Side
+    from attnbench.gate.compare import Options
     from attnbench.gate.flow import ab_compare
     from attnbench.gate.sides import load_run
     from attnbench.run.plan import load_suite
@@ -162,10 +209,15 @@ def test_ab_confirms_a_regression_with_rounds_of_the_suspects_only(tmp_path, mon
     def fake_interleave(sides, suite, rounds, how, tag=""):  # cases 0-2; case 1 slower in the first look only
         suites.append(load_suite(str(suite))[0])
         slow = {1: 1.3} if not tag else {}
+
         def run(name, i):
-            recs = [record(c, noisy(rng, 1.0 * (slow.get(c, 1.0) if name == "cur" else 1.0)))
-                    for c in range(3) if not tag or c == 1]
+            recs = [
+                record(c, noisy(rng, 1.0 * (slow.get(c, 1.0) if name == "cur" else 1.0)))
+                for c in range(3)
+                if not tag or c == 1
+            ]
             return load_run(write(tmp_path / f"{tag}{name}{i}.jsonl", recs))
+
         return {s.name: [run(s.name, i) for i in range(rounds)] for s in sides}
 
     monkeypatch.setattr(ab, "interleave", fake_interleave)

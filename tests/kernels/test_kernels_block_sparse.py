@@ -14,8 +14,9 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs TRITON_INTERPRET=1 (tests/conftest.py sets it)", allow_module_level=True)
 pytest.importorskip("triton")
 
-from attnbench.kernels import block_sparse_attention, build_block_index, flash_attention  # noqa: E402
 from test_kernels_flash import check_forward_backward, make_qkv, max_err  # noqa: E402
+
+from attnbench.kernels import block_sparse_attention, build_block_index, flash_attention  # noqa: E402
 
 
 def token_mask(layout: torch.Tensor, block: int, lq: int, lk: int) -> torch.Tensor:

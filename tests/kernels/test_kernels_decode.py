@@ -13,9 +13,10 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs TRITON_INTERPRET=1 (tests/conftest.py sets it)", allow_module_level=True)
 pytest.importorskip("triton")
 
+from test_kernels_flash import check_forward_backward, make_qkv, max_err  # noqa: E402
+
 from attnbench.kernels import flash_attention, flash_decode  # noqa: E402
 from attnbench.kernels.decode import default_num_splits  # noqa: E402
-from test_kernels_flash import check_forward_backward, make_qkv, max_err  # noqa: E402
 
 # (B, Hq, Hkv, Lq, Lk, D, num_splits, causal)
 CASES = {

@@ -21,8 +21,11 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs TRITON_INTERPRET=1 (tests/conftest.py sets it)", allow_module_level=True)
 triton = pytest.importorskip("triton")
 
-from attnbench.kernels import flash_attention, triton_unavailable_reason  # noqa: E402
-from attnbench.kernels import _common  # noqa: E402
+from attnbench.kernels import (  # noqa: E402
+    _common,  # noqa: E402
+    flash_attention,
+    triton_unavailable_reason,
+)
 
 K_FACTOR = 3.0  # kernel error <= K_FACTOR × the low-precision oracle's error + ATOL
 ATOL = {torch.float16: 1e-3, torch.bfloat16: 8e-3}

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from attnbench.variants import registry
+from attnbench.core.problem import Problem
 from attnbench.measure import flops as fl
 from attnbench.measure import memory
-from attnbench.measure.timing import Stats, TimingPolicy, stop_reason, quantile, time_call, time_cpu
-from attnbench.core.problem import Problem
+from attnbench.measure.timing import Stats, TimingPolicy, quantile, stop_reason, time_call, time_cpu
+from attnbench.variants import registry
 from attnbench.variants.shared import attention_flops, io_bytes, kv_cache_bytes
 
 CPU = torch.device("cpu")
@@ -35,7 +35,9 @@ def test_flops_bottom_right_by_hand():
     p = Problem(batch=1, heads=1, kv_heads=1, seq_q=2, seq_k=5, head_dim=8, causal=True)
     assert attention_flops(p) == 4 * 9 * 8
     # Lq=5, Lk=2: rows see 0, 0, 0, 1, 2 keys: 3 pairs
-    assert attention_flops(Problem(batch=1, heads=1, kv_heads=1, seq_q=5, seq_k=2, head_dim=8, causal=True)) == 4 * 3 * 8
+    assert (
+        attention_flops(Problem(batch=1, heads=1, kv_heads=1, seq_q=5, seq_k=2, head_dim=8, causal=True)) == 4 * 3 * 8
+    )
 
 
 def test_flops_count_query_heads_for_gqa():
@@ -43,7 +45,9 @@ def test_flops_count_query_heads_for_gqa():
     assert registry.get("gqa").flops(p) == 4 * 8 * 64 * 64 * 32
 
 
-@pytest.mark.parametrize("mode,f,b", [("fwd", 1.0, 1.0), ("decode", 1.0, 1.0), ("bwd", 2.5, 2.0), ("fwd+bwd", 3.5, 3.0)])
+@pytest.mark.parametrize(
+    "mode,f,b", [("fwd", 1.0, 1.0), ("decode", 1.0, 1.0), ("bwd", 2.5, 2.0), ("fwd+bwd", 3.5, 3.0)]
+)
 def test_mode_factors(mode, f, b):
     assert fl.mode_flops(1000.0, mode) == 1000.0 * f
     assert fl.mode_bytes(1000.0, mode) == 1000.0 * b
@@ -72,11 +76,15 @@ def _counted(fn, *args) -> int:
 
 def test_eager_flops_match_flop_counter():
     """FlopCounterMode counts 2·M·N·K per matmul: QKᵀ and PV give 4·B·H·Lq·Lk·D, our convention."""
-    for variant, p in [("mha", Problem(batch=2, heads=4, kv_heads=4, seq_q=128, seq_k=96, head_dim=64)),
-                       ("gqa", Problem(batch=1, heads=8, kv_heads=2, seq_q=64, seq_k=64, head_dim=32))]:
+    for variant, p in [
+        ("mha", Problem(batch=2, heads=4, kv_heads=4, seq_q=128, seq_k=96, head_dim=64)),
+        ("gqa", Problem(batch=1, heads=8, kv_heads=2, seq_q=64, seq_k=64, head_dim=32)),
+    ]:
         var = registry.get(variant)
-        q, k, v = (torch.randn(s) for s in [(p.batch, p.heads, p.seq_q, p.head_dim)] +
-                   [(p.batch, p.kv_heads, p.seq_k, p.head_dim)] * 2)
+        q, k, v = (
+            torch.randn(s)
+            for s in [(p.batch, p.heads, p.seq_q, p.head_dim)] + [(p.batch, p.kv_heads, p.seq_k, p.head_dim)] * 2
+        )
         assert _counted(var.backend("eager").build(p, CPU), q, k, v) == var.flops(p)
 
 
@@ -173,8 +181,7 @@ def test_time_cpu_max_samples():
 
 
 # ---------------------------------------------------------------- peak memory
-needs_vmhwm = pytest.mark.skipif(memory.cpu_peak_supported() is not None,
-                                 reason=f"{memory.cpu_peak_supported()}")
+needs_vmhwm = pytest.mark.skipif(memory.cpu_peak_supported() is not None, reason=f"{memory.cpu_peak_supported()}")
 
 
 @needs_vmhwm

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch.profiler import record_function
 
+from attnbench.cli import main
+from attnbench.core.errors import UsageError
 from attnbench.profile import call as profiling
 from attnbench.profile import memory as pm
 from attnbench.profile import nsight as ns
 from attnbench.variants import registry
-from attnbench.cli import main
-from attnbench.core.errors import UsageError
 
 MiB = 2**20
 

@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
+from attnbench.core.errors import UsageError
 from attnbench.report import analysis
 from attnbench.report.analysis import Claim, crossover, fit_exponent, parse_claim, t975, verdict
-from attnbench.core.errors import UsageError
 from conftest import with_catalogue
 
 LENGTHS = [256 * 2**i for i in range(7)]  # 256 .. 16k

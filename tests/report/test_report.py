@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnbench.variants import registry
 from attnbench.cli import main
-from attnbench.variants.registry import Variant
 from attnbench.core.results import RECORD_FIELDS
+from attnbench.variants import registry
+from attnbench.variants.registry import Variant
 from attnbench.variants.shared import attention_flops, exact_reference, fill_defaults, io_bytes
 from conftest import with_catalogue
 

@@ -13,9 +13,9 @@ import pytest
 from matplotlib.text import Text
 from test_report import CHROMIUM, header, record, write_results
 
-from attnbench.report.analysis import series
 from attnbench.cli import main
 from attnbench.report import charts as C
+from attnbench.report.analysis import series
 from attnbench.report.labels import chart_labels
 from attnbench.report.model import Context
 from attnbench.report.placement import place_labels
@@ -34,7 +34,9 @@ def issue_records() -> list[dict]:
         for b, c in (("eager", 170), ("sdpa", 40), ("sdpa-math", 240), ("sdpa-flash", 58), ("flex", 110)):
             recs.append(record("gqa", b, L, c * f * f, kv_heads=2, error={"vs": "reference", "rel_l2": 3e-7}))
         for b, c in (("eager", 90), ("chunked", 130), ("flex", 150)):
-            recs.append(record("performer", b, L, c * f, params=PERF, error={"vs": "reference", "rel_l2": 0.4 + f / 10}))
+            recs.append(
+                record("performer", b, L, c * f, params=PERF, error={"vs": "reference", "rel_l2": 0.4 + f / 10})
+            )
     for r in recs:
         ms = r["latency_ms"]["median"]
         r["samples_ms"] = [ms * k for k in (0.9, 1.0, 1.1, 1.3)] if r["seq_q"] < 4096 else [ms]
@@ -76,8 +78,12 @@ def test_time_unit_per_chart(lo, hi, unit):
 
 
 def test_facets_hold_at_most_six_series_and_the_baseline():
-    recs = [record(f"v{i}", b, L, 1.0 + i, error={"vs": "reference", "rel_l2": 0.5 if i > 3 else 1e-7})
-            for i in range(8) for b in ("eager", "flex", "sdpa") for L in (256, 512)]
+    recs = [
+        record(f"v{i}", b, L, 1.0 + i, error={"vs": "reference", "rel_l2": 0.5 if i > 3 else 1e-7})
+        for i in range(8)
+        for b in ("eager", "flex", "sdpa")
+        for L in (256, 512)
+    ]
     recs += [record("mha", "eager", L, 9.0) for L in (256, 512)]
     group = [s for s in series(recs) if s.ok()]
     panels = C.facets(group, "mha:eager")
@@ -173,7 +179,8 @@ PROBE = """<script>window.addEventListener('load', function () {
     if (s.right > b.right + 1 || s.left < b.left - 1 || b.right > document.documentElement.clientWidth + 1)
       out.overflow.push(k);
     var rs = Array.from(svg.querySelectorAll('text')).filter(function (t) { return t.textContent.trim(); })
-      .map(function (t) { var r = t.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom, t.textContent]; });
+      .map(function (t) { var r = t.getBoundingClientRect();
+                          return [r.left, r.top, r.right, r.bottom, t.textContent]; });
     out.texts += rs.length;
     for (var i = 0; i < rs.length; i++) for (var j = i + 1; j < rs.length; j++) {
       var a = rs[i], c = rs[j];
@@ -189,9 +196,21 @@ PROBE = """<script>window.addEventListener('load', function () {
 def chromium_probe(html, tmp_path, width=1400) -> dict:
     copy = tmp_path / "probe.html"
     copy.write_text(html.read_text().replace("</body>", PROBE + "</body>"))
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'p'}",
-           f"--window-size={width},2000", "--virtual-time-budget=5000", "--dump-dom", copy.as_uri()]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'p'}",
+        f"--window-size={width},2000",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        copy.as_uri(),
+    ]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=180).stdout
     m = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
     assert m, f"probe did not run: {dom[-300:]}"
@@ -214,8 +233,19 @@ def test_report_page_has_no_overlapping_labels_and_no_overflow(tmp_path):
 
 
 def test_one_variant_gets_one_marker_per_backend():
-    backends = ["chunked", "eager", "flex", "grouped", "peer:x", "sdpa", "sdpa-cudnn", "sdpa-efficient",
-                "sdpa-flash", "sdpa-math", "triton"]
+    backends = [
+        "chunked",
+        "eager",
+        "flex",
+        "grouped",
+        "peer:x",
+        "sdpa",
+        "sdpa-cudnn",
+        "sdpa-efficient",
+        "sdpa-flash",
+        "sdpa-math",
+        "triton",
+    ]
     pal = Palette([f"{v}:{b}" for v in ("flash", "gqa", "performer") for b in backends])
     names = [f"gqa:{b}" for b in backends]
     assert len({pal.looks(names)[n].marker for n in names}) == len(backends)

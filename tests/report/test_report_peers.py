@@ -3,7 +3,13 @@ own numbers, so each expected value below is computed by hand."""
 
 import pytest
 
-from attnbench.report.peers import best_vs_peer, decode_targets, markdown, noncausal_performer_targets, sliding_window_targets
+from attnbench.report.peers import (
+    best_vs_peer,
+    decode_targets,
+    markdown,
+    noncausal_performer_targets,
+    sliding_window_targets,
+)
 from conftest import with_catalogue
 
 REFS = {"copy": {"bytes_per_s": 1e10}, "gemm": {"float32": {"flops_per_s": 1e11}}}

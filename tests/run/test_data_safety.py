@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnbench.core import results
 from attnbench.cli import main
+from attnbench.core import results
 from attnbench.core.results import Writer, make_header
-from attnbench.run.rounds import RoundJournal
 from attnbench.core.safe_io import EXIT_WRITE, Locked, OutputError, hold_lock
+from attnbench.run.rounds import RoundJournal
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "ATTNBENCH_TEST_BACKENDS": "1", "PYTHONUNBUFFERED": "1"}
@@ -72,15 +72,39 @@ def test_second_writer_fails_at_once_naming_the_holder(tmp_path):
 def test_two_concurrent_runs_on_one_out(tmp_path):
     """The second run exits 2 with one line naming the first's pid; the first's file is complete."""
     out = tmp_path / "r.jsonl"
-    sweep = ["run", "--variants", "mha", "--backends", "sdpa", "--seq", "64,128", "--time-budget", "1", "--out", str(out)]
-    first = subprocess.Popen([sys.executable, "-m", "attnbench", *sweep], cwd=ROOT, env=ENV,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    sweep = [
+        "run",
+        "--variants",
+        "mha",
+        "--backends",
+        "sdpa",
+        "--seq",
+        "64,128",
+        "--time-budget",
+        "1",
+        "--out",
+        str(out),
+    ]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "attnbench", *sweep],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lock = tmp_path / ".r.jsonl.lock"
     end = time.time() + 120
     while not lock.exists() and time.time() < end:
         time.sleep(0.1)
-    second = subprocess.run([sys.executable, "-m", "attnbench", *sweep, "--resume"], cwd=ROOT, env=ENV,
-                            capture_output=True, text=True, timeout=120)
+    second = subprocess.run(
+        [sys.executable, "-m", "attnbench", *sweep, "--resume"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     _, err1 = first.communicate(timeout=300)
     lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
     assert second.returncode == 2 and len(lines) == 1 and f"pid {first.pid}" in lines[0], second.stderr
@@ -132,13 +156,16 @@ def test_a_run_that_writes_no_record_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args,code", [
-    (["merge", "{src}", "--out", "{mnt}/m.jsonl"], EXIT_WRITE),
-    (["report", "{src}", "--out", "{mnt}/rep"], EXIT_WRITE),
-    (["compare", "{src}", "{src}", "--out", "{mnt}/g.md"], 3),
-    (["show-pattern", "sliding_window", "--seq", "64", "--out", "{mnt}/p.png"], EXIT_WRITE),
-    (["run", "--variants", "mha", "--backends", "sdpa", "--seq", "64", "--out", "{mnt}/r.jsonl"], EXIT_WRITE),
-])
+@pytest.mark.parametrize(
+    "args,code",
+    [
+        (["merge", "{src}", "--out", "{mnt}/m.jsonl"], EXIT_WRITE),
+        (["report", "{src}", "--out", "{mnt}/rep"], EXIT_WRITE),
+        (["compare", "{src}", "{src}", "--out", "{mnt}/g.md"], 3),
+        (["show-pattern", "sliding_window", "--seq", "64", "--out", "{mnt}/p.png"], EXIT_WRITE),
+        (["run", "--variants", "mha", "--backends", "sdpa", "--seq", "64", "--out", "{mnt}/r.jsonl"], EXIT_WRITE),
+    ],
+)
 def test_read_only_disk_is_one_line_and_writes_nothing(tmpfs, tmp_path, capsys, args, code):
     from test_bad_input import _results_file, valid_record
 
@@ -191,10 +218,28 @@ def test_round_journal_survives_a_cut_line_and_resumes(tmp_path):
 @pytest.mark.slow
 def test_rounds_kill9_then_resume_gives_one_record_per_case(tmp_path):
     out = tmp_path / "r.jsonl"
-    sweep = ["run", "--variants", "mha", "--backends", "sdpa,eager", "--seq", "64,128,256", "--time-budget", "1",
-             "--rounds", "3", "--out", str(out)]
-    p = subprocess.Popen([sys.executable, "-m", "attnbench", *sweep], cwd=ROOT, env=ENV,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sweep = [
+        "run",
+        "--variants",
+        "mha",
+        "--backends",
+        "sdpa,eager",
+        "--seq",
+        "64,128,256",
+        "--time-budget",
+        "1",
+        "--rounds",
+        "3",
+        "--out",
+        str(out),
+    ]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "attnbench", *sweep],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     journal = tmp_path / ".r.jsonl.rounds"
     end = time.time() + 180
     while time.time() < end and (not journal.exists() or journal.read_text().count("\n") < 7):
@@ -202,8 +247,14 @@ def test_rounds_kill9_then_resume_gives_one_record_per_case(tmp_path):
     p.kill()
     p.wait(30)
     assert journal.read_text().count("\n") >= 7  # round 1 of every case and more survived kill -9
-    done = subprocess.run([sys.executable, "-m", "attnbench", *sweep, "--resume"], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "attnbench", *sweep, "--resume"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     _, recs = results.read(out)
     assert len(recs) == 6 == len({r["case_id"] for r in recs})
@@ -231,9 +282,29 @@ def test_interrupt_first_signal_finishes_the_case_second_abandons_it_sigterm_at_
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_sigterm_and_sighup_keep_the_records_and_say_so(tmp_path, sig, code):
     out = tmp_path / "r.jsonl"
-    p = subprocess.Popen([sys.executable, "-m", "attnbench", "run", "--variants", "mha", "--backends", "sdpa,eager",
-                          "--seq", "64,128,256,512", "--time-budget", "2", "--out", str(out)],
-                         cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "attnbench",
+            "run",
+            "--variants",
+            "mha",
+            "--backends",
+            "sdpa,eager",
+            "--seq",
+            "64,128,256,512",
+            "--time-budget",
+            "2",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     end = time.time() + 180
     while time.time() < end and not (out.exists() and out.read_text().count('"type": "record"') >= 1):
         time.sleep(0.2)
@@ -248,9 +319,11 @@ def test_sigterm_and_sighup_keep_the_records_and_say_so(tmp_path, sig, code):
 
 @pytest.mark.slow
 def test_the_worker_dies_with_its_parent(tmp_path):
-    script = ("import sys, time, torch\nfrom attnbench.run.worker import RunConfig, Worker\n"
-              "w = Worker(RunConfig(device=torch.device('cpu')))\nw.start()\nw.measure_refs(('float32',))\n"
-              "print(w.proc.pid, flush=True)\ntime.sleep(600)\n")
+    script = (
+        "import sys, time, torch\nfrom attnbench.run.worker import RunConfig, Worker\n"
+        "w = Worker(RunConfig(device=torch.device('cpu')))\nw.start()\nw.measure_refs(('float32',))\n"
+        "print(w.proc.pid, flush=True)\ntime.sleep(600)\n"
+    )
     p = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
     child = int(p.stdout.readline())
     p.kill()
@@ -285,15 +358,19 @@ def test_an_outside_sigkill_is_killed_unless_the_oom_killer_acted(monkeypatch, b
 
 # ---------------------------------------------------------------- case identity
 def test_case_id_covers_threads_device_name_and_backend_version():
-    from attnbench.run.worker import backend_version, case_identity
     from attnbench.run.plan import expand, make_sweep
+    from attnbench.run.worker import backend_version, case_identity
 
     cpu = torch.device("cpu")
     case = expand([make_sweep(variants="mha", backends="sdpa", seq=[64])], cpu)[0]
     base = case_identity(case.backend, cpu, threads=2)
     key = lambda ident: results.case_id(case.problem.as_dict(), case.variant, case.backend, "cpu", ident)  # noqa: E731
-    ids = {key(base), key(base | {"threads": 1}), key(base | {"device_name": "other cpu"}),
-           key(base | {"backend_version": "torch 0.0"})}
+    ids = {
+        key(base),
+        key(base | {"threads": 1}),
+        key(base | {"device_name": "other cpu"}),
+        key(base | {"backend_version": "torch 0.0"}),
+    }
     assert len(ids) == 4
     assert backend_version("sdpa").startswith("torch ") and "triton" in backend_version("triton")
     assert json.dumps(base)  # identity is plain JSON

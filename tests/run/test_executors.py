@@ -9,22 +9,24 @@ import sys
 import pytest
 import torch
 
-from attnbench.core import results
 from attnbench.cli import main
+from attnbench.core import results
 from attnbench.core.errors import UsageError
 from attnbench.core.merge import merge
-from attnbench.run.executors import parse_shard, run_cases_ray, shard
 from attnbench.measure.timing import TimingPolicy
-from attnbench.run.worker import RunConfig, Worker, base_record, run_cases
+from attnbench.run.executors import parse_shard, run_cases_ray, shard
 from attnbench.run.plan import expand, make_sweep
+from attnbench.run.worker import RunConfig, Worker, base_record, run_cases
 
 CPU = torch.device("cpu")
 FAST = TimingPolicy(min_samples=3, min_time=0.01, max_time=0.05, warmup_time=0.01)
 
 
 def _cases(**axes):
-    return expand([make_sweep(**({"variants": "mha,gqa,mqa", "seq": [64, 128, 256], "heads": [2, 4],
-                                  "head_dim": [16]} | axes))], CPU)
+    return expand(
+        [make_sweep(**({"variants": "mha,gqa,mqa", "seq": [64, 128, 256], "heads": [2, 4], "head_dim": [16]} | axes))],
+        CPU,
+    )
 
 
 # ---------------------------------------------------------------- shards
@@ -51,8 +53,15 @@ def test_parse_shard_rejects_bad_input(text):
 
 # ---------------------------------------------------------------- merge
 def _write(path, cases, env_changes=None):
-    env = {"attnbench": "0.1.0", "device": "cpu", "device_name": "x", "torch": torch.__version__,
-           "triton": None, "cuda": None, "threads": 2} | (env_changes or {})
+    env = {
+        "attnbench": "0.1.0",
+        "device": "cpu",
+        "device_name": "x",
+        "torch": torch.__version__,
+        "triton": None,
+        "cuda": None,
+        "threads": 2,
+    } | (env_changes or {})
     with results.Writer(path, results.make_header(["attnbench", "run"], env, None)) as w:
         for c in cases:
             w.write(base_record(c, CPU) | {"status": "ok"})
@@ -81,8 +90,16 @@ def test_merge_rejects_mixed_environments_unless_allowed(tmp_path, capsys):
     assert not (tmp_path / "ab.jsonl").exists()
     rc = main(["merge", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--out", str(tmp_path / "ab.jsonl")])
     assert rc == 2 and "--allow-mixed-env" in capsys.readouterr().err
-    rc = main(["merge", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--out", str(tmp_path / "ab.jsonl"),
-               "--allow-mixed-env"])
+    rc = main(
+        [
+            "merge",
+            str(tmp_path / "a.jsonl"),
+            str(tmp_path / "b.jsonl"),
+            "--out",
+            str(tmp_path / "ab.jsonl"),
+            "--allow-mixed-env",
+        ]
+    )
     assert rc == 0 and len(results.read(tmp_path / "ab.jsonl")[1]) == 4
     rc = main(["merge", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "ab.jsonl")])
     assert rc == 2 and "--force" in capsys.readouterr().err
@@ -95,16 +112,25 @@ def test_merge_allow_mixed_env_keeps_both_measurements_of_a_case(tmp_path):
 
     cases = _cases()[:2]
     _write(tmp_path / "a.jsonl", cases)
-    other = [{**base_record(c, CPU), "case_id": runner.case_id(c.problem.as_dict(), c.variant, c.backend, "cpu",
-                                                                runner.case_identity(c.backend, CPU, threads=8)),
-              "threads": 8} for c in cases]
+    other = [
+        {
+            **base_record(c, CPU),
+            "case_id": runner.case_id(
+                c.problem.as_dict(), c.variant, c.backend, "cpu", runner.case_identity(c.backend, CPU, threads=8)
+            ),
+            "threads": 8,
+        }
+        for c in cases
+    ]
     with results.Writer(tmp_path / "b.jsonl", results.make_header(["t"], {"device": "cpu", "threads": 8}, None)) as w:
         for r in other:
             w.write({**r, "status": "unsupported", "reason": "test"})
     summary = merge([tmp_path / "a.jsonl", tmp_path / "b.jsonl"], tmp_path / "ab.jsonl", allow_mixed_env=True)
     _, recs = results.read(tmp_path / "ab.jsonl")
     assert summary["records"] == 4 and summary["duplicates"] == 0
-    assert sorted(r["source"] for r in recs) == sorted([str(tmp_path / "a.jsonl")] * 2 + [str(tmp_path / "b.jsonl")] * 2)
+    assert sorted(r["source"] for r in recs) == sorted(
+        [str(tmp_path / "a.jsonl")] * 2 + [str(tmp_path / "b.jsonl")] * 2
+    )
 
 
 # ---------------------------------------------------------------- Ray
@@ -124,8 +150,13 @@ def test_ray_missing_hint_prints_verbatim(monkeypatch, capsys, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("exc,mention", [(ConnectionError("could not connect to 1.2.3.4:6379"), "address"),
-                                         (RuntimeError("InvalidAuthToken: token mismatch"), "RAY_AUTH_MODE")])
+@pytest.mark.parametrize(
+    "exc,mention",
+    [
+        (ConnectionError("could not connect to 1.2.3.4:6379"), "address"),
+        (RuntimeError("InvalidAuthToken: token mismatch"), "RAY_AUTH_MODE"),
+    ],
+)
 def test_ray_connection_failure_is_one_line_with_the_fix(monkeypatch, capsys, tmp_path, exc, mention):
     """A cluster that cannot be reached (or refuses the client's authentication): one line naming
     the fix, exit 2, and no header-only results file."""
@@ -137,8 +168,23 @@ def test_ray_connection_failure_is_one_line_with_the_fix(monkeypatch, capsys, tm
     fake = types.SimpleNamespace(is_initialized=lambda: False, init=init, shutdown=lambda: None)
     monkeypatch.setitem(sys.modules, "ray", fake)
     out = tmp_path / "r.jsonl"
-    rc = main(["run", "--variants", "mha", "--backends", "sdpa", "--seq", "64", "--executor", "ray",
-               "--address", "1.2.3.4:6379", "--out", str(out)])
+    rc = main(
+        [
+            "run",
+            "--variants",
+            "mha",
+            "--backends",
+            "sdpa",
+            "--seq",
+            "64",
+            "--executor",
+            "ray",
+            "--address",
+            "1.2.3.4:6379",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and mention in err and "Traceback" not in err and len(err.splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == []
@@ -149,11 +195,19 @@ def ray_run(tmp_path_factory):
     """One local in-process cluster: a tiny suite plus two fault cases, on Ray and locally."""
     ray = pytest.importorskip("ray")
     attempts = tmp_path_factory.mktemp("ray") / "attempts"
-    tiny = _cases(variants="mha", seq=[64], heads=[2], backends="sdpa") + \
-        _cases(variants="mha", seq=[64], heads=[2], kv_heads=[1], backends="sdpa")  # unsupported
-    faults = [*_cases(variants="mha", seq=[64], heads=[2], backends="fault", params={"fault": "kill"}),
-              *_cases(variants="mha", seq=[64], heads=[2], backends="fault",
-                      params={"fault": "kill-ray-worker", "attempts_file": str(attempts)})]
+    tiny = _cases(variants="mha", seq=[64], heads=[2], backends="sdpa") + _cases(
+        variants="mha", seq=[64], heads=[2], kv_heads=[1], backends="sdpa"
+    )  # unsupported
+    faults = [
+        *_cases(variants="mha", seq=[64], heads=[2], backends="fault", params={"fault": "kill"}),
+        *_cases(
+            variants="mha",
+            seq=[64],
+            heads=[2],
+            backends="fault",
+            params={"fault": "kill-ray-worker", "attempts_file": str(attempts)},
+        ),
+    ]
     cfg = RunConfig(device=CPU, time_budget=20, threads=1, policy=FAST)
     local, worker = [], Worker(cfg)
     worker.start()  # the local run's worker starts while the cluster does
@@ -168,8 +222,13 @@ def ray_run(tmp_path_factory):
         run_cases(tiny, cfg, worker, local.append, refs)
     finally:
         worker.close()
-    return {"tiny": on_ray[:len(tiny)], "faults": on_ray[len(tiny):], "local": local, "streamed": streamed,
-            "attempts": attempts}
+    return {
+        "tiny": on_ray[: len(tiny)],
+        "faults": on_ray[len(tiny) :],
+        "local": local,
+        "streamed": streamed,
+        "attempts": attempts,
+    }
 
 
 @pytest.mark.slow

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from attnbench.core import results
-from attnbench.run.frontier import find_frontier
 from attnbench.core.problem import Problem
-from attnbench.run.worker import RunConfig, Worker
+from attnbench.run.frontier import find_frontier
 from attnbench.run.plan import expand, make_sweep
+from attnbench.run.worker import RunConfig, Worker
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "ATTNBENCH_TEST_BACKENDS": "1", "PYTHONUNBUFFERED": "1"}

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from attnbench.core import results
-from attnbench.run.session import run_sweep
 from attnbench.core.errors import UsageError
 from attnbench.measure.timing import Stats
-from attnbench.run.rounds import merge_rounds, round_order
 from attnbench.run.plan import make_sweep
+from attnbench.run.rounds import merge_rounds, round_order
+from attnbench.run.session import run_sweep
 
 CPU = torch.device("cpu")
 

@@ -5,13 +5,13 @@ timeout records with reasons, and the worker is restarted so later cases still r
 import pytest
 import torch
 
-from attnbench.run import worker as runner
-from attnbench.measure.timing import TimingPolicy
 from attnbench.core.problem import Problem
 from attnbench.core.results import validate_record
-from attnbench.run.worker import RunConfig, Worker, base_record, run_cases, skip_reason
-from attnbench.run.plan import Case
 from attnbench.measure.failure import failure_fields
+from attnbench.measure.timing import TimingPolicy
+from attnbench.run import worker as runner
+from attnbench.run.plan import Case
+from attnbench.run.worker import RunConfig, Worker, base_record, run_cases, skip_reason
 
 CPU = torch.device("cpu")
 POLICY = TimingPolicy(min_samples=3, min_time=0.01, max_time=0.2, warmup_time=0.01)

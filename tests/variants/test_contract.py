@@ -68,8 +68,16 @@ def contract_problem(v: registry.Variant) -> Problem:
         seq = 64
         if "window" in params:
             params["window"] = 4
-    raw = Problem(batch=1, heads=2, kv_heads=0, seq_q=seq, seq_k=0, head_dim=32, dtype="float32",
-                  params=tuple(sorted(params.items())))
+    raw = Problem(
+        batch=1,
+        heads=2,
+        kv_heads=0,
+        seq_q=seq,
+        seq_k=0,
+        head_dim=32,
+        dtype="float32",
+        params=tuple(sorted(params.items())),
+    )
     return v.resolve(raw)
 
 
@@ -94,8 +102,12 @@ def _cases():
             elif b.name == "flex":  # each compiles: 10-120 s a case here, ~2.5 CPU-min for all 13
                 marks.append(pytest.mark.slow)
                 if not os.environ.get("ATTNBENCH_CONTRACT_FLEX"):
-                    marks.append(pytest.mark.skip(reason="flex compiles for seconds to minutes on CPU: set "
-                                                  "ATTNBENCH_CONTRACT_FLEX=1 (flex is also tested per family)"))
+                    marks.append(
+                        pytest.mark.skip(
+                            reason="flex compiles for seconds to minutes on CPU: set "
+                            "ATTNBENCH_CONTRACT_FLEX=1 (flex is also tested per family)"
+                        )
+                    )
             yield pytest.param(v.name, b.name, marks=marks, id=f"{v.name}-{b.name}")
 
 
@@ -131,13 +143,18 @@ def test_contract(variant, backend, make_qkv, oracle):
         with torch.no_grad():
             own = v.backend("eager").build(p, CPU)(q64, k64, v64)
         err_own = rel_l2(out, own)
-        assert err_own <= OWN_EAGER_BOUND, f"{variant}/{backend} rel-L2 {err_own:.3g} against its eager formulation in fp64"
+        assert err_own <= OWN_EAGER_BOUND, (
+            f"{variant}/{backend} rel-L2 {err_own:.3g} against its eager formulation in fp64"
+        )
 
 
 def test_every_variant_outside_ring_runs_somewhere():
     """The contract problems are chosen so that no variant is skipped whole (a skip hides nothing)."""
-    missing = [v.name for v in registry.all_variants() if v.family != "distributed"
-               and all(skip_reason(v, b, contract_problem(v)) for b in v.backends)]
+    missing = [
+        v.name
+        for v in registry.all_variants()
+        if v.family != "distributed" and all(skip_reason(v, b, contract_problem(v)) for b in v.backends)
+    ]
     assert not missing, f"no CPU backend runs at the contract problem: {missing}"
 
 
@@ -159,5 +176,5 @@ def test_approx_bound_rejects_a_wrong_answer(make_qkv):
             p = contract_problem(v)
             q, k, val = _inputs(v, p, make_qkv)
             ref = v.reference(q.double(), k.double(), val.double(), p)
-            wrong = val.double().repeat_interleave(p.groups, dim=1)[..., -p.seq_q:, :]
+            wrong = val.double().repeat_interleave(p.groups, dim=1)[..., -p.seq_q :, :]
             assert rel_l2(wrong, ref) > APPROX_BOUND, v.name

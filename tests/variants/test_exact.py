@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 import attnbench
-from attnbench.variants import registry
 from attnbench.core.problem import Problem
+from attnbench.variants import registry
 
 CPU = torch.device("cpu")
 EXACT = ("mha", "causal", "cross", "mqa", "gqa", "flash")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import attnbench.variants.graph as graph
-from attnbench.variants import registry
 from attnbench.core.problem import Problem
+from attnbench.variants import registry
 
 CPU = torch.device("cpu")
 VAR = registry.get("gat")

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import attnbench.variants.linear as lin
-from attnbench.variants import registry
-from attnbench.run import plan as sweep
 from attnbench.core.problem import Problem
+from attnbench.run import plan as sweep
+from attnbench.variants import registry
 from attnbench.variants.shared import softmax_attention
 
 CPU = torch.device("cpu")

@@ -6,8 +6,8 @@ import torch
 from torch.profiler import profile
 
 import attnbench.variants.lsh as lsh
-from attnbench.variants import registry
 from attnbench.core.problem import Problem
+from attnbench.variants import registry
 from attnbench.variants.shared import softmax_attention
 
 CPU = torch.device("cpu")

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import attnbench.variants.backends.peers as peers
-from attnbench.variants import registry
 from attnbench.core.errors import UsageError
 from attnbench.core.problem import Problem
+from attnbench.variants import registry
 from attnbench.variants.shared import softmax_attention
 
 CPU = torch.device("cpu")

@@ -10,8 +10,8 @@ import torch
 
 import attnbench.variants  # noqa: F401
 import attnbench.variants.positional as pos
-from attnbench.variants import registry
 from attnbench.core.problem import Problem
+from attnbench.variants import registry
 
 CPU = torch.device("cpu")
 

@@ -10,10 +10,10 @@ import torch
 
 import attnbench.variants  # noqa: F401
 import attnbench.variants.sparse as sparse
+from attnbench.core.problem import Problem
+from attnbench.run import plan as sweep
 from attnbench.variants import patterns as pat
 from attnbench.variants import registry
-from attnbench.run import plan as sweep
-from attnbench.core.problem import Problem
 
 CPU = torch.device("cpu")
 

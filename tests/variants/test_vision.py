@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import attnbench.variants.vision as vision
-from attnbench.variants import registry
 from attnbench.core.problem import Problem
+from attnbench.variants import registry
 
 CPU = torch.device("cpu")
 
