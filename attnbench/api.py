@@ -39,10 +39,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: str = "mh
         raise UsageError(f"{variant}: {reason}")
     names = [backend] if backend else var.backend_names()
     for name in names:
-        b = var.backend(name)
-        why = b.available(q.device) or b.supports(p, q.device)
-        if why is None:
-            return b.build(p, q.device)(q, k, v)
+        verdict = registry.decide(var, name, p, q.device)  # the sweep's own rule
+        if verdict is None:
+            return var.backend(name).build(p, q.device)(q, k, v)
         if backend:
-            raise UsageError(f"{variant}/{name}: {why}")
+            raise UsageError(f"{variant}/{name}: {verdict[1]}")
     raise UsageError(f"{variant}: no backend can run this problem on {q.device.type}")

@@ -106,9 +106,9 @@ def _problems(v: registry.Variant, dtype: str):
 
 def check_backend(variant: registry.Variant, backend: registry.Backend, p: Problem, device: torch.device) -> CheckRow:
     shape = _shape(p)
-    why = variant.supports(p) or backend.supports(p, device)
-    if why:
-        return CheckRow(variant.name, backend.name, p.dtype, shape, None, None, None, None, why)
+    verdict = registry.decide(variant, backend.name, p, device, available=False)  # availability: checked by run()
+    if verdict:
+        return CheckRow(variant.name, backend.name, p.dtype, shape, None, None, None, None, verdict[1])
     if not variant.exact and backend.name == "eager":
         return CheckRow(
             variant.name,
