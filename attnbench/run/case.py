@@ -63,13 +63,17 @@ _NOT_KERNEL = re.compile(
     r"logical_\w+|scaled_dot_product_attention)"
 )
 _ATTENTION = re.compile(r"attention|flash|fmha|sdpa", re.I)
+# Without a fused op, the matrix products are the attention's work (an elementwise scale or mask
+# can take more self time at small sizes, and more or less under load: ranked after them).
+_MATMUL = re.compile(r"aten::(bmm|mm|matmul|baddbmm|addmm|addbmm|einsum)")
 SDPA_MATH = "aten::_scaled_dot_product_attention_math"
 
 
 def detect_kernel(prof, device: torch.device, top: int = 3) -> str:
     """The attention operator of a profiled call: a fused attention op (SDPA's flash/efficient/cuDNN
-    kernels, Triton, FlexAttention) when one ran, else the compute operators with most self time
-    (allocation, view, fill and comparison ops skipped). SDPA's math path is named as such."""
+    kernels, Triton, FlexAttention) when one ran, else the matrix products, then the other compute
+    operators, each by self time (allocation, view, fill and comparison ops skipped). SDPA's math
+    path is named as such."""
     events = [e for e in prof.key_averages() if not _NOT_KERNEL.fullmatch(e.key)]
     t = (
         (lambda e: getattr(e, "self_device_time_total", 0))
@@ -82,7 +86,8 @@ def detect_kernel(prof, device: torch.device, top: int = 3) -> str:
             for e in events
             if e.key.startswith(("aten::", "triton", "torch_dynamo", "Torch-Compiled", "CompiledFunction", "flex"))
         ] or events
-    ranked = sorted((e for e in events if t(e) > 0), key=lambda e: (not _ATTENTION.search(e.key), -t(e)))
+    ranked = sorted((e for e in events if t(e) > 0),
+                    key=lambda e: (not _ATTENTION.search(e.key), not _MATMUL.fullmatch(e.key), -t(e)))
     names = ", ".join(e.key for e in ranked[:top]) or "unknown"
     if any(e.key == SDPA_MATH for e in prof.key_averages()):
         return f"sdpa math path ({SDPA_MATH}): {names}"
