@@ -22,7 +22,7 @@ app = typer.Typer(
     name="attnbench",
     no_args_is_help=False,
     add_completion=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,  # plain click help: rich help costs ~0.25 s of CPU per call (typer.rich_utils)
     help="Benchmark and profile attention mechanisms: latency, memory, FLOPs and error, "
     "on a GPU or the CPU.\n\nExamples:\n\n  attnbench list\n\n  attnbench run\n\n"
     "  attnbench run --variants mha,flash,gqa --seq 1k..16k\n\n  attnbench env",
