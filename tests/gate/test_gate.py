@@ -126,16 +126,16 @@ def test_example_script_passes_unchanged_and_fails_when_slowed(tmp_path):
         ATTNBENCH=f"{sys.executable} -m attnbench",
     )
     # unchanged code: saves the baseline, then the gate passes. The threshold is generous (a case
-    # must be twice as slow): `make test` runs this beside other tests on two cores, where unchanged
+    # must be 1.9 times as slow): `make test` runs this beside other tests on two cores, where unchanged
     # code once failed a 30 % threshold; the injected slowdown below is ~20x, far past it.
     same = subprocess.run(
-        ["bash", str(SCRIPT), "--threshold", "100%"], env=_env(**settings), cwd=ROOT, capture_output=True, text=True
+        ["bash", str(SCRIPT), "--threshold", "90%"], env=_env(**settings), cwd=ROOT, capture_output=True, text=True
     )
     assert same.returncode == 0, same.stdout + same.stderr
     assert len(list((tmp_path / "baselines").glob("*.jsonl"))) == 1
     # the fault case slowed by 5 ms per call (~20x): a confirmed regression of that case only
     slow = subprocess.run(
-        ["bash", str(SCRIPT), "--threshold", "100%"],
+        ["bash", str(SCRIPT), "--threshold", "90%"],
         env=_env(ATTNBENCH_TEST_DELAY_MS="5", **settings),
         cwd=ROOT,
         capture_output=True,
