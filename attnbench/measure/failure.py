@@ -30,3 +30,37 @@ def one_line(e: BaseException, limit: int = 300) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     text = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", text)  # torch's C++ prefix
     return text[:limit] + ("…" if len(text) > limit else "")
+
+
+def _cgroup_oom_files() -> list[str]:
+    out = []
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, ctrl, rel = line.rstrip("\n").split(":", 2)
+                if ctrl == "":
+                    out.append(f"/sys/fs/cgroup{rel}/memory.events")
+                elif "memory" in ctrl.split(","):
+                    out.append(f"/sys/fs/cgroup/memory{rel}/memory.oom_control")
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def oom_kill_count() -> int | None:
+    """The kernel's count of out-of-memory kills (/proc/vmstat oom_kill, Linux >= 4.13; the
+    cgroup's memory.events when this process is in a cgroup v2 with a memory controller, which
+    counts kills of a container's limit too; memory.oom_control in cgroup v1); None where none can be read."""
+    counts = []
+    try:
+        with open("/proc/vmstat") as f:
+            counts += [int(ln.split()[1]) for ln in f if ln.startswith("oom_kill ")]
+    except (OSError, ValueError, IndexError):
+        pass
+    for path in _cgroup_oom_files():
+        try:
+            with open(path) as f:
+                counts += [int(ln.split()[1]) for ln in f if ln.startswith("oom_kill ")]
+        except (OSError, ValueError, IndexError):
+            pass
+    return sum(counts) if counts else None

@@ -22,7 +22,7 @@ import torch
 from attnbench.core.results import case_id
 from attnbench.measure import memory
 from attnbench.measure.cost import predict_call_seconds, predict_peak_bytes
-from attnbench.measure.failure import failure_fields
+from attnbench.measure.failure import failure_fields, oom_kill_count
 from attnbench.measure.timing import TimingPolicy
 from attnbench.run.plan import Case, is_distributed
 from attnbench.variants import registry
@@ -152,40 +152,6 @@ def warm_memory_pass(dev: torch.device, nvml) -> None:
 
     x = torch.ones(64, 64, device=dev)
     measure_memory_and_kernel(lambda: x @ x, dev, nvml)
-
-
-def _cgroup_oom_files() -> list[str]:
-    out = []
-    try:
-        with open("/proc/self/cgroup") as f:
-            for line in f:
-                _, ctrl, rel = line.rstrip("\n").split(":", 2)
-                if ctrl == "":
-                    out.append(f"/sys/fs/cgroup{rel}/memory.events")
-                elif "memory" in ctrl.split(","):
-                    out.append(f"/sys/fs/cgroup/memory{rel}/memory.oom_control")
-    except (OSError, ValueError):
-        pass
-    return out
-
-
-def oom_kill_count() -> int | None:
-    """The kernel's count of out-of-memory kills (/proc/vmstat oom_kill, Linux >= 4.13; the
-    cgroup's memory.events when this process is in a cgroup v2 with a memory controller, which
-    counts kills of a container's limit too; memory.oom_control in cgroup v1); None where none can be read."""
-    counts = []
-    try:
-        with open("/proc/vmstat") as f:
-            counts += [int(ln.split()[1]) for ln in f if ln.startswith("oom_kill ")]
-    except (OSError, ValueError, IndexError):
-        pass
-    for path in _cgroup_oom_files():
-        try:
-            with open(path) as f:
-                counts += [int(ln.split()[1]) for ln in f if ln.startswith("oom_kill ")]
-        except (OSError, ValueError, IndexError):
-            pass
-    return sum(counts) if counts else None
 
 
 class Worker:

@@ -81,7 +81,9 @@ def test_existing_out_is_never_overwritten_silently(tmp_path):
 def test_faults_mixed_with_real_cases(tmp_path, monkeypatch):
     import attnbench.run.worker as runner
 
-    monkeypatch.setattr(runner, "STARTUP_GRACE_S", 8.0)
+    # a short grace keeps the `sleep` case short, yet covers a worker's start (import torch: up to
+    # ~15 s seen on a loaded 2-core machine; 8 s timed out every case there)
+    monkeypatch.setattr(runner, "STARTUP_GRACE_S", 25.0)
     monkeypatch.setattr(runner, "oom_kill_count", lambda: 0)  # the kernel's OOM killer stays out of it
     cfg = RunConfig(device=torch.device("cpu"), time_budget=2.0)
     cases = []
