@@ -51,8 +51,8 @@ def merge(paths: list[str | Path], out: str | Path, allow_mixed_env: bool = Fals
                             "command": command or first.get("command"),
                             "merged_from": [{"path": str(p), "records": len(recs), "env": _env_key(h)}
                                             for p, h, recs in loaded]}
-    lines = [json.dumps(header)] + [json.dumps(r) for r in kept]
+    text = b"".join(results.json_line(x) for x in [header, *kept]).decode("utf-8")
     with hold_lock(Path(out)):
-        results.atomic_write_text(out, "\n".join(lines) + "\n")
+        results.atomic_write_text(out, text)
     total = sum(len(recs) for _, _, recs in loaded)
     return {"records": len(kept), "duplicates": total - len(kept), "files": len(loaded)}

@@ -34,6 +34,7 @@ import torch
 from attnbench.measure.cost import predict_peak_bytes
 from attnbench.measure.trace import CALL, is_range_name
 from attnbench.run.plan import Case
+from attnbench.run.worker import materializes
 
 FAR = 1.5  # a verdict when measured/model is above FAR or below 1/FAR ...
 NEAR_BYTES = 2**20  # ... and they differ by at least this much (not for KiB-sized noise)
@@ -121,7 +122,7 @@ def analyse(trace: Path, case: Case, device: torch.device, inputs_bytes: int) ->
         t.append((calls[-1][1] - t0) / 1e3)
         y.append(y[-1])
     i = max(range(len(y)), key=y.__getitem__)
-    model = predict_peak_bytes(case.problem, _materializes(case))
+    model = predict_peak_bytes(case.problem, materializes(case))
     ratio = y[i] / model if model > 0 else None
     owners = [attribute(chain) for chain in open_events(mem, evs)]
     allocations = largest_allocations(mem, owners)
@@ -211,15 +212,9 @@ def verdict(peak: int, model: float, ratio: float | None, allocations, case: Cas
     if ratio > FAR:
         return (f"measured peak {mib(peak)} is {ratio:.1f}× the memory model ({mib(model)}): the call holds more "
                 f"than the model counts. Largest allocations: {top}.")
-    held = "two fp32 Lq×Lk tensors per head" if _materializes(case) else "only inputs and output"
+    held = "two fp32 Lq×Lk tensors per head" if materializes(case) else "only inputs and output"
     return (f"measured peak {mib(peak)} is {1 / ratio:.1f}× below the memory model ({mib(model)}, which assumes "
             f"{held}): the model over-counts this backend. Largest allocations: {top}.")
-
-
-def _materializes(case: Case) -> bool:
-    from attnbench.variants import registry
-
-    return registry.get(case.variant).backend(case.backend).materializes
 
 
 # ---------------------------------------------------------------- the chart

@@ -249,16 +249,17 @@ class Worker:
             self.kill()
 
 
-def _materializes(case: Case) -> bool:
+def materializes(case: Case) -> bool:
+    """The case's backend holds B·H·Lq·Lk scores (the cost model's memory term)."""
     return registry.get(case.variant).backend(case.backend).materializes
 
 
 def skip_reason(case: Case, cfg: RunConfig, refs: dict | None) -> str | None:
-    need = predict_peak_bytes(case.problem, _materializes(case))
+    need = predict_peak_bytes(case.problem, materializes(case))
     free = memory.free_bytes(cfg.device)
     if need > 0.8 * free:
         return f"needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
-    secs = predict_call_seconds(case.problem, registry.get(case.variant).flops, _materializes(case), refs)
+    secs = predict_call_seconds(case.problem, registry.get(case.variant).flops, materializes(case), refs)
     if secs is not None and CALLS_PER_CASE * secs > cfg.time_budget:
         return (
             f"needs ~{secs:.1f} s per call (predicted from the in-run GEMM rate); the time budget of "
@@ -327,7 +328,7 @@ def base_record(case: Case, device: torch.device, threads: int | None = None) ->
         "first_call_ms": None,
         "peak_mem_bytes": None,
         "mem_source": None,
-        "mem_model_bytes": predict_peak_bytes(case.problem, _materializes(case)) if case.status is None else None,
+        "mem_model_bytes": predict_peak_bytes(case.problem, materializes(case)) if case.status is None else None,
         "flops": None,
         "bytes": None,
         "kv_cache_bytes": None,

@@ -73,8 +73,7 @@ def describe(variant_names) -> dict[str, dict]:
         out[name] = {
             "family": v.family, "exact": v.exact, "full_attention_error": v.full_attention_error,
             "time": v.time, "memory": v.memory, "params": sorted(v.defaults),
-            "backends": {b.name: {"time": getattr(b, "time", None) or v.time,
-                                  "memory": getattr(b, "memory", None) or v.memory}
+            "backends": {b.name: dict(zip(("time", "memory"), v.claims(b.name)))
                          for b in v.backends if not b.test_only},
         }
     return out
