@@ -14,22 +14,47 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from attnbench.cli.conventions import ReadableGroup
 from attnbench.core.errors import UsageError, say
 
 GATE_COMMANDS = ("compare", "gate", "baseline", "ab")  # usage errors exit 3 (docs/ci.md)
 
 app = typer.Typer(
     name="attnbench",
+    cls=ReadableGroup,  # readable metavars (N, LIST, FILE) in every command's --help
     no_args_is_help=False,
-    add_completion=False,
-    rich_markup_mode=None,  # plain click help: rich help costs ~0.25 s of CPU per call (typer.rich_utils)
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
+    rich_markup_mode="rich",  # help panels and examples; rich help costs ~0.25 s of CPU per --help
     help="Benchmark and profile attention mechanisms: latency, memory, FLOPs and error, "
-    "on a GPU or the CPU.\n\nExamples:\n\n  attnbench list\n\n  attnbench run\n\n"
-    "  attnbench run --variants mha,flash,gqa --seq 1k..16k\n\n  attnbench env",
+    "on a GPU or the CPU.\n\nExamples:\n\n  attnbench list\n\n"
+    "  attnbench run --variants mha,flash,gqa --seq 1k..16k\n\n"
+    "  attnbench show results/run-*.jsonl\n\n  attnbench show-pattern bigbird --seq 4k\n\n"
+    "Lengths everywhere: 4k = 4096, 1k..64k doubles, 1k,3k,8k lists. NO_COLOR=1 turns colour off.",
 )
 # Piped output is not cut to 80 columns: tables stay readable in files and CI logs.
 out_console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
+
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=lambda v: _version(v),
+                     help="Print attnbench's version (and torch's, triton's) and exit."),
+    ] = False,
+) -> None:
+    pass
+
+
+def _version(wanted: bool) -> None:
+    if wanted:
+        from attnbench.cli.conventions import version_text
+
+        print(version_text())
+        raise typer.Exit()
+
 
 # ---------------------------------------------------------------- shared options
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto: cuda when visible).")]
