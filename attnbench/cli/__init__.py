@@ -65,7 +65,16 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a tabl
 def list_cmd(json_out: Json = False, device: Device = "auto") -> None:
     """Every variant: family, description, complexity, backends and their availability here.
 
-    Example: attnbench list --json
+    A backend not available here is marked ✗ with the reason (a reason many share is given once,
+    below the table).
+
+    Examples:
+
+      attnbench list
+
+      attnbench list --device cpu
+
+      attnbench list --json | jq '.[] | select(.family == "sparse") | .name'
     """
     from attnbench.cli.tables import list_rows, variants_table
     from attnbench.run.session import resolve_device
@@ -88,7 +97,13 @@ def _suite_rounds(meta: dict, suite: str | None) -> int:
 def env(json_out: Json = False, device: Device = "auto") -> None:
     """The environment a result depends on (versions, device, threads, NVML).
 
-    Example: attnbench env --json
+    Examples:
+
+      attnbench env
+
+      attnbench env --json > env.json
+
+      attnbench --version
     """
     from attnbench.measure.env import capture
     from attnbench.run.session import resolve_device

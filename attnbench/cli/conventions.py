@@ -62,8 +62,8 @@ def _argument_usage(p):
     """An argument in the usage line as click writes it: NAME, [NAME], NAME... (typer: {name})."""
     def pieces(ctx) -> list[str]:
         name = p.metavar or p.name.upper()
-        name = name if p.required else f"[{name}]"
-        return [name + ("..." if p.nargs != 1 and not name.endswith("...") else "")]
+        name += "..." if p.nargs != 1 and not name.endswith("...") else ""
+        return [name if p.required else f"[{name}]"]
 
     return pieces
 
@@ -109,6 +109,7 @@ def _fill(p) -> None:
         if p.metavar is None:
             p.metavar = p.name.upper() + ("..." if p.nargs != 1 else "")
         p.get_usage_pieces = _argument_usage(p)
+        p.display_type_rich = lambda ctx: None  # the metavar says it; typer would add <list[Path]>
     elif p.metavar is None:
         p.metavar = _option_metavar(p)
 

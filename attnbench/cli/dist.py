@@ -26,7 +26,8 @@ def register(app: typer.Typer) -> None:
 def register_ring(app: typer.Typer) -> None:
     @app.command()
     def ring(
-        seq: Annotated[str, typer.Option(help="Lengths: 4k,8k,16k lists, 1k..64k doubles, k = 1024.")] = "4k",
+        seq: Annotated[str, typer.Option(metavar="LENGTHS",
+                                         help="Lengths: 4k,8k,16k lists, 1k..64k doubles, k = 1024.")] = "4k",
         world_size: Annotated[
             Optional[int], typer.Option("--world-size", help="Ranks (default: torchrun's WORLD_SIZE, else 2).")
         ] = None,
@@ -44,10 +45,12 @@ def register_ring(app: typer.Typer) -> None:
             bool, typer.Option("--baseline/--no-baseline", help="Also time one rank (scaling efficiency).")
         ] = True,
         time_budget: Annotated[
-            float, typer.Option("--time-budget", help="Seconds per case before its ranks are killed.")
+            float, typer.Option("--time-budget", metavar="SECONDS",
+                                                 help="Seconds per case before its ranks are killed.")
         ] = 600.0,
         out: Annotated[
-            Optional[Path], typer.Option(help="Results file (JSONL); default results/ring-<time>.jsonl.")
+            Optional[Path], typer.Option(metavar="FILE",
+                                         help="Results file (JSONL); default results/ring-<time>.jsonl.")
         ] = None,
         force: Annotated[bool, typer.Option(help="Overwrite an existing --out.")] = False,
     ) -> None:
@@ -189,8 +192,9 @@ def _ring_table(records: list[dict]) -> Table:
 def register_merge(app: typer.Typer) -> None:
     @app.command()
     def merge(
-        files: Annotated[list[Path], typer.Argument(help="Results files (JSONL) to merge, in order.")],
-        out: Annotated[Path, typer.Option(help="The merged results file (written atomically).")],
+        files: Annotated[list[Path], typer.Argument(metavar="FILES...",
+                                                    help="Results files (JSONL) to merge, in order.")],
+        out: Annotated[Path, typer.Option(metavar="FILE", help="The merged results file (written atomically).")],
         allow_mixed_env: Annotated[
             bool,
             typer.Option(

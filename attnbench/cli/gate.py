@@ -23,23 +23,28 @@ from attnbench.gate.compare import EXIT_ERRORS, EXIT_USAGE, FORMATS, Options, Re
 
 err = Console(stderr=True)
 
-Threshold = Annotated[str, typer.Option(help="Regression threshold on the median ratio, e.g. 10% or 0.10.")]
-Warn = Annotated[str, typer.Option(help="Changes within ±warn count as 'same'.")]
-Metric = Annotated[str, typer.Option(help="What decides the exit code: latency | memory | both (the other is shown).")]
-Normalize = Annotated[str, typer.Option(help="none | gemm (in-run GEMM time) | a case, e.g. mha:sdpa:seq=1024.")]
-Format = Annotated[str, typer.Option("--format", help="stdout format: table | markdown | json | junit.")]
+Threshold = Annotated[str, typer.Option(metavar="PCT",
+                                        help="Regression threshold on the median ratio, e.g. 10% or 0.10.")]
+Warn = Annotated[str, typer.Option(metavar="PCT", help="Changes within ±warn count as 'same'.")]
+Metric = Annotated[str, typer.Option(metavar="METRIC",
+                                     help="What decides the exit code: latency | memory | both (the other is shown).")]
+Normalize = Annotated[str, typer.Option(metavar="HOW",
+                                        help="none | gemm (in-run GEMM time) | a case, e.g. mha:sdpa:seq=1024.")]
+Format = Annotated[str, typer.Option("--format", metavar="FORMAT",
+                                                 help="stdout format: table | markdown | json | junit.")]
 Outs = Annotated[
     Optional[list[Path]],
-    typer.Option("--out", help="Also write the report here; format by suffix: .md .xml .json .txt (repeatable)."),
+    typer.Option("--out", metavar="FILE",
+                          help="Also write the report here; format by suffix: .md .xml .json .txt (repeatable)."),
 ]
 Alpha = Annotated[float, typer.Option(help="Significance level of the Mann–Whitney test.")]
 AllowEnv = Annotated[
     bool, typer.Option("--allow-env-mismatch", help="Compare results of different environments anyway.")
 ]
 MemThreshold = Annotated[
-    str, typer.Option("--mem-threshold", help="Peak-memory regression threshold (and at least 1 MiB).")
+    str, typer.Option("--mem-threshold", metavar="PCT", help="Peak-memory regression threshold (and at least 1 MiB).")
 ]
-Suite = Annotated[str, typer.Option(help="Suite name or .toml path.")]
+Suite = Annotated[str, typer.Option(metavar="SUITE", help="Suite name or .toml path.")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda.")]
 Threads = Annotated[
     Optional[int],
@@ -92,8 +97,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def compare(
-        baseline: Annotated[Path, typer.Argument(help="Baseline results (JSONL).")],
-        current: Annotated[Path, typer.Argument(help="Current results (JSONL).")],
+        baseline: Annotated[Path, typer.Argument(metavar="BASELINE", help="Baseline results (JSONL).")],
+        current: Annotated[Path, typer.Argument(metavar="CURRENT", help="Current results (JSONL).")],
         threshold: Threshold = "10%",
         warn: Warn = "5%",
         metric: Metric = "latency",
@@ -125,7 +130,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def gate(
-        baseline: Annotated[Path, typer.Option(help="Baseline file, or a directory holding one per environment.")],
+        baseline: Annotated[Path, typer.Option(metavar="FILE|DIR",
+                                               help="Baseline file, or a directory holding one per environment.")],
         suite: Suite = "ci",
         threshold: Threshold = "10%",
         warn: Warn = "5%",
@@ -139,7 +145,8 @@ def register(app: typer.Typer) -> None:
         device: Device = "auto",
         threads: Threads = None,
         results: Annotated[
-            Optional[Path], typer.Option(help="Where the run's results go (default results/gate-<time>.jsonl).")
+            Optional[Path], typer.Option(metavar="FILE",
+                                         help="Where the run's results go (default results/gate-<time>.jsonl).")
         ] = None,
         rerun: Annotated[bool, typer.Option("--rerun/--no-rerun", help="Re-run suspect cases to confirm them.")] = True,
     ) -> None:
@@ -166,7 +173,8 @@ def register(app: typer.Typer) -> None:
         threads: Threads = None,
         runs: Annotated[int, typer.Option(help="Runs of the suite kept in the baseline (its run-to-run spread).")] = 3,
         out: Annotated[
-            Optional[Path], typer.Option(help="Baseline file (default results/baselines/<environment>.jsonl).")
+            Optional[Path], typer.Option(metavar="FILE",
+                                         help="Baseline file (default results/baselines/<environment>.jsonl).")
         ] = None,
     ) -> None:
         """Run a suite and save it, atomically, as the baseline of this environment.
@@ -200,7 +208,8 @@ def register(app: typer.Typer) -> None:
     def baseline_path(
         device: Device = "auto",
         threads: Threads = None,
-        directory: Annotated[Path, typer.Option("--dir", help="Where baselines live.")] = Path("results/baselines"),
+        directory: Annotated[Path, typer.Option("--dir", metavar="DIR",
+                                                         help="Where baselines live.")] = Path("results/baselines"),
     ) -> None:
         """Print the path of this environment's baseline (whether or not it exists yet).
 
@@ -224,7 +233,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def ab(
-        ref: Annotated[str, typer.Option(help="The git revision to compare the working tree with (baseline side).")],
+        ref: Annotated[str, typer.Option(metavar="REV",
+                                         help="The git revision to compare the working tree with (baseline side).")],
         suite: Suite = "ci",
         rounds: Annotated[int, typer.Option(help="Interleaved rounds (each runs both sides once).")] = 3,
         threshold: Threshold = "10%",
@@ -247,7 +257,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
         runs_dir: Annotated[
             Optional[Path],
-            typer.Option("--runs-dir", help="Keep each round's results here (default: a temporary directory)."),
+            typer.Option("--runs-dir", metavar="DIR",
+                                       help="Keep each round's results here (default: a temporary directory)."),
         ] = None,
     ) -> None:
         """Same-job A/B: a git revision against the working tree, interleaved rounds, then compare;

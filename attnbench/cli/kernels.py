@@ -76,9 +76,10 @@ def _table(rows: list[dict]) -> Table:
 
 @app.command("compile")
 def compile_cmd(
-    arch: Annotated[str, typer.Option(help="Comma-separated target architectures: sm_80, sm_90.")] = "sm_80,sm_90",
+    arch: Annotated[str, typer.Option(metavar="LIST",
+                                      help="Comma-separated target architectures: sm_80, sm_90.")] = "sm_80,sm_90",
     dtype: Annotated[
-        str, typer.Option(help="Comma-separated dtypes: float16, bfloat16, float32.")
+        str, typer.Option(metavar="LIST", help="Comma-separated dtypes: float16, bfloat16, float32.")
     ] = "float16,bfloat16",
     all_head_dims: Annotated[
         bool, typer.Option("--all-head-dims", help="Also compile at head dim 64 (slower).")
@@ -87,7 +88,13 @@ def compile_cmd(
 ) -> None:
     """Compile every kernel × autotune config × dtype ahead of time: shared memory, registers, spills.
 
-    Example: attnbench kernels compile --arch sm_90 --dtype bfloat16
+    Examples:
+
+      attnbench kernels compile
+
+      attnbench kernels compile --arch sm_90 --dtype bfloat16
+
+      attnbench kernels compile --arch sm_80 --all-head-dims --json > aot.json
     """
     archs, dtypes = _split(arch, ARCHS, "arch"), _split(dtype, DTYPES, "dtype")
     from attnbench.kernels import triton_unavailable_reason

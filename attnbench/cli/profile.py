@@ -40,12 +40,15 @@ def _axes(seq, kv_seq, batch, heads, kv_heads, kv_groups, head_dim, dtype, causa
 def register(app: typer.Typer) -> None:
     @app.command()
     def profile(
-        variant: Annotated[str, typer.Option(help="The variant (see `attnbench list`).")],
-        backend: Annotated[Optional[str], typer.Option(help="Its backend; default: the variant's first.")] = None,
+        variant: Annotated[str, typer.Option(metavar="VARIANT", help="The variant (see `attnbench list`).")],
+        backend: Annotated[Optional[str], typer.Option(metavar="BACKEND",
+                                                       help="Its backend; default: the variant's first.")] = None,
         seq: Annotated[
-            str, typer.Option(help="Sequence length (k = 1024); in decode mode the KV-cache length.")
+            str, typer.Option(metavar="LEN",
+                              help="Sequence length (512, 4k; k = 1024); in decode mode the KV-cache length.")
         ] = "1k",
-        kv_seq: Annotated[Optional[str], typer.Option("--kv-seq", help="Key/value length (cross attention).")] = None,
+        kv_seq: Annotated[Optional[str], typer.Option(
+            "--kv-seq", metavar="LEN", help="Key/value length (cross attention); same grammar.")] = None,
         batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
         heads: Annotated[int, typer.Option(help="Query heads.")] = 8,
         kv_heads: Annotated[
@@ -59,9 +62,11 @@ def register(app: typer.Typer) -> None:
         ] = None,
         mode: Annotated[str, typer.Option(help="fwd | bwd | fwd+bwd | decode.")] = "fwd",
         device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
-        param: Annotated[Optional[list[str]], typer.Option(help="Variant parameter name=value (repeatable).")] = None,
+        param: Annotated[Optional[list[str]], typer.Option(metavar="NAME=VALUE",
+                                                           help="Variant parameter name=value (repeatable).")] = None,
         out: Annotated[
-            Optional[Path], typer.Option(help="Output folder; default results/profile-<variant>-<backend>-<time>.")
+            Optional[Path], typer.Option(metavar="DIR",
+                                         help="Output folder; default results/profile-<variant>-<backend>-<time>.")
         ] = None,
         with_stack: Annotated[bool, typer.Option("--with-stack", help="Record Python frames into trace.json.")] = False,
         warmup: Annotated[int, typer.Option(help="Untimed calls before the profiled ones.")] = 2,

@@ -11,19 +11,23 @@ from rich.console import Console
 
 from attnbench.core.errors import UsageError, say
 
-Results = Annotated[list[Path], typer.Argument(help="Results files (.jsonl) written by `attnbench run`.",
+Results = Annotated[list[Path], typer.Argument(metavar="RESULTS...",
+                                               help="Results files (.jsonl) written by `attnbench run`.",
                                                show_default=False)]
 Baseline = Annotated[Optional[str], typer.Option(
+    metavar="VARIANT:BACKEND",
     help="VARIANT:BACKEND for speedups and crossovers (default mha:eager).")]
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    def report(out: Annotated[Path, typer.Option(help="Output directory (created).")],
+    def report(out: Annotated[Path, typer.Option(metavar="DIR", help="Output directory (created).")],
                results: Annotated[Optional[list[Path]], typer.Argument(
+                   metavar="RESULTS...",
                    help="Results files (.jsonl) written by `attnbench run`, oldest first.", show_default=False)] = None,
                baseline: Baseline = None,
                history: Annotated[Optional[Path], typer.Option(
+                   metavar="DIR",
                    help="A directory of results files (e.g. one per CI run): every .jsonl in it, oldest "
                         "first by its header, is drawn as per-case trend lines.")] = None,
                patterns: Annotated[bool, typer.Option(
@@ -81,10 +85,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command("show-pattern")
     def show_pattern(
-        variant: Annotated[str, typer.Argument(help="A variant with a pattern picture (see `attnbench list`).")],
+        variant: Annotated[str, typer.Argument(metavar="VARIANT",
+                                               help="A variant with a pattern picture (see `attnbench list`).")],
         seq: Annotated[int, typer.Option(help="Sequence length (a square number for vision variants).")] = 256,
         out: Annotated[Optional[Path], typer.Option(
-            help="Write a PNG (and an SVG beside it) instead of printing.")] = None,
+            metavar="FILE.png", help="Write a PNG (and an SVG beside it) instead of printing.")] = None,
     ) -> None:
         """Render what one variant attends: a mask in two colours, or a bias with a colour map.
 

@@ -36,12 +36,13 @@ def register(app: typer.Typer) -> None:
 def register_frontier(app: typer.Typer) -> None:
     @app.command()
     def frontier(
-        variants: Annotated[str, typer.Option(help="Comma-separated variants.")] = "mha,flash",
-        budget: Annotated[str, typer.Option(help="Memory budget, e.g. 8GiB, 16G, 512MiB.")] = "8GiB",
-        backends: Annotated[Optional[str], typer.Option(help="Backends; default: every available one.")] = None,
+        variants: Annotated[str, typer.Option(metavar="LIST", help="Comma-separated variants.")] = "mha,flash",
+        budget: Annotated[str, typer.Option(metavar="SIZE", help="Memory budget, e.g. 8GiB, 16G, 512MiB.")] = "8GiB",
+        backends: Annotated[Optional[str], typer.Option(metavar="LIST",
+                                                        help="Backends; default: every available one.")] = None,
         axis: Annotated[str, typer.Option(help="The axis searched (only seq for now).")] = "seq",
-        start: Annotated[str, typer.Option(help="First length tried.")] = "1k",
-        max_seq: Annotated[str, typer.Option("--max-seq", help="Stop doubling here.")] = "1m",
+        start: Annotated[str, typer.Option(metavar="LEN", help="First length tried (512, 4k; k = 1024).")] = "1k",
+        max_seq: Annotated[str, typer.Option("--max-seq", metavar="LEN", help="Stop doubling here.")] = "1m",
         batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
         heads: Annotated[int, typer.Option(help="Query heads.")] = 8,
         head_dim: Annotated[int, typer.Option("--head-dim", help="Head dimension.")] = 64,
@@ -49,8 +50,10 @@ def register_frontier(app: typer.Typer) -> None:
         causal: Annotated[bool, typer.Option("--causal/--no-causal", help="Causal mask.")] = False,
         mode: Annotated[str, typer.Option(help="fwd | bwd | fwd+bwd | decode.")] = "fwd",
         device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
-        time_budget: Annotated[float, typer.Option("--time-budget", help="Seconds one call may take.")] = 60.0,
-        out: Annotated[Optional[Path], typer.Option(help="Also write the frontier as JSON here.")] = None,
+        time_budget: Annotated[float, typer.Option("--time-budget", metavar="SECONDS",
+                                                                    help="Seconds one call may take.")] = 60.0,
+        out: Annotated[Optional[Path], typer.Option(metavar="FILE",
+                                                    help="Also write the frontier as JSON here.")] = None,
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     ) -> None:
         """The longest sequence each variant/backend runs within a memory budget.
@@ -136,9 +139,11 @@ def register_frontier(app: typer.Typer) -> None:
 def register_check(app: typer.Typer) -> None:
     @app.command()
     def check(
-        variants: Annotated[Optional[str], typer.Option(help="Comma-separated variants; default: all.")] = None,
-        backends: Annotated[Optional[str], typer.Option(help="Only these backends.")] = None,
-        dtype: Annotated[str, typer.Option(help="Comma-separated dtypes checked.")] = "float32,float16",
+        variants: Annotated[Optional[str], typer.Option(metavar="LIST",
+                                                        help="Comma-separated variants; default: all.")] = None,
+        backends: Annotated[Optional[str], typer.Option(metavar="LIST",
+                                                        help="Only these backends (comma-separated).")] = None,
+        dtype: Annotated[str, typer.Option(metavar="LIST", help="Comma-separated dtypes checked.")] = "float32,float16",
         device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON rows.")] = False,
     ) -> None:
