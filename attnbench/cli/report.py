@@ -87,29 +87,66 @@ def register(app: typer.Typer) -> None:
     def show_pattern(
         variant: Annotated[str, typer.Argument(metavar="VARIANT",
                                                help="A variant with a pattern picture (see `attnbench list`).")],
-        seq: Annotated[int, typer.Option(help="Sequence length (a square number for vision variants).")] = 256,
+        seq: Annotated[str, typer.Option(metavar="LEN", help="Sequence length: 512, 4k (k = 1024); a square "
+                                                             "number for vision variants.")] = "256",
         out: Annotated[Optional[Path], typer.Option(
             metavar="FILE.png", help="Write a PNG (and an SVG beside it) instead of printing.")] = None,
     ) -> None:
         """Render what one variant attends: a mask in two colours, or a bias with a colour map.
 
+        In the terminal the picture is scaled down to fit its width. A mask that attends more
+        than 3/4 of the pairs at this length hides its pattern: a warning then suggests a length
+        where it attends at most half.
+
         Examples:
 
-          attnbench show-pattern sliding_window --seq 64
+          attnbench show-pattern bigbird --seq 4k
+
+          attnbench show-pattern sliding_window --seq 1k
 
           attnbench show-pattern alibi --seq 256 --out alibi.png
+
+          NO_COLOR=1 attnbench show-pattern swin --seq 1024
         """
         from attnbench.report.gallery import picture, render, text_picture
 
-        t, p = picture(variant, seq)
+        length = _one_length(seq)
+        t, p = picture(variant, length)
+        _warn_if_dense(variant, length, t, p)
         if out is None:
             console = Console()
-            console.print(text_picture(t, color=console.color_system is not None))
+            console.print(text_picture(t, color=console.color_system is not None, width=console.width))
             return
         if out.suffix.lower() != ".png":
             raise UsageError(f"--out '{out}' must end in .png")
         if not out.parent.exists():
             raise UsageError(f"cannot write '{out}': directory '{out.parent}' does not exist")
         extra = ", ".join(f"{k}={v}" for k, v in p.params)
-        render(t, f"{variant} at L={seq}" + (f"\n{extra}" if extra else ""), out.parent, out.stem)
+        render(t, f"{variant} at L={length}" + (f"\n{extra}" if extra else ""), out.parent, out.stem)
         say(Console(stderr=True), f"wrote {out} and {out.with_suffix('.svg')}")
+
+
+def _one_length(seq: str) -> int:
+    """One --seq length in the grammar of `run` (512, 4k, 1m)."""
+    from attnbench.run.plan import parse_length
+
+    if "," in seq or ".." in seq:
+        raise UsageError(f"show-pattern draws one length: give one --seq (got '{seq}'), e.g. --seq 4k")
+    return parse_length(seq)
+
+
+def _warn_if_dense(variant: str, seq: int, t, p) -> None:
+    """A warning on stderr when the mask attends so much at this length that its pattern hides."""
+    from attnbench.core.units import fmt_len
+    from attnbench.report.gallery import SHOWS, is_mask, sparse_length
+
+    dense = float(t.mean()) if is_mask(t) else 0.0
+    if dense <= SHOWS:
+        return
+    block = dict(p.params).get("block")
+    blocks = f", {-(-seq // block)} blocks of {block}" if isinstance(block, int) and block > 0 else ""
+    found = sparse_length(variant, seq)
+    hint = (f"; try --seq {fmt_len(found[0])} ({100 * found[1]:.1f} % attended)" if found
+            else "; it stays dense up to L=8k")
+    say(Console(stderr=True), f"{variant} at L={seq} attends {100 * dense:.1f} % of the pairs{blocks}: too short "
+                              f"for its pattern to show{hint}", "warning:", "bold yellow")

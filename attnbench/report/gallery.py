@@ -137,17 +137,25 @@ def gallery(ctx: Context, variants: dict[str, dict]) -> tuple[list[Chart], list[
     return charts, notes
 
 
-def text_picture(t: torch.Tensor, color: bool, cells: int = 64) -> Text:
-    """A Unicode rendering: colour half blocks, or shade characters without colour."""
+def text_picture(t: torch.Tensor, color: bool, cells: int = 64, width: int | None = None) -> Text:
+    """A Unicode rendering: colour half blocks (one column per cell), or two shade characters per
+    cell without colour. At most `cells` cells a side, and no wider than `width` columns: a cell
+    stands for a block of positions, its shade the mean over the block (for a mask the fraction
+    attended, and at least the lightest shade where any pair of the block is attended)."""
     lq, lk = t.shape
     mask = is_mask(t)
     finite = torch.isfinite(t)
     masked = not mask and not bool(finite.all())
     if masked:  # masked entries of a bias (-inf): drawn as its minimum
         t = torch.where(finite, t, t[finite].min() if finite.any() else torch.tensor(0.0))
-    small = F.adaptive_avg_pool2d(t[None, None], (min(lq, cells), min(lk, cells)))[0, 0]
+    cols = _fit(lk, min(cells, max(1, width // (1 if color else 2)) if width else cells))
+    rows = cols if lq == lk else _fit(lq, min(cells, max(1, round(lq * cols / lk))))
+    small = F.adaptive_avg_pool2d(t[None, None], (rows, cols))[0, 0]
     lo, hi = float(small.min()), float(small.max())
     norm = small.clamp(0, 1) if mask else (small - lo) / (hi - lo if hi > lo else 1.0)
+    if mask and (rows, cols) != (lq, lk):  # a block with any attended pair never drawn blank
+        anyp = F.adaptive_max_pool2d(t[None, None], (rows, cols))[0, 0] > 0
+        norm = torch.where(anyp, norm.clamp(min=1 / (len(SHADES) - 1)), norm)
     out = Text()
     if color:
         rgb = _colors(norm, mask)
@@ -162,15 +170,54 @@ def text_picture(t: torch.Tensor, color: bool, cells: int = 64) -> Text:
                 "".join(SHADES[min(int(float(x) * (len(SHADES) - 1) + 0.5), len(SHADES) - 1)] * 2 for x in norm[i])
                 + "\n"
             )
-    scaled = f", averaged down to {norm.shape[0]}×{norm.shape[1]} cells" if (lq, lk) != tuple(norm.shape) else ""
-    legend = (
-        "dark/█: attended, light/blank: masked"
-        if mask
-        else f"bias from {lo:.3g} (dark) to {hi:.3g} (bright)"
-        + (", masked (-inf) drawn as the minimum" if masked else "")
-    )
-    out.append(f"{lq}×{lk} {'mask' if mask else 'bias'}{scaled}; {legend}")
+    kind = "mask" if mask else "bias"
+    scale = _scale(lq, lk, rows, cols, mask)
+    out.append(f"{lq}×{lk} {kind}{scale}{'' if scale else '; '}{_legend(mask, masked, lo, hi)}")
     return out
+
+
+def _fit(n: int, limit: int) -> int:
+    """Cells along an axis of n positions, at most `limit`: the largest divisor of n in
+    [limit/2, limit] (every cell then covers as many positions), else `limit`."""
+    if n <= limit:
+        return n
+    return next((d for d in range(limit, limit // 2, -1) if n % d == 0), limit)
+
+
+def _scale(lq: int, lk: int, rows: int, cols: int, mask: bool) -> str:
+    """The caption's scale: how many positions one character cell stands for."""
+    if (rows, cols) == (lq, lk):
+        return ""
+    a, b = (f"{x:.3g}" if x != int(x) else str(int(x)) for x in (lq / rows, lk / cols))
+    how = "the fraction attended; a cell with any attended pair is never blank" if mask else "the mean"
+    return f", averaged down to {rows}×{cols} cells of {a}×{b} positions (shade: {how})\n"
+
+
+def _legend(mask: bool, masked: bool, lo: float, hi: float) -> str:
+    if mask:
+        return "dark/█: attended, light/blank: masked"
+    return f"bias from {lo:.3g} (dark) to {hi:.3g} (bright)" + (
+        ", masked (-inf) drawn as the minimum" if masked else "")
+
+
+SHOWS = 0.75  # a mask attending more than this fraction of the pairs hides its pattern
+SPARSE = 0.5  # the length suggested instead attends at most this fraction
+
+
+def sparse_length(variant: str, seq: int, params: dict | None = None, limit: int = 8192) -> tuple[int, float] | None:
+    """(L, fraction attended) at the first doubling of `seq` up to `limit` where the variant's mask
+    attends at most SPARSE of the pairs (lengths it does not support are passed over); None if none."""
+    n = 2 * seq
+    while n <= limit:
+        try:
+            t, _ = picture(variant, n, params)
+        except UsageError:
+            n *= 2
+            continue
+        if float(t.mean()) <= SPARSE:
+            return n, float(t.mean())
+        n *= 2
+    return None
 
 
 def _colors(norm: torch.Tensor, mask: bool) -> list[list[str]]:
