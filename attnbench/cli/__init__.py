@@ -76,6 +76,9 @@ def list_cmd(json_out: Json = False, device: Device = "auto") -> None:
 
       attnbench list --json | jq '.[] | select(.family == "sparse") | .name'
     """
+    from rich.markup import escape
+
+    from attnbench.cli.reasons import unavailable_reasons
     from attnbench.cli.tables import list_rows, variants_table
     from attnbench.run.session import resolve_device
 
@@ -83,7 +86,10 @@ def list_cmd(json_out: Json = False, device: Device = "auto") -> None:
     if json_out:
         print(json.dumps(rows, indent=2))
     else:
-        out_console.print(variants_table(rows))
+        why = unavailable_reasons(rows)
+        out_console.print(variants_table(rows, why.inline))
+        for note in why.notes:
+            out_console.print(f"[dim]{escape(note)}[/]", highlight=False)
 
 
 def _suite_rounds(meta: dict, suite: str | None) -> int:

@@ -96,13 +96,17 @@ def results_footnotes(records: list[dict]) -> list[str]:
     return notes
 
 
-def variants_table(rows: list[dict]) -> Table:
+def variants_table(rows: list[dict], why: dict[tuple[str, str], str] | None = None) -> Table:
+    """`why`: the text after an unavailable backend's ✗ (cli.reasons); none when not given."""
     t = Table(title="attnbench variants", header_style="bold")
     for col in ("variant", "family", "time", "memory", "backends", "parameters (--param)", "description"):
         t.add_column(col, overflow="fold")
+    why = why or {}
     for r in rows:
         bs = "  ".join(
-            (b["name"] if b["available"] else f"[dim]{b['name']}✗[/]") + _own_claims(r, b) for b in r["backends"]
+            (b["name"] if b["available"] else f"[dim]{b['name']}✗{escape(why.get((r['name'], b['name']), ''))}[/]")
+            + _own_claims(r, b)
+            for b in r["backends"]
         )
         params = " ".join(
             [f"{k}={v}" for k, v in r["params"].items()]
