@@ -110,7 +110,7 @@ def test_show_json_has_the_scaling_rows(tmp_path, capsys):
         for r in full:
             w.write({k: v for k, v in r.items() if k != "type"})
     assert main(["show", str(path), "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = json.loads(capsys.readouterr().out)["scaling"]
     assert {"series", "shape", "metric", "exponent", "ci_low", "ci_high", "lengths", "claim", "verdict"} <= set(rows[0])
     got = {(r["series"], r["metric"]): r for r in rows}
     assert got[("mha:eager", "memory")]["verdict"] == "agrees" and got[("mha:eager", "memory")]["claim"] == "O(L²)"

@@ -53,16 +53,17 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def show(results: Results, baseline: Baseline = None,
-             json_out: Annotated[bool, typer.Option("--json", help="Print the scaling verdicts as JSON: one row per "
-                                                    "series and metric (series, shape, metric, exponent, ci_low, "
-                                                    "ci_high, lengths, claim, verdict).")] = False) -> None:
+             json_out: Annotated[bool, typer.Option("--json", help="Print every table as one JSON object: baseline, "
+                                                    "scaling (one row per series and metric: exponent, ci_low, "
+                                                    "ci_high, claim, verdict...), measurements, crossovers, not_run "
+                                                    "(fields: docs/reports.md).")] = False) -> None:
         """Print the report's tables (scaling, measurements, crossovers) without writing files.
 
         Examples:
 
           attnbench show results/run.jsonl
 
-          attnbench show results/run.jsonl --json
+          attnbench show results/run.jsonl --json | jq '.scaling[] | select(.verdict == "differs")'
 
           attnbench show a.jsonl b.jsonl --baseline flash:sdpa-flash
         """
@@ -74,9 +75,9 @@ def register(app: typer.Typer) -> None:
         if json_out:
             import json
 
-            from attnbench.report.analysis import json_rows, scaling_table
+            from attnbench.report.json_view import show_document
 
-            print(json.dumps(json_rows(scaling_table(records, base)), indent=2, ensure_ascii=False))
+            print(json.dumps(show_document(records, base, note), indent=2, ensure_ascii=False, allow_nan=False))
             return
         console = Console()
         if note:

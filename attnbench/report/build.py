@@ -228,11 +228,11 @@ def _special(ctx: Context, everything, records, patterns: bool) -> list[Section]
 
 def _peers(headers: list[dict], records, out: Path) -> list[Section]:
     """The targets of suites/peers.toml, when this run measured any of them."""
-    from attnbench.report.peers import peer_targets
+    from attnbench.report.peers import peer_targets, peers_suite_ran
 
     refs = next((h.get("refs") for h in headers if h.get("refs")), None)
-    targets = [t for t in peer_targets(records, refs) if t.passed is not None or t.info]
-    if not targets:
+    targets = peer_targets(records, refs, peers_suite_ran(headers, records))
+    if all(t.not_run and t.measured == "–" for t in targets):  # nothing of it measured: no section
         return []
     rows = [{"number": t.number, "what": t.what, "goal": t.goal, "measured": t.measured,
              "result": t.mark + (f" ({t.note})" if t.note else "")} for t in targets]

@@ -20,7 +20,7 @@ absolute time:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from attnbench.report.analysis import fit_exponent
 
@@ -34,10 +34,16 @@ class Target:
     passed: bool | None  # None: not measured in this run, or a context row (info)
     note: str = ""
     info: bool = False  # context for the targets, not a target itself
+    not_run: bool = False  # the peers suite's cases for it are not in the run: never judged
 
     @property
     def mark(self) -> str:
+        if self.not_run:
+            return "not run"
         return "info" if self.info else {True: "pass", False: "miss", None: "–"}[self.passed]
+
+
+RUN_IT = "run the peers suite: attnbench run --suite peers"
 
 
 def _ok(records, **match) -> list[dict]:
@@ -54,7 +60,17 @@ def _one(records, **match) -> dict | None:
 
 
 def _missing(n: int, what: str, goal: str) -> Target:
-    return Target(n, what, goal, "not measured", None, "run `attnbench run --suite peers`")
+    return Target(n, what, goal, "–", None, RUN_IT, not_run=True)
+
+
+def peers_suite_ran(headers: list[dict], records: list[dict]) -> bool:
+    """Whether the run holds the peers suite: a header's command names it (`--suite peers`, a
+    peers.toml) or a peer package's backend ran (only that suite runs them by default)."""
+    for h in headers:
+        cmd = [str(c) for c in h.get("command") or []]
+        if any(c in ("peers", "--suite=peers") or c.endswith("peers.toml") for c in cmd):
+            return True
+    return any(str(r.get("backend", "")).startswith("peer:") for r in records)
 
 
 def decode_targets(records: list[dict], refs: dict | None) -> list[Target]:
@@ -313,14 +329,21 @@ def exact_roofline_targets(records: list[dict], refs: dict | None) -> list[Targe
     ]
 
 
-def peer_targets(records: list[dict], refs: dict | None) -> list[Target]:
-    return [
+def peer_targets(records: list[dict], refs: dict | None, suite_ran: bool = True) -> list[Target]:
+    """Every target; suite_ran=False (peers_suite_ran): the values come from other cases than
+    the suite's, so no target is judged (`not run`, the value kept as context)."""
+    targets = [
         *decode_targets(records, refs),
         *causal_linear_targets(records),
         *noncausal_performer_targets(records),
         *sliding_window_targets(records),
         *exact_roofline_targets(records, refs),
     ]
+    if suite_ran:
+        return targets
+    return [t if t.not_run or t.info else replace(t, passed=None, not_run=True, note=RUN_IT,
+                                                   measured=f"{t.measured} (other cases than the suite's)")
+            for t in targets]
 
 
 def markdown(targets: list[Target]) -> str:
