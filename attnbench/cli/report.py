@@ -116,7 +116,8 @@ def register(app: typer.Typer) -> None:
         _warn_if_dense(variant, length, t, p)
         if out is None:
             console = Console()
-            console.print(text_picture(t, color=console.color_system is not None, width=console.width))
+            colour = console.color_system is not None and not console.no_color  # NO_COLOR: shades
+            console.print(text_picture(t, color=colour, width=console.width))
             return
         if out.suffix.lower() != ".png":
             raise UsageError(f"--out '{out}' must end in .png")
