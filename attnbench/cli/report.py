@@ -112,6 +112,10 @@ def register(app: typer.Typer) -> None:
         from attnbench.report.gallery import picture, render, text_picture
 
         length = _one_length(seq)
+        if out is not None and out.suffix.lower() != ".png":
+            raise UsageError(f"--out '{out}' must end in .png")
+        if out is not None and not out.parent.exists():
+            raise UsageError(f"cannot write '{out}': directory '{out.parent}' does not exist")
         t, p = picture(variant, length)
         _warn_if_dense(variant, length, t, p)
         if out is None:
@@ -119,10 +123,6 @@ def register(app: typer.Typer) -> None:
             colour = console.color_system is not None and not console.no_color  # NO_COLOR: shades
             console.print(text_picture(t, color=colour, width=console.width))
             return
-        if out.suffix.lower() != ".png":
-            raise UsageError(f"--out '{out}' must end in .png")
-        if not out.parent.exists():
-            raise UsageError(f"cannot write '{out}': directory '{out.parent}' does not exist")
         extra = ", ".join(f"{k}={v}" for k, v in p.params)
         render(t, f"{variant} at L={length}" + (f"\n{extra}" if extra else ""), out.parent, out.stem)
         say(Console(stderr=True), f"wrote {out} and {out.with_suffix('.svg')}")

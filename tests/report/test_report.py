@@ -189,12 +189,13 @@ def test_print_scaling_needs_three_lengths(tmp_path):
 
 
 # ---------------------------------------------------------------- show-pattern
-def test_show_pattern_text_and_png(tmp_path, picture_variants, capsys):
+def test_show_pattern_text_and_png(tmp_path, picture_variants, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # 64 cells fit (two characters a cell without colour)
     assert main(["show-pattern", "testwindow", "--seq", "32"]) == 0
     text = capsys.readouterr().out
     assert "32×32 mask" in text and "█" in text
     assert main(["show-pattern", "testbias", "--seq", "300"]) == 0
-    assert "averaged down to 64×64" in capsys.readouterr().out
+    assert "averaged down to 60×60 cells of 5×5 positions" in capsys.readouterr().out  # 60: a divisor of 300
     out = tmp_path / "w.png"
     assert main(["show-pattern", "testwindow", "--seq", "256", "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == PNG_MAGIC and out.with_suffix(".svg").is_file()
@@ -230,7 +231,7 @@ def test_additive_masks_and_masked_biases(tmp_path, monkeypatch):
 @pytest.mark.parametrize("argv,message", [
     (["show-pattern", "nosuch"], "unknown variant"),
     (["show-pattern", "mha"], "has no pattern picture"),
-    (["show-pattern", "testwindow", "--seq", "0"], "--seq must be at least 1"),
+    (["show-pattern", "testwindow", "--seq", "0"], "lengths must be at least 1"),
     (["show-pattern", "testwindow", "--out", "x.jpg"], "must end in .png"),
 ])
 def test_show_pattern_usage_errors(argv, message, picture_variants, capsys):
