@@ -75,8 +75,8 @@ def help_text(text: str | None) -> str | None:
     if not text:
         return text
     paras = inspect.cleandoc(text).split("\n\n")
-    out = [p if p.startswith("\b") or any(ln[:1].isspace() for ln in p.splitlines()) else " ".join(
-        ln.strip() for ln in p.splitlines()) for p in paras]
+    out = [p if p.startswith("\b") or any(ln[:1].isspace() or ln[:2] in ("- ", "* ", "• ") for ln in p.splitlines())
+           else " ".join(ln.strip() for ln in p.splitlines()) for p in paras]  # kept: examples, lists
     if len(out) > 1 and any(ln[:1].isspace() for p in out[1:] for ln in p.splitlines()):
         out[1] = "\n" + out[1]
     return "\n\n".join(out)
