@@ -182,3 +182,17 @@ def test_bytes_and_kv_cache_hand_count():
                                               dtype="bfloat16", mode="decode"))
     from attnbench.variants.shared import kv_cache_bytes
     assert kv_cache_bytes(gqa) / mla.MLA.kv_cache_bytes(big) == pytest.approx(2 * 8 * 128 / 576)
+
+
+def test_run_case_records_the_latent_cache_and_the_error():
+    """run/case.py takes the variant's own kv_cache_bytes, and its fp64 oracle check works on MLA's
+    inputs (the attention entropy, defined on q·kᵀ of equal widths, is left out)."""
+    from attnbench.measure.timing import TimingPolicy
+    from attnbench.run.case import run_case
+    from attnbench.run.plan import Case
+
+    p = problem(b=2, lk=37)
+    fast = TimingPolicy(min_samples=1, min_time=0.0, max_time=0.05, warmup_time=0.0, warmup_calls=1)
+    rec = run_case(Case("mla", "eager", p), CPU, fast, None)
+    assert rec["status"] == "ok" and rec["kv_cache_bytes"] == 2 * 37 * (24 + 8) * 4
+    assert rec["error"]["rel_l2"] < 1e-5 and rec["attn_entropy"] is None
