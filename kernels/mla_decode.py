@@ -131,7 +131,8 @@ def _check(q: torch.Tensor, kv: torch.Tensor, rank: int, num_splits: int | None)
     if num_splits is not None and not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"mla_decode: num_splits must be in 1..{MAX_SPLITS}, got {num_splits}")
     if q.dtype != kv.dtype or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"mla_decode: q and kv need one dtype of float16, bfloat16, float32; got {q.dtype}, {kv.dtype}")
+        raise ValueError(f"mla_decode: q and kv need one dtype of float16, bfloat16, float32; "
+                         f"got {q.dtype}, {kv.dtype}")
     if q.stride(-1) != 1 or kv.stride(-1) != 1 or min(q.shape) == 0 or kv.shape[1] == 0:
         raise ValueError("mla_decode: non-empty tensors with a contiguous last dimension needed")
     if torch.is_grad_enabled() and (q.requires_grad or kv.requires_grad):
