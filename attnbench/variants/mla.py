@@ -159,8 +159,12 @@ def _sdpa_build(p: Problem, device: torch.device) -> Fn:
         return sdpa_naive
 
     def sdpa_absorbed(q, k, v):  # Dqk = r + dr, Dv = r: SDPA over the latent cache
-        o_lat = F.scaled_dot_product_attention(absorb(q, w_uk, p), k, v, **kwargs)
-        return expand_out(o_lat, w_uv)
+        qa = absorb(q, w_uk, p)  # (B, H, Lq, r + dr)
+        if p.causal:  # rows differ in what they see: H heads over the 1 latent head (enable_gqa)
+            return expand_out(F.scaled_dot_product_attention(qa, k, v, **kwargs), w_uv)
+        b, h, lq = qa.shape[:3]  # every row sees every key: the H·Lq rows as one head, no K/V repeat
+        o_lat = F.scaled_dot_product_attention(qa.reshape(b, 1, h * lq, -1), k, v, scale=kwargs["scale"])
+        return expand_out(o_lat.reshape(b, h, lq, -1), w_uv)
 
     return sdpa_absorbed
 
