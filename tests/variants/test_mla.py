@@ -68,6 +68,10 @@ def test_reference_is_the_definition_and_rows_without_keys_are_zero():
     out = mla.reference(q.double(), k.double(), v.double(), p)
     assert rel_l2(out, oracle64(q, k, p)) < 1e-12
     assert torch.all(out[:, :, : p.seq_q - p.seq_k] == 0)
+    for case in ("decode-batch2", "decode-3-tokens-causal"):  # decode: the absorbed form, same numbers
+        p = problem(**CASES[case])
+        q, k, v = mla.make_inputs(p, CPU, seed=2)
+        assert rel_l2(mla.reference(q.double(), k.double(), v.double(), p), oracle64(q, k, p)) < 1e-12
 
 
 @pytest.mark.parametrize("case", ["decode-batch2", "decode-3-tokens-causal", "prefill-causal-lq<lk"])
