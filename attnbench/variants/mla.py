@@ -235,7 +235,8 @@ BACKENDS = (
     Backend("eager", _eager_build, "plain PyTorch, scores materialised: naive (decompress K/V per head) or "
             "absorbed (heads stacked as rows over the latent cache)", materializes=True),
     Backend("sdpa", _sdpa_build, "torch SDPA after decompression (naive) or over the latent cache with "
-            "Dqk = r + dr, Dv = r (absorbed); on CPU Dv != Dqk takes SDPA's math path"),
+            "Dqk = r + dr, Dv = r (absorbed); on CPU Dv != Dqk takes SDPA's math path (scores materialised)",
+            materializes=True),
     Backend("flex", _flex_build, "compiled FlexAttention, naive or absorbed (Dv != Dqk, enable_gqa)",
             available=_flex_available, memory="O(L)"),
     Backend("triton", _triton_build, "Triton split-KV decode over the latent cache (absorbed form; the two "
