@@ -31,6 +31,13 @@ STATUS_STYLE = {
 }
 
 
+def kv_per_token(r: dict) -> str:
+    """A decode record's KV cache read per step, per cached token of one sequence (one layer)."""
+    if r.get("mode") != "decode" or not r.get("kv_cache_bytes"):
+        return "-"
+    return fmt_bytes(r["kv_cache_bytes"] / (r["batch"] * r["seq_k"]))
+
+
 def results_table(records: list[dict], title: str = "attnbench results") -> Table:
     t = Table(title=title, header_style="bold", show_lines=False, pad_edge=False)
     for col, just in (
@@ -47,6 +54,9 @@ def results_table(records: list[dict], title: str = "attnbench results") -> Tabl
         ("err", "right"),
     ):
         t.add_column(col, justify=just, no_wrap=True)
+    decode = any(r.get("mode") == "decode" for r in records)  # KV cache a decode step reads, per cached token
+    if decode:
+        t.add_column("KV/token", justify="right", no_wrap=True)
     t.add_column("kernel / reason", overflow="fold", min_width=16, ratio=1)
     for r in records:
         lat = r.get("latency_ms") or {}
@@ -70,6 +80,7 @@ def results_table(records: list[dict], title: str = "attnbench results") -> Tabl
             fmt_bytes(r.get("peak_mem_bytes")),
             f"{r['tflops']:.3g}" if r.get("tflops") else "-",
             err_s,
+            *([kv_per_token(r)] if decode else []),
             escape(note[:160]),
         )
     return t
