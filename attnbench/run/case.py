@@ -194,7 +194,7 @@ def run_case(
             error = compute_error(
                 variant, p, peak.output, q, k, v, reference_limit, key=(case.variant, p, inputs, device.type)
             )
-            if "reason" not in error:
+            if "reason" not in error and p.param("seq_dist") is None:  # ragged (paged): not one (B, H, L, D) batch
                 entropy = mean_entropy(q.detach().cpu(), k.detach().cpu(), p.causal)
         except (MemoryError, RuntimeError) as e:  # the reference alone must not cost the case
             if not ("memory" in str(e).lower() or isinstance(e, MemoryError)):
@@ -221,7 +221,7 @@ def run_case(
         "mem_source": peak.source,
         "flops": flops,
         "bytes": nbytes,
-        "kv_cache_bytes": kv_cache_bytes(p),
+        "kv_cache_bytes": (variant.kv_cache_bytes or kv_cache_bytes)(p),
         "tflops": tflops,
         "gbps": gbps,
         "roofline_frac": frac,
