@@ -110,6 +110,18 @@ def check_params(kv_layout: object, page_size: object, seq_dist: object) -> None
     parse_seq_dist(seq_dist)
 
 
+def flag_params(kv_layout: str | None, page_size: int | None, seq_dist: str | None) -> dict:
+    """`run --kv-layout/--page-size/--seq-dist` as parameters, each checked (UsageError naming the flag)."""
+    given = {"kv_layout": kv_layout, "page_size": page_size, "seq_dist": seq_dist}
+    out = {k: v for k, v in given.items() if v is not None}
+    try:
+        check_params(**(DEFAULTS | out))
+    except UsageError as e:
+        name = next(k for k in out if f"bad {k}" in str(e))
+        raise UsageError(f"--{name.replace('_', '-')}: {e}") from None
+    return out
+
+
 def lengths_of(p: Problem) -> list[int]:
     """The lengths of a resolved problem (seq_k = Lmax)."""
     return seq_lengths(p.param("seq_dist"), p.batch, p.seq_k)
@@ -172,7 +184,7 @@ def sequence_kv(kv: torch.Tensor, p: Problem, b: int, n: int, table: torch.Tenso
     if p.param("kv_layout") == "dense":
         return kv[b, :, :n]
     pages = table[b, : -(-n // p.param("page_size"))]
-    return kv[pages].reshape(-1, p.kv_heads, p.head_dim)[:n].transpose(0, 1)
+    return kv.index_select(0, pages).reshape(-1, p.kv_heads, p.head_dim)[:n].transpose(0, 1)
 
 
 def ragged_attention(q, k, v, p: Problem, table: torch.Tensor | None = None) -> torch.Tensor:
@@ -242,11 +254,11 @@ def _sdpa_build(p: Problem, device: torch.device) -> Fn:
         i = torch.arange(p.seq_q, device=device)
         mask = mask & (j[None, :] <= i[:, None])  # (B, 1, Lq, Lmax); a padded row sees its keys, then is zeroed
         rows = (i[None, :] < lens[:, None])[:, None, :, None]
-    table = block_table(p).to(device).long()
+    table = block_table(p).to(device).long().flatten()
     gqa, shape = p.groups > 1, (p.batch, -1, p.kv_heads, p.head_dim)
 
     def padded(t):  # the pages gathered into the padded cache: a copy SDPA needs
-        return t[table].reshape(shape)[:, :p.seq_k].transpose(1, 2)
+        return t.index_select(0, table).reshape(shape)[:, :p.seq_k].transpose(1, 2)
 
     def sdpa_padded(q, k, v):
         if p.param("kv_layout") == "paged":
