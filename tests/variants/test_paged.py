@@ -205,3 +205,24 @@ def test_a_measured_record_carries_the_distribution():
     from attnbench.core.schema import RecordModel
     with pytest.raises(ValidationError):
         RecordModel.model_validate({"type": "record", **rec, "padding_frac": 1.5})
+
+
+# ---------------------------------------------------------------- the command line
+def test_run_flags_become_parameters():
+    assert paged.flag_params("dense", None, "1k,2k") == {"kv_layout": "dense", "seq_dist": "1k,2k"}
+    assert paged.flag_params(None, 32, None) == {"page_size": 32}
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--kv-layout", "pagd"], "error: --kv-layout: bad kv_layout 'pagd'; accepted: dense, paged"),
+    (["--page-size", "0"], "error: --page-size: bad page_size 0; accepted: an integer >= 1"),
+    (["--seq-dist", "uniform:9k..1k"], "error: --seq-dist: bad seq_dist 'uniform:9k..1k': the end is below"),
+    (["--variants", "mha", "--seq-dist", "1k"], "error: variant 'mha' has no parameter 'seq_dist'"),
+])
+def test_bad_flags_are_one_line_exit_2_and_write_nothing(args, says, tmp_path, capsys):
+    from attnbench.cli import main
+
+    out = tmp_path / "r.jsonl"
+    assert main(["run", "--variants", "paged", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(says) and "\n" not in err and not out.exists()
