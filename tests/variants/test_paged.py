@@ -226,3 +226,12 @@ def test_bad_flags_are_one_line_exit_2_and_write_nothing(args, says, tmp_path, c
     assert main(["run", "--variants", "paged", *args, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(says) and "\n" not in err and not out.exists()
+
+
+def test_run_prints_the_padding_of_each_ragged_batch():
+    from attnbench.cli.tables import ragged_notes
+
+    rec = {"batch": 3, **paged.ragged_fields(problem(dist="37,1,100", batch=3))}
+    assert ragged_notes([rec, rec, {"batch": 1}]) == [
+        "ragged batch B=3 seq_dist 37,1,100: lengths 1..100, mean 46, 138 real tokens (FLOPs and bytes count them "
+        "only); padding_frac 0.540 of the padded (B, Lmax) slots (sdpa computes them)"]
