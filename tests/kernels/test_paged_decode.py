@@ -23,6 +23,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs TRITON_INTERPRET=1 (tests/conftest.py sets it)", allow_module_level=True)
 pytest.importorskip("triton")
 
+from attnbench.kernels import aot  # noqa: E402
 from attnbench.kernels.paged_decode import dense_as_pages, paged_decode  # noqa: E402
 
 
@@ -151,4 +152,4 @@ def test_aot_compiles_for_sm80_and_sm90_without_spills():
     assert {(r["kernel"], r["arch"]) for r in rows} == {(k, a) for k in ("paged.split", "paged.merge")
                                                           for a in ("sm_80", "sm_90")}
     bad = [r for r in rows if not r["ok"]]
-    assert not bad, bad
+    assert not bad, "\n" + aot.format_rows(bad)
