@@ -95,12 +95,13 @@ def _shape(p: Problem) -> str:
 
 
 def _problems(v: registry.Variant, dtype: str):
-    """fwd, causal and not; decode (at the variant's own causality) for exact-family variants."""
+    """fwd, causal and not; decode (at the variant's own causality) for exact-family variants and
+    the serving family (paged: its Triton kernel is decode-only)."""
     for causal in (False, True):
         p = check_problem(v, dtype, causal)
         if p.causal == causal:  # variants that fix causality: checked once
             yield p
-    if v.family == "exact" and "decode" in v.modes:
+    if v.family in ("exact", "serving") and "decode" in v.modes:
         yield check_problem(v, dtype, False, mode="decode")
 
 
