@@ -39,6 +39,13 @@ Backends
   flex    FlexAttention with a BlockMask over the page table: each sequence's KV blocks are its
           own pages (block = page_size), so other pages are never visited
   triton  attnbench.kernels.paged_decode: split-KV decode through the block table (decode only)
+
+Honest limits: the Triton kernel is checked under TRITON_INTERPRET=1 and compiled for sm_80/sm_90
+without a GPU; it has not run on one here. flex with 16-token pages has not run on a GPU either
+(its decode kernel narrows its tile to the page; prefill may need kernel_options). On this 2-core
+CPU, loaded, one thread, B=16, uniform:1k..16k decode: flex over 16-token pages took ~2.7 s,
+over 128-token pages ~0.8 s, over the padded cache (128-key blocks) ~0.26 s: FlexAttention's CPU
+path pays per KV block, so small pages cost it more than the padding they save.
 """
 
 from __future__ import annotations
