@@ -202,6 +202,20 @@ def run(
                  "mean entropy."
         ),
     ] = None,
+    kv_layout: Annotated[
+        Optional[str],
+        typer.Option("--kv-layout", rich_help_panel="Shapes",
+                     help="KV cache of ragged-batch variants (paged): paged (pages + block table) | dense (padded)."),
+    ] = None,
+    page_size: Annotated[
+        Optional[int], typer.Option("--page-size", rich_help_panel="Shapes", help="Tokens per KV page (default 16).")
+    ] = None,
+    seq_dist: Annotated[
+        Optional[str],
+        typer.Option("--seq-dist", rich_help_panel="Shapes",
+                     help="Sequence lengths of a ragged batch: fixed (all --seq) | uniform:1k..16k (seeded draws) "
+                          "| 1k,3k,8k (cycled over the batch)."),
+    ] = None,
     json_out: Json = False,
 ) -> None:
     """Run a sweep; with no arguments, the quick suite on the best device.
@@ -256,6 +270,10 @@ def run(
         from attnbench.run.plan import parse_param_items
 
         given["params"] = parse_param_items(param)
+    if kv_layout is not None or page_size is not None or seq_dist is not None:  # issue 21: variants declaring them
+        from attnbench.variants.paged import flag_params
+
+        given["params"] = given.get("params", {}) | flag_params(kv_layout, page_size, seq_dist)
     if suite is None and not given:
         suite = "quick"
     from attnbench.measure.inputs import check_inputs

@@ -104,7 +104,19 @@ def results_footnotes(records: list[dict]) -> list[str]:
             f"err: relative L2 error against the fp64 reference on {', '.join(inputs)} inputs{mean}; "
             f"≥ 1 (marked !) is worse than returning zeros."
         )
-    return notes
+    return notes + ragged_notes(records)
+
+
+def ragged_notes(records: list[dict]) -> list[str]:
+    """One line per ragged batch (records with seq_lengths: variants/paged.py): its lengths and padding."""
+    seen = {}
+    for r in records:
+        if r.get("seq_lengths"):
+            seen.setdefault((r["batch"], r["seq_dist"]), r)
+    return [f"ragged batch B={b} seq_dist {dist}: lengths {r['seq_lengths']['min']}..{r['seq_lengths']['max']}, "
+            f"mean {r['seq_lengths']['mean']:.0f}, {r['seq_lengths']['total']:,} real tokens (FLOPs and bytes count "
+            f"them only); padding_frac {r['padding_frac']:.3f} of the padded (B, Lmax) slots (sdpa computes them)"
+            for (b, dist), r in seen.items()]
 
 
 def variants_table(rows: list[dict], why: dict[tuple[str, str], str] | None = None) -> Table:

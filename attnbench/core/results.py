@@ -33,6 +33,8 @@ RECORD_FIELDS = (
 # Fields added within schema version 1 (issue 15): written by every run now, absent from older
 # files, so a reader must not require them. See docs/results-schema.md.
 OPTIONAL_RECORD_FIELDS = ("flags", "inputs", "attn_entropy", "roof", "timing")
+# Issue 21: ragged batches (variants/paged.py), only in records of variants with a seq_dist parameter.
+OPTIONAL_RECORD_FIELDS += ("seq_dist", "seq_lengths", "padding_frac")
 
 
 # ---- record flags (`flags`: a list of short strings; docs/results-schema.md)

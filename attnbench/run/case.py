@@ -194,7 +194,9 @@ def run_case(
             error = compute_error(
                 variant, p, peak.output, q, k, v, reference_limit, key=(case.variant, p, inputs, device.type)
             )
-            if "reason" not in error and q.shape[-1] == k.shape[-1]:  # not MLA's latent cache
+            # entropy needs one (B, H, L, D) batch with q and k of one width: not MLA's latent cache,
+            # not a ragged (paged) batch
+            if "reason" not in error and q.shape[-1] == k.shape[-1] and p.param("seq_dist") is None:
                 entropy = mean_entropy(q.detach().cpu(), k.detach().cpu(), p.causal)
         except (MemoryError, RuntimeError) as e:  # the reference alone must not cost the case
             if not ("memory" in str(e).lower() or isinstance(e, MemoryError)):

@@ -95,12 +95,13 @@ def _shape(p: Problem) -> str:
 
 
 def _problems(v: registry.Variant, dtype: str):
-    """fwd, causal and not; decode (at the variant's own causality) for exact-family variants and mla."""
+    """fwd, causal and not; decode (at the variant's own causality) for exact-family variants, mla
+    (latent: its absorbed decode) and the serving family (paged: its Triton kernel is decode-only)."""
     for causal in (False, True):
         p = check_problem(v, dtype, causal)
         if p.causal == causal:  # variants that fix causality: checked once
             yield p
-    if v.family in ("exact", "latent") and "decode" in v.modes:  # latent: mla's absorbed decode
+    if v.family in ("exact", "latent", "serving") and "decode" in v.modes:
         yield check_problem(v, dtype, False, mode="decode")
 
 

@@ -26,6 +26,7 @@ from attnbench.measure.failure import failure_fields, oom_kill_count
 from attnbench.measure.timing import TimingPolicy
 from attnbench.run.plan import Case, is_distributed
 from attnbench.variants import registry
+from attnbench.variants.paged import ragged_fields
 
 CALLS_PER_CASE = 4  # first call, a steady warm-up call, at least one timed sample, the memory/profiler pass
 STARTUP_GRACE_S = 60.0  # worker start, setup and compilation on top of the budget
@@ -344,6 +345,7 @@ def base_record(case: Case, device: torch.device, threads: int | None = None) ->
         "inputs": None,
         "attn_entropy": None,
         "roof": None,
+        **ragged_fields(case.problem),  # seq_dist, seq_lengths, padding_frac: variants with a seq_dist (paged)
     }
 
 
