@@ -100,7 +100,7 @@ class Variant:
     make_inputs: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
     picture: Callable[[Problem], torch.Tensor] | None = None
     modes: tuple[str, ...] = ("fwd", "bwd", "fwd+bwd", "decode")
-    kv_cache_bytes: Callable[[Problem], float] | None = None  # decode step reads; None: shared.kv_cache_bytes
+    kv_cache_bytes: Callable[[Problem], float] | None = None  # cache a decode step reads (None: shared)
 
     def backend(self, name: str) -> Backend:
         for b in self.backends:
