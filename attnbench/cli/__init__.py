@@ -22,7 +22,7 @@ app = typer.Typer(
     name="attnbench",
     no_args_is_help=False,
     add_completion=False,
-    rich_markup_mode=None,  # plain click help: rich help costs ~0.25 s of CPU per call (typer.rich_utils)
+    rich_markup_mode="rich",  # help panels and examples; rich help costs ~0.25 s of CPU per --help
     help="Benchmark and profile attention mechanisms: latency, memory, FLOPs and error, "
     "on a GPU or the CPU.\n\nExamples:\n\n  attnbench list\n\n  attnbench run\n\n"
     "  attnbench run --variants mha,flash,gqa --seq 1k..16k\n\n  attnbench env",
@@ -37,11 +37,20 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a tabl
 
 
 @app.command("list")
-def list_cmd(json_out: Json = False, device: Device = "auto") -> None:
+def list_cmd(
+    json_out: Json = False,
+    device: Device = "auto",
+    models: Annotated[bool, typer.Option("--models", help="List the model presets of `run --model` instead.")] = False,
+) -> None:
     """Every variant: family, description, complexity, backends and their availability here.
 
     Example: attnbench list --json
     """
+    if models:
+        from attnbench.report.formodel import list_models
+
+        list_models(out_console, json_out)
+        return
     from attnbench.cli.tables import list_rows, variants_table
     from attnbench.run.session import resolve_device
 
@@ -156,6 +165,29 @@ def run(
                  "mean entropy."
         ),
     ] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Model presets (comma-separated, see `attnbench list --models`): their heads, KV heads, head "
+                 "dim, dtype, causal mask and attention pattern; flags given replace them, --seq stays yours.",
+            rich_help_panel="What to run",
+        ),
+    ] = None,
+    model_config: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--model-config",
+            help="A local Hugging Face config.json (nothing is downloaded) to take the model's attention from.",
+            rich_help_panel="What to run",
+        ),
+    ] = None,
+    layers: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Layers for the KV-cache arithmetic of decode records (default: the model's).",
+            rich_help_panel="Shapes",
+        ),
+    ] = None,
     json_out: Json = False,
 ) -> None:
     """Run a sweep; with no arguments, the quick suite on the best device.
@@ -210,11 +242,22 @@ def run(
         from attnbench.run.plan import parse_param_items
 
         given["params"] = parse_param_items(param)
-    if suite is None and not given:
+    model_plan = None
+    if model is not None or model_config is not None:
+        from attnbench.run.models import model_plan as plan_models
+        from attnbench.run.models import resolve_models
+
+        model_plan = plan_models(resolve_models(model, model_config, layers), given | {"suite": suite},
+                                 resolve_device(device))
+    elif layers is not None and layers < 1:
+        raise UsageError(f"--layers must be at least 1 (got {layers})")
+    if suite is None and not given and model_plan is None:
         suite = "quick"
     from attnbench.measure.inputs import check_inputs
 
-    if suite is not None:
+    if model_plan is not None:
+        meta, sweeps = {}, []
+    elif suite is not None:
         sweeps, meta = load_suite(suite, **given)
     else:
         meta = {}
@@ -253,6 +296,7 @@ def run(
         inputs=inputs,
         reference_limit=ref_limit,
         sample_time=sample_time,
+        **_model_run(model_plan, layers),
     )
     if json_out:
         print(json.dumps(records, default=str))
@@ -266,6 +310,10 @@ def run(
         for note in results_footnotes(records):
             out_console.print(f"[dim]{note}[/]", highlight=False)
         print_scaling(annotate({"catalogue": describe(r["variant"] for r in records)}, records), out_console)
+        if any(r.get("layers") for r in records):
+            from attnbench.report.formodel import kv_table
+
+            out_console.print(kv_table(records))
     if interrupted:
         import signal
 
@@ -282,12 +330,20 @@ def run(
         raise typer.Exit(128 + interrupted.signum)
 
 
+def _model_run(plan, layers: int | None) -> dict:
+    """run_sweep's arguments for --model/--model-config/--layers (run/models.py)."""
+    from attnbench.run.models import annotator
+
+    hook = annotator(plan, layers)
+    return {"cases": list(plan.cases) if plan else None, "annotate": hook} if hook else {}
+
+
 # Commands that live in modules of their own, imported explicitly: each exposes register(app),
 # `kernels` is a command group of its own (typer's add_typer).
-from attnbench.cli import dist, gate, kernels, profile, report, tools  # noqa: E402
+from attnbench.cli import dist, gate, kernels, profile, recommend, report, tools  # noqa: E402
 
 app.add_typer(kernels.app, name="kernels")
-for _module in (report, gate, tools, profile, dist):
+for _module in (report, gate, tools, profile, dist, recommend):
     _module.register(app)
 
 
