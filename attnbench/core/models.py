@@ -116,6 +116,23 @@ def max_context(per_token: float, per_seq: float, seq: int, budget: float) -> fl
     return math.floor((budget - fixed) / per_token)
 
 
+def spec_max_context(spec: ModelSpec, budget: float, dtype: str | None = None) -> float | None:
+    """The longest context whose KV cache (one sequence, all layers) fits `budget` bytes: exact, by
+    bisection on kv_bytes_per_seq (it never decreases with L). math.inf when the cache stops growing
+    within the budget; None when one token's cache does not fit."""
+    if kv_bytes_per_seq(spec, 1, dtype) > budget:
+        return None
+    if kv_bytes_per_token(spec, dtype) == 0:
+        return math.inf
+    lo, hi = 1, 2
+    while kv_bytes_per_seq(spec, hi, dtype) <= budget:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if kv_bytes_per_seq(spec, mid, dtype) <= budget else (lo, mid)
+    return lo
+
+
 # ---------------------------------------------------------------- presets
 def _group(raw: Any, where: str) -> LayerGroup:
     if not isinstance(raw, dict) or not isinstance(raw.get("variant"), str):

@@ -171,3 +171,8 @@ def recommend_files(paths: list, max_error: float | None = None, memory_budget: 
     records = list(by_id.values())
     picks = recommend(records, max_error, memory_budget, exact_variants(headers))
     return picks, crossovers(picks), records
+
+
+def for_report(records: list[dict], headers: list[dict]) -> list[Pick]:
+    """The recommendation of the report's "For your model" section (default budgets)."""
+    return recommend(records, exact=exact_variants(headers))

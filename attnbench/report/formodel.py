@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from rich.console import Console
 
-from attnbench.core.models import describe, max_context, presets
+from attnbench.core.models import describe, max_context, presets, spec_max_context
 from attnbench.core.units import fmt_bytes, fmt_len
 from attnbench.report.model import Section, Table
 from attnbench.report.terminal import rich_table
@@ -34,28 +34,29 @@ def list_models(console: Console, as_json: bool) -> None:
     console.print(rich_table("model presets (attnbench run --model NAME)", cols, shown))
 
 
-KV_COLUMNS = (("model", "model"), ("variant", "variant"), ("layers", "layers"), ("mode", "mode"), ("L", "L"),
-              ("dtype", "dtype"), ("kv_token", "KV/token"), ("kv_seq", "KV/sequence"))
+KV_COLUMNS = (("model", "model"), ("layers", "layers"), ("dtype", "dtype"), ("L", "L"), ("kv_token", "KV/token"),
+              ("kv_seq", "KV/sequence"))
 
 
 def kv_rows(records: list[dict]) -> list[dict[str, Any]]:
-    """One row per (model, layer group, mode, dtype, length) that has the KV-cache arithmetic."""
+    """One row per (model, layers, dtype, length, batch) that has the KV-cache arithmetic (the same
+    for every layer group, mode and backend of a model)."""
     seen, out = set(), []
-    for r in sorted(records, key=lambda r: (str(r.get("model")), r["variant"], r["mode"], r["dtype"], r["seq_k"])):
-        key = (r.get("model"), r["variant"], json.dumps(r.get("params"), sort_keys=True), r["mode"], r["dtype"],
-               r["seq_k"], r.get("batch"))
+    for r in sorted(records, key=lambda r: (str(r.get("model")), r["dtype"], r.get("batch") or 1, r["seq_k"])):
+        key = (r.get("model"), r.get("layers"), r["dtype"], r["seq_k"], r.get("batch"),
+               None if r.get("model") else (r["variant"], r["heads"], r["kv_heads"], r["head_dim"]))
         if r.get("kv_bytes_per_seq") is None or key in seen:
             continue
         seen.add(key)
-        out.append({"model": r.get("model") or "-", "variant": r["variant"], "layers": r.get("layers"),
-                    "mode": r["mode"], "L": fmt_len(r["seq_k"]), "dtype": r["dtype"],
+        out.append({"model": r.get("model") or f"{r['variant']} H{r['heads']}/{r['kv_heads']} D{r['head_dim']}",
+                    "layers": r.get("layers"), "L": fmt_len(r["seq_k"]), "dtype": r["dtype"],
                     "kv_token": fmt_bytes(r.get("kv_bytes_per_token")), "kv_seq": fmt_bytes(r["kv_bytes_per_seq"])})
     return out
 
 
 def kv_table(records: list[dict]):
     """The KV-cache arithmetic of a run's records (printed after `run --model`)."""
-    return rich_table("KV cache (the model's layers; KV/sequence at L, × batch)", KV_COLUMNS, kv_rows(records))
+    return rich_table("KV cache (all the model's layers; KV/sequence at L, × batch)", KV_COLUMNS, kv_rows(records))
 
 
 def context_lines(records: list[dict], budget: float) -> list[str]:
@@ -69,13 +70,28 @@ def context_lines(records: list[dict], budget: float) -> list[str]:
     lines = []
     for (name, dtype, batch), r in sorted(best.items(), key=lambda kv: str(kv[0])):
         per_seq = r["kv_bytes_per_seq"] / batch
-        n = max_context(r["kv_bytes_per_token"], per_seq, r["seq_k"], budget)
+        spec = _preset_of(r)
+        if spec is not None:
+            n, how = spec_max_context(spec, budget, dtype), f" (its own max context: {fmt_len(spec.max_context)})"
+        else:
+            n = max_context(r["kv_bytes_per_token"], per_seq, r["seq_k"], budget)
+            how = f" (extrapolated from L={fmt_len(r['seq_k'])}: exact once L is past every sliding window)"
         fits = ("the cache stops growing (every layer windowed)" if n == math.inf else
-                "not even one sequence of its measured length" if n is None else f"{n:,} tokens in one sequence")
+                "not one token" if n is None else f"{n:,} tokens in one sequence")
         lines.append(f"{name} ({dtype}, {r.get('layers')} layers): KV cache {fmt_bytes(r['kv_bytes_per_token'])} "
                      f"per token, {fmt_bytes(per_seq)} per sequence at {fmt_len(r['seq_k'])}; "
-                     f"{fmt_bytes(budget)} holds {fits} (the KV cache alone: weights and activations not counted)")
+                     f"{fmt_bytes(budget)} holds {fits}{how}; the KV cache alone (weights and activations not "
+                     f"counted)")
     return lines
+
+
+def _preset_of(r: dict):
+    """The preset a record's model names (with the record's layers), or None (a config or no model)."""
+    table = presets()
+    spec = table.get(str(r.get("model")))
+    if spec is None:
+        return None
+    return spec.with_layers(r["layers"]) if r.get("layers") else spec
 
 
 def shape_text(shape: dict[str, Any]) -> str:

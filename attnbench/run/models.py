@@ -4,8 +4,8 @@ Each layer group of a model (core/models.py) becomes one sweep: the model's head
 dimension, dtype and causal mask (flags the user gave replace them), the group's variant and
 parameters, the user's lengths, modes, batch and backends. A group whose variant or parameters this
 attnbench lacks is not run with a substitute: it becomes `unsupported` records naming what is
-missing. Every record of a model carries `model`, `layers` (the model's layers that use this
-group's attention), and, for inference modes (fwd, decode), `kv_bytes_per_seq` (the whole model's
+missing. Every record of a model carries `model`, `layers` (the model's layers, all groups; --layers
+replaces it), and, for inference modes (fwd, decode), `kv_bytes_per_seq` (the whole model's
 KV cache for one sequence of seq_k tokens, in the record's dtype) and `kv_bytes_per_token` (what
 each further token adds once past every sliding window).
 """
@@ -40,7 +40,7 @@ class ModelPlan:
     """The cases of a model run and how to tag their records."""
 
     cases: tuple[Case, ...]
-    tags: dict  # (variant, backend, Problem) -> (ModelSpec, layers of this group)
+    tags: dict  # (variant, backend, Problem) -> ModelSpec
 
     def annotate(self, rec: dict) -> dict:
         """The model's fields added to a record of one of these cases (others unchanged)."""
@@ -51,8 +51,8 @@ class ModelPlan:
         hit = self.tags.get(key)
         if hit is None:
             return rec
-        spec, layers = hit
-        out = {**rec, "model": spec.name, "layers": layers, "kv_bytes_per_token": None, "kv_bytes_per_seq": None}
+        spec = hit
+        out = {**rec, "model": spec.name, "layers": spec.layers, "kv_bytes_per_token": None, "kv_bytes_per_seq": None}
         if rec.get("mode") in KV_MODES:
             out["kv_bytes_per_seq"] = kv_bytes_per_seq(spec, rec["seq_k"], rec["dtype"]) * rec.get("batch", 1)
             out["kv_bytes_per_token"] = kv_bytes_per_token(spec, rec["dtype"])
@@ -108,7 +108,7 @@ def model_plan(specs: list[ModelSpec], given: dict[str, Any], device: torch.devi
             for c in new:
                 key = (c.variant, c.backend, c.problem)
                 if key not in tags:  # two models with the same attention share the case: the first names it
-                    tags[key] = (spec, g.layers)
+                    tags[key] = spec
                     cases.append(c)
     return ModelPlan(tuple(cases), tags)
 
