@@ -184,7 +184,8 @@ def run(
     layers: Annotated[
         Optional[int],
         typer.Option(
-            help="Layers for the KV-cache arithmetic of decode records (default: the model's).",
+            help="Layers for the KV-cache arithmetic of fwd and decode records (default: the model's; without a "
+                 "model: the measured attention × N).",
             rich_help_panel="Shapes",
         ),
     ] = None,
