@@ -92,9 +92,13 @@ def model_plan(specs: list[ModelSpec], given: dict[str, Any], device: torch.devi
         raise UsageError(f"--{bad[0]} does not combine with --model/--model-config: the model sets its variants")
     cases: list[Case] = []
     tags: dict = {}
+    extra = dict(given.get("params") or {})
+    used: set[str] = set()
     for spec in specs:
         for g in spec.attention:
-            params = dict(g.params) | dict(given.get("params") or {})
+            mine = {k: v for k, v in extra.items() if k in _declared(g.variant)}  # --param: where declared
+            used |= mine.keys()
+            params = dict(g.params) | mine
             axes = {
                 "heads": spec.heads, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim, "dtype": spec.dtype,
                 "causal": spec.causal, "seq": spec.seq or DEFAULT_SEQ,
@@ -110,7 +114,20 @@ def model_plan(specs: list[ModelSpec], given: dict[str, Any], device: torch.devi
                 if key not in tags:  # two models with the same attention share the case: the first names it
                     tags[key] = spec
                     cases.append(c)
+    unused = sorted(extra.keys() - used)
+    if unused:
+        variants = ", ".join(sorted({g.variant for s in specs for g in s.attention}))
+        raise UsageError(f"--param {unused[0]}: no layer group of {', '.join(s.name for s in specs)} has this "
+                         f"parameter (their variants: {variants})")
     return ModelPlan(tuple(cases), tags)
+
+
+def _declared(variant: str) -> set[str]:
+    """Parameter names a variant or one of its backends declares (none for a variant not here)."""
+    if variant not in registry.names():
+        return set()
+    v = registry.get(variant)
+    return set(v.defaults) | {k for b in v.backends for k in b.params}
 
 
 def _unsupported(variant: str, axes: dict[str, Any], params: dict[str, Any], why: str) -> list[Case]:

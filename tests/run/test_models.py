@@ -185,3 +185,12 @@ def test_list_models_shows_every_preset(capsys):
     assert {r["model"] for r in rows} == set(presets())
     llama = next(r for r in rows if r["model"] == "llama-3-8b")
     assert llama["kv_bytes_per_token"] == 131072 and re.search("Llama 3", llama["source"])
+
+
+def test_param_goes_to_the_groups_that_declare_it():
+    plan = model_plan([preset("gemma-3-27b")], {"seq": "2k", "modes": "fwd", "backends": "eager",
+                                                "params": {"window": "512"}}, CPU)
+    windows = {c.variant: c.problem.param("window") for c in plan.cases}
+    assert windows == {"sliding_window": 512, "gqa": None}
+    with pytest.raises(UsageError, match="--param nb_features: no layer group of gemma-3-27b"):
+        model_plan([preset("gemma-3-27b")], {"seq": "2k", "params": {"nb_features": "8"}}, CPU)
