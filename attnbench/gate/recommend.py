@@ -21,6 +21,7 @@ on this device only. It lives in gate/ because it is a comparison with the gate'
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,17 +98,23 @@ def qualifies(r: dict, max_error: float | None, budget: float | None, exact: set
 
 def recommend(records: list[dict], max_error: float | None = None, memory_budget: float | None = None,
               exact: set[str] | None = None) -> list[Pick]:
-    """The dispatch table: one Pick per (shape, seq, mode) that has at least one ok record.
+    """The dispatch table: one Pick per (shape, seq, mode) of the records (where none ran: no backend,
+    and a note counting the statuses).
     `exact`: the names of exact variants (from the headers' catalogues); default: none known."""
     exact = exact or set()
     groups: dict[str, list[dict]] = {}
     for r in records:
-        if r.get("status") == "ok" and (r.get("latency_ms") or {}).get("median"):
-            key = json.dumps([shape_of(r), r["seq_k"], r["mode"]], sort_keys=True, default=str)
-            groups.setdefault(key, []).append(r)
+        key = json.dumps([shape_of(r), r["seq_k"], r["mode"]], sort_keys=True, default=str)
+        groups.setdefault(key, []).append(r)
     picks = []
-    for key, rs in groups.items():
+    for key, everything in groups.items():
         shape, seq, mode = json.loads(key)
+        rs = [r for r in everything if r.get("status") == "ok" and (r.get("latency_ms") or {}).get("median")]
+        if not rs:
+            counts = Counter(r.get("status") for r in everything)
+            ran = ", ".join(f"{n} {st}" for st, n in sorted(counts.items()))
+            picks.append(Pick(shape, seq, mode, None, None, None, None, None, None, f"nothing ran ({ran})"))
+            continue
         several = len({r["variant"] for r in rs}) > 1
         ok = [(r, note) for r in rs for good, note in [qualifies(r, max_error, memory_budget, exact)] if good]
         if not ok:

@@ -92,3 +92,10 @@ def test_json_output_is_the_documented_list(tmp_path, capsys):
     assert "accepted: table, markdown, json" in capsys.readouterr().err
     assert main(["recommend", str(path), "--format", "markdown"]) == 0
     assert "| sdpa | eager |" in capsys.readouterr().out
+
+
+def test_a_length_where_nothing_ran_says_so():
+    skipped = rec("sdpa", 8192, 1.0) | {"status": "skipped", "latency_ms": None, "samples_ms": None}
+    picks = recommend([rec("sdpa", 1024, 1.0), skipped])
+    assert [(p.seq, p.backend) for p in picks] == [(1024, "sdpa"), (8192, None)]
+    assert picks[1].note == "nothing ran (1 skipped)" and crossovers(picks) == []
