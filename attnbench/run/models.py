@@ -163,3 +163,23 @@ def annotator(plan: ModelPlan | None, layers: int | None) -> Callable[[dict], di
         return out
 
     return tag
+
+
+def frontier_groups(spec: ModelSpec, base: Problem, explicit: set[str]) -> list[tuple[str, Problem, str | None]]:
+    """`frontier --model`: per layer group (variant, the base problem with the model's shape and the
+    group's parameters — axes in `explicit` keep the command line's value —, why it cannot run here)."""
+    model = {"heads": spec.heads, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim, "dtype": spec.dtype,
+             "causal": spec.causal}
+    shape = {k: v for k, v in model.items() if k not in explicit and not (k == "kv_heads" and "heads" in explicit)}
+    out = []
+    for g in spec.attention:
+        p = Problem(**{**base.as_dict(), **shape, "params": ()}).with_params(**dict(g.params))
+        out.append((g.variant, p, missing(spec, g.variant, dict(g.params))))
+    return out
+
+
+def frontier_kv(spec: ModelSpec, row: dict, dtype: str, batch: int = 1) -> dict:
+    """The KV-cache fields of a frontier row: at its largest length that ran."""
+    L = row.get("largest_ok")
+    return {"model": spec.name, "layers": spec.layers, "kv_bytes_per_token": kv_bytes_per_token(spec, dtype),
+            "kv_bytes_per_seq": kv_bytes_per_seq(spec, L, dtype) * batch if L else None}

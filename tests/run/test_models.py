@@ -194,3 +194,17 @@ def test_param_goes_to_the_groups_that_declare_it():
     assert windows == {"sliding_window": 512, "gqa": None}
     with pytest.raises(UsageError, match="--param nb_features: no layer group of gemma-3-27b"):
         model_plan([preset("gemma-3-27b")], {"seq": "2k", "params": {"nb_features": "8"}}, CPU)
+
+
+def test_frontier_groups_take_the_models_shape_unless_given():
+    from attnbench.core.problem import Problem
+    from attnbench.run.models import frontier_groups, frontier_kv
+
+    base = Problem(heads=8, kv_heads=0, head_dim=64, dtype="float32", mode="decode")
+    [(v, p, why)] = frontier_groups(preset("llama-3-8b"), base, {"dtype"})
+    assert (v, p.heads, p.kv_heads, p.head_dim, p.dtype, p.causal, why) == ("gqa", 32, 8, 128, "float32", True, None)
+    groups = frontier_groups(preset("gemma-3-27b"), base, set())
+    assert [(v, p.param("window")) for v, p, _ in groups] == [("sliding_window", 1024), ("gqa", None)]
+    row = frontier_kv(preset("llama-3-8b"), {"largest_ok": 2048}, "float32", batch=2)
+    assert row["kv_bytes_per_seq"] == 2 * 2048 * 2 * 8 * 128 * 4 * 32 and row["layers"] == 32
+    assert frontier_kv(preset("llama-3-8b"), {"largest_ok": None}, "float32")["kv_bytes_per_seq"] is None
