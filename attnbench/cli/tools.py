@@ -123,7 +123,7 @@ def register_frontier(app: typer.Typer) -> None:
         if model is not None:
             from attnbench.run.models import frontier_kv
 
-            rows = [r | frontier_kv(spec, r, base.dtype, batch) for r in rows]
+            rows = [r | frontier_kv(spec, r, base) for r in rows]
         doc = {"budget_bytes": nbytes, "device": dev.type, "problem": base.as_dict(), "frontier": rows}
         if out is not None:
             atomic_write_text(out, json.dumps(doc, indent=2))

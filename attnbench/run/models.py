@@ -12,7 +12,7 @@ each further token adds once past every sliding window).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,7 +51,7 @@ class ModelPlan:
         hit = self.tags.get(key)
         if hit is None:
             return rec
-        spec = hit
+        spec = replace(hit, **{k: rec[k] for k in ("kv_heads", "head_dim") if rec.get(k)})  # flags given win
         out = {**rec, "model": spec.name, "layers": spec.layers, "kv_bytes_per_token": None, "kv_bytes_per_seq": None}
         if rec.get("mode") in KV_MODES:
             out["kv_bytes_per_seq"] = kv_bytes_per_seq(spec, rec["seq_k"], rec["dtype"]) * rec.get("batch", 1)
@@ -178,8 +178,10 @@ def frontier_groups(spec: ModelSpec, base: Problem, explicit: set[str]) -> list[
     return out
 
 
-def frontier_kv(spec: ModelSpec, row: dict, dtype: str, batch: int = 1) -> dict:
-    """The KV-cache fields of a frontier row: at its largest length that ran."""
-    L = row.get("largest_ok")
+def frontier_kv(spec: ModelSpec, row: dict, base: Problem) -> dict:
+    """The KV-cache fields of a frontier row (at its largest length that ran), with the searched
+    problem's KV heads, head dim, dtype and batch."""
+    L, dtype, batch = row.get("largest_ok"), base.dtype, base.batch
+    spec = replace(spec, **{k: getattr(base, k) for k in ("kv_heads", "head_dim") if getattr(base, k)})
     return {"model": spec.name, "layers": spec.layers, "kv_bytes_per_token": kv_bytes_per_token(spec, dtype),
             "kv_bytes_per_seq": kv_bytes_per_seq(spec, L, dtype) * batch if L else None}

@@ -197,6 +197,8 @@ def test_param_goes_to_the_groups_that_declare_it():
 
 
 def test_frontier_groups_take_the_models_shape_unless_given():
+    from dataclasses import replace
+
     from attnbench.core.problem import Problem
     from attnbench.run.models import frontier_groups, frontier_kv
 
@@ -205,6 +207,24 @@ def test_frontier_groups_take_the_models_shape_unless_given():
     assert (v, p.heads, p.kv_heads, p.head_dim, p.dtype, p.causal, why) == ("gqa", 32, 8, 128, "float32", True, None)
     groups = frontier_groups(preset("gemma-3-27b"), base, set())
     assert [(v, p.param("window")) for v, p, _ in groups] == [("sliding_window", 1024), ("gqa", None)]
-    row = frontier_kv(preset("llama-3-8b"), {"largest_ok": 2048}, "float32", batch=2)
+    row = frontier_kv(preset("llama-3-8b"), {"largest_ok": 2048}, replace(p, batch=2))
     assert row["kv_bytes_per_seq"] == 2 * 2048 * 2 * 8 * 128 * 4 * 32 and row["layers"] == 32
-    assert frontier_kv(preset("llama-3-8b"), {"largest_ok": None}, "float32")["kv_bytes_per_seq"] is None
+    assert frontier_kv(preset("llama-3-8b"), {"largest_ok": None}, p)["kv_bytes_per_seq"] is None
+
+
+@pytest.mark.slow
+def test_run_model_end_to_end_tags_records(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    rc = main(["run", "--model", "llama-3-8b,deepseek-v3", "--seq", "64", "--mode", "decode", "--heads", "4",
+               "--kv-heads", "2", "--head-dim", "16", "--dtype", "float32", "--backends", "sdpa",
+               "--time-budget", "0.2", "--out", str(out), "--json"])
+    assert rc == 0
+    from attnbench.core.results import read
+
+    _, recs = read(out)
+    by = {r["model"]: r for r in recs}
+    llama = by["llama-3-8b"]
+    assert (llama["status"], llama["heads"], llama["kv_heads"], llama["head_dim"]) == ("ok", 4, 2, 16)
+    assert llama["layers"] == 32 and llama["kv_bytes_per_seq"] == 2 * 2 * 16 * 4 * 64 * 32
+    if "mla" not in __import__("attnbench.variants.registry", fromlist=["names"]).names():
+        assert by["deepseek-v3"]["status"] == "unsupported" and "mla" in by["deepseek-v3"]["reason"]
