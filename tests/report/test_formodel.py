@@ -28,7 +28,7 @@ def test_section_has_recommendation_kv_and_frontier():
     assert titles == ["recommended backend per length", "KV cache vs context",
                       "frontier: the longest length each backend ran"]
     best = {r["seq"]: r["backend"] for r in sec.tables[0].rows}
-    assert best == {"1k": "sdpa", "2k": "sdpa"}
+    assert best == {"1k": "sdpa", "2k": "sdpa", "4k": "-"}  # 4k: nothing ran (1 oom)
     assert [r["kv_seq"] for r in sec.tables[1].rows] == ["128.0 MiB", "256.0 MiB", "512.0 MiB"]  # 128 KiB/token
     eager = next(r for r in sec.tables[2].rows if r["backend"] == "eager")
     assert (eager["L"], eager["next"]) == ("2k", "4k: oom")
