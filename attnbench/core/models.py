@@ -258,9 +258,13 @@ def spec_from_hf_config(path: Path) -> ModelSpec:
         window = cfg.get("sliding_window")
         use = cfg.get("use_sliding_window", True) is not False
         n_slide = _sliding_layers(cfg, layers) if isinstance(window, int) and window > 0 and use else 0
+        if cfg.get("model_type") == "gpt_oss":  # learned per-head sink logits on every layer (weights, not keys)
+            extra |= {"sink_logit": "learned"}
+        full_group = (LayerGroup("sliding_window", layers - n_slide, tuple(sorted(({"window": ctx} | extra).items())))
+                      if "sink_logit" in extra else LayerGroup(full, layers - n_slide, tuple(sorted(extra.items()))))
         groups = tuple(g for g in (
             LayerGroup("sliding_window", n_slide, tuple(sorted(({"window": window} | extra).items()))),
-            LayerGroup(full, layers - n_slide, tuple(sorted(extra.items()))),
+            full_group,
         ) if g.layers > 0)
     name = f"config:{cfg.get('_name_or_path') or cfg.get('model_type') or path.stem}"
     return ModelSpec(name, heads, kv, head_dim, layers, dtype, True, ctx, groups, f"config.json at {path}",

@@ -128,6 +128,11 @@ def test_hf_config_sliding_window_softcap_and_mla(tmp_path):
     qwen = spec_from_hf_config(write_config(tmp_path, LLAMA3_8B_CONFIG | {"sliding_window": 4096,
                                                                           "use_sliding_window": False}))
     assert qwen.attention[0].variant == "gqa"
+    oss = spec_from_hf_config(write_config(tmp_path, {
+        "model_type": "gpt_oss", "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 64,
+        "num_hidden_layers": 24, "sliding_window": 128, "max_position_embeddings": 131072, "torch_dtype": "bfloat16",
+        "layer_types": ["sliding_attention", "full_attention"] * 12}))
+    assert oss.attention == preset("gpt-oss-20b").attention
     ds = spec_from_hf_config(write_config(tmp_path, LLAMA3_8B_CONFIG | {
         "kv_lora_rank": 512, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128, "v_head_dim": 128}))
     assert ds.attention[0].variant == "mla" and ds.head_dim == 192
