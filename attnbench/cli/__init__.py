@@ -62,7 +62,11 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a tabl
 
 
 @app.command("list")
-def list_cmd(json_out: Json = False, device: Device = "auto") -> None:
+def list_cmd(
+    json_out: Json = False,
+    device: Device = "auto",
+    models: Annotated[bool, typer.Option("--models", help="List the model presets of `run --model` instead.")] = False,
+) -> None:
     """Every variant: family, description, complexity, backends and their availability here.
 
     A backend not available here is marked ✗ with the reason (a reason many share is given once,
@@ -76,6 +80,12 @@ def list_cmd(json_out: Json = False, device: Device = "auto") -> None:
 
       attnbench list --json | jq '.[] | select(.family == "sparse") | .name'
     """
+    if models:
+        from attnbench.report.formodel import list_models
+
+        list_models(out_console, json_out)
+        return
+
     from rich.markup import escape
 
     from attnbench.cli.reasons import unavailable_reasons
@@ -216,6 +226,30 @@ def run(
                      help="Sequence lengths of a ragged batch: fixed (all --seq) | uniform:1k..16k (seeded draws) "
                           "| 1k,3k,8k (cycled over the batch)."),
     ] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Model presets (comma-separated, see `attnbench list --models`): their heads, KV heads, head "
+                 "dim, dtype, causal mask and attention pattern; flags given replace them, --seq stays yours.",
+            rich_help_panel="What to run",
+        ),
+    ] = None,
+    model_config: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--model-config",
+            help="A local Hugging Face config.json (nothing is downloaded) to take the model's attention from.",
+            rich_help_panel="What to run",
+        ),
+    ] = None,
+    layers: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Layers for the KV-cache arithmetic of fwd and decode records (default: the model's; without a "
+                 "model: the measured attention × N).",
+            rich_help_panel="Shapes",
+        ),
+    ] = None,
     json_out: Json = False,
 ) -> None:
     """Run a sweep; with no arguments, the quick suite on the best device.
@@ -274,11 +308,22 @@ def run(
         from attnbench.variants.paged import flag_params
 
         given["params"] = given.get("params", {}) | flag_params(kv_layout, page_size, seq_dist)
-    if suite is None and not given:
+    model_plan = None
+    if model is not None or model_config is not None:
+        from attnbench.run.models import model_plan as plan_models
+        from attnbench.run.models import resolve_models
+
+        model_plan = plan_models(resolve_models(model, model_config, layers), given | {"suite": suite},
+                                 resolve_device(device))
+    elif layers is not None and layers < 1:
+        raise UsageError(f"--layers must be at least 1 (got {layers})")
+    if suite is None and not given and model_plan is None:
         suite = "quick"
     from attnbench.measure.inputs import check_inputs
 
-    if suite is not None:
+    if model_plan is not None:
+        meta, sweeps = {}, []
+    elif suite is not None:
         sweeps, meta = load_suite(suite, **given)
     else:
         meta = {}
@@ -317,6 +362,7 @@ def run(
         inputs=inputs,
         reference_limit=ref_limit,
         sample_time=sample_time,
+        **_model_run(model_plan, layers),
     )
     if json_out:
         print(json.dumps(records, default=str))
@@ -330,6 +376,10 @@ def run(
         for note in results_footnotes(records):
             out_console.print(f"[dim]{note}[/]", highlight=False)
         print_scaling(annotate({"catalogue": describe(r["variant"] for r in records)}, records), out_console)
+        if any(r.get("layers") for r in records):
+            from attnbench.report.formodel import kv_table
+
+            out_console.print(kv_table(records))
     if interrupted:
         import signal
 
@@ -346,12 +396,20 @@ def run(
         raise typer.Exit(128 + interrupted.signum)
 
 
+def _model_run(plan, layers: int | None) -> dict:
+    """run_sweep's arguments for --model/--model-config/--layers (run/models.py)."""
+    from attnbench.run.models import annotator
+
+    hook = annotator(plan, layers)
+    return {"cases": list(plan.cases) if plan else None, "annotate": hook} if hook else {}
+
+
 # Commands that live in modules of their own, imported explicitly: each exposes register(app),
 # `kernels` is a command group of its own (typer's add_typer).
-from attnbench.cli import dist, gate, kernels, profile, report, tools  # noqa: E402
+from attnbench.cli import dist, gate, kernels, profile, recommend, report, tools  # noqa: E402
 
 app.add_typer(kernels.app, name="kernels")
-for _module in (report, gate, tools, profile, dist):
+for _module in (report, gate, tools, profile, dist, recommend):
     _module.register(app)
 
 

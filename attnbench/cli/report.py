@@ -46,9 +46,10 @@ def register(app: typer.Typer) -> None:
 
           attnbench report --history ci-results/ --out reports/trend
         """
+        from attnbench.gate.recommend import for_report
         from attnbench.report.build import build_report
 
-        written = build_report(results or [], out, baseline, history, patterns)
+        written = build_report(results or [], out, baseline, history, patterns, recommender=for_report)
         say(Console(stderr=True), f"wrote {len(written)} files; open {out / 'report.html'}")
 
     @app.command()

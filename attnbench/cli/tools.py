@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from attnbench.core.errors import UsageError, say
+from attnbench.core.units import fmt_bytes
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.I)
 
@@ -36,6 +37,7 @@ def register(app: typer.Typer) -> None:
 def register_frontier(app: typer.Typer) -> None:
     @app.command()
     def frontier(
+        ctx: typer.Context,
         variants: Annotated[str, typer.Option(metavar="LIST", help="Comma-separated variants.")] = "mha,flash",
         budget: Annotated[str, typer.Option(metavar="SIZE", help="Memory budget, e.g. 8GiB, 16G, 512MiB.")] = "8GiB",
         backends: Annotated[Optional[str], typer.Option(metavar="LIST",
@@ -55,6 +57,10 @@ def register_frontier(app: typer.Typer) -> None:
         out: Annotated[Optional[Path], typer.Option(metavar="FILE",
                                                     help="Also write the frontier as JSON here.")] = None,
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+        model: Annotated[Optional[str], typer.Option(
+            help="A model preset (`attnbench list --models`): its shape, dtype, mask and layer groups replace "
+                 "--variants and the defaults; rows gain the model's KV cache at the largest length.")] = None,
+        layers: Annotated[Optional[int], typer.Option(help="Layers of --model (default: the preset's).")] = None,
     ) -> None:
         """The longest sequence each variant/backend runs within a memory budget.
 
@@ -92,19 +98,35 @@ def register_frontier(app: typer.Typer) -> None:
         cfg = RunConfig(device=dev, time_budget=time_budget, mem_limit=nbytes)
         err = Console(stderr=True)
         found = []
+        groups = [(v, base, None) for v in sw.variants]
+        if model is not None:
+            from attnbench.run.models import frontier_groups, resolve_models
+
+            [spec] = resolve_models(model, None, layers)
+            given = {k for k in ("heads", "head_dim", "dtype", "causal")
+                     if ctx.get_parameter_source(k).name not in ("DEFAULT", "DEFAULT_MAP")}
+            groups = frontier_groups(spec, base, given)
+            base = groups[0][1]
         refs = _refs_outside_budget(cfg, base.dtype)
         worker = Worker(cfg)
         worker.refs = refs  # handed to the limited worker when it starts
         try:
-            for v in sw.variants:
+            for v, gbase, why in groups:
+                if why:
+                    say(err, f"  {v}: unsupported: {why}")
+                    continue
                 for b in (backends.split(",") if backends else default_backends(v, dev)):
                     err.print(f"searching {v}/{b} ...")
-                    f = find_frontier(v, b.strip(), base, cfg, worker, nbytes, lo, hi, refs)
+                    f = find_frontier(v, b.strip(), gbase, cfg, worker, nbytes, lo, hi, refs)
                     found.append(f)
                     say(err, f"  {v}/{b}: largest L that ran {f.largest_ok or '-'}; limit {f.limit}: {f.reason or ''}")
         finally:
             worker.close()
         rows = frontier_rows(found)
+        if model is not None:
+            from attnbench.run.models import frontier_kv
+
+            rows = [r | frontier_kv(spec, r, base) for r in rows]
         doc = {"budget_bytes": nbytes, "device": dev.type, "problem": base.as_dict(), "frontier": rows}
         if out is not None:
             atomic_write_text(out, json.dumps(doc, indent=2))
@@ -128,11 +150,14 @@ def register_frontier(app: typer.Typer) -> None:
 
     def _table(rows: list[dict], budget: str, device: str) -> Table:
         t = Table(title=f"memory frontier within {budget} on {device}", header_style="bold")
+        kv = any("kv_bytes_per_seq" in r for r in rows)
         for c in ("variant", "backend", "largest L that ran", "first L that failed", "limit", "reason"):
             t.add_column(c, overflow="fold")
+        if kv:
+            t.add_column("model KV cache there", overflow="fold")
         for r in rows:
             t.add_row(r["variant"], r["backend"], str(r["largest_ok"] or "-"), str(r["first_failed"] or "-"),
-                      r["limit"], (r["reason"] or "")[:100])
+                      r["limit"], (r["reason"] or "")[:100], *([fmt_bytes(r.get("kv_bytes_per_seq"))] if kv else []))
         return t
 
 

@@ -57,7 +57,7 @@ def check_baseline(records: list[dict], baseline: str | None) -> tuple[str, str 
 
 
 def build_report(paths: list[str | Path], out: Path, baseline: str | None = None,
-                 history: Path | None = None, patterns: bool = False) -> list[Path]:
+                 history: Path | None = None, patterns: bool = False, recommender=None) -> list[Path]:
     """Write the report into the directory `out`; returns every file written (under `out`). With
     several files (or a `history` directory, its files oldest first, before `paths`), a history
     section draws each case across the runs; the other sections show each case's latest run.
@@ -66,7 +66,9 @@ def build_report(paths: list[str | Path], out: Path, baseline: str | None = None
     place only when complete: a failure (a full disk, bad records) leaves no partial directory
     and an earlier report at `out` as it was. An existing `out` is replaced as a whole, so it
     must be a report directory (holding report.md) or empty. `patterns` adds the pattern gallery,
-    which draws the variants' masks with torch (the rest of the report imports no torch)."""
+    which draws the variants' masks with torch (the rest of the report imports no torch).
+    `recommender(records, headers) -> picks` (gate/recommend.for_report) fills the "For your model"
+    section's recommendation (report/ does not import gate/)."""
     from attnbench.core.safe_io import atomic_dir, hold_lock
     from attnbench.report.history import history_files
 
@@ -83,11 +85,12 @@ def build_report(paths: list[str | Path], out: Path, baseline: str | None = None
     if not out.parent.is_dir():
         raise UsageError(f"cannot write --out '{out}': directory '{out.parent}' does not exist")
     with hold_lock(out), atomic_dir(out) as tmp:
-        written = _build(paths, tmp, headers, runs, records, baseline, base_note, patterns)
+        written = _build(paths, tmp, headers, runs, records, baseline, base_note, patterns, recommender)
     return [out / p.relative_to(tmp) for p in written]
 
 
-def _build(paths, out: Path, headers, runs, records, baseline, base_note, patterns: bool) -> list[Path]:
+def _build(paths, out: Path, headers, runs, records, baseline, base_note, patterns: bool,
+           recommender=None) -> list[Path]:
     from attnbench.report.history import history_section
 
     (out / "charts").mkdir(parents=True, exist_ok=True)
@@ -98,6 +101,11 @@ def _build(paths, out: Path, headers, runs, records, baseline, base_note, patter
     sections = [_environment(headers, out, paths), _scaling(ctx, everything, records, out, base_note),
                 _throughput(ctx, everything, records, out), _crossovers(records, out, ctx.baseline),
                 *_special(ctx, everything, records, patterns), *_peers(headers, records, out), _not_run(records, out)]
+    from attnbench.report.formodel import model_section
+
+    mine = model_section(records, recommender and (lambda recs: recommender(recs, headers)))
+    if mine:
+        sections.insert(1, mine)
     hist = history_section(ctx, [Path(p).name for p in paths], runs)
     if hist:
         sections.insert(1, hist)

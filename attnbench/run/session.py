@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from rich.console import Console
@@ -100,6 +101,8 @@ def run_sweep(
     inputs: str = "randn",
     reference_limit: int | None = None,
     sample_time: float | None = None,
+    cases: list[Case] | None = None,
+    annotate: Callable[[dict], dict] | None = None,
 ) -> tuple[list[dict], Interrupt]:
     """Run every case (`rounds` times, interleaved: see rounds.py); returns (records of this
     file, the Interrupt: false when the run was not stopped by a signal, else its signum and
@@ -108,7 +111,9 @@ def run_sweep(
     The results file is locked for the whole run (safe_io.hold_lock: a second writer fails at
     once); a write that fails raises safe_io.OutputError after cutting the file back to its last
     complete record; a run that ends before its first record leaves no file (and `--force`
-    replaces the old file only once the new one has a record)."""
+    replaces the old file only once the new one has a record). `cases`: cases already expanded
+    (run --model: run/models.py), run after the sweeps'; `annotate`: adds fields to each record
+    before it is written (the model's: `model`, `layers`, the KV-cache arithmetic)."""
     from attnbench.core.safe_io import hold_lock
 
     console = console or Console(stderr=True)
@@ -117,7 +122,7 @@ def run_sweep(
             "--rounds runs cases in one local worker: it does not combine with --executor ray or --world-size"
         )
     check_out(out, resume, force)
-    cases = expand(sweeps, device)
+    cases = expand(sweeps, device) + list(cases or ())
     if shard is not None:
         from attnbench.run.executors import shard as take_shard
 
@@ -149,6 +154,7 @@ def run_sweep(
             inputs=inputs,
             reference_limit=reference_limit,
             sample_time=sample_time,
+            annotate=annotate,
         )
 
 
@@ -169,6 +175,7 @@ def _run_locked(
     inputs: str = "randn",
     reference_limit: int | None = None,
     sample_time: float | None = None,
+    annotate: Callable[[dict], dict] | None = None,
 ) -> tuple[list[dict], Interrupt]:
     from attnbench.run.rounds import RoundJournal
 
@@ -216,6 +223,7 @@ def _run_locked(
             task = prog.add_task("attnbench", total=len(cases) * rounds)
 
             def keep(rec: dict) -> None:
+                rec = annotate(rec) if annotate else rec
                 writer.write(rec)
                 records.append(rec)
 

@@ -1,0 +1,190 @@
+"""`attnbench recommend`: per shape, length and mode, the fastest backend within an error and memory
+budget (the judgement; report/formodel.py renders it).
+
+A candidate is one (variant, backend, params) of a shape with status ok. It qualifies when
+- its error is within the budget: the relative L2 error against the fp64 reference of the record's
+  variant (a model's records: its own attention is what the model computes) or, for other records,
+  against full softmax attention where measured (an approximation is judged as a replacement for
+  exact attention). Default budget: exact within the dtype's tolerance (`tolerance`): K units of
+  roundoff of the record's dtype (rounding the output alone costs ≈ 0.6) plus K float32 units × √Lk
+  (sums over Lk keys accumulated in float32 grow like a random walk: measured on the CPU, float32
+  attention's error vs fp64 is ≈ 10 units × √(Lk/1024)). A record whose error
+  was not measured (reference too large) qualifies when its variant is exact, with a note;
+- its peak memory fits the --memory-budget (unknown peak: qualifies, with a note).
+The best is the qualifying candidate of lowest median latency; the margin is runner-up median ÷
+best median, with a bootstrap interval (gate/stats.bootstrap_ratio over both records' samples,
+LEVEL) — a tie when the interval includes 1. Under MIN_SAMPLES samples on either side no
+interval is claimed (tie: null). Honest limits: the samples of one run are autocorrelated, so the
+interval is optimistic on a shared machine (see gate/stats.py); a margin is about these lengths
+on this device only. It lives in gate/ because it is a comparison with the gate's statistics
+(report/ may not import gate/; the report's "For your model" section gets it passed in).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from attnbench.core.units import fmt_bytes
+from attnbench.gate.stats import bootstrap_ratio, seed_for
+
+UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+TOLERANCE_K = 4
+LEVEL = 0.95
+MIN_SAMPLES = 3
+SHAPE_KEYS = ("batch", "heads", "kv_heads", "head_dim", "dtype", "causal")
+MODEL_SHAPE_KEYS = ("model", "variant", "params")  # a model's layer groups are separate dispatches
+
+
+def tolerance(dtype: str, seq_k: int = 1) -> float:
+    """The default error budget (relative L2): exact within the dtype's tolerance, K·(u_dtype +
+    u_float32·√Lk). float32 at Lk = 8k: 2.2e-5; bfloat16: 1.6e-2; float16: 2.0e-3 (a TF32 kernel's
+    ~1e-4..1e-3 on fp32 inputs is not exact float32: allow it with --max-error)."""
+    u = UNIT_ROUNDOFF.get(dtype, UNIT_ROUNDOFF["float32"])
+    return TOLERANCE_K * (u + UNIT_ROUNDOFF["float32"] * max(1, seq_k) ** 0.5)
+
+
+@dataclass(frozen=True)
+class Pick:
+    """One row of the dispatch table."""
+
+    shape: dict[str, Any]
+    seq: int
+    mode: str
+    backend: str | None
+    variant: str | None
+    runner_up: str | None
+    margin: float | None
+    margin_ci: tuple[float, float] | None
+    tie: bool | None
+    note: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {"shape": self.shape, "seq": self.seq, "mode": self.mode, "backend": self.backend,
+                "variant": self.variant, "runner_up": self.runner_up, "margin": self.margin,
+                "margin_ci": list(self.margin_ci) if self.margin_ci else None, "tie": self.tie, "note": self.note}
+
+
+def shape_of(r: dict) -> dict[str, Any]:
+    keys = SHAPE_KEYS + (MODEL_SHAPE_KEYS if r.get("model") else ())
+    return {k: r.get(k) for k in keys}
+
+
+def _error(r: dict) -> float | None:
+    e = r.get("error") or {}
+    return e.get("rel_l2") if r.get("model") else e.get("full_rel_l2", e.get("rel_l2"))
+
+
+def _label(r: dict, several_variants: bool) -> str:
+    return f"{r['variant']}:{r['backend']}" if several_variants else r["backend"]
+
+
+def qualifies(r: dict, max_error: float | None, budget: float | None, exact: set[str]) -> tuple[bool, str]:
+    """(qualifies, note) of one ok record under the budgets."""
+    notes = []
+    err = _error(r)
+    limit = tolerance(r["dtype"], r.get("seq_k") or 1) if max_error is None else max_error
+    if err is None:
+        if r["variant"] not in exact:
+            return False, "error not measured for an approximation"
+        notes.append("error not measured (exact variant)")
+    elif err > limit:
+        return False, f"error {err:.1e} > {limit:.1e}"
+    peak = r.get("peak_mem_bytes")
+    if budget is not None:
+        if peak is None:
+            notes.append("peak memory not measured")
+        elif peak > budget:
+            return False, f"peak {fmt_bytes(peak)} > budget"
+    return True, "; ".join(notes)
+
+
+def recommend(records: list[dict], max_error: float | None = None, memory_budget: float | None = None,
+              exact: set[str] | None = None) -> list[Pick]:
+    """The dispatch table: one Pick per (shape, seq, mode) of the records (where none ran: no backend,
+    and a note counting the statuses).
+    `exact`: the names of exact variants (from the headers' catalogues); default: none known."""
+    exact = exact or set()
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        key = json.dumps([shape_of(r), r["seq_k"], r["mode"]], sort_keys=True, default=str)
+        groups.setdefault(key, []).append(r)
+    picks = []
+    for key, everything in groups.items():
+        shape, seq, mode = json.loads(key)
+        rs = [r for r in everything if r.get("status") == "ok" and (r.get("latency_ms") or {}).get("median")]
+        if not rs:
+            counts = Counter(r.get("status") for r in everything)
+            ran = ", ".join(f"{n} {st}" for st, n in sorted(counts.items()))
+            picks.append(Pick(shape, seq, mode, None, None, None, None, None, None, f"nothing ran ({ran})"))
+            continue
+        several = len({r["variant"] for r in rs}) > 1
+        ok = [(r, note) for r in rs for good, note in [qualifies(r, max_error, memory_budget, exact)] if good]
+        if not ok:
+            why = "; ".join(sorted({qualifies(r, max_error, memory_budget, exact)[1] for r in rs}))
+            picks.append(Pick(shape, seq, mode, None, None, None, None, None, None, f"nothing qualifies: {why}"))
+            continue
+        ok.sort(key=lambda x: x[0]["latency_ms"]["median"])
+        (best, note), rest = ok[0], ok[1:]
+        if not rest:
+            picks.append(Pick(shape, seq, mode, _label(best, several), best["variant"], None, None, None, None,
+                              "; ".join(filter(None, [note, "no runner-up"]))))
+            continue
+        second = rest[0][0]
+        margin = second["latency_ms"]["median"] / best["latency_ms"]["median"]
+        a, b = best.get("samples_ms") or [], second.get("samples_ms") or []
+        ci, tie = None, None
+        if len(a) >= MIN_SAMPLES and len(b) >= MIN_SAMPLES:
+            r = bootstrap_ratio(a, b, seed_for(key), level=LEVEL)
+            ci, tie = (r.lo, r.hi), bool(r.lo <= 1.0 <= r.hi)
+        else:
+            note = "; ".join(filter(None, [note, f"under {MIN_SAMPLES} samples: no interval"]))
+        picks.append(Pick(shape, seq, mode, _label(best, several), best["variant"], _label(second, several),
+                          margin, ci, tie, note))
+    return sorted(picks, key=lambda p: (json.dumps(p.shape, sort_keys=True, default=str), p.mode, p.seq))
+
+
+def crossovers(picks: list[Pick]) -> list[dict[str, Any]]:
+    """Where the choice changes with length, per (shape, mode): {shape, mode, below, at, from, to}.
+    A tie on either side is a change of evidence, not of choice: it is marked `tie`."""
+    out = []
+    by: dict[str, list[Pick]] = {}
+    for p in picks:
+        by.setdefault(json.dumps([p.shape, p.mode], sort_keys=True, default=str), []).append(p)
+    for ps in by.values():
+        ps = [p for p in sorted(ps, key=lambda p: p.seq) if p.backend]
+        for prev, cur in zip(ps, ps[1:]):
+            if cur.backend != prev.backend:
+                out.append({"shape": cur.shape, "mode": cur.mode, "below": prev.seq, "at": cur.seq,
+                            "from": prev.backend, "to": cur.backend, "tie": bool(prev.tie or cur.tie)})
+    return out
+
+
+def exact_variants(headers: list[dict]) -> set[str]:
+    """The exact variants named by the results files' catalogues (files without one: none)."""
+    return {name for h in headers for name, c in (h.get("catalogue") or {}).items() if c.get("exact")}
+
+
+def recommend_files(paths: list, max_error: float | None = None, memory_budget: float | None = None
+                    ) -> tuple[list[Pick], list[dict[str, Any]], list[dict]]:
+    """(picks, crossovers, records) of results files (a later file's case replaces an earlier one)."""
+    from attnbench.core.errors import UsageError
+    from attnbench.core.results import read
+
+    if not paths:
+        raise UsageError("no results files given; accepted: one or more .jsonl files written by `attnbench run`")
+    headers, by_id = [], {}
+    for p in paths:
+        h, recs = read(p)
+        headers.append(h)
+        by_id.update({r["case_id"]: r for r in recs})
+    records = list(by_id.values())
+    picks = recommend(records, max_error, memory_budget, exact_variants(headers))
+    return picks, crossovers(picks), records
+
+
+def for_report(records: list[dict], headers: list[dict]) -> list[Pick]:
+    """The recommendation of the report's "For your model" section (default budgets)."""
+    return recommend(records, exact=exact_variants(headers))

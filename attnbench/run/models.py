@@ -1,0 +1,187 @@
+"""`run --model` / `--model-config`: a model's layer groups as cases, and the model's fields on records.
+
+Each layer group of a model (core/models.py) becomes one sweep: the model's heads, KV heads, head
+dimension, dtype and causal mask (flags the user gave replace them), the group's variant and
+parameters, the user's lengths, modes, batch and backends. A group whose variant or parameters this
+attnbench lacks is not run with a substitute: it becomes `unsupported` records naming what is
+missing. Every record of a model carries `model`, `layers` (the model's layers, all groups; --layers
+replaces it), and, for inference modes (fwd, decode), `kv_bytes_per_seq` (the whole model's
+KV cache for one sequence of seq_k tokens, in the record's dtype) and `kv_bytes_per_token` (what
+each further token adds once past every sliding window).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from attnbench.core.errors import UsageError
+from attnbench.core.models import (
+    ModelSpec,
+    kv_bytes_per_seq,
+    kv_bytes_per_token,
+    preset,
+    spec_from_hf_config,
+)
+from attnbench.core.problem import Problem
+from attnbench.run.plan import Case, expand, make_sweep
+from attnbench.variants import registry
+
+DEFAULT_SEQ = "1k..8k"  # lengths when neither --seq nor the model fixes them
+KV_MODES = ("fwd", "decode")  # the modes whose records carry the KV-cache arithmetic
+NOT_WITH_MODEL = ("variants", "suite")  # a model sets its variants: these flags do not combine with it
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """The cases of a model run and how to tag their records."""
+
+    cases: tuple[Case, ...]
+    tags: dict  # (variant, backend, Problem) -> ModelSpec
+
+    def annotate(self, rec: dict) -> dict:
+        """The model's fields added to a record of one of these cases (others unchanged)."""
+        try:
+            key = (rec["variant"], rec["backend"], Problem.from_dict(rec))
+        except (KeyError, TypeError):
+            return rec
+        hit = self.tags.get(key)
+        if hit is None:
+            return rec
+        spec = replace(hit, **{k: rec[k] for k in ("kv_heads", "head_dim") if rec.get(k)})  # flags given win
+        out = {**rec, "model": spec.name, "layers": spec.layers, "kv_bytes_per_token": None, "kv_bytes_per_seq": None}
+        if rec.get("mode") in KV_MODES:
+            out["kv_bytes_per_seq"] = kv_bytes_per_seq(spec, rec["seq_k"], rec["dtype"]) * rec.get("batch", 1)
+            out["kv_bytes_per_token"] = kv_bytes_per_token(spec, rec["dtype"])
+        return out
+
+
+def resolve_models(names: str | None, config: Path | None, layers: int | None) -> list[ModelSpec]:
+    """The models of --model (comma-separated presets) and --model-config, with --layers applied."""
+    specs = [preset(n) for n in (names or "").split(",") if n.strip()]
+    if names is not None and not specs:
+        raise UsageError("empty --model; see `attnbench list --models`")
+    if config is not None:
+        specs.append(spec_from_hf_config(config))
+    if layers is not None:
+        specs = [s.with_layers(layers) for s in specs]
+    return specs
+
+
+def missing(spec: ModelSpec, variant: str, params: dict[str, Any]) -> str | None:
+    """Why this attnbench cannot run a layer group as the model defines it, or None."""
+    if variant not in registry.names():
+        return f"variant '{variant}' is not in this attnbench; {spec.name} needs it"
+    declared = set(registry.get(variant).defaults)
+    lacking = [k for k in params if k not in declared]
+    if lacking:
+        wanted = ", ".join(f"{k}={params[k]}" for k in lacking)
+        return (f"variant '{variant}' has no parameter {', '.join(repr(k) for k in lacking)} in this attnbench; "
+                f"{spec.name} needs {wanted} (not run without it)")
+    return None
+
+
+def model_plan(specs: list[ModelSpec], given: dict[str, Any], device: torch.device) -> ModelPlan:
+    """Cases for every layer group of every model; `given` holds the run's explicit axes
+    (make_sweep keys), which replace the model's."""
+    bad = [k for k in NOT_WITH_MODEL if given.get(k) not in (None, [])]
+    if bad:
+        raise UsageError(f"--{bad[0]} does not combine with --model/--model-config: the model sets its variants")
+    cases: list[Case] = []
+    tags: dict = {}
+    extra = dict(given.get("params") or {})
+    used: set[str] = set()
+    for spec in specs:
+        for g in spec.attention:
+            mine = {k: v for k, v in extra.items() if k in _declared(g.variant)}  # --param: where declared
+            used |= mine.keys()
+            params = dict(g.params) | mine
+            axes = {
+                "heads": spec.heads, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim, "dtype": spec.dtype,
+                "causal": spec.causal, "seq": spec.seq or DEFAULT_SEQ,
+                **{k: v for k, v in given.items() if k not in ("params", *NOT_WITH_MODEL) and v is not None},
+            }
+            if "kv_groups" in given:
+                axes.pop("kv_heads")
+            why = missing(spec, g.variant, params)
+            new = _unsupported(g.variant, axes, params, why) if why else expand(
+                [make_sweep(variants=g.variant, params=params, **axes)], device)
+            for c in new:
+                key = (c.variant, c.backend, c.problem)
+                if key not in tags:  # two models with the same attention share the case: the first names it
+                    tags[key] = spec
+                    cases.append(c)
+    unused = sorted(extra.keys() - used)
+    if unused:
+        variants = ", ".join(sorted({g.variant for s in specs for g in s.attention}))
+        raise UsageError(f"--param {unused[0]}: no layer group of {', '.join(s.name for s in specs)} has this "
+                         f"parameter (their variants: {variants})")
+    return ModelPlan(tuple(cases), tags)
+
+
+def _declared(variant: str) -> set[str]:
+    """Parameter names a variant or one of its backends declares (none for a variant not here)."""
+    if variant not in registry.names():
+        return set()
+    v = registry.get(variant)
+    return set(v.defaults) | {k for b in v.backends for k in b.params}
+
+
+def _unsupported(variant: str, axes: dict[str, Any], params: dict[str, Any], why: str) -> list[Case]:
+    """One `unsupported` case per (mode, dtype, batch, length) of a group that cannot run here
+    (backend '-': none was tried)."""
+    sw = make_sweep(**{k: v for k, v in axes.items() if k not in ("backends",)})
+    out = []
+    for mode in sw.modes:
+        for dtype in sw.dtype:
+            for b in sw.batch:
+                for L in sw.seq:
+                    p = Problem(batch=b, heads=sw.heads[0], kv_heads=(sw.kv_heads or (0,))[0] or sw.heads[0],
+                                seq_q=1 if mode == "decode" else L, seq_k=L, head_dim=sw.head_dim[0], dtype=dtype,
+                                causal=sw.causal[0], mode=mode, params=tuple(sorted(params.items())))
+                    out.append(Case(variant, "-", p, "unsupported", why))
+    return out
+
+
+def annotator(plan: ModelPlan | None, layers: int | None) -> Callable[[dict], dict] | None:
+    """The record hook of a run: the model's fields (run --model), or `layers` and the KV-cache
+    arithmetic of the measured attention × N layers (run --layers N without a model)."""
+    if plan is not None:
+        return plan.annotate
+    if layers is None:
+        return None
+
+    def tag(rec: dict) -> dict:
+        out = {**rec, "layers": layers}
+        kv = rec.get("kv_cache_bytes")
+        if rec.get("mode") in KV_MODES and kv and rec.get("seq_k"):
+            out["kv_bytes_per_seq"] = kv * layers
+            out["kv_bytes_per_token"] = kv / (rec.get("batch", 1) * rec["seq_k"]) * layers
+        return out
+
+    return tag
+
+
+def frontier_groups(spec: ModelSpec, base: Problem, explicit: set[str]) -> list[tuple[str, Problem, str | None]]:
+    """`frontier --model`: per layer group (variant, the base problem with the model's shape and the
+    group's parameters — axes in `explicit` keep the command line's value —, why it cannot run here)."""
+    model = {"heads": spec.heads, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim, "dtype": spec.dtype,
+             "causal": spec.causal}
+    shape = {k: v for k, v in model.items() if k not in explicit and not (k == "kv_heads" and "heads" in explicit)}
+    out = []
+    for g in spec.attention:
+        p = Problem(**{**base.as_dict(), **shape, "params": ()}).with_params(**dict(g.params))
+        out.append((g.variant, p, missing(spec, g.variant, dict(g.params))))
+    return out
+
+
+def frontier_kv(spec: ModelSpec, row: dict, base: Problem) -> dict:
+    """The KV-cache fields of a frontier row (at its largest length that ran), with the searched
+    problem's KV heads, head dim, dtype and batch."""
+    L, dtype, batch = row.get("largest_ok"), base.dtype, base.batch
+    spec = replace(spec, **{k: getattr(base, k) for k in ("kv_heads", "head_dim") if getattr(base, k)})
+    return {"model": spec.name, "layers": spec.layers, "kv_bytes_per_token": kv_bytes_per_token(spec, dtype),
+            "kv_bytes_per_seq": kv_bytes_per_seq(spec, L, dtype) * batch if L else None}
