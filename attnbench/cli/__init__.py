@@ -77,6 +77,7 @@ def env(json_out: Json = False, device: Device = "auto") -> None:
 
 
 WHAT, SHAPES, MEASURE, OUTPUT, SCALE = "What to run", "Shapes", "Measurement", "Output", "Scale-out"
+FLAG = ""  # no type shown for on/off flags in the help
 
 
 @app.command()
@@ -97,11 +98,11 @@ def run(
         help="Variant parameter (repeatable), e.g. --param window=512; applies to the variants that "
              "declare it (see `attnbench list`).")] = None,
     dry_run: Annotated[bool, typer.Option(
-        "--dry-run", rich_help_panel=WHAT,
+        "--dry-run", rich_help_panel=WHAT, metavar=FLAG,
         help="Print the plan (cases, predicted time and peak memory, what will not run and why) and exit; "
              "with --json, as JSON.")] = False,
     yes: Annotated[bool, typer.Option(
-        "--yes", "-y", rich_help_panel=WHAT,
+        "--yes", "-y", rich_help_panel=WHAT, metavar=FLAG,
         help="Do not ask for confirmation when the plan is predicted over 10 minutes (asked on a terminal "
              "only).")] = False,
     seq: Annotated[Optional[str], typer.Option(
@@ -124,7 +125,8 @@ def run(
         help="float32 | float16 | bfloat16 (comma-separated for several).", metavar="LIST",
         rich_help_panel=SHAPES)] = None,
     causal: Annotated[Optional[bool], typer.Option(
-        "--causal/--no-causal", help="Causal mask (bottom-right aligned).", rich_help_panel=SHAPES)] = None,
+        "--causal/--no-causal", help="Causal mask (bottom-right aligned).", rich_help_panel=SHAPES,
+        metavar=FLAG)] = None,
     device: Annotated[str, typer.Option(
         "--device", help="auto | cpu | cuda (auto: cuda when visible).", metavar="DEVICE",
         rich_help_panel=MEASURE)] = "auto",
@@ -150,10 +152,11 @@ def run(
         help="Results file (JSONL); default results/run-<time>.jsonl.", metavar="FILE",
         rich_help_panel=OUTPUT)] = None,
     resume: Annotated[bool, typer.Option(
-        help="Skip cases already in --out and append the rest.", rich_help_panel=OUTPUT)] = False,
+        help="Skip cases already in --out and append the rest.", rich_help_panel=OUTPUT, metavar=FLAG,
+        show_default=False)] = False,
     force: Annotated[bool, typer.Option(
         help="Replace an existing --out (only once the new run's first record is written).",
-        rich_help_panel=OUTPUT)] = False,
+        rich_help_panel=OUTPUT, metavar=FLAG, show_default=False)] = False,
     fmt: Annotated[Optional[str], typer.Option(
         "--format", metavar="table|json|csv", rich_help_panel=OUTPUT,
         help="What stdout gets at the end: the table (default), the records as JSON (= --json) or as CSV.")] = None,
@@ -165,9 +168,10 @@ def run(
         help="The table's columns, comma-separated, from: variant, backend, mode, shape, heads, status, ms, iqr, "
              "mem, tflops, err, note (default: all).")] = None,
     quiet: Annotated[bool, typer.Option(
-        "--quiet", "-q", rich_help_panel=OUTPUT, help="Print only errors and the results file's path.")] = False,
+        "--quiet", "-q", rich_help_panel=OUTPUT, metavar=FLAG,
+        help="Print only errors and the results file's path.")] = False,
     verbose: Annotated[bool, typer.Option(
-        "--verbose", "-v", rich_help_panel=OUTPUT,
+        "--verbose", "-v", rich_help_panel=OUTPUT, metavar=FLAG,
         help="Per-case details: the plan case by case, and how each case was measured (samples, stop rule, "
              "setup, first call, kernel, error).")] = False,
     world_size: Annotated[Optional[int], typer.Option(

@@ -168,4 +168,5 @@ def make_view(err_console: Console, *, machine_stdout: bool, quiet: bool, verbos
     kw = {"yes": yes, "verbose": verbose, "quiet": quiet}
     if not quiet and sys.stdout.isatty() and err_console.is_terminal:
         return LiveView(err_console, columns, **kw)
-    return LineView(err_console, sys.stderr if machine_stdout else sys.stdout, **kw)
+    wide = err_console if err_console.is_terminal else Console(stderr=True, width=200)  # logs are not cut at 80
+    return LineView(wide, sys.stderr if machine_stdout else sys.stdout, **kw)

@@ -25,8 +25,17 @@ def _row_key(c: CaseForecast) -> tuple:
 
 
 def _shape_text(shape: tuple, common: set) -> str:
-    """The shape's fields that differ between the plan's rows."""
+    """The shape's fields that differ between the rows of the same variant."""
     return " ".join(f for f in shape if f and f not in common)
+
+
+def _common_fields(keys) -> dict[str, set]:
+    """Per variant: the shape fields all its rows share (not shown)."""
+    out: dict[str, set] = {}
+    for k in keys:
+        variant = k[0].split("/")[0]
+        out[variant] = out[variant] & set(k[2]) if variant in out else set(k[2])
+    return out
 
 
 def _secs(s: float) -> str:
@@ -59,12 +68,13 @@ def plan_table(plan: Plan) -> Table | None:
     if not rows:
         return None
     cols = sorted(lengths, key=lengths.get)
-    shapes = {k[2] for k in rows}
-    common = set.intersection(*(set(k[2]) for k in rows))
+    common = _common_fields(rows)
+    shown = {k: _shape_text(k[2], common[k[0].split("/")[0]]) for k in rows}
+    shapes = {v for v in shown.values() if v}
     t = Table(title="predicted seconds per case", header_style="bold", pad_edge=False, title_justify="left")
     t.add_column("variant/backend", no_wrap=True)
     t.add_column("mode", no_wrap=True)
-    if len(shapes) > 1:
+    if shapes:
         t.add_column("shape", no_wrap=True)
     for L in cols:
         t.add_column(L, justify="right", no_wrap=True)
@@ -75,7 +85,7 @@ def plan_table(plan: Plan) -> Table | None:
             for L in cols
         ]
         peaks = [c.peak_bytes for c in cells.values() if c.status == "run" and c.peak_bytes is not None]
-        head = [escape(key[0]), key[1]] + ([escape(_shape_text(key[2], common))] if len(shapes) > 1 else [])
+        head = [escape(key[0]), key[1]] + ([escape(shown[key])] if shapes else [])
         t.add_row(*head, *vals, fmt_bytes(max(peaks)) if peaks else "-")
     return t
 
@@ -124,10 +134,27 @@ def print_plan(plan: Plan, console, verbose: bool = False, startup_s: float | No
         console.print("not run:", markup=False, highlight=False)
         for line in lines:
             console.print(f"  {line}", markup=False, highlight=False)
+    load = load_note(plan.device)
+    if load:
+        console.print(load, style="dim", markup=False, highlight=False)
     if startup_s is not None:
         console.print(
             f"plus start-up: the in-run references took {_secs(startup_s)} here; the run measures them again "
             "in its worker", style="dim", markup=False, highlight=False)
+
+
+def load_note(device: str) -> str | None:
+    """A line when other processes keep the CPU busy: the prediction assumes the speed of the
+    in-run references, measured now; more load later makes the run slower (the ETA corrects)."""
+    import os
+
+    if device != "cpu" or not hasattr(os, "getloadavg"):
+        return None
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load <= cores:
+        return None
+    return (f"the machine is loaded (load average {load:.1f} on {cores} cores): the prediction assumes the speed "
+            "measured now; the ETA corrects it as cases finish")
 
 
 def needs_confirmation(plan: Plan) -> bool:
