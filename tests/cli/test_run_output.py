@@ -186,3 +186,4 @@ def test_piped_run_prints_each_case_while_running(tmp_path):
         proc.kill() if proc.poll() is None else None
         proc.wait(timeout=60)
     assert proc.returncode == 0
+    assert "plan: 4 cases on cpu, 4 to run" in proc.stderr.read()  # the plan came first, on stderr
