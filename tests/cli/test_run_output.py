@@ -187,3 +187,27 @@ def test_piped_run_prints_each_case_while_running(tmp_path):
         proc.wait(timeout=60)
     assert proc.returncode == 0
     assert "plan: 4 cases on cpu, 4 to run" in proc.stderr.read()  # the plan came first, on stderr
+
+
+def test_scaling_table_without_a_baseline_that_ran_names_none():
+    """run's scaling table: no "vs baseline" column, and no baseline in the title, when none ran."""
+    import importlib.util
+    from pathlib import Path
+
+    from attnbench.report.terminal import print_scaling
+    from conftest import with_catalogue
+
+    path = Path(__file__).parents[1] / "report" / "test_report.py"
+    spec = importlib.util.spec_from_file_location("report_test_records", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    recs = with_catalogue([r for r in mod.synthetic_records() if r["backend"] != "eager"])  # no eager baseline
+    assert run_baseline(recs) is None
+    console = Console(record=True, width=200)
+    assert print_scaling(recs, console, baseline=None)
+    text = console.export_text()
+    assert "scaling with L" in text and "baseline" not in text
+    shown = Console(record=True, width=200)
+    print_scaling(recs, shown, baseline="mha:sdpa")
+    text = shown.export_text()
+    assert "vs baseline" in text and "· baseline mha:sdpa" in text
