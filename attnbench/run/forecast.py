@@ -4,7 +4,8 @@ the ETA during the run, the same model corrected by how fast the finished cases 
 
 What a runnable case costs in the worker (run/case.py run_case, measure/timing.py time_cpu), with
 t = one call's predicted seconds (measure/cost.py predict_call_seconds: FLOPs at a fraction of the
-in-run GEMM rate; here also never faster than its bytes at the in-run DRAM copy rate):
+in-run GEMM rate; here also never faster than its bytes at the in-run DRAM copy rate; both rates
+the medians of the references' samples, a typical call rather than the best):
 
 - setup: FlexAttention compiles on its first call of each shape (FACTS.md, this CPU: ~14 s for a
   process's first compile, ~4 s for each later one); other backends' setup is not modelled;
@@ -102,12 +103,25 @@ class Plan:
         }
 
 
+def typical_rates(refs: dict) -> dict:
+    """The references with their median rates in place of the best: the plan predicts a typical
+    call, while the skip rule (run/worker.py) holds a case to the best the machine reached."""
+    gemm = {d: {**g, "flops_per_s": g.get("median_flops_per_s") or g["flops_per_s"]}
+            for d, g in (refs.get("gemm") or {}).items()}
+    copy = dict(refs.get("copy") or {})
+    if copy.get("median_ms") and copy.get("bytes"):
+        copy["bytes_per_s"] = 2 * copy["bytes"] / (copy["median_ms"] * 1e-3)
+    return {**refs, "gemm": gemm, "copy": copy}
+
+
 def call_seconds(case: Case, refs: dict | None) -> float | None:
     """One call's predicted seconds: FLOPs at the cost model's share of the in-run GEMM rate, but
     never less than the bytes it moves (inputs, output and, materialised, the scores' passes) at
-    the in-run DRAM copy rate. None without references."""
+    the in-run DRAM copy rate (both the medians of the references' samples where recorded). None
+    without references."""
     if not refs:
         return None
+    refs = typical_rates(refs)
     v, p = registry.get(case.variant), case.problem
     mat = materializes(case)
     compute = predict_call_seconds(p, v.flops, mat, refs) or 0.0
@@ -150,8 +164,9 @@ def oracle_seconds(case: Case, refs: dict, limit: int) -> float:
         return 0.0
     v = registry.get(case.variant)
     refs_n = 2 if (v.full_attention_error or not v.exact) else 1
-    gemm = (refs["gemm"].get("float32") or next(iter(refs["gemm"].values())))["flops_per_s"] / 2
-    copy = (refs.get("copy") or {}).get("bytes_per_s") or float("inf")
+    typical = typical_rates(refs)
+    gemm = (typical["gemm"].get("float32") or next(iter(typical["gemm"].values())))["flops_per_s"] / 2
+    copy = (typical.get("copy") or {}).get("bytes_per_s") or float("inf")
     one = 4.0 * elems * p.head_dim / gemm + SCORE_PASSES * 8 * elems / copy
     return refs_n * one
 

@@ -114,3 +114,13 @@ def test_fmt_duration_and_reason_groups():
     assert F.fmt_duration(190) == "3 min 10 s"
     assert F.fmt_duration(4320) == "1 h 12 min"
     assert F.reason_group("needs ~4.1 GiB, 3.0 GiB free") == F.reason_group("needs ~64.2 GiB, 20.5 GiB free")
+
+
+def test_the_plan_uses_the_references_median_rates_where_recorded():
+    refs = {"gemm": {"float32": {"flops_per_s": 1e11, "median_flops_per_s": 5e10, "spread": 0.05}},
+            "copy": {"bytes_per_s": 1e10, "bytes": 2**26, "median_ms": 2 * 2**26 / 5e9 * 1e3}}
+    typical = F.typical_rates(refs)
+    assert typical["gemm"]["float32"]["flops_per_s"] == 5e10
+    assert typical["copy"]["bytes_per_s"] == pytest.approx(5e9)
+    c = _case(L=1024)
+    assert F.call_seconds(c, refs) == pytest.approx(2 * F.call_seconds(c, REFS))
