@@ -182,9 +182,13 @@ def run(
     address: Annotated[Optional[str], typer.Option(
         help="Ray cluster address (default: start one in-process).", metavar="ADDRESS",
         rich_help_panel=SCALE)] = None,
-    shard: Annotated[Optional[str], typer.Option(
-        help="Run only shard K/N of the cases (e.g. 0/4); merge with `attnbench merge`.", metavar="K/N",
-        rich_help_panel=SCALE)] = None,
+    shard: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Run only shard K/N of the cases (e.g. 0/4); merge with `attnbench merge`.", metavar="K/N",
+            rich_help_panel=SCALE,
+        ),
+    ] = None,
     json_out: Json = False,
 ) -> None:
     """Run a sweep; with no arguments, the quick suite on the best device.
