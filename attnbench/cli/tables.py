@@ -38,57 +38,116 @@ def kv_per_token(r: dict) -> str:
     return fmt_bytes(r["kv_cache_bytes"] / (r["batch"] * r["seq_k"]))
 
 
-def results_table(records: list[dict], title: str = "attnbench results") -> Table:
-    t = Table(title=title, header_style="bold", show_lines=False, pad_edge=False)
-    for col, just in (
-        ("variant", "left"),
-        ("backend", "left"),
-        ("mode", "left"),
-        ("L q×k", "right"),
-        ("H", "right"),
-        ("status", "left"),
-        ("ms", "right"),
-        ("IQR %", "right"),
-        ("mem", "right"),
-        ("TFLOP/s", "right"),
-        ("err", "right"),
-    ):
-        t.add_column(col, justify=just, no_wrap=True)
-    decode = any(r.get("mode") == "decode" for r in records)  # KV cache a decode step reads, per cached token
-    if decode:
-        t.add_column("KV/token", justify="right", no_wrap=True)
-    t.add_column("kernel / reason", overflow="fold", min_width=16, ratio=1)
+# The results table's columns: name accepted by --columns -> (header, justify).
+COLUMNS = {
+    "variant": ("variant", "left"),
+    "backend": ("backend", "left"),
+    "mode": ("mode", "left"),
+    "shape": ("L q×k", "right"),
+    "heads": ("H", "right"),
+    "status": ("status", "left"),
+    "ms": ("ms", "right"),
+    "iqr": ("IQR %", "right"),
+    "mem": ("mem", "right"),
+    "tflops": ("TFLOP/s", "right"),
+    "err": ("err", "right"),
+    "kv": ("KV/token", "right"),
+    "note": ("kernel / reason", "left"),
+}
+COLUMN_ALIASES = {"median": "ms", "latency": "ms", "memory": "mem", "L": "shape", "seq": "shape", "H": "heads",
+                  "error": "err", "kernel": "note", "reason": "note", "spread": "iqr",
+                  "kv_per_token": "kv"}
+
+
+def parse_columns(text: str | None) -> list[str] | None:
+    """--columns a,b,c as column names (aliases resolved); None: every column."""
+    if text is None:
+        return None
+    from attnbench.core.errors import UsageError, did_you_mean
+
+    out = []
+    for name in (s.strip() for s in text.split(",")):
+        if not name:
+            continue
+        key = COLUMN_ALIASES.get(name, name)
+        if key not in COLUMNS:
+            raise UsageError(
+                f"unknown column '{name}'{did_you_mean(name, [*COLUMNS, *COLUMN_ALIASES])}; accepted: "
+                f"{', '.join(COLUMNS)} (aliases: {', '.join(f'{a}={b}' for a, b in COLUMN_ALIASES.items())})"
+            )
+        out.append(key)
+    if not out:
+        raise UsageError(f"--columns is empty; accepted: a comma-separated list of {', '.join(COLUMNS)}")
+    return list(dict.fromkeys(out))
+
+
+def reason_marks(records: list[dict]) -> dict[str, int]:
+    """Reasons given by more than one record, numbered in order of first appearance: the table
+    shows the number ([1]) and the footnotes the reason, once."""
+    counts: dict[str, int] = {}
     for r in records:
-        lat = r.get("latency_ms") or {}
-        med = lat.get("median")
-        iqr = spread_text(lat)
-        err = r.get("error") or {}
-        err_s = f"{err['rel_l2']:.0e}" if "rel_l2" in err else "-"
-        err_s += "!" if err.get("rel_l2", 0) >= 1 else ""
-        note = r.get("reason") or short_kernel(r.get("kernel")) + _distributed_note(r.get("distributed"))
-        st = r["status"]
-        heads = f"{r['heads']}" if r["heads"] == r["kv_heads"] else f"{r['heads']}/{r['kv_heads']}"
-        t.add_row(
-            r["variant"],
-            r["backend"],
-            r["mode"],
-            f"{fmt_len(r['seq_q'])}×{fmt_len(r['seq_k'])}",
-            heads,
-            f"[{STATUS_STYLE.get(st, '')}]{st}[/]",
-            fmt_ms(med),
-            iqr,
-            fmt_bytes(r.get("peak_mem_bytes")),
-            f"{r['tflops']:.3g}" if r.get("tflops") else "-",
-            err_s,
-            *([kv_per_token(r)] if decode else []),
-            escape(note[:160]),
-        )
+        if r.get("reason"):
+            counts[r["reason"]] = counts.get(r["reason"], 0) + 1
+    repeated = [k for k, n in counts.items() if n > 1]
+    return {k: i + 1 for i, k in enumerate(repeated)}
+
+
+def _cells(r: dict, marks: dict[str, int]) -> dict[str, str]:
+    lat = r.get("latency_ms") or {}
+    err = r.get("error") or {}
+    err_s = f"{err['rel_l2']:.0e}" if "rel_l2" in err else "-"
+    err_s += "!" if err.get("rel_l2", 0) >= 1 else ""
+    reason = r.get("reason")
+    if reason and reason in marks:
+        note = f"[{marks[reason]}] (below)"
+    else:
+        note = escape((reason or short_kernel(r.get("kernel")) + _distributed_note(r.get("distributed")))[:160])
+    st = r["status"]
+    return {
+        "variant": r["variant"],
+        "backend": r["backend"],
+        "mode": r["mode"],
+        "shape": f"{fmt_len(r['seq_q'])}×{fmt_len(r['seq_k'])}",
+        "heads": f"{r['heads']}" if r["heads"] == r["kv_heads"] else f"{r['heads']}/{r['kv_heads']}",
+        "status": f"[{STATUS_STYLE.get(st, '')}]{st}[/]",
+        "ms": fmt_ms(lat.get("median")),
+        "iqr": spread_text(lat),
+        "mem": fmt_bytes(r.get("peak_mem_bytes")),
+        "tflops": f"{r['tflops']:.3g}" if r.get("tflops") else "-",
+        "err": err_s,
+        "kv": kv_per_token(r),
+        "note": note,
+    }
+
+
+def results_table(records: list[dict], title: str | None = "attnbench results", columns: list[str] | None = None
+                  ) -> Table:
+    """One row per record; `columns` (parse_columns) chooses and orders the columns. A reason that
+    several records share shows as a marker ([1]) explained once by results_footnotes."""
+    decode = any(r.get("mode") == "decode" for r in records)  # KV/token by default only where it means something
+    cols = columns or [c for c in COLUMNS if c != "kv" or decode]
+    t = Table(title=title, header_style="bold", show_lines=False, pad_edge=False)
+    for col in cols:
+        head, just = COLUMNS[col]
+        if col == "note":
+            t.add_column(head, overflow="fold", min_width=16, ratio=1)
+        else:
+            t.add_column(head, justify=just, no_wrap=True)
+    marks = reason_marks(records)
+    for r in records:
+        cells = _cells(r, marks)
+        t.add_row(*(cells[c] for c in cols))
     return t
 
 
 def results_footnotes(records: list[dict]) -> list[str]:
-    """What the results table's spread and error columns mean for these records."""
+    """What the results table's markers, spread and error columns mean for these records."""
     notes = []
+    for reason, i in reason_marks(records).items():
+        rs = [r for r in records if r.get("reason") == reason]
+        who = list(dict.fromkeys(f"{r['variant']}/{r['backend']}" for r in rs))
+        notes.append(f"[{i}] {rs[0]['status']} ({len(rs)} cases: {', '.join(who[:6])}"
+                     f"{' …' if len(who) > 6 else ''}): {' '.join(reason.split())}")
     few = sum(1 for r in records if (r.get("latency_ms") or {}).get("n", 99) < 3)
     if few:
         notes.append(
@@ -117,6 +176,52 @@ def ragged_notes(records: list[dict]) -> list[str]:
             f"mean {r['seq_lengths']['mean']:.0f}, {r['seq_lengths']['total']:,} real tokens (FLOPs and bytes count "
             f"them only); padding_frac {r['padding_frac']:.3f} of the padded (B, Lmax) slots (sdpa computes them)"
             for (b, dist), r in seen.items()]
+
+
+def run_baseline(records: list[dict], preferred: str = "mha:eager") -> str | None:
+    """The baseline of run's scaling table, among the series that ran: `preferred` if it ran, else
+    the first exact variant's eager backend (the materialised textbook attention) that ran; None
+    (no baseline column) when neither did."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    series = list(dict.fromkeys(f"{r['variant']}:{r['backend']}" for r in ok))
+    if preferred in series:
+        return preferred
+    from attnbench.variants import registry
+
+    for s in series:
+        variant, _, backend = s.partition(":")
+        if backend == "eager" and registry.get(variant).exact:
+            return s
+    return None
+
+
+CSV_FIELDS = ("variant", "backend", "device", "mode", "batch", "heads", "kv_heads", "seq_q", "seq_k", "head_dim",
+              "dtype", "causal", "status", "median_ms", "iqr_ms", "n", "peak_mem_bytes", "tflops", "gbps", "rel_l2",
+              "kv_cache_bytes", "model", "layers", "kv_bytes_per_token", "kv_bytes_per_seq", "seq_dist",
+              "padding_frac", "kernel", "reason", "wall_s", "case_id")
+
+
+def csv_rows(records: list[dict]) -> list[dict]:
+    """The records flattened for CSV (one row each, raw numbers in base units)."""
+    rows = []
+    for r in records:
+        lat, err = r.get("latency_ms") or {}, r.get("error") or {}
+        flat = {**r, "median_ms": lat.get("median"), "iqr_ms": lat.get("iqr"), "n": lat.get("n"),
+                "rel_l2": err.get("rel_l2")}
+        rows.append({k: flat.get(k) for k in CSV_FIELDS})
+    return rows
+
+
+def csv_text(records: list[dict]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for row in csv_rows(records):
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buf.getvalue()
 
 
 def variants_table(rows: list[dict], why: dict[tuple[str, str], str] | None = None) -> Table:

@@ -47,24 +47,28 @@ def _by_scenario(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def _print_scaling_rows(rows: list[dict], console: Console, baseline: str, columns=SCALING) -> None:
+def _print_scaling_rows(rows: list[dict], console: Console, baseline: str | None, columns=SCALING) -> None:
     for scn, group in _by_scenario(rows).items():
         cells = [{**r, "time_cell": _cell(r["time_fit"], r["time_claim"], r["time_verdict"], r["time_note"]),
                   "mem_cell": _cell(r["mem_fit"], r["memory_claim"], r["mem_verdict"], r["mem_note"]),
                   "base_cell": "baseline" if r["is_baseline"] else
                   f"speed {_esc(r['speedup_text'])}\nmemory {_esc(r['saving_text'])}"} for r in group]
-        console.print(rich_table(f"scaling with L · {scn} · baseline {baseline}", columns, cells))
+        title = f"scaling with L · {scn}" + (f" · baseline {baseline}" if baseline else "")
+        console.print(rich_table(title, columns, cells))
         for r in group:
             if r["notes"] != "-":
                 console.print(f"  [dim]{_esc(r['series'])}: {_esc(r['notes'])}[/]")
 
 
-def print_scaling(records: list[dict], console: Console, baseline: str = "mha:eager",
+def print_scaling(records: list[dict], console: Console, baseline: str | None = "mha:eager",
                   min_lengths: int = 3) -> bool:
-    """Print the scaling table of the series with at least `min_lengths` lengths; False if none has."""
-    rows = [r for r in T.scaling_display(analysis.scaling_table(records, baseline)) if r["n_time"] >= min_lengths]
+    """Print the scaling table of the series with at least `min_lengths` lengths; False if none has.
+    baseline None: no baseline column, and the title names none."""
+    rows = [r for r in T.scaling_display(analysis.scaling_table(records, baseline or "-"))
+            if r["n_time"] >= min_lengths]
+    drop = ("crossover_vs_baseline",) + (("base_cell",) if baseline is None else ())
     if rows:
-        _print_scaling_rows(rows, console, baseline, tuple(c for c in SCALING if c[0] != "crossover_vs_baseline"))
+        _print_scaling_rows(rows, console, baseline, tuple(c for c in SCALING if c[0] not in drop))
     return bool(rows)
 
 

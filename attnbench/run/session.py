@@ -14,13 +14,14 @@ from typing import Callable
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from attnbench.core import results
 from attnbench.core.errors import UsageError
 from attnbench.measure import env as env_mod
+from attnbench.run.forecast import Eta, Plan, forecast
 from attnbench.run.plan import Case, Sweep, expand
 from attnbench.run.rounds import merge_rounds, round_order
+from attnbench.run.view import RunView
 from attnbench.run.worker import RunConfig, Worker, case_key, run_cases
 from attnbench.variants import registry
 
@@ -103,6 +104,7 @@ def run_sweep(
     sample_time: float | None = None,
     cases: list[Case] | None = None,
     annotate: Callable[[dict], dict] | None = None,
+    view: RunView | None = None,
 ) -> tuple[list[dict], Interrupt]:
     """Run every case (`rounds` times, interleaved: see rounds.py); returns (records of this
     file, the Interrupt: false when the run was not stopped by a signal, else its signum and
@@ -113,24 +115,16 @@ def run_sweep(
     complete record; a run that ends before its first record leaves no file (and `--force`
     replaces the old file only once the new one has a record). `cases`: cases already expanded
     (run --model: run/models.py), run after the sweeps'; `annotate`: adds fields to each record
-    before it is written (the model's: `model`, `layers`, the KV-cache arithmetic)."""
+    before it is written (the model's: `model`, `layers`, the KV-cache arithmetic).
+
+    `view` (default: a progress bar on `console`) is shown the plan (run/forecast.py) once the
+    in-run references are measured, before anything is written; it may raise to stop there."""
     from attnbench.core.safe_io import hold_lock
 
     console = console or Console(stderr=True)
-    if rounds > 1 and (executor != "local" or world_size):
-        raise UsageError(
-            "--rounds runs cases in one local worker: it does not combine with --executor ray or --world-size"
-        )
+    check_rounds(rounds, executor, world_size)
     check_out(out, resume, force)
-    cases = expand(sweeps, device) + list(cases or ())
-    if shard is not None:
-        from attnbench.run.executors import shard as take_shard
-
-        cases = take_shard(cases, *shard)
-    if world_size:
-        from attnbench.run.plan import with_world_size
-
-        cases = with_world_size(cases, world_size, device)
+    cases = sweep_cases(sweeps, device, shard, world_size, extra=cases)
     if threads:
         torch.set_num_threads(threads)
     if profile_dir is not None:
@@ -155,7 +149,75 @@ def run_sweep(
             reference_limit=reference_limit,
             sample_time=sample_time,
             annotate=annotate,
+            view=view or RunView(console),
         )
+
+
+def check_rounds(rounds: int, executor: str, world_size: int | None) -> None:
+    if rounds > 1 and (executor != "local" or world_size):
+        raise UsageError(
+            "--rounds runs cases in one local worker: it does not combine with --executor ray or --world-size"
+        )
+
+
+def sweep_cases(
+    sweeps: list[Sweep], device: torch.device, shard: tuple[int, int] | None = None, world_size: int | None = None,
+    extra: list[Case] | None = None,
+) -> list[Case]:
+    """The cases of the sweeps then `extra` (cases already expanded: run --model), this shard of
+    them, distributed ones at `world_size` ranks."""
+    cases = expand(sweeps, device) + list(extra or ())
+    if shard is not None:
+        from attnbench.run.executors import shard as take_shard
+
+        cases = take_shard(cases, *shard)
+    if world_size:
+        from attnbench.run.plan import with_world_size
+
+        cases = with_world_size(cases, world_size, device)
+    return cases
+
+
+def make_config(
+    device: torch.device,
+    time_budget: float,
+    threads: int | None,
+    profile_dir: Path | None = None,
+    inputs: str = "randn",
+    reference_limit: int | None = None,
+    sample_time: float | None = None,
+) -> RunConfig:
+    cfg = RunConfig(
+        device=device,
+        time_budget=time_budget,
+        threads=threads,
+        profile_dir=str(profile_dir) if profile_dir else None,
+        inputs=inputs,
+        reference_limit=reference_limit,
+    )
+    if sample_time is not None:  # a suite's cap on timed samples per case (the quick suite: 0.5 s)
+        cfg = replace(cfg, policy=replace(cfg.policy, max_time=float(sample_time)))
+    return cfg
+
+
+def plan_sweep(sweeps: list[Sweep], device: torch.device, *, time_budget: float, threads: int | None = None,
+               shard: tuple[int, int] | None = None, world_size: int | None = None, executor: str = "local",
+               rounds: int = 1, inputs: str = "randn", reference_limit: int | None = None,
+               sample_time: float | None = None, cases: list[Case] | None = None) -> tuple[Plan, float]:
+    """The plan of a run without running it (`run --dry-run`): the in-run references are measured
+    here, in this process (as the worker would); returns (plan, seconds the references took).
+    `cases`: cases already expanded (run --model), planned after the sweeps'."""
+    from attnbench.measure import refs as refs_mod
+
+    check_rounds(rounds, executor, world_size)
+    cases = sweep_cases(sweeps, device, shard, world_size, extra=cases)
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = make_config(device, time_budget, threads, None, inputs, reference_limit, sample_time)
+    dtypes = tuple(sorted({c.problem.dtype for c in cases if c.status is None}))
+    t0 = time.perf_counter()
+    refs = refs_mod.measure(device, dtypes) if dtypes else None
+    return forecast(cases, cfg, refs, rounds), time.perf_counter() - t0
 
 
 def _run_locked(
@@ -176,6 +238,7 @@ def _run_locked(
     reference_limit: int | None = None,
     sample_time: float | None = None,
     annotate: Callable[[dict], dict] | None = None,
+    view: RunView,
 ) -> tuple[list[dict], Interrupt]:
     from attnbench.run.rounds import RoundJournal
 
@@ -188,16 +251,7 @@ def _run_locked(
         ids = {r["case_id"] for r in done}
         cases = [c for c in cases if case_key(c, device, threads) not in ids]
         console.print(f"resuming {out}: {len(done)} cases recorded, {len(cases)} to run", markup=False, highlight=False)
-    cfg = RunConfig(
-        device=device,
-        time_budget=time_budget,
-        threads=threads,
-        profile_dir=str(profile_dir) if profile_dir else None,
-        inputs=inputs,
-        reference_limit=reference_limit,
-    )
-    if sample_time is not None:  # a suite's cap on timed samples per case (the quick suite: 0.5 s)
-        cfg = replace(cfg, policy=replace(cfg.policy, max_time=float(sample_time)))
+    cfg = make_config(device, time_budget, threads, profile_dir, inputs, reference_limit, sample_time)
     journal = RoundJournal(out, rounds, resume)
     worker = Worker(cfg)
     records: list[dict] = list(done)
@@ -216,23 +270,29 @@ def _run_locked(
         else:
             refs = worker.measure_refs(dtypes) if runnable else None
         header = results.make_header(command or sys.argv, env, refs, registry.describe(c.variant for c in cases))
-        with (
-            results.Writer(out, header, append=resume and out.exists(), discard_empty=True) as writer,
-            _progress(console) as prog,
-        ):
-            task = prog.add_task("attnbench", total=len(cases) * rounds)
+        plan = forecast(cases, cfg, refs, rounds)
+        _show_plan(view, plan, old, stop)
+        eta = Eta(plan)
+        with results.Writer(out, header, append=resume and out.exists(), discard_empty=True) as writer, view:
+            view.begin(len(cases) * rounds, eta.remaining() if refs else None)
 
             def keep(rec: dict) -> None:
                 rec = annotate(rec) if annotate else rec
                 writer.write(rec)
                 records.append(rec)
+                view.finished(rec)
 
             if executor == "ray":
                 from attnbench.run.executors import run_cases_ray
 
-                run_cases_ray(cases, cfg, address, on_record=lambda r: (keep(r), prog.advance(task)), refs=refs)
+                def ray_record(rec: dict) -> None:
+                    eta.done(rec["case_id"], rec.get("wall_s"), whole_case=True)
+                    view.progressed(1, eta.remaining())
+                    keep(rec)
+
+                run_cases_ray(cases, cfg, address, on_record=ray_record, refs=refs)
                 cases = []
-            _rounds_loop(cases, cfg, worker, refs, rounds, journal, keep, stop, prog, task, device)
+            _rounds_loop(cases, cfg, worker, refs, rounds, journal, keep, stop, view, eta, device)
         if not stop.requested:
             journal.finish()
     except KeyboardInterrupt:  # a second signal, or SIGTERM: the case in flight is abandoned
@@ -250,6 +310,18 @@ def _run_locked(
     return records, stop
 
 
+def _show_plan(view: RunView, plan: Plan, handlers: dict, stop: Interrupt) -> None:
+    """view.plan(plan) with the signal handlers the run started with (a confirmation prompt
+    must stop at Ctrl-C), then the run's own again."""
+    for s, h in handlers.items():
+        signal.signal(s, h)
+    try:
+        view.plan(plan)
+    finally:
+        for s in handlers:
+            signal.signal(s, stop)
+
+
 def _rounds_loop(
     cases: list[Case],
     cfg: RunConfig,
@@ -259,14 +331,17 @@ def _rounds_loop(
     journal,
     keep,
     stop: Interrupt,
-    prog,
-    task,
+    view: RunView,
+    eta: Eta,
     device: torch.device,
 ) -> None:
     """Each round of each case: journaled (rounds > 1), merged and kept once the case is done."""
     ids = [case_key(c, device, cfg.threads) for c in cases]
     per_case: list[list[dict]] = [list(journal.done.get(cid, [])) for cid in ids]
-    prog.advance(task, sum(len(p) for p in per_case))
+    for cid, p in zip(ids, per_case):
+        for _ in p:
+            eta.done(cid, None)
+    view.progressed(sum(len(p) for p in per_case), eta.remaining() if refs else None)
     for r in range(rounds):
         for i in round_order(range(len(cases)), r):
             if stop.requested:
@@ -276,18 +351,19 @@ def _rounds_loop(
             if per_case[i] and per_case[i][-1]["status"] != "ok":  # not ok in an earlier round: kept
                 continue
             case = cases[i]
-            prog.update(
-                task,
-                description=f"{case.variant}/{case.backend} {case.problem.short()} "
+            view.running(
+                f"{case.variant}/{case.backend} {case.problem.short()} "
                 f"{case.problem.mode}" + (f" · round {r + 1}/{rounds}" if rounds > 1 else ""),
             )
             run_cases([case], cfg, worker, per_case[i].append, refs)
-            if per_case[i][-1]["status"] != "ok" or len(per_case[i]) == rounds:
+            final = per_case[i][-1]["status"] != "ok" or len(per_case[i]) == rounds
+            eta.done(ids[i], per_case[i][-1].get("wall_s"), whole_case=final)
+            if final:  # progress first: a view showing the record shows the ETA after it
+                view.progressed(rounds - r, eta.remaining() if refs else None)
                 keep(merge_rounds(per_case[i], rounds))
-                prog.advance(task, rounds - r)
             else:
                 journal.add(ids[i], per_case[i][-1])
-                prog.advance(task)
+                view.progressed(1, eta.remaining() if refs else None)
 
 
 def _check_same_env(out: Path, old: dict, new: dict) -> None:
@@ -302,15 +378,3 @@ def _check_same_env(out: Path, old: dict, new: dict) -> None:
             f"cannot resume '{out}': it was measured on another environment ({'; '.join(diff)}); use a new --out"
         )
 
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}", style="cyan"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )

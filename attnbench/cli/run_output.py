@@ -1,0 +1,91 @@
+"""What `attnbench run` prints at the end (table, JSON or CSV; the CSV file; quiet: the path) and
+with --dry-run (the plan, as text or JSON). The options are checked before anything runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from attnbench.core.errors import UsageError
+
+FORMATS = ("table", "json", "csv")
+
+
+def check_output(fmt: str | None, json_out: bool, csv_out: Path | None, columns: str | None, quiet: bool,
+                 verbose: bool) -> tuple[str, list[str] | None]:
+    """(format, columns) from run's output options; one line saying what is accepted when wrong."""
+    from attnbench.cli.tables import parse_columns
+
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError(f"unknown --format '{fmt}'; accepted: {', '.join(FORMATS)}")
+    if json_out and fmt not in (None, "json"):
+        raise UsageError(f"--json and --format {fmt} disagree; give one of them")
+    if quiet and verbose:
+        raise UsageError("--quiet and --verbose exclude each other; give one of them")
+    if csv_out is not None:
+        if csv_out.is_dir():
+            raise UsageError(f"--csv '{csv_out}' is a directory; give a file path such as {csv_out}/run.csv")
+        if not csv_out.parent.exists():
+            raise UsageError(f"cannot write --csv '{csv_out}': directory '{csv_out.parent}' does not exist")
+    return ("json" if json_out else fmt or "table"), parse_columns(columns)
+
+
+def print_dry_run(plan, refs_s: float, fmt: str, console: Console, verbose: bool) -> None:
+    """The plan on stdout: JSON (--json / --format json) or the text `run` prints before measuring."""
+    if fmt == "json":
+        print(json.dumps(plan.as_json(), default=str))
+        return
+    if fmt == "csv":
+        raise UsageError("--dry-run prints the plan as text or JSON; accepted with it: --format table or json")
+    from attnbench.cli.plan_view import print_plan
+
+    print_plan(plan, console, verbose, startup_s=refs_s)
+
+
+def print_results(records: list[dict], out: Path, device: str, *, fmt: str, columns: list[str] | None,
+                  csv_out: Path | None, quiet: bool, console: Console) -> None:
+    """The run's output: the CSV file if asked, then stdout's table / JSON / CSV (quiet: the path)."""
+    from attnbench.cli.tables import csv_text
+
+    if csv_out is not None and records:
+        from attnbench.core.results import atomic_write_text
+
+        atomic_write_text(csv_out, csv_text(records))
+    if quiet:
+        if out.exists():
+            print(out, flush=True)
+        return
+    if fmt == "json":
+        print(json.dumps(records, default=str))
+    elif fmt == "csv":
+        print(csv_text(records), end="")
+    else:
+        print_table(records, f"attnbench on {device} → {out}", columns, console)
+    if csv_out is not None and records:
+        console.print(f"CSV: {csv_out}", markup=False, highlight=False)
+
+
+def print_table(records: list[dict], title: str, columns: list[str] | None, console: Console) -> None:
+    """The results table, its footnotes, and the scaling table against a baseline that ran."""
+    from attnbench.cli.tables import results_footnotes, results_table, run_baseline
+    from attnbench.report.catalogue import annotate
+    from attnbench.report.terminal import print_scaling
+    from attnbench.variants.registry import describe
+
+    console.print(results_table(records, title=title, columns=columns))
+    for note in results_footnotes(records):
+        console.print(f"[dim]{escape(note)}[/]", highlight=False)
+    print_scaling(annotate({"catalogue": describe(r["variant"] for r in records)}, records), console,
+                  baseline=run_baseline(records))
+    if any(r.get("layers") for r in records):  # run --model / --layers: the KV cache of the model's layers
+        from attnbench.report.formodel import kv_table
+
+        console.print(kv_table(records))
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
