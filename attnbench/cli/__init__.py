@@ -251,7 +251,8 @@ def run(
                      help="KV cache of ragged-batch variants (paged): paged (pages + block table) | dense (padded)."),
     ] = None,
     page_size: Annotated[
-        Optional[int], typer.Option("--page-size", rich_help_panel=SHAPES, metavar="N", help="Tokens per KV page (default 16).")
+        Optional[int],
+        typer.Option("--page-size", rich_help_panel=SHAPES, metavar="N", help="Tokens per KV page (default 16)."),
     ] = None,
     seq_dist: Annotated[
         Optional[str],
@@ -283,7 +284,9 @@ def run(
             rich_help_panel=SHAPES, metavar="N",
         ),
     ] = None,
-    json_out: Json = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json", rich_help_panel=OUTPUT, metavar=FLAG,
+        help="Print the records as JSON instead of a table (= --format json).")] = False,
 ) -> None:
     """Run a sweep; with no arguments, the quick suite on the best device.
 
