@@ -85,6 +85,8 @@ def register(app: typer.Typer) -> None:
         seq: Annotated[int, typer.Option(help="Sequence length (a square number for vision variants).")] = 256,
         out: Annotated[Optional[Path], typer.Option(
             help="Write a PNG (and an SVG beside it) instead of printing.")] = None,
+        param: Annotated[Optional[list[str]], typer.Option(
+            "--param", help="Variant parameter name=value (repeatable), e.g. --param sinks=4.")] = None,
     ) -> None:
         """Render what one variant attends: a mask in two colours, or a bias with a colour map.
 
@@ -92,11 +94,14 @@ def register(app: typer.Typer) -> None:
 
           attnbench show-pattern sliding_window --seq 64
 
+          attnbench show-pattern sliding_window --seq 64 --param window=8 --param sinks=4
+
           attnbench show-pattern alibi --seq 256 --out alibi.png
         """
         from attnbench.report.gallery import picture, render, text_picture
+        from attnbench.run.plan import check_params, parse_param_items
 
-        t, p = picture(variant, seq)
+        t, p = picture(variant, seq, check_params(parse_param_items(param), (variant,)) if param else None)
         if out is None:
             console = Console()
             console.print(text_picture(t, color=console.color_system is not None))

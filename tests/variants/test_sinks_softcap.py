@@ -220,3 +220,14 @@ def test_flex_softcap_on_gqa_matches_the_oracle():
     q, k, vv = inputs(p)
     want = oracle(q, k, vv, loop_mask(40, 40, None, 0, True), 1.5)
     assert rel(v.backend("flex").build(p, CPU)(q, k, vv), want) < 1e-5
+
+
+def test_show_pattern_takes_params_and_draws_the_sink_columns(capsys):
+    from attnbench.cli import main
+
+    assert main(["show-pattern", "sliding_window", "--seq", "12", "--param", "window=2", "--param", "sinks=3"]) == 0
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.strip() and "mask" not in r]
+    assert len(rows) == 12 and all(r.startswith("██████") for r in rows)  # 3 sink columns, 2 chars each
+    assert rows[-1][6:].strip().startswith("██") and rows[-1][6:8] == "  "  # then the far keys masked
+    assert main(["show-pattern", "sliding_window", "--param", "sinkz=3"]) == 2
+    assert "did you mean \"sinks\"" in capsys.readouterr().err
