@@ -204,18 +204,19 @@ def _dkdv_tiles(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, stride_qm, st
         delta = tl.load(delta_ptr + rows, mask=rows < Lq, other=0.0)
         s_t = tl.dot(k, tl.trans(q)) * qk_scale  # (BLOCK_N, BLOCK_M): scores transposed
         if SOFTCAP:
-            t_t = _tanh(s_t)
-            s_t = t_t * cap_log2
+            s_t = _tanh(s_t) * cap_log2
         if HAS_ALIBI:
             s_t += _alibi(rows[None, :], cols[:, None], Lq, Lk, slope_log2)
         ok = _visible_or_sink(rows[None, :], cols[:, None], Lq, Lk, window, sinks, CAUSAL, HAS_WINDOW, HAS_SINKS)
         s_t = tl.where(ok & (rows[None, :] < Lq), s_t, float("-inf"))
         p_t = tl.math.exp2(s_t - lse[None, :])
         dv += tl.dot(p_t.to(do.dtype), do)
+        if SOFTCAP:  # d(cap·tanh(x/cap))/dx = 1 - tanh², folded into P; tanh = (log2 P + lse)/cap_log2
+            # is read back from P (no tanh tile kept alive: sm_90 32×128 spilled 16 B); P = 0: factor 0
+            t_t = tl.where(p_t > 0.0, (tl.math.log2(p_t) + lse[None, :]) / cap_log2, 1.0)
+            p_t = p_t * (1.0 - t_t * t_t)
         dp_t = tl.dot(v, tl.trans(do))
         ds_t = p_t * (dp_t - delta[None, :])
-        if SOFTCAP:  # d(cap·tanh(x/cap))/dx = 1 - tanh²
-            ds_t = ds_t * (1.0 - t_t * t_t)
         dk += tl.dot(ds_t.to(q.dtype), q)
     return dk, dv
 
@@ -298,10 +299,10 @@ def _dq_tiles(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, rows,
             s = tl.where(_visible_or_sink(rows[:, None], cols[None, :], Lq, Lk, window, sinks, CAUSAL,
                                           HAS_WINDOW, HAS_SINKS), s, float("-inf"))
         p = tl.math.exp2(s - lse[:, None])
+        if SOFTCAP:  # d(cap·tanh(x/cap))/dx = 1 - tanh², folded into P (only dS reads it here)
+            p = p * (1.0 - t * t)
         dp = tl.dot(do, tl.trans(v))
         ds = p * (dp - delta[:, None])
-        if SOFTCAP:
-            ds = ds * (1.0 - t * t)
         dq += tl.dot(ds.to(k.dtype), k)
     return dq
 
@@ -457,6 +458,8 @@ def _per_head(q, name: str, x: torch.Tensor | None) -> torch.Tensor | None:
 def _make_spec(q, causal, softmax_scale, window, alibi_slopes, softcap=0.0, sinks=0, sink_logits=None) -> _Spec:
     if window is not None and (isinstance(window, bool) or int(window) != window or window < 1):
         raise ValueError(f"flash_attention: window must be a positive int or None, got {window!r}")
+    if softcap and alibi_slopes is not None:  # the backward reads tanh back from P, which ALiBi would shift
+        raise ValueError("flash_attention: softcap with alibi_slopes is not supported")
     if isinstance(sinks, bool) or int(sinks) != sinks or sinks < 0:
         raise ValueError(f"flash_attention: sinks must be an int >= 0, got {sinks!r}")
     if not float(softcap) >= 0.0 or softcap == float("inf"):
@@ -484,13 +487,18 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
 # ---------------------------------------------------------------- ahead-of-time compile specs
 _TYPES = {name: "*T" for name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
 _TYPES.update(LSE="*fp32", Delta="*fp32", Slopes="*fp32", SinkLogits="*fp32", sm_scale="fp32", softcap="fp32")
-_ALL_ON = dict(CAUSAL=True, HAS_WINDOW=True, HAS_ALIBI=True, SOFTCAP=True, HAS_SINKS=True, HAS_SINK_LOGIT=True,
-               UPCAST=False)  # most registers
-AOT_KERNELS = (
-    AotKernel("flash.fwd", _fwd_kernel, FWD_CONFIGS, _TYPES, _ALL_ON),
-    AotKernel("flash.bwd_dkdv", _dkdv_kernel, DKDV_CONFIGS, _TYPES, _ALL_ON),
-    AotKernel("flash.bwd_dq", _dq_kernel, DQ_CONFIGS, _TYPES, _ALL_ON),
-    AotKernel("flash.fwd", _fwd_kernel, FWD_CONFIGS_WIDE, _TYPES, _ALL_ON, head_dims=(256,)),
-    AotKernel("flash.bwd_dkdv", _dkdv_kernel, DKDV_CONFIGS_WIDE, _TYPES, _ALL_ON, head_dims=(256,)),
-    AotKernel("flash.bwd_dq", _dq_kernel, DQ_CONFIGS_WIDE, _TYPES, _ALL_ON, head_dims=(256,)),
+# Two worst cases (most registers), since softcap excludes ALiBi: the ALiBi path, and the
+# softcap + sinks + sink logit path (Gemma-2, StreamingLLM, gpt-oss), each with causal + window.
+_ALL_ON = dict(CAUSAL=True, HAS_WINDOW=True, HAS_ALIBI=True, SOFTCAP=False, HAS_SINKS=False,
+               HAS_SINK_LOGIT=False, UPCAST=False)
+_MODS_ON = _ALL_ON | dict(HAS_ALIBI=False, SOFTCAP=True, HAS_SINKS=True, HAS_SINK_LOGIT=True)
+_LISTS = (("fwd", _fwd_kernel, FWD_CONFIGS, FWD_CONFIGS_WIDE),
+          ("bwd_dkdv", _dkdv_kernel, DKDV_CONFIGS, DKDV_CONFIGS_WIDE),
+          ("bwd_dq", _dq_kernel, DQ_CONFIGS, DQ_CONFIGS_WIDE))
+AOT_KERNELS = tuple(
+    kernel
+    for suffix, flags in (("", _ALL_ON), (".softcap_sinks", _MODS_ON))
+    for name, fn, narrow, wide in _LISTS
+    for kernel in (AotKernel(f"flash.{name}{suffix}", fn, narrow, _TYPES, flags),
+                   AotKernel(f"flash.{name}{suffix}", fn, wide, _TYPES, flags, head_dims=(256,)))
 )

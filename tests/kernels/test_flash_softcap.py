@@ -110,7 +110,8 @@ def test_empty_rows_with_a_learned_sink_output_zero():
 def test_bad_arguments_raise():
     q, k, v = make_qkv(1, 4, 2, 8, 8, 16, torch.float32)
     for kw, msg in ((dict(sinks=-1), "sinks must be an int"), (dict(softcap=-2.0), "softcap must be"),
-                    (dict(softcap=float("nan")), "softcap must be"), (dict(sink_logits=torch.ones(3)), "sink_logits")):
+                    (dict(softcap=float("nan")), "softcap must be"), (dict(sink_logits=torch.ones(3)), "sink_logits"),
+                    (dict(softcap=5.0, alibi_slopes=torch.ones(4)), "softcap with alibi_slopes")):
         with pytest.raises(ValueError, match=msg):
             flash_attention(q, k, v, **kw)
 
@@ -164,10 +165,16 @@ def test_variant_triton_backend_runs_the_kernel_with_the_params(name, params):
 
 
 def test_aot_compiles_the_new_paths():
-    """The AOT report compiles every flash kernel with softcap, sinks and sink logits on (the most
-    registers); tests/kernels/test_kernels_compile.py runs it (slow)."""
+    """The AOT report compiles every flash kernel twice, at each worst case: the ALiBi path and the
+    softcap + sinks + sink-logit path (the two exclude each other; tests/kernels/test_kernels_compile.py
+    runs the report, slow)."""
+    mods = {k.name: k for k in flash.AOT_KERNELS if k.name.endswith(".softcap_sinks")}
+    assert set(mods) == {"flash.fwd.softcap_sinks", "flash.bwd_dkdv.softcap_sinks", "flash.bwd_dq.softcap_sinks"}
     for kernel in flash.AOT_KERNELS:
-        assert {"SOFTCAP", "HAS_SINKS", "HAS_SINK_LOGIT"} <= {k for k, on in kernel.constexprs.items() if on}
+        on = {k for k, v in kernel.constexprs.items() if v}
+        want = {"SOFTCAP", "HAS_SINKS", "HAS_SINK_LOGIT"} if kernel.name in mods else {"HAS_ALIBI"}
+        assert on == {"CAUSAL", "HAS_WINDOW"} | want
         assert {"SinkLogits", "softcap", "sinks"} <= set(kernel.fn.arg_names)  # interpreted: no .params
         assert kernel.types["SinkLogits"] == "*fp32" and kernel.types["softcap"] == "fp32"
-        assert "sinks" not in kernel.types  # an i32
+    assert sorted((k.name, k.head_dims) for k in flash.AOT_KERNELS if k.name in mods) == sorted(
+        (name, dims) for name in mods for dims in ((64, 128), (256,)))
