@@ -70,6 +70,7 @@ from .configs import (
     DQ_CONFIGS_WIDE,
     FWD_CONFIGS,
     FWD_CONFIGS_WIDE,
+    FWD_CONFIGS_WIDE_MODS,
     INTERPRET_DKDV,
     INTERPRET_DQ,
     INTERPRET_FWD,
@@ -366,6 +367,7 @@ def _dq_kernel(Q, K, V, DO, LSE, Delta, DQ, Slopes, SinkLogits, sm_scale,
 
 # ---------------------------------------------------------------- launchers
 _FWD = autotune_by_arch(_fwd_kernel, FWD_CONFIGS, FWD_CONFIGS_WIDE, TUNE_KEY, INTERPRET_FWD)
+_FWD_MODS = autotune_by_arch(_fwd_kernel, FWD_CONFIGS, FWD_CONFIGS_WIDE_MODS, TUNE_KEY, INTERPRET_FWD)  # softcap/sinks
 _DKDV = autotune_by_arch(_dkdv_kernel, DKDV_CONFIGS, DKDV_CONFIGS_WIDE, TUNE_KEY, INTERPRET_DKDV)
 _DQ = autotune_by_arch(_dq_kernel, DQ_CONFIGS, DQ_CONFIGS_WIDE, TUNE_KEY, INTERPRET_DQ)
 
@@ -393,6 +395,10 @@ class _Spec:
         return (q.shape[1], q.shape[1] // k.shape[1], q.shape[2], k.shape[2], self.window or 0, self.sinks,
                 self.softcap)
 
+    def modified(self) -> bool:
+        """softcap, sinks or sink logits on: the path with its own tuning lists (configs.py)."""
+        return self.softcap > 0 or self.sinks > 0 or self.sink_logits is not None
+
     def pointers(self) -> tuple:
         return self.slopes, self.sink_logits, self.scale
 
@@ -406,8 +412,8 @@ def _forward(q, k, v, spec: _Spec):
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty((b, hq, lq), device=q.device, dtype=torch.float32)
     grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)  # noqa: E731
-    pick_tuner(_FWD, q)[grid](q, k, v, o, lse, *spec.pointers(), *_strides(q, k, v, o),
-                           *spec.runtime(q, k), **spec.constexprs(q))
+    tuner = pick_tuner(_FWD_MODS if spec.modified() else _FWD, q)
+    tuner[grid](q, k, v, o, lse, *spec.pointers(), *_strides(q, k, v, o), *spec.runtime(q, k), **spec.constexprs(q))
     return o, lse
 
 
@@ -495,10 +501,11 @@ _MODS_ON = _ALL_ON | dict(HAS_ALIBI=False, SOFTCAP=True, HAS_SINKS=True, HAS_SIN
 _LISTS = (("fwd", _fwd_kernel, FWD_CONFIGS, FWD_CONFIGS_WIDE),
           ("bwd_dkdv", _dkdv_kernel, DKDV_CONFIGS, DKDV_CONFIGS_WIDE),
           ("bwd_dq", _dq_kernel, DQ_CONFIGS, DQ_CONFIGS_WIDE))
+_MODS_LISTS = (("fwd", _fwd_kernel, FWD_CONFIGS, FWD_CONFIGS_WIDE_MODS),) + _LISTS[1:]
 AOT_KERNELS = tuple(
     kernel
-    for suffix, flags in (("", _ALL_ON), (".softcap_sinks", _MODS_ON))
-    for name, fn, narrow, wide in _LISTS
+    for suffix, flags, lists in (("", _ALL_ON, _LISTS), (".softcap_sinks", _MODS_ON, _MODS_LISTS))
+    for name, fn, narrow, wide in lists
     for kernel in (AotKernel(f"flash.{name}{suffix}", fn, narrow, _TYPES, flags),
                    AotKernel(f"flash.{name}{suffix}", fn, wide, _TYPES, flags, head_dims=(256,)))
 )
