@@ -31,6 +31,8 @@ Does not support
   * dropout, arbitrary masks or biases (see block_sparse.py for block masks), variable-length
     (packed) batches, gradients for alibi_slopes (they are constants), head dims above 256.
   * Queries that see no key (causal with Lq > Lk, or a window past the keys) output 0.
+  * softcap together with alibi_slopes (the backward reads tanh back from P; no model uses both),
+    gradients for sink_logits (constants, like the slopes).
 
 Caution: the log-sum-exp is kept in base 2 (see _common.py); fp32 inputs use tf32 tensor
 cores on the GPU (error ~1e-3), and exact fp32 math only under TRITON_INTERPRET=1.
