@@ -216,7 +216,8 @@ def _dkdv_tiles(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, stride_qm, st
         dv += tl.dot(p_t.to(do.dtype), do)
         if SOFTCAP:  # d(cap·tanh(x/cap))/dx = 1 - tanh², folded into P; tanh = (log2 P + lse)/cap_log2
             # is read back from P (no tanh tile kept alive: sm_90 32×128 spilled 16 B); P = 0: factor 0
-            t_t = tl.where(p_t > 0.0, (tl.math.log2(p_t) + lse[None, :]) / cap_log2, 1.0)
+            seen = p_t > 0.0
+            t_t = tl.where(seen, (tl.math.log2(tl.where(seen, p_t, 1.0)) + lse[None, :]) / cap_log2, 1.0)
             p_t = p_t * (1.0 - t_t * t_t)
         dp_t = tl.dot(v, tl.trans(do))
         ds_t = p_t * (dp_t - delta[None, :])
