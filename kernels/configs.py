@@ -2,7 +2,8 @@
 
 Every list was checked with `python -m attnbench.kernels.aot`: each config compiles with 0
 register spills and fits the arch's opt-in shared memory (sm_80 166912 B, sm_90 232448 B) in
-fp16 and bf16, compiled with every feature flag on (causal + window + ALiBi: the most registers).
+fp16 and bf16, compiled at each worst case (causal + window + ALiBi; causal + window + softcap +
+sinks + sink logit: softcap excludes ALiBi).
 A config that failed the check is written next to the list it was dropped from, with its numbers.
 Under TRITON_INTERPRET=1 the kernels use one INTERPRET_* config instead (autotuning over
 several fails there).
