@@ -10,6 +10,10 @@ Visibility of key j to query i (`_visible`):
   causal + window w      i' - w < j <= i'           (w keys, the query's own position included)
   window w, not causal   |i' - j| < w               (w - 1 keys on either side plus i' itself)
 ALiBi adds -slope_h * |i' - j| to the scaled score (`_alibi`).
+Attention sinks (`_visible_or_sink`): keys j < sinks are visible to every query besides the
+above (StreamingLLM), still only j <= i' when causal; `_sink_tiles` gives the key tiles holding
+them outside a row block's band. Soft-capping (Gemma-2): the scaled score s becomes
+cap·tanh(s / cap) before the mask (`_tanh`: Triton has no tanh, it is computed from exp2).
 
 The log-sum-exp saved by the kernels is in base 2 (log2 of the softmax normaliser plus the
 row max, both in units of score·log2(e)); rows that see no key get +inf so exp2(s - lse) = 0.
@@ -202,6 +206,49 @@ def _query_band(n0, Lq, Lk, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
             lo = tl.maximum(n0 - window + 1 - offset, 0)
     lo = (lo // BLOCK_M) * BLOCK_M
     return lo, hi
+
+
+@triton.jit
+def _tanh(x):
+    """tanh(x) = sign(x)·(1 - e^(-2|x|)) / (1 + e^(-2|x|)): no overflow, exact at ±inf."""
+    e = tl.math.exp2(-2.8853900817779268 * tl.abs(x))  # e^(-2|x|); 2.885... = 2·log2(e)
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def _score_scales(sm_scale, softcap, SOFTCAP: tl.constexpr):
+    """(qk_scale, cap_log2): the kernels compute s = q·k·qk_scale in log2 units; with SOFTCAP,
+    q·k·sm_scale/cap, then s = tanh(s)·cap_log2 (cap·tanh(x/cap) in log2 units)."""
+    if SOFTCAP:
+        return sm_scale / softcap, softcap * 1.4426950408889634
+    return sm_scale * 1.4426950408889634, 1.0
+
+
+@triton.jit
+def _visible_or_sink(i, j, Lq, Lk, window, sinks, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                     HAS_SINKS: tl.constexpr):
+    """`_visible`, or j one of the first `sinks` keys (and j <= i' when causal)."""
+    ok = _visible(i, j, Lq, Lk, window, CAUSAL, HAS_WINDOW)
+    if HAS_SINKS:
+        sink = (j < sinks) & (j < Lk)
+        if CAUSAL:
+            sink = sink & (j <= i + (Lk - Lq))
+        ok = ok | sink
+    return ok
+
+
+@triton.jit
+def _sink_tiles(lo, hi, sinks, Lk, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    """Key tiles [0, below) and [above, end) that hold sink keys (j < sinks) outside the band's
+    tiles [lo, lo + ceil((hi - lo) / BLOCK_N)·BLOCK_N) (lo is BLOCK_N-aligned); empty ranges
+    have end <= start. Causal: keys past the band's hi are seen by no row of the block."""
+    end = (tl.minimum(sinks, Lk) + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+    below = tl.minimum(end, lo)
+    above = lo + (hi - lo + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+    if CAUSAL:
+        end = tl.minimum(end, above)
+    return below, above, tl.maximum(end, above)
 
 
 @triton.jit

@@ -93,6 +93,8 @@ def register(app: typer.Typer) -> None:
                                                              "number for vision variants.")] = "256",
         out: Annotated[Optional[Path], typer.Option(
             metavar="FILE.png", help="Write a PNG (and an SVG beside it) instead of printing.")] = None,
+        param: Annotated[Optional[list[str]], typer.Option(
+            "--param", metavar="NAME=VALUE", help="Variant parameter (repeatable), e.g. --param sinks=4.")] = None,
     ) -> None:
         """Render what one variant attends: a mask in two colours, or a bias with a colour map.
 
@@ -106,18 +108,21 @@ def register(app: typer.Typer) -> None:
 
           attnbench show-pattern sliding_window --seq 1k
 
+          attnbench show-pattern sliding_window --seq 64 --param window=8 --param sinks=4
+
           attnbench show-pattern alibi --seq 256 --out alibi.png
 
           NO_COLOR=1 attnbench show-pattern swin --seq 1024
         """
         from attnbench.report.gallery import picture, render, text_picture
+        from attnbench.run.plan import check_params, parse_param_items
 
         length = _one_length(seq)
         if out is not None and out.suffix.lower() != ".png":
             raise UsageError(f"--out '{out}' must end in .png")
         if out is not None and not out.parent.exists():
             raise UsageError(f"cannot write '{out}': directory '{out.parent}' does not exist")
-        t, p = picture(variant, length)
+        t, p = picture(variant, length, check_params(parse_param_items(param), (variant,)) if param else None)
         _warn_if_dense(variant, length, t, p)
         if out is None:
             console = Console()

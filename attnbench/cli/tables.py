@@ -271,7 +271,7 @@ def list_rows(device) -> list[dict]:
                 "family": v.family,
                 "description": v.description,
                 "complexity": {"time": v.time, "memory": v.memory},
-                "params": dict(v.defaults),
+                "params": v.parameters(),
                 "backends": [
                     {
                         "name": b.name,

@@ -75,7 +75,7 @@ def missing(spec: ModelSpec, variant: str, params: dict[str, Any]) -> str | None
     """Why this attnbench cannot run a layer group as the model defines it, or None."""
     if variant not in registry.names():
         return f"variant '{variant}' is not in this attnbench; {spec.name} needs it"
-    declared = set(registry.get(variant).defaults)
+    declared = set(registry.get(variant).parameters())
     lacking = [k for k in params if k not in declared]
     if lacking:
         wanted = ", ".join(f"{k}={params[k]}" for k in lacking)
@@ -127,7 +127,7 @@ def _declared(variant: str) -> set[str]:
     if variant not in registry.names():
         return set()
     v = registry.get(variant)
-    return set(v.defaults) | {k for b in v.backends for k in b.params}
+    return set(v.parameters()) | {k for b in v.backends for k in b.params}
 
 
 def _unsupported(variant: str, axes: dict[str, Any], params: dict[str, Any], why: str) -> list[Case]:

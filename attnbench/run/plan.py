@@ -177,7 +177,7 @@ def check_params(params: dict[str, Any], variants: tuple[str, ...], backends: tu
             d
             for v in variants
             for d in (
-                registry.get(v).defaults,
+                registry.get(v).parameters(),
                 *(b.params for b in registry.get(v).backends if not backends or b.name in backends),
             )
         ]

@@ -81,6 +81,10 @@ class Variant:
     picture:   problem -> 2-D (Lq, Lk) tensor showing what is attended (0/1 mask or bias values),
                for the pattern gallery and `attnbench show-pattern`.
     modes:     the modes this variant can run; others become `unsupported`.
+    options:   parameters that are off unless a sweep sets them (name -> the "off" value, which
+               gives the type): e.g. softcap = 0.0. Unlike `defaults` they are left out of a case's
+               params while off, so records (and case ids) of plain attention do not change when a
+               modifier is added to the catalogue.
     """
 
     name: str
@@ -97,6 +101,7 @@ class Variant:
     exact: bool = True
     full_attention_error: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
     make_inputs: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
     picture: Callable[[Problem], torch.Tensor] | None = None
     modes: tuple[str, ...] = ("fwd", "bwd", "fwd+bwd", "decode")
@@ -120,7 +125,11 @@ class Variant:
         b = next((b for b in self.backends if b.name == backend), None)
         return (b and b.time) or self.time, (b and b.memory) or self.memory
 
+    def parameters(self) -> dict[str, Any]:
+        """Every parameter the variant declares (all backends): defaults, then the off values of its options."""
+        return self.defaults | self.options
+
     def declared_params(self, backend: str) -> dict[str, Any]:
         """The parameters a case of this backend may set: the variant's and the backend's own."""
         extra = next((b.params for b in self.backends if b.name == backend), {})
-        return self.defaults | extra
+        return self.parameters() | extra

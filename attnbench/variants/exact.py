@@ -3,6 +3,10 @@ MQA: Shazeer 2019; GQA: Ainslie et al. 2023).
 
     out = softmax(Q Kᵀ / √D [+ causal mask]) V        q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D)
 
+`softcap` (float, 0 = off; Gemma-2): the scores become cap·tanh(s/cap) before the mask and
+softmax (variants/modifiers.py: the math, the 3 extra operations per score in the FLOPs); eager,
+grouped, flex and triton do it, SDPA cannot and is `unsupported` with the reason.
+
 MQA shares one K/V head among all query heads; GQA shares each K/V head among G = Hq/Hkv
 query heads. The `eager` backend repeats K/V as naive code does; `sdpa` and `flex` read the
 shared heads directly (enable_gqa). In decode mode (Lq = 1) what grows is the KV cache read:
@@ -22,6 +26,15 @@ from attnbench.variants.backends import triton
 from attnbench.variants.backends.fault import fault_backends
 from attnbench.variants.backends.flex import flex_backend
 from attnbench.variants.base import Backend, Fn, Reason, Variant
+from attnbench.variants.modifiers import (
+    cap_scores,
+    check_softcap,
+    no_softcap,
+    refuse,
+    softcap_flops,
+    softcap_mod,
+    softcap_of,
+)
 from attnbench.variants.patterns import causal_mask
 from attnbench.variants.shared import (
     attention_flops,
@@ -55,7 +68,7 @@ def grouped_attention(q, k, v, problem: Problem, scores: str = "qk") -> torch.Te
     hkv, lk = k.shape[1], k.shape[2]
     rows = (hq // hkv) * lq
     qg = (q * (1.0 / math.sqrt(d))).reshape(b, hkv, rows, d)  # (B, Hkv, G·Lq, D), scaled
-    s = _scores(qg, k, scores)  # (B, Hkv, G·Lq, Lk): K read once per KV head
+    s = cap_scores(_scores(qg, k, scores), softcap_of(problem))  # (B, Hkv, G·Lq, Lk): K read once per KV head
     if problem.causal:
         allowed = causal_mask(lq, lk, q.device).repeat(hq // hkv, 1)  # (G·Lq, Lk)
         s = s.masked_fill(~allowed, float("-inf"))
@@ -121,8 +134,9 @@ def _grouped_backend() -> Backend:
 
 
 def _backends():
-    return (eager_backend(lambda q, k, v, p: softmax_attention(q, k, v, causal=p.causal)),
-            *sdpa_backends(), flex_backend(), _grouped_backend(), triton.flash_backend())
+    return (eager_backend(lambda q, k, v, p: softmax_attention(q, k, v, causal=p.causal, softcap=softcap_of(p))),
+            *(refuse(b, no_softcap("SDPA", "eager, grouped, flex or triton")) for b in sdpa_backends()),
+            flex_backend(score_mod=softcap_mod), _grouped_backend(), triton.flash_backend())
 
 
 def _exact(name: str, description: str, resolve: Callable[[Problem], Problem],
@@ -130,8 +144,9 @@ def _exact(name: str, description: str, resolve: Callable[[Problem], Problem],
            extra: tuple[Backend, ...] = ()) -> Variant:
     return Variant(
         name=name, family="exact", description=description, time=time, memory="O(L²)",
-        reference=exact_reference, flops=attention_flops, bytes=io_bytes,
-        backends=_backends() + extra, resolve=resolve, supports=supports)
+        reference=exact_reference, flops=lambda p: attention_flops(p) + softcap_flops(p), bytes=io_bytes,
+        backends=_backends() + tuple(refuse(b, no_softcap("the fault backend (plain SDPA)")) for b in extra),
+        resolve=resolve, supports=lambda p: check_softcap(p) or supports(p), options={"softcap": 0.0})
 
 
 def _mha_supports(p: Problem) -> Reason:

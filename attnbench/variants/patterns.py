@@ -20,6 +20,7 @@ level, also inside diagonal blocks). So, precisely:
 
     sliding window w:  non-causal  i' - w < j < i' + w     (2w - 1 keys away from the edges)
                        causal      i' - w < j <= i'        (w keys: the query and w - 1 before)
+    + N sinks:         or j < N (the first N keys, StreamingLLM; still j <= i' when causal)
 
 Block layouts are defined for self-attention (Lq == Lk, rows and columns use the same blocks);
 the variants declare Lq != Lk (cross attention, decode) unsupported.
@@ -51,21 +52,24 @@ def causal_mask(lq: int, lk: int, device=None) -> torch.Tensor:
     return kpos <= qpos
 
 
-def sliding_window_mask(lq: int, lk: int, window: int, causal: bool, device=None) -> torch.Tensor:
-    """(Lq, Lk) bool: |i' - j| < window, and j <= i' when causal."""
+def sliding_window_mask(lq: int, lk: int, window: int, causal: bool, device=None, sinks: int = 0) -> torch.Tensor:
+    """(Lq, Lk) bool: |i' - j| < window or j < sinks, and j <= i' when causal."""
     qpos, kpos = positions(lq, lk, device)
-    band = (qpos - kpos).abs() < window
+    band = ((qpos - kpos).abs() < window) | (kpos < sinks)
     return band & (kpos <= qpos) if causal else band
 
 
-def sliding_window_mod(window: int, offset: int):
-    """FlexAttention mask_mod of the (non-causal) window |i' - j| < window, i' = q_idx + offset.
-    Causality is and-ed by the flex backend, exactly as for the token mask."""
+def sliding_window_mod(window: int, offset: int, sinks: int = 0):
+    """FlexAttention mask_mod of the (non-causal) window |i' - j| < window, i' = q_idx + offset,
+    or j < sinks. Causality is and-ed by the flex backend, exactly as for the token mask."""
 
     def sliding_window(b, h, q_idx, kv_idx):
         return (q_idx + offset - kv_idx).abs() < window
 
-    return sliding_window
+    def sink_window(b, h, q_idx, kv_idx):
+        return ((q_idx + offset - kv_idx).abs() < window) | (kv_idx < sinks)
+
+    return sink_window if sinks else sliding_window
 
 
 # ---------------------------------------------------------------- block layouts -> tokens

@@ -72,7 +72,7 @@ def describe(variant_names) -> dict[str, dict]:
         v = _CATALOGUE[name]
         out[name] = {
             "family": v.family, "exact": v.exact, "full_attention_error": v.full_attention_error,
-            "time": v.time, "memory": v.memory, "params": sorted(v.defaults),
+            "time": v.time, "memory": v.memory, "params": sorted(v.parameters()),
             "backends": {b.name: dict(zip(("time", "memory"), v.claims(b.name)))
                          for b in v.backends if not b.test_only},
         }

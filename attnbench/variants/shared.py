@@ -55,14 +55,20 @@ def softmax_attention(
     mask: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     scale: float | None = None,
+    softcap: float = 0.0,
+    sink: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Textbook softmax(QKᵀ·scale + bias, masked)·V, materialising the (B, Hq, Lq, Lk) scores.
 
+    softcap > 0: QKᵀ·scale becomes softcap·tanh(QKᵀ·scale / softcap) first (Gemma-2). sink (Hq,):
+    a learned sink logit per query head, an extra key of that score and value 0 (modifiers.py).
     Rows with no visible key produce 0 (not NaN)."""
     groups = q.shape[1] // k.shape[1]
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, Hq, Lq, Lk)
+    if softcap:
+        scores = softcap * torch.tanh(scores / softcap)
     if bias is not None:
         scores = scores + bias
     allowed = mask
@@ -72,14 +78,19 @@ def softmax_attention(
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     # fp16/bf16 scores are upcast to fp32 for the softmax; fp64 (the oracle's dtype) stays fp64
-    probs = torch.softmax(scores if scores.dtype == torch.float64 else scores.float(), dim=-1)
+    scores = scores if scores.dtype == torch.float64 else scores.float()
+    if sink is not None:  # (B, Hq, Lq, Lk + 1): the sink's column is dropped after the softmax
+        column = sink.to(scores).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+        probs = torch.softmax(torch.cat([scores, column], -1), dim=-1)[..., :-1]
+    else:
+        probs = torch.softmax(scores, dim=-1)
     if allowed is not None:  # rows with no visible key are all -inf: their NaNs become 0
         probs = probs.nan_to_num(0.0)
     return torch.matmul(probs.to(q.dtype), v)
 
 
 def exact_reference(q, k, v, problem: Problem) -> torch.Tensor:
-    return softmax_attention(q, k, v, causal=problem.causal)
+    return softmax_attention(q, k, v, causal=problem.causal, softcap=problem.param("softcap") or 0.0)
 
 
 # ---------------------------------------------------------------- cost models

@@ -24,6 +24,11 @@ FlexAttention with the pattern's mask_mod (its BlockMask skips empty tiles); `ch
 (measured on CPU, flex is ~2× faster in the forward, so it comes first; chunked has a backward).
 FLOPs count only attended pairs: 4·B·Hq·D·pairs.
 
+sliding_window also takes `sinks` (the first N keys seen by every query, StreamingLLM),
+`sink_logit` ("learned": a per-head logit in the softmax denominator) and `softcap` (Gemma-2's
+cap·tanh(s/cap)); the math and costs are in variants/modifiers.py. eager, flex and triton do all
+three; chunked does softcap only, sdpa sinks only (a mask); the others are `unsupported` with why.
+
 Honest limits: the block patterns are defined for self-attention (Lq == Lk), so cross attention
 and decode are unsupported; `sdpa` and `eager` still do the full L² work (masking is not skipping).
 """
@@ -38,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.core.problem import Problem
+from attnbench.variants import modifiers as mod
 from attnbench.variants import patterns as pat
 from attnbench.variants.backends import peers, triton
 from attnbench.variants.backends.flex import flex_backend
@@ -67,20 +73,28 @@ def _flex_with_device(make_mod) -> Backend:
 
 
 def sliding_window_attention(q, k, v, problem: Problem) -> torch.Tensor:
-    """Reference: dense scores, keys farther than `window` from the query masked out."""
+    """Reference: dense scores, keys farther than `window` from the query masked out but the
+    first `sinks` kept; soft-capped scores and the learned sink logit when set (modifiers.py)."""
     lq, lk, w = q.shape[-2], k.shape[-2], problem.param("window")
-    band = pat.sliding_window_mask(lq, lk, w, causal=False, device=q.device)  # |i' - j| < w
-    return softmax_attention(q, k, v, mask=band, causal=problem.causal)
+    band = pat.sliding_window_mask(lq, lk, w, causal=False, device=q.device, sinks=problem.param("sinks", 0))
+    return softmax_attention(q, k, v, mask=band, causal=problem.causal, softcap=mod.softcap_of(problem),
+                             sink=mod.sink_logits_of(problem, q.device))
 
 
 def sliding_window_pairs(p: Problem) -> int:
     """Row i' (= i + Lk - Lq) sees keys lo..hi with lo = max(0, i' - w + 1) and
-    hi = min(Lk - 1, i' + w - 1), or hi = i' when causal: sum of (hi - lo + 1)."""
-    w = p.param("window")
+    hi = min(Lk - 1, i' + w - 1), or hi = i' when causal, plus the sink keys 0..s (s = N - 1,
+    s <= Lk - 1, s <= i' when causal) that are not in lo..hi: sum of |[lo, hi] ∪ [0, s]|."""
+    w, n = p.param("window"), p.param("sinks", 0)
     qpos = torch.arange(p.seq_q, dtype=torch.int64) + (p.seq_k - p.seq_q)
     lo = (qpos - w + 1).clamp(min=0)
     hi = qpos if p.causal else (qpos + w - 1).clamp(max=p.seq_k - 1)
-    return int((hi - lo + 1).clamp(min=0).sum())
+    band = (hi - lo + 1).clamp(min=0)
+    s = torch.full_like(qpos, min(n, p.seq_k) - 1)
+    if p.causal:
+        s = torch.minimum(s, qpos)
+    both = (torch.minimum(s, hi) - lo + 1).clamp(min=0)  # sink keys already in the band
+    return int((band + (s + 1).clamp(min=0) - both).sum())
 
 
 @dataclass(frozen=True)
@@ -117,7 +131,7 @@ def chunk_plan(lq: int, lk: int, window: int, causal: bool, device, chunk: int |
     return ChunkPlan(start, left, right, c, span, n, ~ok)
 
 
-def chunked_sliding_window(q, k, v, plan: ChunkPlan) -> torch.Tensor:
+def chunked_sliding_window(q, k, v, plan: ChunkPlan, softcap: float = 0.0) -> torch.Tensor:
     """Blocked local attention: each query chunk attends only to the keys its window can reach,
     taken as strided views (unfold) of the padded K and V; O(L·w) time and memory."""
     b, hq, lq, d = q.shape
@@ -128,7 +142,7 @@ def chunked_sliding_window(q, k, v, plan: ChunkPlan) -> torch.Tensor:
     vw = F.pad(v[..., plan.start :, :], pad).unfold(2, span, c)  # (B, Hkv, n, D, span)
     qc = F.pad(q * (1.0 / math.sqrt(d)), (0, 0, 0, n * c - lq))  # (B, Hq, n·C, D), scaled once
     qc = qc.view(b, hkv, g, n, c, d).transpose(2, 3).reshape(b, hkv, n, g * c, d)  # G heads share a window
-    s = (qc @ kw).view(b, hkv, n, g, c, span)  # 2·D FLOPs per computed pair: C·span per chunk
+    s = mod.cap_scores((qc @ kw).view(b, hkv, n, g, c, span), softcap)  # 2·D FLOPs per computed pair: C·span
     s.masked_fill_(plan.blocked[:, None], float("-inf"))
     p = torch.softmax(s.float(), dim=-1).to(v.dtype).view(b, hkv, n, g * c, span)
     out = p @ vw.transpose(-2, -1)  # (B, Hkv, n, G·C, D)
@@ -139,18 +153,20 @@ def chunked_sliding_window(q, k, v, plan: ChunkPlan) -> torch.Tensor:
 def _chunked_backend() -> Backend:
     def build(problem: Problem, device: torch.device) -> Fn:
         plan = chunk_plan(problem.seq_q, problem.seq_k, problem.param("window"), problem.causal, device)
+        cap = mod.softcap_of(problem)
 
         def chunked(q, k, v):
-            return chunked_sliding_window(q, k, v, plan)
+            return chunked_sliding_window(q, k, v, plan, cap)
 
         return chunked
 
-    return Backend(
+    return mod.refuse(Backend(
         "chunked",
         build,
         "blocked local attention: each chunk of w/2 queries reads its "
         "1.5w (2.5w non-causal) keys through unfold views; O(L·w), no L×L tensor",
-    )
+    ), mod.all_of(mod.no_sinks("chunked (it reads only each chunk's window of keys)", "flex, eager, sdpa or triton"),
+              mod.no_sink_logit("chunked")))
 
 
 def _sw_supports(p: Problem) -> Reason:
@@ -159,37 +175,51 @@ def _sw_supports(p: Problem) -> Reason:
         return f"window must be a positive integer (got {w!r})"
     if p.seq_q > p.seq_k:
         return f"sliding_window needs seq_q <= seq_k (got {p.seq_q} > {p.seq_k})"
-    return check_heads(p)
+    return mod.check_sinks(p) or mod.check_softcap(p) or check_heads(p)
 
 
 def _sw_picture(p: Problem) -> torch.Tensor:
-    return pat.sliding_window_mask(p.seq_q, p.seq_k, p.param("window"), p.causal).float()
+    """The window band and the sink columns (the learned sink logit has no column to show)."""
+    return pat.sliding_window_mask(p.seq_q, p.seq_k, p.param("window"), p.causal, sinks=p.param("sinks", 0)).float()
 
+
+def _sw_mod(p: Problem):
+    return pat.sliding_window_mod(p.param("window"), p.seq_k - p.seq_q, p.param("sinks", 0))
+
+
+def _sw_mask(p: Problem, device) -> torch.Tensor:
+    return pat.sliding_window_mask(p.seq_q, p.seq_k, p.param("window"), p.causal, device, p.param("sinks", 0))
+
+
+_CAPPERS = "eager, chunked, flex or triton"
+_PEER_REFUSES = mod.all_of(mod.no_sinks("local-attention", "flex, eager, sdpa or triton"),
+                           mod.no_sink_logit("local-attention"), mod.no_softcap("local-attention", _CAPPERS))
 
 SLIDING_WINDOW = Variant(
     name="sliding_window",
     family="sparse",
-    description="local attention: each query sees the keys within `window` positions (default 256)",
+    description="local attention: each query sees the keys within `window` positions (default 256), "
+    "+ `sinks`, `sink_logit`, `softcap`",
     time="O(L·w)",
     memory="O(L·w)",
     reference=sliding_window_attention,
-    flops=lambda p: attention_flops(p, sliding_window_pairs(p)),
-    bytes=io_bytes,
+    flops=lambda p: attention_flops(p, sliding_window_pairs(p)) + mod.softcap_flops(p, sliding_window_pairs(p)),
+    bytes=lambda p: io_bytes(p) + mod.sink_logit_bytes(p),
     # flex first: the fastest measured (CPU, L=4k w=256 and L=8k w=128: ~2× chunked), then chunked
     backends=(
-        flex_backend(mask_mod=lambda p: pat.sliding_window_mod(p.param("window"), p.seq_k - p.seq_q)),
+        mod.with_flex_sink_logit(flex_backend(mask_mod=_sw_mod, score_mod=mod.softcap_mod), _sw_mod),
         _chunked_backend(),
         eager_backend(sliding_window_attention, "dense masked softmax (the reference)"),
-        *sdpa_backends(
-            lambda p, dev: pat.sliding_window_mask(p.seq_q, p.seq_k, p.param("window"), p.causal, dev), names=("sdpa",)
-        ),
-        peers.local_attention_peer(),
+        *(mod.refuse(b, mod.all_of(mod.no_softcap("SDPA", _CAPPERS), mod.no_sink_logit("SDPA")))
+          for b in sdpa_backends(_sw_mask, names=("sdpa",))),
+        mod.refuse(peers.local_attention_peer(), _PEER_REFUSES),
         triton.window_backend(),
     ),
     resolve=lambda p: fill_defaults(p, window=256),
     supports=_sw_supports,
     full_attention_error=True,
     defaults={"window": 256},
+    options={"sinks": 0, "sink_logit": "off", "softcap": 0.0},
     picture=_sw_picture,
 )
 

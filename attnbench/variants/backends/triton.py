@@ -1,8 +1,9 @@
 """Backend `triton`: attnbench's own Triton kernels (attnbench.kernels); the family files list
 these factories among their variants' backends.
 
-    exact variants   flash_attention (decode mode: flash_decode, split-KV)
-    sliding_window   flash_attention(window=w)           the band is skipped tile by tile
+    exact variants   flash_attention(softcap=c) (decode mode: flash_decode, split-KV, no softcap)
+    sliding_window   flash_attention(window=w, sinks=N, sink_logits=σ, softcap=c)
+                                                         the band is skipped tile by tile
     alibi            flash_attention(alibi_slopes=...)   the bias is computed in the kernel
     longformer, bigbird, strided
                      block_sparse_attention over the variant's block layout (index built in setup)
@@ -42,6 +43,10 @@ def _decode_ok(problem: Problem) -> bool:
     return problem.mode == "decode" and problem.seq_q <= 16
 
 
+def _softcap(problem: Problem) -> float:
+    return float(problem.param("softcap") or 0.0)
+
+
 def _flash_build(problem: Problem, device: torch.device) -> Fn:
     from attnbench.kernels import flash_attention, flash_decode
 
@@ -50,20 +55,31 @@ def _flash_build(problem: Problem, device: torch.device) -> Fn:
             return flash_decode(q, k, v, causal=problem.causal)
 
         return triton_decode
+    cap = _softcap(problem)
 
     def triton_flash(q, k, v):
-        return flash_attention(q, k, v, causal=problem.causal)
+        return flash_attention(q, k, v, causal=problem.causal, softcap=cap)
 
     return triton_flash
 
 
+def _flash_supports(problem: Problem, device: torch.device) -> Reason:
+    if _decode_ok(problem) and _softcap(problem):
+        return ("the Triton split-KV decode kernel has no logit soft-cap; use eager, grouped or flex "
+                "(or the flash kernel in fwd mode)")
+    return _supports(problem, device)
+
+
 def _window_build(problem: Problem, device: torch.device) -> Fn:
     from attnbench.kernels import flash_attention
+    from attnbench.variants.modifiers import sink_logits_of
 
-    window = problem.param("window")
+    window, cap, sinks = problem.param("window"), _softcap(problem), problem.param("sinks", 0)
+    sink = sink_logits_of(problem, device)
 
     def triton_window(q, k, v):
-        return flash_attention(q, k, v, causal=problem.causal, window=window)
+        return flash_attention(q, k, v, causal=problem.causal, window=window, softcap=cap, sinks=sinks,
+                               sink_logits=sink)
 
     return triton_window
 
@@ -113,11 +129,12 @@ def _backend(build, description: str, supports=_supports, memory: str | None = N
 
 def flash_backend() -> Backend:
     """For the exact family and flash: FlashAttention-2 forward/backward, split-KV in decode."""
-    return _backend(_flash_build, "attnbench's Triton FlashAttention-2 (split-KV in decode)", memory="O(L)")
+    return _backend(_flash_build, "attnbench's Triton FlashAttention-2 (split-KV in decode)", _flash_supports,
+                    memory="O(L)")
 
 
 def window_backend() -> Backend:
-    return _backend(_window_build, "Triton FlashAttention with the window in the kernel")
+    return _backend(_window_build, "Triton FlashAttention with the window (and sinks, softcap) in the kernel")
 
 
 def alibi_backend(slopes_of: Callable[[int], torch.Tensor]) -> Backend:
