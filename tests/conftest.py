@@ -5,6 +5,7 @@ so the Triton kernels run on CPU tensors under the interpreter in every test. Co
 that need a real (non-interpreted) triton run in a subprocess with it removed.
 """
 
+import json
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -12,8 +13,12 @@ os.environ.setdefault(
     "ATTNBENCH_TEST_BACKENDS", "1"
 )  # mha lists the fault-injection backend (variants/backends/fault.py)
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+from attnbench.core.results import RECORD_FIELDS, make_header  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -114,3 +119,45 @@ def with_catalogue(records: list[dict]) -> list[dict]:
     from attnbench.variants.registry import describe
 
     return annotate({"catalogue": describe(r["variant"] for r in records)}, records)
+
+
+# ---------------------------------------------------------------- a valid results file, for bad-input tests
+ENV = {  # a header's environment: enough for the reader, not a measurement
+    "attnbench": "0.1.0",
+    "device": "cpu",
+    "device_name": "x",
+    "torch": "2",
+    "triton": None,
+    "cuda": None,
+    "threads": 2,
+}
+
+
+def valid_record(**changes) -> dict:
+    """A complete, valid `unsupported` record (no measurement needed), with `changes` applied."""
+    rec = {f: None for f in RECORD_FIELDS} | {
+        "case_id": "0123456789abcdef",
+        "variant": "mha",
+        "backend": "sdpa",
+        "device": "cpu",
+        "dtype": "float32",
+        "mode": "fwd",
+        "batch": 1,
+        "heads": 2,
+        "kv_heads": 2,
+        "seq_q": 64,
+        "seq_k": 64,
+        "head_dim": 16,
+        "causal": False,
+        "params": {},
+        "status": "unsupported",
+        "reason": "test",
+        "threads": 1,
+    }
+    return {"type": "record", **rec, **changes}
+
+
+def results_file(path: Path, *records: dict, raw: str | None = None, header: dict | None = None) -> None:
+    lines = [json.dumps(header or make_header(["test"], ENV, None))]
+    lines += [json.dumps(r) for r in records]
+    path.write_text("\n".join(lines) + "\n" + (raw or ""))

@@ -10,49 +10,13 @@ from pathlib import Path
 import pytest
 
 from attnbench.cli import main
-from attnbench.core.results import RECORD_FIELDS, Writer, make_header
+from attnbench.core.results import Writer, make_header
 from attnbench.core.safe_io import hold_lock
 
-ENV = {
-    "attnbench": "0.1.0",
-    "device": "cpu",
-    "device_name": "x",
-    "torch": "2",
-    "triton": None,
-    "cuda": None,
-    "threads": 2,
-}
-
-
-def valid_record(**changes) -> dict:
-    """A complete, valid `unsupported` record (no measurement needed), with `changes` applied."""
-    rec = {f: None for f in RECORD_FIELDS} | {
-        "case_id": "0123456789abcdef",
-        "variant": "mha",
-        "backend": "sdpa",
-        "device": "cpu",
-        "dtype": "float32",
-        "mode": "fwd",
-        "batch": 1,
-        "heads": 2,
-        "kv_heads": 2,
-        "seq_q": 64,
-        "seq_k": 64,
-        "head_dim": 16,
-        "causal": False,
-        "params": {},
-        "status": "unsupported",
-        "reason": "test",
-        "threads": 1,
-    }
-    return {"type": "record", **rec, **changes}
-
-
-def _results_file(path: Path, *records: dict, raw: str | None = None, header: dict | None = None) -> None:
-    lines = [json.dumps(header or make_header(["test"], ENV, None))]
-    lines += [json.dumps(r) for r in records]
-    path.write_text("\n".join(lines) + "\n" + (raw or ""))
-
+# The records and files every bad-input test starts from live in tests/conftest.py (other folders' tests
+# use them too): `from conftest import ...` works from any test folder.
+from conftest import ENV, valid_record  # noqa: E402
+from conftest import results_file as _results_file
 
 SUITES = {  # suite files with values of the wrong type or out of range
     "tb_abc.toml": 'time_budget = "abc"\n[[sweep]]\nvariants = ["mha"]\n',

@@ -77,7 +77,7 @@ def _baseline_with(tmp_path: Path, env_change: dict) -> Path:
     from attnbench.measure.env import capture
 
     path = tmp_path / "base.jsonl"
-    from test_bad_input import valid_record
+    from conftest import valid_record
 
     with Writer(path, make_header(["test"], capture(torch.device("cpu")) | env_change, None)) as w:
         w.write({k: v for k, v in valid_record().items() if k != "type"})  # a header-only baseline is refused

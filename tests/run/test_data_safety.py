@@ -25,7 +25,7 @@ HEADER = make_header(["test"], {"device": "cpu"}, None)
 
 
 def _record(i: int, pad: int = 0) -> dict:
-    from test_bad_input import valid_record
+    from conftest import valid_record
 
     return valid_record(case_id=f"{i:016x}", reason="x" * pad or "test")
 
@@ -162,12 +162,13 @@ def test_a_run_that_writes_no_record_leaves_no_file(tmp_path):
         (["merge", "{src}", "--out", "{mnt}/m.jsonl"], EXIT_WRITE),
         (["report", "{src}", "--out", "{mnt}/rep"], EXIT_WRITE),
         (["compare", "{src}", "{src}", "--out", "{mnt}/g.md"], 3),
-        (["show-pattern", "sliding_window", "--seq", "64", "--out", "{mnt}/p.png"], EXIT_WRITE),
+        (["show-pattern", "sliding_window", "--seq", "1k", "--out", "{mnt}/p.png"], EXIT_WRITE),
         (["run", "--variants", "mha", "--backends", "sdpa", "--seq", "64", "--out", "{mnt}/r.jsonl"], EXIT_WRITE),
     ],
 )
 def test_read_only_disk_is_one_line_and_writes_nothing(tmpfs, tmp_path, capsys, args, code):
-    from test_bad_input import _results_file, valid_record
+    from conftest import results_file as _results_file
+    from conftest import valid_record
 
     src = tmp_path / "src.jsonl"
     _results_file(src, valid_record())
@@ -183,7 +184,8 @@ def test_read_only_disk_is_one_line_and_writes_nothing(tmpfs, tmp_path, capsys, 
 
 
 def test_report_on_a_full_disk_leaves_no_partial_directory_and_keeps_the_old_one(tmpfs, tmp_path, capsys):
-    from test_bad_input import _results_file, valid_record
+    from conftest import results_file as _results_file
+    from conftest import valid_record
 
     src = tmp_path / "src.jsonl"
     _results_file(src, valid_record())
@@ -298,6 +300,7 @@ def test_sigterm_and_sighup_keep_the_records_and_say_so(tmp_path, sig, code):
             "2",
             "--out",
             str(out),
+            "--quiet",  # no plan, no progress: stderr holds only what the signal made the run say
         ],
         cwd=ROOT,
         env=ENV,
