@@ -44,6 +44,7 @@ from dataclasses import replace
 import torch
 
 from attnbench.core.problem import Problem
+from attnbench.variants.backends import triton
 from attnbench.variants.backends.flex import BLOCK_SIZE, causal_mod, compiled_block_mask, compiled_flex
 from attnbench.variants.base import Backend, Fn, Reason, Variant
 from attnbench.variants.patterns import causal_mask
@@ -214,14 +215,6 @@ def _triton_build(p: Problem, device: torch.device) -> Fn:
     return triton_mla_decode
 
 
-def _triton_available(device: torch.device) -> Reason:
-    from attnbench.kernels import triton_unavailable_reason
-
-    if device.type != "cuda":
-        return "no CUDA device (the Triton kernels run on NVIDIA GPUs; their tests run them interpreted)"
-    return triton_unavailable_reason()
-
-
 def _triton_supports(p: Problem, device: torch.device) -> Reason:
     from attnbench.kernels.mla_decode import MAX_QUERIES
 
@@ -240,7 +233,7 @@ BACKENDS = (
     Backend("flex", _flex_build, "compiled FlexAttention, naive or absorbed (Dv != Dqk, enable_gqa)",
             available=_flex_available, memory="O(L)"),
     Backend("triton", _triton_build, "Triton split-KV decode over the latent cache (absorbed form; the two "
-            "projections in torch; fp32: TF32 dots)", available=_triton_available,
+            "projections in torch; fp32: TF32 dots)", available=triton.flash_backend().available,
             supports=_triton_supports, tf32_dots=True, memory="O(L)"),
 )
 
