@@ -142,8 +142,8 @@ def _bs_fwd_kernel(Q, K, V, O, LSE, RowPtr, ColIdx, sm_scale,
         if CAUSAL:  # sub-tiles past the last row's diagonal are skipped
             n_hi = tl.minimum(n_hi, m0 + BLOCK_M + Lk - Lq)
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, rows,
-                                   offs_n, offs_d, n_lo, n_hi, Lq, Lk, 0, qk_scale, 0.0, HEAD_DIM,
-                                   BLOCK_D, BLOCK_N, True, CAUSAL, False, False, UPCAST)
+                                   offs_n, offs_d, n_lo, n_hi, Lq, Lk, 0, 0, qk_scale, 0.0, 0.0, HEAD_DIM,
+                                   BLOCK_D, BLOCK_N, True, CAUSAL, False, False, False, False, UPCAST)
     empty = l_i == 0.0  # no listed key visible: output 0, lse +inf
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     o_ptrs = O + b * stride_ob + h.to(tl.int64) * stride_oh + rows[:, None] * stride_om + offs_d[None, :]
@@ -194,9 +194,9 @@ def _bs_dkdv_kernel(Q, K, V, DO, LSE, Delta, DK, DV, ColPtr, RowIdx, sm_scale,
             if CAUSAL:
                 m_lo = tl.maximum(m_lo, first_row)
             dk, dv = _dkdv_tiles(dk, dv, k, v, q_ptrs, do_ptrs, LSE + row_base, Delta + row_base,
-                                 stride_qm, stride_dm, cols, offs_m, offs_d, m_lo, m_hi, Lq, Lk, 0,
-                                 qk_scale, 0.0, HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, False, False,
-                                 UPCAST)
+                                 stride_qm, stride_dm, cols, offs_m, offs_d, m_lo, m_hi, Lq, Lk, 0, 0,
+                                 qk_scale, 0.0, 0.0, HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, False, False,
+                                 False, False, UPCAST)
     out = (b * Hkv + hk) * Lk * HEAD_DIM + cols[:, None] * HEAD_DIM + offs_d[None, :]
     _store_rows(DK + out, (dk * sm_scale).to(DK.dtype.element_ty), cols, Lk, offs_d, HEAD_DIM, BLOCK_D)
     _store_rows(DV + out, dv.to(DV.dtype.element_ty), cols, Lk, offs_d, HEAD_DIM, BLOCK_D)
@@ -239,8 +239,8 @@ def _bs_dq_kernel(Q, K, V, DO, LSE, Delta, DQ, RowPtr, ColIdx, sm_scale,
         if CAUSAL:
             n_hi = tl.minimum(n_hi, m0 + BLOCK_M + Lk - Lq)
         dq = _dq_tiles(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, rows, offs_n,
-                       offs_d, n_lo, n_hi, Lq, Lk, 0, sm_scale * 1.4426950408889634, 0.0, HEAD_DIM,
-                       BLOCK_D, BLOCK_N, True, CAUSAL, False, False, UPCAST)
+                       offs_d, n_lo, n_hi, Lq, Lk, 0, 0, sm_scale * 1.4426950408889634, 0.0, 0.0, HEAD_DIM,
+                       BLOCK_D, BLOCK_N, True, CAUSAL, False, False, False, False, UPCAST)
     out = pid_bh.to(tl.int64) * Lq * HEAD_DIM + rows[:, None] * HEAD_DIM + offs_d[None, :]
     _store_rows(DQ + out, (dq * sm_scale).to(DQ.dtype.element_ty), rows, Lq, offs_d, HEAD_DIM, BLOCK_D)
 

@@ -106,8 +106,6 @@ def register(app: typer.Typer) -> None:
 
           attnbench show-pattern bigbird --seq 4k
 
-          attnbench show-pattern sliding_window --seq 1k
-
           attnbench show-pattern sliding_window --seq 64 --param window=8 --param sinks=4
 
           attnbench show-pattern alibi --seq 256 --out alibi.png

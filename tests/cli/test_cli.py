@@ -16,7 +16,8 @@ def test_list_json(capsys):
     assert [r["name"] for r in rows] == registry.names()
     for r in rows:
         assert set(r) == {"name", "family", "description", "complexity", "backends", "params"}
-        assert r["params"] == dict(registry.get(r["name"]).defaults)
+        v = registry.get(r["name"])
+        assert r["params"] == v.defaults | v.options  # options (e.g. softcap) listed at their off value
         assert set(r["complexity"]) == {"time", "memory"} and r["complexity"]["time"].startswith("O(")
         assert r["description"] and r["backends"]
         for b in r["backends"]:
