@@ -308,3 +308,18 @@ def bwd_preprocess(o: torch.Tensor, do: torch.Tensor) -> torch.Tensor:
     _bwd_preprocess_kernel[grid](o, do, delta, *o.stride()[:3], *do.stride()[:3], hq, lq,
                                  HEAD_DIM=d, BLOCK_D=block_d(d), BLOCK_M=PREPROCESS_BLOCK_M)
     return delta
+
+
+@triton.jit
+def _online_softmax_step(s, m_i, l_i, acc, v):
+    """One online-softmax update over a key tile: s (M, N) are base-2 scores, -inf where masked;
+    the running max m_i and sum l_i and the accumulator acc (M, D) take the tile's probabilities
+    times its values v (N, D). Returns (m_i, l_i, acc). Rows with no visible key so far keep
+    m_i = -inf, l_i = 0 and acc = 0 (no NaN)."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_safe)
+    p = tl.math.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc

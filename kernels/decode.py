@@ -29,6 +29,7 @@ import triton.language as tl
 from ._common import (
     AotKernel,
     _load_rows,
+    _online_softmax_step,
     autotune_by_arch,
     block_d,
     check_qkv,
@@ -91,13 +92,7 @@ def _split_kernel(Q, K, V, OPart, LsePart, sm_scale,
         if CAUSAL:
             ok = ok & (cols[None, :] <= i[:, None] + (Lk - Lq))
         s = tl.where(ok, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_safe)
-        p = tl.math.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = _online_softmax_step(s, m_i, l_i, acc, v)
     empty = l_i == 0.0
     part = ((b * Hq + h) * Lq + i) * num_splits + pid_s  # (B, Hq, Lq, S) flat index per row
     out = acc / tl.where(empty, 1.0, l_i)[:, None]

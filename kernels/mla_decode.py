@@ -25,7 +25,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import AotKernel, _load_rows, arch_of, autotune_by_arch, block_d, check_device, interpreting, upcast_for
+from ._common import (
+    AotKernel,
+    _load_rows,
+    _online_softmax_step,
+    arch_of,
+    autotune_by_arch,
+    block_d,
+    check_device,
+    interpreting,
+    upcast_for,
+)
 
 MAX_QUERIES = 16
 MAX_SPLITS = 64
@@ -90,13 +100,7 @@ def _mla_split_kernel(Q, KV, OPart, LsePart, sm_scale,
         if CAUSAL:
             ok = ok & (cols[None, :] <= i[:, None] + (Lk - Lq))
         s = tl.where(ok, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_safe)
-        p = tl.math.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(c.dtype), c)  # the same tile c is V
-        m_i = m_new
+        m_i, l_i, acc = _online_softmax_step(s, m_i, l_i, acc, c)  # the same tile c is V
     empty = l_i == 0.0
     part = ((b * H + h) * Lq + i) * num_splits + pid_s  # (B, H, Lq, S) flat index per row
     out = acc / tl.where(empty, 1.0, l_i)[:, None]

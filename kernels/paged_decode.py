@@ -30,7 +30,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import AotKernel, autotune_by_arch, block_d, check_device, default_scale, interpreting, pick_tuner
+from ._common import (
+    AotKernel,
+    _online_softmax_step,
+    autotune_by_arch,
+    block_d,
+    check_device,
+    default_scale,
+    interpreting,
+    pick_tuner,
+)
 
 MAX_SPLITS = 64
 MAX_HEAD_DIM = 256
@@ -99,13 +108,7 @@ def _paged_split_kernel(Q, K, V, BlockTable, Lengths, OPart, LsePart, sm_scale,
             v = v.to(tl.float32)
         s = tl.dot(q, tl.trans(k)) * qk_scale
         s = tl.where(ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_safe)
-        p = tl.math.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = _online_softmax_step(s, m_i, l_i, acc, v)
     empty = l_i == 0.0
     part = (b * Hq + h) * num_splits + pid_s  # (B, Hq, S) flat index per row
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
