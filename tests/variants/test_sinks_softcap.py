@@ -216,9 +216,12 @@ def test_flex_matches_the_oracle(case):
 
 @pytest.mark.slow
 def test_flex_softcap_on_gqa_matches_the_oracle():
-    v, p = problem("gqa", 40, 40, True, heads=4, kv_heads=2, softcap=1.5)
+    # Lk = 128, a multiple of flex's block: torch 2.13's compiled CPU FlexAttention itself returns
+    # wrong values (0.2 to NaN against fp64, changing between compiles) when Lk is not one
+    # (variants/backends/flex.py); that is torch's, not the soft-cap's, so it is not tested here.
+    v, p = problem("gqa", 128, 128, True, heads=4, kv_heads=2, softcap=1.5)
     q, k, vv = inputs(p)
-    want = oracle(q, k, vv, loop_mask(40, 40, None, 0, True), 1.5)
+    want = oracle(q, k, vv, loop_mask(128, 128, None, 0, True), 1.5)
     assert rel(v.backend("flex").build(p, CPU)(q, k, vv), want) < 1e-5
 
 
