@@ -45,7 +45,7 @@ import torch
 
 from attnbench.core.problem import Problem
 from attnbench.variants.backends import triton
-from attnbench.variants.backends.flex import BLOCK_SIZE, causal_mod, compiled_block_mask, compiled_flex
+from attnbench.variants.backends.flex import BLOCK_SIZE, causal_mod, compiled_block_mask, compiled_flex, flex_backend
 from attnbench.variants.base import Backend, Fn, Reason, Variant
 from attnbench.variants.patterns import causal_mask
 from attnbench.variants.shared import fill_defaults, sdpa_call, softmax_attention
@@ -194,14 +194,6 @@ def _flex_build(p: Problem, device: torch.device) -> Fn:
     return flex_absorbed
 
 
-def _flex_available(device: torch.device) -> Reason:
-    try:
-        from torch.nn.attention import flex_attention  # noqa: F401
-    except ImportError:
-        return "this torch has no FlexAttention (needs torch >= 2.5)"
-    return None
-
-
 def _triton_build(p: Problem, device: torch.device) -> Fn:
     from attnbench.kernels.mla_decode import mla_decode
 
@@ -231,7 +223,7 @@ BACKENDS = (
             "Dqk = r + dr, Dv = r (absorbed); on CPU Dv != Dqk takes SDPA's math path (scores materialised)",
             materializes=True),
     Backend("flex", _flex_build, "compiled FlexAttention, naive or absorbed (Dv != Dqk, enable_gqa)",
-            available=_flex_available, memory="O(L)"),
+            available=flex_backend().available, memory="O(L)"),
     Backend("triton", _triton_build, "Triton split-KV decode over the latent cache (absorbed form; the two "
             "projections in torch; fp32: TF32 dots)", available=triton.flash_backend().available,
             supports=_triton_supports, tf32_dots=True, memory="O(L)"),
