@@ -151,20 +151,23 @@ class Writer:
         self._good += len(data)
 
     def write(self, record: dict) -> None:
-        from attnbench.core.safe_io import OutputError, fsync_dir, why
+        """Append one record, whole and counted: a stop signal arriving meanwhile is handled only
+        once the record is on disk and known to this writer (safe_io.signals_deferred)."""
+        from attnbench.core.safe_io import OutputError, fsync_dir, signals_deferred, why
 
-        try:
-            self._write({"type": "record", **record})
-        except OutputError as e:
-            kept = ("the existing file is unchanged" if self._pending else
-                    f"kept {self.records} complete records ({self._good} bytes)")
-            raise OutputError(f"cannot write '{self.path}': {why(e)}; {kept}; free space (or fix the "
-                              f"permission) and rerun with --resume", why(e)) from None
-        self.records += 1
-        if self._pending is not None:  # the new file has a record: only now replace the old one
-            os.replace(self._pending, self.path)
-            fsync_dir(self.path.parent)
-            self._pending = self._created = None
+        with signals_deferred():
+            try:
+                self._write({"type": "record", **record})
+            except OutputError as e:
+                kept = ("the existing file is unchanged" if self._pending else
+                        f"kept {self.records} complete records ({self._good} bytes)")
+                raise OutputError(f"cannot write '{self.path}': {why(e)}; {kept}; free space (or fix the "
+                                  f"permission) and rerun with --resume", why(e)) from None
+            self.records += 1
+            if self._pending is not None:  # the new file has a record: only now replace the old one
+                os.replace(self._pending, self.path)
+                fsync_dir(self.path.parent)
+                self._pending = self._created = None
 
     def _drop(self) -> None:
         with contextlib.suppress(OSError):

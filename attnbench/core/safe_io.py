@@ -8,6 +8,9 @@
   on network file systems it is only as good as their ``flock``.
 - :func:`atomic_dir`: a directory (a report) built in a temporary sibling and renamed into place;
   on failure the temporary is removed and any earlier directory is left as it was.
+- :func:`signals_deferred`: SIGINT, SIGTERM and SIGHUP held while a record is written and
+  counted, then handled: a signal never lands between a record reaching the disk and the writer
+  knowing it (a writer that thought itself empty used to remove a file holding a record).
 - :class:`OutputError`: a write that failed (disk full, read-only, permission, I/O error); the
   message says what failed and what was kept. The CLI prints it as one line and exits
   ``EXIT_WRITE`` (4; the regression gate's commands exit 3, their usage/IO code).
@@ -20,12 +23,40 @@ import errno
 import fcntl
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Iterator
 
 from attnbench.core.errors import UsageError
 
 EXIT_WRITE = 4
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold the stop signals until the block ends, then handle each one received as its own
+    handler would have. Python runs signal handlers in the main thread between bytecodes, so the
+    handlers themselves are swapped (a thread's signal mask would not stop them); in another
+    thread, where handlers cannot be set, the block runs as it is. Keep the block short: a signal
+    waits for it (SIGKILL does not)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        for signum in caught:
+            handler = old[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
 
 
 class OutputError(OSError):

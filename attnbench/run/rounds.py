@@ -100,23 +100,24 @@ class RoundJournal:
 
     def add(self, case_id: str, record: dict) -> None:
         from attnbench.core.results import json_line
-        from attnbench.core.safe_io import OutputError, why
+        from attnbench.core.safe_io import OutputError, signals_deferred, why
 
         have = self.done.setdefault(case_id, [])
         row = {"case_id": case_id, "rounds": self.rounds, "round": len(have), "record": record}
         data = json_line(row)
-        try:
-            if self._fd < 0:
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            size = os.fstat(self._fd).st_size
-            if os.write(self._fd, data) != len(data):
-                os.ftruncate(self._fd, size)
-                raise OSError(28, "short write")
-            os.fsync(self._fd)
-        except OSError as e:
-            raise OutputError(f"cannot write the rounds journal '{self.path}': {why(e)}; the records written "
-                              f"so far are kept; free space and rerun with --resume", why(e)) from None
-        have.append(record)
+        with signals_deferred():  # the line on disk and `done` agree when a signal stops the run
+            try:
+                if self._fd < 0:
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                size = os.fstat(self._fd).st_size
+                if os.write(self._fd, data) != len(data):
+                    os.ftruncate(self._fd, size)
+                    raise OSError(28, "short write")
+                os.fsync(self._fd)
+            except OSError as e:
+                raise OutputError(f"cannot write the rounds journal '{self.path}': {why(e)}; the records "
+                                  f"written so far are kept; free space and rerun with --resume", why(e)) from None
+            have.append(record)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from attnbench.core import results
 from attnbench.core.errors import UsageError
+from attnbench.core.safe_io import STOP_SIGNALS, signals_deferred
 from attnbench.measure import env as env_mod
 from attnbench.run.forecast import Eta, Plan, forecast
 from attnbench.run.plan import Case, Sweep, expand
@@ -78,8 +79,6 @@ class Interrupt:
         if not first or signum == signal.SIGTERM:
             raise KeyboardInterrupt
 
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def run_sweep(
@@ -278,8 +277,9 @@ def _run_locked(
 
             def keep(rec: dict) -> None:
                 rec = annotate(rec) if annotate else rec
-                writer.write(rec)
-                records.append(rec)
+                with signals_deferred():  # the file and the records this run reports agree
+                    writer.write(rec)
+                    records.append(rec)
                 view.finished(rec)
 
             if executor == "ray":

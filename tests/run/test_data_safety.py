@@ -280,44 +280,82 @@ def test_interrupt_first_signal_finishes_the_case_second_abandons_it_sigterm_at_
     assert term.signum == signal.SIGTERM
 
 
+def test_a_signal_during_a_records_fsync_keeps_the_record(tmp_path, monkeypatch):
+    """SIGTERM arriving while a record is being fsynced (a busy disk makes that window wide) is
+    handled once the record is on disk and counted: the writer never takes its file for empty
+    and removes it."""
+    out = tmp_path / "r.jsonl"
+    real_fsync = os.fsync
+
+    def fsync_then_signalled(fd):
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered now; Python would run its handler at once
+        real_fsync(fd)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        with Writer(out, HEADER, discard_empty=True) as w:
+            monkeypatch.setattr(os, "fsync", fsync_then_signalled)
+            with pytest.raises(KeyboardInterrupt):
+                w.write(_record(1))
+            monkeypatch.setattr(os, "fsync", real_fsync)
+            assert w.records == 1
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert out.exists(), "the writer removed a file that held a record"
+    assert len(results.read(out)[1]) == 1
+
+
+def _signalled_run(tmp_path, sig, env: dict) -> tuple[subprocess.Popen, str, Path]:
+    """A small sweep, `sig` sent the moment its first record is in the file."""
+    out = tmp_path / "r.jsonl"
+    sweep = ["run", "--variants", "mha", "--backends", "sdpa,eager", "--seq", "64,128,256,512", "--time-budget", "2",
+             "--out", str(out), "--quiet"]  # quiet: no plan, no progress; stderr holds what the signal made it say
+    p = subprocess.Popen([sys.executable, "-m", "attnbench", *sweep], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    end = time.time() + 180
+    while time.time() < end and p.poll() is None and not (out.exists() and out.read_text().count('"type": "record"')):
+        time.sleep(0.05)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=120)
+    return p, err, out
+
+
+def _says_why(p: subprocess.Popen, err: str, out: Path) -> str:
+    n = out.read_text().count('"type": "record"') if out.exists() else None
+    return f"exit {p.returncode}; results file exists: {out.exists()}, records: {n}; stderr lines: {err.splitlines()}"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_sigterm_and_sighup_keep_the_records_and_say_so(tmp_path, sig, code):
-    out = tmp_path / "r.jsonl"
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "attnbench",
-            "run",
-            "--variants",
-            "mha",
-            "--backends",
-            "sdpa,eager",
-            "--seq",
-            "64,128,256,512",
-            "--time-budget",
-            "2",
-            "--out",
-            str(out),
-            "--quiet",  # no plan, no progress: stderr holds only what the signal made the run say
-        ],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    end = time.time() + 180
-    while time.time() < end and not (out.exists() and out.read_text().count('"type": "record"') >= 1):
-        time.sleep(0.2)
-    p.send_signal(sig)
-    _, err = p.communicate(timeout=120)
+    p, err, out = _signalled_run(tmp_path, sig, ENV)
+    why = _says_why(p, err, out)
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert p.returncode == code and len(lines) == 1 and signal.Signals(sig).name in lines[0], err
-    assert "--resume" in lines[0] and "Traceback" not in err
-    _, recs = results.read(out)
-    assert 1 <= len(recs) < 8
+    assert p.returncode == code and len(lines) == 1 and signal.Signals(sig).name in lines[0], why
+    assert "--resume" in lines[0] and "Traceback" not in err, why
+    assert out.exists(), why
+    assert 1 <= len(results.read(out)[1]) < 8, why
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_first_records_fsync_keeps_it(tmp_path):
+    """The race a busy disk opens: the record is in the file, its fsync still running, when SIGTERM
+    comes. A slow fsync (a sitecustomize in the run's process) makes the window certain."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        "import os, time\n_fsync = os.fsync\n"
+        "def _slow(fd):\n    time.sleep(0.5)\n    return _fsync(fd)\n"
+        "os.fsync = _slow\n"
+    )
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(shim), ENV.get("PYTHONPATH")]))}
+    p, err, out = _signalled_run(tmp_path, signal.SIGTERM, env)
+    why = _says_why(p, err, out)
+    assert p.returncode == 143 and out.exists() and len(results.read(out)[1]) >= 1, why
+    assert "no case finished" not in err and "records kept" in err, why
 
 
 @pytest.mark.slow
