@@ -1,13 +1,17 @@
 """Scaling verdicts with three outcomes, on a fit of the regime a complexity claim is about.
 
 The fit (`fit_scaling`): with 5 or more lengths, y = a + c·L^k by least squares in log space
-(a ≥ 0: a fixed offset — launches, allocator pages, thread buffers — that flattens short
-lengths; the exponent k is then the growth the claim is about), unless the offset is under
+(a ≥ 0: a fixed offset — launches, allocator pages, a kernel's thread buffers — that flattens
+short lengths; the exponent k is then the growth the claim is about), unless the offset is under
 5 % of the value at the shortest length, where the plain power law y = c·L^k (one parameter
-fewer) is used. With 4 lengths only the power law. The 95 % interval of k is Student's t
-(scipy) times the standard error from the fit's covariance, with n − 3 (offset) or n − 2 degrees
-of freedom. Shortest lengths may be dropped (see fit_scaling: the best-fitting of all lengths and
-the longest 4, 5, ...); `lengths` lists those used.
+fewer) is used; with 4 lengths only the power law. The note says which model, and the offset's
+share. Not a significance test between the two: on SDPA's CPU memory (a + c·L, a ≈ 1 MiB of
+thread tile buffers, ±1 % scatter) an F-test or AICc kept the biased power law often enough to
+say "differs" about a backend that is O(L); the offset model, with enough lengths, agreed. The
+95 % interval of k is Student's t (scipy) times the standard error from the fit's covariance,
+with n − 3 (offset) or n − 2 degrees of freedom. Shortest lengths may be dropped (see
+fit_scaling: the widest regime whose fit is adequate, never fewer than 5 lengths when 5 or more
+were measured); `lengths` lists those used.
 
 The verdict (`judge`), against the standard classes O(1), O(L), O(L·√L), O(L²), O(L³):
 - ``too few lengths``: fewer than 4 distinct lengths; no exponent verdict at all.
@@ -39,6 +43,9 @@ OFFSET_MIN_LENGTHS = 5  # the offset model needs two degrees of freedom left
 OFFSET_MIN_SHARE = 0.05  # a smaller offset (share of y at the shortest length) is not modelled
 MODEL_TOL = 0.1  # exponent units: lower-order terms at finite L, allowed when testing the claim only
 MAX_WIDTH = 0.5  # a wider interval is never decisive (half the gap between O(L) and O(L²))
+KEEP_LENGTHS = 5  # the regime never drops below this many lengths (all of them when fewer were measured)
+ADEQUATE_SCATTER = 0.03  # residual scatter of log y (±3 %) that is adequate whatever the other regimes do
+ADEQUATE_RATIO = 1.5  # else within this factor of the best regime's scatter
 
 
 @dataclass(frozen=True)
@@ -121,17 +128,26 @@ def offset_fit(L: np.ndarray, y: np.ndarray, k0: float) -> dict | None:
 def fit_scaling(lengths, values):
     """The Fit (attnbench.report.analysis.Fit) of the claim's regime; None with fewer than two lengths.
 
-    The regime: the fit over all lengths, or with the shortest 1, 2, ... dropped while at least
-    MIN_LENGTHS remain (short lengths where something other than the claimed growth dominates:
-    allocator granularity, a kernel's tile buffers still growing), whichever fits best: the
-    smallest residual scatter (per degree of freedom), the most lengths on a tie. Not the narrowest
-    interval: that would prefer a biased model that happens to be tight. The Fit says which
-    lengths it used; the longest length is always in the fit."""
+    The regime: the widest whose fit is adequate. Candidates are all lengths, then the shortest 1,
+    2, ... dropped (short lengths where something other than the claimed growth dominates:
+    allocator granularity, a kernel's tile buffers still growing) while KEEP_LENGTHS remain (all of
+    them when fewer were measured): a verdict never rests on fewer than 5 lengths when 5 or more
+    were measured. A candidate is adequate when its residual scatter is at most ADEQUATE_SCATTER or
+    within ADEQUATE_RATIO of the smallest candidate's; of those the one with the most lengths wins.
+    Not the smallest scatter outright: dropping lengths always lowers it a little and costs degrees
+    of freedom, trading a decisive interval for a tighter-looking fit; nor the narrowest interval,
+    which would prefer a biased model that happens to be tight. The longest length is always in the
+    fit; the Fit says which lengths it used."""
     L, y = clean_points(lengths, values)
     if len(np.unique(L)) < 2:
         return None
-    fits = [_fit(L[i:], y[i:]) for i in range(max(1, len(L) - MIN_LENGTHS + 1))]
-    return min(fits, key=lambda f: round(f.scatter, 4) if math.isfinite(f.scatter) else math.inf)
+    keep = min(len(L), KEEP_LENGTHS)
+    fits = [_fit(L[i:], y[i:]) for i in range(len(L) - keep + 1)]  # widest first
+    scatters = [f.scatter for f in fits if math.isfinite(f.scatter)]
+    if not scatters:
+        return fits[0]
+    bound = max(ADEQUATE_SCATTER, ADEQUATE_RATIO * min(scatters))
+    return next(f for f in fits if math.isfinite(f.scatter) and f.scatter <= bound)
 
 
 def _fit(L: np.ndarray, y: np.ndarray) -> Fit:
@@ -186,6 +202,8 @@ def judge(fit, claim) -> tuple[str, str]:
     lo, hi = fit.ci_low, fit.ci_high
     b_lo, b_hi = claim.band(fit.l_min, fit.l_max)
     used = f"fit {fit.model} over L={','.join(str(v) for v in fit.lengths)}"
+    if fit.offset_share:
+        used += f" (a constant offset: {100 * fit.offset_share:.0f} % of the value at L={fit.l_min})"
     if hi + MODEL_TOL < b_lo or lo - MODEL_TOL > b_hi:
         side = "flatter" if hi + MODEL_TOL < b_lo else "steeper"
         return "differs", f"{side} than {claim.text}; {used}"
