@@ -35,6 +35,8 @@ RECORD_FIELDS = (
 OPTIONAL_RECORD_FIELDS = ("flags", "inputs", "attn_entropy", "roof", "timing")
 # Issue 21: ragged batches (variants/paged.py), only in records of variants with a seq_dist parameter.
 OPTIONAL_RECORD_FIELDS += ("seq_dist", "seq_lengths", "padding_frac")
+# Energy per call (measure/energy.py) and the clocks sampled during the timed loop (measure/clocks.py).
+OPTIONAL_RECORD_FIELDS += ("clocks", "energy")
 
 
 # ---- record flags (`flags`: a list of short strings; docs/results-schema.md)
