@@ -6,7 +6,8 @@ Counters:
   shorter than a few refresh periods reads mostly quantisation: the loop lasts at least
   NVML_UPDATE_S / TARGET_REL (1 s: at most ~10 % error from one missed refresh).
 - CPU: RAPL package counters (`/sys/class/powercap/intel-rapl:N/energy_uj`, µJ, wrapping at
-  `max_energy_range_uj`); every top-level package domain is summed (sub-zones such as core and
+  `max_energy_range_uj`, a few minutes of full load: one wrap within a loop is undone, the loop is
+  far shorter than two); every top-level package domain is summed (sub-zones such as core and
   dram are inside their package and are not added again). Modern kernels make `energy_uj`
   readable by root only: then the energy is null with that reason.
 
