@@ -301,9 +301,13 @@ def to_frame(records: list[dict]):
 
     rows = []
     for r in records:
-        row = {k: v for k, v in r.items() if k not in ("latency_ms", "samples_ms", "telemetry", "error", "type")}
+        row = {k: v for k, v in r.items()
+               if k not in ("latency_ms", "samples_ms", "telemetry", "error", "type", "clocks", "energy")}
         for k, v in (r.get("latency_ms") or {}).items():
             row[f"latency_{k}"] = v
+        energy = r.get("energy") or {}
+        row["energy_j"], row["energy_j_per_token"] = energy.get("energy_j"), energy.get("energy_j_per_token")
+        row["throttled_excluded_frac"] = (r.get("clocks") or {}).get("excluded_frac")
         for k, v in (r.get("error") or {}).items():
             row[f"error_{k}"] = v
         row["params"] = json.dumps(r.get("params") or {}, sort_keys=True)
