@@ -119,3 +119,20 @@ def test_triton_rows_without_a_gpu_are_unavailable_with_the_reason():
         pytest.skip("a GPU is present")
     rows = check_mods.run_mods(CPU, ("float32",))
     assert rows and all(r.passed is None and r.note.startswith("unavailable") for r in rows)
+
+
+def test_docs_section_names_the_committed_file_and_relinks_the_charts(tmp_path):
+    from tests.conftest import results_file, valid_record
+
+    doc = tmp_path / "docs" / "gpu.md"
+    report = tmp_path / "docs" / "gpu-reference"
+    (report / "charts").mkdir(parents=True)
+    (report / "report.md").write_text("# attnbench report\n\n![latency](charts/latency.svg)\n[x](https://e.org)\n")
+    doc.write_text(f"# On a GPU\n{gpudoc.BEGIN}\n(none)\n{gpudoc.END}\n")
+    ref = tmp_path / "ref.jsonl"
+    results_file(ref, valid_record())
+    assert gpudoc.main([str(ref), str(report), str(doc)]) == 0
+    text = doc.read_text()
+    assert "## attnbench report" in text and "](gpu-reference/charts/latency.svg)" in text
+    assert "(https://e.org)" in text and "0 of 1 cases measured" in text and "(none)" not in text
+    assert gpudoc.main([str(ref), str(report), str(tmp_path / "missing.md")]) == 2
