@@ -122,7 +122,7 @@ def test_triton_rows_without_a_gpu_are_unavailable_with_the_reason():
 
 
 def test_docs_section_names_the_committed_file_and_relinks_the_charts(tmp_path):
-    from tests.conftest import results_file, valid_record
+    from conftest import results_file, valid_record
 
     doc = tmp_path / "docs" / "gpu.md"
     report = tmp_path / "docs" / "gpu-reference"
