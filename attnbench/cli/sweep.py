@@ -291,7 +291,7 @@ def run(
         **_model_run(model_plan, layers),
         view=view,
         keep_throttled=keep_throttled,
-        cuda_graph=_cuda_graph(cuda_graph, dev),
+        cuda_graph=cuda_graph_option(cuda_graph, dev),
     )
     print_results(records, out, dev.type, fmt=fmt, columns=cols, csv_out=csv_out, quiet=quiet, console=out_console)
     if interrupted:
@@ -361,7 +361,7 @@ def _suite_settings(meta: dict, suite: str | None) -> tuple[int, int | None, flo
     return r, ref_limit, sample_time
 
 
-def _cuda_graph(wanted: bool, dev) -> bool:
+def cuda_graph_option(wanted: bool, dev) -> bool:
     """--cuda-graph: on a device without CUDA graphs say so once (each record says it too)."""
     from attnbench.measure.graphs import unavailable_reason
 

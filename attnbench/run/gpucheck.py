@@ -194,6 +194,20 @@ def run_step(step: Step, timeout: float, out_dir: Path) -> dict:
     return {"status": status, "reason": reason, "rc": proc.returncode, "wall_s": time.monotonic() - t0}
 
 
+def check_counts(path: Path) -> dict | None:
+    """{passed, failed, not_run, failed_rows} of a check step's JSON rows; None when it wrote none."""
+    try:
+        rows = json.loads(path.read_text()) if path.suffix == ".json" else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "passed" in r for r in rows):
+        return None
+    failed = [f"{r['variant']}/{r['backend']} {r['dtype']} {r['shape']}: {r.get('note') or ''}"[:200]
+              for r in rows if r["passed"] is False]
+    return {"passed": sum(r["passed"] is True for r in rows), "failed": len(failed),
+            "not_run": sum(r["passed"] is None for r in rows), "failed_rows": failed}
+
+
 def run_all(steps: list[Step], out_dir: Path, cap_s: float = CAP_S, echo=print) -> list[dict]:
     """Run every step in order, each outcome appended (fsynced) to out_dir/steps.jsonl as it ends,
     and summary.json at the end."""
@@ -206,13 +220,16 @@ def run_all(steps: list[Step], out_dir: Path, cap_s: float = CAP_S, echo=print) 
         echo(f"== {step.name} (predicted {step.predicted_seconds:.0f} s, timeout {timeout:.0f} s)")
         res = {"name": step.name, "predicted_seconds": round(step.predicted_seconds, 1),
                **run_step(step, timeout, out_dir)}
+        if rows := check_counts(out_dir / (step.stdout or "")):
+            res["rows"] = rows
         results.append(res)
         with open(log, "a") as f:
             f.write(json.dumps(res) + "\n")
             f.flush()
             os.fsync(f.fileno())
         echo(f"   {res['status']}" + (f": {res['reason']}" if res.get("reason") else "")
-             + (f" ({res['wall_s']:.0f} s)" if "wall_s" in res else ""))
+             + (f" ({res['wall_s']:.0f} s)" if "wall_s" in res else "")
+             + (" rows: {passed} passed, {failed} failed, {not_run} not run".format(**rows) if rows else ""))
     summary = {"steps": results, "ok": sum(r["status"] == "ok" for r in results), "of": len(results),
                "wall_s": round(cap_s - (deadline - time.monotonic()), 1)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -233,3 +233,12 @@ def test_l2_verdicts():
     assert l2.verdict(warm, [2.0, 2.1, 1.9, 2.05, 2.2])[0] == "verified"
     assert l2.verdict(warm, [1.0, 1.02, 1.1, 0.99, 1.04])[0] == "not verified"
     assert l2.verdict(warm, [0.9, 1.0, 1.3, 1.6, 1.7])[0] == "inconclusive"  # slower, but the ranges overlap
+
+
+def test_run_cuda_graph_on_a_cpu_says_unavailable_once(capsys):
+    from attnbench.cli.sweep import cuda_graph_option
+
+    assert cuda_graph_option(True, CPU) is True  # the records carry timing.cuda_graph's reason too
+    err = capsys.readouterr().err
+    assert err.startswith("--cuda-graph: unavailable: CUDA graphs need a CUDA device") and err.count("\n") == 1
+    assert cuda_graph_option(False, CPU) is False and capsys.readouterr().err == ""

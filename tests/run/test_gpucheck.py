@@ -74,6 +74,18 @@ def test_every_step_is_recorded_and_a_failure_does_not_stop_the_next(tmp_path):
     assert summary["ok"] == 1 and summary["of"] == 4
 
 
+def test_a_check_steps_rows_are_counted_in_its_outcome(tmp_path):
+    rows = [{"variant": "mha", "backend": "triton", "dtype": "float32", "shape": "H4 L256", "passed": True},
+            {"variant": "mla", "backend": "triton", "dtype": "bfloat16", "shape": "decode", "passed": False,
+             "note": "RuntimeError: x"},
+            {"variant": "paged", "backend": "triton", "dtype": "float32", "shape": "decode", "passed": None}]
+    code = f"import json; print(json.dumps({rows!r}))"
+    step = gpucheck.Step("check-x", (sys.executable, "-c", code), 1.0, "test", "check-x.json")
+    [res] = gpucheck.run_all([step], tmp_path, cap_s=60, echo=lambda *_: None)
+    assert res["status"] == "ok" and res["rows"]["passed"] == 1 and res["rows"]["not_run"] == 1
+    assert res["rows"]["failed_rows"] == ["mla/triton bfloat16 decode: RuntimeError: x"]
+
+
 def test_gpu_slug():
     assert gpucheck.gpu_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
 
