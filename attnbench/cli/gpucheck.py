@@ -24,7 +24,7 @@ def gpu_check(
                                                           "outcomes as JSON.")] = False,
     out_dir: Annotated[Optional[Path], typer.Option(
         "--out-dir", metavar="DIR", help="Where each step's output, steps.jsonl and summary.json go "
-                                         "(default results/gpu-check/<date>).")] = None,
+                                         "(default results/gpu-check/<date>-<time>).")] = None,
     cap: Annotated[float, typer.Option("--cap", metavar="SECONDS",
                                        help="Time cap of the whole check; each step's timeout leaves the "
                                             "later steps their predicted time.")] = 540.0,
@@ -62,7 +62,10 @@ def gpu_check(
     gpu = gpucheck.gpu_slug(torch.cuda.get_device_name(0))
     steps = gpucheck.plan(gpu, today)
     Path("results/reference").mkdir(parents=True, exist_ok=True)
-    results = gpucheck.run_all(steps, out_dir or Path("results/gpu-check") / today, cap,
+    from datetime import datetime
+
+    stamp = datetime.now().strftime("%Y-%m-%d-%H%M%S")  # a rerun the same day keeps the earlier log
+    results = gpucheck.run_all(steps, out_dir or Path("results/gpu-check") / stamp, cap,
                                echo=(lambda *_: None) if json_out else print)
     if json_out:
         print(json.dumps(results, indent=1))
