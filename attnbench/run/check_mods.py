@@ -109,6 +109,10 @@ def main(argv: list[str]) -> int:
             print(f"error: unknown option {flag}; accepted: {', '.join(opts)}", file=sys.stderr)
             return 2
         opts[flag] = value
+    if opts["--device"] == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda: no CUDA device is visible here; accepted: cpu (with --backend eager, or "
+              "--interpret 1 under TRITON_INTERPRET=1)", file=sys.stderr)
+        return 2
     rows = run_mods(torch.device(opts["--device"]), tuple(opts["--dtype"].split(",")), opts["--backend"],
                     interpret=opts["--interpret"] == "1")
     print(json.dumps([asdict(r) for r in rows], indent=1))

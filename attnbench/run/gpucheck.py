@@ -8,7 +8,8 @@ reference sweep (suites/reference.toml) written to results/reference/<gpu>-<date
 Robustness: every step is a subprocess with its own timeout; its outcome (ok, failed with the
 exit code and the last lines of stderr, timeout, skipped with the reason) is appended and fsynced
 to steps.jsonl as it ends, and the next step runs whatever happened. The whole check has a cap
-(`cap_s`): each step's timeout is cut so that the steps after it still get their predicted time.
+(`cap_s`): a step gets three times its predicted time where the cap leaves the later steps theirs,
+and never less than its own prediction while the cap lasts.
 
 Predictions (`--dry-run`) come from an explicit model, never from a GPU measurement: `ASSUMED`
 holds the interpreter, compile and per-case costs (assumptions, written down with their reason),
@@ -164,10 +165,14 @@ def gpu_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"
 
 
-def _timeout(i: int, steps: list[Step], deadline: float) -> float:
+def step_timeout(i: int, steps: list[Step], deadline: float) -> float:
+    """Step i's timeout: generous (3 × its prediction, at least MIN_TIMEOUT_S) where the cap leaves
+    the later steps their predicted time, never less than its own prediction while the cap lasts
+    (the steps run in order of importance: an early step is not starved for a later one)."""
+    step, left = steps[i], deadline - time.monotonic()
     later = sum(s.predicted_seconds for s in steps[i + 1:])
-    left = deadline - time.monotonic() - later
-    return max(min(max(3 * steps[i].predicted_seconds, MIN_TIMEOUT_S), left), 0.0)
+    generous = min(max(3 * step.predicted_seconds, MIN_TIMEOUT_S), left - later)
+    return max(generous, min(step.predicted_seconds, left), 0.0)
 
 
 def run_step(step: Step, timeout: float, out_dir: Path) -> dict:
@@ -216,7 +221,7 @@ def run_all(steps: list[Step], out_dir: Path, cap_s: float = CAP_S, echo=print) 
     log = out_dir / "steps.jsonl"
     results = []
     for i, step in enumerate(steps):
-        timeout = _timeout(i, steps, deadline)
+        timeout = step_timeout(i, steps, deadline)
         echo(f"== {step.name} (predicted {step.predicted_seconds:.0f} s, timeout {timeout:.0f} s)")
         res = {"name": step.name, "predicted_seconds": round(step.predicted_seconds, 1),
                **run_step(step, timeout, out_dir)}

@@ -148,3 +148,18 @@ def test_docs_section_names_the_committed_file_and_relinks_the_charts(tmp_path):
     assert "## attnbench report" in text and "](gpu-reference/charts/latency.svg)" in text
     assert "(https://e.org)" in text and "0 of 1 cases measured" in text and "(none)" not in text
     assert gpudoc.main([str(ref), str(report), str(tmp_path / "missing.md")]) == 2
+
+
+def test_an_early_step_is_not_starved_for_the_later_ones():
+    steps = [_step("a", "pass", predicted=100.0), _step("b", "pass", predicted=400.0)]
+    deadline = gpucheck.time.monotonic() + 300.0  # the cap is shorter than the predictions
+    assert gpucheck.step_timeout(0, steps, deadline) == pytest.approx(100.0, abs=1)
+    assert gpucheck.step_timeout(0, steps, gpucheck.time.monotonic() + 900.0) == pytest.approx(300.0, abs=1)
+    assert gpucheck.step_timeout(1, steps, deadline) == pytest.approx(300.0, abs=1)  # what is left
+
+
+def test_check_mods_without_a_gpu_refuses_cuda(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert check_mods.main(["--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
