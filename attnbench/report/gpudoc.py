@@ -29,10 +29,11 @@ def section(results: Path, report_dir: Path, doc: Path) -> str:
     body = re.sub(r"^(#+) ", r"#\1 ", body, flags=re.M)  # one level below the doc's own headings
     ok = sum(r.get("status") == "ok" for r in records)
     lines = [
-        f"Reference run `{results.as_posix()}` (committed): {env.get('device_name')}, driver {env.get('driver')}, "
+        f"Reference run `{results.as_posix()}`: {env.get('device_name')}, driver {env.get('driver')}, "
         f"torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
         f"created {header.get('created')}; "
-        f"{ok} of {len(records)} cases measured. Every GPU figure below comes from that file.",
+        f"{ok} of {len(records)} cases measured. Every GPU figure below comes from that file; commit it "
+        "with this page.",
         "",
         body.strip(),
     ]
