@@ -1,6 +1,6 @@
 """Energy, clock sampling and throttle exclusion without a GPU: a fake NVML (pynvml's functions
 monkeypatched: a 250 W device whose energy counter refreshes every 20 ms and which throttles in
-a 50 % square wave) and a fake powercap tree, end to end through records, tables and the report."""
+a 0.4 s square wave) and a fake powercap tree, end to end through records, tables and the report."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ SW_THERMAL = telemetry.THROTTLE_BITS["sw_thermal"]
 class FakeGpu:
     """A GPU as NVML reports it: constant power, a coarse energy counter, throttling by time."""
 
-    def __init__(self, power_w: float = 250.0, period_s: float = 0.1, throttles: bool = True):
+    # throttled for the first half of every 0.4 s: 0.6 s of samples hold a whole throttled and a
+    # whole unthrottled 0.2 s window, so some samples are flagged and some are not, however slow
+    def __init__(self, power_w: float = 250.0, period_s: float = 0.4, throttles: bool = True):
         self.t0, self.power_w, self.period_s, self.throttles = time.perf_counter(), power_w, period_s, throttles
 
     def elapsed(self) -> float:
@@ -129,6 +131,16 @@ def test_without_nvml_the_meter_says_why():
 
 
 # ---------------------------------------------------------------- clocks: flagging and exclusion
+def test_the_flush_buffer_is_twice_the_devices_l2(monkeypatch):
+    from attnbench.measure import timing
+
+    props = SimpleNamespace(L2_cache_size=50 * 2**20)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    assert timing.l2_flush_bytes(torch.device("cuda", 0)) == 100 * 2**20
+    props.L2_cache_size = 0  # not reported: the fallback, which the L2 check then calls unchecked
+    assert timing.l2_flush_bytes(torch.device("cuda", 0)) == timing.FLUSH_FALLBACK
+
+
 def test_flag_samples_uses_the_reading_in_force_and_those_during():
     r = [clocks.Reading(0.0, 1980, 2619, 250.0, 0), clocks.Reading(1.0, 1500, 2619, 250.0, SW_THERMAL),
          clocks.Reading(2.0, 1980, 2619, 250.0, 0), clocks.Reading(3.0, None, None, None, None)]
