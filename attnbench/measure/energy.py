@@ -110,6 +110,19 @@ def meter_for(device_type: str, nvml, powercap: Path = POWERCAP) -> Meter:
     return rapl_meter(powercap)
 
 
+def planned_loop_seconds(device_type: str, allowed_s: float, powercap: Path = POWERCAP) -> float:
+    """How long a case's energy loop will run (for the plan, run/forecast.py): NVML's minimum loop on
+    a GPU (assumed present there), RAPL's on a CPU where readable; 0 where no loop runs."""
+    if device_type == "cuda":
+        need = max(MIN_LOOP_S, NVML_UPDATE_S / TARGET_REL)
+    else:
+        meter = rapl_meter(powercap)
+        if meter.reason:
+            return 0.0
+        need = meter.min_loop_s
+    return need if allowed_s >= need else 0.0
+
+
 def unavailable(meter: Meter, reason: str) -> dict:
     return {"energy_j": None, "energy_j_per_token": None, "source": meter.source, "reason": reason}
 

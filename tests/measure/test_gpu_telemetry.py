@@ -254,3 +254,10 @@ def test_run_cuda_graph_on_a_cpu_says_unavailable_once(capsys):
     err = capsys.readouterr().err
     assert err.startswith("--cuda-graph: unavailable: CUDA graphs need a CUDA device") and err.count("\n") == 1
     assert cuda_graph_option(False, CPU) is False and capsys.readouterr().err == ""
+
+
+def test_the_plan_counts_the_energy_loop(tmp_path):
+    assert energy.planned_loop_seconds("cuda", 1.25) == pytest.approx(1.0)
+    assert energy.planned_loop_seconds("cuda", 0.5) == 0.0  # the loop would not run: null energy
+    assert energy.planned_loop_seconds("cpu", 10.0, tmp_path / "none") == 0.0
+    assert energy.planned_loop_seconds("cpu", 10.0, powercap(tmp_path, {0: (0, 10**9)})) == energy.MIN_LOOP_S
