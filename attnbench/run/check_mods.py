@@ -8,13 +8,15 @@ this fills that gap for the device check (`attnbench gpu-check`, step `check-fla
 Backward: the gradients of q, k and v for one fixed random dout, the worst of the three
 max-abs errors held to the same rule against the oracle's own gradients.
 
-Honest limits: one small shape per case (B=1, H=4, L=256, D=64) and one dout; on a CPU the
-Triton kernel is not run here (use the interpreter tests in tests/kernels), the rows say
-`unavailable` with the reason.
+Honest limits: one small shape per case (B=1, H=4, L=256, D=64) and one dout. On a CPU the
+Triton rows say `unavailable` with the reason, unless run under the interpreter
+(`TRITON_INTERPRET=1 ... --device cpu --dtype float32 --interpret 1`: about 45 s on a loaded
+2-core machine; bf16 dots are wrong under the interpreter, FACTS.md).
 
     python -m attnbench.run.check_mods --device cuda [--dtype float32,bfloat16] [--backend triton] [--interpret 1]
 
-prints the rows as JSON; exit code 1 when a row failed.
+prints the rows as JSON; exit code 1 when a row failed, 2 for bad options or `--device cuda`
+without a GPU.
 """
 
 from __future__ import annotations
