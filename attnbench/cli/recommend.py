@@ -30,6 +30,9 @@ def register(app: typer.Typer) -> None:
         fmt: Annotated[str, typer.Option("--format", help="table | markdown | json (a list of objects: shape, "
                                                           "seq, mode, backend, runner_up, margin, margin_ci, tie).")
                        ] = "table",
+        metric: Annotated[str, typer.Option(
+            "--metric", help="latency (median per call) | energy (joules per call, from the records' `energy`; "
+                             "cases without it do not qualify).")] = "latency",
     ) -> None:
         """Per shape, length and mode: the fastest backend within the error and memory budgets, the
         runner-up, the margin (runner-up ÷ best, 95 % bootstrap interval; a tie when it includes 1)
@@ -40,17 +43,21 @@ def register(app: typer.Typer) -> None:
           attnbench recommend results/llama.jsonl
 
           attnbench recommend r.jsonl --max-error 1e-2 --memory-budget 24GiB --format json
+
+          attnbench recommend gpu.jsonl --metric energy
         """
         from attnbench.cli.tools import parse_size
-        from attnbench.gate.recommend import recommend_files
+        from attnbench.gate.recommend import METRICS, recommend_files
         from attnbench.report import formodel as F
 
         if fmt not in FORMATS:
             raise UsageError(f"unknown --format '{fmt}'; accepted: {', '.join(FORMATS)}")
+        if metric not in METRICS:
+            raise UsageError(f"unknown --metric '{metric}'; accepted: {', '.join(METRICS)}")
         if max_error is not None and not max_error >= 0:
             raise UsageError(f"--max-error must be a number >= 0 (got {max_error})")
         budget = parse_size(memory_budget) if memory_budget is not None else None
-        picks, cross, records = recommend_files(results, max_error, budget)
+        picks, cross, records = recommend_files(results, max_error, budget, metric)
         if fmt == "json":
             print(json.dumps([p.as_json() for p in picks], indent=2))
             return
@@ -59,7 +66,8 @@ def register(app: typer.Typer) -> None:
             print(F.markdown(picks, cross, context), end="")
             return
         console = Console(width=None if console_is_tty() else 200)
-        console.print(F.rich_table("recommended backend (fastest within the budgets)", F.COLUMNS, F.rows(picks)))
+        what = "least energy per call" if metric == "energy" else "fastest"
+        console.print(F.rich_table(f"recommended backend ({what} within the budgets)", F.COLUMNS, F.rows(picks)))
         for line in [F.crossover_text(c) for c in cross] + context:
             console.print(line, markup=False, highlight=False)
 

@@ -108,7 +108,8 @@ def run(
     columns: Annotated[Optional[str], typer.Option(
         "--columns", "--metrics", metavar="LIST", rich_help_panel=OUTPUT,
         help="The table's columns, comma-separated, from: variant, backend, mode, shape, heads, status, ms, iqr, "
-             "mem, tflops, err, kv (KV/token), note (default: all; kv only with decode).")] = None,
+             "mem, tflops, err, kv (KV/token), energy (J per call), note (default: all; kv only with decode, "
+             "energy only where measured).")] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", rich_help_panel=OUTPUT, metavar=FLAG,
         help="Print only errors and the results file's path.")] = False,
@@ -173,6 +174,15 @@ def run(
     json_out: Annotated[bool, typer.Option(
         "--json", rich_help_panel=OUTPUT, metavar=FLAG,
         help="Print the records as JSON instead of a table (= --format json).")] = False,
+    # GPU timing (measure/graphs.py, measure/clocks.py): to move into the run settings object
+    cuda_graph: Annotated[bool, typer.Option(
+        "--cuda-graph", rich_help_panel=MEASURE, metavar=FLAG,
+        help="Time replays of a CUDA graph of 10 calls (fwd and decode), checked with the profiler to run "
+             "eager's kernels; records timing.mode. On a CPU: unavailable, with the reason.")] = False,
+    keep_throttled: Annotated[bool, typer.Option(
+        "--keep-throttled", rich_help_panel=MEASURE, metavar=FLAG,
+        help="Keep samples taken while the GPU throttled in the median (default: excluded, the "
+             "fraction recorded in clocks.excluded_frac).")] = False,
 ) -> None:
     """Run a sweep; with no arguments, the quick suite on the best device.
 
@@ -281,6 +291,8 @@ def run(
         sample_time=sample_time,
         **_model_run(model_plan, layers),
         view=view,
+        keep_throttled=keep_throttled,
+        cuda_graph=cuda_graph_option(cuda_graph, dev),
     )
     print_results(records, out, dev.type, fmt=fmt, columns=cols, csv_out=csv_out, quiet=quiet, console=out_console)
     if interrupted:
@@ -348,3 +360,13 @@ def _suite_settings(meta: dict, suite: str | None) -> tuple[int, int | None, flo
             f"suite '{suite}': reference_limit must be a whole number of score elements (got {ref_limit!r})"
         )
     return r, ref_limit, sample_time
+
+
+def cuda_graph_option(wanted: bool, dev) -> bool:
+    """--cuda-graph: on a device without CUDA graphs say so once (each record says it too)."""
+    from attnbench.measure.graphs import unavailable_reason
+
+    why = unavailable_reason(dev, "fwd") if wanted else None
+    if why:
+        say(err_console, f"--cuda-graph: unavailable: {why}")
+    return wanted

@@ -6,7 +6,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from attnbench.core.results import spread_text
-from attnbench.core.units import fmt_bytes, fmt_len, fmt_ms, short_kernel
+from attnbench.core.units import fmt_bytes, fmt_joules, fmt_len, fmt_ms, short_kernel
 
 
 def _distributed_note(d: dict | None) -> str:
@@ -52,11 +52,12 @@ COLUMNS = {
     "tflops": ("TFLOP/s", "right"),
     "err": ("err", "right"),
     "kv": ("KV/token", "right"),
+    "energy": ("energy/call", "right"),
     "note": ("kernel / reason", "left"),
 }
 COLUMN_ALIASES = {"median": "ms", "latency": "ms", "memory": "mem", "L": "shape", "seq": "shape", "H": "heads",
                   "error": "err", "kernel": "note", "reason": "note", "spread": "iqr",
-                  "kv_per_token": "kv"}
+                  "kv_per_token": "kv", "joules": "energy"}
 
 
 def parse_columns(text: str | None) -> list[str] | None:
@@ -110,12 +111,13 @@ def _cells(r: dict, marks: dict[str, int]) -> dict[str, str]:
         "shape": f"{fmt_len(r['seq_q'])}×{fmt_len(r['seq_k'])}",
         "heads": f"{r['heads']}" if r["heads"] == r["kv_heads"] else f"{r['heads']}/{r['kv_heads']}",
         "status": f"[{STATUS_STYLE.get(st, '')}]{st}[/]",
-        "ms": fmt_ms(lat.get("median")),
         "iqr": spread_text(lat),
         "mem": fmt_bytes(r.get("peak_mem_bytes")),
         "tflops": f"{r['tflops']:.3g}" if r.get("tflops") else "-",
         "err": err_s,
         "kv": kv_per_token(r),
+        "energy": fmt_joules((r.get("energy") or {}).get("energy_j")),
+        "ms": fmt_ms(lat.get("median")) + ("*" if (r.get("clocks") or {}).get("excluded") else ""),
         "note": note,
     }
 
@@ -125,7 +127,8 @@ def results_table(records: list[dict], title: str | None = "attnbench results", 
     """One row per record; `columns` (parse_columns) chooses and orders the columns. A reason that
     several records share shows as a marker ([1]) explained once by results_footnotes."""
     decode = any(r.get("mode") == "decode" for r in records)  # KV/token by default only where it means something
-    cols = columns or [c for c in COLUMNS if c != "kv" or decode]
+    energy = any((r.get("energy") or {}).get("energy_j") is not None for r in records)  # and energy where measured
+    cols = columns or [c for c in COLUMNS if (c != "kv" or decode) and (c != "energy" or energy)]
     t = Table(title=title, header_style="bold", show_lines=False, pad_edge=False)
     for col in cols:
         head, just = COLUMNS[col]
@@ -163,7 +166,23 @@ def results_footnotes(records: list[dict]) -> list[str]:
             f"err: relative L2 error against the fp64 reference on {', '.join(inputs)} inputs{mean}; "
             f"≥ 1 (marked !) is worse than returning zeros."
         )
-    return notes + ragged_notes(records)
+    return notes + gpu_notes(records) + ragged_notes(records)
+
+
+def gpu_notes(records: list[dict]) -> list[str]:
+    """Throttled samples left out of medians (ms marked *), and what the energy column is."""
+    notes = []
+    cut = [r for r in records if (r.get("clocks") or {}).get("excluded")]
+    if cut:
+        worst = max(r["clocks"]["excluded_frac"] for r in cut)
+        notes.append(f"ms*: samples timed while the GPU throttled left out of the median ({len(cut)} cases, up to "
+                     f"{100 * worst:.0f} % of a case's samples; --keep-throttled keeps them).")
+    measured = [r["energy"] for r in records if (r.get("energy") or {}).get("energy_j") is not None]
+    if measured:
+        notes.append(f"energy/call: the {measured[0]['source']} counter around ≥ {measured[0]['min_loop_s']:g} s of "
+                     "back-to-back calls, the whole device or package (idle power included); per token in the "
+                     "record (energy.energy_j_per_token).")
+    return notes
 
 
 def ragged_notes(records: list[dict]) -> list[str]:

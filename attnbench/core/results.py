@@ -35,6 +35,8 @@ RECORD_FIELDS = (
 OPTIONAL_RECORD_FIELDS = ("flags", "inputs", "attn_entropy", "roof", "timing")
 # Issue 21: ragged batches (variants/paged.py), only in records of variants with a seq_dist parameter.
 OPTIONAL_RECORD_FIELDS += ("seq_dist", "seq_lengths", "padding_frac")
+# Energy per call (measure/energy.py) and the clocks sampled during the timed loop (measure/clocks.py).
+OPTIONAL_RECORD_FIELDS += ("clocks", "energy")
 
 
 # ---- record flags (`flags`: a list of short strings; docs/results-schema.md)
@@ -302,9 +304,13 @@ def to_frame(records: list[dict]):
 
     rows = []
     for r in records:
-        row = {k: v for k, v in r.items() if k not in ("latency_ms", "samples_ms", "telemetry", "error", "type")}
+        row = {k: v for k, v in r.items()
+               if k not in ("latency_ms", "samples_ms", "telemetry", "error", "type", "clocks", "energy")}
         for k, v in (r.get("latency_ms") or {}).items():
             row[f"latency_{k}"] = v
+        energy = r.get("energy") or {}
+        row["energy_j"], row["energy_j_per_token"] = energy.get("energy_j"), energy.get("energy_j_per_token")
+        row["throttled_excluded_frac"] = (r.get("clocks") or {}).get("excluded_frac")
         for k, v in (r.get("error") or {}).items():
             row[f"error_{k}"] = v
         row["params"] = json.dumps(r.get("params") or {}, sort_keys=True)

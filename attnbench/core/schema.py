@@ -64,6 +64,9 @@ class RecordModel(BaseModel):
     threads: Optional[Annotated[StrictInt, Field(ge=1)]]
     telemetry: Optional[dict[str, Any]]
     wall_s: Optional[NonNeg]
+    # clocks during the timed loop and energy per call: absent from older files
+    clocks: Optional[dict[str, Any]] = None
+    energy: Optional[dict[str, Any]] = None
     # issue 21, ragged batches (variants/paged.py): absent from other records
     seq_dist: Optional[StrictStr] = None
     seq_lengths: Optional[dict[str, NonNeg]] = None

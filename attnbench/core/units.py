@@ -26,3 +26,13 @@ def short_kernel(kernel: str | None) -> str:
 
 def fmt_len(n: int) -> str:
     return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def fmt_joules(j: float | None) -> str:
+    """Energy with a unit: 1.23 J, 45.6 mJ, 7.8 µJ, 910 nJ; '-' for None."""
+    if j is None:
+        return "-"
+    for unit, scale in (("J", 1.0), ("mJ", 1e-3), ("µJ", 1e-6)):
+        if abs(j) >= scale:
+            return f"{j / scale:.3g} {unit}"
+    return f"{j / 1e-9:.3g} nJ"

@@ -11,7 +11,9 @@ A candidate is one (variant, backend, params) of a shape with status ok. It qual
   attention's error vs fp64 is ≈ 10 units × √(Lk/1024)). A record whose error
   was not measured (reference too large) qualifies when its variant is exact, with a note;
 - its peak memory fits the --memory-budget (unknown peak: qualifies, with a note).
-The best is the qualifying candidate of lowest median latency; the margin is runner-up median ÷
+The best is the qualifying candidate of lowest median latency (`metric="energy"`: of lowest energy
+per call, records/measure/energy.py; a candidate without an energy figure does not qualify, and
+since a case has one energy reading, no interval is claimed); the margin is runner-up median ÷
 best median, with a bootstrap interval (gate/stats.bootstrap_ratio over both records' samples,
 LEVEL) — a tie when the interval includes 1. Under MIN_SAMPLES samples on either side no
 interval is claimed (tie: null). Honest limits: the samples of one run are autocorrelated, so the
@@ -36,6 +38,14 @@ LEVEL = 0.95
 MIN_SAMPLES = 3
 SHAPE_KEYS = ("batch", "heads", "kv_heads", "head_dim", "dtype", "causal")
 MODEL_SHAPE_KEYS = ("model", "variant", "params")  # a model's layer groups are separate dispatches
+METRICS = ("latency", "energy")
+
+
+def metric_value(r: dict, metric: str) -> float | None:
+    """What a candidate is ranked by: its median latency (ms) or its energy per call (J)."""
+    if metric == "energy":
+        return (r.get("energy") or {}).get("energy_j")
+    return (r.get("latency_ms") or {}).get("median")
 
 
 def tolerance(dtype: str, seq_k: int = 1) -> float:
@@ -102,9 +112,9 @@ def qualifies(r: dict, max_error: float | None, budget: float | None, exact: set
 
 
 def recommend(records: list[dict], max_error: float | None = None, memory_budget: float | None = None,
-              exact: set[str] | None = None) -> list[Pick]:
+              exact: set[str] | None = None, metric: str = "latency") -> list[Pick]:
     """The dispatch table: one Pick per (shape, seq, mode) of the records (where none ran: no backend,
-    and a note counting the statuses).
+    and a note counting the statuses), ranked by `metric` (METRICS).
     `exact`: the names of exact variants (from the headers' catalogues); default: none known."""
     exact = exact or set()
     groups: dict[str, list[dict]] = {}
@@ -114,11 +124,14 @@ def recommend(records: list[dict], max_error: float | None = None, memory_budget
     picks = []
     for key, everything in groups.items():
         shape, seq, mode = json.loads(key)
-        rs = [r for r in everything if r.get("status") == "ok" and (r.get("latency_ms") or {}).get("median")]
+        ran_ok = [r for r in everything if r.get("status") == "ok" and (r.get("latency_ms") or {}).get("median")]
+        rs = [r for r in ran_ok if metric_value(r, metric)]
         if not rs:
             counts = Counter(r.get("status") for r in everything)
             ran = ", ".join(f"{n} {st}" for st, n in sorted(counts.items()))
-            picks.append(Pick(shape, seq, mode, None, None, None, None, None, None, f"nothing ran ({ran})"))
+            why = f"nothing ran ({ran})" if not ran_ok else "no energy measured: " + "; ".join(
+                sorted({(r.get("energy") or {}).get("reason") or "no energy field" for r in ran_ok}))
+            picks.append(Pick(shape, seq, mode, None, None, None, None, None, None, why))
             continue
         several = len({r["variant"] for r in rs}) > 1
         ok = [(r, note) for r in rs for good, note in [qualifies(r, max_error, memory_budget, exact)] if good]
@@ -126,17 +139,19 @@ def recommend(records: list[dict], max_error: float | None = None, memory_budget
             why = "; ".join(sorted({qualifies(r, max_error, memory_budget, exact)[1] for r in rs}))
             picks.append(Pick(shape, seq, mode, None, None, None, None, None, None, f"nothing qualifies: {why}"))
             continue
-        ok.sort(key=lambda x: x[0]["latency_ms"]["median"])
+        ok.sort(key=lambda x: metric_value(x[0], metric))
         (best, note), rest = ok[0], ok[1:]
         if not rest:
             picks.append(Pick(shape, seq, mode, _label(best, several), best["variant"], None, None, None, None,
                               "; ".join(filter(None, [note, "no runner-up"]))))
             continue
         second = rest[0][0]
-        margin = second["latency_ms"]["median"] / best["latency_ms"]["median"]
+        margin = metric_value(second, metric) / metric_value(best, metric)
         a, b = best.get("samples_ms") or [], second.get("samples_ms") or []
         ci, tie = None, None
-        if len(a) >= MIN_SAMPLES and len(b) >= MIN_SAMPLES:
+        if metric == "energy":
+            note = "; ".join(filter(None, [note, "one energy reading per case: no interval"]))
+        elif len(a) >= MIN_SAMPLES and len(b) >= MIN_SAMPLES:
             r = bootstrap_ratio(a, b, seed_for(key), level=LEVEL)
             ci, tie = (r.lo, r.hi), bool(r.lo <= 1.0 <= r.hi)
         else:
@@ -167,8 +182,8 @@ def exact_variants(headers: list[dict]) -> set[str]:
     return {name for h in headers for name, c in (h.get("catalogue") or {}).items() if c.get("exact")}
 
 
-def recommend_files(paths: list, max_error: float | None = None, memory_budget: float | None = None
-                    ) -> tuple[list[Pick], list[dict[str, Any]], list[dict]]:
+def recommend_files(paths: list, max_error: float | None = None, memory_budget: float | None = None,
+                    metric: str = "latency") -> tuple[list[Pick], list[dict[str, Any]], list[dict]]:
     """(picks, crossovers, records) of results files (a later file's case replaces an earlier one)."""
     from attnbench.core.errors import UsageError
     from attnbench.core.results import read
@@ -181,7 +196,7 @@ def recommend_files(paths: list, max_error: float | None = None, memory_budget: 
         headers.append(h)
         by_id.update({r["case_id"]: r for r in recs})
     records = list(by_id.values())
-    picks = recommend(records, max_error, memory_budget, exact_variants(headers))
+    picks = recommend(records, max_error, memory_budget, exact_variants(headers), metric)
     return picks, crossovers(picks), records
 
 

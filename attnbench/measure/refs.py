@@ -17,6 +17,8 @@ fraction of the achievable roofline, and a regression gate can normalise by them
   faster is kept (`threads` says which): on a loaded machine a multi-threaded copy of 256 KiB
   waits for descheduled threads (12 ms instead of 14 µs measured here), which is the load, not
   the roof.
+- L2 (`l2`, GPU only): the flush buffer's size and whether the flush leaves the cache cold
+  (measure/l2.py: a cache-resident read timed before and after a flush), once per run.
 - A case's roof (`roof`): min(GEMM best, intensity × the copy bandwidth of the smallest level whose
   copy working set (2 × buffer) holds the case's bytes). `roofline_frac` above ROOF_SLACK gets the
   `above_roof` flag and a reason: the models (FLOPs counted, minimum bytes) or the references are
@@ -31,6 +33,7 @@ import time
 import torch
 
 from attnbench.core.results import ROOF_SLACK
+from attnbench.measure import l2
 from attnbench.measure.timing import TimingPolicy, time_call
 
 BEST_OF = 10
@@ -99,13 +102,14 @@ def copy_bandwidth(device: torch.device, nbytes: int) -> dict:
 
 
 def measure(device: torch.device, dtypes: tuple[str, ...] = ("float32",)) -> dict:
-    """The header's refs: gemm per dtype; copy = the DRAM-size level (bytes_per_s) plus `levels`."""
+    """The header's refs: gemm per dtype; copy = the DRAM-size level (bytes_per_s) plus `levels`;
+    l2 = the flush size and whether it leaves the L2 cold (measure/l2.py; unavailable on a CPU)."""
     dram = 1 << 30 if device.type == "cuda" else 64 << 20
     levels = [
         _best_over_threads(lambda n=n: copy_bandwidth(device, n), device, "bytes_per_s") for n in (*COPY_LEVELS, dram)
     ]
     gemm = {d: _best_over_threads(lambda d=d: gemm_flops(device, d), device, "flops_per_s") for d in dtypes}
-    return {"gemm": gemm, "copy": {**levels[-1], "levels": levels}}
+    return {"gemm": gemm, "copy": {**levels[-1], "levels": levels}, "l2": l2.check(device)}
 
 
 def roof(flops: float, nbytes: float, working_set: float, dtype: str, refs: dict | None) -> dict | None:

@@ -1,6 +1,7 @@
 """GPU telemetry from NVML (nvidia-ml-py, imported as pynvml): SM clock, clock-event
-(throttle) reasons and power before and after each case, device-wide memory `used` (v2), and
-energy from the total-energy counter for cases of at least a second (it ticks every 20-100 ms).
+(throttle) reasons and power before and after each case, device-wide memory `used` (v2), the
+total-energy counter (read by measure/energy.py around its own loop) and the clocks the
+background sampler (measure/clocks.py) reads during the timed loop.
 Where NVML is absent every field is None and `reason` says why.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 # Reasons that mean the GPU slowed itself down (idle and app-clock settings are not throttling).
-_THROTTLE_BITS = {
+THROTTLE_BITS = {
     "sw_power_cap": 0x4, "hw_slowdown": 0x8, "sw_thermal": 0x20, "hw_thermal": 0x40,
     "hw_power_brake": 0x80,
 }
@@ -55,14 +56,33 @@ class Nvml:
             return Snapshot()
         nv = self._nv
         power = self._try(nv.nvmlDeviceGetPowerUsage)
-        reasons_fn = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
-            nv.nvmlDeviceGetCurrentClocksThrottleReasons
+        reasons_fn = self._reasons_fn()
         return Snapshot(
             sm_clock_mhz=self._try(nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_SM),
             power_w=power / 1000 if power is not None else None,
             clock_event_reasons=self._try(reasons_fn),
             energy_mj=self._try(nv.nvmlDeviceGetTotalEnergyConsumption),
         )
+
+    def energy_mj(self) -> int | None:
+        """The total-energy counter (mJ since the driver loaded), None without one."""
+        return self._try(self._nv.nvmlDeviceGetTotalEnergyConsumption) if self.ok else None
+
+    def clocks(self) -> tuple[int | None, int | None, float | None, int | None]:
+        """(SM MHz, memory MHz, power W, clock-event reason bits) now; None where unknown."""
+        if not self.ok:
+            return None, None, None, None
+        nv = self._nv
+        power = self._try(nv.nvmlDeviceGetPowerUsage)
+        return (self._try(nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_SM),
+                self._try(nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_MEM),
+                power / 1000 if power is not None else None, self._try(self._reasons_fn()))
+
+    def _reasons_fn(self):
+        nv = self._nv
+        # the newer name; drivers before 535 only have the deprecated "throttle" one
+        return (getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None)
+                or nv.nvmlDeviceGetCurrentClocksThrottleReasons)
 
     def used_bytes(self) -> int | None:
         if not self.ok:
@@ -75,21 +95,22 @@ class Nvml:
             return info.used if info is not None else None
 
 
+def is_throttled(reasons: int | None) -> bool | None:
+    """A power or thermal clock-event bit is set (None: reasons unknown)."""
+    return None if reasons is None else bool(reasons & sum(THROTTLE_BITS.values()))
+
+
 def throttled(before: Snapshot, after: Snapshot) -> bool | None:
     reasons = [s.clock_event_reasons for s in (before, after) if s.clock_event_reasons is not None]
     if not reasons:
         return None
-    mask = sum(_THROTTLE_BITS.values())
+    mask = sum(THROTTLE_BITS.values())
     return any(r & mask for r in reasons)
 
 
-def summarize(nvml: Nvml, before: Snapshot, after: Snapshot, seconds: float) -> dict:
-    """The telemetry fields of a record."""
+def summarize(nvml: Nvml, before: Snapshot, after: Snapshot) -> dict:
+    """The telemetry fields of a record (the energy per call is the record's `energy`)."""
     if not nvml.ok:
         return {"available": False, "reason": nvml.reason}
-    energy = None
-    if seconds >= 1.0 and before.energy_mj is not None and after.energy_mj is not None:
-        energy = (after.energy_mj - before.energy_mj) / 1000.0
     return {"available": True, "before": asdict(before), "after": asdict(after),
-            "throttled": throttled(before, after), "energy_j": energy,
-            "energy_reason": None if energy is not None else "case shorter than 1 s or no energy counter"}
+            "throttled": throttled(before, after)}

@@ -8,6 +8,12 @@ sample; then at least `min_warmup_calls` steady calls, and more until `warmup_ti
 the CPU the fastest steady warm-up call sizes the block: a call shorter than `min_block_time` is
 timed in blocks of calls lasting at least that long. A call longer than max_time leaves one
 sample: `Stats.n` says so, and `flags` (low_samples, high_variance) carry it into the record.
+
+Each sample keeps its host-time span (`Timing.spans`, perf_counter seconds) so the clock sampler
+(measure/clocks.py) can flag samples taken while the GPU throttled, and the timing mode that
+produced it (`events`, `cpu-block`; `cuda-graph` comes from measure/graphs.py). The GPU flush
+buffer is sized from the device's L2 (FLUSH_FACTOR × L2_cache_size; measure/l2.py checks that
+it really leaves the cache cold).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ class TimingPolicy:
     # takes up to ~10 calls to settle a repeated call's heap (measure/memory.timing_allocator)
     warmup_calls: int = 16
     min_block_time: float = 1e-3  # s: a CPU sample groups calls until it lasts this long
-    l2_flush_bytes: int = 256 * 2**20  # GPU: zero this much memory before each timed call
+    l2_flush_bytes: int | None = None  # GPU: zero this much memory before each timed call (None: from the L2)
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,9 @@ class Timing:
     calls_per_sample: int
     first_call_ms: float  # the untimed first call (compilation, autotuning, caches)
     stopped_by: str  # "spread" | "max_time" | "max_samples"
+    spans: tuple[tuple[float, float], ...] = ()  # per sample: perf_counter seconds at its start and end
+    mode: str = "cpu-block"  # "events" | "cpu-block" | "cuda-graph"
+    l2_flush_bytes: int | None = None  # GPU: the flush buffer zeroed before each sample
 
     @property
     def stats(self) -> Stats:
@@ -106,23 +115,37 @@ def time_cpu(fn: Callable[[], object], policy: TimingPolicy = TimingPolicy()) ->
         per_call, spent_warm, calls = min(per_call, dt), spent_warm + dt, calls + 1
     block = max(1, math.ceil(policy.min_block_time / max(per_call, 1e-9)))
     samples: list[float] = []
+    spans: list[tuple[float, float]] = []
     spent = 0.0
     while True:
         t0 = time.perf_counter_ns()
         for _ in range(block):
             fn()
-        dt = (time.perf_counter_ns() - t0) / 1e9
+        t1 = time.perf_counter_ns()
+        dt = (t1 - t0) / 1e9
         samples.append(dt * 1e3 / block)
+        spans.append((t0 / 1e9, t1 / 1e9))
         spent += dt
         why = stop_reason(samples, spent, policy)
         if why:
-            return Timing(tuple(samples), block, first, why)
+            return Timing(tuple(samples), block, first, why, tuple(spans), "cpu-block")
+
+
+FLUSH_FACTOR = 2  # the flush buffer is this many times the device's L2
+FLUSH_FALLBACK = 256 * 2**20  # when torch does not report the L2 size
+
+
+def l2_flush_bytes(device: torch.device) -> int:
+    """FLUSH_FACTOR × the device's L2 (torch's L2_cache_size), FLUSH_FALLBACK where unknown."""
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 0
+    return FLUSH_FACTOR * l2 if l2 > 0 else FLUSH_FALLBACK
 
 
 def time_cuda(fn: Callable[[], object], policy: TimingPolicy = TimingPolicy()) -> Timing:
-    """Per-call latency from CUDA events; the L2 cache is flushed (zero_ on a buffer larger than
-    L2) before every call, outside the events, so each call starts cold."""
-    flush = torch.empty(policy.l2_flush_bytes // 4, dtype=torch.int32, device="cuda")
+    """Per-call latency from CUDA events; the L2 cache is flushed (zero_ on a buffer of
+    FLUSH_FACTOR × L2) before every call, outside the events, so each call starts cold."""
+    nbytes = policy.l2_flush_bytes or l2_flush_bytes(torch.device("cuda", torch.cuda.current_device()))
+    flush = torch.empty(nbytes // 4, dtype=torch.int32, device="cuda")
     torch.cuda.synchronize()
     t0 = time.perf_counter_ns()
     fn()
@@ -134,20 +157,23 @@ def time_cuda(fn: Callable[[], object], policy: TimingPolicy = TimingPolicy()) -
         torch.cuda.synchronize()
         calls += 1
     samples: list[float] = []
+    spans: list[tuple[float, float]] = []
     spent = 0.0
     while True:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         flush.zero_()
+        t0 = time.perf_counter()
         start.record()
         fn()
         end.record()
         end.synchronize()
         ms = start.elapsed_time(end)
         samples.append(ms)
+        spans.append((t0, time.perf_counter()))
         spent += ms / 1e3
         why = stop_reason(samples, spent, policy)
         if why:
-            return Timing(tuple(samples), 1, first, why)
+            return Timing(tuple(samples), 1, first, why, tuple(spans), "events", nbytes)
 
 
 def time_call(fn: Callable[[], object], device: torch.device, policy: TimingPolicy = TimingPolicy()) -> Timing:

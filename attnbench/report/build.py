@@ -202,7 +202,8 @@ def _throughput(ctx: Context, everything, records, out: Path) -> Section:
     if not sec.charts:
         sec.skipped.append("Throughput chart: no case with achieved FLOP/s in the data.")
     rows = T.measurement_display(T.measurements(records, ctx.baseline))
-    sec.tables.append(_table("measurements", T.MEASUREMENT_COLUMNS, rows, out, "measurements"))
+    sec.tables.append(_table("measurements", T.measurement_columns(rows), rows, out, "measurements",
+                             T.gpu_note(rows)))
     return sec
 
 

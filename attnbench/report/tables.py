@@ -13,6 +13,7 @@ from pathlib import Path
 
 from attnbench.core.results import atomic_write_text, spread_text
 from attnbench.core.units import fmt_bytes as _fmt_bytes
+from attnbench.core.units import fmt_joules
 from attnbench.report.analysis import SCENARIO_KEYS, Series, baseline_of, crossover, fmt_len, length, series
 
 
@@ -120,11 +121,24 @@ def measurements(records: list[dict], baseline: str = "mha:eager") -> list[dict]
                     "roofline_frac": r.get("roofline_frac"),
                     "rel_l2": err.get("rel_l2"),
                     "full_rel_l2": err.get("full_rel_l2"),
+                    **gpu_fields(r),
                     "speedup": float(b_lat[L] / lat["median"]) if L in b_lat and lat.get("median") else None,
                     "mem_saving": float(b_mem[L] / mem) if L in b_mem and mem else None,
                 }
             )
     return rows
+
+
+def gpu_fields(r: dict) -> dict:
+    """Energy per call and token (measure/energy.py), the samples left out as throttled
+    (measure/clocks.py) and the timing mode of one record; None where not measured."""
+    en, clk = r.get("energy") or {}, r.get("clocks") or {}
+    return {"energy_j": en.get("energy_j"), "energy_j_per_token": en.get("energy_j_per_token"),
+            "energy_source": en.get("source"), "energy_reason": en.get("reason"),
+            "throttled_samples": len(clk.get("throttled_samples") or []) if clk.get("available") else None,
+            "excluded_frac": clk.get("excluded_frac") if clk.get("available") else None,
+            "sm_clock_mhz": (clk.get("sm_clock_mhz") or {}).get("median"),
+            "timing_mode": (r.get("timing") or {}).get("mode")}
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -247,6 +261,56 @@ def scaling_display(rows: list[dict]) -> list[dict]:
     return out
 
 
+GPU_COLUMNS = (
+    ("energy_text", "energy/call (/token)"),
+    ("throttle_text", "throttled (excl.)"),
+    ("timing_mode", "timing"),
+)
+
+
+def measurement_columns(rows: list[dict]) -> tuple:
+    """MEASUREMENT_COLUMNS, plus energy, throttling and the timing mode when any row has them
+    (a CPU run without RAPL has none: its table stays as it was)."""
+    extra = []
+    if any(r.get("energy_j") is not None for r in rows):
+        extra.append(GPU_COLUMNS[0])
+    if any(r.get("throttled_samples") is not None for r in rows):
+        extra.append(GPU_COLUMNS[1])
+    if any(r.get("timing_mode") not in (None, "cpu-block") for r in rows):
+        extra.append(GPU_COLUMNS[2])
+    return MEASUREMENT_COLUMNS + tuple(extra)
+
+
+def energy_text(joules: float | None, per_token: float | None) -> str:
+    if joules is None:
+        return "-"
+    return f"{fmt_joules(joules)}" + (f" ({fmt_joules(per_token)})" if per_token is not None else "")
+
+
+def throttle_text(r: dict) -> str:
+    if r.get("throttled_samples") is None:
+        return "-"
+    frac = r.get("excluded_frac") or 0.0
+    return f"{r['throttled_samples']} ({100 * frac:.0f} % excluded)" if r["throttled_samples"] else "0"
+
+
+def gpu_note(rows: list[dict]) -> str:
+    """What the energy and throttling columns mean, and why energy is missing where it is."""
+    parts = []
+    sources = sorted({r["energy_source"] for r in rows if r.get("energy_j") is not None})
+    if sources:
+        parts.append(f"Energy: {', '.join(sources)} counter around a loop of back-to-back calls (warm cache, no "
+                     "flush) lasting at least ten counter refreshes; it covers the whole device or package, idle "
+                     "power included; per token: B·Lq tokens per call.")
+    missing = sorted({r["energy_reason"] for r in rows if r.get("energy_j") is None and r.get("energy_reason")})
+    if sources and missing:
+        parts.append("No energy where: " + "; ".join(missing) + ".")
+    if any(r.get("throttled_samples") for r in rows):
+        parts.append("Throttled samples: timed while NVML reported a power or thermal clock-event reason; left "
+                     "out of the median unless the run used --keep-throttled (the raw samples keep them).")
+    return " ".join(parts)
+
+
 def measurement_display(rows: list[dict]) -> list[dict]:
     out = []
     for r in rows:
@@ -270,6 +334,8 @@ def measurement_display(rows: list[dict]) -> list[dict]:
                 "saving_text": _x(r["mem_saving"]),
                 "entropy_text": "-" if r.get("attn_entropy") is None else f"{r['attn_entropy']:.2f}",
                 "error_text": "-" if err is None else f"{err:.2e}" + (" (≥ 1: worse than zeros)" if err >= 1 else ""),
+                "energy_text": energy_text(r.get("energy_j"), r.get("energy_j_per_token")),
+                "throttle_text": throttle_text(r),
             }
         )
     return out

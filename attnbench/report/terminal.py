@@ -78,8 +78,12 @@ def show(records: list[dict], console: Console, baseline: str) -> None:
     if not scaling:
         console.print("no case ran (status ok): nothing to fit")
     _print_scaling_rows(scaling, console, baseline)
-    for scn, rows in _by_scenario(T.measurement_display(T.measurements(records, baseline))).items():
-        console.print(rich_table(f"measurements · {scn}", MEASUREMENTS, rows))
+    measured = T.measurement_display(T.measurements(records, baseline))
+    for scn, rows in _by_scenario(measured).items():  # energy, throttling, timing mode: where measured
+        extra = T.measurement_columns(rows)[len(T.MEASUREMENT_COLUMNS):]
+        console.print(rich_table(f"measurements · {scn}", MEASUREMENTS + extra, rows))
+    if note := T.gpu_note(measured):
+        console.print(_esc(note), highlight=False)
     crossings = T.with_scenario(T.crossover_table(records, baseline))
     for scn, rows in _by_scenario(crossings).items():
         console.print(rich_table(f"crossovers · {scn}", CROSSOVERS, rows))

@@ -15,12 +15,12 @@ import torch
 
 from attnbench.core.problem import Problem
 from attnbench.core.results import case_id, timing_flags
-from attnbench.measure import accuracy, memory, telemetry
+from attnbench.measure import accuracy, clocks, energy, graphs, memory, telemetry
 from attnbench.measure import flops as fl
 from attnbench.measure import refs as refs_mod
 from attnbench.measure.accuracy import REFERENCE_LIMIT
 from attnbench.measure.inputs import make_inputs, mean_entropy
-from attnbench.measure.timing import TimingPolicy, time_call
+from attnbench.measure.timing import Stats, Timing, TimingPolicy, time_call
 from attnbench.measure.trace import quiet_stderr, save_trace
 from attnbench.run.plan import Case
 from attnbench.variants import registry
@@ -144,10 +144,45 @@ def shown_error(error: dict | None) -> float | None:
     return error.get("full_rel_l2", error.get("rel_l2"))
 
 
-def case_flags(stats_dict: dict, tel: dict | None, frac_reason: str | None, error: dict | None) -> list[str]:
+def measure_timing(call: Callable[[], object], device: torch.device, policy: TimingPolicy, nvml,
+                   mode: str, keep_throttled: bool = False, cuda_graph: bool = False
+                   ) -> tuple[Timing, Stats, dict, dict]:
+    """Time the call with the clock sampler running (measure/clocks.py): (timing, the statistics of
+    the samples kept, the record's `clocks`, the record's `timing`). With cuda_graph the replays of a
+    captured graph are timed (measure/graphs.py) where that is possible and checked; otherwise
+    `timing.cuda_graph` says why and per-call timing gives the figure (`timing.mode` says which)."""
+    graph = None
+    timing = None
+    with clocks.Sampler(nvml) as sampler:
+        if cuda_graph:
+            why = graphs.unavailable_reason(device, mode)
+            if why:
+                graph = {"status": "unavailable", "reason": why}
+            else:
+                timing, graph = graphs.time_graph(call, policy)
+        if timing is None:
+            timing = time_call(call, device, policy)
+    flags = clocks.flag_samples(timing.spans, sampler.readings)
+    kept = clocks.kept_samples(timing.samples_ms, flags, keep_throttled)
+    clk = clocks.summary(nvml, sampler.readings, flags, len(timing.samples_ms) - len(kept), keep_throttled)
+    fields = {"calls_per_sample": timing.calls_per_sample, "stopped_by": timing.stopped_by, "mode": timing.mode,
+              "l2_flush_bytes": timing.l2_flush_bytes, "cuda_graph": graph}
+    return timing, Stats.of(kept), clk, fields
+
+
+def case_energy(call: Callable[[], object], device: torch.device, nvml, p: Problem, median_ms: float,
+                max_loop_s: float) -> dict:
+    """The record's `energy` (measure/energy.py): NVML's counter on a GPU, RAPL on a CPU."""
+    meter = energy.meter_for(device.type, nvml)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    return energy.measure(call, sync, meter, median_ms / 1e3, p.batch * p.seq_q, max_loop_s)
+
+
+def case_flags(stats_dict: dict, tel: dict | None, frac_reason: str | None, error: dict | None,
+               clk: dict | None = None) -> list[str]:
     """The record's flags (results.FLAGS): timing, throttling, roof, worse-than-zeros error."""
     flags = timing_flags(stats_dict)
-    if (tel or {}).get("throttled"):
+    if (tel or {}).get("throttled") or (clk or {}).get("throttled_samples"):
         flags.append("throttled")
     if frac_reason:
         flags.append("above_roof")
@@ -166,6 +201,9 @@ def run_case(
     profile_dir: str | None = None,
     inputs: str = "randn",
     reference_limit: int | None = None,
+    keep_throttled: bool = False,
+    cuda_graph: bool = False,
+    energy_max_s: float | None = None,
 ) -> dict:
     """Measure one runnable case; returns the measured fields of its record."""
     variant = registry.get(case.variant)
@@ -177,12 +215,12 @@ def run_case(
         q, k, v = (t.requires_grad_(True) for t in (q, k, v))
     nvml = nvml or telemetry.Nvml()
     before = nvml.snapshot()
-    t_case = time.perf_counter()
     t0 = time.perf_counter()
     fn = backend.build(p, device)
     setup_ms = (time.perf_counter() - t0) * 1e3
     call = mode_call(fn, q, k, v, p)
-    timing = time_call(call, device, policy)
+    timing, stats, clk, timing_fields = measure_timing(call, device, policy, nvml, p.mode, keep_throttled, cuda_graph)
+    spent = case_energy(call, device, nvml, p, stats.median, energy_max_s or policy.max_time)
     peak, kernel = measure_memory_and_kernel(call, device, nvml)
     if profile_dir:
         save_trace(
@@ -203,7 +241,6 @@ def run_case(
                 raise
             error = {"reason": f"the fp64 reference did not fit: {' '.join(str(e).split())[:120]}"}
     after = nvml.snapshot()
-    stats = timing.stats
     flops = fl.mode_flops(variant.flops(p), p.mode)
     nbytes = fl.mode_bytes(variant.bytes(p), p.mode)
     tflops = fl.rate(flops, stats.median, 1e12)
@@ -211,7 +248,7 @@ def run_case(
     roof = refs_mod.roof(flops, nbytes, variant.bytes(p), p.dtype, refs)
     frac = roofline_fraction(flops, stats.median, roof)
     why_above = refs_mod.above_roof_reason(frac, roof, p.dtype, refs)
-    tel = telemetry.summarize(nvml, before, after, time.perf_counter() - t_case)
+    tel = telemetry.summarize(nvml, before, after)
     return {
         "status": "ok",
         "reason": None,
@@ -232,10 +269,12 @@ def run_case(
         "kernel": kernel,
         "threads": torch.get_num_threads(),
         "telemetry": tel,
-        "timing": {"calls_per_sample": timing.calls_per_sample, "stopped_by": timing.stopped_by},
+        "timing": timing_fields,
+        "clocks": clk,
+        "energy": spent,
         "inputs": inputs,
         "attn_entropy": entropy,
-        "flags": case_flags(stats.__dict__, tel, why_above, error),
+        "flags": case_flags(stats.__dict__, tel, why_above, error, clk),
     }
 
 

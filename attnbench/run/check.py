@@ -84,7 +84,7 @@ def check_problem(variant: registry.Variant, dtype: str, causal: bool, mode: str
     return variant.resolve(raw)
 
 
-def _shape(p: Problem) -> str:
+def shape_text(p: Problem) -> str:
     heads = f"H{p.heads}" if p.heads == p.kv_heads else f"H{p.heads}/{p.kv_heads}"
     return (
         f"{heads} L{p.seq_q}"
@@ -94,7 +94,7 @@ def _shape(p: Problem) -> str:
     )
 
 
-def _problems(v: registry.Variant, dtype: str):
+def check_problems(v: registry.Variant, dtype: str):
     """fwd, causal and not; decode (at the variant's own causality) for exact-family variants, mla
     (latent: its absorbed decode) and the serving family (paged: its Triton kernel is decode-only)."""
     for causal in (False, True):
@@ -106,7 +106,7 @@ def _problems(v: registry.Variant, dtype: str):
 
 
 def check_backend(variant: registry.Variant, backend: registry.Backend, p: Problem, device: torch.device) -> CheckRow:
-    shape = _shape(p)
+    shape = shape_text(p)
     verdict = registry.decide(variant, backend.name, p, device, available=False)  # availability: checked by run()
     if verdict:
         return CheckRow(variant.name, backend.name, p.dtype, shape, None, None, None, None, verdict[1])
@@ -130,7 +130,7 @@ def check_backend(variant: registry.Variant, backend: registry.Backend, p: Probl
         err = errors(out, truth)
         if p.dtype == "float32":
             tf32 = backend.tf32_dots and device.type == "cuda"
-            with _tf32_matmuls(tf32):
+            with tf32_matmuls(tf32):
                 own = errors(oracle(q.float(), k.float(), v.float()), truth)["max_abs"]
             bound = max(ATOL, K_REL * own)
             note = "; ".join(filter(None, (note, "bound from a TF32 reference" if tf32 else "")))
@@ -150,7 +150,7 @@ def _oracle(variant: registry.Variant, p: Problem, device: torch.device):
 
 
 @contextlib.contextmanager
-def _tf32_matmuls(on: bool):
+def tf32_matmuls(on: bool):
     saved = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = on or saved
     try:
@@ -179,10 +179,10 @@ def run_checks(
                 continue
             why = None if (is_triton and interpret_triton) else b.available(device)
             for dtype in dtypes:
-                for p in _problems(v, dtype):
+                for p in check_problems(v, dtype):
                     if why:
                         rows.append(
-                            CheckRow(name, b.name, dtype, _shape(p), None, None, None, None, f"unavailable: {why}")
+                            CheckRow(name, b.name, dtype, shape_text(p), None, None, None, None, f"unavailable: {why}")
                         )
                         continue
                     try:
@@ -193,7 +193,7 @@ def run_checks(
                                 name,
                                 b.name,
                                 dtype,
-                                _shape(p),
+                                shape_text(p),
                                 None,
                                 None,
                                 None,

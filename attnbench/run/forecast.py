@@ -16,6 +16,8 @@ the medians of the references' samples, a typical call rather than the best):
   min(policy max_time, time budget / 4), the suite's `sample_time`) plus the sample that crosses
   it, and at `max_samples`. When the in-run GEMM's own samples spread more than the IQR target
   (a loaded machine), the spread rule is assumed never to stop the loop: it runs to the cap;
+- the energy loop (measure/energy.py): 1 s on a GPU (NVML's counter), 0.05 s on a CPU with
+  readable RAPL counters, none otherwise or when the time budget / 4 is shorter;
 - the memory/kernel pass: one call (more under the profiler: not modelled);
 - forward and decode cases: the fp64 oracle once per (variant, problem) up to `reference_limit`
   score elements: two materialised products at half the fp32 GEMM rate (the fp64 rate is not
@@ -35,6 +37,7 @@ import math
 import re
 from dataclasses import dataclass, replace
 
+from attnbench.measure import energy
 from attnbench.measure.cost import predict_call_seconds, predict_peak_bytes
 from attnbench.measure.flops import mode_bytes
 from attnbench.run.plan import Case, is_distributed
@@ -181,6 +184,7 @@ def forecast(
     limit = REFERENCE_LIMIT if cfg.reference_limit is None else cfg.reference_limit
     compiled = 0
     to_max = noisy(refs, policy)
+    energy_s = energy.planned_loop_seconds(cfg.device.type, cfg.time_budget / 4)
     oracles: set = set()
     out = []
     for c in cases:
@@ -196,7 +200,8 @@ def forecast(
         t = call_seconds(c, refs)
         secs = 0.0
         if t is not None and not is_distributed(c):
-            secs = 2 * t + measure_seconds(t, policy, cfg.device.type, to_max)
+            energy_loop = max(energy_s, t) if energy_s else 0.0  # at least one call when it runs
+            secs = 2 * t + measure_seconds(t, policy, cfg.device.type, to_max) + energy_loop
             if c.backend == "flex":
                 secs += COMPILE_FIRST_S if compiled == 0 else COMPILE_NEXT_S
                 compiled += 1

@@ -47,7 +47,7 @@ def merge_rounds(rounds: list[dict], total: int) -> dict:
             return {**rec, "reason": f"round {i + 1} of {total}: {rec.get('reason') or rec['status']}"}
     first, n = rounds[0], len(rounds)
     samples = [s for rec in rounds for s in rec["samples_ms"]]
-    stats = Stats.of(samples)
+    stats = Stats.of([s for rec in rounds for s in _kept(rec)])
     scale = first["latency_ms"]["median"] / stats.median  # rates go as 1 / median
     peaks = [rec["peak_mem_bytes"] for rec in rounds if rec.get("peak_mem_bytes") is not None]
     return {
@@ -60,7 +60,30 @@ def merge_rounds(rounds: list[dict], total: int) -> dict:
         "peak_mem_bytes": max(peaks) if peaks else first.get("peak_mem_bytes"),
         "wall_s": sum(rec.get("wall_s") or 0.0 for rec in rounds),
         "flags": _merged_flags(first, stats, scale),
+        **({"clocks": _merged_clocks(rounds)} if (first.get("clocks") or {}).get("available") else {}),
     }
+
+
+def _kept(rec: dict) -> list[float]:
+    """A round's samples its statistics used: without those left out as throttled (measure/clocks.py)."""
+    clk = rec.get("clocks") or {}
+    if not clk.get("excluded"):
+        return list(rec["samples_ms"])
+    drop = set(clk.get("throttled_samples") or [])
+    return [s for i, s in enumerate(rec["samples_ms"]) if i not in drop]
+
+
+def _merged_clocks(rounds: list[dict]) -> dict:
+    """The first round's clocks with the throttled samples' indices into the pooled samples and the
+    exclusions summed over the rounds."""
+    offset, idx, excluded = 0, [], 0
+    for rec in rounds:
+        clk = rec.get("clocks") or {}
+        idx += [offset + i for i in clk.get("throttled_samples") or []]
+        excluded += clk.get("excluded") or 0
+        offset += len(rec["samples_ms"])
+    return {**rounds[0]["clocks"], "throttled_samples": idx, "excluded": excluded,
+            "excluded_frac": excluded / offset if offset else 0.0, "readings": None, "note": "pooled over rounds"}
 
 
 def _merged_flags(first: dict, stats: Stats, scale: float) -> list[str]:

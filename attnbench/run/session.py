@@ -104,6 +104,8 @@ def run_sweep(
     cases: list[Case] | None = None,
     annotate: Callable[[dict], dict] | None = None,
     view: RunView | None = None,
+    keep_throttled: bool = False,
+    cuda_graph: bool = False,
 ) -> tuple[list[dict], Interrupt]:
     """Run every case (`rounds` times, interleaved: see rounds.py); returns (records of this
     file, the Interrupt: false when the run was not stopped by a signal, else its signum and
@@ -149,6 +151,8 @@ def run_sweep(
             sample_time=sample_time,
             annotate=annotate,
             view=view or RunView(console),
+            keep_throttled=keep_throttled,
+            cuda_graph=cuda_graph,
         )
 
 
@@ -185,6 +189,8 @@ def make_config(
     inputs: str = "randn",
     reference_limit: int | None = None,
     sample_time: float | None = None,
+    keep_throttled: bool = False,
+    cuda_graph: bool = False,
 ) -> RunConfig:
     cfg = RunConfig(
         device=device,
@@ -193,6 +199,8 @@ def make_config(
         profile_dir=str(profile_dir) if profile_dir else None,
         inputs=inputs,
         reference_limit=reference_limit,
+        keep_throttled=keep_throttled,
+        cuda_graph=cuda_graph,
     )
     if sample_time is not None:  # a suite's cap on timed samples per case (the quick suite: 0.5 s)
         cfg = replace(cfg, policy=replace(cfg.policy, max_time=float(sample_time)))
@@ -238,6 +246,8 @@ def _run_locked(
     sample_time: float | None = None,
     annotate: Callable[[dict], dict] | None = None,
     view: RunView,
+    keep_throttled: bool = False,
+    cuda_graph: bool = False,
 ) -> tuple[list[dict], Interrupt]:
     from attnbench.run.rounds import RoundJournal
 
@@ -250,7 +260,8 @@ def _run_locked(
         ids = {r["case_id"] for r in done}
         cases = [c for c in cases if case_key(c, device, threads) not in ids]
         console.print(f"resuming {out}: {len(done)} cases recorded, {len(cases)} to run", markup=False, highlight=False)
-    cfg = make_config(device, time_budget, threads, profile_dir, inputs, reference_limit, sample_time)
+    cfg = make_config(device, time_budget, threads, profile_dir, inputs, reference_limit, sample_time,
+                      keep_throttled, cuda_graph)
     journal = RoundJournal(out, rounds, resume)
     worker = Worker(cfg)
     records: list[dict] = list(done)

@@ -42,6 +42,8 @@ class RunConfig:
     policy: TimingPolicy = TimingPolicy(min_samples=10, min_time=0.2, max_time=2.0, target_rel_iqr=0.1)
     inputs: str = "randn"  # measure/inputs.py: randn | peaked
     reference_limit: int | None = None  # score elements of the fp64 oracle (None: execute.REFERENCE_LIMIT)
+    keep_throttled: bool = False  # keep samples taken while the GPU throttled in the statistics
+    cuda_graph: bool = False  # time replays of a captured CUDA graph (measure/graphs.py)
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -195,6 +197,9 @@ class Worker:
         oom_before = oom_kill_count()
         policy = replace(self.cfg.policy, max_time=min(self.cfg.policy.max_time, max(0.1, self.cfg.time_budget / 4)))
         options = {"inputs": self.cfg.inputs, "reference_limit": self.cfg.reference_limit}
+        if kind == "case":
+            options |= {"keep_throttled": self.cfg.keep_throttled, "cuda_graph": self.cfg.cuda_graph,
+                        "energy_max_s": self.cfg.time_budget / 4}  # the energy loop: as long as the timing may
         self.conn.send((kind, (case, policy, options)))
         if not self.conn.poll(timeout):
             self.kill()
@@ -345,6 +350,8 @@ def base_record(case: Case, device: torch.device, threads: int | None = None) ->
         "inputs": None,
         "attn_entropy": None,
         "roof": None,
+        "clocks": None,
+        "energy": None,
         **ragged_fields(case.problem),  # seq_dist, seq_lengths, padding_frac: variants with a seq_dist (paged)
     }
 

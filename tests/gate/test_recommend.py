@@ -106,3 +106,34 @@ def test_default_tolerance_keeps_float32_exact_attention_at_long_lengths():
     for L, err in ((1024, 6.3e-7), (8192, 1.7e-6)):
         assert err * 3 < tolerance("float32", L) < 1e-4  # exact float32 passes; a TF32 kernel (1e-4..1e-3) does not
     assert 3e-3 * 3 < tolerance("bfloat16", 8192) < 0.05
+
+
+def _energy(j, reason=None):
+    return {"energy_j": j, "energy_j_per_token": None if j is None else j / 1024, "source": "nvml", "reason": reason}
+
+
+def test_metric_energy_ranks_by_joules_per_call_without_an_interval():
+    """The faster backend spends more energy per call here: latency and energy pick differently."""
+    fast = rec("sdpa", 1024, 1.0, energy=_energy(0.30))
+    frugal = rec("flex", 1024, 1.5, energy=_energy(0.20))
+    [by_time] = recommend([fast, frugal])
+    [p] = recommend([fast, frugal], metric="energy")
+    assert by_time.backend == "sdpa" and p.backend == "flex" and p.runner_up == "sdpa"
+    assert abs(p.margin - 1.5) < 1e-9 and p.margin_ci is None and p.tie is None
+    assert "one energy reading" in p.note
+
+
+def test_metric_energy_without_energy_says_why():
+    [p] = recommend([rec("sdpa", 1024, 1.0, energy=_energy(None, "no RAPL package counters"))], metric="energy")
+    assert p.backend is None and "no energy measured: no RAPL package counters" in p.note
+
+
+def test_recommend_cli_metric(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    lines = [make_header(["t"], ENV, None), rec("sdpa", 1024, 1.0, energy=_energy(0.3)),
+             rec("flex", 1024, 1.5, energy=_energy(0.2))]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert main(["recommend", str(path), "--metric", "energy", "--format", "json"]) in (0, None)
+    assert json.loads(capsys.readouterr().out)[0]["backend"] == "flex"
+    assert main(["recommend", str(path), "--metric", "watts"]) == 2
+    assert "unknown --metric 'watts'; accepted: latency, energy" in capsys.readouterr().err

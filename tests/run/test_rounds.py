@@ -70,3 +70,18 @@ def test_rounds_do_not_combine_with_ray(tmp_path):
     with pytest.raises(UsageError, match="--rounds"):
         run_sweep([make_sweep(seq="64")], CPU, tmp_path / "r.jsonl", time_budget=1.0, threads=1, rounds=2,
                   executor="ray")
+
+
+def test_pooled_rounds_leave_out_each_rounds_throttled_samples():
+    from attnbench.run.rounds import merge_rounds
+
+    def rnd(samples, throttled):
+        return {"status": "ok", "samples_ms": samples, "latency_ms": {"median": 1.0}, "flags": [], "wall_s": 1.0,
+                "tflops": 1.0, "gbps": None, "roofline_frac": None, "peak_mem_bytes": 1,
+                "clocks": {"available": True, "throttled_samples": throttled, "excluded": len(throttled),
+                           "excluded_frac": len(throttled) / len(samples), "sm_clock_mhz": None}}
+
+    merged = merge_rounds([rnd([1.0, 9.0, 1.0], [1]), rnd([1.0, 1.0, 9.0, 9.0], [2, 3])], 2)
+    assert merged["latency_ms"]["n"] == 4 and merged["latency_ms"]["median"] == 1.0
+    assert merged["samples_ms"] == [1.0, 9.0, 1.0, 1.0, 1.0, 9.0, 9.0]
+    assert merged["clocks"]["throttled_samples"] == [1, 5, 6] and merged["clocks"]["excluded"] == 3
