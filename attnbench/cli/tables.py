@@ -38,6 +38,18 @@ def kv_per_token(r: dict) -> str:
     return fmt_bytes(r["kv_cache_bytes"] / (r["batch"] * r["seq_k"]))
 
 
+def parts_note(r: dict) -> str:
+    """' · indexer 40/85 % of FLOPs/bytes': the share of each part but the last (Variant.cost_parts)."""
+    parts = r.get("cost_parts") or {}
+    flops = sum(c["flops"] for c in parts.values())
+    nbytes = sum(c["bytes"] for c in parts.values())
+    if len(parts) < 2 or not flops or not nbytes:
+        return ""
+    shares = [f"{name} {100 * c['flops'] / flops:.0f}/{100 * c['bytes'] / nbytes:.0f} %"
+              for name, c in list(parts.items())[:-1]]
+    return " · " + ", ".join(shares) + " of FLOPs/bytes"
+
+
 # The results table's columns: name accepted by --columns -> (header, justify).
 COLUMNS = {
     "variant": ("variant", "left"),
@@ -101,7 +113,8 @@ def _cells(r: dict, marks: dict[str, int]) -> dict[str, str]:
     if reason and reason in marks:
         note = f"[{marks[reason]}] (below)"
     else:
-        note = escape((reason or short_kernel(r.get("kernel")) + _distributed_note(r.get("distributed")))[:160])
+        note = escape((reason or short_kernel(r.get("kernel")) + _distributed_note(r.get("distributed"))
+                       + parts_note(r))[:160])
     st = r["status"]
     return {
         "variant": r["variant"],

@@ -35,6 +35,9 @@ RECORD_FIELDS = (
 OPTIONAL_RECORD_FIELDS = ("flags", "inputs", "attn_entropy", "roof", "timing")
 # Issue 21: ragged batches (variants/paged.py), only in records of variants with a seq_dist parameter.
 OPTIONAL_RECORD_FIELDS += ("seq_dist", "seq_lengths", "padding_frac")
+# Variants whose cost has parts (Variant.cost_parts, e.g. DSA's indexer and attention):
+# {part: {"flops", "bytes"}}, scaled by the mode like flops and bytes.
+OPTIONAL_RECORD_FIELDS += ("cost_parts",)
 
 
 # ---- record flags (`flags`: a list of short strings; docs/results-schema.md)

@@ -122,12 +122,20 @@ def flat(k: torch.Tensor) -> torch.Tensor:
     return k.reshape(-1, k.shape[-1])
 
 
+def columns(k: torch.Tensor, slots: torch.Tensor, lo: int, hi: int, p: Problem) -> torch.Tensor:
+    """(B, Lk, hi − lo): columns lo:hi of every token of each sequence: a view of the dense cache,
+    gathered through the block table from a paged one (only those columns are copied)."""
+    if p.param("kv_layout") == "dense":
+        return k[:, 0, :, lo:hi]
+    return flat(k)[:, lo:hi][slots]
+
+
 # ---------------------------------------------------------------- the indexer and the selection
 def select(k: torch.Tensor, slots: torch.Tensor, qi: torch.Tensor, w: torch.Tensor, p: Problem) -> torch.Tensor:
     """Token positions (B, Lq, topk) int64 of the top-k indexer scores of each query, −1 where fewer
     are visible; float32 whatever the cache's dtype. Query rows go in blocks (scores B·R·H_I·Lk)."""
     _, start, _ = widths(p)
-    keys = flat(k)[slots][..., start:].float()  # (B, Lk, D_I): the sequence's indexer keys
+    keys = columns(k, slots, start, k.shape[-1], p).float()  # (B, Lk, D_I): the sequence's indexer keys
     b, lq, hi, di = qi.shape
     lk, top = keys.shape[1], int(p.param("topk"))
     kk = min(top, lk)
@@ -156,7 +164,7 @@ def selected_slots(pos: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
 def masked_dense(qa: torch.Tensor, k: torch.Tensor, slots: torch.Tensor, pos: torch.Tensor, p: Problem):
     """Latent output (B, H, Lq, r): dense absorbed scores over every token, masked to the selection."""
     r, start, _ = widths(p)
-    lat = flat(k)[slots][..., :start]  # (B, Lk, r + dr)
+    lat = columns(k, slots, 0, start, p)  # (B, Lk, r + dr)
     allowed = torch.zeros(pos.shape[0], pos.shape[1], lat.shape[1] + 1, dtype=torch.bool, device=qa.device)
     allowed.scatter_(2, torch.where(pos < 0, lat.shape[1], pos), True)
     s = (qa @ lat[:, None].transpose(-1, -2)) * mla.scale(p)  # (B, H, Lq, Lk)
@@ -305,6 +313,6 @@ DSA = Variant(
     flops=lambda p: sum(part["flops"] for part in cost_parts(p).values()),
     bytes=lambda p: sum(part["bytes"] for part in cost_parts(p).values()),
     backends=_backends(), resolve=resolve, supports=supports, defaults=dict(DEFAULTS), make_inputs=make_inputs,
-    modes=("fwd", "decode"), kv_cache_bytes=kv_cache_bytes)
+    modes=("fwd", "decode"), kv_cache_bytes=kv_cache_bytes, cost_parts=cost_parts)
 
 VARIANTS = (DSA,)
