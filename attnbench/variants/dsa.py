@@ -193,6 +193,15 @@ def gathered_sdpa(qa: torch.Tensor, k: torch.Tensor, sel: torch.Tensor, p: Probl
     return out.transpose(1, 2)
 
 
+def picture(p: Problem) -> torch.Tensor:
+    """(Lq, Lk) 0/1: the tokens each query's indexer selects on the benchmark's inputs (seed 0)."""
+    q, k, _ = make_inputs(p, torch.device("cpu"))
+    slots = token_slots(p, "cpu")
+    pos = select(k, slots, *index_inputs(p, "cpu"), p)[0]  # (Lq, topk), batch 0
+    mask = torch.zeros(p.seq_q, p.seq_k + 1)
+    return mask.scatter_(1, torch.where(pos < 0, p.seq_k, pos), 1.0)[:, :-1]
+
+
 def reference(q, k, v, p: Problem) -> torch.Tensor:
     """The definition in the inputs' dtype (float64 for the oracle): the float32 selection, then the
     dense masked form."""
@@ -313,6 +322,7 @@ DSA = Variant(
     flops=lambda p: sum(part["flops"] for part in cost_parts(p).values()),
     bytes=lambda p: sum(part["bytes"] for part in cost_parts(p).values()),
     backends=_backends(), resolve=resolve, supports=supports, defaults=dict(DEFAULTS), make_inputs=make_inputs,
-    modes=("fwd", "decode"), kv_cache_bytes=kv_cache_bytes, cost_parts=cost_parts)
+    modes=("fwd", "decode"), kv_cache_bytes=kv_cache_bytes, cost_parts=cost_parts,
+    picture=picture)
 
 VARIANTS = (DSA,)
