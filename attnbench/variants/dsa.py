@@ -28,6 +28,10 @@ Backends
   triton  attnbench.kernels.dsa_decode: split-k decode over the selected slots of the latent cache
           (decode only, Lq <= 16); the indexer and the two projections in torch
 
+No flex backend: the selection changes with every call's inputs, so a BlockMask would be built
+inside the timed call, and 2048 tokens chosen per query from anywhere in the cache leave almost no
+128 × 128 tile empty: FlexAttention would compute the dense scores and mask them, as `eager` does.
+
 Cost model, in two parts (`cost_parts`; the record's flops and bytes are their sum):
   indexer    FLOPs 2·B·P·H_I·(D_I + 1) over the P visible (query, key) pairs (the scores and the
              weighted sum); bytes: the indexer keys B·Lk·D_I, q^I and w, the indices written.
