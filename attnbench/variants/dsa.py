@@ -166,15 +166,20 @@ def selected_slots(pos: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- attention over the selection
 def masked_dense(qa: torch.Tensor, k: torch.Tensor, slots: torch.Tensor, pos: torch.Tensor, p: Problem):
-    """Latent output (B, H, Lq, r): dense absorbed scores over every token, masked to the selection."""
+    """Latent output (B, H, Lq, r): dense absorbed scores over every token, masked to the selection.
+    The heads are stacked as rows and the scores taken as lat·qaᵀ, so the cache rows are read in
+    place (their stride is the full cache row, indexer key included)."""
     r, start, _ = widths(p)
-    lat = columns(k, slots, 0, start, p)  # (B, Lk, r + dr)
-    allowed = torch.zeros(pos.shape[0], pos.shape[1], lat.shape[1] + 1, dtype=torch.bool, device=qa.device)
-    allowed.scatter_(2, torch.where(pos < 0, lat.shape[1], pos), True)
-    s = (qa @ lat[:, None].transpose(-1, -2)) * mla.scale(p)  # (B, H, Lq, Lk)
+    b, h, lq, width = qa.shape
+    lat = columns(k, slots, 0, start, p)  # (B, Lk, r + dr), rows strided
+    lk = lat.shape[1]
+    allowed = torch.zeros(b, lq, lk + 1, dtype=torch.bool, device=qa.device)
+    allowed.scatter_(2, torch.where(pos < 0, lk, pos), True)
+    s = (lat @ qa.reshape(b, h * lq, width).transpose(1, 2)).transpose(1, 2)  # (B, H·Lq, Lk)
+    s = s.reshape(b, h, lq, lk) * mla.scale(p)
     s = s.masked_fill(~allowed[:, None, :, :-1], float("-inf"))
     probs = torch.softmax(s if s.dtype == torch.float64 else s.float(), dim=-1).nan_to_num(0.0)
-    return probs.to(qa.dtype) @ lat[:, None, :, :r]
+    return (probs.to(qa.dtype).reshape(b, h * lq, lk) @ lat[..., :r]).reshape(b, h, lq, r)
 
 
 def gathered_sdpa(qa: torch.Tensor, k: torch.Tensor, sel: torch.Tensor, p: Problem) -> torch.Tensor:
