@@ -108,7 +108,7 @@ def run(
     columns: Annotated[Optional[str], typer.Option(
         "--columns", "--metrics", metavar="LIST", rich_help_panel=OUTPUT,
         help="The table's columns, comma-separated, from: variant, backend, mode, shape, heads, status, ms, iqr, "
-             "mem, tflops, err, kv (KV/token), note (default: all; kv only with decode).")] = None,
+             "mem, tflops, err, kv (KV/token), kvseq (KV/seq), note (default: all; kv, kvseq in decode).")] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", rich_help_panel=OUTPUT, metavar=FLAG,
         help="Print only errors and the results file's path.")] = False,

@@ -38,6 +38,14 @@ def kv_per_token(r: dict) -> str:
     return fmt_bytes(r["kv_cache_bytes"] / (r["batch"] * r["seq_k"]))
 
 
+def kv_per_seq(r: dict) -> str:
+    """A decode record's cache read per step for one sequence (one layer): it grows with L for a KV
+    cache, stays flat for a recurrent state (gdn)."""
+    if r.get("mode") != "decode" or not r.get("kv_cache_bytes"):
+        return "-"
+    return fmt_bytes(r["kv_cache_bytes"] / r["batch"])
+
+
 def parts_note(r: dict) -> str:
     """' · indexer 40/85 % of FLOPs/bytes': the share of each part but the last (Variant.cost_parts)."""
     parts = r.get("cost_parts") or {}
@@ -64,11 +72,12 @@ COLUMNS = {
     "tflops": ("TFLOP/s", "right"),
     "err": ("err", "right"),
     "kv": ("KV/token", "right"),
+    "kvseq": ("KV/seq", "right"),
     "note": ("kernel / reason", "left"),
 }
 COLUMN_ALIASES = {"median": "ms", "latency": "ms", "memory": "mem", "L": "shape", "seq": "shape", "H": "heads",
                   "error": "err", "kernel": "note", "reason": "note", "spread": "iqr",
-                  "kv_per_token": "kv"}
+                  "kv_per_token": "kv", "kv_per_seq": "kvseq"}
 
 
 def parse_columns(text: str | None) -> list[str] | None:
@@ -129,6 +138,7 @@ def _cells(r: dict, marks: dict[str, int]) -> dict[str, str]:
         "tflops": f"{r['tflops']:.3g}" if r.get("tflops") else "-",
         "err": err_s,
         "kv": kv_per_token(r),
+        "kvseq": kv_per_seq(r),
         "note": note,
     }
 
@@ -138,7 +148,7 @@ def results_table(records: list[dict], title: str | None = "attnbench results", 
     """One row per record; `columns` (parse_columns) chooses and orders the columns. A reason that
     several records share shows as a marker ([1]) explained once by results_footnotes."""
     decode = any(r.get("mode") == "decode" for r in records)  # KV/token by default only where it means something
-    cols = columns or [c for c in COLUMNS if c != "kv" or decode]
+    cols = columns or [c for c in COLUMNS if c not in ("kv", "kvseq") or decode]
     t = Table(title=title, header_style="bold", show_lines=False, pad_edge=False)
     for col in cols:
         head, just = COLUMNS[col]

@@ -1,4 +1,5 @@
-"""The run table's KV/token column: shown only when a record is a decode one, filled only for those."""
+"""The run table's KV/token and KV/seq columns: shown only when a record is a decode one, filled only for
+those; the cost-parts note."""
 
 from __future__ import annotations
 
@@ -26,6 +27,14 @@ def test_column_only_with_decode_records():
 
     assert "KV/token" in header([_record("decode", 4096.0 * 2 * 1152), _record("fwd", None)])
     assert "KV/token" not in header([_record("fwd", None)])
+    assert "KV/seq" in header([_record("decode", 4096.0)]) and "KV/seq" not in header([_record("fwd", None)])
+
+
+def test_kv_per_seq_is_the_decode_cache_of_one_sequence():
+    from attnbench.cli.tables import kv_per_seq
+
+    assert kv_per_seq(_record("decode", 2 * 512 * 1024)) == "512.0 KiB"  # batch 2
+    assert kv_per_seq(_record("fwd", 1024.0)) == "-"
 
 
 def test_cost_parts_share_in_the_kernel_column():
