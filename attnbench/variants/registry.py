@@ -21,6 +21,7 @@ from attnbench.variants import (
     lsh,
     mla,
     moba,
+    nsa,
     paged,
     positional,
     ring,
@@ -31,7 +32,7 @@ from attnbench.variants.base import Backend, Fn, Reason, Variant
 
 __all__ = ["Backend", "Fn", "Reason", "Variant", "FAMILIES", "get", "names", "all_variants", "decide", "describe"]
 
-FAMILIES = (exact, flash, positional, sparse, lsh, linear, vision, graph, ring, mla, paged, gdn, dsa, moba)
+FAMILIES = (exact, flash, positional, sparse, lsh, linear, vision, graph, ring, mla, paged, gdn, dsa, moba, nsa)
 
 _CATALOGUE: dict[str, Variant] = {v.name: v for family in FAMILIES for v in family.VARIANTS}
 assert len(_CATALOGUE) == sum(len(f.VARIANTS) for f in FAMILIES), "a variant name is used twice"
