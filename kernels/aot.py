@@ -34,10 +34,10 @@ _TRITON_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
 
 def all_kernels() -> tuple[AotKernel, ...]:
-    from . import block_sparse, decode, flash, mla_decode, paged_decode
+    from . import block_sparse, decode, dsa_decode, flash, mla_decode, paged_decode
 
     return (flash.AOT_KERNELS + decode.AOT_KERNELS + block_sparse.AOT_KERNELS + mla_decode.AOT_KERNELS
-            + paged_decode.AOT_KERNELS)
+            + paged_decode.AOT_KERNELS + dsa_decode.AOT_KERNELS)
 
 
 def describe(config) -> str:

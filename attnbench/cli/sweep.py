@@ -108,8 +108,8 @@ def run(
     columns: Annotated[Optional[str], typer.Option(
         "--columns", "--metrics", metavar="LIST", rich_help_panel=OUTPUT,
         help="The table's columns, comma-separated, from: variant, backend, mode, shape, heads, status, ms, iqr, "
-             "mem, tflops, err, kv (KV/token), energy (J per call), note (default: all; kv only with decode, "
-             "energy only where measured).")] = None,
+             "mem, tflops, err, kv (KV/token), kvseq (KV/seq), energy (J per call), note (default: all; kv and "
+             "kvseq only with decode, energy only where measured).")] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", rich_help_panel=OUTPUT, metavar=FLAG,
         help="Print only errors and the results file's path.")] = False,

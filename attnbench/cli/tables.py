@@ -38,6 +38,26 @@ def kv_per_token(r: dict) -> str:
     return fmt_bytes(r["kv_cache_bytes"] / (r["batch"] * r["seq_k"]))
 
 
+def kv_per_seq(r: dict) -> str:
+    """A decode record's cache read per step for one sequence (one layer): it grows with L for a KV
+    cache, stays flat for a recurrent state (gdn)."""
+    if r.get("mode") != "decode" or not r.get("kv_cache_bytes"):
+        return "-"
+    return fmt_bytes(r["kv_cache_bytes"] / r["batch"])
+
+
+def parts_note(r: dict) -> str:
+    """' · indexer 40/85 % of FLOPs/bytes': the share of each part but the last (Variant.cost_parts)."""
+    parts = r.get("cost_parts") or {}
+    flops = sum(c["flops"] for c in parts.values())
+    nbytes = sum(c["bytes"] for c in parts.values())
+    if len(parts) < 2 or not flops or not nbytes:
+        return ""
+    shares = [f"{name} {100 * c['flops'] / flops:.0f}/{100 * c['bytes'] / nbytes:.0f} %"
+              for name, c in list(parts.items())[:-1]]
+    return " · " + ", ".join(shares) + " of FLOPs/bytes"
+
+
 # The results table's columns: name accepted by --columns -> (header, justify).
 COLUMNS = {
     "variant": ("variant", "left"),
@@ -52,12 +72,13 @@ COLUMNS = {
     "tflops": ("TFLOP/s", "right"),
     "err": ("err", "right"),
     "kv": ("KV/token", "right"),
+    "kvseq": ("KV/seq", "right"),
     "energy": ("energy/call", "right"),
     "note": ("kernel / reason", "left"),
 }
 COLUMN_ALIASES = {"median": "ms", "latency": "ms", "memory": "mem", "L": "shape", "seq": "shape", "H": "heads",
                   "error": "err", "kernel": "note", "reason": "note", "spread": "iqr",
-                  "kv_per_token": "kv", "joules": "energy"}
+                  "kv_per_token": "kv", "kv_per_seq": "kvseq", "joules": "energy"}
 
 
 def parse_columns(text: str | None) -> list[str] | None:
@@ -102,7 +123,8 @@ def _cells(r: dict, marks: dict[str, int]) -> dict[str, str]:
     if reason and reason in marks:
         note = f"[{marks[reason]}] (below)"
     else:
-        note = escape((reason or short_kernel(r.get("kernel")) + _distributed_note(r.get("distributed")))[:160])
+        note = escape((reason or short_kernel(r.get("kernel")) + _distributed_note(r.get("distributed"))
+                       + parts_note(r))[:160])
     st = r["status"]
     return {
         "variant": r["variant"],
@@ -116,6 +138,7 @@ def _cells(r: dict, marks: dict[str, int]) -> dict[str, str]:
         "tflops": f"{r['tflops']:.3g}" if r.get("tflops") else "-",
         "err": err_s,
         "kv": kv_per_token(r),
+        "kvseq": kv_per_seq(r),
         "energy": fmt_joules((r.get("energy") or {}).get("energy_j")),
         "ms": fmt_ms(lat.get("median")) + ("*" if (r.get("clocks") or {}).get("excluded") else ""),
         "note": note,
@@ -128,7 +151,7 @@ def results_table(records: list[dict], title: str | None = "attnbench results", 
     several records share shows as a marker ([1]) explained once by results_footnotes."""
     decode = any(r.get("mode") == "decode" for r in records)  # KV/token by default only where it means something
     energy = any((r.get("energy") or {}).get("energy_j") is not None for r in records)  # and energy where measured
-    cols = columns or [c for c in COLUMNS if (c != "kv" or decode) and (c != "energy" or energy)]
+    cols = columns or [c for c in COLUMNS if (c not in ("kv", "kvseq") or decode) and (c != "energy" or energy)]
     t = Table(title=title, header_style="bold", show_lines=False, pad_edge=False)
     for col in cols:
         head, just = COLUMNS[col]

@@ -37,6 +37,9 @@ OPTIONAL_RECORD_FIELDS = ("flags", "inputs", "attn_entropy", "roof", "timing")
 OPTIONAL_RECORD_FIELDS += ("seq_dist", "seq_lengths", "padding_frac")
 # Energy per call (measure/energy.py) and the clocks sampled during the timed loop (measure/clocks.py).
 OPTIONAL_RECORD_FIELDS += ("clocks", "energy")
+# Variants whose cost has parts (Variant.cost_parts, e.g. DSA's indexer and attention):
+# {part: {"flops", "bytes"}}, scaled by the mode like flops and bytes.
+OPTIONAL_RECORD_FIELDS += ("cost_parts",)
 
 
 # ---- record flags (`flags`: a list of short strings; docs/results-schema.md)

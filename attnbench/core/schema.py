@@ -71,6 +71,7 @@ class RecordModel(BaseModel):
     seq_dist: Optional[StrictStr] = None
     seq_lengths: Optional[dict[str, NonNeg]] = None
     padding_frac: Optional[Annotated[float, Field(allow_inf_nan=False, ge=0, le=1)]] = None
+    cost_parts: Optional[dict[str, dict[str, NonNeg]]] = None
 
 
 class SweepModel(BaseModel):

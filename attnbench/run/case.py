@@ -275,7 +275,18 @@ def run_case(
         "inputs": inputs,
         "attn_entropy": entropy,
         "flags": case_flags(stats.__dict__, tel, why_above, error, clk),
+        **cost_parts(variant, p),
     }
+
+
+def cost_parts(variant, p: Problem) -> dict:
+    """{"cost_parts": {part: {flops, bytes}}} scaled by the mode, for variants whose cost has parts; else {}."""
+    if variant.cost_parts is None:
+        return {}
+    parts = variant.cost_parts(p)
+    scaled = {name: {"flops": fl.mode_flops(c["flops"], p.mode), "bytes": fl.mode_bytes(c["bytes"], p.mode)}
+              for name, c in parts.items()}
+    return {"cost_parts": scaled}
 
 
 def probe_case(case: Case, device: torch.device) -> dict:

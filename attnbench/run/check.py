@@ -96,12 +96,13 @@ def shape_text(p: Problem) -> str:
 
 def check_problems(v: registry.Variant, dtype: str):
     """fwd, causal and not; decode (at the variant's own causality) for exact-family variants, mla
-    (latent: its absorbed decode) and the serving family (paged: its Triton kernel is decode-only)."""
+    (latent: its absorbed decode), the serving family (paged: its Triton kernel is decode-only), dsa
+    (dynamic sparse: likewise) and gdn (linear-recurrent: the state as the cache)."""
     for causal in (False, True):
         p = check_problem(v, dtype, causal)
         if p.causal == causal:  # variants that fix causality: checked once
             yield p
-    if v.family in ("exact", "latent", "serving") and "decode" in v.modes:
+    if v.family in ("exact", "latent", "serving", "dynamic sparse", "linear-recurrent") and "decode" in v.modes:
         yield check_problem(v, dtype, False, mode="decode")
 
 

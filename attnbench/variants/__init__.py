@@ -1,5 +1,5 @@
 """The variants: one file per family (exact, flash, positional, sparse, lsh, linear, vision, graph,
-ring), each listing its variants with all their backends; registry.py is the catalogue.
+ring, mla, paged, gdn, dsa, moba, nsa), each listing its variants with all their backends; registry.py is the catalogue.
 
     base.py       Variant and Backend (frozen), Fn, Reason
     registry.py   the catalogue (FAMILIES), get/names/all_variants, decide (is this case runnable?)

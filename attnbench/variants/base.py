@@ -81,6 +81,9 @@ class Variant:
     picture:   problem -> 2-D (Lq, Lk) tensor showing what is attended (0/1 mask or bias values),
                for the pattern gallery and `attnbench show-pattern`.
     modes:     the modes this variant can run; others become `unsupported`.
+    cost_parts: problem -> {part: {"flops", "bytes"}}: where the forward's FLOPs and bytes go (DSA:
+               its indexer and its sparse attention); the parts sum to `flops` and `bytes`. Written
+               into the record (`cost_parts`, scaled by the mode like flops) and shown in the table.
     options:   parameters that are off unless a sweep sets them (name -> the "off" value, which
                gives the type): e.g. softcap = 0.0. Unlike `defaults` they are left out of a case's
                params while off, so records (and case ids) of plain attention do not change when a
@@ -106,6 +109,7 @@ class Variant:
     picture: Callable[[Problem], torch.Tensor] | None = None
     modes: tuple[str, ...] = ("fwd", "bwd", "fwd+bwd", "decode")
     kv_cache_bytes: Callable[[Problem], float] | None = None  # cache a decode step reads (None: shared)
+    cost_parts: Callable[[Problem], dict[str, dict[str, float]]] | None = None
 
     def backend(self, name: str) -> Backend:
         for b in self.backends:

@@ -1,4 +1,5 @@
-"""The run table's KV/token column: shown only when a record is a decode one, filled only for those."""
+"""The run table's KV/token and KV/seq columns: shown only when a record is a decode one, filled only for
+those; the cost-parts note."""
 
 from __future__ import annotations
 
@@ -26,3 +27,37 @@ def test_column_only_with_decode_records():
 
     assert "KV/token" in header([_record("decode", 4096.0 * 2 * 1152), _record("fwd", None)])
     assert "KV/token" not in header([_record("fwd", None)])
+    assert "KV/seq" in header([_record("decode", 4096.0)]) and "KV/seq" not in header([_record("fwd", None)])
+
+
+def test_kv_per_seq_is_the_decode_cache_of_one_sequence():
+    from attnbench.cli.tables import kv_per_seq
+
+    assert kv_per_seq(_record("decode", 2 * 512 * 1024)) == "512.0 KiB"  # batch 2
+    assert kv_per_seq(_record("fwd", 1024.0)) == "-"
+
+
+def test_cost_parts_share_in_the_kernel_column():
+    """A record with cost parts (dsa) shows each part's share of FLOPs and bytes but the last's."""
+    from attnbench.cli.tables import parts_note
+
+    rec = _record("decode", 1.0) | {"variant": "dsa", "cost_parts": {"indexer": {"flops": 30.0, "bytes": 90.0},
+                                                                      "attention": {"flops": 70.0, "bytes": 10.0}}}
+    assert parts_note(rec) == " · indexer 30/90 % of FLOPs/bytes"
+    assert parts_note(_record("decode", 1.0)) == ""
+    console = Console(width=220, record=True)
+    console.print(results_table([rec]))
+    assert "indexer 30/90 % of FLOPs/bytes" in console.export_text()
+
+
+def test_case_scales_cost_parts_by_mode_and_they_sum_to_the_variants_cost():
+    from attnbench.core.problem import Problem
+    from attnbench.run.case import cost_parts
+    from attnbench.variants import registry
+
+    dsa = registry.get("dsa")
+    p = dsa.resolve(Problem(batch=1, heads=4, kv_heads=0, seq_q=1, seq_k=3000, head_dim=64, mode="decode"))
+    parts = cost_parts(dsa, p)["cost_parts"]
+    assert sum(c["flops"] for c in parts.values()) == dsa.flops(p)
+    assert sum(c["bytes"] for c in parts.values()) == dsa.bytes(p)
+    assert cost_parts(registry.get("mla"), p) == {}

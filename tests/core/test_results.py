@@ -174,3 +174,17 @@ def test_non_finite_floats_are_written_as_valid_json(tmp_path):
         json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     back = [json.loads(line) for line in path.read_text().splitlines()][-1]
     assert back["error"]["rel_l2"] is None and back["error"]["max_abs"] is None
+
+
+def test_cost_parts_round_trip_and_are_typed(tmp_path):
+    """`cost_parts` (variants whose cost has parts: dsa) reads back as written; a negative or
+    non-numeric part is refused with the field named."""
+    parts = {"indexer": {"flops": 1e9, "bytes": 4e6}, "attention": {"flops": 3e8, "bytes": 2e6}}
+    path = tmp_path / "r.jsonl"
+    write(path, [record() | {"cost_parts": parts}])
+    (got,) = read(path)[1]
+    assert got["cost_parts"] == parts
+    bad = {"type": "record", **record(), "cost_parts": {"indexer": {"flops": -1.0}}}
+    path.write_text(json.dumps(header()) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(ResultsError, match="cost_parts"):
+        read(path)

@@ -42,7 +42,7 @@ def test_report_covers_every_kernel_arch_dtype_and_config(report):
     seen = {(r["kernel"], r["arch"], r["dtype"]) for r in report}
     names = {k.name for k in aot.all_kernels()}
     assert names >= {"flash.fwd", "flash.bwd_dkdv", "flash.bwd_dq", "decode.split", "decode.merge",
-                     "block_sparse.fwd", "block_sparse.bwd_dkdv", "block_sparse.bwd_dq"}
+                     "block_sparse.fwd", "block_sparse.bwd_dkdv", "block_sparse.bwd_dq", "dsa_decode.split"}
     assert seen == {(n, a, d) for n in names for a in ARCHS for d in DTYPES}
     for kernel in aot.all_kernels():  # each autotune config of each list, at its head dim
         for arch in ARCHS:
