@@ -101,7 +101,7 @@ def _cells(r: dict, marks: dict[str, int]) -> dict[str, str]:
     if reason and reason in marks:
         note = f"[{marks[reason]}] (below)"
     else:
-        note = escape((reason or short_kernel(r.get("kernel")) + _distributed_note(r.get("distributed")))[:160])
+        note = escape(reason or short_kernel(r.get("kernel")) + _distributed_note(r.get("distributed")))
     st = r["status"]
     return {
         "variant": r["variant"],

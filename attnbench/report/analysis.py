@@ -31,7 +31,8 @@ import numpy as np
 SERIES_KEYS = ("variant", "backend", "device", "mode", "dtype", "batch", "heads", "kv_heads",
                "head_dim", "causal", "params")
 SCENARIO_KEYS = ("device", "mode", "dtype", "batch", "heads", "head_dim", "causal")
-FAILED = ("oom", "timeout", "error", "skipped")  # statuses that end a frontier
+FAILURES = ("oom", "timeout", "error", "killed")  # the case was tried and did not finish
+FAILED = (*FAILURES, "skipped")  # statuses that end a frontier (a skip: the budget said it would not fit)
 
 from attnbench.report.verdicts import VERDICTS, Fit, fit_scaling, judge, t975  # noqa: E402, F401  (re-exported)
 
@@ -243,18 +244,30 @@ def series(records: list[dict]) -> list[Series]:
 
 
 def frontier(s: Series) -> dict[str, Any]:
-    """The longest L that ran and the first longer one that did not (status, reason)."""
+    """The longest L that ran, the first longer one that did not (status, reason), and every
+    length where the case was tried and failed, shorter ones included: a crash at 2k between
+    lengths that ran is a failure, not a frontier beyond 8k."""
     ok = [length(r) for r in s.ok()]
     largest = max(ok) if ok else None
     after = [r for r in s.records if r["status"] in FAILED and (largest is None or length(r) > largest)]
     nxt = after[0] if after else None
+    failed = [r for r in s.records if r["status"] in FAILURES]
     text = f"ok to {fmt_len(largest)}" if largest else "nothing ran"
+    inside = [r for r in failed if r is not nxt]
+    if inside:
+        text += "; failed at " + ", ".join(f"{fmt_len(length(r))} ({r['status']})" for r in inside)
     if nxt:
         text += f"; {nxt['status']} at {fmt_len(length(nxt))}"
-    else:
-        text += ", none failed" if largest else ""
+    elif largest and not failed:
+        text += ", none failed"
     return {"largest_ok": largest, "next_status": nxt and nxt["status"],
-            "next_L": nxt and length(nxt), "next_reason": nxt and nxt.get("reason"), "text": text}
+            "next_L": nxt and length(nxt), "next_reason": nxt and nxt.get("reason"), "text": text,
+            "failed": [(length(r), r["status"], first_line(r.get("reason"))) for r in failed]}
+
+
+def first_line(reason: str | None) -> str:
+    """The first non-empty line of a failure's reason, whole (views wrap it, never cut it)."""
+    return next((ln.strip() for ln in (reason or "").splitlines() if ln.strip()), "no reason recorded")
 
 
 # ---------------------------------------------------------------- tables
@@ -338,7 +351,7 @@ def scaling_row(s: Series, everything: list[Series], baseline: str) -> dict:
         "crossover_vs_baseline": cross,
         "speedup": speedup, "mem_saving": saving, "compared_at": at,
         "largest_ok": fr["largest_ok"], "next_status": fr["next_status"], "next_L": fr["next_L"],
-        "next_reason": fr["next_reason"], "frontier": fr["text"],
+        "next_reason": fr["next_reason"], "frontier": fr["text"], "failed": fr["failed"],
         "tflops": last.get("tflops"), "gbps": last.get("gbps"), "roofline_frac": last.get("roofline_frac"),
     }
 

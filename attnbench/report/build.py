@@ -252,9 +252,11 @@ def _peers(headers: list[dict], records, out: Path) -> list[Section]:
 
 def _not_run(records, out: Path) -> Section:
     rows = T.with_scenario(T.not_run(records))
-    sec = Section("Not run", ["Series where no length ran (unsupported, unavailable, skipped, failed)."])
+    sec = Section("Not run or failed", ["Series where no length ran (unsupported, unavailable, skipped, failed), "
+                                        "then every case that was tried and failed (oom, timeout, error, killed) "
+                                        "in a series that ran at other lengths, with the first line of its reason."])
     if rows:
         sec.tables.append(_table("not run", T.NOT_RUN_COLUMNS, rows, out, "not_run"))
     else:
-        sec.text.append("Every series ran at least one length.")
+        sec.text.append("Every series ran at least one length, and no case failed.")
     return sec

@@ -13,25 +13,33 @@ from pathlib import Path
 
 from attnbench.core.results import atomic_write_text, spread_text
 from attnbench.core.units import fmt_bytes as _fmt_bytes
-from attnbench.report.analysis import SCENARIO_KEYS, Series, baseline_of, crossover, fmt_len, length, series
+from attnbench.report.analysis import (FAILURES, SCENARIO_KEYS, Series, baseline_of, crossover, first_line, fmt_len,
+                                       length, series)
 
 
 def not_run(records: list[dict]) -> list[dict]:
-    """Series where nothing ran: variant, backend, status and reason (unsupported, unavailable, ...)."""
-    rows = []
+    """Series where nothing ran (unsupported, unavailable, skipped, failed: one row, its first
+    record's status and reason), then every failed case (oom, timeout, error, killed) of a series
+    that ran at other lengths, one row each with the first line of its reason, whole."""
+    rows, failed = [], []
     for s in series(records):
         if not s.ok():
-            r = s.records[0]
-            rows.append(
-                {
-                    "series": s.name,
-                    **{k: s.axes[k] for k in SCENARIO_KEYS},
-                    "status": r["status"],
-                    "reason": r.get("reason"),
-                    "lengths": ", ".join(fmt_len(length(x)) for x in s.records),
-                }
-            )
-    return rows
+            r = next((x for x in s.records if x["status"] in FAILURES), s.records[0])
+            rows.append(_not_run_row(s, r, ", ".join(fmt_len(length(x)) for x in s.records)))
+        else:
+            failed += [_not_run_row(s, r, fmt_len(length(r))) for r in s.records if r["status"] in FAILURES]
+    return rows + failed
+
+
+def _not_run_row(s: Series, r: dict, lengths: str) -> dict:
+    reason = first_line(r.get("reason")) if r["status"] in FAILURES else r.get("reason")
+    return {"series": tag(s), **{k: s.axes[k] for k in SCENARIO_KEYS}, "status": r["status"],
+            "reason": reason, "lengths": lengths}
+
+
+def failed_records(records: list[dict]) -> list[dict]:
+    """Every record that was tried and failed (analysis.FAILURES), in file order."""
+    return [r for r in records if r["status"] in FAILURES]
 
 
 def approximate(s: Series) -> bool:

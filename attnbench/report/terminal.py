@@ -87,4 +87,4 @@ def show(records: list[dict], console: Console, baseline: str) -> None:
         console.print("crossovers: no pair that matters crosses within the swept lengths (pairs: two backends "
                       f"of one variant, approximation vs exact, or vs the baseline {_esc(baseline)})")
     for scn, rows in _by_scenario(T.with_scenario(T.not_run(records))).items():
-        console.print(rich_table(f"not run · {scn}", NOT_RUN, rows))
+        console.print(rich_table(f"not run or failed · {scn}", NOT_RUN, rows))

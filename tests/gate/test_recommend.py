@@ -106,3 +106,17 @@ def test_default_tolerance_keeps_float32_exact_attention_at_long_lengths():
     for L, err in ((1024, 6.3e-7), (8192, 1.7e-6)):
         assert err * 3 < tolerance("float32", L) < 1e-4  # exact float32 passes; a TF32 kernel (1e-4..1e-3) does not
     assert 3e-3 * 3 < tolerance("bfloat16", 8192) < 0.05
+
+
+def test_a_backend_that_failed_at_a_length_is_not_picked_there_and_the_pick_says_so():
+    crash = "CppCompileError: C++ compile error … /tmp/x.cpp:3:1: error: 'vec' was not declared in this scope"
+    recs = [rec("flex", L, 0.5 * L / 1024) for L in (1024, 4096)]
+    recs += [rec("sdpa", L, 1.0 * L / 1024) for L in (1024, 2048, 4096)]
+    recs.append(rec("flex", 2048, 1.0, status="error", reason=crash, latency_ms=None, samples_ms=None))
+    picks = {p.seq: p for p in recommend(recs)}
+    assert picks[2048].backend == "sdpa"
+    assert picks[2048].failed == ({"backend": "gqa:flex", "status": "error", "reason": crash},)
+    assert f"gqa:flex failed here (error: {crash})" in picks[2048].note
+    assert picks[4096].backend == "flex" and "flex failed at 2k (error)" in picks[4096].note
+    assert picks[1024].backend == "flex" and "failed" in picks[1024].note
+    assert picks[2048].as_json()["failed"][0]["reason"] == crash
