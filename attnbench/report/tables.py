@@ -13,8 +13,17 @@ from pathlib import Path
 
 from attnbench.core.results import atomic_write_text, spread_text
 from attnbench.core.units import fmt_bytes as _fmt_bytes
-from attnbench.report.analysis import (FAILURES, SCENARIO_KEYS, Series, baseline_of, crossover, first_line, fmt_len,
-                                       length, series)
+from attnbench.report.analysis import (
+    FAILURES,
+    SCENARIO_KEYS,
+    Series,
+    baseline_of,
+    crossover,
+    first_line,
+    fmt_len,
+    length,
+    series,
+)
 
 
 def not_run(records: list[dict]) -> list[dict]:
