@@ -51,7 +51,7 @@ COLUMNS = {
     "mem": ("mem", "right"),
     "tflops": ("TFLOP/s", "right"),
     "err": ("err", "right"),
-    "kv": ("KV/token", "right"),
+    "kv": ("KV/token/layer", "right"),
     "note": ("kernel / reason", "left"),
 }
 COLUMN_ALIASES = {"median": "ms", "latency": "ms", "memory": "mem", "L": "shape", "seq": "shape", "H": "heads",

@@ -25,4 +25,5 @@ def short_kernel(kernel: str | None) -> str:
 
 
 def fmt_len(n: int) -> str:
-    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
+    """512, 1k, 1.5k, 1.25k: a length in units of 1024 where that is exact to two decimals, else whole (1000)."""
+    return f"{n / 1024:g}k" if n >= 1024 and n % 256 == 0 else str(n)

@@ -44,16 +44,29 @@ def load(paths: list[str | Path]) -> tuple[list[dict], list[dict]]:
 
 
 def check_baseline(records: list[dict], baseline: str | None) -> tuple[str, str | None]:
-    """(baseline, note): an explicit baseline must be in the data; the default may be absent."""
+    """(baseline, note): an explicit baseline must be in the data. The default is run's: mha:eager
+    if it ran, else the first exact variant's eager backend that ran (the materialised textbook
+    attention); with neither, a note says there are no speedups."""
     names = sorted({f"{r['variant']}:{r['backend']}" for r in records if r["status"] == "ok"})
     if baseline is None:
-        note = None if DEFAULT_BASELINE in names else \
-            f"The default baseline {DEFAULT_BASELINE} is not in the data: no speedups (pick one with --baseline)."
-        return DEFAULT_BASELINE, note
+        found = default_baseline(records)
+        note = None if found else \
+            f"No baseline: neither {DEFAULT_BASELINE} nor an exact variant's eager backend ran, so no " \
+            f"speedups (pick one with --baseline)."
+        return found or DEFAULT_BASELINE, note
     baseline = analysis.parse_baseline(baseline)
     if baseline not in names:
         raise UsageError(f"baseline '{baseline}' has no ok records in the data; accepted: {', '.join(names) or 'none'}")
     return baseline, None
+
+
+def default_baseline(records: list[dict]) -> str | None:
+    """mha:eager if it ran, else the first exact variant's (catalogue: `_exact`) eager backend that ran."""
+    ran = list(dict.fromkeys(f"{r['variant']}:{r['backend']}" for r in records if r["status"] == "ok"))
+    if DEFAULT_BASELINE in ran:
+        return DEFAULT_BASELINE
+    exact = {r["variant"] for r in records if r.get("_exact")}
+    return next((n for n in ran if n.endswith(":eager") and n.split(":")[0] in exact), None)
 
 
 def build_report(paths: list[str | Path], out: Path, baseline: str | None = None,
@@ -235,9 +248,12 @@ def _special(ctx: Context, everything, records, patterns: bool) -> list[Section]
 
 
 def _peers(headers: list[dict], records, out: Path) -> list[Section]:
-    """The targets of suites/peers.toml, when this run measured any of them."""
-    from attnbench.report.peers import peer_targets, peers_suite_ran
+    """The targets of suites/peers.toml, only in a report of the peers suite (a header's command
+    names it): they are the project's own goals, not a user's question."""
+    from attnbench.report.peers import peer_targets, peers_suite_named, peers_suite_ran
 
+    if not peers_suite_named(headers):
+        return []
     refs = next((h.get("refs") for h in headers if h.get("refs")), None)
     targets = peer_targets(records, refs, peers_suite_ran(headers, records))
     if all(t.not_run and t.measured == "–" for t in targets):  # nothing of it measured: no section

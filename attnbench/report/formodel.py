@@ -30,12 +30,12 @@ def list_models(console: Console, as_json: bool) -> None:
               "kv_max": fmt_bytes(r["kv_bytes_max_context"])} for r in rows]
     cols = (("model", "model"), ("heads", "Hq/Hkv"), ("head_dim", "D"), ("layers", "layers"), ("dtype", "dtype"),
             ("causal", "mask"), ("max_context", "max L"), ("attention", "attention (variant, params)"),
-            ("kv", "KV/token"), ("kv_max", "KV at max L"), ("source", "source"))
+            ("kv", "KV/token, all layers"), ("kv_max", "KV at max L, all layers"), ("source", "source"))
     console.print(rich_table("model presets (attnbench run --model NAME)", cols, shown))
 
 
-KV_COLUMNS = (("model", "model"), ("layers", "layers"), ("dtype", "dtype"), ("L", "L"), ("kv_token", "KV/token"),
-              ("kv_seq", "KV/sequence"))
+KV_COLUMNS = (("model", "model"), ("layers", "layers"), ("dtype", "dtype"), ("L", "L"),
+              ("kv_token", "KV/token, all layers"), ("kv_seq", "KV/sequence, all layers"))
 
 
 def kv_rows(records: list[dict]) -> list[dict[str, Any]]:
