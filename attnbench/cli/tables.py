@@ -163,7 +163,10 @@ def results_footnotes(records: list[dict]) -> list[str]:
             f"err: relative L2 error against the fp64 reference on {', '.join(inputs)} inputs{mean}; "
             f"≥ 1 (marked !) is worse than returning zeros."
         )
-    return notes + ragged_notes(records)
+    from attnbench.measure.contention import advice
+
+    busy = advice(records)
+    return notes + ragged_notes(records) + ([busy] if busy else [])
 
 
 def ragged_notes(records: list[dict]) -> list[str]:

@@ -111,9 +111,11 @@ def _build(paths, out: Path, headers, runs, records, baseline, base_note, patter
     everything = analysis.series(records)
     ctx = Context(tuple(headers), out / "charts", Palette(sorted({T.tag(s) for s in everything}
                                                                 | {s.name for s in everything})), baseline)
-    sections = [_environment(headers, out, paths), _scaling(ctx, everything, records, out, base_note),
+    scaling = _scaling(ctx, everything, records, out, base_note)
+    sections = [_story(records, ctx.baseline, base_note, scaling), scaling,
                 _throughput(ctx, everything, records, out), _crossovers(records, out, ctx.baseline),
-                *_special(ctx, everything, records, patterns), *_peers(headers, records, out), _not_run(records, out)]
+                *_special(ctx, everything, records, patterns), *_peers(headers, records, out), _not_run(records, out),
+                _environment(headers, out, paths)]
     from attnbench.report.formodel import model_section
 
     mine = model_section(records, recommender and (lambda recs: recommender(recs, headers)))
@@ -134,6 +136,34 @@ def _build(paths, out: Path, headers, runs, records, baseline, base_note, patter
     for sec in sections:
         written += [p for c in sec.charts for p in (c.png, c.svg)] + [t.csv for t in sec.tables if t.csv]
     return written
+
+
+def _story(records, baseline: str, base_note: str | None, scaling: Section) -> Section:
+    """"What this run shows": the findings (report/story.py), then the latency and memory charts of
+    the scenario with the most series, moved here from the scaling section (drawn once)."""
+    from attnbench.report.story import story
+
+    sec = Section("What this run shows", story(records, baseline, base_note), lead=True)
+    key = _key_scenario(scaling.charts)
+    sec.charts = [c for c in scaling.charts if c.png.stem.split("-", 1)[-1] == key][:2]
+    if sec.charts:
+        scaling.charts = [c for c in scaling.charts if c not in sec.charts]
+        scaling.text.append("The latency and peak-memory charts of the scenario with the most series open the "
+                            "report (What this run shows); the others follow.")
+    return sec
+
+
+def _key_scenario(charts) -> str | None:
+    """The chart slug (scenario) of the latency chart with the most series (its caption counts them)."""
+    import re
+
+    best, n_best = None, -1
+    for c in charts:
+        kind, _, slug = c.png.stem.partition("-")
+        m = re.search(r"(\d+) series", c.caption)
+        if kind == "latency" and m and int(m.group(1)) > n_best:
+            best, n_best = slug, int(m.group(1))
+    return best
 
 
 def _table(title, columns, rows, out: Path, name: str, note: str = "") -> Table:

@@ -15,7 +15,7 @@ import torch
 
 from attnbench.core.problem import Problem
 from attnbench.core.results import case_id, timing_flags
-from attnbench.measure import accuracy, memory, telemetry
+from attnbench.measure import accuracy, contention, memory, telemetry
 from attnbench.measure import flops as fl
 from attnbench.measure import refs as refs_mod
 from attnbench.measure.accuracy import REFERENCE_LIMIT
@@ -212,6 +212,8 @@ def run_case(
     frac = roofline_fraction(flops, stats.median, roof)
     why_above = refs_mod.above_roof_reason(frac, roof, p.dtype, refs)
     tel = telemetry.summarize(nvml, before, after, time.perf_counter() - t_case)
+    busy = contention.judge(device.type, contention.load_average(), contention.usable_cores(),
+                            torch.get_num_threads(), ((refs or {}).get("gemm") or {}).get(p.dtype))
     return {
         "status": "ok",
         "reason": None,
@@ -232,10 +234,11 @@ def run_case(
         "kernel": kernel,
         "threads": torch.get_num_threads(),
         "telemetry": tel,
-        "timing": {"calls_per_sample": timing.calls_per_sample, "stopped_by": timing.stopped_by},
+        "timing": {"calls_per_sample": timing.calls_per_sample, "stopped_by": timing.stopped_by,
+                   "contention": busy.why},
         "inputs": inputs,
         "attn_entropy": entropy,
-        "flags": case_flags(stats.__dict__, tel, why_above, error),
+        "flags": case_flags(stats.__dict__, tel, why_above, error) + (["contended"] if busy.contended else []),
     }
 
 
