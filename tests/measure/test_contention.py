@@ -58,5 +58,6 @@ def test_advice_is_one_line_naming_the_fix():
 
 
 def test_rounds_keep_a_later_rounds_contention():
-    merged = merge_rounds([_rec([]), _rec(["contended"], "the in-run GEMM reference's median call took 2.6× its best")], 2)
+    later = _rec(["contended"], "the in-run GEMM reference's median call took 2.6× its best")
+    merged = merge_rounds([_rec([]), later], 2)
     assert "contended" in merged["flags"] and "2.6×" in merged["timing"]["contention"]
