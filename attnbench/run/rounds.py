@@ -55,10 +55,7 @@ def merge_rounds(rounds: list[dict], total: int) -> dict:
         "samples_ms": samples,
         "latency_ms": stats.__dict__,
         "timing": {**(first.get("timing") or {}), "rounds": n,
-                   "round_medians_ms": [rec["latency_ms"]["median"] for rec in rounds],
-                   "contention": "; ".join(dict.fromkeys(w for rec in rounds
-                                                         if (w := (rec.get("timing") or {}).get("contention"))))
-                   or None},
+                   "round_medians_ms": [rec["latency_ms"]["median"] for rec in rounds], **_contention(rounds)},
         **{k: first[k] * scale for k in ("tflops", "gbps", "roofline_frac") if first.get(k) is not None},
         "peak_mem_bytes": max(peaks) if peaks else first.get("peak_mem_bytes"),
         "wall_s": sum(rec.get("wall_s") or 0.0 for rec in rounds),
@@ -66,6 +63,12 @@ def merge_rounds(rounds: list[dict], total: int) -> dict:
         + (["contended"] if any("contended" in (rec.get("flags") or []) for rec in rounds[1:])
            and "contended" not in (first.get("flags") or []) else []),
     }
+
+
+def _contention(rounds: list[dict]) -> dict:
+    """timing.contention of the pooled record: every round's reason, once each (none: as the first's)."""
+    why = list(dict.fromkeys(w for rec in rounds if (w := (rec.get("timing") or {}).get("contention"))))
+    return {"contention": "; ".join(why)} if why else {}
 
 
 def _merged_flags(first: dict, stats: Stats, scale: float) -> list[str]:
