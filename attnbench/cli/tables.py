@@ -7,6 +7,7 @@ from rich.table import Table
 
 from attnbench.core.results import spread_text
 from attnbench.core.units import fmt_bytes, fmt_len, fmt_ms, short_kernel
+from attnbench.report.fit import FittedTable
 
 
 def _distributed_note(d: dict | None) -> str:
@@ -120,19 +121,23 @@ def _cells(r: dict, marks: dict[str, int]) -> dict[str, str]:
     }
 
 
+# At a narrow width the results table's columns drop in this order; variant, backend, L, status,
+# ms and the kernel / reason (a failure's why) stay.
+DROP_ORDER = ("tflops", "kv", "heads", "mode", "iqr", "err", "mem")
+
+
 def results_table(records: list[dict], title: str | None = "attnbench results", columns: list[str] | None = None
-                  ) -> Table:
+                  ) -> FittedTable:
     """One row per record; `columns` (parse_columns) chooses and orders the columns. A reason that
-    several records share shows as a marker ([1]) explained once by results_footnotes."""
+    several records share shows as a marker ([1]) explained once by results_footnotes. Laid out for
+    the terminal's width when printed (report/fit.py): no number is split, columns drop in
+    DROP_ORDER with a note where even whole words do not fit."""
     decode = any(r.get("mode") == "decode" for r in records)  # KV/token by default only where it means something
     cols = columns or [c for c in COLUMNS if c != "kv" or decode]
-    t = Table(title=title, header_style="bold", show_lines=False, pad_edge=False)
-    for col in cols:
-        head, just = COLUMNS[col]
-        if col == "note":
-            t.add_column(head, overflow="fold", min_width=16, ratio=1)
-        else:
-            t.add_column(head, justify=just, no_wrap=True)
+    t = FittedTable(title, [COLUMNS[c][0] for c in cols], justify={i: COLUMNS[c][1] for i, c in enumerate(cols)},
+                    keep=0, prose=frozenset(i for i, c in enumerate(cols) if c == "note"),
+                    drop=tuple(cols.index(c) for c in DROP_ORDER if c in cols),
+                    table_kw={"header_style": "bold", "show_lines": False, "pad_edge": False})
     marks = reason_marks(records)
     for r in records:
         cells = _cells(r, marks)

@@ -9,7 +9,8 @@ def fmt_bytes(n: float | None, fmt: str = ".1f") -> str:
         return "-"
     for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= div:
-            return f"{n / div:{fmt}} {unit}"
+            text = f"{n / div:{fmt}}"
+            return f"{n / div:.0f} {unit}" if "e+" in text else f"{text} {unit}"  # .3g of 1000: not 1e+03
     return f"{n:.0f} B"
 
 

@@ -31,7 +31,8 @@ def list_models(console: Console, as_json: bool) -> None:
     cols = (("model", "model"), ("heads", "Hq/Hkv"), ("head_dim", "D"), ("layers", "layers"), ("dtype", "dtype"),
             ("causal", "mask"), ("max_context", "max L"), ("attention", "attention (variant, params)"),
             ("kv", "KV/token, all layers"), ("kv_max", "KV at max L, all layers"), ("source", "source"))
-    console.print(rich_table("model presets (attnbench run --model NAME)", cols, shown))
+    console.print(rich_table("model presets (attnbench run --model NAME)", cols, shown,
+                             drop=("source", "kv_max", "causal", "dtype", "layers", "head_dim", "max_context")))
 
 
 KV_COLUMNS = (("model", "model"), ("layers", "layers"), ("dtype", "dtype"), ("L", "L"),
