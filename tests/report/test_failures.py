@@ -84,3 +84,11 @@ def test_a_compile_error_keeps_its_first_line_and_the_compiler_diagnostic():
     assert fields["status"] == "error" and "\n" not in fields["reason"]
     assert fields["reason"].startswith("RuntimeError: backend='inductor' raised: … /tmp/cx.cpp:41:9: error: 'blend'")
     assert "-O3" not in fields["reason"]
+
+
+def test_the_model_frontier_names_a_failure_below_the_longest_length():
+    from attnbench.report.formodel import frontier_rows
+
+    recs = [{**r, "model": "llama-3-8b", "mode": "fwd"} for r in records() if r["backend"] == "sdpa"]
+    [row] = frontier_rows(recs)
+    assert row["L"] == "2k" and row["failed"] == f"1k (error: {CRASH})"
