@@ -112,7 +112,7 @@ def _build(paths, out: Path, headers, runs, records, baseline, base_note, patter
     ctx = Context(tuple(headers), out / "charts", Palette(sorted({T.tag(s) for s in everything}
                                                                 | {s.name for s in everything})), baseline)
     scaling = _scaling(ctx, everything, records, out, base_note)
-    sections = [_story(records, ctx.baseline, base_note, scaling), scaling,
+    sections = [_story(ctx, everything, records, base_note, scaling), scaling,
                 _throughput(ctx, everything, records, out), _crossovers(records, out, ctx.baseline),
                 *_special(ctx, everything, records, patterns), *_peers(headers, records, out), _not_run(records, out),
                 _environment(headers, out, paths)]
@@ -138,32 +138,36 @@ def _build(paths, out: Path, headers, runs, records, baseline, base_note, patter
     return written
 
 
-def _story(records, baseline: str, base_note: str | None, scaling: Section) -> Section:
-    """"What this run shows": the findings (report/story.py), then the latency and memory charts of
-    the scenario with the most series, moved here from the scaling section (drawn once)."""
-    from attnbench.report.story import story
+def _story(ctx: Context, everything, records, base_note: str | None, scaling: Section) -> Section:
+    """"What this run shows": the findings (report/story.py), then latency and peak memory of the
+    scenario with the most series, drawn for the baseline and the series the findings name (at most
+    MAX_SERIES, so one panel each); when that is every series of the scenario, the scaling
+    section's own charts are moved here instead of drawn twice."""
+    from dataclasses import replace
 
-    sec = Section("What this run shows", story(records, baseline, base_note), lead=True)
-    key = _key_scenario(scaling.charts)
-    sec.charts = [c for c in scaling.charts if c.png.stem.split("-", 1)[-1] == key][:2]
-    if sec.charts:
+    from attnbench.report.charts import MAX_SERIES, slug
+    from attnbench.report.story import key_series, story
+
+    sec = Section("What this run shows", story(records, ctx.baseline, base_note), lead=True)
+    scn, labels = key_series(records, ctx.baseline, MAX_SERIES)
+    names = analysis.labels_of(everything)
+    group = [s for s in everything if s.scenario() == scn and s.ok()]
+    chosen = sorted((s for s in group if names[id(s)] in labels), key=lambda s: labels.index(names[id(s)]))
+    if not chosen:
+        return sec
+    if len(chosen) == len(group):
+        sec.charts = [c for c in scaling.charts if c.png.stem.split("-", 1)[-1] == slug(scn)][:2]
         scaling.charts = [c for c in scaling.charts if c not in sec.charts]
         scaling.text.append("The latency and peak-memory charts of the scenario with the most series open the "
-                            "report (What this run shows); the others follow.")
+                            "report (What this run shows).")
+        return sec
+    for kind in ("latency", "memory"):
+        chart = curve_chart(ctx, scn, chosen, SPECS[kind], stem="story-")
+        if chart:
+            sec.charts.append(replace(chart, caption=f"{chart.caption.split(' (')[0]} ({len(chosen)} of "
+                                                     f"{len(group)} series: the baseline, those the findings name "
+                                                     f"and the fastest others; all are in Scaling)"))
     return sec
-
-
-def _key_scenario(charts) -> str | None:
-    """The chart slug (scenario) of the latency chart with the most series (its caption counts them)."""
-    import re
-
-    best, n_best = None, -1
-    for c in charts:
-        kind, _, slug = c.png.stem.partition("-")
-        m = re.search(r"(\d+) series", c.caption)
-        if kind == "latency" and m and int(m.group(1)) > n_best:
-            best, n_best = slug, int(m.group(1))
-    return best
 
 
 def _table(title, columns, rows, out: Path, name: str, note: str = "") -> Table:

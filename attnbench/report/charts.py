@@ -116,14 +116,15 @@ def facets(group: list[Series], baseline: str) -> list[tuple[str, list[Series]]]
 
 
 @styled
-def curve_chart(ctx: Context, scenario: tuple, group: list[Series], spec: Spec) -> Chart | None:
-    """One scaling chart (small multiples beyond MAX_SERIES series); None when no series has a value."""
+def curve_chart(ctx: Context, scenario: tuple, group: list[Series], spec: Spec, stem: str = "") -> Chart | None:
+    """One scaling chart (small multiples beyond MAX_SERIES series); None when no series has a value.
+    `stem`: a prefix of the file names (the story's charts of a few series: "story-")."""
     group = [s for s in group if len(s.xy(spec.field)[0])]
     if not group:
         return None
     sc = dict(zip(SCENARIO_KEYS, scenario))
     if len({float(L) for s in group for L in s.xy(spec.field)[0]}) == 1:
-        return bar_chart(ctx, scenario, group, spec)
+        return bar_chart(ctx, scenario, group, spec, stem)
     values = np.concatenate([s.xy(spec.field)[1] for s in group])
     roof = ctx.gemm_flops(sc["device"], sc["dtype"]) if spec.kind == "tflops" else None
     div, unit = spec.unit(float(values.min()), max(float(values.max()), roof[0] / 1e12 if roof else 0.0))
@@ -172,7 +173,7 @@ def curve_chart(ctx: Context, scenario: tuple, group: list[Series], spec: Spec) 
         fig.supylabel(ylabel, fontsize=10)
     fig.suptitle(f"{spec.what}\n{subtitle(sc, ctx.device_name(sc['device']), labels.shared)}", fontsize=11)
     _footnote(fig, labels.fixed_params, len(panels))
-    png, svg = save(fig, ctx.out_dir, f"{spec.kind}-{slug(scenario)}")
+    png, svg = save(fig, ctx.out_dir, f"{stem}{spec.kind}-{slug(scenario)}")
     has_base = any(s.name == ctx.baseline for s in group)
     facet_note = f" Small multiples: {len(panels)} panels with shared axes" + \
         ("; the baseline (thick line) is in each." if has_base else ".") if len(panels) > 1 else ""
@@ -180,7 +181,7 @@ def curve_chart(ctx: Context, scenario: tuple, group: list[Series], spec: Spec) 
                  spec.how + facet_note)
 
 
-def bar_chart(ctx: Context, scenario: tuple, group: list[Series], spec: Spec) -> Chart:
+def bar_chart(ctx: Context, scenario: tuple, group: list[Series], spec: Spec, stem: str = "") -> Chart:
     """Every series measured at one and the same length: one horizontal bar each (a line needs two
     lengths), sorted best first, its value printed at its end; when the values span more than a
     decade, a dot each on a log axis (a bar's length would mean nothing there)."""
@@ -214,7 +215,7 @@ def bar_chart(ctx: Context, scenario: tuple, group: list[Series], spec: Spec) ->
     fig.suptitle(f"{spec.what.split(' vs ')[0]} at L = {fmt_len(L)}\n"
                  f"{subtitle(sc, ctx.device_name(sc['device']), labels.shared)}", fontsize=11)
     _footnote(fig, labels.fixed_params, 1)
-    png, svg = save(fig, ctx.out_dir, f"{spec.kind}-{slug(scenario)}")
+    png, svg = save(fig, ctx.out_dir, f"{stem}{spec.kind}-{slug(scenario)}")
     better = "higher" if spec.kind == "tflops" else "lower"
     return Chart(f"{spec.what.split(' vs ')[0]} at L = {fmt_len(L)} ({sc['mode']}, {sc['dtype']}, "
                  f"{len(group)} series)", png, svg,

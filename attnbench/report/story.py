@@ -65,9 +65,9 @@ def _ratio_text(x: float, more: str, less: str) -> str:
     return f"{x:.3g}× {more}" if x >= 1 else f"{1 / x:.3g}× {less}"
 
 
-def _ratios(group: list[dict], baseline: str, records: list[dict]) -> list[str]:
-    """The fastest exact series, the fastest approximation and, if another, the leanest series,
-    each against the baseline at the longest length both ran."""
+def _picks(group: list[dict], records: list[dict]) -> list[tuple[dict, float | None]]:
+    """(row, its error if an approximation) of the fastest exact series, the fastest approximation
+    and, if another, the leanest series of one scenario, among those rated against the baseline."""
     rated = [r for r in group if not r["is_baseline"] and r["speedup"] is not None]
     approx = {id(r): _approx_error(records, r, r["compared_at"]) for r in rated}
     exact = [r for r in rated if approx[id(r)] is None]
@@ -76,14 +76,37 @@ def _ratios(group: list[dict], baseline: str, records: list[dict]) -> list[str]:
     lean = max((r for r in rated if r["mem_saving"] is not None), key=lambda r: r["mem_saving"], default=None)
     if lean is not None and all(lean is not p for p in picks):
         picks.append(lean)
+    return [(r, approx[id(r)]) for r in picks]
+
+
+def key_series(records: list[dict], baseline: str, limit: int = 6) -> tuple[tuple, list[str]]:
+    """(scenario, series labels) of the story's charts: the scenario with the most series, its
+    baseline and the series the findings name, then the fastest others, at most `limit`."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in scaling_table(records, baseline):
+        groups.setdefault(tuple(r[k] for k in SCENARIO_KEYS), []).append(r)
+    if not groups:
+        return (), []
+    scn, group = max(groups.items(), key=lambda kv: len(kv[1]))
+    named = [r["series"] for r in group if r["is_baseline"]] + [r["series"] for r, _ in _picks(group, records)]
+    rest = sorted((r for r in group if r["series"] not in named), key=lambda r: -(r["speedup"] or 0.0))
+    return scn, list(dict.fromkeys(named + [r["series"] for r in rest]))[:limit]
+
+
+def _ratios(group: list[dict], baseline: str, records: list[dict]) -> list[str]:
+    """The fastest exact series, the fastest approximation and, if another, the leanest series,
+    each against the baseline at the longest length both ran."""
     out = []
-    for r in picks:
+    for r, err in _picks(group, records):
         at = r["compared_at"]
         text = f"{r['series']} is {_ratio_text(r['speedup'], 'faster', 'slower')} than {baseline} at {fmt_len(at)}"
+        if err is None and r["speedup"] < 1 and r is _picks(group, records)[0][0]:
+            text = (f"No exact series is faster than {baseline} at {fmt_len(at)}: the closest, {r['series']}, "
+                    f"is {_ratio_text(r['speedup'], 'faster', 'slower')}")
         if r["mem_saving"] is not None:
             text += f" and uses {_ratio_text(r['mem_saving'], 'less', 'more')} memory"
-        if approx[id(r)] is not None:
-            text += f" — an approximation, relative L2 error {approx[id(r)]:.2g} against exact attention there"
+        if err is not None:
+            text += f" — an approximation, relative L2 error {err:.2g} against exact attention there"
         noisy = _noisy(records, r, at)
         text += f" (noisy: {', '.join(noisy)}; indicative only)." if noisy else "."
         out.append(text)
