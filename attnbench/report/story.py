@@ -115,29 +115,29 @@ def _ratios(group: list[dict], baseline: str, records: list[dict]) -> list[str]:
 
 def _verdicts(rows: list[dict]) -> list[str]:
     """What the fits confirm (per claim: "memory O(L) for flash:sdpa; O(L²) for flash:eager"),
-    contradict and leave open."""
-    out = []
+    contradict and leave open: at most four sentences."""
+    out, differ = [], []
     for metric, pre, claim_key in (("latency", "time", "time_claim"), ("memory", "mem", "memory_claim")):
         agree = [r for r in rows if r[f"{pre}_verdict"] == "agrees"]
-        differ = [r for r in rows if r[f"{pre}_verdict"] == "differs"]
+        differ += [f"{r['series']} {metric} fits {r[f'{pre}_fit']} against {r[claim_key]}"
+                   for r in rows if r[f"{pre}_verdict"] == "differs"]
         if agree:
             by: dict[str, list[dict]] = {}
             for r in agree:
                 by.setdefault(r[claim_key].split(" (")[0], []).append(r)
             out.append(f"{metric.capitalize()} confirmed (the fitted exponent's 95 % interval excludes the other "
                        f"classes): " + "; ".join(f"{c} for {_names(rs)}" for c, rs in sorted(by.items())) + ".")
-        if differ:
-            out.append(f"{metric.capitalize()} differs from its claim: "
-                       + "; ".join(f"{r['series']} fits {r[f'{pre}_fit']} against {r[claim_key]}" for r in differ[:3])
-                       + (f" and {len(differ) - 3} more" if len(differ) > 3 else "") + ".")
+    if differ:
+        out.append("Differs from its claim: " + "; ".join(differ[:3])
+                   + (f" and {len(differ) - 3} more" if len(differ) > 3 else "") + ".")
     few = [r for r in rows if r["time_verdict"] == "too few lengths"]
     wide = [r for r in rows if r["time_verdict"] == "inconclusive"]
-    if few:
-        out.append(f"No exponent verdict for {len(few)} of {len(rows)} series: under 4 lengths each "
-                   f"(sweep more lengths, e.g. --seq 512..8k).")
-    if wide:
-        out.append(f"Latency exponent inconclusive for {_names(wide)}: the interval is too wide to decide "
-                   f"(noise or too narrow a range of L; see the notes in the scaling table).")
+    undecided = ([f"{len(wide)} inconclusive (an interval too wide to decide: noise or too narrow a range of L; "
+                  f"see the scaling table's notes)"] if wide else []) + \
+        ([f"{len(few)} with under 4 lengths (sweep more, e.g. --seq 512..8k)"] if few else [])
+    if undecided:
+        out.append(f"Latency exponent undecided for {len(wide) + len(few)} of {len(rows)} series: "
+                   + "; ".join(undecided) + ".")
     return out
 
 
@@ -155,7 +155,7 @@ def _accuracy(records: list[dict]) -> list[str]:
     rows = sorted(worst.values(), key=lambda r: -r["err"])
     bad = [r for r in rows if r["err"] >= 1]
     text = "Approximation error (relative L2 against exact attention, at the longest length): " + ", ".join(
-        f"{r['series']} {r['err']:.2g} at {fmt_len(r['L'])}" for r in rows[:5]) + (" …" if len(rows) > 5 else "")
+        f"{r['series']} {r['err']:.2g} at {fmt_len(r['L'])}" for r in rows[:3]) + (" …" if len(rows) > 3 else "")
     if bad:
         text += f"; {len(bad)} at or above 1, worse than returning zeros"
     return [text + "."]
@@ -168,26 +168,28 @@ def _names(rows: list[dict], limit: int = 4) -> str:
 
 def _crossings(records: list[dict], baseline: str) -> list[str]:
     rows = [r for r in T.crossover_table(records, baseline) if r.get("latency_L")]
-    out = [f"Crossover: {r['latency']} ({r['a']} vs {r['b']})." for r in rows[:3]]
-    if len(rows) > 3:
-        out.append(f"{len(rows) - 3} more crossovers are in the Crossovers table.")
-    return out
+    if not rows:
+        return []
+    shown = "; ".join(f"{r['latency']} ({r['a']} vs {r['b']})" for r in rows[:2])
+    more = f"; {len(rows) - 2} more in the Crossovers table" if len(rows) > 2 else ""
+    return [f"Crossovers: {shown}{more}."]
 
 
 def _failures(records: list[dict]) -> list[str]:
+    """Every failed case by name and the series that did not run, in one sentence."""
     failed = [r for r in records if r["status"] in FAILURES]
-    out = []
+    parts = []
     if failed:
         named = ", ".join(f"{r['variant']}:{r['backend']} at {fmt_len(length(r))} ({r['status']})" for r in failed[:5])
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
-        out.append(f"{len(failed)} case{'s' if len(failed) > 1 else ''} failed: {named}{more}; the first line of "
-                   f"each error is in \"Not run or failed\".")
+        parts.append(f"{len(failed)} case{'s' if len(failed) > 1 else ''} failed: {named}{more} (the first line "
+                     f"of each reason is in \"Not run or failed\")")
     never = [s for s in series(records) if not s.ok() and not any(r["status"] in FAILURES for r in s.records)]
     if never:
         why = sorted({s.records[0]["status"] for s in never})
-        out.append(f"{len(never)} series did not run ({', '.join(why)}): "
-                   f"{', '.join(sorted({s.name for s in never}))}.")
-    return out
+        names = ", ".join(sorted({s.name for s in never}))
+        parts.append(f"{len(never)} series did not run ({', '.join(why)}): {names}")
+    return ["; ".join(parts) + "."] if parts else []
 
 
 def _flags(records: list[dict]) -> list[str]:
