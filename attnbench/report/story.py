@@ -199,5 +199,6 @@ def _flags(records: list[dict]) -> list[str]:
             counts[f] = counts.get(f, 0) + 1
     if not counts:
         return []
+    fix = " Contended cases: rerun with --threads 1 on a quiet machine." if "contended" in counts else ""
     return ["Flagged measurements: " + ", ".join(f"{n} {f}" for f, n in sorted(counts.items()))
-            + " (see the results schema; a contended or high-variance figure is indicative only)."]
+            + " (see the results schema; a contended or high-variance figure is indicative only)." + fix]

@@ -93,3 +93,20 @@ def test_a_noisy_ratio_says_it_is_indicative_only():
 
     text = " ".join(story(annotate({"catalogue": CAT}, recs), "flash:eager", None))
     assert "(noisy: contended; indicative only)" in text
+
+
+def test_a_one_length_comparison_is_a_bar_or_dot_chart(tmp_path):
+    recs = [r for r in records() if r["seq_q"] == 1024 or r["status"] != "ok"]
+    md, _ = _report(tmp_path, recs)
+    assert "![Median latency at L = 1k (fwd, float32, 4 series)]" in md
+    assert "One length was measured, so each series is a" in (tmp_path / "rep" / "report.html").read_text()
+    assert "vs sequence length" not in md.split("## Throughput")[0]
+
+
+def test_the_story_charts_draw_a_few_series_of_many(tmp_path):
+    recs = records() + [ok("flash", f"b{i}", L, 1e-5 * L * L * (1 + i / 10), 64.0 * L * L)
+                        for i in range(4) for L in (512, 1024, 1536, 2048, 4096)]
+    md, _ = _report(tmp_path, recs)
+    head = md.split("**Contents**")[0]
+    assert "(charts/story-latency-" in head and "6 of 8 series" in head
+    assert "(charts/latency-" in md.split("**Contents**")[1]  # every series still drawn in Scaling
