@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from rich.markup import escape
-from rich.table import Table
 
 from attnbench.core.results import spread_text
 from attnbench.core.units import fmt_bytes, fmt_len, fmt_ms, short_kernel
@@ -232,11 +231,13 @@ def csv_text(records: list[dict]) -> str:
     return buf.getvalue()
 
 
-def variants_table(rows: list[dict], why: dict[tuple[str, str], str] | None = None) -> Table:
-    """`why`: the text after an unavailable backend's ✗ (cli.reasons); none when not given."""
-    t = Table(title="attnbench variants", header_style="bold")
-    for col in ("variant", "family", "time", "memory", "backends", "parameters (--param)", "description"):
-        t.add_column(col, overflow="fold")
+def variants_table(rows: list[dict], why: dict[tuple[str, str], str] | None = None) -> FittedTable:
+    """`why`: the text after an unavailable backend's ✗ (cli.reasons); none when not given. Laid out
+    for the terminal's width (report/fit.py): at a narrow one the description, the parameters and
+    the family drop, in that order, with a note."""
+    heads = ["variant", "family", "time", "memory", "backends", "parameters (--param)", "description"]
+    t = FittedTable("attnbench variants", heads, prose=frozenset({4, 5, 6}), drop=(6, 5, 1),
+                    table_kw={"header_style": "bold"})
     why = why or {}
     for r in rows:
         bs = "  ".join(

@@ -73,3 +73,17 @@ def test_list_models_keeps_names_whole_at_80_and_60_columns():
         for name in ("llama-3.1-405b", "deepseek-v3", "gpt-oss-120b"):
             assert name in text
         assert f"left out at {width} columns: " in text
+
+
+def test_list_of_variants_at_80_columns_drops_the_description_first():
+    import torch
+
+    from attnbench.cli.tables import list_rows, variants_table
+
+    rows = list_rows(torch.device("cpu"))
+    text = _print(variants_table(rows), 80)
+    assert all(len(line) <= 80 for line in text.splitlines())
+    note = " ".join(text.split()).split("left out at 80 columns: ")[1]
+    assert "description" in note and "backends" not in note and "variant" not in note
+    for r in rows:
+        assert r["name"] in text
