@@ -165,7 +165,8 @@ def test_report_usage_errors(tmp_path, capsys):
     assert main(["report", str(res), "--out", str(tmp_path / "file")]) == 2
 
 
-def test_show_prints_tables_and_writes_nothing(tmp_path, capsys):
+def test_show_prints_tables_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # one line per row (narrow widths: tests/report/test_fit.py)
     res = write_results(tmp_path / "r.jsonl", synthetic_records())
     before = set(tmp_path.rglob("*"))
     assert main(["show", str(res)]) == 0
