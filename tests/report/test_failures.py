@@ -92,3 +92,12 @@ def test_the_model_frontier_names_a_failure_below_the_longest_length():
     recs = [{**r, "model": "llama-3-8b", "mode": "fwd"} for r in records() if r["backend"] == "sdpa"]
     [row] = frontier_rows(recs)
     assert row["L"] == "2k" and row["failed"] == f"1k (error: {CRASH})"
+
+
+def test_the_live_line_of_a_failed_case_keeps_its_reason_whole():
+    from attnbench.cli.live import case_line
+
+    [crash] = [r for r in records() if r["status"] == "error"]
+    assert case_line(crash).endswith(f": error ({CRASH} second line of the message)")
+    skip = {**crash, "status": "skipped", "reason": "x" * 300}
+    assert case_line(skip).endswith("(" + "x" * 100 + ")")
