@@ -119,6 +119,7 @@ def register(app: typer.Typer) -> None:
 
           attnbench compare base.jsonl cur.jsonl --metric both --out gate.md --out gate.xml
         """
+        from attnbench.gate.compare import check_common
         from attnbench.gate.compare import compare as run_compare
         from attnbench.gate.sides import build_side, load_run
 
@@ -126,6 +127,7 @@ def register(app: typer.Typer) -> None:
             o = _options(threshold, warn, metric, normalize, alpha, mem_threshold, allow_env_mismatch, fmt, out)
             base = build_side([load_run(baseline)], o.normalize)
             cur = build_side([load_run(current)], o.normalize)
+            check_common(base, cur)
         emit(run_compare(base, cur, o), fmt, out)
 
     @app.command()

@@ -66,8 +66,11 @@ def case_line(rec: dict) -> str:
     L = fmt_len(rec["seq_q"]) if rec["seq_q"] == rec["seq_k"] else f"{fmt_len(rec['seq_q'])}×{fmt_len(rec['seq_k'])}"
     shape = f"B{rec['batch']} H{rec['heads']}/{rec['kv_heads']} L{L} D{rec['head_dim']} {rec['dtype']}"
     head = f"{rec['variant']}/{rec['backend']} {shape} {rec['mode']}: {rec['status']}"
-    if rec["status"] != "ok":
-        return f"{head} ({' '.join(str(rec.get('reason') or '').split())[:100]})"
+    if rec["status"] != "ok":  # a failure's reason whole (it says why); a skip's or an unsupported's cut
+        from attnbench.report.analysis import FAILURES
+
+        reason = " ".join(str(rec.get("reason") or "").split())
+        return f"{head} ({reason if rec['status'] in FAILURES else reason[:100]})"
     med = (rec.get("latency_ms") or {}).get("median")
     return f"{head}, median {fmt_ms(med)} ms, mem {fmt_bytes(rec.get('peak_mem_bytes'))}"
 

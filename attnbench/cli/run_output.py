@@ -4,6 +4,7 @@ with --dry-run (the plan, as text or JSON). The options are checked before anyth
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -57,10 +58,15 @@ def print_results(records: list[dict], out: Path, device: str, *, fmt: str, colu
         if out.exists():
             print(out, flush=True)
         return
-    if fmt == "json":
-        print(json.dumps(records, default=str))
-    elif fmt == "csv":
-        print(csv_text(records), end="")
+    if fmt in ("json", "csv"):
+        if fmt == "json":
+            print(json.dumps(records, default=str))
+        else:
+            print(csv_text(records), end="")
+        from attnbench.measure.contention import advice
+
+        if busy := advice(records):  # the table prints it among its footnotes; here stdout is data only
+            print(busy, file=sys.stderr)
     else:
         print_table(records, f"attnbench on {device} → {out}", columns, console)
     if csv_out is not None and records:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from rich.markup import escape
-from rich.table import Table
 
 from attnbench.core.results import spread_text
 from attnbench.core.units import fmt_bytes, fmt_joules, fmt_len, fmt_ms, short_kernel
+from attnbench.report.fit import FittedTable
 
 
 def _distributed_note(d: dict | None) -> str:
@@ -71,7 +71,7 @@ COLUMNS = {
     "mem": ("mem", "right"),
     "tflops": ("TFLOP/s", "right"),
     "err": ("err", "right"),
-    "kv": ("KV/token", "right"),
+    "kv": ("KV/token/layer", "right"),
     "kvseq": ("KV/seq", "right"),
     "energy": ("energy/call", "right"),
     "note": ("kernel / reason", "left"),
@@ -123,8 +123,8 @@ def _cells(r: dict, marks: dict[str, int]) -> dict[str, str]:
     if reason and reason in marks:
         note = f"[{marks[reason]}] (below)"
     else:
-        note = escape((reason or short_kernel(r.get("kernel")) + _distributed_note(r.get("distributed"))
-                       + parts_note(r))[:160])
+        note = escape(reason or short_kernel(r.get("kernel")) + _distributed_note(r.get("distributed"))
+                      + parts_note(r))
     st = r["status"]
     return {
         "variant": r["variant"],
@@ -145,20 +145,24 @@ def _cells(r: dict, marks: dict[str, int]) -> dict[str, str]:
     }
 
 
+# At a narrow width the results table's columns drop in this order; variant, backend, L, status,
+# ms and the kernel / reason (a failure's why) stay.
+DROP_ORDER = ("tflops", "energy", "kvseq", "kv", "heads", "mode", "iqr", "err", "mem")
+
+
 def results_table(records: list[dict], title: str | None = "attnbench results", columns: list[str] | None = None
-                  ) -> Table:
+                  ) -> FittedTable:
     """One row per record; `columns` (parse_columns) chooses and orders the columns. A reason that
-    several records share shows as a marker ([1]) explained once by results_footnotes."""
+    several records share shows as a marker ([1]) explained once by results_footnotes. Laid out for
+    the terminal's width when printed (report/fit.py): no number is split, columns drop in
+    DROP_ORDER with a note where even whole words do not fit."""
     decode = any(r.get("mode") == "decode" for r in records)  # KV/token by default only where it means something
     energy = any((r.get("energy") or {}).get("energy_j") is not None for r in records)  # and energy where measured
     cols = columns or [c for c in COLUMNS if (c not in ("kv", "kvseq") or decode) and (c != "energy" or energy)]
-    t = Table(title=title, header_style="bold", show_lines=False, pad_edge=False)
-    for col in cols:
-        head, just = COLUMNS[col]
-        if col == "note":
-            t.add_column(head, overflow="fold", min_width=16, ratio=1)
-        else:
-            t.add_column(head, justify=just, no_wrap=True)
+    t = FittedTable(title, [COLUMNS[c][0] for c in cols], justify={i: COLUMNS[c][1] for i, c in enumerate(cols)},
+                    keep=0, prose=frozenset(i for i, c in enumerate(cols) if c == "note"),
+                    drop=tuple(cols.index(c) for c in DROP_ORDER if c in cols),
+                    table_kw={"header_style": "bold", "show_lines": False, "pad_edge": False})
     marks = reason_marks(records)
     for r in records:
         cells = _cells(r, marks)
@@ -189,7 +193,10 @@ def results_footnotes(records: list[dict]) -> list[str]:
             f"err: relative L2 error against the fp64 reference on {', '.join(inputs)} inputs{mean}; "
             f"≥ 1 (marked !) is worse than returning zeros."
         )
-    return notes + gpu_notes(records) + ragged_notes(records)
+    from attnbench.measure.contention import advice
+
+    busy = advice(records)
+    return notes + gpu_notes(records) + ragged_notes(records) + ([busy] if busy else [])
 
 
 def gpu_notes(records: list[dict]) -> list[str]:
@@ -266,11 +273,13 @@ def csv_text(records: list[dict]) -> str:
     return buf.getvalue()
 
 
-def variants_table(rows: list[dict], why: dict[tuple[str, str], str] | None = None) -> Table:
-    """`why`: the text after an unavailable backend's ✗ (cli.reasons); none when not given."""
-    t = Table(title="attnbench variants", header_style="bold")
-    for col in ("variant", "family", "time", "memory", "backends", "parameters (--param)", "description"):
-        t.add_column(col, overflow="fold")
+def variants_table(rows: list[dict], why: dict[tuple[str, str], str] | None = None) -> FittedTable:
+    """`why`: the text after an unavailable backend's ✗ (cli.reasons); none when not given. Laid out
+    for the terminal's width (report/fit.py): at a narrow one the description, the parameters and
+    the family drop, in that order, with a note."""
+    heads = ["variant", "family", "time", "memory", "backends", "parameters (--param)", "description"]
+    t = FittedTable("attnbench variants", heads, prose=frozenset({4, 5, 6}), drop=(6, 5, 1),
+                    table_kw={"header_style": "bold"})
     why = why or {}
     for r in rows:
         bs = "  ".join(

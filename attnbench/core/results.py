@@ -47,7 +47,7 @@ LOW_SAMPLES = 5  # fewer latency samples than this: `low_samples`
 HIGH_VARIANCE = 0.10  # IQR/median above this: `high_variance` (torch Compare's "(! 12%)")
 MIN_SPREAD_SAMPLES = 3  # fewer samples: no spread is shown or judged, only n
 ROOF_SLACK = 1.05  # roofline_frac above this: `above_roof`, with `roof.reason`
-FLAGS = ("low_samples", "high_variance", "throttled", "above_roof", "worse_than_zeros")
+FLAGS = ("low_samples", "high_variance", "throttled", "above_roof", "worse_than_zeros", "contended")
 
 
 def timing_flags(lat: dict | None) -> list[str]:

@@ -9,7 +9,8 @@ def fmt_bytes(n: float | None, fmt: str = ".1f") -> str:
         return "-"
     for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= div:
-            return f"{n / div:{fmt}} {unit}"
+            text = f"{n / div:{fmt}}"
+            return f"{n / div:.0f} {unit}" if "e+" in text else f"{text} {unit}"  # .3g of 1000: not 1e+03
     return f"{n:.0f} B"
 
 
@@ -25,7 +26,8 @@ def short_kernel(kernel: str | None) -> str:
 
 
 def fmt_len(n: int) -> str:
-    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
+    """512, 1k, 1.5k, 1.25k: a length in units of 1024 where that is exact to two decimals, else whole (1000)."""
+    return f"{n / 1024:g}k" if n >= 1024 and n % 256 == 0 else str(n)
 
 
 def fmt_joules(j: float | None) -> str:

@@ -277,6 +277,22 @@ def compare_case(
     return CaseResult(key, label, verdict, why, lat, mem, **ms)
 
 
+def check_common(baseline: Side, current: Side) -> None:
+    """A usage error (exit 3) when the two sides share no case: every case would be new or missing,
+    which says nothing about a change and must not read as a pass."""
+    if set(baseline.cases) & set(current.cases):
+        return
+
+    def what(side: Side) -> str:
+        names = sorted({f"{m.record['variant']}:{m.record['backend']}" for m in side.cases.values()})
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        return f"{len(side.cases)} cases" + (f" of {shown}" if names else "")
+
+    raise UsageError(f"the two results files share no case (baseline: {what(baseline)}; current: "
+                     f"{what(current)}); accepted: two runs of the same cases (variant, backend, shape, "
+                     f"dtype, mode, params), e.g. of one suite")
+
+
 def compare(baseline: Side, current: Side, o: Options) -> Report:
     """Every case of either side, matched by identity, with its verdict."""
     diff = env_differences(baseline.env, current.env)

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from attnbench.core.units import fmt_bytes
 from attnbench.gate.stats import bootstrap_ratio, seed_for
+from attnbench.report.analysis import FAILURES, first_line, fmt_len
 
 UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 TOLERANCE_K = 4
@@ -70,11 +71,13 @@ class Pick:
     margin_ci: tuple[float, float] | None
     tie: bool | None
     note: str = ""
+    failed: tuple[dict[str, Any], ...] = ()  # the candidates that were tried here and failed
 
     def as_json(self) -> dict[str, Any]:
         return {"shape": self.shape, "seq": self.seq, "mode": self.mode, "backend": self.backend,
                 "variant": self.variant, "runner_up": self.runner_up, "margin": self.margin,
-                "margin_ci": list(self.margin_ci) if self.margin_ci else None, "tie": self.tie, "note": self.note}
+                "margin_ci": list(self.margin_ci) if self.margin_ci else None, "tie": self.tie, "note": self.note,
+                "failed": list(self.failed)}
 
 
 def shape_of(r: dict) -> dict[str, Any]:
@@ -114,7 +117,10 @@ def qualifies(r: dict, max_error: float | None, budget: float | None, exact: set
 def recommend(records: list[dict], max_error: float | None = None, memory_budget: float | None = None,
               exact: set[str] | None = None, metric: str = "latency") -> list[Pick]:
     """The dispatch table: one Pick per (shape, seq, mode) of the records (where none ran: no backend,
-    and a note counting the statuses), ranked by `metric` (METRICS).
+    and a note counting the statuses), ranked by `metric` (METRICS). A candidate that failed at a length (oom, timeout,
+    error, killed) is never picked there: the pick's `failed` names it with its status and the first
+    line of its reason, and a picked backend that failed at another length of the same shape says where.
+
     `exact`: the names of exact variants (from the headers' catalogues); default: none known."""
     exact = exact or set()
     groups: dict[str, list[dict]] = {}
@@ -124,41 +130,70 @@ def recommend(records: list[dict], max_error: float | None = None, memory_budget
     picks = []
     for key, everything in groups.items():
         shape, seq, mode = json.loads(key)
-        ran_ok = [r for r in everything if r.get("status") == "ok" and (r.get("latency_ms") or {}).get("median")]
-        rs = [r for r in ran_ok if metric_value(r, metric)]
-        if not rs:
-            counts = Counter(r.get("status") for r in everything)
-            ran = ", ".join(f"{n} {st}" for st, n in sorted(counts.items()))
-            why = f"nothing ran ({ran})" if not ran_ok else "no energy measured: " + "; ".join(
-                sorted({(r.get("energy") or {}).get("reason") or "no energy field" for r in ran_ok}))
-            picks.append(Pick(shape, seq, mode, None, None, None, None, None, None, why))
-            continue
-        several = len({r["variant"] for r in rs}) > 1
-        ok = [(r, note) for r in rs for good, note in [qualifies(r, max_error, memory_budget, exact)] if good]
-        if not ok:
-            why = "; ".join(sorted({qualifies(r, max_error, memory_budget, exact)[1] for r in rs}))
-            picks.append(Pick(shape, seq, mode, None, None, None, None, None, None, f"nothing qualifies: {why}"))
-            continue
-        ok.sort(key=lambda x: metric_value(x[0], metric))
-        (best, note), rest = ok[0], ok[1:]
-        if not rest:
-            picks.append(Pick(shape, seq, mode, _label(best, several), best["variant"], None, None, None, None,
-                              "; ".join(filter(None, [note, "no runner-up"]))))
-            continue
-        second = rest[0][0]
-        margin = metric_value(second, metric) / metric_value(best, metric)
-        a, b = best.get("samples_ms") or [], second.get("samples_ms") or []
-        ci, tie = None, None
-        if metric == "energy":
-            note = "; ".join(filter(None, [note, "one energy reading per case: no interval"]))
-        elif len(a) >= MIN_SAMPLES and len(b) >= MIN_SAMPLES:
-            r = bootstrap_ratio(a, b, seed_for(key), level=LEVEL)
-            ci, tie = (r.lo, r.hi), bool(r.lo <= 1.0 <= r.hi)
-        else:
-            note = "; ".join(filter(None, [note, f"under {MIN_SAMPLES} samples: no interval"]))
-        picks.append(Pick(shape, seq, mode, _label(best, several), best["variant"], _label(second, several),
-                          margin, ci, tie, note))
+        failed = tuple({"backend": _label(r, True), "status": r["status"], "reason": first_line(r.get("reason"))}
+                       for r in everything if r.get("status") in FAILURES)
+        pick = _pick(key, shape, seq, mode, everything, max_error, memory_budget, exact, metric)
+        picks.append(replace(pick, failed=failed, note=_with_failures(pick.note, failed)))
+    picks = _failed_elsewhere(picks, records)
     return sorted(picks, key=lambda p: (json.dumps(p.shape, sort_keys=True, default=str), p.mode, p.seq))
+
+
+def _with_failures(note: str, failed: tuple[dict[str, Any], ...]) -> str:
+    said = "; ".join(f"{f['backend']} failed here ({f['status']}: {f['reason']})" for f in failed)
+    return "; ".join(filter(None, [note, said]))
+
+
+def _failed_elsewhere(picks: list[Pick], records: list[dict]) -> list[Pick]:
+    """Each pick whose backend failed at another length of the same shape and mode says where."""
+    where: dict[str, list[str]] = {}
+    for r in records:
+        if r.get("status") in FAILURES:
+            k = json.dumps([shape_of(r), r["mode"], r["variant"], r["backend"]], sort_keys=True, default=str)
+            where.setdefault(k, []).append(f"{fmt_len(r['seq_k'])} ({r['status']})")
+    out = []
+    for p in picks:
+        k = json.dumps([p.shape, p.mode, p.variant, (p.backend or "").split(":")[-1]], sort_keys=True, default=str)
+        at = where.get(k) if p.backend else None
+        out.append(replace(p, note="; ".join(filter(None, [p.note, f"{p.backend} failed at {', '.join(at)}"])))
+                   if at else p)
+    return out
+
+
+def _pick(key: str, shape: dict, seq: int, mode: str, everything: list[dict], max_error: float | None,
+          memory_budget: float | None, exact: set[str], metric: str) -> Pick:
+    """The best qualifying ok record of one (shape, seq, mode) by `metric`, with its margin over the
+    runner-up."""
+    ran_ok = [r for r in everything if r.get("status") == "ok" and (r.get("latency_ms") or {}).get("median")]
+    rs = [r for r in ran_ok if metric_value(r, metric)]
+    if not rs:
+        counts = Counter(r.get("status") for r in everything)
+        ran = ", ".join(f"{n} {st}" for st, n in sorted(counts.items()))
+        why = f"nothing ran ({ran})" if not ran_ok else "no energy measured: " + "; ".join(
+            sorted({(r.get("energy") or {}).get("reason") or "no energy field" for r in ran_ok}))
+        return Pick(shape, seq, mode, None, None, None, None, None, None, why)
+    several = len({r["variant"] for r in rs}) > 1
+    ok = [(r, note) for r in rs for good, note in [qualifies(r, max_error, memory_budget, exact)] if good]
+    if not ok:
+        why = "; ".join(sorted({qualifies(r, max_error, memory_budget, exact)[1] for r in rs}))
+        return Pick(shape, seq, mode, None, None, None, None, None, None, f"nothing qualifies: {why}")
+    ok.sort(key=lambda x: metric_value(x[0], metric))
+    (best, note), rest = ok[0], ok[1:]
+    if not rest:
+        return Pick(shape, seq, mode, _label(best, several), best["variant"], None, None, None, None,
+                    "; ".join(filter(None, [note, "no runner-up"])))
+    second = rest[0][0]
+    margin = metric_value(second, metric) / metric_value(best, metric)
+    a, b = best.get("samples_ms") or [], second.get("samples_ms") or []
+    ci, tie = None, None
+    if metric == "energy":
+        note = "; ".join(filter(None, [note, "one energy reading per case: no interval"]))
+    elif len(a) >= MIN_SAMPLES and len(b) >= MIN_SAMPLES:
+        r = bootstrap_ratio(a, b, seed_for(key), level=LEVEL)
+        ci, tie = (r.lo, r.hi), bool(r.lo <= 1.0 <= r.hi)
+    else:
+        note = "; ".join(filter(None, [note, f"under {MIN_SAMPLES} samples: no interval"]))
+    return Pick(shape, seq, mode, _label(best, several), best["variant"], _label(second, several),
+                margin, ci, tie, note)
 
 
 def crossovers(picks: list[Pick]) -> list[dict[str, Any]]:

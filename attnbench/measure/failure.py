@@ -26,9 +26,20 @@ def is_oom(e: BaseException) -> bool:
     )
 
 
-def one_line(e: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", text)  # torch's C++ prefix
+_DIAGNOSTIC = re.compile(r"(^|\s)(fatal )?error:", re.IGNORECASE)
+
+
+def one_line(e: BaseException, limit: int = 1000) -> str:
+    """The message on one line: its first non-empty line and, for a message that wraps a compiler's
+    output (torch.compile's C++ or Triton build errors put the command line first), the first
+    diagnostic line ("error: ..."), which is what says why. Cut at `limit` characters only."""
+    lines = [" ".join(ln.split()) for ln in str(e).splitlines()]
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        return type(e).__name__
+    first = re.sub(r"^\[enforce fail at [^\]]*\]\s*(err == 0\.\s*)?", "", lines[0])  # torch's C++ prefix
+    diag = next((ln for ln in lines[1:] if _DIAGNOSTIC.search(ln)), None)
+    text = first if diag is None or diag in first else f"{first} … {diag}"
     return text[:limit] + ("…" if len(text) > limit else "")
 
 

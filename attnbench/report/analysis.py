@@ -31,7 +31,8 @@ import numpy as np
 SERIES_KEYS = ("variant", "backend", "device", "mode", "dtype", "batch", "heads", "kv_heads",
                "head_dim", "causal", "params")
 SCENARIO_KEYS = ("device", "mode", "dtype", "batch", "heads", "head_dim", "causal")
-FAILED = ("oom", "timeout", "error", "skipped")  # statuses that end a frontier
+FAILURES = ("oom", "timeout", "error", "killed")  # the case was tried and did not finish
+FAILED = (*FAILURES, "skipped")  # statuses that end a frontier (a skip: the budget said it would not fit)
 
 from attnbench.report.verdicts import VERDICTS, Fit, fit_scaling, judge, t975  # noqa: E402, F401  (re-exported)
 
@@ -145,6 +146,16 @@ def decode_claim(claim: Claim | None) -> Claim | None:
                  max(claim.power - 1, 0.0), claim.log_power)
 
 
+def big_o(claim: Claim) -> str:
+    """The growth of a claim in L as O(...): O(1), O(L), O(L·√L), O(L²), O(L log L)."""
+    p = claim.power
+    core = {0.0: "1", 0.5: "√L", 1.0: "L", 1.5: "L·√L", 2.0: "L²", 3.0: "L³"}.get(p, f"L^{p:g}")
+    if claim.log_power:
+        log = "log L" if claim.log_power == 1 else f"log^{claim.log_power} L"
+        core = log if core == "1" else f"{core} {log}"
+    return f"O({core})"
+
+
 # ---------------------------------------------------------------- crossovers
 def crossover(la, ya, lb, yb, a: str = "A", b: str = "B", better: str = "faster") -> dict:
     """Where A and B swap order, interpolated in log-log over their common range of L.
@@ -243,18 +254,30 @@ def series(records: list[dict]) -> list[Series]:
 
 
 def frontier(s: Series) -> dict[str, Any]:
-    """The longest L that ran and the first longer one that did not (status, reason)."""
+    """The longest L that ran, the first longer one that did not (status, reason), and every
+    length where the case was tried and failed, shorter ones included: a crash at 2k between
+    lengths that ran is a failure, not a frontier beyond 8k."""
     ok = [length(r) for r in s.ok()]
     largest = max(ok) if ok else None
     after = [r for r in s.records if r["status"] in FAILED and (largest is None or length(r) > largest)]
     nxt = after[0] if after else None
+    failed = [r for r in s.records if r["status"] in FAILURES]
     text = f"ok to {fmt_len(largest)}" if largest else "nothing ran"
+    inside = [r for r in failed if r is not nxt]
+    if inside:
+        text += "; failed at " + ", ".join(f"{fmt_len(length(r))} ({r['status']})" for r in inside)
     if nxt:
         text += f"; {nxt['status']} at {fmt_len(length(nxt))}"
-    else:
-        text += ", none failed" if largest else ""
+    elif largest and not failed:
+        text += ", none failed"
     return {"largest_ok": largest, "next_status": nxt and nxt["status"],
-            "next_L": nxt and length(nxt), "next_reason": nxt and nxt.get("reason"), "text": text}
+            "next_L": nxt and length(nxt), "next_reason": nxt and nxt.get("reason"), "text": text,
+            "failed": [(length(r), r["status"], first_line(r.get("reason"))) for r in failed]}
+
+
+def first_line(reason: str | None) -> str:
+    """The first non-empty line of a failure's reason, whole (views wrap it, never cut it)."""
+    return next((ln.strip() for ln in (reason or "").splitlines() if ln.strip()), "no reason recorded")
 
 
 # ---------------------------------------------------------------- tables
@@ -326,6 +349,8 @@ def scaling_row(s: Series, everything: list[Series], baseline: str) -> dict:
     saving, _ = ratio_at(s, base, "peak_mem_bytes") if base is not None else (None, None)
     last = s.ok()[-1] if s.ok() else {}
     fr = frontier(s)
+    if decode and t_claim is not None:
+        time_text = f"{big_o(t_claim)} per token (a full forward: {time_text})"
     return {
         **{k: s.axes[k] for k in SERIES_KEYS}, "params": s.params(), "series": s.name, "shape": shape_text(s.axes),
         "time_claim": time_text, "memory_claim": mem_text,
@@ -338,7 +363,7 @@ def scaling_row(s: Series, everything: list[Series], baseline: str) -> dict:
         "crossover_vs_baseline": cross,
         "speedup": speedup, "mem_saving": saving, "compared_at": at,
         "largest_ok": fr["largest_ok"], "next_status": fr["next_status"], "next_L": fr["next_L"],
-        "next_reason": fr["next_reason"], "frontier": fr["text"],
+        "next_reason": fr["next_reason"], "frontier": fr["text"], "failed": fr["failed"],
         "tflops": last.get("tflops"), "gbps": last.get("gbps"), "roofline_frac": last.get("roofline_frac"),
     }
 
@@ -348,7 +373,7 @@ def json_rows(rows: list[dict]) -> list[dict]:
     series, shape, metric, exponent, ci_low, ci_high, lengths, claim, verdict (and note)."""
     out = []
     for r in rows:
-        name = r["series"] + "".join(f" {k}={v}" for k, v in sorted(r["params"].items()))
+        name = r.get("name", r["series"]) + "".join(f" {k}={v}" for k, v in sorted(r["params"].items()))
         for metric, pre, claim in (("latency", "time", "time_claim"), ("memory", "mem", "memory_claim")):
             out.append({"series": name, "shape": r["shape"], "metric": metric, "exponent": r[f"{pre}_exp"],
                         "ci_low": r[f"{pre}_ci_low"], "ci_high": r[f"{pre}_ci_high"], "lengths": r[f"{pre}_lengths"],
@@ -362,6 +387,28 @@ def _finite(x: float) -> float | None:
 
 
 def scaling_table(records: list[dict], baseline: str = "mha:eager") -> list[dict]:
-    """One row per series with at least one ok record (see scaling_row)."""
+    """One row per series with at least one ok record (see scaling_row); `series` is the label
+    that tells it from the others of its scenario (labels_of), `name` the bare variant:backend."""
     everything = series(records)
-    return [scaling_row(s, everything, baseline) for s in everything if s.ok()]
+    names = labels_of(everything)
+    return [{**scaling_row(s, everything, baseline), "series": names[id(s)], "name": s.name}
+            for s in everything if s.ok()]
+
+
+def labels_of(everything: list[Series]) -> dict[int, str]:
+    """id(series) -> "variant:backend", plus Hkv where a scenario holds several KV-head counts and
+    the parameters whose values differ between series of that variant in the scenario (two
+    performer:chunked series at eps=0 and eps=1e-4 read "performer:chunked eps=0.0" and "… eps=0.0001")."""
+    out: dict[int, str] = {}
+    groups: dict[tuple, list[Series]] = {}
+    for s in everything:
+        groups.setdefault(s.scenario(), []).append(s)
+    for group in groups.values():
+        kvs = {s.axes["kv_heads"] for s in group}
+        for s in group:
+            same = [o.params() for o in group if o.axes["variant"] == s.axes["variant"]]
+            p = s.params()
+            differ = [k for k in sorted(p) if len({repr(q.get(k)) for q in same}) > 1]
+            kv = f" Hkv={s.axes['kv_heads']}" if len(kvs) > 1 and s.axes["kv_heads"] != s.axes["heads"] else ""
+            out[id(s)] = s.name + kv + "".join(f" {k}={p[k]}" for k in differ)
+    return out

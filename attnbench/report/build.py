@@ -44,16 +44,29 @@ def load(paths: list[str | Path]) -> tuple[list[dict], list[dict]]:
 
 
 def check_baseline(records: list[dict], baseline: str | None) -> tuple[str, str | None]:
-    """(baseline, note): an explicit baseline must be in the data; the default may be absent."""
+    """(baseline, note): an explicit baseline must be in the data. The default is run's: mha:eager
+    if it ran, else the first exact variant's eager backend that ran (the materialised textbook
+    attention); with neither, a note says there are no speedups."""
     names = sorted({f"{r['variant']}:{r['backend']}" for r in records if r["status"] == "ok"})
     if baseline is None:
-        note = None if DEFAULT_BASELINE in names else \
-            f"The default baseline {DEFAULT_BASELINE} is not in the data: no speedups (pick one with --baseline)."
-        return DEFAULT_BASELINE, note
+        found = default_baseline(records)
+        note = None if found else \
+            f"No baseline: neither {DEFAULT_BASELINE} nor an exact variant's eager backend ran, so no " \
+            f"speedups (pick one with --baseline)."
+        return found or DEFAULT_BASELINE, note
     baseline = analysis.parse_baseline(baseline)
     if baseline not in names:
         raise UsageError(f"baseline '{baseline}' has no ok records in the data; accepted: {', '.join(names) or 'none'}")
     return baseline, None
+
+
+def default_baseline(records: list[dict]) -> str | None:
+    """mha:eager if it ran, else the first exact variant's (catalogue: `_exact`) eager backend that ran."""
+    ran = list(dict.fromkeys(f"{r['variant']}:{r['backend']}" for r in records if r["status"] == "ok"))
+    if DEFAULT_BASELINE in ran:
+        return DEFAULT_BASELINE
+    exact = {r["variant"] for r in records if r.get("_exact")}
+    return next((n for n in ran if n.endswith(":eager") and n.split(":")[0] in exact), None)
 
 
 def build_report(paths: list[str | Path], out: Path, baseline: str | None = None,
@@ -98,9 +111,11 @@ def _build(paths, out: Path, headers, runs, records, baseline, base_note, patter
     everything = analysis.series(records)
     ctx = Context(tuple(headers), out / "charts", Palette(sorted({T.tag(s) for s in everything}
                                                                 | {s.name for s in everything})), baseline)
-    sections = [_environment(headers, out, paths), _scaling(ctx, everything, records, out, base_note),
+    scaling = _scaling(ctx, everything, records, out, base_note)
+    sections = [_story(ctx, everything, records, base_note, scaling), scaling,
                 _throughput(ctx, everything, records, out), _crossovers(records, out, ctx.baseline),
-                *_special(ctx, everything, records, patterns), *_peers(headers, records, out), _not_run(records, out)]
+                *_special(ctx, everything, records, patterns), *_peers(headers, records, out), _not_run(records, out),
+                _environment(headers, out, paths)]
     from attnbench.report.formodel import model_section
 
     mine = model_section(records, recommender and (lambda recs: recommender(recs, headers)))
@@ -121,6 +136,38 @@ def _build(paths, out: Path, headers, runs, records, baseline, base_note, patter
     for sec in sections:
         written += [p for c in sec.charts for p in (c.png, c.svg)] + [t.csv for t in sec.tables if t.csv]
     return written
+
+
+def _story(ctx: Context, everything, records, base_note: str | None, scaling: Section) -> Section:
+    """"What this run shows": the findings (report/story.py), then latency and peak memory of the
+    scenario with the most series, drawn for the baseline and the series the findings name (at most
+    MAX_SERIES, so one panel each); when that is every series of the scenario, the scaling
+    section's own charts are moved here instead of drawn twice."""
+    from dataclasses import replace
+
+    from attnbench.report.charts import MAX_SERIES, slug
+    from attnbench.report.story import key_series, story
+
+    sec = Section("What this run shows", story(records, ctx.baseline, base_note), lead=True)
+    scn, labels = key_series(records, ctx.baseline, MAX_SERIES)
+    names = analysis.labels_of(everything)
+    group = [s for s in everything if s.scenario() == scn and s.ok()]
+    chosen = sorted((s for s in group if names[id(s)] in labels), key=lambda s: labels.index(names[id(s)]))
+    if not chosen:
+        return sec
+    if len(chosen) == len(group):
+        sec.charts = [c for c in scaling.charts if c.png.stem.split("-", 1)[-1] == slug(scn)][:2]
+        scaling.charts = [c for c in scaling.charts if c not in sec.charts]
+        scaling.text.append("The latency and peak-memory charts of the scenario with the most series open the "
+                            "report (What this run shows).")
+        return sec
+    for kind in ("latency", "memory"):
+        chart = curve_chart(ctx, scn, chosen, SPECS[kind], stem="story-")
+        if chart:
+            sec.charts.append(replace(chart, caption=f"{chart.caption.split(' (')[0]} ({len(chosen)} of "
+                                                     f"{len(group)} series: the baseline, those the findings name "
+                                                     f"and the fastest others; all are in Scaling)"))
+    return sec
 
 
 def _table(title, columns, rows, out: Path, name: str, note: str = "") -> Table:
@@ -236,9 +283,12 @@ def _special(ctx: Context, everything, records, patterns: bool) -> list[Section]
 
 
 def _peers(headers: list[dict], records, out: Path) -> list[Section]:
-    """The targets of suites/peers.toml, when this run measured any of them."""
-    from attnbench.report.peers import peer_targets, peers_suite_ran
+    """The targets of suites/peers.toml, only in a report of the peers suite (a header's command
+    names it): they are the project's own goals, not a user's question."""
+    from attnbench.report.peers import peer_targets, peers_suite_named, peers_suite_ran
 
+    if not peers_suite_named(headers):
+        return []
     refs = next((h.get("refs") for h in headers if h.get("refs")), None)
     targets = peer_targets(records, refs, peers_suite_ran(headers, records))
     if all(t.not_run and t.measured == "–" for t in targets):  # nothing of it measured: no section
@@ -253,9 +303,11 @@ def _peers(headers: list[dict], records, out: Path) -> list[Section]:
 
 def _not_run(records, out: Path) -> Section:
     rows = T.with_scenario(T.not_run(records))
-    sec = Section("Not run", ["Series where no length ran (unsupported, unavailable, skipped, failed)."])
+    sec = Section("Not run or failed", ["Series where no length ran (unsupported, unavailable, skipped, failed), "
+                                        "then every case that was tried and failed (oom, timeout, error, killed) "
+                                        "in a series that ran at other lengths, with the first line of its reason."])
     if rows:
         sec.tables.append(_table("not run", T.NOT_RUN_COLUMNS, rows, out, "not_run"))
     else:
-        sec.text.append("Every series ran at least one length.")
+        sec.text.append("Every series ran at least one length, and no case failed.")
     return sec

@@ -4,6 +4,7 @@ written by `run` from variants.registry.describe), so reading results never impo
 Each record is given, under keys starting with "_" (which no table or CSV writes):
     _claims   (time, memory) complexity claims of its (variant, backend) pair
     _params   the variant's own parameter names (a backend's own, like flex's block_size, excluded)
+    _exact    whether the variant computes exact softmax attention (the catalogue's `exact`)
 Files written before headers carried a catalogue are described by the installed variants instead
 (that imports torch, once, and only for such files).
 """
@@ -21,11 +22,11 @@ def annotate(header: dict, records: list[dict]) -> list[dict]:
     for r in records:
         info = cat.get(r["variant"])
         if info is None:
-            out.append({**r, "_claims": ("?", "?"), "_params": None})
+            out.append({**r, "_claims": ("?", "?"), "_params": None, "_exact": None})
             continue
         own = (info.get("backends") or {}).get(r["backend"]) or {}
         out.append({**r, "_claims": (own.get("time") or info["time"], own.get("memory") or info["memory"]),
-                    "_params": tuple(info.get("params") or ())})
+                    "_params": tuple(info.get("params") or ()), "_exact": info.get("exact")})
     return out
 
 

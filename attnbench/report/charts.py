@@ -8,7 +8,8 @@ panel holds more than MAX_SERIES, the baseline repeated in every panel. Latency 
 p10–p90 band of the timed samples; a point with a single sample is drawn hollow. Latency and
 memory are log-log with O(L) and O(L²) guides anchored at the baseline series (compare slopes,
 not heights), labelled in the right margin; lengths that did not run (OOM, timeout, error,
-skipped) are marked along the top edge. The FLOP/s chart draws the in-run GEMM reference.
+skipped) are marked along the top edge. The FLOP/s chart draws the in-run GEMM reference. When
+every series was measured at one length the chart is a bar per series (bar_chart): a line needs two.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.transforms import ScaledTranslation, blended_transform_factory
 
-from attnbench.report.analysis import FAILED, SCENARIO_KEYS, Series, length
+from attnbench.report.analysis import FAILED, SCENARIO_KEYS, Series, fmt_len, length
 from attnbench.report.labels import chart_labels, subtitle, wrap
 from attnbench.report.model import Chart, Context
 from attnbench.report.style import (
@@ -57,8 +58,9 @@ class Spec:
 
 SPECS = {
     "latency": Spec("latency", "Median latency vs sequence length", "latency", time_unit,
-                    "median latency ({unit})", "Lower is faster. Compare each line's slope with the grey O(L) and "
-                    "O(L²) guides; the shaded band is p10–p90 of the timed samples; hollow points had one sample."),
+                    "median latency ({unit})", "Lower is faster. Compare each line's slope with the grey guides "
+                    "(O(L) and O(L²); in decode, O(1) and O(L) per token); the shaded band is p10–p90 of the "
+                    "timed samples; hollow points had one sample."),
     "memory": Spec("memory", "Peak memory vs sequence length", "peak_mem_bytes", lambda lo, hi: bytes_unit(hi),
                    "peak memory above baseline ({unit})", "Lower uses less memory. A slope like the O(L) guide "
                    "means linear memory, like O(L²) quadratic; marks on the top edge are lengths that did not run."),
@@ -114,12 +116,15 @@ def facets(group: list[Series], baseline: str) -> list[tuple[str, list[Series]]]
 
 
 @styled
-def curve_chart(ctx: Context, scenario: tuple, group: list[Series], spec: Spec) -> Chart | None:
-    """One scaling chart (small multiples beyond MAX_SERIES series); None when no series has a value."""
+def curve_chart(ctx: Context, scenario: tuple, group: list[Series], spec: Spec, stem: str = "") -> Chart | None:
+    """One scaling chart (small multiples beyond MAX_SERIES series); None when no series has a value.
+    `stem`: a prefix of the file names (the story's charts of a few series: "story-")."""
     group = [s for s in group if len(s.xy(spec.field)[0])]
     if not group:
         return None
     sc = dict(zip(SCENARIO_KEYS, scenario))
+    if len({float(L) for s in group for L in s.xy(spec.field)[0]}) == 1:
+        return bar_chart(ctx, scenario, group, spec, stem)
     values = np.concatenate([s.xy(spec.field)[1] for s in group])
     roof = ctx.gemm_flops(sc["device"], sc["dtype"]) if spec.kind == "tflops" else None
     div, unit = spec.unit(float(values.min()), max(float(values.max()), roof[0] / 1e12 if roof else 0.0))
@@ -147,7 +152,7 @@ def curve_chart(ctx: Context, scenario: tuple, group: list[Series], spec: Spec) 
         ax.set_ylim(lo / 1.6, hi * 1.9)
         length_axis(ax, lengths)
         if spec.guides:
-            _guides(ax, series, spec.field, scale, ctx.baseline)
+            _guides(ax, series, spec.field, scale, ctx.baseline, sc["mode"] == "decode")
         handles = _failure_marks(ax, series, looks, labels)
         ax.xaxis.set_tick_params(labelbottom=True)  # every panel's lengths are labelled: its legend sits below
         below = ScaledTranslation(0, -0.62 if len(panels) == 1 else -0.3, fig.dpi_scale_trans)  # under ticks (+ label)
@@ -168,12 +173,54 @@ def curve_chart(ctx: Context, scenario: tuple, group: list[Series], spec: Spec) 
         fig.supylabel(ylabel, fontsize=10)
     fig.suptitle(f"{spec.what}\n{subtitle(sc, ctx.device_name(sc['device']), labels.shared)}", fontsize=11)
     _footnote(fig, labels.fixed_params, len(panels))
-    png, svg = save(fig, ctx.out_dir, f"{spec.kind}-{slug(scenario)}")
+    png, svg = save(fig, ctx.out_dir, f"{stem}{spec.kind}-{slug(scenario)}")
     has_base = any(s.name == ctx.baseline for s in group)
     facet_note = f" Small multiples: {len(panels)} panels with shared axes" + \
         ("; the baseline (thick line) is in each." if has_base else ".") if len(panels) > 1 else ""
     return Chart(f"{spec.what} ({sc['mode']}, {sc['dtype']}, {len(group)} series)", png, svg,
                  spec.how + facet_note)
+
+
+def bar_chart(ctx: Context, scenario: tuple, group: list[Series], spec: Spec, stem: str = "") -> Chart:
+    """Every series measured at one and the same length: one horizontal bar each (a line needs two
+    lengths), sorted best first, its value printed at its end; when the values span more than a
+    decade, a dot each on a log axis (a bar's length would mean nothing there)."""
+    sc = dict(zip(SCENARIO_KEYS, scenario))
+    labels = chart_labels(group)
+    L = int(group[0].xy(spec.field)[0][0])
+    pts = sorted(((labels.names[id(s)], float(s.xy(spec.field)[1][0]), s) for s in group),
+                 key=lambda p: -p[1] if spec.kind == "tflops" else p[1])
+    div, unit = spec.unit(min(v for _, v, _ in pts), max(v for _, v, _ in pts))
+    looks = ctx.palette.looks([n for n, _, _ in pts])
+    fig, axes = new_figure(9.0, 1.6 + 0.42 * len(pts))
+    ax = axes[0][0]
+    ys = np.arange(len(pts))[::-1]
+    vals = [v / div for _, v, _ in pts]
+    colors = [looks[n].color for n, _, _ in pts]
+    log = max(vals) / max(min(vals), 1e-300) > 10
+    if log:  # a bar's length means nothing on a log axis: a dot per series, on a light guide line
+        ax.hlines(ys, min(vals) / 2, vals, color="#dddddd", lw=1, zorder=1)
+        ax.scatter(vals, ys, c=colors, s=60, zorder=3,
+                   edgecolors=["#222222" if s.name == ctx.baseline else c for (_, _, s), c in zip(pts, colors)])
+        log_y(ax, "x")
+        ax.set_xlim(left=min(vals) / 2)
+    else:
+        ax.barh(ys, vals, color=colors, height=0.6, linewidth=1.6,
+                edgecolor=["#222222" if s.name == ctx.baseline else "none" for _, _, s in pts])
+    ax.set_yticks(ys, [n + (" (baseline)" if s.name == ctx.baseline else "") for n, _, s in pts], fontsize=9)
+    for y, v in zip(ys, vals):
+        ax.annotate(f"{v:.3g}", (v, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_xlim(right=max(vals) * (3.0 if ax.get_xscale() == "log" else 1.15))
+    ax.set_xlabel(spec.ylabel.format(unit=unit) + f" at L = {fmt_len(L)}" + (", log scale" if log else ""))
+    fig.suptitle(f"{spec.what.split(' vs ')[0]} at L = {fmt_len(L)}\n"
+                 f"{subtitle(sc, ctx.device_name(sc['device']), labels.shared)}", fontsize=11)
+    _footnote(fig, labels.fixed_params, 1)
+    png, svg = save(fig, ctx.out_dir, f"{stem}{spec.kind}-{slug(scenario)}")
+    better = "higher" if spec.kind == "tflops" else "lower"
+    return Chart(f"{spec.what.split(' vs ')[0]} at L = {fmt_len(L)} ({sc['mode']}, {sc['dtype']}, "
+                 f"{len(group)} series)", png, svg,
+                 f"One length was measured, so each series is a {'dot' if log else 'bar'} ({better} is "
+                 f"better), best first.")
 
 
 def _draw_series(ax, s: Series, spec: Spec, scale: float, look, label: str, is_base: bool) -> None:
@@ -218,8 +265,9 @@ def _anchor(series: list[Series], field: str, baseline: str) -> tuple[float, flo
     return None
 
 
-def _guides(ax, series: list[Series], field: str, scale: float, baseline: str) -> None:
-    """O(L) and O(L²) from the baseline's first point to the longest length; labels in the right margin."""
+def _guides(ax, series: list[Series], field: str, scale: float, baseline: str, decode: bool = False) -> None:
+    """O(L) and O(L²) from the baseline's first point to the longest length; labels in the right margin.
+    In decode (one query per step) the exact claim is O(L) per token: O(1) and O(L) are drawn instead."""
     start = _anchor(series, field, baseline)
     l1 = max(float(s.xy(field)[0].max()) for s in series if len(s.xy(field)[0]))
     if start is None or l1 <= start[0]:
@@ -227,10 +275,11 @@ def _guides(ax, series: list[Series], field: str, scale: float, baseline: str) -
     l0, y0 = start[0], start[1] * scale
     xs = np.geomspace(l0, l1, 32)
     top = ax.get_ylim()[1]
-    ends = [y0 * (l1 / l0) ** p for p in (1, 2)]
+    guides = ((0, "O(1)/token", ":"), (1, "O(L)/token", "--")) if decode else ((1, "O(L)", ":"), (2, "O(L²)", "--"))
+    ends = [y0 * (l1 / l0) ** p for p, _, _ in guides]
     if max(ends) > top and max(ends) <= top * 30:  # a little room makes both guides end inside
         ax.set_ylim(ax.get_ylim()[0], max(ends) * 1.3)
-    for p, text, ls in ((1, "O(L)", ":"), (2, "O(L²)", "--")):
+    for p, text, ls in guides:
         ys = y0 * (xs / l0) ** p
         ax.plot(xs, ys, color=GUIDE, ls=ls, lw=1.1, zorder=1)
         _margin_label(ax, min(float(ys[-1]), ax.get_ylim()[1]), text + ("↑" if ys[-1] > ax.get_ylim()[1] else ""))

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from attnbench.core.models import describe, max_context, presets, spec_max_context
 from attnbench.core.units import fmt_bytes, fmt_len
+from attnbench.report.analysis import FAILURES, first_line
 from attnbench.report.model import Section, Table
 from attnbench.report.terminal import rich_table
 
@@ -30,12 +31,13 @@ def list_models(console: Console, as_json: bool) -> None:
               "kv_max": fmt_bytes(r["kv_bytes_max_context"])} for r in rows]
     cols = (("model", "model"), ("heads", "Hq/Hkv"), ("head_dim", "D"), ("layers", "layers"), ("dtype", "dtype"),
             ("causal", "mask"), ("max_context", "max L"), ("attention", "attention (variant, params)"),
-            ("kv", "KV/token"), ("kv_max", "KV at max L"), ("source", "source"))
-    console.print(rich_table("model presets (attnbench run --model NAME)", cols, shown))
+            ("kv", "KV/token, all layers"), ("kv_max", "KV at max L, all layers"), ("source", "source"))
+    console.print(rich_table("model presets (attnbench run --model NAME)", cols, shown,
+                             drop=("source", "kv_max", "causal", "dtype", "layers", "head_dim", "max_context")))
 
 
-KV_COLUMNS = (("model", "model"), ("layers", "layers"), ("dtype", "dtype"), ("L", "L"), ("kv_token", "KV/token"),
-              ("kv_seq", "KV/sequence"))
+KV_COLUMNS = (("model", "model"), ("layers", "layers"), ("dtype", "dtype"), ("L", "L"),
+              ("kv_token", "KV/token, all layers"), ("kv_seq", "KV/sequence, all layers"))
 
 
 def kv_rows(records: list[dict]) -> list[dict[str, Any]]:
@@ -156,12 +158,13 @@ def model_section(records: list[dict], recommender: Callable[[list[dict]], list]
 
 
 FRONTIER_COLUMNS = (("model", "model"), ("variant", "variant"), ("backend", "backend"), ("mode", "mode"),
-                    ("L", "longest L run"), ("kv_seq", "KV/sequence there"), ("next", "next length"))
+                    ("L", "longest L run"), ("kv_seq", "KV/sequence there"), ("next", "next length"),
+                    ("failed", "failed below it"))
 
 
 def frontier_rows(records: list[dict]) -> list[dict[str, Any]]:
     """Per (model, variant, backend, mode): the longest length with status ok, the KV cache there,
-    and what happened at the next length tried (if any)."""
+    what happened at the next length tried (if any), and every shorter length that failed."""
     by: dict[tuple, list[dict]] = {}
     for r in records:
         by.setdefault((r["model"], r["variant"], r["backend"], r["mode"]), []).append(r)
@@ -173,7 +176,10 @@ def frontier_rows(records: list[dict]) -> list[dict[str, Any]]:
             continue
         last = ok[-1]
         after = [r for r in rs if r["seq_k"] > last["seq_k"]]
+        below = [f"{fmt_len(r['seq_k'])} ({r['status']}: {first_line(r.get('reason'))})" for r in rs
+                 if r["seq_k"] < last["seq_k"] and r["status"] in FAILURES]
         out.append({"model": model, "variant": variant, "backend": backend, "mode": mode,
                     "L": fmt_len(last["seq_k"]), "kv_seq": fmt_bytes(last.get("kv_bytes_per_seq")),
-                    "next": f"{fmt_len(after[0]['seq_k'])}: {after[0]['status']}" if after else "none tried"})
+                    "next": f"{fmt_len(after[0]['seq_k'])}: {after[0]['status']}" if after else "none tried",
+                    "failed": "; ".join(below) or "none"})
     return out

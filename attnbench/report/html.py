@@ -77,5 +77,6 @@ def write_html(path: Path, title: str, sections: list[Section], out: Path) -> No
             charts.append(_chart(c, out, n))
         gallery = all(c.png.name.startswith("pattern-") for c in s.charts) and len(s.charts) > 1
         secs.append({"title": s.title, "anchor": _anchor(s.title), "text": s.text, "charts": charts,
-                     "tables": [_table(t, out) for t in s.tables], "skipped": s.skipped, "gallery": gallery})
+                     "tables": [_table(t, out) for t in s.tables], "skipped": s.skipped, "gallery": gallery,
+                     "lead": s.lead})
     atomic_write_text(path, _ENV.get_template("report.html.j2").render(title=title, sections=secs))

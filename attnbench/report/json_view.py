@@ -10,7 +10,8 @@ Fields (docs/reports.md, "show --json"):
                 mem_saving against the baseline (null without one), flags
   crossovers    pairs of series whose latency or memory order swaps within the swept lengths: a, b,
                 the shape axes, latency, memory (sentences), latency_L
-  not_run       series where nothing ran: series, the shape axes, status, reason, lengths
+  not_run       series where nothing ran, then every failed case (oom, timeout, error, killed) of a
+                series that ran: series, the shape axes, status, reason, lengths
 NaN and infinities are written as null, so the output is strict JSON.
 """
 

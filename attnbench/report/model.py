@@ -40,6 +40,7 @@ class Section:
     charts: list[Chart] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # charts not drawn, and why
+    lead: bool = False  # the opening section: before the contents, its charts side by side
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from attnbench.report.analysis import fit_exponent
+from attnbench.report.analysis import fit_exponent, fmt_len
 
 
 @dataclass(frozen=True)
@@ -63,14 +63,20 @@ def _missing(n: int, what: str, goal: str) -> Target:
     return Target(n, what, goal, "–", None, RUN_IT, not_run=True)
 
 
-def peers_suite_ran(headers: list[dict], records: list[dict]) -> bool:
-    """Whether the run holds the peers suite: a header's command names it (`--suite peers`, a
-    peers.toml) or a peer package's backend ran (only that suite runs them by default)."""
+def peers_suite_named(headers: list[dict]) -> bool:
+    """Whether a header's command names the peers suite (`--suite peers`, a peers.toml): the
+    project's own benchmark, whose targets belong in its report and in no user's."""
     for h in headers:
         cmd = [str(c) for c in h.get("command") or []]
         if any(c in ("peers", "--suite=peers") or c.endswith("peers.toml") for c in cmd):
             return True
-    return any(str(r.get("backend", "")).startswith("peer:") for r in records)
+    return False
+
+
+def peers_suite_ran(headers: list[dict], records: list[dict]) -> bool:
+    """Whether the run holds the peers suite: a header's command names it or a peer package's
+    backend ran (only that suite runs them by default)."""
+    return peers_suite_named(headers) or any(str(r.get("backend", "")).startswith("peer:") for r in records)
 
 
 def decode_targets(records: list[dict], refs: dict | None) -> list[Target]:
@@ -183,7 +189,7 @@ def causal_linear_targets(records: list[dict]) -> list[Target]:
             out.append(
                 Target(
                     2,
-                    f"causal {variant} chunked: latency exponent {lt.l_min // 1024}k..{lt.l_max // 1024}k",
+                    f"causal {variant} chunked: latency exponent {fmt_len(lt.l_min)}..{fmt_len(lt.l_max)}",
                     "≤ 1.15",
                     lt.text(),
                     lt.exponent <= 1.15,
@@ -247,7 +253,7 @@ def noncausal_performer_targets(records: list[dict]) -> list[Target]:
             3,
             "non-causal Performer: performer-pytorch ÷ our best",
             "≥ 1.0× at every L",
-            ", ".join(f"{L // 1024}k: {x:.2f}× ({b})" for L, x, b in rows),
+            ", ".join(f"{fmt_len(L)}: {x:.2f}× ({b})" for L, x, b in rows),
             all(x >= 1.0 for _, x, _ in rows),
         )
     ]
@@ -258,7 +264,7 @@ def noncausal_performer_targets(records: list[dict]) -> list[Target]:
                 3,
                 "non-causal Performer: relative error ours vs peer",
                 "ours ≤ peer",
-                ", ".join(f"{L // 1024}k: {a:.3f} vs {b:.3f}" for L, a, b in errs),
+                ", ".join(f"{fmt_len(L)}: {a:.3f} vs {b:.3f}" for L, a, b in errs),
                 all(a <= b * 1.05 for _, a, b in errs),
                 f"same W and eps = {eps:g}: the same estimator (5 % allowance)",
             )
@@ -276,7 +282,7 @@ def noncausal_performer_targets(records: list[dict]) -> list[Target]:
                 "non-causal Performer, other parameters (not compared with the peer)",
                 "context",
                 ", ".join(
-                    f"{r['backend']} eps={r.get('params', {}).get('eps', 0):g} {r['seq_q'] // 1024}k: {_rel_err(r):.3f}"
+                    f"{r['backend']} eps={r.get('params', {}).get('eps', 0):g} {fmt_len(r['seq_q'])}: {_rel_err(r):.3f}"
                     for r in other
                 ),
                 None,
@@ -297,7 +303,7 @@ def sliding_window_targets(records: list[dict]) -> list[Target]:
             4,
             "sliding window (w=256, causal): local-attention ÷ our best",
             "≥ 3× at every L",
-            ", ".join(f"{L // 1024}k: {x:.1f}× ({b})" for L, x, b in rows),
+            ", ".join(f"{fmt_len(L)}: {x:.1f}× ({b})" for L, x, b in rows),
             all(x >= 3 for _, x, _ in rows),
         )
     ]
@@ -323,7 +329,7 @@ def exact_roofline_targets(records: list[dict], refs: dict | None) -> list[Targe
             5,
             "best exact backend ÷ in-run GEMM FLOP/s (non-causal)",
             "≥ 80 % at every L ≥ 2k",
-            ", ".join(f"{L // 1024}k: {100 * f:.0f} % ({b})" for L, f, b in fracs),
+            ", ".join(f"{fmt_len(L)}: {100 * f:.0f} % ({b})" for L, f, b in fracs),
             all(f >= 0.8 for _, f, _ in fracs),
         )
     ]

@@ -14,25 +14,46 @@ from pathlib import Path
 from attnbench.core.results import atomic_write_text, spread_text
 from attnbench.core.units import fmt_bytes as _fmt_bytes
 from attnbench.core.units import fmt_joules
-from attnbench.report.analysis import SCENARIO_KEYS, Series, baseline_of, crossover, fmt_len, length, series
+from attnbench.report.analysis import (
+    FAILURES,
+    SCENARIO_KEYS,
+    Series,
+    baseline_of,
+    crossover,
+    first_line,
+    fmt_len,
+    labels_of,
+    length,
+    series,
+)
 
 
 def not_run(records: list[dict]) -> list[dict]:
-    """Series where nothing ran: variant, backend, status and reason (unsupported, unavailable, ...)."""
-    rows = []
-    for s in series(records):
+    """Series where nothing ran (unsupported, unavailable, skipped, failed: one row, its first
+    record's status and reason), then every failed case (oom, timeout, error, killed) of a series
+    that ran at other lengths, one row each with the first line of its reason, whole."""
+    rows, failed = [], []
+    everything = series(records)
+    names = labels_of(everything)
+    for s in everything:
         if not s.ok():
-            r = s.records[0]
-            rows.append(
-                {
-                    "series": s.name,
-                    **{k: s.axes[k] for k in SCENARIO_KEYS},
-                    "status": r["status"],
-                    "reason": r.get("reason"),
-                    "lengths": ", ".join(fmt_len(length(x)) for x in s.records),
-                }
-            )
-    return rows
+            r = next((x for x in s.records if x["status"] in FAILURES), s.records[0])
+            rows.append(_not_run_row(s, names[id(s)], r, ", ".join(fmt_len(length(x)) for x in s.records)))
+        else:
+            failed += [_not_run_row(s, names[id(s)], r, fmt_len(length(r))) for r in s.records
+                       if r["status"] in FAILURES]
+    return rows + failed
+
+
+def _not_run_row(s: Series, label: str, r: dict, lengths: str) -> dict:
+    reason = first_line(r.get("reason")) if r["status"] in FAILURES else r.get("reason")
+    return {"series": label, **{k: s.axes[k] for k in SCENARIO_KEYS}, "status": r["status"],
+            "reason": reason, "lengths": lengths}
+
+
+def failed_records(records: list[dict]) -> list[dict]:
+    """Every record that was tried and failed (analysis.FAILURES), in file order."""
+    return [r for r in records if r["status"] in FAILURES]
 
 
 def approximate(s: Series) -> bool:
@@ -54,15 +75,17 @@ def pair_matters(a: Series, b: Series, baseline: str) -> bool:
 def crossover_table(records: list[dict], baseline: str = "mha:eager", every: bool = False) -> list[dict]:
     """Pairs of series in the same scenario whose latency or peak memory swap order within the swept
     range, among the pairs that matter (pair_matters); every=True: every pair, crossing or not."""
-    everything = [s for s in series(records) if len(s.ok()) >= 2]
+    every_series = series(records)
+    names = labels_of(every_series)
+    everything = [s for s in every_series if len(s.ok()) >= 2]
     rows = []
     for i, a in enumerate(everything):
         for b in everything[i + 1 :]:
             if a.scenario() != b.scenario() or not (every or pair_matters(a, b, baseline)):
                 continue
-            lat = crossover(*a.xy("latency"), *b.xy("latency"), tag(a), tag(b))
+            lat = crossover(*a.xy("latency"), *b.xy("latency"), names[id(a)], names[id(b)])
             mem = (
-                crossover(*a.xy("peak_mem_bytes"), *b.xy("peak_mem_bytes"), tag(a), tag(b), "smaller")
+                crossover(*a.xy("peak_mem_bytes"), *b.xy("peak_mem_bytes"), names[id(a)], names[id(b)], "smaller")
                 if len(a.xy("peak_mem_bytes")[0]) > 1 and len(b.xy("peak_mem_bytes")[0]) > 1
                 else {"text": "-"}
             )
@@ -70,8 +93,8 @@ def crossover_table(records: list[dict], baseline: str = "mha:eager", every: boo
                 continue
             rows.append(
                 {
-                    "a": tag(a),
-                    "b": tag(b),
+                    "a": names[id(a)],
+                    "b": names[id(b)],
                     **dict(zip(SCENARIO_KEYS, a.scenario())),
                     "latency": lat["text"],
                     "memory": mem["text"],
@@ -82,7 +105,7 @@ def crossover_table(records: list[dict], baseline: str = "mha:eager", every: boo
 
 
 def tag(s: Series) -> str:
-    """The series name, plus Hkv and params when they are not the variant's only choice."""
+    """The series name, plus Hkv and every param (the palette's key: stable across charts)."""
     a = s.axes
     extra = f" Hkv={a['kv_heads']}" if a["kv_heads"] != a["heads"] else ""
     extra += "".join(f" {k}={v}" for k, v in s.params().items())
@@ -92,6 +115,7 @@ def tag(s: Series) -> str:
 def measurements(records: list[dict], baseline: str = "mha:eager") -> list[dict]:
     """Every ok record with achieved throughput and its speedup/memory saving against the baseline."""
     everything = series(records)
+    names = labels_of(everything)
     rows = []
     for s in everything:
         base = baseline_of(s, everything, baseline)
@@ -102,7 +126,7 @@ def measurements(records: list[dict], baseline: str = "mha:eager") -> list[dict]
             err = r.get("error") or {}
             rows.append(
                 {
-                    "series": tag(s),
+                    "series": names[id(s)],
                     **{k: s.axes[k] for k in SCENARIO_KEYS},
                     "L": L,
                     "seq_q": r["seq_q"],

@@ -7,24 +7,32 @@ verdict in one cell, and the notes printed under the table.
 from __future__ import annotations
 
 from rich.console import Console
-from rich.table import Table as RichTable
 
 from attnbench.report import analysis
 from attnbench.report import tables as T
+from attnbench.report.fit import FittedTable
 
 SCALING = (("series", "series"), ("time_cell", "latency ∝ L^x [95% CI]"), ("mem_cell", "memory ∝ L^x [95% CI]"),
            ("base_cell", "vs baseline"), ("crossover_vs_baseline", "crossover vs baseline"), ("frontier", "frontier"))
+# The columns of each table, most important first: at a narrow width the last drop first.
 MEASUREMENTS = (("series", "series"), ("L_text", "L"), ("latency", "median ms"), ("iqr", "IQR %"),
-                ("memory", "peak mem"), ("flops", "throughput"), ("roofline", "roof %"), ("speedup_text", "speedup"),
-                ("saving_text", "mem saving"), ("error_text", "rel. L2"))
+                ("memory", "peak mem"), ("error_text", "rel. L2"), ("speedup_text", "speedup"),
+                ("saving_text", "mem saving"), ("flops", "throughput"), ("roofline", "roof %"))
 CROSSOVERS = (("a", "A"), ("b", "B"), ("latency", "latency"), ("memory", "peak memory"))
 NOT_RUN = (("series", "series"), ("status", "status"), ("reason", "reason"))
+PROSE = ("reason", "notes", "note")  # text columns: an over-long word (a path) may fold there
 
 
-def rich_table(title: str, columns, rows: list[dict]) -> RichTable:
-    t = RichTable(title=title, header_style="bold", title_style="bold")
-    for key, head in columns:
-        t.add_column(head, overflow="fold", no_wrap=key in ("series", "L_text", "latency"))
+def rich_table(title: str, columns, rows: list[dict], drop: tuple[str, ...] = ()) -> FittedTable:
+    """A table laid out for the terminal's width when printed (report/fit.py): no word is split,
+    and columns drop, with a note, where even whole words do not fit: those named in `drop` first,
+    in that order, then from the right."""
+    prose = frozenset(i for i, (key, _) in enumerate(columns) if key in PROSE)
+    keys = [key for key, _ in columns]
+    order = tuple(keys.index(k) for k in drop if k in keys)
+    order += tuple(i for i in range(len(keys) - 1, 0, -1) if i not in order)
+    t = FittedTable(title, [head for _, head in columns], prose=prose, drop=order,
+                    table_kw={"header_style": "bold", "title_style": "bold"})
     for r in rows:
         t.add_row(*(_esc(r.get(key)) if not key.endswith("_cell") else r[key] for key, _ in columns))
     return t
@@ -91,4 +99,4 @@ def show(records: list[dict], console: Console, baseline: str) -> None:
         console.print("crossovers: no pair that matters crosses within the swept lengths (pairs: two backends "
                       f"of one variant, approximation vs exact, or vs the baseline {_esc(baseline)})")
     for scn, rows in _by_scenario(T.with_scenario(T.not_run(records))).items():
-        console.print(rich_table(f"not run · {scn}", NOT_RUN, rows))
+        console.print(rich_table(f"not run or failed · {scn}", NOT_RUN, rows))

@@ -15,7 +15,7 @@ import torch
 
 from attnbench.core.problem import Problem
 from attnbench.core.results import case_id, timing_flags
-from attnbench.measure import accuracy, clocks, energy, graphs, memory, telemetry
+from attnbench.measure import accuracy, clocks, contention, energy, graphs, memory, telemetry
 from attnbench.measure import flops as fl
 from attnbench.measure import refs as refs_mod
 from attnbench.measure.accuracy import REFERENCE_LIMIT
@@ -249,6 +249,8 @@ def run_case(
     frac = roofline_fraction(flops, stats.median, roof)
     why_above = refs_mod.above_roof_reason(frac, roof, p.dtype, refs)
     tel = telemetry.summarize(nvml, before, after)
+    busy = contention.judge(device.type, contention.load_average(), contention.usable_cores(),
+                            torch.get_num_threads(), ((refs or {}).get("gemm") or {}).get(p.dtype))
     return {
         "status": "ok",
         "reason": None,
@@ -269,12 +271,12 @@ def run_case(
         "kernel": kernel,
         "threads": torch.get_num_threads(),
         "telemetry": tel,
-        "timing": timing_fields,
+        "timing": {**timing_fields, "contention": busy.why},
         "clocks": clk,
         "energy": spent,
         "inputs": inputs,
         "attn_entropy": entropy,
-        "flags": case_flags(stats.__dict__, tel, why_above, error, clk),
+        "flags": case_flags(stats.__dict__, tel, why_above, error, clk) + (["contended"] * busy.contended),
         **cost_parts(variant, p),
     }
 

@@ -55,11 +55,13 @@ def merge_rounds(rounds: list[dict], total: int) -> dict:
         "samples_ms": samples,
         "latency_ms": stats.__dict__,
         "timing": {**(first.get("timing") or {}), "rounds": n,
-                   "round_medians_ms": [rec["latency_ms"]["median"] for rec in rounds]},
+                   "round_medians_ms": [rec["latency_ms"]["median"] for rec in rounds], **_contention(rounds)},
         **{k: first[k] * scale for k in ("tflops", "gbps", "roofline_frac") if first.get(k) is not None},
         "peak_mem_bytes": max(peaks) if peaks else first.get("peak_mem_bytes"),
         "wall_s": sum(rec.get("wall_s") or 0.0 for rec in rounds),
-        "flags": _merged_flags(first, stats, scale),
+        "flags": _merged_flags(first, stats, scale)
+        + (["contended"] if any("contended" in (rec.get("flags") or []) for rec in rounds[1:])
+           and "contended" not in (first.get("flags") or []) else []),
         **({"clocks": _merged_clocks(rounds)} if (first.get("clocks") or {}).get("available") else {}),
     }
 
@@ -86,9 +88,15 @@ def _merged_clocks(rounds: list[dict]) -> dict:
             "excluded_frac": excluded / offset if offset else 0.0, "readings": None, "note": "pooled over rounds"}
 
 
+def _contention(rounds: list[dict]) -> dict:
+    """timing.contention of the pooled record: every round's reason, once each (none: as the first's)."""
+    why = list(dict.fromkeys(w for rec in rounds if (w := (rec.get("timing") or {}).get("contention"))))
+    return {"contention": "; ".join(why)} if why else {}
+
+
 def _merged_flags(first: dict, stats: Stats, scale: float) -> list[str]:
     """The first round's flags with the timing flags of the pooled samples (and above_roof of the
-    rescaled roofline fraction)."""
+    rescaled roofline fraction); merge_rounds adds `contended` when any later round was."""
     from attnbench.core.results import ROOF_SLACK, timing_flags
 
     keep = [f for f in first.get("flags") or [] if f not in ("low_samples", "high_variance", "above_roof")]

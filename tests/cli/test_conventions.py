@@ -213,15 +213,14 @@ def test_peer_targets_are_not_run_without_the_peers_suite():
     assert f"{t.mark} ({t.note})" == "not run (run the peers suite: attnbench run --suite peers)"
 
 
-def test_report_section_says_not_run(tmp_path):
+def test_peer_targets_stay_out_of_a_users_report(tmp_path):
     from attnbench.report.build import _peers
 
     recs = [{"status": "ok", "variant": "gqa", "backend": b, "mode": "decode", "heads": 32, "kv_heads": 8,
              "dtype": "float32", "latency_ms": {"median": ms}, "kv_cache_bytes": 1e6, "flops": 1e6, "seq_q": 1,
-             "causal": False, "params": {}} for b, ms in (("sdpa", 10.0), ("grouped", 9.0))]
+             "causal": False, "params": {}} for b, ms in (("sdpa", 10.0), ("grouped", 9.0), ("peer:x", 9.5))]
     (tmp_path / "tables").mkdir()
-    (section,) = _peers([{"command": ["attnbench", "run"]}], recs, tmp_path)
-    results_col = [r["result"] for r in section.tables[0].rows]
-    assert results_col and not [x for x in results_col if "miss" in x]
-    assert set(results_col) == {"not run (run the peers suite: attnbench run --suite peers)"}
-    assert _peers([{"command": ["attnbench", "run"]}], [], tmp_path) == []  # nothing measured: no section
+    assert _peers([{"command": ["attnbench", "run", "--variants", "gqa"]}], recs, tmp_path) == []
+    (section,) = _peers([{"command": ["attnbench", "run", "--suite", "peers"]}], recs, tmp_path)
+    assert section.title == "Against the peers" and section.tables[0].rows
+    assert _peers([{"command": ["attnbench", "run", "--suite", "peers"]}], [], tmp_path) == []  # nothing measured

@@ -25,7 +25,7 @@ def test_column_only_with_decode_records():
         console.print(results_table(records))
         return console.export_text()
 
-    assert "KV/token" in header([_record("decode", 4096.0 * 2 * 1152), _record("fwd", None)])
+    assert "KV/token/layer" in header([_record("decode", 4096.0 * 2 * 1152), _record("fwd", None)])
     assert "KV/token" not in header([_record("fwd", None)])
     assert "KV/seq" in header([_record("decode", 4096.0)]) and "KV/seq" not in header([_record("fwd", None)])
 

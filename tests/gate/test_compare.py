@@ -385,3 +385,12 @@ def test_shown_medians_pool_every_run_like_the_ratio(tmp_path):
     pooled = float(np.median(np.concatenate([r.records[0]["samples_ms"] for r in base_runs])))
     assert result.base_ms == pytest.approx(pooled) and result.base_ms > 25
     assert (result.cur_ms < result.base_ms) == (result.latency.ratio < 1)
+
+
+def test_two_files_with_no_case_in_common_exit_3_with_one_line(pair, capsys):
+    rng = np.random.default_rng(3)
+    base, cur = pair([record(i, noisy(rng, 1.0), backend="flex") for i in range(3)])
+    rc, out, err = run_cli(capsys, base, cur)
+    assert rc == 3 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "share no case" in err
+    assert "50 cases of mha:sdpa" in err and "3 cases of mha:flex" in err

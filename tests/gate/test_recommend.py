@@ -137,3 +137,17 @@ def test_recommend_cli_metric(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)[0]["backend"] == "flex"
     assert main(["recommend", str(path), "--metric", "watts"]) == 2
     assert "unknown --metric 'watts'; accepted: latency, energy" in capsys.readouterr().err
+
+
+def test_a_backend_that_failed_at_a_length_is_not_picked_there_and_the_pick_says_so():
+    crash = "CppCompileError: C++ compile error … /tmp/x.cpp:3:1: error: 'vec' was not declared in this scope"
+    recs = [rec("flex", L, 0.5 * L / 1024) for L in (1024, 4096)]
+    recs += [rec("sdpa", L, 1.0 * L / 1024) for L in (1024, 2048, 4096)]
+    recs.append(rec("flex", 2048, 1.0, status="error", reason=crash, latency_ms=None, samples_ms=None))
+    picks = {p.seq: p for p in recommend(recs)}
+    assert picks[2048].backend == "sdpa"
+    assert picks[2048].failed == ({"backend": "gqa:flex", "status": "error", "reason": crash},)
+    assert f"gqa:flex failed here (error: {crash})" in picks[2048].note
+    assert picks[4096].backend == "flex" and "flex failed at 2k (error)" in picks[4096].note
+    assert picks[1024].backend == "flex" and "failed" in picks[1024].note
+    assert picks[2048].as_json()["failed"][0]["reason"] == crash

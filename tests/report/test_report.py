@@ -152,7 +152,7 @@ def test_report_without_optional_data_says_what_was_skipped(tmp_path):
     assert main(["report", str(res), "--out", str(tmp_path / "rep"), "--patterns"]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     assert md.count("> Not drawn:") == 4  # crossovers (one series), GQA, Pareto, gallery
-    assert "default baseline mha:eager is not in the data" in md
+    assert "No baseline: neither mha:eager nor an exact variant's eager backend ran" in md
 
 
 def test_report_usage_errors(tmp_path, capsys):
@@ -165,7 +165,8 @@ def test_report_usage_errors(tmp_path, capsys):
     assert main(["report", str(res), "--out", str(tmp_path / "file")]) == 2
 
 
-def test_show_prints_tables_and_writes_nothing(tmp_path, capsys):
+def test_show_prints_tables_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # one line per row (narrow widths: tests/report/test_fit.py)
     res = write_results(tmp_path / "r.jsonl", synthetic_records())
     before = set(tmp_path.rglob("*"))
     assert main(["show", str(res)]) == 0
