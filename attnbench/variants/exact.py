@@ -25,6 +25,7 @@ from attnbench.core.problem import Problem
 from attnbench.variants.backends import triton
 from attnbench.variants.backends.fault import fault_backends
 from attnbench.variants.backends.flex import flex_backend
+from attnbench.variants.backends.hf import hf_backends
 from attnbench.variants.base import Backend, Fn, Reason, Variant
 from attnbench.variants.modifiers import (
     cap_scores,
@@ -147,7 +148,8 @@ def _exact(name: str, description: str, resolve: Callable[[Problem], Problem],
         name=name, family="exact", description=description, time=time, memory="O(L²)",
         reference=exact_reference, flops=lambda p: attention_flops(p) + softcap_flops(p), bytes=io_bytes,
         backends=_backends() + tuple(refuse(b, no_softcap("the fault backend (plain SDPA)")) for b in extra),
-        resolve=resolve, supports=lambda p: check_softcap(p) or supports(p), options={"softcap": 0.0}))
+        resolve=resolve, supports=lambda p: check_softcap(p) or supports(p), options={"softcap": 0.0}),
+        native=hf_backends())
 
 
 def _mha_supports(p: Problem) -> Reason:

@@ -63,8 +63,11 @@ def _scaled_backend(b: Backend, default: Callable[[Problem], float]) -> Backend:
     return replace(b, build=scaled_build)
 
 
-def with_scale(variant: Variant, default: Callable[[Problem], float] = default_scale) -> Variant:
-    """`variant` with the `scale` option on its reference and every backend (see the module doc)."""
+def with_scale(variant: Variant, default: Callable[[Problem], float] = default_scale,
+               native: tuple[Backend, ...] = ()) -> Variant:
+    """`variant` with the `scale` option on its reference and every backend (see the module doc);
+    `native` backends, appended, pass `scale` to their own call (transformers' functions take
+    `scaling`) and are not wrapped."""
     reference, supports = variant.reference, variant.supports
 
     def scaled_reference(q, k, v, p: Problem):
@@ -72,5 +75,5 @@ def with_scale(variant: Variant, default: Callable[[Problem], float] = default_s
         return reference(q if c is None else q * c, k, v, p)
 
     return replace(variant, reference=scaled_reference,
-                   backends=tuple(_scaled_backend(b, default) for b in variant.backends),
+                   backends=tuple(_scaled_backend(b, default) for b in variant.backends) + native,
                    supports=lambda p: check_scale(p) or supports(p), options={**variant.options, "scale": OFF})

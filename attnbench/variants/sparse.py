@@ -47,6 +47,7 @@ from attnbench.variants import modifiers as mod
 from attnbench.variants import patterns as pat
 from attnbench.variants.backends import peers, triton
 from attnbench.variants.backends.flex import flex_backend
+from attnbench.variants.backends.hf import hf_backends
 from attnbench.variants.base import Backend, Fn, Reason, Variant
 from attnbench.variants.scaling import with_scale
 from attnbench.variants.shared import (
@@ -222,7 +223,7 @@ SLIDING_WINDOW = with_scale(Variant(
     defaults={"window": 256},
     options={"sinks": 0, "sink_logit": "off", "softcap": 0.0},
     picture=_sw_picture,
-))
+), native=hf_backends())
 
 
 # ================================================================ block layouts
