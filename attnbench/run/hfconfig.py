@@ -89,13 +89,20 @@ def load(path: Path, name: str | None = None, source: str | None = None) -> Mode
         return _fallback(file, name, source,
                          f"model_type {raw.get('model_type')!r} is unknown to transformers {transformers.__version__}")
     cls = CONFIG_MAPPING[model_type]
+    log = transformers.utils.logging
+    verbosity = log.get_verbosity()
+    log.set_verbosity_error()  # its notes (a RefinedWeb file read as Falcon, rope checks) are not the user's errors
     try:
         cfg = cls.from_pretrained(str(file), local_files_only=True)
+        reader = f"transformers {transformers.__version__} ({type(cfg).__name__})"
+        return from_config(cfg, name or _name(raw, file), source or f"config.json at {file}", reader)
+    except UsageError as e:
+        raise UsageError(f"--model-config '{file}': {e}") from None
     except Exception as e:  # transformers' own validation: its reason, one line
         raise UsageError(f"--model-config '{file}': transformers {transformers.__version__} rejects it "
                          f"({type(e).__name__}): {' '.join(str(e).split())}") from None
-    reader = f"transformers {transformers.__version__} ({type(cfg).__name__})"
-    return from_config(cfg, name or _name(raw, file), source or f"config.json at {file}", reader)
+    finally:
+        log.set_verbosity(verbosity)
 
 
 def _fallback(file: Path, name: str | None, source: str | None, why: str) -> ModelSpec:
@@ -176,11 +183,17 @@ def _dtype(cfg, top) -> str:
     return name
 
 
-def from_config(top, name: str, source: str, reader: str) -> ModelSpec:
-    """A ModelSpec from a transformers config object (see the module doc)."""
+def text_config(top):
+    """The config of the attention attnbench models: a multimodal config's text (decoder) config."""
     cfg = top.get_text_config(decoder=True) if hasattr(top, "get_text_config") else top
     if getattr(cfg, "num_hidden_layers", None) is None and hasattr(top, "vision_config") and cfg is top:
         cfg = top.vision_config
+    return cfg
+
+
+def from_config(top, name: str, source: str, reader: str) -> ModelSpec:
+    """A ModelSpec from a transformers config object (see the module doc)."""
+    cfg = text_config(top)
     cls = attention_class(cfg)
     layers = int(cfg.num_hidden_layers)
     kinds = _layer_kinds(cfg, layers, _uses_window_mask(cls))
@@ -189,6 +202,9 @@ def from_config(top, name: str, source: str, reader: str) -> ModelSpec:
     m0 = next(iter(mods.values()))
     heads = int(cfg.num_attention_heads)
     kv = _kv_heads(m0, cfg, heads)
+    if kv < 1 or heads % kv:
+        raise UsageError(f"num_key_value_heads={kv} does not divide num_attention_heads={heads}: attnbench's "
+                         "grouped-query attention needs whole groups")
     mla = all(getattr(m0, d, None) or getattr(cfg, d, None) for d in MLA_DIMS) and getattr(cfg, "kv_lora_rank", None)
     head_dim = int(getattr(m0, "qk_head_dim", None) or getattr(m0, "head_dim", None) or cfg.hidden_size // heads)
     causal = bool(getattr(m0, "is_causal", True))

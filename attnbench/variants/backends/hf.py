@@ -43,8 +43,8 @@ def import_transformers() -> ModuleType:
     """transformers, with the hub `kernels` package it imports taken from site-packages: attnbench's
     source tree has a top-level `kernels/` folder that shadows it when the tree's root is on
     sys.path (`python -m pytest` from the root)."""
-    if "transformers" in sys.modules:
-        return sys.modules["transformers"]
+    if "kernels" in sys.modules:
+        return importlib.import_module("transformers")
     saved = list(sys.path)
     sys.path[:] = [p for p in sys.path if not (Path(p or ".") / "kernels" / "_common.py").exists()]
     try:
