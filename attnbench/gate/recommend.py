@@ -27,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from attnbench.core.models import HF_IMPLEMENTATION
 from attnbench.core.units import fmt_bytes
 from attnbench.gate.stats import bootstrap_ratio, seed_for
 
@@ -101,6 +102,21 @@ def qualifies(r: dict, max_error: float | None, budget: float | None, exact: set
     return True, "; ".join(notes)
 
 
+def transformers_note(best: dict, rest: list[dict]) -> str:
+    """What a transformers user sets to get the best (an hf-* backend: `attn_implementation="sdpa"`),
+    or, when the best is attnbench's, transformers' fastest qualifying implementation and how much
+    slower its median is ("" when no hf-* backend ran)."""
+    if best["backend"] in HF_IMPLEMENTATION:
+        return f'transformers: attn_implementation="{HF_IMPLEMENTATION[best["backend"]]}"'
+    hf = [r for r in rest if r["backend"] in HF_IMPLEMENTATION]
+    if not hf:
+        return ""
+    r = hf[0]  # rest is sorted by median
+    ratio = r["latency_ms"]["median"] / best["latency_ms"]["median"]
+    return (f'transformers\' fastest: {r["backend"]} (attn_implementation="{HF_IMPLEMENTATION[r["backend"]]}"), '
+            f"{ratio:.2f}× the best's median")
+
+
 def recommend(records: list[dict], max_error: float | None = None, memory_budget: float | None = None,
               exact: set[str] | None = None) -> list[Pick]:
     """The dispatch table: one Pick per (shape, seq, mode) of the records (where none ran: no backend,
@@ -130,9 +146,10 @@ def recommend(records: list[dict], max_error: float | None = None, memory_budget
         (best, note), rest = ok[0], ok[1:]
         if not rest:
             picks.append(Pick(shape, seq, mode, _label(best, several), best["variant"], None, None, None, None,
-                              "; ".join(filter(None, [note, "no runner-up"]))))
+                              "; ".join(filter(None, [note, transformers_note(best, []), "no runner-up"]))))
             continue
         second = rest[0][0]
+        note = "; ".join(filter(None, [note, transformers_note(best, [r for r, _ in rest])]))
         margin = second["latency_ms"]["median"] / best["latency_ms"]["median"]
         a, b = best.get("samples_ms") or [], second.get("samples_ms") or []
         ci, tie = None, None

@@ -106,3 +106,14 @@ def test_default_tolerance_keeps_float32_exact_attention_at_long_lengths():
     for L, err in ((1024, 6.3e-7), (8192, 1.7e-6)):
         assert err * 3 < tolerance("float32", L) < 1e-4  # exact float32 passes; a TF32 kernel (1e-4..1e-3) does not
     assert 3e-3 * 3 < tolerance("bfloat16", 8192) < 0.05
+
+
+def test_transformers_implementations_are_ranked_and_named():
+    [ours] = recommend([rec("sdpa", 1024, 1.0), rec("hf-eager", 1024, 3.0), rec("hf-sdpa", 1024, 1.5)])
+    assert ours.backend == "sdpa" and ours.runner_up == "hf-sdpa"
+    assert 'transformers\' fastest: hf-sdpa (attn_implementation="sdpa"), 1.' in ours.note
+    assert abs(float(ours.note.split("), ")[1].split("×")[0]) - ours.margin) < 0.01  # the runner-up's margin
+    [theirs] = recommend([rec("eager", 1024, 2.0), rec("hf-sdpa", 1024, 1.0)])
+    assert theirs.backend == "hf-sdpa" and 'transformers: attn_implementation="sdpa"' in theirs.note
+    [plain] = recommend([rec("sdpa", 1024, 1.0), rec("eager", 1024, 2.0)])
+    assert "transformers" not in plain.note

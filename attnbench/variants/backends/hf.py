@@ -8,9 +8,10 @@ model's modeling file, and the `sdpa` / `flex_attention` entries of its attentio
        softcap=c, s_aux=sinks)              (the last three only where the model passes them)
 
 `module` carries what the functions read from the attention module: `num_key_value_groups`
-(GQA: K/V heads are repeated or passed with enable_gqa), `is_causal`, `training` (False), and
-`config._attn_implementation`. The mask is what the model's mask builder hands them: an additive
-(B, 1, Lq, Lk) float mask for eager and sdpa (0 where attended, -inf elsewhere: causal bottom-right,
+(GQA: K/V heads are repeated or passed with enable_gqa), `is_causal`, `training` (False),
+`config._attn_implementation`, and `sinks` (gpt-oss: attnbench's sink logits, modifiers.sink_logits).
+The mask is what the model's mask builder hands them: an additive
+(1, 1, Lq, Lk) float mask for eager and sdpa (0 where attended, the dtype's lowest value elsewhere: causal bottom-right,
 the sliding window's band), a BlockMask for flex. Which eager function: a soft-capped case uses
 Gemma-2's (`transformers.models.gemma2.modeling_gemma2.eager_attention_forward`, the only one with a
 `softcap`), a learned-sink case gpt-oss's (its `s_aux`), the rest Llama's. Unsupported, with the
@@ -20,6 +21,9 @@ refuses them; MLA's latent cache; sinks = N StreamingLLM tokens). Outputs are tr
 
 `attn_implementation` a user sets to get each: hf-eager "eager", hf-sdpa "sdpa", hf-flex
 "flex_attention" (IMPLEMENTATION). Unavailable with a reason when transformers is not installed.
+Honest limits: transformers compiles flex_attention per shape with torch.compile; past torch's
+recompile limit (8 shapes in one process) torch falls back to its unfused flex (a warning), so a
+sweep of many shapes in one process times that fallback for the later ones.
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ from typing import Callable
 
 import torch
 
+from attnbench.core.models import HF_IMPLEMENTATION
 from attnbench.core.problem import Problem
 from attnbench.variants.base import Backend, Fn, Reason
 from attnbench.variants.modifiers import sink_logits
 
-IMPLEMENTATION = {"hf-eager": "eager", "hf-sdpa": "sdpa", "hf-flex": "flex_attention"}
+IMPLEMENTATION = HF_IMPLEMENTATION
 
 
 def import_transformers() -> ModuleType:
@@ -130,6 +135,8 @@ def _build(name: str) -> Callable[[Problem, torch.device], Fn]:
     def build(p: Problem, device: torch.device) -> Fn:
         fn = _eager_function(p) if impl == "eager" else _registry_function(impl)
         module = _module(p, impl)
+        if p.param("sink_logit") == "learned":  # gpt-oss's eager reads module.sinks; flex takes s_aux
+            module.sinks = sink_logits(p.heads, device)
         scale = float(p.param("scale") or 0.0) or p.head_dim ** -0.5
         kw = _kwargs(p, device, scale)
         mask = _block_mask(p, device) if impl == "flex_attention" else additive_mask(p, device, p.torch_dtype)
@@ -145,6 +152,9 @@ def _build(name: str) -> Callable[[Problem, torch.device], Fn]:
 
 def _supports(name: str) -> Callable[[Problem, torch.device], Reason]:
     def supports(p: Problem, device: torch.device) -> Reason:
+        if p.causal and p.seq_q > p.seq_k:
+            return (f"{name}: causal with Lq > Lk leaves rows with no visible key, which transformers' masks never "
+                    "build (its eager would average V there)")
         if p.param("sinks"):
             return f"{name}: transformers has no StreamingLLM sink tokens (sinks=N); use sink_logit"
         if name == "hf-sdpa" and p.param("softcap"):
