@@ -158,8 +158,9 @@ def run(
         Optional[Path],
         typer.Option(
             "--model-config",
-            help="A local Hugging Face config.json (nothing is downloaded) to take the model's attention from.",
-            rich_help_panel=WHAT, metavar="FILE",
+            help="A local Hugging Face config.json or its folder, read by transformers' own config classes "
+                 "(nothing is downloaded), to take the model's attention from.",
+            rich_help_panel=WHAT, metavar="FILE|DIR",
         ),
     ] = None,
     layers: Annotated[

@@ -317,10 +317,10 @@ def describe(spec: ModelSpec) -> dict[str, Any]:
     """A preset as one row of `attnbench list --models` (JSON-able)."""
     groups = ", ".join(
         f"{g.layers}× {g.variant}" + (f" ({', '.join(f'{k}={v}' for k, v in g.params)})" if g.params else "")
-        for g in spec.attention)
+        + f" scale {group_scale(g, spec.head_dim):.4g}" for g in spec.attention)
     return {"model": spec.name, "heads": spec.heads, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim,
             "layers": spec.layers, "dtype": spec.dtype, "causal": spec.causal, "max_context": spec.max_context,
             "attention": groups, "kv_bytes_first_token": kv_bytes_per_seq(spec, 1),
             "kv_bytes_per_token": kv_bytes_per_token(spec),
             "kv_bytes_max_context": kv_bytes_per_seq(spec, spec.max_context),
-            "source": spec.source}
+            "source": spec.source, "reader": spec.reader}
