@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from attnbench.core.errors import UsageError
+from attnbench.core.errors import UsageError, did_you_mean
 from attnbench.core.models import (
     LayerGroup,
     ModelSpec,
@@ -112,14 +112,12 @@ def model_plan(specs: list[ModelSpec], given: dict[str, Any], device: torch.devi
             }
             if "kv_groups" in given:
                 axes.pop("kv_heads")
-            why = missing(spec, g.variant, params)
-            new = _unsupported(g.variant, axes, params, why) if why else expand(
-                [make_sweep(variants=g.variant, params=params, **axes)], device)
-            for c in new:
+            for c in _group_cases(spec, g.variant, axes, params, device):
                 key = (c.variant, c.backend, c.problem)
                 if key not in tags:  # two models with the same attention share the case: the first names it
                     tags[key] = spec
                     cases.append(c)
+    _check_backends(given.get("backends"), {g.variant for s in specs for g in s.attention})
     unused = sorted(extra.keys() - used)
     if unused:
         variants = ", ".join(sorted({g.variant for s in specs for g in s.attention}))
@@ -158,7 +156,40 @@ def _declared(variant: str) -> set[str]:
     return set(v.parameters()) | {k for b in v.backends for k in b.params}
 
 
-def _unsupported(variant: str, axes: dict[str, Any], params: dict[str, Any], why: str) -> list[Case]:
+def _backend_names(value: Any) -> list[str]:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [b.strip() for x in items if x for b in str(x).split(",") if b.strip()]
+
+
+def _group_cases(spec: ModelSpec, variant: str, axes: dict[str, Any], params: dict[str, Any],
+                 device: torch.device) -> list[Case]:
+    """A layer group's cases: `unsupported` (backend '-') when the variant or a parameter is missing;
+    else the sweep, with the --backends its variant lacks (a model mixing MLA and GQA groups, say
+    hf-eager) recorded `unsupported` for this group rather than refused for the whole run."""
+    why = missing(spec, variant, params)
+    if why:
+        return _unsupported(variant, axes, params, why)
+    wanted = _backend_names(axes.get("backends"))
+    have = set(registry.get(variant).backend_names(include_test=True))
+    lacking = [b for b in wanted if b not in have]
+    out = [c for b in lacking for c in _unsupported(variant, axes, params, f"{variant} has no backend '{b}'", b)]
+    if wanted and len(lacking) == len(wanted):
+        return out
+    runnable = {**axes, "backends": ",".join(b for b in wanted if b in have)} if wanted else axes
+    return expand([make_sweep(variants=variant, params=params, **runnable)], device) + out
+
+
+def _check_backends(value: Any, variants: set[str]) -> None:
+    """A --backends name no layer group's variant has is a usage error (a typo), as without a model."""
+    known = {b for v in variants if v in registry.names() for b in registry.get(v).backend_names(include_test=True)}
+    for b in _backend_names(value):
+        if b not in known:
+            raise UsageError(f"unknown backend '{b}'{did_you_mean(b, known)} for the model's variants "
+                             f"{', '.join(sorted(variants))}; accepted: {', '.join(sorted(known))}")
+
+
+def _unsupported(variant: str, axes: dict[str, Any], params: dict[str, Any], why: str,
+                 backend: str = "-") -> list[Case]:
     """One `unsupported` case per (mode, dtype, batch, length) of a group that cannot run here
     (backend '-': none was tried)."""
     sw = make_sweep(**{k: v for k, v in axes.items() if k not in ("backends",)})
@@ -170,7 +201,7 @@ def _unsupported(variant: str, axes: dict[str, Any], params: dict[str, Any], why
                     p = Problem(batch=b, heads=sw.heads[0], kv_heads=(sw.kv_heads or (0,))[0] or sw.heads[0],
                                 seq_q=1 if mode == "decode" else L, seq_k=L, head_dim=sw.head_dim[0], dtype=dtype,
                                 causal=sw.causal[0], mode=mode, params=tuple(sorted(params.items())))
-                    out.append(Case(variant, "-", p, "unsupported", why))
+                    out.append(Case(variant, backend, p, "unsupported", why))
     return out
 
 

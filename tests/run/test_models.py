@@ -236,3 +236,13 @@ def test_run_model_end_to_end_tags_records(tmp_path, capsys):
     assert llama["layers"] == 32 and llama["kv_bytes_per_seq"] == 2 * 2 * 16 * 4 * 64 * 32
     if "mla" not in __import__("attnbench.variants.registry", fromlist=["names"]).names():
         assert by["deepseek-v3"]["status"] == "unsupported" and "mla" in by["deepseek-v3"]["reason"]
+
+
+def test_a_backend_one_groups_variant_lacks_is_unsupported_there_and_a_typo_is_refused():
+    plan = model_plan([preset("gemma-2-27b"), preset("deepseek-v3")],
+                      {"seq": "256", "modes": "decode", "backends": "eager,hf-eager"}, CPU)
+    got = {(c.variant, c.backend): (c.status, c.reason) for c in plan.cases}
+    assert got[("mla", "hf-eager")] == ("unsupported", "mla has no backend 'hf-eager'")
+    assert got[("gqa", "hf-eager")][0] != "unsupported" and got[("mla", "eager")][0] != "unsupported"
+    with pytest.raises(UsageError, match="unknown backend 'eagr'"):
+        model_plan([preset("deepseek-v3")], {"seq": "256", "backends": "eagr"}, CPU)
