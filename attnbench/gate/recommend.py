@@ -11,6 +11,9 @@ A candidate is one (variant, backend, params) of a shape with status ok. It qual
   attention's error vs fp64 is ≈ 10 units × √(Lk/1024)). A record whose error
   was not measured (reference too large) qualifies when its variant is exact, with a note;
 - its peak memory fits the --memory-budget (unknown peak: qualifies, with a note).
+transformers' attention functions run as backends hf-eager/hf-sdpa/hf-flex (core/models.HF_IMPLEMENTATION):
+the note names the `attn_implementation` a transformers user sets to get the best, or, when the best
+is attnbench's own, transformers' fastest qualifying implementation and its median ÷ the best's.
 The best is the qualifying candidate of lowest median latency; the margin is runner-up median ÷
 best median, with a bootstrap interval (gate/stats.bootstrap_ratio over both records' samples,
 LEVEL) — a tie when the interval includes 1. Under MIN_SAMPLES samples on either side no
