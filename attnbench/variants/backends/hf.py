@@ -71,6 +71,7 @@ def transformers_missing(_device: torch.device | None = None) -> Reason:
 
 
 def _eager_function(p: Problem) -> Callable:
+    import_transformers()
     model = "gemma2" if p.param("softcap") else "gpt_oss" if p.param("sink_logit") == "learned" else "llama"
     return importlib.import_module(f"transformers.models.{model}.modeling_{model}").eager_attention_forward
 
