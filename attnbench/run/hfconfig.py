@@ -222,6 +222,10 @@ def from_config(top, name: str, source: str, reader: str) -> ModelSpec:
         groups.append(_group(k, n, mods[k], cfg, heads, kv, causal, int(ctx), mla))
     notes = [f"rope {json.dumps(cfg.rope_parameters, sort_keys=True, default=str)}"] if getattr(
         cfg, "rope_parameters", None) else []
+    if getattr(cfg, "attn_temperature_tuning", False):  # Llama-4's NoPE layers
+        notes.append(f"attn_temperature_tuning: queries at positions >= floor_scale={cfg.floor_scale} are scaled by "
+                     f"1 + {cfg.attn_scale}·ln(floor((pos+1)/floor_scale) + 1) in the global layers; not modelled "
+                     "(the scale is exact below that position)")
     return ModelSpec(name, heads, kv, head_dim, layers, _dtype(cfg, top), causal, int(ctx), tuple(groups), source,
                      seq, tuple(notes), reader)
 

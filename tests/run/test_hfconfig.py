@@ -174,3 +174,17 @@ def test_read_only_paths_do_not_import_transformers():
 def test_unknown_preset_names_the_list():
     with pytest.raises(UsageError, match="unknown model 'llama-9'.*list --models"):
         load.__globals__["load_preset"]("llama-9")
+
+
+def test_llama4_scout_chunked_layers_cache_a_chunk_and_are_recorded_unsupported():
+    from attnbench.run.models import model_plan
+
+    spec = presets()["llama-4-scout"]
+    assert groups(spec) == [("chunked", 36, {"chunk": 8192}), ("gqa", 12, {})]  # 3 chunked RoPE, 1 global NoPE
+    layer = 2 * 8 * 128 * 2
+    assert kv_bytes_per_seq(spec, 131072) == 36 * layer * 8192 + 12 * layer * 131072
+    assert any("attn_temperature_tuning" in n for n in spec.notes)
+    plan = model_plan([spec], {"seq": "256", "modes": "decode", "backends": "sdpa"}, __import__("torch").device("cpu"))
+    chunked = [c for c in plan.cases if c.variant == "chunked"]
+    assert chunked and all(c.status == "unsupported" and "'chunked' is not in this attnbench" in c.reason
+                           for c in chunked)

@@ -79,6 +79,8 @@ def test_group_reproduces_transformers_attention(models, name, index):
         params["window"] = window = WINDOW
     elif window is not None:
         params["window"], window = L, None  # a window over the whole context (gpt-oss's full layers)
+    if g.variant not in registry.names():
+        pytest.skip(f"{name}: variant '{g.variant}' is not in this attnbench (its runs record it unsupported)")
     v = registry.get(g.variant)
     p = v.resolve(Problem(batch=1, heads=spec.heads, kv_heads=spec.kv_heads, seq_q=L, seq_k=L, head_dim=spec.head_dim,
                           dtype="float32", causal=spec.causal, mode="fwd").with_params(**params))
