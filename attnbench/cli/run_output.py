@@ -33,16 +33,22 @@ def check_output(fmt: str | None, json_out: bool, csv_out: Path | None, columns:
     return ("json" if json_out else fmt or "table"), parse_columns(columns)
 
 
-def print_dry_run(plan, refs_s: float, fmt: str, console: Console, verbose: bool) -> None:
-    """The plan on stdout: JSON (--json / --format json) or the text `run` prints before measuring."""
+def print_dry_run(plan, refs_s: float, fmt: str, console: Console, verbose: bool,
+                  models: list[dict] | None = None) -> None:
+    """The plan on stdout: JSON (--json / --format json) or the text `run` prints before measuring;
+    `models` (run --model: run/models.plan_entries) adds the models' layer groups and KV cache."""
     if fmt == "json":
-        print(json.dumps(plan.as_json(), default=str))
+        print(json.dumps(plan.as_json() | ({"models": models} if models else {}), default=str))
         return
     if fmt == "csv":
         raise UsageError("--dry-run prints the plan as text or JSON; accepted with it: --format table or json")
     from attnbench.cli.plan_view import print_plan
 
     print_plan(plan, console, verbose, startup_s=refs_s)
+    if models:
+        from attnbench.report.formodel import plan_models_table
+
+        console.print(plan_models_table(models))
 
 
 def print_results(records: list[dict], out: Path, device: str, *, fmt: str, columns: list[str] | None,

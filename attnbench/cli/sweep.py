@@ -159,8 +159,9 @@ def run(
         Optional[Path],
         typer.Option(
             "--model-config",
-            help="A local Hugging Face config.json (nothing is downloaded) to take the model's attention from.",
-            rich_help_panel=WHAT, metavar="FILE",
+            help="A local Hugging Face config.json or its folder, read by transformers' own config classes "
+                 "(nothing is downloaded), to take the model's attention from.",
+            rich_help_panel=WHAT, metavar="FILE|DIR",
         ),
     ] = None,
     layers: Annotated[
@@ -265,7 +266,7 @@ def run(
             world_size=world_size, executor=executor, rounds=rounds, inputs=inputs, reference_limit=ref_limit,
             sample_time=sample_time, cases=list(model_plan.cases) if model_plan else None,
         )
-        print_dry_run(plan, refs_s, fmt, out_console, verbose)
+        print_dry_run(plan, refs_s, fmt, out_console, verbose, _model_entries(model_plan))
         return
     from attnbench.cli.live import make_view
 
@@ -309,6 +310,15 @@ def run(
         except OSError:
             pass
         raise typer.Exit(128 + interrupted.signum)
+
+
+def _model_entries(plan) -> list[dict] | None:
+    """The dry run's `models` list (run/models.plan_entries), None without a model."""
+    if plan is None:
+        return None
+    from attnbench.run.models import plan_entries
+
+    return plan_entries(list(plan.specs), plan.cases)
 
 
 def _model_run(plan, layers: int | None) -> dict:

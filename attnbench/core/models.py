@@ -1,13 +1,16 @@
-"""Model presets (attnbench/models.toml), local Hugging Face config.json files, and KV-cache arithmetic.
+"""Model specs, presets, attnbench's fallback config reader and the KV-cache arithmetic.
 
 A model is its attention as attnbench sees it: query/KV heads, head dimension, dtype, causal,
-maximum context, and layer groups (the variant and parameters a group of layers uses). The KV-cache
+maximum context, and layer groups (the variant and parameters a group of layers uses, and the
+softmax scale the model's code applies). Presets are real config.json files in attnbench/presets/,
+read by transformers (run/hfconfig.py) like any --model-config file; derived.json keeps what
+transformers derived from them so that read-only commands need neither transformers nor torch. The KV-cache
 arithmetic is exact for the caches it describes and counts nothing else (weights, activations, the
 allocator's slack and a paged cache's last partial page are not included):
 
     per layer and token   2·Hkv·D·itemsize   (K and V)      MLA: (kv_lora_rank + qk_rope_head_dim)·itemsize
     tokens cached at L    L, or min(L, window) for a sliding-window group (a ring-buffer cache, as
-                          vLLM and Hugging Face keep for Mistral and Gemma-2)
+                          vLLM and Hugging Face keep for Mistral and Gemma-2), min(L, chunk) for a chunked one
 
 No torch here: the report and `recommend` read these numbers from records.
 """
@@ -26,16 +29,20 @@ import tomllib
 from attnbench.core.errors import UsageError, did_you_mean
 from attnbench.core.problem import DTYPES, ITEMSIZE, parse_dtype
 
+HF_IMPLEMENTATION = {"hf-eager": "eager", "hf-sdpa": "sdpa", "hf-flex": "flex_attention"}  # backend -> what
+# a transformers user sets (`attn_implementation=`) to run the same function (variants/backends/hf.py)
 LATENT = "mla"  # the variant whose cache is a latent vector per token (COORD.md)
 
 
 @dataclass(frozen=True)
 class LayerGroup:
-    """`layers` layers that use `variant` with `params` (name -> value)."""
+    """`layers` layers that use `variant` with `params` (name -> value) and the softmax `scale` the
+    model's code uses (None: the variant's default, 1/√D; MLA 1/√(qk_nope + qk_rope))."""
 
     variant: str
     layers: int
     params: tuple[tuple[str, Any], ...] = ()
+    scale: float | None = None
 
     def param(self, name: str, default: Any = None) -> Any:
         return dict(self.params).get(name, default)
@@ -57,6 +64,7 @@ class ModelSpec:
     source: str
     seq: int | None = None  # a fixed length (a ViT's 197 tokens); None: the user's --seq
     notes: tuple[str, ...] = field(default=())
+    reader: str = ""  # what read the config: transformers (its version and class) or the fallback reader
 
     def with_layers(self, n: int) -> "ModelSpec":
         """The same model with `n` layers, the groups scaled in proportion (each keeps at least 1)."""
@@ -74,7 +82,8 @@ class ModelSpec:
 
 # ---------------------------------------------------------------- KV-cache arithmetic
 def _window(g: LayerGroup, spec: ModelSpec) -> int | None:
-    w = g.param("window")
+    """The most tokens a layer of `g` caches (a sliding window, or a chunked layer's chunk), None: all."""
+    w = g.param("window", g.param("chunk"))
     return int(w) if isinstance(w, int) and w < spec.max_context else None
 
 
@@ -134,60 +143,65 @@ def spec_max_context(spec: ModelSpec, budget: float, dtype: str | None = None) -
 
 
 # ---------------------------------------------------------------- presets
-def _group(raw: Any, where: str) -> LayerGroup:
-    if not isinstance(raw, dict) or not isinstance(raw.get("variant"), str):
-        raise UsageError(f"{where}: each attention entry needs a variant name")
-    layers = raw.get("layers")
-    if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
-        raise UsageError(f"{where}: attention layers must be an integer >= 1 (got {layers!r})")
-    params = raw.get("params", {})
-    if not isinstance(params, dict):
-        raise UsageError(f"{where}: attention params must be a table")
-    return LayerGroup(raw["variant"], layers, tuple(sorted(params.items())))
+PRESETS = "presets"  # package folder: one config.json per preset, manifest.toml, derived.json
 
 
-_INT_KEYS = ("heads", "kv_heads", "head_dim", "layers", "max_context")
+def preset_manifest() -> dict[str, dict[str, str]]:
+    """manifest.toml: per preset, its config file, repo, url, revision, provenance and doc."""
+    return tomllib.loads(resources.files("attnbench").joinpath(PRESETS, "manifest.toml").read_text(encoding="utf-8"))
 
 
-def spec_from_table(name: str, t: dict[str, Any], where: str = "models.toml") -> ModelSpec:
-    """A ModelSpec from one preset table, checked (types, heads % kv_heads, layers add up)."""
-    where = f"{where} [{name}]"
-    for k in _INT_KEYS:
-        v = t.get(k)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise UsageError(f"{where}: {k} must be an integer >= 1 (got {v!r})")
-    if t["heads"] % t["kv_heads"]:
-        raise UsageError(f"{where}: kv_heads={t['kv_heads']} must divide heads={t['heads']}")
-    if not isinstance(t.get("causal"), bool) or t.get("dtype") not in DTYPES:
-        raise UsageError(f"{where}: causal must be true/false and dtype one of {', '.join(DTYPES)}")
-    if not isinstance(t.get("source"), str) or not t["source"].strip():
-        raise UsageError(f"{where}: source (paper or model card) is missing")
-    groups = tuple(_group(g, where) for g in t.get("attention") or [])
-    if not groups or sum(g.layers for g in groups) != t["layers"]:
-        raise UsageError(f"{where}: the attention groups' layers must add up to layers={t['layers']}")
-    seq = t.get("seq")
-    if seq is not None and (not isinstance(seq, int) or seq < 1):
-        raise UsageError(f"{where}: seq must be an integer >= 1")
-    return ModelSpec(name, *(t[k] for k in ("heads", "kv_heads", "head_dim", "layers")), t["dtype"], t["causal"],
-                     t["max_context"], groups, t["source"], seq)
+def preset_source(entry: dict[str, str]) -> str:
+    """A preset's `source` line: where its config.json stands from and how it was obtained."""
+    rev = f"revision {entry['revision']}" if entry.get("revision") else "no revision seen"
+    return f"{entry['url']} ({entry['provenance']}; {rev}); {entry['doc']}"
 
 
-def preset_text() -> str:
-    return resources.files("attnbench").joinpath("models.toml").read_text(encoding="utf-8")
+def preset_config(name: str):
+    """The packaged config.json of a preset (an importlib Traversable; str() is its path when installed
+    from a folder)."""
+    entry = preset_manifest()[name]
+    return resources.files("attnbench").joinpath(PRESETS, entry["file"])
+
+
+def spec_as_dict(spec: ModelSpec) -> dict[str, Any]:
+    """A ModelSpec as JSON (derived.json)."""
+    d = {f: getattr(spec, f) for f in ("name", "heads", "kv_heads", "head_dim", "layers", "dtype", "causal",
+                                        "max_context", "source", "seq", "reader")}
+    d["notes"] = list(spec.notes)
+    d["attention"] = [{"variant": g.variant, "layers": g.layers, "params": dict(g.params), "scale": g.scale}
+                      for g in spec.attention]
+    return d
+
+
+def spec_from_dict(d: dict[str, Any]) -> ModelSpec:
+    groups = tuple(LayerGroup(g["variant"], int(g["layers"]), tuple(sorted(g.get("params", {}).items())),
+                              g.get("scale")) for g in d["attention"])
+    return ModelSpec(d["name"], d["heads"], d["kv_heads"], d["head_dim"], d["layers"], d["dtype"], d["causal"],
+                     d["max_context"], groups, d["source"], d.get("seq"), tuple(d.get("notes", ())),
+                     d.get("reader", ""))
 
 
 def presets() -> dict[str, ModelSpec]:
-    """Every preset of attnbench/models.toml, by name."""
-    data = tomllib.loads(preset_text())
-    return {name: spec_from_table(name, t) for name, t in data.items()}
+    """Every preset as transformers derived it from its packaged config.json (derived.json, written by
+    run/hfconfig.derive_presets and checked against transformers by the tests): read without importing
+    transformers or torch, for `list --models` and the report. `run --model` reads the config itself."""
+    raw = json.loads(resources.files("attnbench").joinpath(PRESETS, "derived.json").read_text(encoding="utf-8"))
+    return {name: spec_from_dict(d) for name, d in raw["presets"].items()}
+
+
+def check_preset(name: str) -> str:
+    """The preset's key (lower-case) or UsageError naming the list."""
+    key = name.strip().lower()
+    table = preset_manifest()
+    if key not in table:
+        raise UsageError(f"unknown model '{name}'{did_you_mean(key, table)}; see `attnbench list --models`")
+    return key
 
 
 def preset(name: str) -> ModelSpec:
-    table = presets()
-    key = name.strip().lower()
-    if key not in table:
-        raise UsageError(f"unknown model '{name}'{did_you_mean(key, table)}; see `attnbench list --models`")
-    return table[key]
+    """One preset from derived.json (see presets)."""
+    return presets()[check_preset(name)]
 
 
 # ---------------------------------------------------------------- Hugging Face config.json
@@ -200,36 +214,48 @@ def _need(cfg: dict, key: str, path: Path) -> int:
     return v
 
 
-def _sliding_layers(cfg: dict, layers: int) -> int:
-    """How many layers use the sliding window: HF's `layer_types`, Gemma-3's `sliding_window_pattern`
-    (every N-th layer global), Gemma-2's alternation, else all of them."""
+def _sliding_layers(cfg: dict, layers: int, path: Path) -> int:
+    """How many layers use the sliding window: HF's `layer_types` (a list of the wrong length is an
+    error), Gemma-3's `sliding_window_pattern` (every N-th layer global), Gemma-2's alternation,
+    Qwen2's `max_window_layers` (layers from it on), else all of them."""
     types = cfg.get("layer_types")
-    if isinstance(types, list) and len(types) == layers:
+    if isinstance(types, list):
+        if len(types) != layers:
+            raise UsageError(f"--model-config '{path}': layer_types has {len(types)} entries but num_hidden_layers "
+                             f"is {layers}: one type per layer")
         return sum(1 for t in types if "sliding" in str(t))
     pattern = cfg.get("sliding_window_pattern")
     if isinstance(pattern, int) and pattern > 0:
         return layers - layers // pattern
     if cfg.get("model_type") == "gemma2":
         return (layers + 1) // 2
+    if cfg.get("model_type") == "qwen2" and isinstance(cfg.get("max_window_layers"), int):
+        return max(0, layers - cfg["max_window_layers"])
     return layers
 
 
 def spec_from_hf_config(path: Path) -> ModelSpec:
-    """A ModelSpec from a local Hugging Face config.json (nothing is downloaded); a missing or bad
-    key raises UsageError naming it. num_key_value_heads defaults to num_attention_heads (HF's own
-    default: multi-head attention)."""
+    """attnbench's fallback reader of a local Hugging Face config.json (nothing is downloaded), for
+    a model type the installed transformers does not know (run/hfconfig.py reads the others with
+    transformers' own classes). It takes `text_config` when present (the top-level `torch_dtype`
+    beside it counts), `num_key_value_heads` absent or null → the heads (MHA), `head_dim` or
+    hidden_size / heads, the dtype (default float32, transformers' default), `sliding_window`
+    (off when `use_sliding_window` is false; which layers: see _sliding_layers),
+    `attn_logit_softcapping` → softcap, `query_pre_attn_scalar` → scale, MLA dimensions → mla,
+    `model_type: gpt_oss` → sink_logit=learned. A config is taken as causal. A missing or bad key
+    raises UsageError naming it. It knows no other model-specific default: the spec's `reader` says so."""
     path = Path(path)
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
+        top = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"--model-config '{path}' does not exist; give a local config.json") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UsageError(f"--model-config '{path}' is not a readable JSON file: {' '.join(str(e).split())}") from None
-    if not isinstance(cfg, dict):
+    if not isinstance(top, dict):
         raise UsageError(f"--model-config '{path}': expected a JSON object (a Hugging Face config.json)")
-    cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg  # multimodal wrappers
+    cfg = top.get("text_config") if isinstance(top.get("text_config"), dict) else top  # multimodal wrappers
     heads = _need(cfg, "num_attention_heads", path)
-    kv = _need(cfg, "num_key_value_heads", path) if "num_key_value_heads" in cfg else heads
+    kv = _need(cfg, "num_key_value_heads", path) if cfg.get("num_key_value_heads") is not None else heads
     layers = _need(cfg, "num_hidden_layers", path)
     if cfg.get("head_dim") is not None:
         head_dim = _need(cfg, "head_dim", path)
@@ -240,7 +266,8 @@ def spec_from_hf_config(path: Path) -> ModelSpec:
     if heads % kv:
         raise UsageError(f"--model-config '{path}': num_key_value_heads={kv} must divide num_attention_heads={heads}")
     ctx = _need(cfg, "max_position_embeddings", path)
-    raw_dtype = cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16"
+    raw_dtype = (cfg.get("torch_dtype") or cfg.get("dtype") or top.get("torch_dtype") or top.get("dtype")
+                 or "float32")
     try:
         dtype = parse_dtype(str(raw_dtype))
     except UsageError:
@@ -248,37 +275,52 @@ def spec_from_hf_config(path: Path) -> ModelSpec:
             f"--model-config '{path}': torch_dtype '{raw_dtype}' is not one of {', '.join(DTYPES)}") from None
     cap = cfg.get("attn_logit_softcapping")
     extra = {"softcap": float(cap)} if cap else {}
+    qpas = cfg.get("query_pre_attn_scalar")
+    scale = float(qpas) ** -0.5 if isinstance(qpas, (int, float)) and qpas > 0 else None
     notes = [f"rope_scaling {json.dumps(cfg['rope_scaling'], sort_keys=True)}"] if cfg.get("rope_scaling") else []
     if cfg.get("kv_lora_rank"):
         mla = {k: _need(cfg, k, path) for k in ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")}
         head_dim = mla["qk_rope_head_dim"] + mla["qk_nope_head_dim"]
-        groups: tuple[LayerGroup, ...] = (LayerGroup(LATENT, layers, tuple(sorted((mla | extra).items()))),)
+        groups: tuple[LayerGroup, ...] = (LayerGroup(LATENT, layers, tuple(sorted((mla | extra).items())), scale),)
     else:
         full = "gqa" if kv < heads else "causal"
         window = cfg.get("sliding_window")
         use = cfg.get("use_sliding_window", True) is not False
-        n_slide = _sliding_layers(cfg, layers) if isinstance(window, int) and window > 0 and use else 0
+        n_slide = _sliding_layers(cfg, layers, path) if isinstance(window, int) and window > 0 and use else 0
         if cfg.get("model_type") == "gpt_oss":  # learned per-head sink logits on every layer (weights, not keys)
             extra |= {"sink_logit": "learned"}
-        full_group = (LayerGroup("sliding_window", layers - n_slide, tuple(sorted(({"window": ctx} | extra).items())))
-                      if "sink_logit" in extra else LayerGroup(full, layers - n_slide, tuple(sorted(extra.items()))))
+        full_group = (LayerGroup("sliding_window", layers - n_slide, tuple(sorted(({"window": ctx} | extra).items())),
+                                 scale)
+                      if "sink_logit" in extra else LayerGroup(full, layers - n_slide, tuple(sorted(extra.items())),
+                                                               scale))
         groups = tuple(g for g in (
-            LayerGroup("sliding_window", n_slide, tuple(sorted(({"window": window} | extra).items()))),
+            LayerGroup("sliding_window", n_slide, tuple(sorted(({"window": window} | extra).items())), scale),
             full_group,
         ) if g.layers > 0)
-    name = f"config:{cfg.get('_name_or_path') or cfg.get('model_type') or path.stem}"
+    name = f"config:{cfg.get('_name_or_path') or top.get('_name_or_path') or cfg.get('model_type') or path.stem}"
     return ModelSpec(name, heads, kv, head_dim, layers, dtype, True, ctx, groups, f"config.json at {path}",
-                     notes=tuple(notes))
+                     notes=tuple(notes), reader="attnbench's fallback reader")
+
+
+def default_scale(g: LayerGroup, head_dim: int) -> float:
+    """The scale a variant uses when given none: 1/√D; MLA 1/√(qk_nope + qk_rope)."""
+    d = int(g.param("qk_nope_head_dim")) + int(g.param("qk_rope_head_dim")) if g.variant == LATENT else head_dim
+    return 1.0 / math.sqrt(d)
+
+
+def group_scale(g: LayerGroup, head_dim: int) -> float:
+    """The softmax scale a group's layers use (its own, else the variant's default)."""
+    return g.scale if g.scale is not None else default_scale(g, head_dim)
 
 
 def describe(spec: ModelSpec) -> dict[str, Any]:
     """A preset as one row of `attnbench list --models` (JSON-able)."""
     groups = ", ".join(
         f"{g.layers}× {g.variant}" + (f" ({', '.join(f'{k}={v}' for k, v in g.params)})" if g.params else "")
-        for g in spec.attention)
+        + f" scale {group_scale(g, spec.head_dim):.4g}" for g in spec.attention)
     return {"model": spec.name, "heads": spec.heads, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim,
             "layers": spec.layers, "dtype": spec.dtype, "causal": spec.causal, "max_context": spec.max_context,
             "attention": groups, "kv_bytes_first_token": kv_bytes_per_seq(spec, 1),
             "kv_bytes_per_token": kv_bytes_per_token(spec),
             "kv_bytes_max_context": kv_bytes_per_seq(spec, spec.max_context),
-            "source": spec.source}
+            "source": spec.source, "reader": spec.reader}

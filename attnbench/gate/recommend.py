@@ -11,6 +11,9 @@ A candidate is one (variant, backend, params) of a shape with status ok. It qual
   attention's error vs fp64 is ≈ 10 units × √(Lk/1024)). A record whose error
   was not measured (reference too large) qualifies when its variant is exact, with a note;
 - its peak memory fits the --memory-budget (unknown peak: qualifies, with a note).
+transformers' attention functions run as backends hf-eager/hf-sdpa/hf-flex (core/models.HF_IMPLEMENTATION):
+the note names the `attn_implementation` a transformers user sets to get the best, or, when the best
+is attnbench's own, transformers' fastest qualifying implementation and its median ÷ the best's.
 The best is the qualifying candidate of lowest median latency (`metric="energy"`: of lowest energy
 per call, records/measure/energy.py; a candidate without an energy figure does not qualify, and
 since a case has one energy reading, no interval is claimed); the margin is runner-up median ÷
@@ -29,6 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
+from attnbench.core.models import HF_IMPLEMENTATION
 from attnbench.core.units import fmt_bytes
 from attnbench.gate.stats import bootstrap_ratio, seed_for
 from attnbench.report.analysis import FAILURES, first_line, fmt_len
@@ -114,6 +118,21 @@ def qualifies(r: dict, max_error: float | None, budget: float | None, exact: set
     return True, "; ".join(notes)
 
 
+def transformers_note(best: dict, rest: list[dict]) -> str:
+    """What a transformers user sets to get the best (an hf-* backend: `attn_implementation="sdpa"`),
+    or, when the best is attnbench's, transformers' fastest qualifying implementation and how much
+    slower its median is ("" when no hf-* backend ran)."""
+    if best["backend"] in HF_IMPLEMENTATION:
+        return f'transformers: attn_implementation="{HF_IMPLEMENTATION[best["backend"]]}"'
+    hf = [r for r in rest if r["backend"] in HF_IMPLEMENTATION]
+    if not hf:
+        return ""
+    r = hf[0]  # rest is sorted by median
+    ratio = r["latency_ms"]["median"] / best["latency_ms"]["median"]
+    return (f'transformers\' fastest: {r["backend"]} (attn_implementation="{HF_IMPLEMENTATION[r["backend"]]}"), '
+            f"{ratio:.2f}× the best's median")
+
+
 def recommend(records: list[dict], max_error: float | None = None, memory_budget: float | None = None,
               exact: set[str] | None = None, metric: str = "latency") -> list[Pick]:
     """The dispatch table: one Pick per (shape, seq, mode) of the records (where none ran: no backend,
@@ -180,8 +199,9 @@ def _pick(key: str, shape: dict, seq: int, mode: str, everything: list[dict], ma
     (best, note), rest = ok[0], ok[1:]
     if not rest:
         return Pick(shape, seq, mode, _label(best, several), best["variant"], None, None, None, None,
-                    "; ".join(filter(None, [note, "no runner-up"])))
+                    "; ".join(filter(None, [note, transformers_note(best, []), "no runner-up"])))
     second = rest[0][0]
+    note = "; ".join(filter(None, [note, transformers_note(best, [r for r, _ in rest])]))
     margin = metric_value(second, metric) / metric_value(best, metric)
     a, b = best.get("samples_ms") or [], second.get("samples_ms") or []
     ci, tie = None, None

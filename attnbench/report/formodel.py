@@ -36,6 +36,26 @@ def list_models(console: Console, as_json: bool) -> None:
                              drop=("source", "kv_max", "causal", "dtype", "layers", "head_dim", "max_context")))
 
 
+PLAN_MODEL_COLUMNS = (("name", "model"), ("dtype", "dtype"), ("layers", "layers"), ("groups", "layer groups (scale)"),
+                      ("kv_token", "KV/token, all layers"), ("kv_seq", "KV/sequence, all layers, at each L"),
+                      ("source", "source"))
+
+
+def plan_models_table(models: list[dict[str, Any]]):
+    """The models of a dry run (run/models.plan_entries): layer groups with their scale, KV cache."""
+    rows = []
+    for m in models:
+        groups = "; ".join(f"{g['layers']}× {g['variant']}"
+                           + (f"({', '.join(f'{k}={v}' for k, v in g['params'].items())})" if g["params"] else "")
+                           + f" scale {g['scale']:.4g}" for g in m["groups"])
+        seqs = ", ".join(f"{fmt_len(int(L))}: {fmt_bytes(b)}" for L, b in m["kv_bytes_per_seq"].items())
+        rows.append({"name": m["name"], "dtype": m["dtype"], "layers": m["layers"], "groups": groups,
+                     "kv_token": fmt_bytes(m["kv_bytes_per_token"]), "kv_seq": seqs,
+                     "source": f"{m['source']} [read by {m['reader']}]"})
+    return rich_table("the models (KV cache of one sequence, all layers, in the model's dtype)", PLAN_MODEL_COLUMNS,
+                      rows)
+
+
 KV_COLUMNS = (("model", "model"), ("layers", "layers"), ("dtype", "dtype"), ("L", "L"),
               ("kv_token", "KV/token, all layers"), ("kv_seq", "KV/sequence, all layers"))
 

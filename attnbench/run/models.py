@@ -12,19 +12,21 @@ each further token adds once past every sliding window).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from attnbench.core.errors import UsageError
+from attnbench.core.errors import UsageError, did_you_mean
 from attnbench.core.models import (
+    LayerGroup,
     ModelSpec,
+    default_scale,
+    group_scale,
     kv_bytes_per_seq,
     kv_bytes_per_token,
-    preset,
-    spec_from_hf_config,
 )
 from attnbench.core.problem import Problem
 from attnbench.run.plan import Case, expand, make_sweep
@@ -41,6 +43,7 @@ class ModelPlan:
 
     cases: tuple[Case, ...]
     tags: dict  # (variant, backend, Problem) -> ModelSpec
+    specs: tuple[ModelSpec, ...] = ()
 
     def annotate(self, rec: dict) -> dict:
         """The model's fields added to a record of one of these cases (others unchanged)."""
@@ -60,12 +63,15 @@ class ModelPlan:
 
 
 def resolve_models(names: str | None, config: Path | None, layers: int | None) -> list[ModelSpec]:
-    """The models of --model (comma-separated presets) and --model-config, with --layers applied."""
-    specs = [preset(n) for n in (names or "").split(",") if n.strip()]
+    """The models of --model (comma-separated presets) and --model-config (a config.json or its
+    folder), read by transformers (run/hfconfig.py), with --layers applied."""
+    from attnbench.run.hfconfig import load, load_preset
+
+    specs = [load_preset(n) for n in (names or "").split(",") if n.strip()]
     if names is not None and not specs:
         raise UsageError("empty --model; see `attnbench list --models`")
     if config is not None:
-        specs.append(spec_from_hf_config(config))
+        specs.append(load(config))
     if layers is not None:
         specs = [s.with_layers(layers) for s in specs]
     return specs
@@ -98,7 +104,7 @@ def model_plan(specs: list[ModelSpec], given: dict[str, Any], device: torch.devi
         for g in spec.attention:
             mine = {k: v for k, v in extra.items() if k in _declared(g.variant)}  # --param: where declared
             used |= mine.keys()
-            params = dict(g.params) | mine
+            params = group_params(g, spec.head_dim) | mine
             axes = {
                 "heads": spec.heads, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim, "dtype": spec.dtype,
                 "causal": spec.causal, "seq": spec.seq or DEFAULT_SEQ,
@@ -106,20 +112,40 @@ def model_plan(specs: list[ModelSpec], given: dict[str, Any], device: torch.devi
             }
             if "kv_groups" in given:
                 axes.pop("kv_heads")
-            why = missing(spec, g.variant, params)
-            new = _unsupported(g.variant, axes, params, why) if why else expand(
-                [make_sweep(variants=g.variant, params=params, **axes)], device)
-            for c in new:
+            for c in _group_cases(spec, g.variant, axes, params, device):
                 key = (c.variant, c.backend, c.problem)
                 if key not in tags:  # two models with the same attention share the case: the first names it
                     tags[key] = spec
                     cases.append(c)
+    _check_backends(given.get("backends"), {g.variant for s in specs for g in s.attention})
     unused = sorted(extra.keys() - used)
     if unused:
         variants = ", ".join(sorted({g.variant for s in specs for g in s.attention}))
         raise UsageError(f"--param {unused[0]}: no layer group of {', '.join(s.name for s in specs)} has this "
                          f"parameter (their variants: {variants})")
-    return ModelPlan(tuple(cases), tags)
+    return ModelPlan(tuple(cases), tags, tuple(specs))
+
+
+def group_params(g: LayerGroup, head_dim: int) -> dict[str, Any]:
+    """A layer group's case parameters: its own, and `scale` where the model's softmax scale is not
+    the variant's default (variants/scaling.py applies it)."""
+    params = dict(g.params)
+    if g.scale is not None and not math.isclose(g.scale, default_scale(g, head_dim), rel_tol=1e-9):
+        params["scale"] = g.scale
+    return params
+
+
+def plan_entries(specs: list[ModelSpec], cases) -> list[dict[str, Any]]:
+    """The `models` list of a dry run's JSON plan: per model its groups (variant, layers, params,
+    scale) and KV cache per token and per sequence at each planned length (in the model's dtype,
+    one sequence; the record's dtype and batch may differ)."""
+    lengths = sorted({c.problem.seq_k for c in cases})
+    return [{"name": s.name, "source": s.source, "reader": s.reader, "dtype": s.dtype, "layers": s.layers,
+             "heads": s.heads, "kv_heads": s.kv_heads, "head_dim": s.head_dim, "causal": s.causal,
+             "groups": [{"variant": g.variant, "layers": g.layers, "params": dict(g.params),
+                         "scale": group_scale(g, s.head_dim)} for g in s.attention],
+             "kv_bytes_per_token": kv_bytes_per_token(s),
+             "kv_bytes_per_seq": {str(L): kv_bytes_per_seq(s, L) for L in lengths}} for s in specs]
 
 
 def _declared(variant: str) -> set[str]:
@@ -130,7 +156,40 @@ def _declared(variant: str) -> set[str]:
     return set(v.parameters()) | {k for b in v.backends for k in b.params}
 
 
-def _unsupported(variant: str, axes: dict[str, Any], params: dict[str, Any], why: str) -> list[Case]:
+def _backend_names(value: Any) -> list[str]:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [b.strip() for x in items if x for b in str(x).split(",") if b.strip()]
+
+
+def _group_cases(spec: ModelSpec, variant: str, axes: dict[str, Any], params: dict[str, Any],
+                 device: torch.device) -> list[Case]:
+    """A layer group's cases: `unsupported` (backend '-') when the variant or a parameter is missing;
+    else the sweep, with the --backends its variant lacks (a model mixing MLA and GQA groups, say
+    hf-eager) recorded `unsupported` for this group rather than refused for the whole run."""
+    why = missing(spec, variant, params)
+    if why:
+        return _unsupported(variant, axes, params, why)
+    wanted = _backend_names(axes.get("backends"))
+    have = set(registry.get(variant).backend_names(include_test=True))
+    lacking = [b for b in wanted if b not in have]
+    out = [c for b in lacking for c in _unsupported(variant, axes, params, f"{variant} has no backend '{b}'", b)]
+    if wanted and len(lacking) == len(wanted):
+        return out
+    runnable = {**axes, "backends": ",".join(b for b in wanted if b in have)} if wanted else axes
+    return expand([make_sweep(variants=variant, params=params, **runnable)], device) + out
+
+
+def _check_backends(value: Any, variants: set[str]) -> None:
+    """A --backends name no layer group's variant has is a usage error (a typo), as without a model."""
+    known = {b for v in variants if v in registry.names() for b in registry.get(v).backend_names(include_test=True)}
+    for b in _backend_names(value):
+        if b not in known:
+            raise UsageError(f"unknown backend '{b}'{did_you_mean(b, known)} for the model's variants "
+                             f"{', '.join(sorted(variants))}; accepted: {', '.join(sorted(known))}")
+
+
+def _unsupported(variant: str, axes: dict[str, Any], params: dict[str, Any], why: str,
+                 backend: str = "-") -> list[Case]:
     """One `unsupported` case per (mode, dtype, batch, length) of a group that cannot run here
     (backend '-': none was tried)."""
     sw = make_sweep(**{k: v for k, v in axes.items() if k not in ("backends",)})
@@ -142,7 +201,7 @@ def _unsupported(variant: str, axes: dict[str, Any], params: dict[str, Any], why
                     p = Problem(batch=b, heads=sw.heads[0], kv_heads=(sw.kv_heads or (0,))[0] or sw.heads[0],
                                 seq_q=1 if mode == "decode" else L, seq_k=L, head_dim=sw.head_dim[0], dtype=dtype,
                                 causal=sw.causal[0], mode=mode, params=tuple(sorted(params.items())))
-                    out.append(Case(variant, "-", p, "unsupported", why))
+                    out.append(Case(variant, backend, p, "unsupported", why))
     return out
 
 
@@ -173,7 +232,7 @@ def frontier_groups(spec: ModelSpec, base: Problem, explicit: set[str]) -> list[
     shape = {k: v for k, v in model.items() if k not in explicit and not (k == "kv_heads" and "heads" in explicit)}
     out = []
     for g in spec.attention:
-        p = Problem(**{**base.as_dict(), **shape, "params": ()}).with_params(**dict(g.params))
+        p = Problem(**{**base.as_dict(), **shape, "params": ()}).with_params(**group_params(g, spec.head_dim))
         out.append((g.variant, p, missing(spec, g.variant, dict(g.params))))
     return out
 

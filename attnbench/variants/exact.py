@@ -25,6 +25,7 @@ from attnbench.core.problem import Problem
 from attnbench.variants.backends import triton
 from attnbench.variants.backends.fault import fault_backends
 from attnbench.variants.backends.flex import flex_backend
+from attnbench.variants.backends.hf import hf_backends
 from attnbench.variants.base import Backend, Fn, Reason, Variant
 from attnbench.variants.modifiers import (
     cap_scores,
@@ -36,6 +37,7 @@ from attnbench.variants.modifiers import (
     softcap_of,
 )
 from attnbench.variants.patterns import causal_mask
+from attnbench.variants.scaling import with_scale
 from attnbench.variants.shared import (
     attention_flops,
     check_heads,
@@ -142,11 +144,12 @@ def _backends():
 def _exact(name: str, description: str, resolve: Callable[[Problem], Problem],
            supports: Callable[[Problem], Reason] = check_heads, time: str = "O(L²)",
            extra: tuple[Backend, ...] = ()) -> Variant:
-    return Variant(
+    return with_scale(Variant(
         name=name, family="exact", description=description, time=time, memory="O(L²)",
         reference=exact_reference, flops=lambda p: attention_flops(p) + softcap_flops(p), bytes=io_bytes,
         backends=_backends() + tuple(refuse(b, no_softcap("the fault backend (plain SDPA)")) for b in extra),
-        resolve=resolve, supports=lambda p: check_softcap(p) or supports(p), options={"softcap": 0.0})
+        resolve=resolve, supports=lambda p: check_softcap(p) or supports(p), options={"softcap": 0.0}),
+        native=hf_backends())
 
 
 def _mha_supports(p: Problem) -> Reason:

@@ -48,6 +48,7 @@ from attnbench.variants.backends import triton
 from attnbench.variants.backends.flex import BLOCK_SIZE, causal_mod, compiled_block_mask, compiled_flex, flex_backend
 from attnbench.variants.base import Backend, Fn, Reason, Variant
 from attnbench.variants.patterns import causal_mask
+from attnbench.variants.scaling import with_scale
 from attnbench.variants.shared import fill_defaults, sdpa_call, softmax_attention
 
 DEFAULTS = {"kv_lora_rank": 512, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128, "v_head_dim": 128,
@@ -286,12 +287,12 @@ def mla_kv_cache_bytes(p: Problem) -> float:
     return float(latent_elements(p) * p.itemsize)
 
 
-MLA = Variant(
+MLA = with_scale(Variant(
     name="mla", family="latent",
     description="multi-head latent attention (DeepSeek-V2/V3): K/V from a shared latent, naive prefill, "
                 "absorbed decode",
     time="O(L²)", memory="O(L²)", reference=reference, flops=mla_flops, bytes=mla_bytes, backends=BACKENDS,
     resolve=resolve, supports=supports, defaults=dict(DEFAULTS), make_inputs=make_inputs,
-    modes=("fwd", "decode"), kv_cache_bytes=mla_kv_cache_bytes)
+    modes=("fwd", "decode"), kv_cache_bytes=mla_kv_cache_bytes), scale)
 
 VARIANTS = (MLA,)

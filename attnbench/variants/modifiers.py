@@ -16,6 +16,8 @@ FLOPs than the plain one: 0.6 % at D = 128.
 Attention sinks (StreamingLLM, Xiao et al. 2023; `sinks` = N, an int, 0 = off; sliding_window
 only). Every query also sees the first N keys besides its window, still only keys j <= i' when
 causal (i' = i + Lk - Lq):   visible(i, j) = band(i', j) or j < N   [and j <= i'].
+StreamingLLM's `recent_size` counts the keys before the current token: its cache (start_size N,
+recent_size r) is attnbench's sinks = N, window = r + 1 (transformers' sliding_window w = window w).
 The sink keys are attended pairs: FLOPs count them (sliding_window_pairs); bytes already read all
 of K and V once.
 

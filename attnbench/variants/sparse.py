@@ -47,7 +47,9 @@ from attnbench.variants import modifiers as mod
 from attnbench.variants import patterns as pat
 from attnbench.variants.backends import peers, triton
 from attnbench.variants.backends.flex import flex_backend
+from attnbench.variants.backends.hf import hf_backends
 from attnbench.variants.base import Backend, Fn, Reason, Variant
+from attnbench.variants.scaling import with_scale
 from attnbench.variants.shared import (
     attention_flops,
     check_heads,
@@ -195,7 +197,7 @@ _CAPPERS = "eager, chunked, flex or triton"
 _PEER_REFUSES = mod.all_of(mod.no_sinks("local-attention", "flex, eager, sdpa or triton"),
                            mod.no_sink_logit("local-attention"), mod.no_softcap("local-attention", _CAPPERS))
 
-SLIDING_WINDOW = Variant(
+SLIDING_WINDOW = with_scale(Variant(
     name="sliding_window",
     family="sparse",
     description="local attention: each query sees the keys within `window` positions (default 256), "
@@ -221,7 +223,7 @@ SLIDING_WINDOW = Variant(
     defaults={"window": 256},
     options={"sinks": 0, "sink_logit": "off", "softcap": 0.0},
     picture=_sw_picture,
-)
+), native=hf_backends())
 
 
 # ================================================================ block layouts

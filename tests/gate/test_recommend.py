@@ -151,3 +151,14 @@ def test_a_backend_that_failed_at_a_length_is_not_picked_there_and_the_pick_says
     assert picks[4096].backend == "flex" and "flex failed at 2k (error)" in picks[4096].note
     assert picks[1024].backend == "flex" and "failed" in picks[1024].note
     assert picks[2048].as_json()["failed"][0]["reason"] == crash
+
+
+def test_transformers_implementations_are_ranked_and_named():
+    [ours] = recommend([rec("sdpa", 1024, 1.0), rec("hf-eager", 1024, 3.0), rec("hf-sdpa", 1024, 1.5)])
+    assert ours.backend == "sdpa" and ours.runner_up == "hf-sdpa"
+    assert 'transformers\' fastest: hf-sdpa (attn_implementation="sdpa"), 1.' in ours.note
+    assert abs(float(ours.note.split("), ")[1].split("×")[0]) - ours.margin) < 0.01  # the runner-up's margin
+    [theirs] = recommend([rec("eager", 1024, 2.0), rec("hf-sdpa", 1024, 1.0)])
+    assert theirs.backend == "hf-sdpa" and 'transformers: attn_implementation="sdpa"' in theirs.note
+    [plain] = recommend([rec("sdpa", 1024, 1.0), rec("eager", 1024, 2.0)])
+    assert "transformers" not in plain.note

@@ -19,11 +19,14 @@ from attnbench.core.models import (
     kv_bytes_per_token,
     max_context,
     preset,
-    preset_text,
+    preset_config,
+    preset_manifest,
+    preset_source,
     presets,
     spec_from_hf_config,
     spec_max_context,
 )
+from attnbench.run.hfconfig import load
 from attnbench.run.models import model_plan, resolve_models
 
 CPU = torch.device("cpu")
@@ -40,18 +43,15 @@ def write_config(tmp_path, cfg: dict):
     return p
 
 
-def test_every_preset_is_valid_typed_and_names_its_source_in_a_comment():
+def test_every_preset_is_a_config_file_with_its_source_and_a_valid_derived_spec():
     table = presets()
-    assert len(table) >= 18
-    text = preset_text().splitlines()
+    manifest = preset_manifest()
+    assert set(table) == set(manifest) and len(table) >= 24
     for name, spec in table.items():
-        i = text.index(f'["{name}"]')
-        comment = []
-        while text[i - 1].startswith("#"):
-            i -= 1
-            comment.append(text[i])
-        assert comment and comment[-1].startswith("# Source: "), f"{name}: no source comment above its table"
-        assert spec.source.strip()
+        entry = manifest[name]
+        assert preset_config(name).is_file(), name
+        assert entry["url"].startswith("https://huggingface.co/") and entry["provenance"] and entry["doc"], name
+        assert spec.source == preset_source(entry) and spec.reader.startswith("transformers "), name
         assert spec.heads % spec.kv_heads == 0, name
         assert sum(g.layers for g in spec.attention) == spec.layers, name
         for f in fields(ModelSpec):
@@ -59,6 +59,7 @@ def test_every_preset_is_valid_typed_and_names_its_source_in_a_comment():
             if f.name in ("heads", "kv_heads", "head_dim", "layers", "max_context"):
                 assert isinstance(v, int) and not isinstance(v, bool) and v >= 1, (name, f.name)
         assert spec.dtype in ("float32", "float16", "bfloat16") and isinstance(spec.causal, bool)
+        assert all(isinstance(g.scale, float) and 0 < g.scale < 1 for g in spec.attention), name
 
 
 def test_well_known_numbers():
@@ -105,7 +106,7 @@ def test_unknown_model_names_the_list():
 
 
 def test_hf_config_of_a_gqa_model_gives_the_presets_shapes(tmp_path):
-    cfg = spec_from_hf_config(write_config(tmp_path, LLAMA3_8B_CONFIG))
+    cfg = load(write_config(tmp_path, LLAMA3_8B_CONFIG))
     ref = preset("llama-3-8b")
     same = ("heads", "kv_heads", "head_dim", "layers", "dtype", "causal", "max_context")
     assert {k: getattr(cfg, k) for k in same} == {k: getattr(ref, k) for k in same}
@@ -115,45 +116,47 @@ def test_hf_config_of_a_gqa_model_gives_the_presets_shapes(tmp_path):
     assert [(c.variant, c.backend, c.problem) for c in a.cases] == [(c.variant, c.backend, c.problem) for c in b.cases]
     p = a.cases[0].problem
     assert (p.heads, p.kv_heads, p.head_dim, p.causal, p.dtype) == (32, 8, 128, True, "bfloat16")
+    assert p.param("scale") is None  # 1/√128 is gqa's own scale: no parameter, the records of plain gqa
 
 
-def test_hf_config_sliding_window_softcap_and_mla(tmp_path):
+def test_fallback_reader_sliding_window_softcap_and_mla(tmp_path):
     mistral = spec_from_hf_config(write_config(tmp_path, LLAMA3_8B_CONFIG | {"sliding_window": 4096}))
     assert mistral.attention == (LayerGroup("sliding_window", 32, (("window", 4096),)),)
+    assert mistral.reader == "attnbench's fallback reader"
     gemma = spec_from_hf_config(write_config(tmp_path, LLAMA3_8B_CONFIG | {
         "model_type": "gemma2", "sliding_window": 4096, "attn_logit_softcapping": 50.0, "head_dim": 256,
-        "num_attention_heads": 16, "num_hidden_layers": 42}))
-    assert [(g.variant, g.layers, g.param("softcap")) for g in gemma.attention] == [
-        ("sliding_window", 21, 50.0), ("gqa", 21, 50.0)]
+        "num_attention_heads": 16, "num_hidden_layers": 42, "query_pre_attn_scalar": 256}))
+    assert [(g.variant, g.layers, g.param("softcap"), g.scale) for g in gemma.attention] == [
+        ("sliding_window", 21, 50.0, 1 / 16), ("gqa", 21, 50.0, 1 / 16)]
     qwen = spec_from_hf_config(write_config(tmp_path, LLAMA3_8B_CONFIG | {"sliding_window": 4096,
                                                                           "use_sliding_window": False}))
     assert qwen.attention[0].variant == "gqa"
-    oss = spec_from_hf_config(write_config(tmp_path, {
-        "model_type": "gpt_oss", "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 64,
-        "num_hidden_layers": 24, "sliding_window": 128, "max_position_embeddings": 131072, "torch_dtype": "bfloat16",
-        "layer_types": ["sliding_attention", "full_attention"] * 12}))
-    assert oss.attention == preset("gpt-oss-20b").attention
     ds = spec_from_hf_config(write_config(tmp_path, LLAMA3_8B_CONFIG | {
         "kv_lora_rank": 512, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128, "v_head_dim": 128}))
     assert ds.attention[0].variant == "mla" and ds.head_dim == 192
+    mha = spec_from_hf_config(write_config(tmp_path, LLAMA3_8B_CONFIG | {"num_key_value_heads": None}))
+    assert mha.kv_heads == 32
+    with pytest.raises(UsageError, match="layer_types has 3 entries but num_hidden_layers is 32"):
+        spec_from_hf_config(write_config(tmp_path, LLAMA3_8B_CONFIG | {"sliding_window": 64,
+                                                                       "layer_types": ["sliding_attention"] * 3}))
 
 
 @pytest.mark.parametrize("drop, key", [("num_attention_heads", "num_attention_heads"),
                                        ("num_hidden_layers", "num_hidden_layers"),
                                        ("max_position_embeddings", "max_position_embeddings"),
                                        ("hidden_size", "head_dim")])
-def test_partial_config_names_the_missing_key(tmp_path, drop, key):
+def test_fallback_reader_names_the_missing_key(tmp_path, drop, key):
     cfg = {k: v for k, v in LLAMA3_8B_CONFIG.items() if k != drop}
     with pytest.raises(UsageError, match=f"missing key '{key}'"):
         spec_from_hf_config(write_config(tmp_path, cfg))
 
 
 def test_cli_bad_config_is_one_line_exit_2(tmp_path, capsys):
-    path = write_config(tmp_path, {k: v for k, v in LLAMA3_8B_CONFIG.items() if k != "num_attention_heads"})
+    path = write_config(tmp_path, LLAMA3_8B_CONFIG | {"num_attention_heads": 5})  # transformers rejects it
     out = tmp_path / "r.jsonl"
     assert main(["run", "--model-config", str(path), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "num_attention_heads" in err and not out.exists()
+    assert len(err.splitlines()) == 1 and "rejects it" in err and "attention heads (5)" in err and not out.exists()
     (tmp_path / "bad.json").write_text("{not json")
     assert main(["run", "--model-config", str(tmp_path / "bad.json")]) == 2
     assert "not a readable JSON file" in capsys.readouterr().err
@@ -233,3 +236,13 @@ def test_run_model_end_to_end_tags_records(tmp_path, capsys):
     assert llama["layers"] == 32 and llama["kv_bytes_per_seq"] == 2 * 2 * 16 * 4 * 64 * 32
     if "mla" not in __import__("attnbench.variants.registry", fromlist=["names"]).names():
         assert by["deepseek-v3"]["status"] == "unsupported" and "mla" in by["deepseek-v3"]["reason"]
+
+
+def test_a_backend_one_groups_variant_lacks_is_unsupported_there_and_a_typo_is_refused():
+    plan = model_plan([preset("gemma-2-27b"), preset("deepseek-v3")],
+                      {"seq": "256", "modes": "decode", "backends": "eager,hf-eager"}, CPU)
+    got = {(c.variant, c.backend): (c.status, c.reason) for c in plan.cases}
+    assert got[("mla", "hf-eager")] == ("unsupported", "mla has no backend 'hf-eager'")
+    assert got[("gqa", "hf-eager")][0] != "unsupported" and got[("mla", "eager")][0] != "unsupported"
+    with pytest.raises(UsageError, match="unknown backend 'eagr'"):
+        model_plan([preset("deepseek-v3")], {"seq": "256", "backends": "eagr"}, CPU)

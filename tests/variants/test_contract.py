@@ -99,7 +99,7 @@ def _cases():
             marks = []
             if why := skip_reason(v, b, p):
                 marks.append(pytest.mark.skip(reason=why))
-            elif b.name == "flex":  # each compiles: 10-120 s a case here, ~2.5 CPU-min for all 13
+            elif b.name in ("flex", "hf-flex"):  # each compiles: 10-120 s a case here, ~2.5 CPU-min for all 13
                 marks.append(pytest.mark.slow)
                 if not os.environ.get("ATTNBENCH_CONTRACT_FLEX"):
                     marks.append(

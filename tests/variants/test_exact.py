@@ -25,7 +25,7 @@ from attnbench.variants import registry
 CPU = torch.device("cpu")
 EXACT = ("mha", "causal", "cross", "mqa", "gqa", "flash")
 DTYPES = ("float32", "float16", "bfloat16")
-SLOW_BACKENDS = ("flex",)  # compiles take seconds: tested on two shapes below
+SLOW_BACKENDS = ("flex", "hf-flex")  # compiles take seconds: tested on two shapes below (hf-flex: test_hf_backends)
 
 
 def oracle(q, k, v, causal: bool, compute=torch.float64):

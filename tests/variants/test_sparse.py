@@ -186,7 +186,7 @@ def test_backends_match_eager_fwd_and_bwd(name, kw):
         for b in v.backends:
             # eager is the reference; flex has no CPU backward; triton and peer packages are
             # tested in their own files (triton under the interpreter, peers against our math)
-            if b.name in ("eager", "flex", "triton") or b.name.startswith("peer:"):
+            if b.name in ("eager", "flex", "hf-flex", "triton") or b.name.startswith("peer:"):
                 continue
             out = b.build(p, CPU)(q, k, vv)
             assert torch.allclose(out, ref, atol=1e-5), (name, b.name, causal)
