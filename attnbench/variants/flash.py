@@ -70,10 +70,10 @@ def _tiled_backend() -> Backend:
 
 
 FLASH = Variant(
-    name="flash", family="exact",
+    name="flash", family="exact", oracle="softmax", decode_check=True,
     description="exact attention tile by tile with an online softmax (FlashAttention)",
     time="O(L²)", memory="O(L)", reference=exact_reference, flops=attention_flops, bytes=io_bytes,
     backends=(*sdpa_backends(names=("sdpa-flash",)), flex_backend(), _tiled_backend(), triton.flash_backend()),
-    resolve=fill_defaults, supports=check_heads)
+    resolve=fill_defaults, why_unsupported=check_heads)
 
 VARIANTS = (FLASH,)

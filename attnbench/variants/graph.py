@@ -12,7 +12,7 @@ graph (built in setup, deterministic from the params):
     grid    a √L × √L grid: itself and its 4 neighbours (no wrap; `degree` is ignored).
 Backends: `edge` computes scores per edge and a scatter softmax (scatter_reduce amax, index_add):
 O(E·D) time and memory, no L×L tensor. `eager` is the dense masked reference; `sdpa` passes a
-dense (L, L) bool mask to torch SDPA (both O(L²)). exact=True w.r.t. the graph; the error
+dense (L, L) bool mask to torch SDPA (both O(L²)). exact w.r.t. the graph (oracle "reference"); the error
 against full attention is reported too. Causal: unsupported. Lq == Lk (nodes attend nodes).
 """
 
@@ -150,11 +150,11 @@ def gat_picture(p: Problem) -> torch.Tensor:
 
 
 GAT = Variant(
-    name="gat", family="graph",
+    name="gat", family="graph", oracle="reference",
     description="graph attention over a sparse graph's edges (graph=random|ring|grid, degree=16)",
     time="O(L·d)", memory="O(L·d)", reference=gat_reference,
     flops=lambda p: attention_flops(p, pairs=num_edges(p)),  # 4·B·Hq·E·D: scores and sums per edge
     bytes=io_bytes, backends=_backends(), resolve=lambda p: fill_defaults(p, **DEFAULTS),
-    supports=gat_supports, full_attention_error=True, defaults=DEFAULTS, picture=gat_picture)
+    why_unsupported=gat_supports, full_attention_error=True, defaults=DEFAULTS, picture=gat_picture)
 
 VARIANTS = (GAT,)

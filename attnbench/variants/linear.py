@@ -335,8 +335,8 @@ PERFORMER = Variant(
     bytes=io_bytes,
     backends=_performer_backends() + (peers.performer_peer(_performer_w),),
     resolve=_linear_resolve(**PERFORMER_DEFAULTS),
-    supports=check_heads,
-    exact=False,
+    why_unsupported=check_heads,
+    oracle="eager",
     defaults=PERFORMER_DEFAULTS,
 )
 
@@ -376,8 +376,8 @@ LINEAR = Variant(
     bytes=io_bytes,
     backends=_linear_backends(),
     resolve=_linear_resolve(**LINEAR_DEFAULTS),
-    supports=check_heads,
-    exact=False,
+    why_unsupported=check_heads,
+    oracle="eager",
     defaults=LINEAR_DEFAULTS,
 )
 
@@ -442,8 +442,8 @@ LINFORMER = Variant(
     bytes=io_bytes,
     backends=_linformer_backends() + (peers.linformer_peer(linformer_projections),),
     resolve=_linear_resolve(**LINFORMER_DEFAULTS),
-    supports=_linformer_supports,
-    exact=False,
+    why_unsupported=_linformer_supports,
+    oracle="eager",
     defaults=LINFORMER_DEFAULTS,
 )
 

@@ -204,7 +204,7 @@ REFORMER = Variant(
     name="reformer", family="lsh",
     description="Reformer LSH attention: hash, sort into buckets, attend within chunks, n_hashes rounds",
     time="O(L log L)", memory="O(L·c)", reference=exact_reference, flops=reformer_flops, bytes=io_bytes,
-    backends=(_eager_backend(),), resolve=lambda p: fill_defaults(p, **DEFAULTS), supports=reformer_supports,
-    exact=False, defaults=DEFAULTS, make_inputs=make_inputs)
+    backends=(_eager_backend(),), resolve=lambda p: fill_defaults(p, **DEFAULTS), why_unsupported=reformer_supports,
+    oracle="eager", defaults=DEFAULTS, make_inputs=make_inputs)
 
 VARIANTS = (REFORMER,)

@@ -8,7 +8,7 @@
 | transformer_xl | memory of previous states + content/position terms with u, v biases| Dai et al. 2019     |
 
 Positions: query i sits at i' = i + (Lk − Lq), key j at j (bottom-right, as causal masks and
-decoding). All four are exact w.r.t. their own eager reference (exact=True). The scores keep the
+decoding). All four are exact w.r.t. their own eager reference (oracle "reference"). The scores keep the
 1/√D scaling; biases are added after it (T5 itself folds the scaling into its initialisation).
 
 RoPE (rotate-half convention of GPT-NeoX/Llama; the paper's interleaved pairs are a permutation
@@ -130,13 +130,13 @@ def _rope_picture(p: Problem) -> torch.Tensor:
 
 
 ROPE = Variant(
-    name="rope", family="positional",
+    name="rope", family="positional", oracle="reference",
     description="rotary position embedding on q and k (base 10000), then exact attention",
     time="O(L²)", memory="O(L²)", reference=rope_attention, flops=rope_flops, bytes=rope_bytes,
     backends=tuple(_rotated(b) for b in (
         eager_backend(lambda q, k, v, p: softmax_attention(q, k, v, causal=p.causal)),
         *sdpa_backends(names=("sdpa",)), flex_backend())),
-    resolve=lambda p: fill_defaults(p, base=10000.0), supports=_even_head_dim,
+    resolve=lambda p: fill_defaults(p, base=10000.0), why_unsupported=_even_head_dim,
     defaults={"base": 10000.0}, picture=_rope_picture)
 
 
@@ -215,7 +215,7 @@ def t5_score_mod(p: Problem, device: torch.device):
     return t5
 
 
-def _bias_variant(name: str, description: str, bias_fn, score_mod, defaults: dict, supports=check_heads,
+def _bias_variant(name: str, description: str, bias_fn, score_mod, defaults: dict, why_unsupported=check_heads,
                   extra: tuple[Backend, ...] = ()) -> Variant:
     """Exact attention plus an additive (Hq, Lq, Lk) bias: eager, SDPA with the bias as a float
     attn_mask (causal folded in as −inf), flex with a score_mod computing the bias per pair."""
@@ -238,13 +238,13 @@ def _bias_variant(name: str, description: str, bias_fn, score_mod, defaults: dic
         return bias[None].to(p.torch_dtype)  # (1, Hq, Lq, Lk)
 
     return Variant(
-        name=name, family="positional", description=description, time="O(L²)", memory="O(L²)",
+        name=name, family="positional", oracle="reference", description=description, time="O(L²)", memory="O(L²)",
         reference=reference, flops=attention_flops,
         # q, k, v, out; the bias is computed (flex) or read once per head (sdpa: + Hq·Lq·Lk)
         bytes=io_bytes,
         backends=(Backend("eager", eager_build, "materialised softmax(QKᵀ/√D + bias)V", materializes=True),
                   *sdpa_backends(sdpa_mask, names=("sdpa",)), flex_backend(score_mod=score_mod), *extra),
-        resolve=lambda p: fill_defaults(p, **defaults), supports=supports, defaults=dict(defaults),
+        resolve=lambda p: fill_defaults(p, **defaults), why_unsupported=why_unsupported, defaults=dict(defaults),
         picture=lambda p: _masked_picture(bias_fn(p)[0], p))
 
 
@@ -369,7 +369,7 @@ def _xl_picture(p: Problem) -> torch.Tensor:
 
 
 TRANSFORMER_XL = Variant(
-    name="transformer_xl", family="positional",
+    name="transformer_xl", family="positional", oracle="reference",
     description="Transformer-XL relative attention over [memory ; segment] (mem_len 512), u/v biases",
     time="O(L·(L+m))", memory="O(L·(L+m))", reference=xl_attention, flops=xl_flops,
     bytes=lambda p: io_bytes(p) + float((p.seq_q + p.seq_k) * p.head_dim * p.itemsize),  # + the sinusoid table
@@ -377,7 +377,7 @@ TRANSFORMER_XL = Variant(
               _xl_backend("sdpa", None, "position bias for all Lq×Lk pairs, then fused SDPA"),
               _xl_backend("chunked", 256, "256-query chunks: position bias chunk by chunk + fused SDPA; "
                           "O(L·256) memory")),
-    resolve=_xl_resolve, supports=_xl_supports, defaults={"mem_len": 512, "seed": 0},
+    resolve=_xl_resolve, why_unsupported=_xl_supports, defaults={"mem_len": 512, "seed": 0},
     picture=_xl_picture)
 
 VARIANTS = (ROPE, ALIBI, T5_BIAS, TRANSFORMER_XL)

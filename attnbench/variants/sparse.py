@@ -198,6 +198,7 @@ _PEER_REFUSES = mod.all_of(mod.no_sinks("local-attention", "flex, eager, sdpa or
 SLIDING_WINDOW = Variant(
     name="sliding_window",
     family="sparse",
+    oracle="reference",
     description="local attention: each query sees the keys within `window` positions (default 256), "
     "+ `sinks`, `sink_logit`, `softcap`",
     time="O(L·w)",
@@ -216,7 +217,7 @@ SLIDING_WINDOW = Variant(
         triton.window_backend(),
     ),
     resolve=lambda p: fill_defaults(p, window=256),
-    supports=_sw_supports,
+    why_unsupported=_sw_supports,
     full_attention_error=True,
     defaults={"window": 256},
     options={"sinks": 0, "sink_logit": "off", "softcap": 0.0},
@@ -246,7 +247,7 @@ class BlockPattern:
     def flops(self, p: Problem) -> float:
         return attention_flops(p, pat.layout_pairs(self.layout(p), p.param("block"), p.seq_q, p.causal))
 
-    def supports(self, p: Problem) -> Reason:
+    def why_unsupported(self, p: Problem) -> Reason:
         if p.seq_q != p.seq_k:
             return (
                 f"block-sparse layouts are defined for self-attention (Lq == Lk, got {p.seq_q} and "
@@ -275,6 +276,7 @@ def _block_variant(name: str, description: str, time: str, bp: BlockPattern, def
     return Variant(
         name=name,
         family="sparse",
+        oracle="reference",
         description=description,
         time=time,
         memory=time,
@@ -283,7 +285,7 @@ def _block_variant(name: str, description: str, time: str, bp: BlockPattern, def
         bytes=io_bytes,
         backends=bp.backends() + (triton.block_sparse_backend(bp.layout),),
         resolve=resolve or (lambda p: fill_defaults(p, **defaults)),
-        supports=bp.supports,
+        why_unsupported=bp.why_unsupported,
         full_attention_error=True,
         defaults=dict(defaults),
         picture=bp.picture,

@@ -166,6 +166,7 @@ AXIAL_DEFAULTS = {"grid": None}
 AXIAL = Variant(
     name="axial",
     family="vision",
+    oracle="reference",
     description="axial attention on an H×W grid: along rows, then along columns (grid=HxW, default square)",
     time="O(L·√L)",
     memory="O(L·√L)",
@@ -177,7 +178,7 @@ AXIAL = Variant(
         Backend("sdpa", _builder(axial_attention, True), "rows then columns batched into torch SDPA"),
     ),
     resolve=_resolve(AXIAL_DEFAULTS),
-    supports=_grid_supports,
+    why_unsupported=_grid_supports,
     full_attention_error=True,
     defaults=AXIAL_DEFAULTS,
     picture=axial_picture,
@@ -282,6 +283,7 @@ SWIN_DEFAULTS = {"grid": None, "window": 8, "shift": None}
 SWIN = Variant(
     name="swin",
     family="vision",
+    oracle="reference",
     description="Swin shifted-window attention on an H×W grid (window=8, shift=window//2)",
     time="O(L·w²)",
     memory="O(L·w²)",
@@ -293,7 +295,7 @@ SWIN = Variant(
         Backend("sdpa", _builder(swin_attention, True, window_mask), "roll, cut windows, torch SDPA over all windows"),
     ),
     resolve=_resolve(SWIN_DEFAULTS),
-    supports=_swin_supports,
+    why_unsupported=_swin_supports,
     full_attention_error=True,
     defaults=SWIN_DEFAULTS,
     picture=swin_picture,

@@ -49,14 +49,14 @@ def _import(module: str):
 
 
 def _available(module: str, package: str) -> Callable[[torch.device], Reason]:
-    def available(device: torch.device) -> Reason:
+    def why_unavailable(device: torch.device) -> Reason:
         try:
             _import(module)
         except ImportError:
             return f"package {package} is not installed (pip install attnbench[peers])"
         return None
 
-    return available
+    return why_unavailable
 
 
 def _same_heads(p: Problem, device: torch.device) -> Reason:
@@ -171,7 +171,8 @@ def performer_peer(features: Callable[[Problem, torch.device], torch.Tensor]) ->
     hard-codes eps = 1e-4 (pinned: the variant's other backends also run there, labelled)."""
     return Backend("peer:performer-pytorch", _performer_build(features),
                    "performer-pytorch FastAttention with our random features (adds eps=1e-4 to features)",
-                   available=_available("performer_pytorch", "performer-pytorch"), supports=_performer_supports,
+                   why_unavailable=_available("performer_pytorch", "performer-pytorch"),
+                   why_unsupported=_performer_supports,
                    pinned={"eps": PERFORMER_PYTORCH_EPS})
 
 
@@ -179,10 +180,10 @@ def linformer_peer(projections: Callable[[Problem, torch.device], tuple[torch.Te
     """projections(problem, device) -> (E, F), each (k, Lk): the linformer variant's own."""
     return Backend("peer:linformer", _linformer_build(projections),
                    "linformer LinformerSelfAttention, projections made identity, our E and F",
-                   available=_available("linformer", "linformer"), supports=_linformer_supports)
+                   why_unavailable=_available("linformer", "linformer"), why_unsupported=_linformer_supports)
 
 
 def local_attention_peer() -> Backend:
     return Backend("peer:local-attention", _local_build,
                    "local-attention LocalAttention, exact window of size window-1 (see docs)",
-                   available=_available("local_attention", "local-attention"), supports=_local_supports)
+                   why_unavailable=_available("local_attention", "local-attention"), why_unsupported=_local_supports)
