@@ -28,7 +28,7 @@ def cpu():
     return torch.device("cpu")
 
 
-# ---------------------------------------------------------------- shared fixtures (issue 17)
+# ---------------------------------------------------------------- shared fixtures
 # Inputs and an fp64 oracle, written here from scratch so tests do not copy them and do not check
 # the project's attention against the project's own reference functions.
 

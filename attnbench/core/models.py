@@ -26,7 +26,7 @@ import tomllib
 from attnbench.core.errors import UsageError, did_you_mean
 from attnbench.core.problem import DTYPES, ITEMSIZE, parse_dtype
 
-LATENT = "mla"  # the variant whose cache is a latent vector per token (COORD.md)
+LATENT = "mla"  # the variant whose cache is a latent vector per token (variants/mla.py)
 
 
 @dataclass(frozen=True)

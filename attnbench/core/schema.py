@@ -64,7 +64,7 @@ class RecordModel(BaseModel):
     threads: Optional[Annotated[StrictInt, Field(ge=1)]]
     telemetry: Optional[dict[str, Any]]
     wall_s: Optional[NonNeg]
-    # issue 21, ragged batches (variants/paged.py): absent from other records
+    # ragged batches (variants/paged.py): absent from other records
     seq_dist: Optional[StrictStr] = None
     seq_lengths: Optional[dict[str, NonNeg]] = None
     padding_frac: Optional[Annotated[float, Field(allow_inf_nan=False, ge=0, le=1)]] = None

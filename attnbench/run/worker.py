@@ -41,7 +41,7 @@ class RunConfig:
     profile_dir: str | None = None  # save a trace of one call per case here
     policy: TimingPolicy = TimingPolicy(min_samples=10, min_time=0.2, max_time=2.0, target_rel_iqr=0.1)
     inputs: str = "randn"  # measure/inputs.py: randn | peaked
-    reference_limit: int | None = None  # score elements of the fp64 oracle (None: execute.REFERENCE_LIMIT)
+    reference_limit: int | None = None  # score elements of the fp64 oracle (None: measure.accuracy.REFERENCE_LIMIT)
 
 
 # ---------------------------------------------------------------------------- worker side
