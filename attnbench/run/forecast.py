@@ -25,8 +25,9 @@ the medians of the references' samples, a typical call rather than the best):
 Honest limits: the model assumes the machine is as fast as during the in-run references; on a
 loaded machine the spread rule fails more often (samples run to max_time) and calls wait for
 descheduled threads, so the ETA multiplies the remaining prediction by the measured/predicted
-ratio of the cases finished so far. Worker start-up, the references (measured before the plan)
-and Python dispatch overheads are not in the per-case figures.
+ratio of the cases finished so far. The worker's start-up and its references are not in the
+per-case figures: a plan made before the run (`run --dry-run`) adds them once (`Startup`: what the
+last run in this environment spent on them, from measure/refs_cache.py, else an estimate).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class CaseForecast:
 
     def as_json(self) -> dict:
         return {
+            "case_id": self.case_id,
             "variant": self.case.variant,
             "backend": self.case.backend,
             **self.case.problem.as_dict(),
@@ -72,15 +74,24 @@ class CaseForecast:
 
 
 @dataclass(frozen=True)
+class Startup:
+    """What a run spends before its first case: its worker's start and in-run references."""
+
+    seconds: float
+    note: str  # where the figure comes from ("references cached 12 min ago", ...)
+
+
+@dataclass(frozen=True)
 class Plan:
     cases: tuple[CaseForecast, ...]
     rounds: int
     time_budget: float
     device: str
+    startup: Startup | None = None  # None: a plan made inside the run, after its start-up
 
     @property
     def seconds(self) -> float:
-        return sum(c.seconds for c in self.cases)
+        return (self.startup.seconds if self.startup else 0.0) + sum(c.seconds for c in self.cases)
 
     @property
     def to_run(self) -> list[CaseForecast]:
@@ -99,6 +110,8 @@ class Plan:
             "cases": [c.as_json() for c in self.cases],
             "to_run": len(self.to_run),
             "predicted_seconds": round(self.seconds, 3),
+            "predicted_startup_seconds": round(self.startup.seconds, 3) if self.startup else None,
+            "startup_note": self.startup.note if self.startup else None,
             "predicted_peak_bytes": self.peak.peak_bytes if self.peak else None,
         }
 
@@ -172,9 +185,10 @@ def oracle_seconds(case: Case, refs: dict, limit: int) -> float:
 
 
 def forecast(
-    cases: list[Case], cfg: RunConfig, refs: dict | None, rounds: int = 1
+    cases: list[Case], cfg: RunConfig, refs: dict | None, rounds: int = 1, startup: Startup | None = None
 ) -> Plan:
-    """The plan of `cases` run with `cfg` and the in-run references `refs` (None: times unknown, 0)."""
+    """The plan of `cases` run with `cfg` and the in-run references `refs` (None: times unknown, 0);
+    `startup`: the run's start-up, for a plan made before it (`run --dry-run`)."""
     from attnbench.measure.accuracy import REFERENCE_LIMIT
 
     policy = replace(cfg.policy, max_time=min(cfg.policy.max_time, max(0.1, cfg.time_budget / 4)))
@@ -206,7 +220,7 @@ def forecast(
                 secs += oracle_seconds(c, refs, limit)
             secs = min(secs, cfg.time_budget + STARTUP_GRACE_S) * rounds
         out.append(CaseForecast(c, cid, "run", "run", secs, peak, t))
-    return Plan(tuple(out), rounds, cfg.time_budget, cfg.device.type)
+    return Plan(tuple(out), rounds, cfg.time_budget, cfg.device.type, startup)
 
 
 def fmt_duration(s: float) -> str:
