@@ -36,10 +36,10 @@ import math
 import re
 from dataclasses import dataclass, replace
 
-from attnbench.measure.cost import predict_call_seconds, predict_peak_bytes
+from attnbench.measure.cost import predict_call_seconds
 from attnbench.measure.flops import mode_bytes
 from attnbench.run.plan import Case, is_distributed
-from attnbench.run.worker import STARTUP_GRACE_S, RunConfig, case_key, materializes, skip_reason
+from attnbench.run.worker import STARTUP_GRACE_S, RunConfig, call_peak_model, case_key, materializes, skip_reason
 from attnbench.variants import registry
 
 COMPILE_FIRST_S = 14.0  # FACTS.md: torch.compile(flex_attention) on this CPU, a process's first compile
@@ -199,7 +199,7 @@ def forecast(
     out = []
     for c in cases:
         cid = case_key(c, cfg.device, cfg.threads)
-        peak = predict_peak_bytes(c.problem, materializes(c)) if c.status is None else None
+        peak = call_peak_model(c) if c.status is None else None
         if c.status is not None:
             out.append(CaseForecast(c, cid, c.reason or c.status, c.status, 0.0, None, None))
             continue

@@ -21,7 +21,7 @@ import torch
 
 from attnbench.core.results import case_id
 from attnbench.measure import memory
-from attnbench.measure.cost import predict_call_seconds, predict_peak_bytes
+from attnbench.measure.cost import predict_call_peak_bytes, predict_call_seconds, predict_peak_bytes
 from attnbench.measure.failure import failure_fields, oom_kill_count
 from attnbench.measure.timing import TimingPolicy
 from attnbench.run.plan import Case, is_distributed
@@ -255,8 +255,24 @@ def materializes(case: Case) -> bool:
     return registry.get(case.variant).backend(case.backend).materializes
 
 
+def workspace(case: Case) -> float:
+    """The bytes the case's backend declares beyond its kind (Backend.workspace), 0 when none."""
+    b = registry.get(case.variant).backend(case.backend)
+    return float(b.workspace(case.problem)) if b.workspace else 0.0
+
+
+def call_peak_model(case: Case) -> float:
+    """One call's predicted peak above its inputs: what `peak_mem_bytes` measures."""
+    return predict_call_peak_bytes(case.problem, materializes(case), workspace(case))
+
+
+def peak_model(case: Case) -> float:
+    """What the case needs in all (inputs and one call): the skip rule's and `mem_model_bytes`."""
+    return predict_peak_bytes(case.problem, materializes(case), workspace(case))
+
+
 def skip_reason(case: Case, cfg: RunConfig, refs: dict | None) -> str | None:
-    need = predict_peak_bytes(case.problem, materializes(case))
+    need = peak_model(case)
     free = memory.free_bytes(cfg.device)
     if need > 0.8 * free:
         return f"needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
@@ -329,7 +345,7 @@ def base_record(case: Case, device: torch.device, threads: int | None = None) ->
         "first_call_ms": None,
         "peak_mem_bytes": None,
         "mem_source": None,
-        "mem_model_bytes": predict_peak_bytes(case.problem, materializes(case)) if case.status is None else None,
+        "mem_model_bytes": peak_model(case) if case.status is None else None,
         "flops": None,
         "bytes": None,
         "kv_cache_bytes": None,

@@ -65,6 +65,9 @@ class Backend:
     why_unsupported: (problem, device) -> why this backend cannot compute this problem, or None
                   when it can.
     materializes: holds B*H*Lq*Lk scores (used to predict memory and skip what cannot fit).
+    workspace:    (problem) -> bytes one call holds beyond what its kind implies (measure/cost.py:
+                  output, gradients, row statistics or materialised scores): random features,
+                  chunks, a mask built per call. None: nothing beyond its kind.
     params:       parameters of this backend alone (name -> default, which gives the type), set
                   like variant parameters but only on this backend's cases.
     tf32_dots:    fp32 inputs are multiplied in TF32 on the GPU (the Triton kernels); `check`
@@ -84,6 +87,7 @@ class Backend:
     why_unavailable: Callable[[torch.device], Reason] = _fine
     why_unsupported: Callable[[Problem, torch.device], Reason] = _fine
     materializes: bool = False
+    workspace: Callable[[Problem], float] | None = None
     tf32_dots: bool = False
     test_only: bool = False
     params: dict[str, Any] = field(default_factory=dict)

@@ -66,7 +66,15 @@ def _tiled_backend() -> Backend:
 
         return tiled
 
-    return Backend("eager", build, "online-softmax loop over 256-key tiles in plain PyTorch")
+    return Backend("eager", build, "online-softmax loop over 256-key tiles in plain PyTorch",
+                   workspace=tile_workspace)
+
+
+def tile_workspace(p: Problem, block: int = 256) -> float:
+    """One tile's fp32 (B, Hq, Lq, block) scores four times over (the product, scaled, minus the max,
+    exponentiated) and the fp32 accumulator with its update (2 × B·Hq·Lq·D)."""
+    rows = p.batch * p.heads * p.seq_q
+    return 4.0 * (4 * rows * min(block, p.seq_k) + 2 * rows * p.head_dim)
 
 
 FLASH = Variant(

@@ -30,6 +30,7 @@ from attnbench.variants.shared import (
     check_heads,
     fill_defaults,
     io_bytes,
+    mask_workspace,
     repeat_kv,
     softmax_attention,
 )
@@ -118,7 +119,7 @@ def _backends() -> tuple[Backend, ...]:
 
     return (Backend("edge", build_edge, "per-edge scores and a scatter softmax (scatter_reduce/index_add), O(E·D)"),
             Backend("eager", build_eager, "dense L×L masked softmax (the reference)", materializes=True),
-            Backend("sdpa", build_sdpa, "torch SDPA with a dense L×L bool mask", materializes=True))
+            Backend("sdpa", build_sdpa, "torch SDPA with a dense L×L bool mask", workspace=mask_workspace))
 
 
 def num_edges(p: Problem) -> int:

@@ -284,6 +284,18 @@ def fast_favor_stabilized(w: torch.Tensor, eps: float) -> tuple[Callable, Callab
     return phi_q, key_max, phi_k
 
 
+def feature_bytes(p: Problem) -> float:
+    """φ(Q) (B, Hq, Lq, m) and φ(K) (B, Hkv, Lk, m) in fp32."""
+    return 4.0 * int(p.param("nb_features")) * (p.batch * p.heads * p.seq_q + p.batch * p.kv_heads * p.seq_k)
+
+
+def eager_workspace(p: Problem) -> float:
+    """The whole-sequence features, each beside the logits it is made from (2×); causal: the
+    Lk×m×(D+1) prefix sums per K/V head."""
+    prefix = 4.0 * p.batch * p.kv_heads * p.seq_k * int(p.param("nb_features")) * (p.head_dim + 1) if p.causal else 0
+    return 2 * feature_bytes(p) + prefix
+
+
 def _performer_backends() -> tuple[Backend, ...]:
     def build_eager(problem: Problem, device: torch.device) -> Fn:
         w = _performer_w(problem, device)
@@ -305,8 +317,11 @@ def _performer_backends() -> tuple[Backend, ...]:
         return lambda q, k, v: linear_chunked(q, k, v, problem, phi_q, log_phi_k, "performer", m, True, chunk)
 
     return (
-        Backend("eager", build_eager, "FAVOR+ on the whole sequence; causal via cumsum (Lk×m×D memory)"),
-        Backend("chunked", build_chunked, "FAVOR+ in chunks with a running m×D state (O(L) memory)"),
+        Backend("eager", build_eager, "FAVOR+ on the whole sequence; causal via cumsum (Lk×m×D memory)",
+                workspace=eager_workspace),
+        # the key features of up to 1024/chunk chunks at once and the query features: ~ one φ(Q), φ(K)
+        Backend("chunked", build_chunked, "FAVOR+ in chunks with a running m×D state (O(L) memory)",
+                workspace=feature_bytes),
     )
 
 
@@ -333,7 +348,7 @@ PERFORMER = Variant(
     reference=exact_reference,
     flops=performer_flops,
     bytes=io_bytes,
-    backends=_performer_backends() + (peers.performer_peer(_performer_w),),
+    backends=_performer_backends() + (peers.performer_peer(_performer_w, eager_workspace),),
     resolve=_linear_resolve(**PERFORMER_DEFAULTS),
     why_unsupported=check_heads,
     oracle="eager",

@@ -243,7 +243,8 @@ def _bias_variant(name: str, description: str, bias_fn, score_mod, defaults: dic
         # q, k, v, out; the bias is computed (flex) or read once per head (sdpa: + Hq·Lq·Lk)
         bytes=io_bytes,
         backends=(Backend("eager", eager_build, "materialised softmax(QKᵀ/√D + bias)V", materializes=True),
-                  *sdpa_backends(sdpa_mask, names=("sdpa",)), flex_backend(score_mod=score_mod), *extra),
+                  *sdpa_backends(sdpa_mask, names=("sdpa",), bool_mask=False), flex_backend(score_mod=score_mod),
+                  *extra),
         resolve=lambda p: fill_defaults(p, **defaults), why_unsupported=why_unsupported, defaults=dict(defaults),
         picture=lambda p: _masked_picture(bias_fn(p)[0], p))
 

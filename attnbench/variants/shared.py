@@ -183,13 +183,22 @@ def sdpa_call(problem: Problem, *, mask: torch.Tensor | None = None):
     return kwargs
 
 
+def mask_workspace(p: Problem) -> float:
+    """A dense (Lq, Lk) additive mask in the inputs' dtype, made from a bool mask on each call."""
+    return float(p.seq_q * p.seq_k * p.itemsize)
+
+
 def sdpa_backends(
     mask_fn: Callable[[Problem, torch.device], torch.Tensor | None] | None = None,
     names: tuple[str, ...] = tuple(SDPA_KERNELS),
+    bool_mask: bool = True,
 ) -> tuple[Backend, ...]:
     """torch SDPA, free to choose its kernel (`sdpa`) or pinned to one (`sdpa-flash`, ...).
 
-    mask_fn builds an explicit (Lq, Lk) bool mask in setup (sparse patterns); None for plain."""
+    mask_fn builds an explicit (Lq, Lk) mask in setup (sparse patterns: bool; biases: additive,
+    bool_mask=False); None for plain. A masked call is still a fused kernel (no per-head scores;
+    measured on the CPU), but SDPA turns a bool mask into an additive one of the inputs' dtype on
+    every call: its workspace, Lq·Lk elements."""
     out = []
     for name in names:
 
@@ -222,7 +231,8 @@ def sdpa_backends(
                 desc,
                 why_unavailable=_sdpa_available(name),
                 why_unsupported=_sdpa_supports(name),
-                materializes=name == "sdpa-math" or mask_fn is not None,
+                materializes=name == "sdpa-math",
+                workspace=mask_workspace if mask_fn is not None and bool_mask else None,
                 memory=None if name == "sdpa-math" or mask_fn is not None else "O(L)",
             )
         )

@@ -166,13 +166,15 @@ def _local_supports(p: Problem, device: torch.device) -> Reason:
 
 
 # ---------------------------------------------------------------- the backends
-def performer_peer(features: Callable[[Problem, torch.device], torch.Tensor]) -> Backend:
+def performer_peer(features: Callable[[Problem, torch.device], torch.Tensor],
+                   workspace: Callable[[Problem], float] | None = None) -> Backend:
     """features(problem, device) -> (m, D): the performer variant's own random features. The package
-    hard-codes eps = 1e-4 (pinned: the variant's other backends also run there, labelled)."""
+    hard-codes eps = 1e-4 (pinned: the variant's other backends also run there, labelled).
+    workspace: its memory beyond the output (Backend.workspace; whole-sequence features like ours)."""
     return Backend("peer:performer-pytorch", _performer_build(features),
                    "performer-pytorch FastAttention with our random features (adds eps=1e-4 to features)",
                    why_unavailable=_available("performer_pytorch", "performer-pytorch"),
-                   why_unsupported=_performer_supports,
+                   why_unsupported=_performer_supports, workspace=workspace,
                    pinned={"eps": PERFORMER_PYTORCH_EPS})
 
 
