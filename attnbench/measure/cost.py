@@ -70,4 +70,7 @@ def predict_call_seconds(p: Problem, flops: Callable[[Problem], float], material
         return None
     gemm = (refs["gemm"].get(p.dtype) or refs["gemm"]["float32"])["flops_per_s"]
     efficiency = 0.25 if materializes else 0.5  # attention reaches about half the GEMM rate
-    return mode_flops(flops(p), p.mode) / (gemm * efficiency)
+    work = flops(p)
+    if materializes:  # a dense (Lq, Lk) score matrix is computed whatever the mask leaves out
+        work = max(work, 4.0 * p.batch * p.heads * p.seq_q * p.seq_k * p.head_dim)
+    return mode_flops(work, p.mode) / (gemm * efficiency)

@@ -18,8 +18,16 @@ the medians of the references' samples, a typical call rather than the best):
   (a loaded machine), the spread rule is assumed never to stop the loop: it runs to the cap;
 - the memory/kernel pass: one call (more under the profiler: not modelled);
 - forward and decode cases: the fp64 oracle once per (variant, problem) up to `reference_limit`
-  score elements: two materialised products at half the fp32 GEMM rate (the fp64 rate is not
-  measured: half is the vector width ratio) plus the fp64 score traffic at the copy rate;
+  score elements: two materialised products at a quarter of the fp32 GEMM rate (the fp64 rate is
+  not measured: half is the vector width ratio, and the oracle measured ~3x slower than that on
+  the CPU) plus the fp64 score traffic at the copy rate; and for every such case the attention
+  entropy (fp32 scores of up to 256 rows per head, one head at a time);
+- every torch operation costs at least `op_seconds`, the median of the smallest in-run copy: on
+  a loaded machine each operation waits for a descheduled thread, which is what makes
+  many-small-operation backends (Performer's chunks), the per-head entropy loop and the worker's
+  per-case bookkeeping (CASE_OPS operations) slow there;
+- a backend that materialises scores computes the dense (Lq, Lk) matrix whatever a mask leaves
+  out (measure/cost.py predict_call_seconds);
 - a case never runs past its time budget plus the worker's start-up grace (then it is killed).
 
 Honest limits: the model assumes the machine is as fast as during the in-run references; on a
@@ -44,6 +52,10 @@ from attnbench.variants import registry
 
 COMPILE_FIRST_S = 14.0  # FACTS.md: torch.compile(flex_attention) on this CPU, a process's first compile
 COMPILE_NEXT_S = 4.0  # FACTS.md: each later shape or mask in the same process
+FP64_GEMM_SHARE = 0.25  # the fp64 oracle's matmuls, of the fp32 GEMM rate (measured ~3x slower than half)
+ORACLE_OPS = 12  # torch operations of one dense fp64 reference (matmuls, scale, mask, softmax, casts)
+ENTROPY_OPS = 8  # torch operations per (batch, head) of measure.inputs.mean_entropy
+CASE_OPS = 40  # the worker's other per-case operations (inputs, profiler, statistics, the record)
 SCORE_PASSES = 6  # materialised scores: write QKᵀ, scale (read, write), softmax (read, write), read for PV
 CONFIRM_OVER_S = 600.0  # a plan longer than this asks for confirmation on a terminal
 
@@ -169,6 +181,22 @@ def measure_seconds(t: float, policy, device_type: str, to_max_time: bool = Fals
     return warm + loop
 
 
+def op_seconds(refs: dict | None) -> float:
+    """One small torch operation's typical wall time: the median of the smallest in-run copy (a few
+    µs on a quiet machine; on a loaded one the wait for a descheduled thread, often milliseconds).
+    0 without references."""
+    levels = ((refs or {}).get("copy") or {}).get("levels") or []
+    small = min(levels, key=lambda lv: lv.get("bytes", float("inf")), default={})
+    return float(small.get("median_ms") or 0.0) * 1e-3
+
+
+def _rates(refs: dict) -> tuple[float, float]:
+    """(fp32 GEMM FLOP/s, copy bytes/s), the typical (median) rates."""
+    typical = typical_rates(refs)
+    gemm = (typical["gemm"].get("float32") or next(iter(typical["gemm"].values())))["flops_per_s"]
+    return gemm, (typical.get("copy") or {}).get("bytes_per_s") or float("inf")
+
+
 def oracle_seconds(case: Case, refs: dict, limit: int) -> float:
     """The fp64 oracle of a forward case (run/case.py compute_error): 0 beyond `limit` scores."""
     p = case.problem
@@ -177,11 +205,23 @@ def oracle_seconds(case: Case, refs: dict, limit: int) -> float:
         return 0.0
     v = registry.get(case.variant)
     refs_n = 2 if (v.full_attention_error or not v.exact) else 1
-    typical = typical_rates(refs)
-    gemm = (typical["gemm"].get("float32") or next(iter(typical["gemm"].values())))["flops_per_s"] / 2
-    copy = (typical.get("copy") or {}).get("bytes_per_s") or float("inf")
-    one = 4.0 * elems * p.head_dim / gemm + SCORE_PASSES * 8 * elems / copy
-    return refs_n * one
+    gemm, copy = _rates(refs)
+    one = 4.0 * elems * p.head_dim / (gemm * FP64_GEMM_SHARE) + SCORE_PASSES * 8 * elems / copy
+    return refs_n * (one + ORACLE_OPS * op_seconds(refs))
+
+
+def entropy_seconds(case: Case, refs: dict, limit: int) -> float:
+    """The attention entropy of a forward case (measure.inputs.mean_entropy, computed with the
+    error): fp32 scores of up to ENTROPY_ROWS query rows per (batch, head), one head at a time."""
+    from attnbench.measure.inputs import ENTROPY_ROWS
+
+    p = case.problem
+    if p.batch * p.heads * p.seq_q * p.seq_k > limit:
+        return 0.0
+    gemm, copy = _rates(refs)
+    elems = p.batch * p.heads * min(p.seq_q, ENTROPY_ROWS) * p.seq_k
+    heads = p.batch * p.heads
+    return 2.0 * elems * p.head_dim / gemm + SCORE_PASSES * 4 * elems / copy + heads * ENTROPY_OPS * op_seconds(refs)
 
 
 def forecast(
@@ -210,14 +250,17 @@ def forecast(
         t = call_seconds(c, refs)
         secs = 0.0
         if t is not None and not is_distributed(c):
-            secs = 2 * t + measure_seconds(t, policy, cfg.device.type, to_max)
+            t = max(t, op_seconds(refs))  # at least one operation's dispatch
+            secs = 2 * t + measure_seconds(t, policy, cfg.device.type, to_max) + CASE_OPS * op_seconds(refs)
             if c.backend == "flex":
                 secs += COMPILE_FIRST_S if compiled == 0 else COMPILE_NEXT_S
                 compiled += 1
             key = (c.variant, c.problem)
-            if c.problem.mode in ("fwd", "decode") and key not in oracles:
-                oracles.add(key)
-                secs += oracle_seconds(c, refs, limit)
+            if c.problem.mode in ("fwd", "decode"):
+                secs += entropy_seconds(c, refs, limit)  # every case
+                if key not in oracles:  # the oracle: once per (variant, problem), cached in the worker
+                    oracles.add(key)
+                    secs += oracle_seconds(c, refs, limit)
             secs = min(secs, cfg.time_budget + STARTUP_GRACE_S) * rounds
         out.append(CaseForecast(c, cid, "run", "run", secs, peak, t))
     return Plan(tuple(out), rounds, cfg.time_budget, cfg.device.type, startup)
