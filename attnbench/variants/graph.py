@@ -117,9 +117,17 @@ def _backends() -> tuple[Backend, ...]:
         gqa = problem.groups > 1
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
-    return (Backend("edge", build_edge, "per-edge scores and a scatter softmax (scatter_reduce/index_add), O(E·D)"),
+    return (Backend("edge", build_edge, "per-edge scores and a scatter softmax (scatter_reduce/index_add), O(E·D)",
+                    workspace=edge_workspace),
             Backend("eager", build_eager, "dense L×L masked softmax (the reference)", materializes=True),
             Backend("sdpa", build_sdpa, "torch SDPA with a dense L×L bool mask", workspace=mask_workspace))
+
+
+def edge_workspace(p: Problem) -> float:
+    """edge_attention's peak: the gathered query and key rows of every edge and their product,
+    three fp32 (B, Hq, E, D) tensors (K and V repeated to Hq heads first when grouped)."""
+    repeated = 2 * p.batch * p.heads * p.seq_k * p.head_dim * 4 if p.kv_heads < p.heads else 0
+    return 3.0 * 4 * p.batch * p.heads * num_edges(p) * p.head_dim + repeated
 
 
 def num_edges(p: Problem) -> int:

@@ -414,6 +414,17 @@ def linformer_attention(q, k, v, e, f, use_sdpa: bool = False) -> torch.Tensor:
     return softmax_attention(q, kp, vp)  # 4·Lq·k·D
 
 
+def projected_bytes(p: Problem) -> float:
+    """K and V projected to k rows: 2 × (B, Hkv, k, D)."""
+    return 2.0 * p.batch * p.kv_heads * int(p.param("k")) * p.head_dim * p.itemsize
+
+
+def linformer_eager_workspace(p: Problem) -> float:
+    """The projections and materialised fp32 scores over the k projected keys (2.5 tensors of
+    (B, Hq, Lq, k), as the cost model counts materialised scores)."""
+    return projected_bytes(p) + 2.5 * 4 * p.batch * p.heads * p.seq_q * int(p.param("k"))
+
+
 def _linformer_backends() -> tuple[Backend, ...]:
     def builder(use_sdpa: bool):
         def build(problem: Problem, device: torch.device) -> Fn:
@@ -423,8 +434,10 @@ def _linformer_backends() -> tuple[Backend, ...]:
         return build
 
     return (
-        Backend("eager", builder(False), "project K, V to k rows, then materialised softmax over k keys"),
-        Backend("sdpa", builder(True), "project K, V to k rows, then torch SDPA over k keys"),
+        Backend("eager", builder(False), "project K, V to k rows, then materialised softmax over k keys",
+                workspace=linformer_eager_workspace),
+        Backend("sdpa", builder(True), "project K, V to k rows, then torch SDPA over k keys",
+                workspace=projected_bytes),
     )
 
 
@@ -455,7 +468,7 @@ LINFORMER = Variant(
     reference=exact_reference,
     flops=linformer_flops,
     bytes=io_bytes,
-    backends=_linformer_backends() + (peers.linformer_peer(linformer_projections),),
+    backends=_linformer_backends() + (peers.linformer_peer(linformer_projections, linformer_eager_workspace),),
     resolve=_linear_resolve(**LINFORMER_DEFAULTS),
     why_unsupported=_linformer_supports,
     oracle="eager",

@@ -32,6 +32,9 @@ CASES = [  # (variant, backend, mode, L): one or two of each kind
     ("flash", "eager", "fwd", 512),  # declared workspace: 256-key tiles
     ("performer", "eager", "fwd", 512),  # declared workspace: whole-sequence random features
     ("performer", "chunked", "fwd", 512),
+    ("sliding_window", "chunked", "fwd", 512),  # declared workspace: each chunk's window of scores
+    ("linformer", "eager", "fwd", 512),  # declared workspace: scores over the k projected keys
+    ("gat", "edge", "fwd", 256),  # declared workspace: per-edge rows
 ]
 
 

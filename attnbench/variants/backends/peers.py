@@ -178,11 +178,14 @@ def performer_peer(features: Callable[[Problem, torch.device], torch.Tensor],
                    pinned={"eps": PERFORMER_PYTORCH_EPS})
 
 
-def linformer_peer(projections: Callable[[Problem, torch.device], tuple[torch.Tensor, torch.Tensor]]) -> Backend:
-    """projections(problem, device) -> (E, F), each (k, Lk): the linformer variant's own."""
+def linformer_peer(projections: Callable[[Problem, torch.device], tuple[torch.Tensor, torch.Tensor]],
+                   workspace: Callable[[Problem], float] | None = None) -> Backend:
+    """projections(problem, device) -> (E, F), each (k, Lk): the linformer variant's own.
+    workspace: its memory beyond the output (Backend.workspace; it materialises scores like ours)."""
     return Backend("peer:linformer", _linformer_build(projections),
                    "linformer LinformerSelfAttention, projections made identity, our E and F",
-                   why_unavailable=_available("linformer", "linformer"), why_unsupported=_linformer_supports)
+                   why_unavailable=_available("linformer", "linformer"), why_unsupported=_linformer_supports,
+                   workspace=workspace)
 
 
 def local_attention_peer() -> Backend:
