@@ -154,6 +154,16 @@ def _local_build(problem: Problem, device: torch.device) -> Fn:
     return lambda q, k, v: local(q, k, v)
 
 
+def local_workspace(p: Problem) -> float:
+    """LocalAttention's call: each window of ws queries scores its look-back and look-ahead windows
+    (2·ws keys causal, 3·ws both sides), held as about 2.5 fp32 score tensors (scores, masked,
+    probabilities), beside its padded, windowed copies of K and V."""
+    ws = local_window_size(p) or int(p.param("window"))
+    span = (2 if p.causal else 3) * ws
+    rows = p.batch * p.heads * p.seq_q
+    return 2.5 * 4 * rows * span + 2.0 * span / ws * p.batch * p.kv_heads * p.seq_k * p.head_dim * p.itemsize
+
+
 def _local_supports(p: Problem, device: torch.device) -> Reason:
     if p.seq_q != p.seq_k:
         return f"local-attention needs Lq == Lk (got {p.seq_q} and {p.seq_k})"
@@ -191,4 +201,5 @@ def linformer_peer(projections: Callable[[Problem, torch.device], tuple[torch.Te
 def local_attention_peer() -> Backend:
     return Backend("peer:local-attention", _local_build,
                    "local-attention LocalAttention, exact window of size window-1 (see docs)",
-                   why_unavailable=_available("local_attention", "local-attention"), why_unsupported=_local_supports)
+                   why_unavailable=_available("local_attention", "local-attention"), why_unsupported=_local_supports,
+                   workspace=local_workspace)
