@@ -335,7 +335,19 @@ def _xl_backend(name: str, chunk: int | None, description: str) -> Backend:
 
         return xl
 
-    return Backend(name, build, description, materializes=chunk is None, memory=None if chunk is None else "O(L·c)")
+    return Backend(name, build, description, materializes=chunk is None, memory=None if chunk is None else "O(L·c)",
+                   workspace=None if chunk is None else lambda p: xl_chunk_workspace(p, chunk))
+
+
+def xl_chunk_workspace(p: Problem, chunk: int) -> float:
+    """xl_chunked's call: the projected sinusoids (Hq, P, D), P = Lq + Lk − 1 distances; one
+    (B, Hq, chunk, P) position-bias product at a time (its shift and slice are views; measured on
+    the CPU at L = 512-1024: about one such tensor, not three); the chunks' outputs and their
+    concatenation."""
+    n_dist = p.seq_q + p.seq_k - 1
+    rows = p.batch * p.heads * min(chunk, p.seq_q)
+    q_size = p.batch * p.heads * p.seq_q * p.head_dim * p.itemsize
+    return 4.0 * rows * n_dist + p.heads * n_dist * p.head_dim * p.itemsize + 2.0 * q_size
 
 
 def xl_flops(p: Problem) -> float:

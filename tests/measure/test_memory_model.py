@@ -37,6 +37,9 @@ CASES = [  # (variant, backend, mode, L): one or two of each kind
     ("gat", "edge", "fwd", 256),  # declared workspace: per-edge rows
     ("reformer", "eager", "fwd", 512),  # declared workspace: every hash round's output at the merge
     ("sliding_window", "peer:local-attention", "fwd", 512),  # a peer package's declared workspace
+    ("swin", "eager", "fwd", 1024),  # declared workspace: windowed copies and window scores
+    ("axial", "sdpa", "fwd", 1024),  # declared workspace: the row step's output
+    ("transformer_xl", "chunked", "fwd", 512),  # declared workspace: one chunk's position bias
 ]
 
 
