@@ -109,7 +109,11 @@ def _rotated(inner: Backend) -> Backend:
 
         return rope
 
-    return replace(inner, build=build, description=f"rotate q, k, then {inner.description}")
+    def workspace(p: Problem) -> float:  # the rotated q and k, then the inner backend's own
+        rotated = (p.batch * p.heads * p.seq_q + p.batch * p.kv_heads * p.seq_k) * p.head_dim * p.itemsize
+        return rotated + (inner.workspace(p) if inner.workspace else 0.0)
+
+    return replace(inner, build=build, description=f"rotate q, k, then {inner.description}", workspace=workspace)
 
 
 def rope_flops(p: Problem) -> float:
@@ -336,7 +340,12 @@ def _xl_backend(name: str, chunk: int | None, description: str) -> Backend:
         return xl
 
     return Backend(name, build, description, materializes=chunk is None, memory=None if chunk is None else "O(L·c)",
-                   workspace=None if chunk is None else lambda p: xl_chunk_workspace(p, chunk))
+                   workspace=xl_bias_workspace if chunk is None else lambda p: xl_chunk_workspace(p, chunk))
+
+
+def xl_bias_workspace(p: Problem) -> float:
+    """Beyond the materialised scores: the (B, Hq, Lq, P) position-bias product, P = Lq + Lk − 1."""
+    return 4.0 * p.batch * p.heads * p.seq_q * (p.seq_q + p.seq_k - 1)
 
 
 def xl_chunk_workspace(p: Problem, chunk: int) -> float:
@@ -386,7 +395,8 @@ TRANSFORMER_XL = Variant(
     description="Transformer-XL relative attention over [memory ; segment] (mem_len 512), u/v biases",
     time="O(L·(L+m))", memory="O(L·(L+m))", reference=xl_attention, flops=xl_flops,
     bytes=lambda p: io_bytes(p) + float((p.seq_q + p.seq_k) * p.head_dim * p.itemsize),  # + the sinusoid table
-    backends=(eager_backend(xl_attention, "materialised scores, relative shift (the reference)"),
+    backends=(replace(eager_backend(xl_attention, "materialised scores, relative shift (the reference)"),
+                      workspace=xl_bias_workspace),
               _xl_backend("sdpa", None, "position bias for all Lq×Lk pairs, then fused SDPA"),
               _xl_backend("chunked", 256, "256-query chunks: position bias chunk by chunk + fused SDPA; "
                           "O(L·256) memory")),

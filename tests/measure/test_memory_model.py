@@ -40,6 +40,7 @@ CASES = [  # (variant, backend, mode, L): one or two of each kind
     ("swin", "eager", "fwd", 1024),  # declared workspace: windowed copies and window scores
     ("axial", "sdpa", "fwd", 1024),  # declared workspace: the row step's output
     ("transformer_xl", "chunked", "fwd", 512),  # declared workspace: one chunk's position bias
+    ("rope", "sdpa", "fwd", 1024),  # declared workspace: the rotated q and k
 ]
 
 
