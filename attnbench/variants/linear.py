@@ -368,9 +368,20 @@ def _linear_backends() -> tuple[Backend, ...]:
         )
 
     return (
-        Backend("eager", build_eager, "φ=elu+1 on the whole sequence; causal via cumsum (Lk×D×D memory)"),
-        Backend("chunked", build_chunked, "φ=elu+1 in chunks with a running D×D state (O(L) memory)"),
+        Backend("eager", build_eager, "φ=elu+1 on the whole sequence; causal via cumsum (Lk×D×D memory)",
+                workspace=lambda p: elu_workspace(p, 1.5, prefix=p.causal)),
+        Backend("chunked", build_chunked, "φ=elu+1 in chunks with a running D×D state (O(L) memory)",
+                workspace=lambda p: elu_workspace(p, 2.0)),
     )
+
+
+def elu_workspace(p: Problem, copies: float, prefix: bool = False) -> float:
+    """fp32 features φ(Q), φ(K) of width D (each beside its elu temporary: 1.5 copies measured for
+    the whole-sequence formulation, 2 chunked, at L = 512-1024 on the CPU); causal eager adds the
+    Lk×D×D prefix sums per K/V head."""
+    d = p.head_dim
+    features = 4.0 * d * (p.batch * p.heads * p.seq_q + p.batch * p.kv_heads * p.seq_k)
+    return copies * features + (4.0 * p.batch * p.kv_heads * p.seq_k * d * d if prefix else 0.0)
 
 
 def linear_flops(p: Problem) -> float:

@@ -41,6 +41,7 @@ CASES = [  # (variant, backend, mode, L): one or two of each kind
     ("axial", "sdpa", "fwd", 1024),  # declared workspace: the row step's output
     ("transformer_xl", "chunked", "fwd", 512),  # declared workspace: one chunk's position bias
     ("rope", "sdpa", "fwd", 1024),  # declared workspace: the rotated q and k
+    ("linear", "chunked", "fwd", 1024),  # declared workspace: elu features
 ]
 
 
