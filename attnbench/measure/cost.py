@@ -20,8 +20,9 @@ Honest limits: rough by design. Allocator slack, BLAS workspaces and allocations
 measuring threshold (CPU: blocks under 128 KiB, so decode calls read ~0) are not modelled; a
 backend that holds more than its kind and declares no workspace is underestimated: every
 backend of the catalogue runnable on the CPU was measured within 2× at L = 512-1024, B1 H8 D64
-fp32 forward (and mha/gqa/mqa/performer/sliding_window backward), but not MLA, paged, flex or the
-Triton kernels, nor other dtypes and shapes.
+fp32 forward (and mha/gqa/mqa/performer/sliding_window backward and fwd+bwd), but not flex or the
+Triton kernels (no compile or GPU here), nor other dtypes and shapes; decode calls read under
+1 MiB on the CPU and were not compared.
 Time assumes attention reaches half the in-run GEMM rate (a quarter when scores are materialised);
 decode and patterns with little work per byte are underestimated.
 """

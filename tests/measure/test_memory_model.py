@@ -42,6 +42,7 @@ CASES = [  # (variant, backend, mode, L): one or two of each kind
     ("transformer_xl", "chunked", "fwd", 512),  # declared workspace: one chunk's position bias
     ("rope", "sdpa", "fwd", 1024),  # declared workspace: the rotated q and k
     ("linear", "chunked", "fwd", 1024),  # declared workspace: elu features
+    ("paged", "sdpa", "fwd", 1024),  # fused over a padded batch: its mask, gathered pages
 ]
 
 
