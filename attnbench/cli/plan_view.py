@@ -140,7 +140,8 @@ def print_plan(plan: Plan, console, verbose: bool = False, startup_s: float | No
         console.print(load, style="dim", markup=False, highlight=False)
     if plan.startup is not None:
         console.print(
-            f"includes start-up ~{_secs(plan.startup.seconds)} (the worker's start and its in-run references; "
+            f"includes start-up ~{_secs(plan.startup.seconds)} (this command's own start, the worker's and its "
+            "in-run references; "
             f"{plan.startup.note}); the run measures its references again"
             + (", and the next plan reuses these" if startup_s else ""), style="dim", markup=False,
             highlight=False)

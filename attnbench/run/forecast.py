@@ -87,7 +87,8 @@ class CaseForecast:
 
 @dataclass(frozen=True)
 class Startup:
-    """What a run spends before its first case: its worker's start and in-run references."""
+    """What a run spends before its first case: the command's own start (interpreter, imports),
+    its worker's start and in-run references."""
 
     seconds: float
     note: str  # where the figure comes from ("references cached 12 min ago", ...)

@@ -5,6 +5,7 @@ The CLI's `run` is a thin call of :func:`run_sweep`.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -212,6 +213,7 @@ def plan_sweep(sweeps: list[Sweep], device: torch.device, *, time_budget: float,
     from attnbench.measure import refs as refs_mod
     from attnbench.measure import refs_cache
 
+    own = process_age_s()  # this command's start (interpreter, imports, options): the run's too
     check_rounds(rounds, executor, world_size)
     cases = sweep_cases(sweeps, device, shard, world_size, extra=cases)
     if threads:
@@ -224,15 +226,27 @@ def plan_sweep(sweeps: list[Sweep], device: torch.device, *, time_budget: float,
     cached = refs_cache.load(env, dtypes)
     if cached is not None:
         refs, took, age = cached
-        startup = Startup(refs_cache.startup_seconds(env, dtypes, took), f"references cached {fmt_duration(age)} ago")
+        note = f"references cached {fmt_duration(age)} ago"
+        startup = Startup(own + refs_cache.startup_seconds(env, dtypes, took), note)
         return forecast(cases, cfg, refs, rounds, startup), 0.0
     t0 = time.perf_counter()
     refs = refs_mod.measure(device, dtypes)
     took = time.perf_counter() - t0
     refs_cache.store(env, refs, took)
     note = f"references measured here in {fmt_duration(took)}"
-    startup = Startup(refs_cache.startup_seconds(env, dtypes, took), note)
+    startup = Startup(own + refs_cache.startup_seconds(env, dtypes, took), note)
     return forecast(cases, cfg, refs, rounds, startup), took
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (Linux: /proc/self/stat's start time against
+    /proc/uptime, 10 ms resolution); 0 where that cannot be read."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _measure_and_cache_refs(worker: Worker, dtypes: tuple[str, ...], env: dict) -> dict:

@@ -61,6 +61,7 @@ def test_a_second_dry_run_reuses_the_references(monkeypatch):
     second, spent_again = plan_sweep(sweeps, cpu, time_budget=5.0)
     assert calls == [("float32",)] and spent_again == 0.0
     assert "measured here" in first.startup.note and "cached" in second.startup.note
-    assert second.seconds == pytest.approx(first.seconds)
+    assert [c.seconds for c in second.cases] == pytest.approx([c.seconds for c in first.cases])
+    assert second.startup.seconds >= C.WORKER_START_S  # this process's age, the worker, the references
     plan_sweep([make_sweep(variants="mha", backends="sdpa", seq="128", dtype="float16")], cpu, time_budget=5.0)
     assert calls[-1] == ("float16",)  # another dtype: measured, not guessed
