@@ -34,14 +34,14 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: str = "mh
     p = var.resolve(problem_of(q, k, causal, mode="fwd", **{**var.defaults, **params}))
     if p.kv_heads != k.shape[1] or p.seq_k != k.shape[2]:
         p = replace(p, kv_heads=k.shape[1], seq_k=k.shape[2])
-    reason = var.supports(p)
+    reason = var.why_unsupported(p)
     if reason:
         raise UsageError(f"{variant}: {reason}")
     names = [backend] if backend else var.backend_names()
     for name in names:
-        verdict = registry.decide(var, name, p, q.device)  # the sweep's own rule
-        if verdict is None:
+        decision = registry.decide(var, name, p, q.device)  # the sweep's own rule
+        if decision.runnable:
             return var.backend(name).build(p, q.device)(q, k, v)
         if backend:
-            raise UsageError(f"{variant}/{name}: {verdict[1]}")
+            raise UsageError(f"{variant}/{name}: {decision.reason}")
     raise UsageError(f"{variant}: no backend can run this problem on {q.device.type}")

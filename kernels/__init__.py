@@ -4,6 +4,8 @@
   flash_decode             split-KV decoding (Flash-Decoding), forward only
   block_sparse_attention   block-sparse forward + backward over a CSR/CSC block index
   build_block_index        the block index, built once at setup
+  mla_decode               absorbed multi-head latent attention (MLA) decode over the latent cache
+  paged_decode             split-KV decode of a ragged batch through a paged KV cache's block table
 
 Tensors are (B, H, L, D) like F.scaled_dot_product_attention; causal masks are aligned
 bottom-right. Each kernel file's docstring lists what it supports and what it does not;
@@ -24,8 +26,8 @@ except ImportError:
 else:
     _HAVE_TRITON = True
 
-__all__ = ["flash_attention", "flash_decode", "block_sparse_attention", "build_block_index",
-           "triton_unavailable_reason"]
+__all__ = ["flash_attention", "flash_decode", "block_sparse_attention", "build_block_index", "mla_decode",
+           "paged_decode", "triton_unavailable_reason"]
 
 
 def triton_unavailable_reason() -> str | None:
@@ -45,9 +47,12 @@ if _HAVE_TRITON:
     from .block_sparse import BlockIndex, block_sparse_attention, build_block_index
     from .decode import flash_decode
     from .flash import flash_attention
+    from .mla_decode import mla_decode
+    from .paged_decode import paged_decode
 else:
     def _unavailable(*args, **kwargs):
         raise RuntimeError("attnbench.kernels: triton not installed")
 
     flash_attention = flash_decode = block_sparse_attention = build_block_index = _unavailable
+    mla_decode = paged_decode = _unavailable
     BlockIndex = None

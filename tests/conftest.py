@@ -23,12 +23,21 @@ from attnbench.core.results import RECORD_FIELDS, make_header  # noqa: E402
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(autouse=True)
+def refs_cache_dir(tmp_path_factory, monkeypatch):
+    """Each test its own in-run references cache (measure/refs_cache.py): none reads references
+    another test left (fake ones included), and none writes to the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("refs-cache")
+    monkeypatch.setenv("ATTNBENCH_CACHE_DIR", str(path))
+    return path
+
+
 @pytest.fixture
 def cpu():
     return torch.device("cpu")
 
 
-# ---------------------------------------------------------------- shared fixtures (issue 17)
+# ---------------------------------------------------------------- shared fixtures
 # Inputs and an fp64 oracle, written here from scratch so tests do not copy them and do not check
 # the project's attention against the project's own reference functions.
 

@@ -1,11 +1,13 @@
-"""The architecture of issue 17, checked statically and by running the CLI (/work/shared/ARCHITECTURE.md).
+"""The layered architecture, checked statically and by running the CLI (docs/architecture.md).
 
 (a) the import graph of attnbench (kernels/ as attnbench.kernels), counting every import statement
     including those inside functions, has no cycle;
 (b) the layers point one way: core <- variants <- measure <- distributed <- run <- profile <-
     report/gate <- cli (report and gate never import torch at module level);
 (c) no private name (`_x`) is imported from another module;
-(d) the commands that only read results (--help, compare, show, report, merge) import no torch.
+(d) the commands that only read results (--help, compare, show, report, merge) import no torch,
+    neither directly nor through another module (the import graph is walked transitively, and the
+    modules they load are imported in a fresh interpreter).
 Rules today's code still breaks while the lead fixes them are xfail(strict=True): they flip to
 failures (to be un-marked) the day they hold.
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
 PACKAGES = {"attnbench": ROOT / "attnbench", "attnbench.kernels": ROOT / "kernels"}
 
 
@@ -172,7 +175,7 @@ def layer_violations(exclude_known: bool) -> list[str]:
 
 def test_layers_point_one_way_apart_from_known_edges():
     bad = layer_violations(exclude_known=True)
-    assert not bad, "imports against the layer order (ARCHITECTURE.md):\n" + "\n".join(bad)
+    assert not bad, "imports against the layer order (docs/architecture.md):\n" + "\n".join(bad)
 
 
 def test_the_gallery_is_imported_only_inside_functions():
@@ -211,6 +214,59 @@ def test_core_imports_torch_only_lazily():
     assert not top, top
 
 
+def torch_chain(start: str) -> list[str] | None:
+    """The chain of module-level imports by which `import start` loads torch, or None when it
+    does not: followed transitively through attnbench's own modules (importing a.b.c runs the
+    __init__ of a and a.b first), so torch reached through another module counts too."""
+    edges: dict[str, set[str]] = {}
+    for src, target, _, _, at_top, _ in imports():
+        if at_top:
+            edges.setdefault(src, set()).add(_internal(target) or target)
+    prev: dict[str, str | None] = {start: None}
+    queue = [start]
+    while queue:
+        m = queue.pop(0)
+        parts = m.split(".")
+        for t in sorted(edges.get(m, set()) | {".".join(parts[:i]) for i in range(1, len(parts))}):
+            if t in prev:
+                continue
+            prev[t] = m
+            if t.split(".")[0] == "torch":
+                chain = [t]
+                while prev[chain[-1]] is not None:
+                    chain.append(prev[chain[-1]])
+                return chain[::-1]
+            if _internal(t) == t:
+                queue.append(t)
+    return None
+
+
+# What the read-only commands (show, report, compare, merge, --help) load: the CLI package (every
+# command module at import), report/, gate/ and core/. The gallery and core.problem import torch
+# only inside functions (see above); report.catalogue reads the variants only inside a function.
+def _torch_free_modules() -> list[str]:
+    return ["attnbench.cli"] + [m for m in _modules() if layer(m) in ("report", "gate", "core")
+                                and m != "attnbench.report.gallery"]
+
+
+@pytest.mark.parametrize("module", _torch_free_modules())
+def test_read_only_modules_reach_no_torch_even_indirectly(module):
+    chain = torch_chain(module)
+    assert chain is None, "importing it loads torch: " + " -> ".join(chain)
+
+
+def test_importing_the_read_only_modules_loads_no_torch():
+    """The same, by importing them all in a fresh interpreter (catches what a static walk cannot:
+    an import done by a third-party module, a plugin hook)."""
+    mods = _torch_free_modules()
+    code = ("import importlib, sys\n"
+            f"for m in {mods!r}: importlib.import_module(m)\n"
+            "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))[:5]\n"
+            "assert not loaded, f'torch imported: {loaded}'\n")
+    r = subprocess.run([PY, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 def test_report_and_gate_import_no_torch_at_module_level():
     """(the gallery excepted: see KNOWN)"""
     top = sorted({f"{src}:{line}" for src, target, _, line, at_top, _ in imports()
@@ -240,7 +296,6 @@ def test_no_private_name_imported_from_another_module():
 
 
 # ---------------------------------------------------------------- (d) reading results imports no torch
-PY = sys.executable
 
 
 def test_importing_the_cli_imports_no_torch():
@@ -296,3 +351,20 @@ def test_report_imports_no_torch(results, tmp_path):
 def test_merge_imports_no_torch(results, tmp_path):
     r = _main_without_torch(["merge", *map(str, results), "--out", str(tmp_path / "merged.jsonl")])
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- the kernels package exports every kernel
+def test_the_kernels_package_exports_every_kernel():
+    """Each kernel file (not the shared helpers, configs or the AOT report) has a public function
+    in attnbench.kernels.__all__ that it defines."""
+    init = ast.parse((ROOT / "kernels" / "__init__.py").read_text())
+    exported = next(ast.literal_eval(n.value) for n in init.body
+                    if isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in n.targets))
+    missing = []
+    for f in sorted((ROOT / "kernels").glob("*.py")):
+        if f.stem in ("__init__", "_common", "aot", "configs"):
+            continue
+        defined = {n.name for n in ast.parse(f.read_text()).body if isinstance(n, ast.FunctionDef)}
+        if not defined & set(exported):
+            missing.append(f.name)
+    assert not missing, f"kernel files with nothing exported by kernels/__init__.py: {missing}"

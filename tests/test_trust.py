@@ -1,4 +1,4 @@
-"""Conclusions a user can trust (issue 15): three-outcome verdicts, claims per (variant, backend),
+"""Conclusions a user can trust: three-outcome verdicts, claims per (variant, backend),
 honest samples, roofs that hold, FLOPs from the real mask, errors against an fp64 oracle, the
 kernel that ran, peers that never vanish, and machine-readable verdicts."""
 
@@ -17,7 +17,7 @@ from attnbench.measure.inputs import generate, mean_entropy
 from attnbench.measure.timing import TimingPolicy, time_cpu
 from attnbench.report.analysis import Claim, Fit, json_rows, parse_claim, scaling_table
 from attnbench.report.verdicts import MAX_WIDTH, fit_scaling, judge
-from attnbench.run import case as execute
+from attnbench.run import case as run_case_module
 from attnbench.run.plan import expand, make_sweep
 from attnbench.variants import registry
 
@@ -34,7 +34,7 @@ def _fit(lo, hi, lengths=(256, 512, 1024, 2048, 4096)):
     (0.85, 1.05, "O(L)", "agrees"),
     (1.4, 2.1, "O(L²)", "inconclusive"),  # covers O(L·√L)
     (1.6, 2.45, "O(L²)", "inconclusive"),  # covers only O(L²) but wider than MAX_WIDTH
-    (-2.88, 8.38, "O(L²)", "inconclusive"),  # the issue's interval: covers every class
+    (-2.88, 8.38, "O(L²)", "inconclusive"),  # a noisy fit's interval: covers every class
     (-0.84, 2.82, "O(L²)", "inconclusive"),
     (0.9, 1.1, "O(L²)", "differs"),
     (2.5, 3.2, "O(L)", "differs"),
@@ -183,7 +183,7 @@ def test_roofline_frac_is_at_most_1_05_or_flagged(gemm):
     (case,) = expand([make_sweep(variants="mha", backends="sdpa", seq="128", heads=["2"])], CPU)
     refs = json.loads(json.dumps(REFS))
     refs["gemm"]["float32"]["flops_per_s"] = gemm
-    rec = execute.run_case(case, CPU, TimingPolicy(min_samples=3, min_time=0.0, max_time=0.05), refs)
+    rec = run_case_module.run_case(case, CPU, TimingPolicy(min_samples=3, min_time=0.0, max_time=0.05), refs)
     assert rec["roofline_frac"] <= 1.05 or ("above_roof" in rec["flags"] and rec["roof"]["reason"])
     assert ("above_roof" in rec["flags"]) == (gemm == 1e6)
     assert rec["latency_ms"]["n"] >= 1 and rec["inputs"] == "randn" and 0 < rec["attn_entropy"] <= 1
@@ -220,7 +220,7 @@ def _problem(name, L, **params):
                                       (256, {"shift": 0})])
 def test_swin_flops_count_the_shifted_window_mask(L, params):
     v, p = _problem("swin", L, **params)
-    assert v.supports(p) is None
+    assert v.why_unsupported(p) is None
     from attnbench.variants.vision import _window_params, grid_of
 
     (hg, wg), (w, s) = grid_of(p), _window_params(p)
@@ -244,8 +244,8 @@ def test_sliding_window_flops_count_an_independent_band(L, window, causal):
 def test_block_sparse_flops_count_their_token_mask(name, L, causal):
     v, p = _problem(name, L)
     p = p.__class__(**{**p.__dict__, "causal": causal})
-    if v.supports(p) is not None:
-        pytest.skip(v.supports(p))
+    if v.why_unsupported(p) is not None:
+        pytest.skip(v.why_unsupported(p))
     mask = v.picture(p)  # the (L, L) token mask the reference attends, causal included
     assert mask.shape == (L, L)
     assert v.flops(p) == 4 * p.batch * p.heads * p.head_dim * int(mask.sum())
@@ -262,9 +262,9 @@ def test_gat_flops_count_the_edges_of_its_mask(graph):
 # ---------------------------------------------------------------- 7. errors vs fp64
 def test_eager_error_is_against_fp64_not_itself():
     v, p = _problem("mha", 256)
-    q, k, v_ = execute.make_inputs(v, p, CPU)
+    q, k, v_ = run_case_module.make_inputs(v, p, CPU)
     out = v.backend("eager").build(p, CPU)(q, k, v_)
-    err = execute.compute_error(v, p, out, q, k, v_)
+    err = run_case_module.compute_error(v, p, out, q, k, v_)
     assert err["vs"] == "fp64 reference" and 1e-9 < err["rel_l2"] < 1e-5
 
 
@@ -280,10 +280,10 @@ def test_peaked_inputs_are_peaked_and_documented_names_are_checked():
                                             ("eager", "aten::bmm")])
 def test_kernel_names_the_attention_operator(backend, expect):
     v, p = _problem("mha", 256)
-    q, k, v_ = execute.make_inputs(v, p, CPU)
+    q, k, v_ = run_case_module.make_inputs(v, p, CPU)
     fn = v.backend(backend).build(p, CPU)
     for _ in range(3):  # the same name every time
-        _, kernel = execute.measure_memory_and_kernel(lambda: fn(q, k, v_), CPU, None)
+        _, kernel = run_case_module.measure_memory_and_kernel(lambda: fn(q, k, v_), CPU, None)
         assert expect in kernel.split(",")[0] or kernel.startswith(expect)
         assert not any(x in kernel for x in ("empty_strided", "aten::expand", "isneginf", "aten::all"))
 
@@ -293,8 +293,8 @@ def test_performer_compares_with_the_peer_at_its_eps_by_default():
     cases = expand([make_sweep(variants="performer", seq="1k")], CPU)
     by = {(c.backend, dict(c.problem.params)["eps"]) for c in cases}
     peer = registry.get("performer").backend("peer:performer-pytorch")
-    if peer.available(CPU) is not None:
-        pytest.skip(peer.available(CPU))
+    if peer.why_unavailable(CPU) is not None:
+        pytest.skip(peer.why_unavailable(CPU))
     assert ("peer:performer-pytorch", 1e-4) in by and ("chunked", 1e-4) in by and ("chunked", 0.0) in by
     explicit = expand([make_sweep(variants="performer", seq="1k", params={"eps": 0.0})], CPU)
     (p,) = [c for c in explicit if c.backend == "peer:performer-pytorch"]

@@ -14,7 +14,6 @@ from typer.core import TyperGroup
 
 # Metavars shown in --help: what a value looks like, not its Python type.
 LIST = "LIST"  # comma-separated names, e.g. mha,flash
-LENGTH = "LEN"  # one length: 512, 4k (k = 1024), 1m
 LENGTHS = "LENGTHS"  # 1k..64k doubles, 1k,3k,8k lists
 N = "N"
 SECONDS = "SECONDS"

@@ -100,7 +100,7 @@ def _ring_cases(seq, world, causal, batch, heads, kv_heads, head_dim, dtype, blo
                 params=(("layout", layout), ("world_size", world)),
             )
         )
-        why = v.supports(p) or (None if world >= 2 else "--world-size must be at least 2")
+        why = v.why_unsupported(p) or (None if world >= 2 else "--world-size must be at least 2")
         if why:
             raise UsageError(f"ring at seq={n}: {why}")
         cases.append(Case("ring", block, p))

@@ -120,7 +120,8 @@ def case_lines(plan: Plan) -> list[str]:
 
 
 def print_plan(plan: Plan, console, verbose: bool = False, startup_s: float | None = None) -> None:
-    """The plan as the user sees it before a run (or alone with --dry-run)."""
+    """The plan as the user sees it before a run (or alone with --dry-run); startup_s: the seconds
+    this plan spent measuring references (0: they came from the cache)."""
     console.print(summary_line(plan), markup=False, highlight=False)
     if verbose:
         for line in case_lines(plan):
@@ -137,10 +138,13 @@ def print_plan(plan: Plan, console, verbose: bool = False, startup_s: float | No
     load = load_note(plan.device)
     if load:
         console.print(load, style="dim", markup=False, highlight=False)
-    if startup_s is not None:
+    if plan.startup is not None:
         console.print(
-            f"plus start-up: the in-run references took {_secs(startup_s)} here; the run measures them again "
-            "in its worker", style="dim", markup=False, highlight=False)
+            f"includes start-up ~{_secs(plan.startup.seconds)} (this command's own start, the worker's and its "
+            "in-run references; "
+            f"{plan.startup.note}); the run measures its references again"
+            + (", and the next plan reuses these" if startup_s else ""), style="dim", markup=False,
+            highlight=False)
 
 
 def load_note(device: str) -> str | None:

@@ -326,8 +326,8 @@ def list_rows(device) -> list[dict]:
                 "backends": [
                     {
                         "name": b.name,
-                        "available": b.available(device) is None,
-                        "reason": b.available(device),
+                        "available": b.why_unavailable(device) is None,
+                        "reason": b.why_unavailable(device),
                         "params": dict(b.params),
                         "complexity": dict(zip(("time", "memory"), v.claims(b.name))),
                     }

@@ -31,7 +31,7 @@ from attnbench.core.problem import DTYPES, ITEMSIZE, parse_dtype
 
 HF_IMPLEMENTATION = {"hf-eager": "eager", "hf-sdpa": "sdpa", "hf-flex": "flex_attention"}  # backend -> what
 # a transformers user sets (`attn_implementation=`) to run the same function (variants/backends/hf.py)
-LATENT = "mla"  # the variant whose cache is a latent vector per token (COORD.md)
+LATENT = "mla"  # the variant whose cache is a latent vector per token (variants/mla.py)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -30,10 +29,10 @@ RECORD_FIELDS = (
     "flops", "bytes", "kv_cache_bytes", "tflops", "gbps", "roofline_frac", "error", "kernel",
     "threads", "telemetry", "wall_s",
 )
-# Fields added within schema version 1 (issue 15): written by every run now, absent from older
+# Fields added within schema version 1: written by every run now, absent from older
 # files, so a reader must not require them. See docs/results-schema.md.
 OPTIONAL_RECORD_FIELDS = ("flags", "inputs", "attn_entropy", "roof", "timing")
-# Issue 21: ragged batches (variants/paged.py), only in records of variants with a seq_dist parameter.
+# Ragged batches (variants/paged.py): only in records of variants with a seq_dist parameter.
 OPTIONAL_RECORD_FIELDS += ("seq_dist", "seq_lengths", "padding_frac")
 # Energy per call (measure/energy.py) and the clocks sampled during the timed loop (measure/clocks.py).
 OPTIONAL_RECORD_FIELDS += ("clocks", "energy")
@@ -350,10 +349,6 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             tmp.unlink()
         kept = "the earlier file is unchanged" if path.exists() else "nothing was written"
         raise OutputError(f"cannot write '{path}': {why(e)}; {kept}", why(e)) from None
-
-
-def eprint(msg: str) -> None:
-    print(msg, file=sys.stderr)
 
 
 # Fields that must match for two results to be comparable (used by the regression gate).

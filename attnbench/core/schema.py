@@ -67,7 +67,7 @@ class RecordModel(BaseModel):
     # clocks during the timed loop and energy per call: absent from older files
     clocks: Optional[dict[str, Any]] = None
     energy: Optional[dict[str, Any]] = None
-    # issue 21, ragged batches (variants/paged.py): absent from other records
+    # ragged batches (variants/paged.py): absent from other records
     seq_dist: Optional[StrictStr] = None
     seq_lengths: Optional[dict[str, NonNeg]] = None
     padding_frac: Optional[Annotated[float, Field(allow_inf_nan=False, ge=0, le=1)]] = None

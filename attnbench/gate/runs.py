@@ -1,4 +1,4 @@
-"""Suite runs for the gate: run a suite the way `attnbench run` does (bench.run_sweep), re-run
+"""Suite runs for the gate: run a suite the way `attnbench run` does (run.session.run_sweep), re-run
 chosen cases, and save baselines named by the environment they were measured in.
 
 A baseline's name is `<device>-<device name>-<hash>.jsonl`, the hash a short SHA-1 of the
@@ -21,9 +21,8 @@ from pathlib import Path
 from rich.console import Console
 
 from attnbench.core.errors import UsageError
-from attnbench.core.results import atomic_write_text
+from attnbench.core.results import atomic_write_text, fingerprint
 from attnbench.gate.sides import Run, load_run
-from attnbench.measure.env import fingerprint
 
 BASELINE_DIR = Path("results") / "baselines"
 

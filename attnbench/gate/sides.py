@@ -190,7 +190,7 @@ def divisor(run: Run, rec: dict, normalize: str, reference: dict | None) -> floa
                 f"--normalize gemm: {run.path} has no in-run GEMM reference for {rec['dtype']} "
                 "(header refs.gemm); use --normalize none or a reference case"
             )
-        # per n³: the reference's size changed (CPU 2048² -> 1024² in issue 15), a rate does not
+        # per n³: older files timed a 2048² GEMM on the CPU, newer ones 1024²; the rate per n³ compares both
         return float(gemm["median_ms"]) / float(gemm.get("n") or 1) ** 3 * 1e9
     return float(reference["latency_ms"]["median"])
 

@@ -9,8 +9,8 @@ variants.inputs.make_inputs / run.case.mode_call build the call), then runs torc
     ``record_shapes=True, profile_memory=True`` (``with_stack`` on request).
 
 From them it derives the top operators/kernels by self time, the kernels that did the
-attention (cross-checked against ``execute.detect_kernel``, the ``kernel`` field of `run`),
-the named ranges (phases such as ``reformer.hash``) and, in profiling_memory, the memory
+attention (cross-checked against ``run.case.detect_kernel``, the ``kernel`` field of `run`),
+the named ranges (phases such as ``reformer.hash``) and, in profile/memory.py, the memory
 timeline, its chart and a verdict against ``measure.cost.predict_peak_bytes``.
 
 Honest limits: profiler overhead inflates the time of small operators (read shares, not
@@ -34,7 +34,7 @@ from torch.profiler import record_function
 from attnbench.core.errors import UsageError
 from attnbench.measure.inputs import make_inputs
 from attnbench.measure.trace import CALL, SETUP, is_range_name, profile_calls, profiler, quiet_stderr, save_trace, sync
-from attnbench.run import case as execute
+from attnbench.run.case import detect_kernel, measure_memory_and_kernel, mode_call
 from attnbench.run.plan import Case, expand, make_sweep
 from attnbench.run.worker import case_key
 from attnbench.variants import registry
@@ -99,12 +99,12 @@ class Report:
     kernels: tuple[OpRow, ...]  # device kernels by self device time (empty on the CPU)
     attention: tuple[str, ...]  # the ops/kernels that did the attention, by self time
     path: str  # which way the attention went (fused SDPA, math, compiled, ...)
-    detected: str  # the kernel field `run` records (execute.detect_kernel on its own profile)
+    detected: str  # the kernel field `run` records (run.case.detect_kernel on its own profile)
     agreement: str  # "agree" | "partly" | "disagree"
     run_peak: int | None  # the peak_mem_bytes `run` records (VmHWM rise / allocator peak)
     run_peak_source: str
     phases: tuple[PhaseRow, ...]
-    memory: Any  # profiling_memory.Memory
+    memory: Any  # profile.memory.Memory
     files: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -132,7 +132,7 @@ def prepare(case: Case, device: torch.device, setup_prof: bool = True):
             sync(device)
     else:
         fn = variant.backend(case.backend).build(p, device)
-    return (q, k, v), execute.mode_call(fn, q, k, v, p), prof
+    return (q, k, v), mode_call(fn, q, k, v, p), prof
 
 
 def profile_case(case: Case, device: torch.device, out_dir: Path, *, warmup: int = 2, calls: int = 1,
@@ -153,7 +153,7 @@ def profile_case(case: Case, device: torch.device, out_dir: Path, *, warmup: int
     setup_prof.export_chrome_trace(str(files["setup_trace"]))
     averages = prof.key_averages()
     ops, kernels = op_rows(averages, device, top)
-    ranked = execute.detect_kernel(prof, device, top=12).split(", ")  # the same rule as `run`
+    ranked = detect_kernel(prof, device, top=12).split(", ")  # the same rule as `run`
     detected, run_peak, run_peak_source = record_fields(call, device)
     inputs_bytes = sum(t.numel() * t.element_size() for t in (q, k, v))
     memory = pm.analyse(files["trace"], case, device, inputs_bytes)
@@ -209,7 +209,7 @@ def record_fields(call: Callable[[], object], device: torch.device) -> tuple[str
     from attnbench.measure import telemetry
 
     nvml = telemetry.Nvml() if device.type == "cuda" else None
-    peak, kernel = execute.measure_memory_and_kernel(call, device, nvml)
+    peak, kernel = measure_memory_and_kernel(call, device, nvml)
     return kernel, peak.bytes, peak.source
 
 

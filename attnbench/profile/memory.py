@@ -8,8 +8,9 @@ VmHWM, see FACTS.md), so the curve is drawn as the inputs' bytes plus that rise.
 counter is the caching allocator's ``memory_allocated``, so the curve is absolute (everything
 alive on the device, inputs included).
 
-The model is ``measure.cost.predict_peak_bytes``: inputs and output (doubled with gradients)
-plus two fp32 Lq×Lk tensors per head for backends that materialise scores. A measured peak
+The model is ``measure.cost.predict_peak_bytes`` (inputs plus one call's peak by backend kind:
+output or gradients, 2.5 fp32 Lq×Lk tensors per head for backends that materialise scores, the
+backend's declared workspace). A measured peak
 beyond 1.5× (or below 1/1.5×) of it gets a verdict naming the largest allocations and the
 operators that made them (from ``record_shapes`` and the self memory of each operator).
 
@@ -31,10 +32,9 @@ from pathlib import Path
 
 import torch
 
-from attnbench.measure.cost import predict_peak_bytes
 from attnbench.measure.trace import CALL, is_range_name
 from attnbench.run.plan import Case
-from attnbench.run.worker import materializes
+from attnbench.run.worker import materializes, peak_model
 
 FAR = 1.5  # a verdict when measured/model is above FAR or below 1/FAR ...
 NEAR_BYTES = 2**20  # ... and they differ by at least this much (not for KiB-sized noise)
@@ -122,7 +122,7 @@ def analyse(trace: Path, case: Case, device: torch.device, inputs_bytes: int) ->
         t.append((calls[-1][1] - t0) / 1e3)
         y.append(y[-1])
     i = max(range(len(y)), key=y.__getitem__)
-    model = predict_peak_bytes(case.problem, materializes(case))
+    model = peak_model(case)
     ratio = y[i] / model if model > 0 else None
     owners = [attribute(chain) for chain in open_events(mem, evs)]
     allocations = largest_allocations(mem, owners)
@@ -212,7 +212,8 @@ def verdict(peak: int, model: float, ratio: float | None, allocations, case: Cas
     if ratio > FAR:
         return (f"measured peak {mib(peak)} is {ratio:.1f}× the memory model ({mib(model)}): the call holds more "
                 f"than the model counts. Largest allocations: {top}.")
-    held = "two fp32 Lq×Lk tensors per head" if materializes(case) else "only inputs and output"
+    held = ("2.5 fp32 Lq×Lk tensors per head" if materializes(case)
+            else "inputs, output and the backend's declared workspace")
     return (f"measured peak {mib(peak)} is {1 / ratio:.1f}× below the memory model ({mib(model)}, which assumes "
             f"{held}): the model over-counts this backend. Largest allocations: {top}.")
 

@@ -66,7 +66,7 @@ def render(r: Report, console: Console) -> None:
     names = ", ".join(short_name(n, 60) for n in r.attention[:3]) or "none recognised"
     console.print(f"[bold]attention ran as:[/] {r.path}  [dim]({names})[/]", highlight=False)
     word = {"agree": "[green]agrees[/]", "partly": "[yellow]partly agrees[/]", "disagree": "[red]disagrees[/]"}
-    console.print(f"[bold]kernel field[/] that `run` records (execute.detect_kernel): {r.detected} — "
+    console.print(f"[bold]kernel field[/] that `run` records (run.case.detect_kernel): {r.detected} — "
                   f"{word[r.agreement]} with this profile", highlight=False)
     if r.phases:
         console.print(phase_table(r, cuda))

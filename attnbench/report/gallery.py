@@ -44,7 +44,7 @@ def picture(variant: str, seq: int, params: dict | None = None) -> tuple[torch.T
         raise UsageError(f"--seq must be at least 1 (got {seq})")
     raw = Problem(batch=1, heads=1, kv_heads=0, seq_q=seq, seq_k=0)
     p = v.resolve(raw.with_params(**{**v.defaults, **(params or {})}))
-    reason = v.supports(p)
+    reason = v.why_unsupported(p)
     if reason:
         raise UsageError(f"{variant} at L={seq}: {reason}")
     t = v.picture(p).detach().to("cpu").float()

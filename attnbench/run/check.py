@@ -95,23 +95,24 @@ def shape_text(p: Problem) -> str:
 
 
 def check_problems(v: registry.Variant, dtype: str):
-    """fwd, causal and not; decode (at the variant's own causality) for exact-family variants, mla
-    (latent: its absorbed decode), the serving family (paged: its Triton kernel is decode-only), dsa
-    (dynamic sparse: likewise) and gdn (linear-recurrent: the state as the cache)."""
+    """fwd, causal and not; decode (at the variant's own causality) for the variants that declare
+    `decode_check` (exact attention; MLA's absorbed decode; paged, whose Triton kernel is decode-only; dsa's
+    sparse decode; gdn, whose state is the cache)."""
     for causal in (False, True):
         p = check_problem(v, dtype, causal)
         if p.causal == causal:  # variants that fix causality: checked once
             yield p
-    if v.family in ("exact", "latent", "serving", "dynamic sparse", "linear-recurrent") and "decode" in v.modes:
+    if v.decode_check and "decode" in v.modes:
         yield check_problem(v, dtype, False, mode="decode")
 
 
 def check_backend(variant: registry.Variant, backend: registry.Backend, p: Problem, device: torch.device) -> CheckRow:
     shape = shape_text(p)
-    verdict = registry.decide(variant, backend.name, p, device, available=False)  # availability: checked by run()
-    if verdict:
-        return CheckRow(variant.name, backend.name, p.dtype, shape, None, None, None, None, verdict[1])
-    if not variant.exact and backend.name == "eager":
+    # availability: checked by run_checks
+    decision = registry.decide(variant, backend.name, p, device, check_availability=False)
+    if not decision.runnable:
+        return CheckRow(variant.name, backend.name, p.dtype, shape, None, None, None, None, decision.reason)
+    if variant.oracle == "eager" and backend.name == "eager":
         return CheckRow(
             variant.name,
             backend.name,
@@ -144,7 +145,7 @@ def check_backend(variant: registry.Variant, backend: registry.Backend, p: Probl
 
 def _oracle(variant: registry.Variant, p: Problem, device: torch.device):
     """(fn(q, k, v), note): the dense reference, or an approximation's own eager formulation."""
-    if variant.exact:
+    if variant.oracle != "eager":  # "softmax" or "reference": the variant's own dense reference
         return (lambda q, k, v: variant.reference(q, k, v, p)), ""
     eager = variant.backend("eager").build(p, device)
     return eager, "vs its eager formulation (fp64 inputs)"
@@ -178,7 +179,7 @@ def run_checks(
                 continue  # without a GPU: checked in the interpreter subprocess
             if interpret_triton and not is_triton:
                 continue
-            why = None if (is_triton and interpret_triton) else b.available(device)
+            why = None if (is_triton and interpret_triton) else b.why_unavailable(device)
             for dtype in dtypes:
                 for p in check_problems(v, dtype):
                     if why:

@@ -90,10 +90,10 @@ def run_mods(device: torch.device, dtypes: tuple[str, ...] = ("float32", "bfloat
             for mode in ("fwd", "fwd+bwd"):
                 p = mods_problem(v, params, dtype, mode)
                 shape = shape_text(p) + " " + ",".join(f"{k}={val}" for k, val in params.items())
-                verdict = registry.decide(v, b.name, p, device, available=not interpret)
-                if verdict:
+                decision = registry.decide(v, b.name, p, device, check_availability=not interpret)
+                if not decision.runnable:
                     rows.append(CheckRow(name, b.name, dtype, shape, None, None, None, None,
-                                         f"{verdict[0]}: {verdict[1]}"))
+                                         f"{decision.status}: {decision.reason}"))
                     continue
                 try:
                     row = check_backend(v, b, p, device) if mode == "fwd" else check_backward(v, b, p, device)

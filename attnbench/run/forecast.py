@@ -20,15 +20,24 @@ the medians of the references' samples, a typical call rather than the best):
   readable RAPL counters, none otherwise or when the time budget / 4 is shorter;
 - the memory/kernel pass: one call (more under the profiler: not modelled);
 - forward and decode cases: the fp64 oracle once per (variant, problem) up to `reference_limit`
-  score elements: two materialised products at half the fp32 GEMM rate (the fp64 rate is not
-  measured: half is the vector width ratio) plus the fp64 score traffic at the copy rate;
+  score elements: two materialised products at a quarter of the fp32 GEMM rate (the fp64 rate is
+  not measured: half is the vector width ratio, and the oracle measured ~3x slower than that on
+  the CPU) plus the fp64 score traffic at the copy rate; and for every such case the attention
+  entropy (fp32 scores of up to 256 rows per head, one head at a time);
+- every torch operation costs at least `op_seconds`, the median of the smallest in-run copy: on
+  a loaded machine each operation waits for a descheduled thread, which is what makes
+  many-small-operation backends (Performer's chunks), the per-head entropy loop and the worker's
+  per-case bookkeeping (CASE_OPS operations) slow there;
+- a backend that materialises scores computes the dense (Lq, Lk) matrix whatever a mask leaves
+  out (measure/cost.py predict_call_seconds);
 - a case never runs past its time budget plus the worker's start-up grace (then it is killed).
 
 Honest limits: the model assumes the machine is as fast as during the in-run references; on a
 loaded machine the spread rule fails more often (samples run to max_time) and calls wait for
 descheduled threads, so the ETA multiplies the remaining prediction by the measured/predicted
-ratio of the cases finished so far. Worker start-up, the references (measured before the plan)
-and Python dispatch overheads are not in the per-case figures.
+ratio of the cases finished so far. The worker's start-up and its references are not in the
+per-case figures: a plan made before the run (`run --dry-run`) adds them once (`Startup`: what the
+last run in this environment spent on them, from measure/refs_cache.py, else an estimate).
 """
 
 from __future__ import annotations
@@ -38,14 +47,18 @@ import re
 from dataclasses import dataclass, replace
 
 from attnbench.measure import energy
-from attnbench.measure.cost import predict_call_seconds, predict_peak_bytes
+from attnbench.measure.cost import predict_call_seconds
 from attnbench.measure.flops import mode_bytes
 from attnbench.run.plan import Case, is_distributed
-from attnbench.run.worker import STARTUP_GRACE_S, RunConfig, case_key, materializes, skip_reason
+from attnbench.run.worker import STARTUP_GRACE_S, RunConfig, call_peak_model, case_key, materializes, skip_reason
 from attnbench.variants import registry
 
 COMPILE_FIRST_S = 14.0  # FACTS.md: torch.compile(flex_attention) on this CPU, a process's first compile
 COMPILE_NEXT_S = 4.0  # FACTS.md: each later shape or mask in the same process
+FP64_GEMM_SHARE = 0.25  # the fp64 oracle's matmuls, of the fp32 GEMM rate (measured ~3x slower than half)
+ORACLE_OPS = 12  # torch operations of one dense fp64 reference (matmuls, scale, mask, softmax, casts)
+ENTROPY_OPS = 8  # torch operations per (batch, head) of measure.inputs.mean_entropy
+CASE_OPS = 40  # the worker's other per-case operations (inputs, profiler, statistics, the record)
 SCORE_PASSES = 6  # materialised scores: write QKᵀ, scale (read, write), softmax (read, write), read for PV
 CONFIRM_OVER_S = 600.0  # a plan longer than this asks for confirmation on a terminal
 
@@ -64,6 +77,7 @@ class CaseForecast:
 
     def as_json(self) -> dict:
         return {
+            "case_id": self.case_id,
             "variant": self.case.variant,
             "backend": self.case.backend,
             **self.case.problem.as_dict(),
@@ -75,15 +89,25 @@ class CaseForecast:
 
 
 @dataclass(frozen=True)
+class Startup:
+    """What a run spends before its first case: the command's own start (interpreter, imports),
+    its worker's start and in-run references."""
+
+    seconds: float
+    note: str  # where the figure comes from ("references cached 12 min ago", ...)
+
+
+@dataclass(frozen=True)
 class Plan:
     cases: tuple[CaseForecast, ...]
     rounds: int
     time_budget: float
     device: str
+    startup: Startup | None = None  # None: a plan made inside the run, after its start-up
 
     @property
     def seconds(self) -> float:
-        return sum(c.seconds for c in self.cases)
+        return (self.startup.seconds if self.startup else 0.0) + sum(c.seconds for c in self.cases)
 
     @property
     def to_run(self) -> list[CaseForecast]:
@@ -102,6 +126,8 @@ class Plan:
             "cases": [c.as_json() for c in self.cases],
             "to_run": len(self.to_run),
             "predicted_seconds": round(self.seconds, 3),
+            "predicted_startup_seconds": round(self.startup.seconds, 3) if self.startup else None,
+            "startup_note": self.startup.note if self.startup else None,
             "predicted_peak_bytes": self.peak.peak_bytes if self.peak else None,
         }
 
@@ -159,6 +185,22 @@ def measure_seconds(t: float, policy, device_type: str, to_max_time: bool = Fals
     return warm + loop
 
 
+def op_seconds(refs: dict | None) -> float:
+    """One small torch operation's typical wall time: the median of the smallest in-run copy (a few
+    µs on a quiet machine; on a loaded one the wait for a descheduled thread, often milliseconds).
+    0 without references."""
+    levels = ((refs or {}).get("copy") or {}).get("levels") or []
+    small = min(levels, key=lambda lv: lv.get("bytes", float("inf")), default={})
+    return float(small.get("median_ms") or 0.0) * 1e-3
+
+
+def _rates(refs: dict) -> tuple[float, float]:
+    """(fp32 GEMM FLOP/s, copy bytes/s), the typical (median) rates."""
+    typical = typical_rates(refs)
+    gemm = (typical["gemm"].get("float32") or next(iter(typical["gemm"].values())))["flops_per_s"]
+    return gemm, (typical.get("copy") or {}).get("bytes_per_s") or float("inf")
+
+
 def oracle_seconds(case: Case, refs: dict, limit: int) -> float:
     """The fp64 oracle of a forward case (run/case.py compute_error): 0 beyond `limit` scores."""
     p = case.problem
@@ -167,17 +209,30 @@ def oracle_seconds(case: Case, refs: dict, limit: int) -> float:
         return 0.0
     v = registry.get(case.variant)
     refs_n = 2 if (v.full_attention_error or not v.exact) else 1
-    typical = typical_rates(refs)
-    gemm = (typical["gemm"].get("float32") or next(iter(typical["gemm"].values())))["flops_per_s"] / 2
-    copy = (typical.get("copy") or {}).get("bytes_per_s") or float("inf")
-    one = 4.0 * elems * p.head_dim / gemm + SCORE_PASSES * 8 * elems / copy
-    return refs_n * one
+    gemm, copy = _rates(refs)
+    one = 4.0 * elems * p.head_dim / (gemm * FP64_GEMM_SHARE) + SCORE_PASSES * 8 * elems / copy
+    return refs_n * (one + ORACLE_OPS * op_seconds(refs))
+
+
+def entropy_seconds(case: Case, refs: dict, limit: int) -> float:
+    """The attention entropy of a forward case (measure.inputs.mean_entropy, computed with the
+    error): fp32 scores of up to ENTROPY_ROWS query rows per (batch, head), one head at a time."""
+    from attnbench.measure.inputs import ENTROPY_ROWS
+
+    p = case.problem
+    if p.batch * p.heads * p.seq_q * p.seq_k > limit:
+        return 0.0
+    gemm, copy = _rates(refs)
+    elems = p.batch * p.heads * min(p.seq_q, ENTROPY_ROWS) * p.seq_k
+    heads = p.batch * p.heads
+    return 2.0 * elems * p.head_dim / gemm + SCORE_PASSES * 4 * elems / copy + heads * ENTROPY_OPS * op_seconds(refs)
 
 
 def forecast(
-    cases: list[Case], cfg: RunConfig, refs: dict | None, rounds: int = 1
+    cases: list[Case], cfg: RunConfig, refs: dict | None, rounds: int = 1, startup: Startup | None = None
 ) -> Plan:
-    """The plan of `cases` run with `cfg` and the in-run references `refs` (None: times unknown, 0)."""
+    """The plan of `cases` run with `cfg` and the in-run references `refs` (None: times unknown, 0);
+    `startup`: the run's start-up, for a plan made before it (`run --dry-run`)."""
     from attnbench.measure.accuracy import REFERENCE_LIMIT
 
     policy = replace(cfg.policy, max_time=min(cfg.policy.max_time, max(0.1, cfg.time_budget / 4)))
@@ -189,7 +244,7 @@ def forecast(
     out = []
     for c in cases:
         cid = case_key(c, cfg.device, cfg.threads)
-        peak = predict_peak_bytes(c.problem, materializes(c)) if c.status is None else None
+        peak = call_peak_model(c) if c.status is None else None
         if c.status is not None:
             out.append(CaseForecast(c, cid, c.reason or c.status, c.status, 0.0, None, None))
             continue
@@ -200,18 +255,22 @@ def forecast(
         t = call_seconds(c, refs)
         secs = 0.0
         if t is not None and not is_distributed(c):
+            t = max(t, op_seconds(refs))  # at least one operation's dispatch
             energy_loop = max(energy_s, t) if energy_s else 0.0  # at least one call when it runs
-            secs = 2 * t + measure_seconds(t, policy, cfg.device.type, to_max) + energy_loop
+            secs = (2 * t + measure_seconds(t, policy, cfg.device.type, to_max) + CASE_OPS * op_seconds(refs)
+                    + energy_loop)
             if c.backend == "flex":
                 secs += COMPILE_FIRST_S if compiled == 0 else COMPILE_NEXT_S
                 compiled += 1
             key = (c.variant, c.problem)
-            if c.problem.mode in ("fwd", "decode") and key not in oracles:
-                oracles.add(key)
-                secs += oracle_seconds(c, refs, limit)
+            if c.problem.mode in ("fwd", "decode"):
+                secs += entropy_seconds(c, refs, limit)  # every case
+                if key not in oracles:  # the oracle: once per (variant, problem), cached in the worker
+                    oracles.add(key)
+                    secs += oracle_seconds(c, refs, limit)
             secs = min(secs, cfg.time_budget + STARTUP_GRACE_S) * rounds
         out.append(CaseForecast(c, cid, "run", "run", secs, peak, t))
-    return Plan(tuple(out), rounds, cfg.time_budget, cfg.device.type)
+    return Plan(tuple(out), rounds, cfg.time_budget, cfg.device.type, startup)
 
 
 def fmt_duration(s: float) -> str:

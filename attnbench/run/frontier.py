@@ -114,4 +114,4 @@ def frontier_rows(frontiers: list[Frontier]) -> list[dict]:
 def default_backends(variant: str, device: torch.device) -> list[str]:
     """The variant's backends that are available here (eager first: the textbook baseline)."""
     v = registry.get(variant)
-    return [b.name for b in v.backends if not b.test_only and b.available(device) is None]
+    return [b.name for b in v.backends if not b.test_only and b.why_unavailable(device) is None]

@@ -390,7 +390,8 @@ def _peer_pins(v, chosen, explicit: dict, device: torch.device) -> list[dict]:
     parameters the sweep does not set: the other backends also run at them."""
     pins = []
     for b in v.backends:
-        if b.name in chosen and b.pinned and not b.pinned.keys() & explicit.keys() and b.available(device) is None:
+        unpinned = not b.pinned.keys() & explicit.keys()
+        if b.name in chosen and b.pinned and unpinned and b.why_unavailable(device) is None:
             pins.append(dict(b.pinned))
     return pins
 
@@ -408,14 +409,14 @@ def decide_case(v, backend: str, raw: Problem, device: torch.device) -> Case:
             f"kv_groups={-raw.kv_heads} does not divide heads={raw.heads}",
         )
     p = v.resolve(raw)
-    verdict = registry.decide(v, backend, p, device)
-    return Case(v.name, backend, p) if verdict is None else Case(v.name, backend, p, *verdict)
+    decision = registry.decide(v, backend, p, device)
+    return Case(v.name, backend, p) if decision.runnable else Case(v.name, backend, p, decision.status, decision.reason)
 
 
 # ---------------------------------------------------------------- distributed (ring) cases
 def is_distributed(case: Case) -> bool:
     """A case the runner hands to distributed.launch (ranks in processes of their own), not to its worker."""
-    return registry.get(case.variant).family == "distributed" and case.problem.param("world_size", 1) > 1
+    return registry.get(case.variant).distributed and case.problem.param("world_size", 1) > 1
 
 
 def with_world_size(cases: list[Case], world_size: int, device: torch.device) -> list[Case]:
@@ -424,7 +425,7 @@ def with_world_size(cases: list[Case], world_size: int, device: torch.device) ->
     out = []
     for c in cases:
         v = registry.get(c.variant)
-        if v.family != "distributed":
+        if not v.distributed:
             out.append(c)
             continue
         out.append(decide_case(v, c.backend, c.problem.with_params(world_size=world_size), device))

@@ -5,6 +5,7 @@ The CLI's `run` is a thin call of :func:`run_sweep`.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -19,7 +20,7 @@ from attnbench.core import results
 from attnbench.core.errors import UsageError
 from attnbench.core.safe_io import STOP_SIGNALS, signals_deferred
 from attnbench.measure import env as env_mod
-from attnbench.run.forecast import Eta, Plan, forecast
+from attnbench.run.forecast import Eta, Plan, Startup, fmt_duration, forecast
 from attnbench.run.plan import Case, Sweep, expand
 from attnbench.run.rounds import merge_rounds, round_order
 from attnbench.run.view import RunView
@@ -211,20 +212,59 @@ def plan_sweep(sweeps: list[Sweep], device: torch.device, *, time_budget: float,
                shard: tuple[int, int] | None = None, world_size: int | None = None, executor: str = "local",
                rounds: int = 1, inputs: str = "randn", reference_limit: int | None = None,
                sample_time: float | None = None, cases: list[Case] | None = None) -> tuple[Plan, float]:
-    """The plan of a run without running it (`run --dry-run`): the in-run references are measured
-    here, in this process (as the worker would); returns (plan, seconds the references took).
-    `cases`: cases already expanded (run --model), planned after the sweeps'."""
+    """The plan of a run without running it (`run --dry-run`): the in-run references come from the
+    cache of an earlier run or plan in this environment (measure/refs_cache.py), else are measured
+    here, in this process (as the worker would), and cached; returns (plan, seconds spent here
+    measuring references: 0 when cached). `cases`: cases already expanded (run --model), planned
+    after the sweeps'."""
     from attnbench.measure import refs as refs_mod
+    from attnbench.measure import refs_cache
 
+    own = process_age_s()  # this command's start (interpreter, imports, options): the run's too
     check_rounds(rounds, executor, world_size)
     cases = sweep_cases(sweeps, device, shard, world_size, extra=cases)
     if threads:
         torch.set_num_threads(threads)
     cfg = make_config(device, time_budget, threads, None, inputs, reference_limit, sample_time)
     dtypes = tuple(sorted({c.problem.dtype for c in cases if c.status is None}))
+    if not dtypes:
+        return forecast(cases, cfg, None, rounds), 0.0
+    env = env_mod.capture(device)
+    cached = refs_cache.load(env, dtypes)
+    if cached is not None:
+        refs, took, age = cached
+        note = f"references cached {fmt_duration(age)} ago"
+        startup = Startup(own + refs_cache.startup_seconds(env, dtypes, took), note)
+        return forecast(cases, cfg, refs, rounds, startup), 0.0
     t0 = time.perf_counter()
-    refs = refs_mod.measure(device, dtypes) if dtypes else None
-    return forecast(cases, cfg, refs, rounds), time.perf_counter() - t0
+    refs = refs_mod.measure(device, dtypes)
+    took = time.perf_counter() - t0
+    refs_cache.store(env, refs, took)
+    note = f"references measured here in {fmt_duration(took)}"
+    startup = Startup(own + refs_cache.startup_seconds(env, dtypes, took), note)
+    return forecast(cases, cfg, refs, rounds, startup), took
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (Linux: /proc/self/stat's start time against
+    /proc/uptime, 10 ms resolution); 0 where that cannot be read."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _measure_and_cache_refs(worker: Worker, dtypes: tuple[str, ...], env: dict) -> dict:
+    """The worker's in-run references (starting the worker), kept in the references cache with the
+    seconds from the worker's start to its references: the start-up a plan of this run predicts."""
+    from attnbench.measure import refs_cache
+
+    t0 = time.perf_counter()
+    refs = worker.measure_refs(dtypes)
+    refs_cache.store(env, refs, None, startup_s=time.perf_counter() - t0)
+    return refs
 
 
 def _run_locked(
@@ -278,7 +318,7 @@ def _run_locked(
         if resume and done and header.get("refs") and all(d in header["refs"]["gemm"] for d in dtypes):
             refs = worker.refs = header["refs"]  # the header's rates stay the ones records use
         else:
-            refs = worker.measure_refs(dtypes) if runnable else None
+            refs = _measure_and_cache_refs(worker, dtypes, env) if runnable else None
         header = results.make_header(command or sys.argv, env, refs, registry.describe(c.variant for c in cases))
         plan = forecast(cases, cfg, refs, rounds)
         _show_plan(view, plan, old, stop)

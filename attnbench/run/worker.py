@@ -21,7 +21,7 @@ import torch
 
 from attnbench.core.results import case_id
 from attnbench.measure import memory
-from attnbench.measure.cost import predict_call_seconds, predict_peak_bytes
+from attnbench.measure.cost import predict_call_peak_bytes, predict_call_seconds, predict_peak_bytes
 from attnbench.measure.failure import failure_fields, oom_kill_count
 from attnbench.measure.timing import TimingPolicy
 from attnbench.run.plan import Case, is_distributed
@@ -41,7 +41,7 @@ class RunConfig:
     profile_dir: str | None = None  # save a trace of one call per case here
     policy: TimingPolicy = TimingPolicy(min_samples=10, min_time=0.2, max_time=2.0, target_rel_iqr=0.1)
     inputs: str = "randn"  # measure/inputs.py: randn | peaked
-    reference_limit: int | None = None  # score elements of the fp64 oracle (None: execute.REFERENCE_LIMIT)
+    reference_limit: int | None = None  # score elements of the fp64 oracle (None: measure.accuracy.REFERENCE_LIMIT)
     keep_throttled: bool = False  # keep samples taken while the GPU throttled in the statistics
     cuda_graph: bool = False  # time replays of a captured CUDA graph (measure/graphs.py)
 
@@ -260,8 +260,24 @@ def materializes(case: Case) -> bool:
     return registry.get(case.variant).backend(case.backend).materializes
 
 
+def workspace(case: Case) -> float:
+    """The bytes the case's backend declares beyond its kind (Backend.workspace), 0 when none."""
+    b = registry.get(case.variant).backend(case.backend)
+    return float(b.workspace(case.problem)) if b.workspace else 0.0
+
+
+def call_peak_model(case: Case) -> float:
+    """One call's predicted peak above its inputs: what `peak_mem_bytes` measures."""
+    return predict_call_peak_bytes(case.problem, materializes(case), workspace(case))
+
+
+def peak_model(case: Case) -> float:
+    """What the case needs in all (inputs and one call): the skip rule's and `mem_model_bytes`."""
+    return predict_peak_bytes(case.problem, materializes(case), workspace(case))
+
+
 def skip_reason(case: Case, cfg: RunConfig, refs: dict | None) -> str | None:
-    need = predict_peak_bytes(case.problem, materializes(case))
+    need = peak_model(case)
     free = memory.free_bytes(cfg.device)
     if need > 0.8 * free:
         return f"needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
@@ -334,7 +350,7 @@ def base_record(case: Case, device: torch.device, threads: int | None = None) ->
         "first_call_ms": None,
         "peak_mem_bytes": None,
         "mem_source": None,
-        "mem_model_bytes": predict_peak_bytes(case.problem, materializes(case)) if case.status is None else None,
+        "mem_model_bytes": peak_model(case) if case.status is None else None,
         "flops": None,
         "bytes": None,
         "kv_cache_bytes": None,

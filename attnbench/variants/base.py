@@ -10,7 +10,7 @@ Each family file lists its variants, every backend included, in a module-level t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal, get_args
 
 import torch
 
@@ -19,6 +19,8 @@ from attnbench.core.problem import Problem
 
 Fn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Reason = str | None  # None: fine; a string: why not
+Oracle = Literal["softmax", "reference", "eager"]
+ORACLES: tuple[str, ...] = get_args(Oracle)
 
 
 def _fine(*_: Any) -> Reason:
@@ -30,13 +32,42 @@ def _same(problem: Problem) -> Problem:
 
 
 @dataclass(frozen=True)
+class Decision:
+    """`registry.decide`'s answer to "can this case run here?".
+
+    status: "runnable", or the status its record gets: "unsupported" (the variant or backend cannot
+            compute this problem) or "unavailable" (this machine lacks what the backend needs).
+    reason: why not, in one line ("" when runnable).
+    A Decision has no truth value (`if decision:` raises): ask `decision.runnable`."""
+
+    status: Literal["runnable", "unsupported", "unavailable"] = "runnable"
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.status == "runnable") != (not self.reason):
+            raise ValueError(f"a {self.status} decision {'has' if self.reason else 'needs'} a reason")
+
+    @property
+    def runnable(self) -> bool:
+        return self.status == "runnable"
+
+    def __bool__(self) -> bool:
+        raise TypeError("a Decision has no truth value: test decision.runnable")
+
+
+@dataclass(frozen=True)
 class Backend:
     """One implementation of a variant.
 
     build:        (problem, device) -> fn(q, k, v) -> out; all setup happens here.
-    available:    (device) -> reason this backend cannot run on the device, or None.
-    supports:     (problem, device) -> reason this problem is unsupported, or None.
+    why_unavailable: (device) -> why this backend cannot run on the device (a missing package, no
+                  GPU), or None when it can.
+    why_unsupported: (problem, device) -> why this backend cannot compute this problem, or None
+                  when it can.
     materializes: holds B*H*Lq*Lk scores (used to predict memory and skip what cannot fit).
+    workspace:    (problem) -> bytes one call holds beyond what its kind implies (measure/cost.py:
+                  output, gradients, row statistics or materialised scores): random features,
+                  chunks, a mask built per call. None: nothing beyond its kind.
     params:       parameters of this backend alone (name -> default, which gives the type), set
                   like variant parameters but only on this backend's cases.
     tf32_dots:    fp32 inputs are multiplied in TF32 on the GPU (the Triton kernels); `check`
@@ -53,9 +84,10 @@ class Backend:
     name: str
     build: Callable[[Problem, torch.device], Fn]
     description: str = ""
-    available: Callable[[torch.device], Reason] = _fine
-    supports: Callable[[Problem, torch.device], Reason] = _fine
+    why_unavailable: Callable[[torch.device], Reason] = _fine
+    why_unsupported: Callable[[Problem, torch.device], Reason] = _fine
     materializes: bool = False
+    workspace: Callable[[Problem], float] | None = None
     tf32_dots: bool = False
     test_only: bool = False
     params: dict[str, Any] = field(default_factory=dict)
@@ -73,9 +105,19 @@ class Variant:
     flops:     forward FLOPs for a problem (the runner scales by mode).
     bytes:     forward minimum bytes moved (inputs read once, output written once).
     resolve:   fills the variant's natural shape (e.g. MQA sets kv_heads=1) and default params.
-    supports:  reason a problem is unsupported (e.g. causal Linformer), or None.
-    exact:     computes exact softmax attention of its own definition (error vs reference ~ 0);
-               False for approximations whose reference is exact attention.
+    oracle:    what the checks (`attnbench check`, the contract test) hold the backends to; declared,
+               never inferred from `family` (a label only):
+               "softmax"   at its defaults the definition is plain softmax(QKᵀ/√D [+ bottom-right
+                           causal]) V with grouped K/V heads, so the independent fp64 oracle of the
+                           tests applies (and must agree with `reference`);
+               "reference" exact w.r.t. its own definition (masks, biases, rotations, a temperature):
+                           held to its own `reference` run in fp64;
+               "eager"     an approximation of exact attention (its `reference`): loosely bounded
+                           against that, tightly against its own `eager` backend fed fp64 inputs.
+    distributed: its cases run over several ranks (`run --world-size N`, distributed.launch), not
+               in the worker; single-process tests skip it.
+    decode_check: `attnbench check` adds a decode problem (one query row against a long cache) for it.
+    why_unsupported: why a problem is unsupported (e.g. causal Linformer), or None when it is not.
     full_attention_error: also report the error against full (unmasked) softmax attention.
     make_inputs: (problem, device, seed) -> (q, k, v), when random normal inputs do not fit.
     picture:   problem -> 2-D (Lq, Lk) tensor showing what is attended (0/1 mask or bias values),
@@ -99,9 +141,11 @@ class Variant:
     flops: Callable[[Problem], float]
     bytes: Callable[[Problem], float]
     backends: tuple[Backend, ...]
+    oracle: Oracle
+    distributed: bool = False
+    decode_check: bool = False
     resolve: Callable[[Problem], Problem] = _same
-    supports: Callable[[Problem], Reason] = _fine
-    exact: bool = True
+    why_unsupported: Callable[[Problem], Reason] = _fine
     full_attention_error: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
@@ -110,6 +154,16 @@ class Variant:
     modes: tuple[str, ...] = ("fwd", "bwd", "fwd+bwd", "decode")
     kv_cache_bytes: Callable[[Problem], float] | None = None  # cache a decode step reads (None: shared)
     cost_parts: Callable[[Problem], dict[str, dict[str, float]]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.oracle not in ORACLES:
+            raise ValueError(f"variant {self.name!r}: oracle {self.oracle!r}; accepted: {', '.join(ORACLES)}")
+
+    @property
+    def exact(self) -> bool:
+        """Computes its own definition exactly (error vs `reference` ~ rounding); False for the
+        approximations, whose reference is exact attention."""
+        return self.oracle != "eager"
 
     def backend(self, name: str) -> Backend:
         for b in self.backends:

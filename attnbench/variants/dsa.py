@@ -267,7 +267,8 @@ def _backends() -> tuple[Backend, ...]:
                 time="O(L²·D_I + L·k)", memory="O(L·k)"),
         Backend("triton", _builder(_triton_attend), "indexer and top-k in torch, then attnbench's Triton "
                 "split-k sparse decode over the selected latent slots (fp32: TF32 dots)",
-                available=triton.flash_backend().available, supports=_triton_supports, tf32_dots=True),
+                why_unavailable=triton.flash_backend().why_unavailable, why_unsupported=_triton_supports,
+                tf32_dots=True),
     )
 
 
@@ -324,13 +325,13 @@ def kv_cache_bytes(p: Problem) -> float:
 
 
 DSA = Variant(
-    name="dsa", family="dynamic sparse",
+    name="dsa", family="dynamic sparse", oracle="reference", decode_check=True,
     description="DeepSeek Sparse Attention (V3.2): lightning indexer + top-k tokens of the MLA latent cache "
                 "(absorbed); --param topk=, kv_layout=dense|paged",
     time="O(L²·D_I + L·k)", memory="O(L²)", reference=reference,
     flops=lambda p: sum(part["flops"] for part in cost_parts(p).values()),
     bytes=lambda p: sum(part["bytes"] for part in cost_parts(p).values()),
-    backends=_backends(), resolve=resolve, supports=supports, defaults=dict(DEFAULTS), make_inputs=make_inputs,
+    backends=_backends(), resolve=resolve, why_unsupported=supports, defaults=dict(DEFAULTS), make_inputs=make_inputs,
     modes=("fwd", "decode"), kv_cache_bytes=kv_cache_bytes, cost_parts=cost_parts,
     picture=picture)
 

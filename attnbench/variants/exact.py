@@ -132,7 +132,7 @@ def _grouped_backend() -> Backend:
     return Backend("grouped", build, "query heads of a KV head in one matmul: K/V read once, never repeated; "
                    "decode scores as Q·Kᵀ or K·Qᵀ, whichever runs faster here (timed at setup; "
                    "--param scores=qk|kq pins one)",
-                   supports=_scores_supports, materializes=True, params={"scores": "auto"})
+                   why_unsupported=_scores_supports, materializes=True, params={"scores": "auto"})
 
 
 def _backends():
@@ -142,13 +142,14 @@ def _backends():
 
 
 def _exact(name: str, description: str, resolve: Callable[[Problem], Problem],
-           supports: Callable[[Problem], Reason] = check_heads, time: str = "O(L²)",
+           why_unsupported: Callable[[Problem], Reason] = check_heads, time: str = "O(L²)",
            extra: tuple[Backend, ...] = ()) -> Variant:
     return with_scale(Variant(
-        name=name, family="exact", description=description, time=time, memory="O(L²)",
+        name=name, family="exact", description=description, time=time, memory="O(L²)", oracle="softmax",
+        decode_check=True,
         reference=exact_reference, flops=lambda p: attention_flops(p) + softcap_flops(p), bytes=io_bytes,
         backends=_backends() + tuple(refuse(b, no_softcap("the fault backend (plain SDPA)")) for b in extra),
-        resolve=resolve, supports=lambda p: check_softcap(p) or supports(p), options={"softcap": 0.0}),
+        resolve=resolve, why_unsupported=lambda p: check_softcap(p) or why_unsupported(p), options={"softcap": 0.0}),
         native=hf_backends())
 
 

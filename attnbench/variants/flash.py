@@ -66,14 +66,22 @@ def _tiled_backend() -> Backend:
 
         return tiled
 
-    return Backend("eager", build, "online-softmax loop over 256-key tiles in plain PyTorch")
+    return Backend("eager", build, "online-softmax loop over 256-key tiles in plain PyTorch",
+                   workspace=tile_workspace)
+
+
+def tile_workspace(p: Problem, block: int = 256) -> float:
+    """One tile's fp32 (B, Hq, Lq, block) scores four times over (the product, scaled, minus the max,
+    exponentiated) and the fp32 accumulator with its update (2 × B·Hq·Lq·D)."""
+    rows = p.batch * p.heads * p.seq_q
+    return 4.0 * (4 * rows * min(block, p.seq_k) + 2 * rows * p.head_dim)
 
 
 FLASH = Variant(
-    name="flash", family="exact",
+    name="flash", family="exact", oracle="softmax", decode_check=True,
     description="exact attention tile by tile with an online softmax (FlashAttention)",
     time="O(L²)", memory="O(L)", reference=exact_reference, flops=attention_flops, bytes=io_bytes,
     backends=(*sdpa_backends(names=("sdpa-flash",)), flex_backend(), _tiled_backend(), triton.flash_backend()),
-    resolve=fill_defaults, supports=check_heads)
+    resolve=fill_defaults, why_unsupported=check_heads)
 
 VARIANTS = (FLASH,)

@@ -237,7 +237,7 @@ BACKENDS = (
             "chunk, chunks in sequence); decode: one recurrent step"),
     Backend("recurrent", _recurrent_build, "the recurrence step by step in torch (the reference formulation)"),
     Backend("fla", _fla_build, "flash-linear-attention's chunk_gated_delta_rule (prefill) and "
-            "fused_recurrent_gated_delta_rule (decode)", available=_fla_available),
+            "fused_recurrent_gated_delta_rule (decode)", why_unavailable=_fla_available),
 )
 
 
@@ -297,11 +297,11 @@ def gdn_bytes(p: Problem) -> float:
 
 
 GDN = Variant(
-    name="gdn", family="linear-recurrent",
+    name="gdn", family="linear-recurrent", oracle="reference", decode_check=True,
     description="Gated DeltaNet (Qwen3-Next): a gated delta-rule V×K state per value head instead of a KV "
                 "cache; GVA (default q/k heads = heads/2); chunked prefill, recurrent decode",
     time="O(L)", memory="O(L)", reference=reference, flops=gdn_flops, bytes=gdn_bytes, backends=BACKENDS,
-    resolve=resolve, supports=supports, exact=True, defaults=dict(DEFAULTS), make_inputs=make_inputs,
+    resolve=resolve, why_unsupported=supports, defaults=dict(DEFAULTS), make_inputs=make_inputs,
     modes=("fwd", "decode"), kv_cache_bytes=state_bytes)
 
 VARIANTS = (GDN,)

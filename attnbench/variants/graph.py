@@ -12,7 +12,7 @@ graph (built in setup, deterministic from the params):
     grid    a √L × √L grid: itself and its 4 neighbours (no wrap; `degree` is ignored).
 Backends: `edge` computes scores per edge and a scatter softmax (scatter_reduce amax, index_add):
 O(E·D) time and memory, no L×L tensor. `eager` is the dense masked reference; `sdpa` passes a
-dense (L, L) bool mask to torch SDPA (both O(L²)). exact=True w.r.t. the graph; the error
+dense (L, L) bool mask to torch SDPA (both O(L²)). exact w.r.t. the graph (oracle "reference"); the error
 against full attention is reported too. Causal: unsupported. Lq == Lk (nodes attend nodes).
 """
 
@@ -30,6 +30,7 @@ from attnbench.variants.shared import (
     check_heads,
     fill_defaults,
     io_bytes,
+    mask_workspace,
     repeat_kv,
     softmax_attention,
 )
@@ -116,9 +117,17 @@ def _backends() -> tuple[Backend, ...]:
         gqa = problem.groups > 1
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
-    return (Backend("edge", build_edge, "per-edge scores and a scatter softmax (scatter_reduce/index_add), O(E·D)"),
+    return (Backend("edge", build_edge, "per-edge scores and a scatter softmax (scatter_reduce/index_add), O(E·D)",
+                    workspace=edge_workspace),
             Backend("eager", build_eager, "dense L×L masked softmax (the reference)", materializes=True),
-            Backend("sdpa", build_sdpa, "torch SDPA with a dense L×L bool mask", materializes=True))
+            Backend("sdpa", build_sdpa, "torch SDPA with a dense L×L bool mask", workspace=mask_workspace))
+
+
+def edge_workspace(p: Problem) -> float:
+    """edge_attention's peak: the gathered query and key rows of every edge and their product,
+    three fp32 (B, Hq, E, D) tensors (K and V repeated to Hq heads first when grouped)."""
+    repeated = 2 * p.batch * p.heads * p.seq_k * p.head_dim * 4 if p.kv_heads < p.heads else 0
+    return 3.0 * 4 * p.batch * p.heads * num_edges(p) * p.head_dim + repeated
 
 
 def num_edges(p: Problem) -> int:
@@ -150,11 +159,11 @@ def gat_picture(p: Problem) -> torch.Tensor:
 
 
 GAT = Variant(
-    name="gat", family="graph",
+    name="gat", family="graph", oracle="reference",
     description="graph attention over a sparse graph's edges (graph=random|ring|grid, degree=16)",
     time="O(L·d)", memory="O(L·d)", reference=gat_reference,
     flops=lambda p: attention_flops(p, pairs=num_edges(p)),  # 4·B·Hq·E·D: scores and sums per edge
     bytes=io_bytes, backends=_backends(), resolve=lambda p: fill_defaults(p, **DEFAULTS),
-    supports=gat_supports, full_attention_error=True, defaults=DEFAULTS, picture=gat_picture)
+    why_unsupported=gat_supports, full_attention_error=True, defaults=DEFAULTS, picture=gat_picture)
 
 VARIANTS = (GAT,)

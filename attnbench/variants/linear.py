@@ -284,6 +284,18 @@ def fast_favor_stabilized(w: torch.Tensor, eps: float) -> tuple[Callable, Callab
     return phi_q, key_max, phi_k
 
 
+def feature_bytes(p: Problem) -> float:
+    """φ(Q) (B, Hq, Lq, m) and φ(K) (B, Hkv, Lk, m) in fp32."""
+    return 4.0 * int(p.param("nb_features")) * (p.batch * p.heads * p.seq_q + p.batch * p.kv_heads * p.seq_k)
+
+
+def eager_workspace(p: Problem) -> float:
+    """The whole-sequence features, each beside the logits it is made from (2×); causal: the
+    Lk×m×(D+1) prefix sums per K/V head."""
+    prefix = 4.0 * p.batch * p.kv_heads * p.seq_k * int(p.param("nb_features")) * (p.head_dim + 1) if p.causal else 0
+    return 2 * feature_bytes(p) + prefix
+
+
 def _performer_backends() -> tuple[Backend, ...]:
     def build_eager(problem: Problem, device: torch.device) -> Fn:
         w = _performer_w(problem, device)
@@ -305,8 +317,11 @@ def _performer_backends() -> tuple[Backend, ...]:
         return lambda q, k, v: linear_chunked(q, k, v, problem, phi_q, log_phi_k, "performer", m, True, chunk)
 
     return (
-        Backend("eager", build_eager, "FAVOR+ on the whole sequence; causal via cumsum (Lk×m×D memory)"),
-        Backend("chunked", build_chunked, "FAVOR+ in chunks with a running m×D state (O(L) memory)"),
+        Backend("eager", build_eager, "FAVOR+ on the whole sequence; causal via cumsum (Lk×m×D memory)",
+                workspace=eager_workspace),
+        # the key features of up to 1024/chunk chunks at once and the query features: ~ one φ(Q), φ(K)
+        Backend("chunked", build_chunked, "FAVOR+ in chunks with a running m×D state (O(L) memory)",
+                workspace=feature_bytes),
     )
 
 
@@ -333,10 +348,10 @@ PERFORMER = Variant(
     reference=exact_reference,
     flops=performer_flops,
     bytes=io_bytes,
-    backends=_performer_backends() + (peers.performer_peer(_performer_w),),
+    backends=_performer_backends() + (peers.performer_peer(_performer_w, eager_workspace),),
     resolve=_linear_resolve(**PERFORMER_DEFAULTS),
-    supports=check_heads,
-    exact=False,
+    why_unsupported=check_heads,
+    oracle="eager",
     defaults=PERFORMER_DEFAULTS,
 )
 
@@ -353,9 +368,20 @@ def _linear_backends() -> tuple[Backend, ...]:
         )
 
     return (
-        Backend("eager", build_eager, "φ=elu+1 on the whole sequence; causal via cumsum (Lk×D×D memory)"),
-        Backend("chunked", build_chunked, "φ=elu+1 in chunks with a running D×D state (O(L) memory)"),
+        Backend("eager", build_eager, "φ=elu+1 on the whole sequence; causal via cumsum (Lk×D×D memory)",
+                workspace=lambda p: elu_workspace(p, 1.5, prefix=p.causal)),
+        Backend("chunked", build_chunked, "φ=elu+1 in chunks with a running D×D state (O(L) memory)",
+                workspace=lambda p: elu_workspace(p, 2.0)),
     )
+
+
+def elu_workspace(p: Problem, copies: float, prefix: bool = False) -> float:
+    """fp32 features φ(Q), φ(K) of width D (each beside its elu temporary: 1.5 copies measured for
+    the whole-sequence formulation, 2 chunked, at L = 512-1024 on the CPU); causal eager adds the
+    Lk×D×D prefix sums per K/V head."""
+    d = p.head_dim
+    features = 4.0 * d * (p.batch * p.heads * p.seq_q + p.batch * p.kv_heads * p.seq_k)
+    return copies * features + (4.0 * p.batch * p.kv_heads * p.seq_k * d * d if prefix else 0.0)
 
 
 def linear_flops(p: Problem) -> float:
@@ -376,8 +402,8 @@ LINEAR = Variant(
     bytes=io_bytes,
     backends=_linear_backends(),
     resolve=_linear_resolve(**LINEAR_DEFAULTS),
-    supports=check_heads,
-    exact=False,
+    why_unsupported=check_heads,
+    oracle="eager",
     defaults=LINEAR_DEFAULTS,
 )
 
@@ -399,6 +425,17 @@ def linformer_attention(q, k, v, e, f, use_sdpa: bool = False) -> torch.Tensor:
     return softmax_attention(q, kp, vp)  # 4·Lq·k·D
 
 
+def projected_bytes(p: Problem) -> float:
+    """K and V projected to k rows: 2 × (B, Hkv, k, D)."""
+    return 2.0 * p.batch * p.kv_heads * int(p.param("k")) * p.head_dim * p.itemsize
+
+
+def linformer_eager_workspace(p: Problem) -> float:
+    """The projections and materialised fp32 scores over the k projected keys (2.5 tensors of
+    (B, Hq, Lq, k), as the cost model counts materialised scores)."""
+    return projected_bytes(p) + 2.5 * 4 * p.batch * p.heads * p.seq_q * int(p.param("k"))
+
+
 def _linformer_backends() -> tuple[Backend, ...]:
     def builder(use_sdpa: bool):
         def build(problem: Problem, device: torch.device) -> Fn:
@@ -408,8 +445,10 @@ def _linformer_backends() -> tuple[Backend, ...]:
         return build
 
     return (
-        Backend("eager", builder(False), "project K, V to k rows, then materialised softmax over k keys"),
-        Backend("sdpa", builder(True), "project K, V to k rows, then torch SDPA over k keys"),
+        Backend("eager", builder(False), "project K, V to k rows, then materialised softmax over k keys",
+                workspace=linformer_eager_workspace),
+        Backend("sdpa", builder(True), "project K, V to k rows, then torch SDPA over k keys",
+                workspace=projected_bytes),
     )
 
 
@@ -440,10 +479,10 @@ LINFORMER = Variant(
     reference=exact_reference,
     flops=linformer_flops,
     bytes=io_bytes,
-    backends=_linformer_backends() + (peers.linformer_peer(linformer_projections),),
+    backends=_linformer_backends() + (peers.linformer_peer(linformer_projections, linformer_eager_workspace),),
     resolve=_linear_resolve(**LINFORMER_DEFAULTS),
-    supports=_linformer_supports,
-    exact=False,
+    why_unsupported=_linformer_supports,
+    oracle="eager",
     defaults=LINFORMER_DEFAULTS,
 )
 

@@ -147,7 +147,15 @@ def _eager_backend() -> Backend:
         rot = rotations(problem, device)
         return lambda q, k, v: reformer_attention(q, k, v, problem, rot)
 
-    return Backend("eager", build, "hash, sort, chunked attention and merge in plain PyTorch, round by round")
+    return Backend("eager", build, "hash, sort, chunked attention and merge in plain PyTorch, round by round",
+                   workspace=reformer_workspace)
+
+
+def reformer_workspace(p: Problem) -> float:
+    """The merge's peak: every round's fp32 (B, Hq, Lq, D) output three times over (the list, the
+    stack and the weighted copy), beside the fp32 keys-and-values tensor (B, Hq, Lk, 2D)."""
+    rounds = int(p.param("n_hashes"))
+    return 4.0 * (3 * rounds * p.batch * p.heads * p.seq_q * p.head_dim + 2 * p.batch * p.heads * p.seq_k * p.head_dim)
 
 
 def reformer_flops(p: Problem) -> float:
@@ -204,7 +212,7 @@ REFORMER = Variant(
     name="reformer", family="lsh",
     description="Reformer LSH attention: hash, sort into buckets, attend within chunks, n_hashes rounds",
     time="O(L log L)", memory="O(L·c)", reference=exact_reference, flops=reformer_flops, bytes=io_bytes,
-    backends=(_eager_backend(),), resolve=lambda p: fill_defaults(p, **DEFAULTS), supports=reformer_supports,
-    exact=False, defaults=DEFAULTS, make_inputs=make_inputs)
+    backends=(_eager_backend(),), resolve=lambda p: fill_defaults(p, **DEFAULTS), why_unsupported=reformer_supports,
+    oracle="eager", defaults=DEFAULTS, make_inputs=make_inputs)
 
 VARIANTS = (REFORMER,)

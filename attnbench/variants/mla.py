@@ -224,10 +224,10 @@ BACKENDS = (
             "Dqk = r + dr, Dv = r (absorbed); on CPU Dv != Dqk takes SDPA's math path (scores materialised)",
             materializes=True),
     Backend("flex", _flex_build, "compiled FlexAttention, naive or absorbed (Dv != Dqk, enable_gqa)",
-            available=flex_backend().available, memory="O(L)"),
+            why_unavailable=flex_backend().why_unavailable, memory="O(L)"),
     Backend("triton", _triton_build, "Triton split-KV decode over the latent cache (absorbed form; the two "
-            "projections in torch; fp32: TF32 dots)", available=triton.flash_backend().available,
-            supports=_triton_supports, tf32_dots=True, memory="O(L)"),
+            "projections in torch; fp32: TF32 dots)", why_unavailable=triton.flash_backend().why_unavailable,
+            why_unsupported=_triton_supports, tf32_dots=True, memory="O(L)"),
 )
 
 
@@ -237,7 +237,7 @@ def resolve(p: Problem) -> Problem:
     return replace(p, kv_heads=1, head_dim=int(p.param("v_head_dim")))
 
 
-def supports(p: Problem) -> Reason:
+def why_unsupported(p: Problem) -> Reason:
     for name in DIMS:
         value = p.param(name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -288,11 +288,11 @@ def mla_kv_cache_bytes(p: Problem) -> float:
 
 
 MLA = with_scale(Variant(
-    name="mla", family="latent",
+    name="mla", family="latent", oracle="reference", decode_check=True,
     description="multi-head latent attention (DeepSeek-V2/V3): K/V from a shared latent, naive prefill, "
                 "absorbed decode",
     time="O(L²)", memory="O(L²)", reference=reference, flops=mla_flops, bytes=mla_bytes, backends=BACKENDS,
-    resolve=resolve, supports=supports, defaults=dict(DEFAULTS), make_inputs=make_inputs,
+    resolve=resolve, why_unsupported=why_unsupported, defaults=dict(DEFAULTS), make_inputs=make_inputs,
     modes=("fwd", "decode"), kv_cache_bytes=mla_kv_cache_bytes), scale)
 
 VARIANTS = (MLA,)

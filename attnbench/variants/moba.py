@@ -157,7 +157,7 @@ def supports(p: Problem) -> Reason:
 
 
 MOBA = Variant(
-    name="moba", family="dynamic sparse",
+    name="moba", family="dynamic sparse", oracle="reference", decode_check=True,
     description="MoBA (Kimi): each query attends its current block and its top blocks by q·mean key "
                 "(--param block=64, topk_blocks=3)",
     time="O(L²/block + L·k·block)", memory="O(L²)", reference=dense_moba, flops=moba_flops, bytes=io_bytes,
@@ -165,7 +165,7 @@ MOBA = Variant(
                       memory="O(L·k·block)"),
               Backend("eager", _build(dense_moba), "dense scores masked to each query's blocks (the reference)",
                       materializes=True)),
-    resolve=resolve, supports=supports, defaults=dict(DEFAULTS), modes=("fwd", "decode"),
+    resolve=resolve, why_unsupported=supports, defaults=dict(DEFAULTS), modes=("fwd", "decode"),
     picture=lambda p: token_mask(select_blocks(*_picture_inputs(p), p), p, "cpu")[0, 0].float())
 
 

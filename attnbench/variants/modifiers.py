@@ -116,12 +116,12 @@ def sink_logit_bytes(p: Problem) -> float:
 def refuse(backend: Backend, why: Callable[[Problem], Reason]) -> Backend:
     """`backend` with `why(problem)` checked before its own supports: a parameter it cannot
     honour becomes `unsupported` with the reason, never silently ignored."""
-    own = backend.supports
+    own = backend.why_unsupported
 
-    def supports(p: Problem, device: torch.device) -> Reason:
+    def why_unsupported(p: Problem, device: torch.device) -> Reason:
         return why(p) or own(p, device)
 
-    return replace(backend, supports=supports)
+    return replace(backend, why_unsupported=why_unsupported)
 
 
 def no_softcap(what: str, use: str = "eager or flex") -> Callable[[Problem], Reason]:

@@ -152,12 +152,12 @@ def supports(p: Problem) -> Reason:
 
 
 NSA = Variant(
-    name="nsa", family="dynamic sparse",
+    name="nsa", family="dynamic sparse", oracle="reference", decode_check=True,
     description="NSA (DeepSeek): gated compressed, selected-block and sliding-window branches "
                 "(cmp_block=32, stride=16, block=64, topk_blocks=16, window=512)",
     time="O(L²/stride + L·n·block + L·w)", memory="O(L²)", reference=reference, flops=nsa_flops, bytes=io_bytes,
     backends=(Backend("eager", _eager_build, "the three branches with dense masks, gated (the reference)",
                       materializes=True),),
-    resolve=resolve, supports=supports, defaults=dict(DEFAULTS), modes=("fwd", "decode"))
+    resolve=resolve, why_unsupported=supports, defaults=dict(DEFAULTS), modes=("fwd", "decode"))
 
 VARIANTS = (NSA,)

@@ -252,6 +252,14 @@ def _eager_build(p: Problem, device: torch.device) -> Fn:
     return eager_gather
 
 
+def _sdpa_workspace(p: Problem) -> float:
+    """A fused SDPA call beyond its output: the bool mask made additive (B, Lq, Lk), the padded-row
+    product, and with the paged layout the pages gathered into a padded K and V."""
+    gathered = 2 * p.batch * p.kv_heads * p.seq_k * p.head_dim if p.param("kv_layout") == "paged" else 0
+    rows = p.batch * p.heads * p.seq_q * p.head_dim if p.mode != "decode" else 0
+    return float((p.batch * p.seq_q * p.seq_k + gathered + rows) * p.itemsize)
+
+
 def _sdpa_build(p: Problem, device: torch.device) -> Fn:
     lens = torch.tensor(lengths_of(p), device=device)
     j = torch.arange(p.seq_k, device=device)
@@ -340,11 +348,11 @@ def _backends() -> tuple[Backend, ...]:
         Backend("eager", _eager_build, "gathers each sequence's pages, exact materialised attention per sequence",
                 materializes=True),
         Backend("sdpa", _sdpa_build, "torch SDPA on the padded batch with a key-padding mask (paged: pages "
-                "gathered into the padded cache inside the call)", materializes=True),
+                "gathered into the padded cache inside the call)", workspace=_sdpa_workspace),
         Backend("flex", _flex_build, "compiled FlexAttention, a BlockMask over the page table (block = page)",
-                available=flex_backend().available, supports=_flex_supports, memory="O(L)"),
+                why_unavailable=flex_backend().why_unavailable, why_unsupported=_flex_supports, memory="O(L)"),
         Backend("triton", _triton_build, "attnbench's Triton paged split-KV decode (fp32: TF32 dots)",
-                available=triton_backends.flash_backend().available, supports=_triton_supports,
+                why_unavailable=triton_backends.flash_backend().why_unavailable, why_unsupported=_triton_supports,
                 tf32_dots=True, memory="O(L)"),
     )
 
@@ -358,10 +366,10 @@ def _resolve(p: Problem) -> Problem:
 
 
 PAGED = Variant(
-    name="paged", family="serving",
+    name="paged", family="serving", oracle="reference", decode_check=True,
     description="ragged batch over a paged KV cache (PagedAttention): --kv-layout, --page-size, --seq-dist",
     time="O(L²)", memory="O(L²)", reference=lambda q, k, v, p: ragged_attention(q, k, v, p),
-    flops=flops, bytes=io_bytes, backends=_backends(), resolve=_resolve, supports=check_heads,
+    flops=flops, bytes=io_bytes, backends=_backends(), resolve=_resolve, why_unsupported=check_heads,
     defaults=dict(DEFAULTS), make_inputs=make_inputs, modes=("fwd", "decode"), kv_cache_bytes=kv_cache_bytes)
 
 VARIANTS = (PAGED,)

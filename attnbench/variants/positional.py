@@ -8,7 +8,7 @@
 | transformer_xl | memory of previous states + content/position terms with u, v biases| Dai et al. 2019     |
 
 Positions: query i sits at i' = i + (Lk − Lq), key j at j (bottom-right, as causal masks and
-decoding). All four are exact w.r.t. their own eager reference (exact=True). The scores keep the
+decoding). All four are exact w.r.t. their own eager reference (oracle "reference"). The scores keep the
 1/√D scaling; biases are added after it (T5 itself folds the scaling into its initialisation).
 
 RoPE (rotate-half convention of GPT-NeoX/Llama; the paper's interleaved pairs are a permutation
@@ -109,7 +109,11 @@ def _rotated(inner: Backend) -> Backend:
 
         return rope
 
-    return replace(inner, build=build, description=f"rotate q, k, then {inner.description}")
+    def workspace(p: Problem) -> float:  # the rotated q and k, then the inner backend's own
+        rotated = (p.batch * p.heads * p.seq_q + p.batch * p.kv_heads * p.seq_k) * p.head_dim * p.itemsize
+        return rotated + (inner.workspace(p) if inner.workspace else 0.0)
+
+    return replace(inner, build=build, description=f"rotate q, k, then {inner.description}", workspace=workspace)
 
 
 def rope_flops(p: Problem) -> float:
@@ -130,13 +134,13 @@ def _rope_picture(p: Problem) -> torch.Tensor:
 
 
 ROPE = Variant(
-    name="rope", family="positional",
+    name="rope", family="positional", oracle="reference",
     description="rotary position embedding on q and k (base 10000), then exact attention",
     time="O(L²)", memory="O(L²)", reference=rope_attention, flops=rope_flops, bytes=rope_bytes,
     backends=tuple(_rotated(b) for b in (
         eager_backend(lambda q, k, v, p: softmax_attention(q, k, v, causal=p.causal)),
         *sdpa_backends(names=("sdpa",)), flex_backend())),
-    resolve=lambda p: fill_defaults(p, base=10000.0), supports=_even_head_dim,
+    resolve=lambda p: fill_defaults(p, base=10000.0), why_unsupported=_even_head_dim,
     defaults={"base": 10000.0}, picture=_rope_picture)
 
 
@@ -215,7 +219,7 @@ def t5_score_mod(p: Problem, device: torch.device):
     return t5
 
 
-def _bias_variant(name: str, description: str, bias_fn, score_mod, defaults: dict, supports=check_heads,
+def _bias_variant(name: str, description: str, bias_fn, score_mod, defaults: dict, why_unsupported=check_heads,
                   extra: tuple[Backend, ...] = ()) -> Variant:
     """Exact attention plus an additive (Hq, Lq, Lk) bias: eager, SDPA with the bias as a float
     attn_mask (causal folded in as −inf), flex with a score_mod computing the bias per pair."""
@@ -238,13 +242,14 @@ def _bias_variant(name: str, description: str, bias_fn, score_mod, defaults: dic
         return bias[None].to(p.torch_dtype)  # (1, Hq, Lq, Lk)
 
     return Variant(
-        name=name, family="positional", description=description, time="O(L²)", memory="O(L²)",
+        name=name, family="positional", oracle="reference", description=description, time="O(L²)", memory="O(L²)",
         reference=reference, flops=attention_flops,
         # q, k, v, out; the bias is computed (flex) or read once per head (sdpa: + Hq·Lq·Lk)
         bytes=io_bytes,
         backends=(Backend("eager", eager_build, "materialised softmax(QKᵀ/√D + bias)V", materializes=True),
-                  *sdpa_backends(sdpa_mask, names=("sdpa",)), flex_backend(score_mod=score_mod), *extra),
-        resolve=lambda p: fill_defaults(p, **defaults), supports=supports, defaults=dict(defaults),
+                  *sdpa_backends(sdpa_mask, names=("sdpa",), bool_mask=False), flex_backend(score_mod=score_mod),
+                  *extra),
+        resolve=lambda p: fill_defaults(p, **defaults), why_unsupported=why_unsupported, defaults=dict(defaults),
         picture=lambda p: _masked_picture(bias_fn(p)[0], p))
 
 
@@ -334,7 +339,24 @@ def _xl_backend(name: str, chunk: int | None, description: str) -> Backend:
 
         return xl
 
-    return Backend(name, build, description, materializes=chunk is None, memory=None if chunk is None else "O(L·c)")
+    return Backend(name, build, description, materializes=chunk is None, memory=None if chunk is None else "O(L·c)",
+                   workspace=xl_bias_workspace if chunk is None else lambda p: xl_chunk_workspace(p, chunk))
+
+
+def xl_bias_workspace(p: Problem) -> float:
+    """Beyond the materialised scores: the (B, Hq, Lq, P) position-bias product, P = Lq + Lk − 1."""
+    return 4.0 * p.batch * p.heads * p.seq_q * (p.seq_q + p.seq_k - 1)
+
+
+def xl_chunk_workspace(p: Problem, chunk: int) -> float:
+    """xl_chunked's call: the projected sinusoids (Hq, P, D), P = Lq + Lk − 1 distances; one
+    (B, Hq, chunk, P) position-bias product at a time (its shift and slice are views; measured on
+    the CPU at L = 512-1024: about one such tensor, not three); the chunks' outputs and their
+    concatenation."""
+    n_dist = p.seq_q + p.seq_k - 1
+    rows = p.batch * p.heads * min(chunk, p.seq_q)
+    q_size = p.batch * p.heads * p.seq_q * p.head_dim * p.itemsize
+    return 4.0 * rows * n_dist + p.heads * n_dist * p.head_dim * p.itemsize + 2.0 * q_size
 
 
 def xl_flops(p: Problem) -> float:
@@ -369,15 +391,16 @@ def _xl_picture(p: Problem) -> torch.Tensor:
 
 
 TRANSFORMER_XL = Variant(
-    name="transformer_xl", family="positional",
+    name="transformer_xl", family="positional", oracle="reference",
     description="Transformer-XL relative attention over [memory ; segment] (mem_len 512), u/v biases",
     time="O(L·(L+m))", memory="O(L·(L+m))", reference=xl_attention, flops=xl_flops,
     bytes=lambda p: io_bytes(p) + float((p.seq_q + p.seq_k) * p.head_dim * p.itemsize),  # + the sinusoid table
-    backends=(eager_backend(xl_attention, "materialised scores, relative shift (the reference)"),
+    backends=(replace(eager_backend(xl_attention, "materialised scores, relative shift (the reference)"),
+                      workspace=xl_bias_workspace),
               _xl_backend("sdpa", None, "position bias for all Lq×Lk pairs, then fused SDPA"),
               _xl_backend("chunked", 256, "256-query chunks: position bias chunk by chunk + fused SDPA; "
                           "O(L·256) memory")),
-    resolve=_xl_resolve, supports=_xl_supports, defaults={"mem_len": 512, "seed": 0},
+    resolve=_xl_resolve, why_unsupported=_xl_supports, defaults={"mem_len": 512, "seed": 0},
     picture=_xl_picture)
 
 VARIANTS = (ROPE, ALIBI, T5_BIAS, TRANSFORMER_XL)

@@ -28,9 +28,10 @@ from attnbench.variants import (
     sparse,
     vision,
 )
-from attnbench.variants.base import Backend, Fn, Reason, Variant
+from attnbench.variants.base import Backend, Decision, Fn, Reason, Variant
 
-__all__ = ["Backend", "Fn", "Reason", "Variant", "FAMILIES", "get", "names", "all_variants", "decide", "describe"]
+__all__ = ["Backend", "Decision", "Fn", "Reason", "Variant", "FAMILIES", "get", "names", "all_variants", "decide",
+           "describe"]
 
 FAMILIES = (exact, flash, positional, sparse, lsh, linear, vision, graph, ring, mla, paged, gdn, dsa, moba, nsa)
 
@@ -55,25 +56,25 @@ def all_variants() -> list[Variant]:
 
 
 def decide(variant: Variant, backend: str, problem: Problem, device: torch.device,
-           available: bool = True) -> tuple[str, str] | None:
+           check_availability: bool = True) -> Decision:
     """Whether `backend` of `variant` can run `problem` (already resolved) on `device`: the one
     place that answers "is this case runnable?" for the sweep, the library, check, the frontier
-    and distributed runs. None when runnable, else (status, reason): `unsupported` when the
-    variant or backend cannot do this problem, `unavailable` when this machine lacks what the
-    backend needs. available=False leaves the machine out (check runs Triton interpreted)."""
+    and distributed runs. `unsupported` when the variant or backend cannot do this problem,
+    `unavailable` when this machine lacks what the backend needs; check_availability=False leaves
+    the machine out (check runs Triton interpreted)."""
     if problem.mode not in variant.modes:
-        return "unsupported", (f"{variant.name} does not support mode {problem.mode} "
-                               f"(supported: {', '.join(variant.modes)})")
+        return Decision("unsupported", f"{variant.name} does not support mode {problem.mode} "
+                                       f"(supported: {', '.join(variant.modes)})")
     if backend not in variant.backend_names(include_test=True):
-        return "unsupported", f"{variant.name} has no backend '{backend}'"
+        return Decision("unsupported", f"{variant.name} has no backend '{backend}'")
     b = variant.backend(backend)
-    if why := variant.supports(problem):
-        return "unsupported", why
-    if available and (why := b.available(device)):
-        return "unavailable", why
-    if why := b.supports(problem, device):
-        return "unsupported", why
-    return None
+    if why := variant.why_unsupported(problem):
+        return Decision("unsupported", why)
+    if check_availability and (why := b.why_unavailable(device)):
+        return Decision("unavailable", why)
+    if why := b.why_unsupported(problem, device):
+        return Decision("unsupported", why)
+    return Decision()
 
 
 def describe(variant_names) -> dict[str, dict]:

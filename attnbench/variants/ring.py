@@ -44,14 +44,14 @@ def _backend_supports(p: Problem, device: torch.device) -> Reason:
 
 
 def _available(block: str):
-    def available(device: torch.device) -> Reason:
+    def why_unavailable(device: torch.device) -> Reason:
         import torch.distributed as dist
 
         if not dist.is_available():
             return "torch.distributed is not available in this torch build"
         return _triton_unavailable() if block == "triton" else None
 
-    return available
+    return why_unavailable
 
 
 def _triton_unavailable() -> Reason:
@@ -77,13 +77,13 @@ _DESCRIPTIONS = {
 }
 
 RING = Variant(
-    name="ring", family="distributed",
+    name="ring", family="distributed", oracle="softmax", distributed=True,
     description="exact attention, sequence split over --world-size ranks, K/V passed around a ring "
                 "(zig-zag shards when causal)",
     time="O(L²/P) per rank", memory="O(L/P)", reference=exact_reference, flops=attention_flops,
     bytes=io_bytes,
-    backends=tuple(Backend(name, _build, desc, available=_available(name), supports=_backend_supports)
+    backends=tuple(Backend(name, _build, desc, why_unavailable=_available(name), why_unsupported=_backend_supports)
                    for name, desc in _DESCRIPTIONS.items()),
-    resolve=_resolve, supports=_supports, defaults={"world_size": 1, "layout": "zigzag"}, modes=("fwd",))
+    resolve=_resolve, why_unsupported=_supports, defaults={"world_size": 1, "layout": "zigzag"}, modes=("fwd",))
 
 VARIANTS = (RING,)

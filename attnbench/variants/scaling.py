@@ -68,7 +68,7 @@ def with_scale(variant: Variant, default: Callable[[Problem], float] = default_s
     """`variant` with the `scale` option on its reference and every backend (see the module doc);
     `native` backends, appended, pass `scale` to their own call (transformers' functions take
     `scaling`) and are not wrapped."""
-    reference, supports = variant.reference, variant.supports
+    reference, why_unsupported = variant.reference, variant.why_unsupported
 
     def scaled_reference(q, k, v, p: Problem):
         c = _factor(p, default)
@@ -76,4 +76,5 @@ def with_scale(variant: Variant, default: Callable[[Problem], float] = default_s
 
     return replace(variant, reference=scaled_reference,
                    backends=tuple(_scaled_backend(b, default) for b in variant.backends) + native,
-                   supports=lambda p: check_scale(p) or supports(p), options={**variant.options, "scale": OFF})
+                   why_unsupported=lambda p: check_scale(p) or why_unsupported(p),
+                   options={**variant.options, "scale": OFF})

@@ -113,20 +113,6 @@ def kv_cache_bytes(problem: Problem) -> float:
     return float(2 * problem.batch * problem.kv_heads * problem.seq_k * problem.head_dim * problem.itemsize)
 
 
-# ---------------------------------------------------------------- availability
-def needs_cuda(device: torch.device) -> Reason:
-    return None if device.type == "cuda" else "needs a CUDA device"
-
-
-def no_backward_on_cpu(what: str) -> Callable[[Problem, torch.device], Reason]:
-    def supports(problem: Problem, device: torch.device) -> Reason:
-        if problem.needs_grad and device.type == "cpu":
-            return f"{what} has no backward on CPU"
-        return None
-
-    return supports
-
-
 # ---------------------------------------------------------------- backend factories
 def eager_backend(
     math_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Problem], torch.Tensor],
@@ -151,21 +137,21 @@ SDPA_KERNELS = {
 
 
 def _sdpa_available(name: str) -> Callable[[torch.device], Reason]:
-    def available(device: torch.device) -> Reason:
+    def why_unavailable(device: torch.device) -> Reason:
         if name in ("sdpa-efficient", "sdpa-cudnn") and device.type != "cuda":
             return f"{name} exists only on CUDA devices"
         if name == "sdpa-cudnn" and device.type == "cuda" and not torch.backends.cudnn.is_available():
             return "cuDNN is not available"
         return None
 
-    return available
+    return why_unavailable
 
 
 def _sdpa_supports(name: str) -> Callable[[Problem, torch.device], Reason]:
     """What a pinned CUDA kernel refuses (it raises "No available kernel" at the call otherwise),
     from torch's SDPA constraints and a run on an H100 (torch 2.11)."""
 
-    def supports(problem: Problem, device: torch.device) -> Reason:
+    def why_unsupported(problem: Problem, device: torch.device) -> Reason:
         if device.type != "cuda":
             return None
         if name in ("sdpa-flash", "sdpa-cudnn") and problem.dtype not in ("float16", "bfloat16"):
@@ -180,7 +166,7 @@ def _sdpa_supports(name: str) -> Callable[[Problem, torch.device], Reason]:
             )
         return None
 
-    return supports
+    return why_unsupported
 
 
 def sdpa_call(problem: Problem, *, mask: torch.Tensor | None = None):
@@ -197,13 +183,22 @@ def sdpa_call(problem: Problem, *, mask: torch.Tensor | None = None):
     return kwargs
 
 
+def mask_workspace(p: Problem) -> float:
+    """A dense (Lq, Lk) additive mask in the inputs' dtype, made from a bool mask on each call."""
+    return float(p.seq_q * p.seq_k * p.itemsize)
+
+
 def sdpa_backends(
     mask_fn: Callable[[Problem, torch.device], torch.Tensor | None] | None = None,
     names: tuple[str, ...] = tuple(SDPA_KERNELS),
+    bool_mask: bool = True,
 ) -> tuple[Backend, ...]:
     """torch SDPA, free to choose its kernel (`sdpa`) or pinned to one (`sdpa-flash`, ...).
 
-    mask_fn builds an explicit (Lq, Lk) bool mask in setup (sparse patterns); None for plain."""
+    mask_fn builds an explicit (Lq, Lk) mask in setup (sparse patterns: bool; biases: additive,
+    bool_mask=False); None for plain. A masked call is still a fused kernel (no per-head scores;
+    measured on the CPU), but SDPA turns a bool mask into an additive one of the inputs' dtype on
+    every call: its workspace, Lq·Lk elements."""
     out = []
     for name in names:
 
@@ -234,9 +229,10 @@ def sdpa_backends(
                 name,
                 build,
                 desc,
-                available=_sdpa_available(name),
-                supports=_sdpa_supports(name),
-                materializes=name == "sdpa-math" or mask_fn is not None,
+                why_unavailable=_sdpa_available(name),
+                why_unsupported=_sdpa_supports(name),
+                materializes=name == "sdpa-math",
+                workspace=mask_workspace if mask_fn is not None and bool_mask else None,
                 memory=None if name == "sdpa-math" or mask_fn is not None else "O(L)",
             )
         )

@@ -113,16 +113,30 @@ class ChunkPlan:
     blocked: torch.Tensor  # (n_chunks, C, span) bool, True = masked out
 
 
-def chunk_plan(lq: int, lk: int, window: int, causal: bool, device, chunk: int | None = None) -> ChunkPlan:
+def chunk_shape(lq: int, lk: int, window: int, causal: bool, chunk: int | None = None) -> tuple[int, int, int]:
+    """(C, span, n_chunks) of chunked local attention."""
     w = min(window, lk)  # |i' - j| <= Lk - 1 < w: a wider window changes nothing
     # Chunk C = w/2 (at least min(w, 32)): a chunk computes C·span scores for C·w (causal) useful
     # ones; C = w wastes 2×, smaller C more, smaller matmuls. Measured at L=4k, w=256: C=128 best.
     c = min(chunk or max(w // 2, min(w, 32)), lq)
+    return c, (c + w - 1 if causal else c + 2 * w - 2), -(-lq // c)
+
+
+def chunked_workspace(p: Problem) -> float:
+    """One call beyond its output: fp32 scores and probabilities of every chunk (n·C × span per
+    head), the padded copies of K and V, the scaled padded queries and the output's reshape."""
+    c, span, n = chunk_shape(p.seq_q, p.seq_k, int(p.param("window")), p.causal)
+    rows = p.batch * p.heads * n * c
+    padded_kv = 2 * p.batch * p.kv_heads * (n * c + span) * p.head_dim
+    return 2 * 4.0 * rows * span + (padded_kv + 2 * rows * p.head_dim) * p.itemsize
+
+
+def chunk_plan(lq: int, lk: int, window: int, causal: bool, device, chunk: int | None = None) -> ChunkPlan:
+    w = min(window, lk)
+    c, span, n = chunk_shape(lq, lk, window, causal, chunk)
     start = max(0, (lk - lq) - w + 1)  # the first query (at i' = Lk - Lq) sees j > i' - w
     off, lk2 = lk - lq - start, lk - start  # off in [0, w - 1]
     left = w - 1 - off  # chunk 0's first needed key (j = off - w + 1) lands at padded index 0
-    span = c + w - 1 if causal else c + 2 * w - 2
-    n = -(-lq // c)
     right = (n - 1) * c + span - left - lk2
     i = (torch.arange(n, device=device)[:, None] * c + torch.arange(c, device=device))[:, :, None]  # (n, C, 1)
     j = torch.arange(n, device=device)[:, None, None] * c + torch.arange(span, device=device) - left  # (n, 1, span)
@@ -167,6 +181,7 @@ def _chunked_backend() -> Backend:
         build,
         "blocked local attention: each chunk of w/2 queries reads its "
         "1.5w (2.5w non-causal) keys through unfold views; O(L·w), no L×L tensor",
+        workspace=chunked_workspace,
     ), mod.all_of(mod.no_sinks("chunked (it reads only each chunk's window of keys)", "flex, eager, sdpa or triton"),
               mod.no_sink_logit("chunked")))
 
@@ -200,6 +215,7 @@ _PEER_REFUSES = mod.all_of(mod.no_sinks("local-attention", "flex, eager, sdpa or
 SLIDING_WINDOW = with_scale(Variant(
     name="sliding_window",
     family="sparse",
+    oracle="reference",
     description="local attention: each query sees the keys within `window` positions (default 256), "
     "+ `sinks`, `sink_logit`, `softcap`",
     time="O(L·w)",
@@ -218,7 +234,7 @@ SLIDING_WINDOW = with_scale(Variant(
         triton.window_backend(),
     ),
     resolve=lambda p: fill_defaults(p, window=256),
-    supports=_sw_supports,
+    why_unsupported=_sw_supports,
     full_attention_error=True,
     defaults={"window": 256},
     options={"sinks": 0, "sink_logit": "off", "softcap": 0.0},
@@ -248,7 +264,7 @@ class BlockPattern:
     def flops(self, p: Problem) -> float:
         return attention_flops(p, pat.layout_pairs(self.layout(p), p.param("block"), p.seq_q, p.causal))
 
-    def supports(self, p: Problem) -> Reason:
+    def why_unsupported(self, p: Problem) -> Reason:
         if p.seq_q != p.seq_k:
             return (
                 f"block-sparse layouts are defined for self-attention (Lq == Lk, got {p.seq_q} and "
@@ -277,6 +293,7 @@ def _block_variant(name: str, description: str, time: str, bp: BlockPattern, def
     return Variant(
         name=name,
         family="sparse",
+        oracle="reference",
         description=description,
         time=time,
         memory=time,
@@ -285,7 +302,7 @@ def _block_variant(name: str, description: str, time: str, bp: BlockPattern, def
         bytes=io_bytes,
         backends=bp.backends() + (triton.block_sparse_backend(bp.layout),),
         resolve=resolve or (lambda p: fill_defaults(p, **defaults)),
-        supports=bp.supports,
+        why_unsupported=bp.why_unsupported,
         full_attention_error=True,
         defaults=dict(defaults),
         picture=bp.picture,

@@ -148,6 +148,16 @@ def axial_attention(q, k, v, problem: Problem, use_sdpa: bool, _=None) -> torch.
     return cols(out).reshape(b, h, hg * wg, d)
 
 
+def axial_workspace(p: Problem, use_sdpa: bool) -> float:
+    """The row step's output (mid); eager also copies the column views of q, k and mid contiguous
+    and holds 2.5 fp32 score tensors of one step's (B, Hq, L, max(Hg, Wg))."""
+    hg, wg = grid_of(p) or (math.isqrt(p.seq_k),) * 2
+    q_size = p.batch * p.heads * p.seq_q * p.head_dim * p.itemsize
+    if use_sdpa:
+        return float(q_size)
+    return 3.0 * q_size + 2.5 * 4 * p.batch * p.heads * p.seq_q * max(hg, wg)
+
+
 def axial_flops(p: Problem) -> float:
     hg, wg = grid_of(p) or (math.isqrt(p.seq_k),) * 2
     if not p.causal:  # each query attends Wg keys, then Hg keys: 4·B·Hq·L·(Hg+Wg)·D
@@ -166,6 +176,7 @@ AXIAL_DEFAULTS = {"grid": None}
 AXIAL = Variant(
     name="axial",
     family="vision",
+    oracle="reference",
     description="axial attention on an H×W grid: along rows, then along columns (grid=HxW, default square)",
     time="O(L·√L)",
     memory="O(L·√L)",
@@ -173,11 +184,13 @@ AXIAL = Variant(
     flops=axial_flops,
     bytes=io_bytes,
     backends=(
-        Backend("eager", _builder(axial_attention, False), "rows then columns as batched matmuls"),
-        Backend("sdpa", _builder(axial_attention, True), "rows then columns batched into torch SDPA"),
+        Backend("eager", _builder(axial_attention, False), "rows then columns as batched matmuls",
+                workspace=lambda p: axial_workspace(p, False)),
+        Backend("sdpa", _builder(axial_attention, True), "rows then columns batched into torch SDPA",
+                workspace=lambda p: axial_workspace(p, True)),
     ),
     resolve=_resolve(AXIAL_DEFAULTS),
-    supports=_grid_supports,
+    why_unsupported=_grid_supports,
     full_attention_error=True,
     defaults=AXIAL_DEFAULTS,
     picture=axial_picture,
@@ -259,6 +272,14 @@ def swin_attention(q, k, v, problem: Problem, use_sdpa: bool, mask: torch.Tensor
     return from_windows(out, hw, w, s)
 
 
+def swin_workspace(p: Problem) -> float:
+    """Rolled, windowed copies of q, k and v and the output's way back, and 2.5 fp32 score tensors
+    of w² keys per query (SDPA with the shift mask measured the same on the CPU)."""
+    w, _ = _window_params(p)
+    q_size = p.batch * p.heads * p.seq_q * p.head_dim * p.itemsize
+    return 4.0 * q_size + 2.5 * 4 * p.batch * p.heads * p.seq_q * w * w
+
+
 def _swin_supports(p: Problem) -> Reason:
     if p.causal:
         return "swin attends windows of an image grid, which has no causal order"
@@ -282,6 +303,7 @@ SWIN_DEFAULTS = {"grid": None, "window": 8, "shift": None}
 SWIN = Variant(
     name="swin",
     family="vision",
+    oracle="reference",
     description="Swin shifted-window attention on an H×W grid (window=8, shift=window//2)",
     time="O(L·w²)",
     memory="O(L·w²)",
@@ -289,11 +311,13 @@ SWIN = Variant(
     flops=lambda p: attention_flops(p, pairs=swin_pairs(p)),  # the attended pairs of the shifted windows
     bytes=io_bytes,
     backends=(
-        Backend("eager", _builder(swin_attention, False, window_mask), "roll, cut windows, batched matmuls"),
-        Backend("sdpa", _builder(swin_attention, True, window_mask), "roll, cut windows, torch SDPA over all windows"),
+        Backend("eager", _builder(swin_attention, False, window_mask), "roll, cut windows, batched matmuls",
+                workspace=swin_workspace),
+        Backend("sdpa", _builder(swin_attention, True, window_mask), "roll, cut windows, torch SDPA over all windows",
+                workspace=swin_workspace),
     ),
     resolve=_resolve(SWIN_DEFAULTS),
-    supports=_swin_supports,
+    why_unsupported=_swin_supports,
     full_attention_error=True,
     defaults=SWIN_DEFAULTS,
     picture=swin_picture,

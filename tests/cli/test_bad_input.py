@@ -146,7 +146,7 @@ CASES = [
     (["compare", "missing.jsonl", "good.jsonl"], "missing.jsonl", 3),
     (["compare", "good.jsonl", "good.jsonl", "--threshold", "lots"], "threshold", 3),
     (["compare", "notjsonl.txt", "good.jsonl"], "notjsonl.txt", 3),
-    # --- issue 16: numbers that are not finite, wrong types, locks, markup, gate usage codes
+    # --- numbers that are not finite, wrong types, locks, markup, gate usage codes
     (["run", "--time-budget", "nan"], "finite positive", 2),
     (["run", "--time-budget", "inf"], "finite positive", 2),
     (["run", "--time-budget", "-inf"], "finite positive", 2),

@@ -149,7 +149,7 @@ def test_run_end_to_end(capsys, tmp_path):
 
 
 def _captured_budget(monkeypatch, tmp_path, *args) -> float:
-    """The time budget `run` hands to bench.run_sweep (the run itself is not started)."""
+    """The time budget `run` hands to run.session.run_sweep (the run itself is not started)."""
     seen = {}
 
     def fake_run_sweep(sweeps, device, out, **kw):

@@ -1,4 +1,4 @@
-"""The command line's conventions (issue 19): --version, shell completion, readable metavars and
+"""The command line's conventions: --version, shell completion, readable metavars and
 examples in every --help, one length grammar, list's reasons, show --json, show-pattern fitted
 to the terminal and warning when a length is too short, "not run" for the peers suite."""
 

@@ -52,7 +52,10 @@ def test_dry_run_json_lists_every_case_with_prediction_and_decision(capsys, fake
     runs = [c for c in plan["cases"] if c["decision"] == "run"]
     assert all(c["predicted_seconds"] > 0 and c["predicted_peak_bytes"] > 0 for c in runs)
     assert {c["backend"] for c in plan["cases"] if c["decision"] != "run"} == {"triton"}
-    assert plan["predicted_seconds"] == pytest.approx(sum(c["predicted_seconds"] for c in plan["cases"]), abs=0.01)
+    startup = plan["predicted_startup_seconds"]
+    assert startup > 0 and "references measured here" in plan["startup_note"]
+    assert plan["predicted_seconds"] == pytest.approx(startup + sum(c["predicted_seconds"] for c in plan["cases"]),
+                                                      abs=0.01)
     assert not out.exists()  # a dry run writes nothing
 
 

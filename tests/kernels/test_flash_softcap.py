@@ -155,7 +155,7 @@ def test_variant_triton_backend_runs_the_kernel_with_the_params(name, params):
     raw = Problem(batch=1, heads=4, kv_heads=0, seq_q=45, seq_k=0, head_dim=16, dtype="float32", causal=True,
                   params=tuple(sorted({**v.defaults, **params}.items())))
     p = v.resolve(raw)
-    assert registry.decide(v, "triton", p, CPU, available=False) is None
+    assert registry.decide(v, "triton", p, CPU, check_availability=False).runnable
     q, k, vv = make_qkv(1, 4, p.kv_heads, 45, 45, 16, torch.float32)
     out = v.backend("triton").build(p, CPU)(q, k, vv)
     sl = torch.linspace(0.0, 4.0, 4) if params.get("sink_logit") == "learned" else None

@@ -82,7 +82,7 @@ def _bias_picture(p):
 def picture_variants(monkeypatch):
     """Two registered test variants with pictures: a window mask and an ALiBi-like bias."""
     common = dict(family="test", time="O(L·w)", memory="O(L·w)", reference=exact_reference,
-                  flops=attention_flops, bytes=io_bytes, backends=(), full_attention_error=True,
+                  flops=attention_flops, bytes=io_bytes, backends=(), oracle="reference", full_attention_error=True,
                   resolve=fill_defaults)
     registry.names()  # load the real registry first
     monkeypatch.setitem(registry._CATALOGUE, "testwindow", Variant(
@@ -217,7 +217,8 @@ def test_additive_masks_and_masked_biases(tmp_path, monkeypatch):
     for name, fn in (("testadditive", additive), ("testcausalbias", causal_bias)):
         monkeypatch.setitem(registry._CATALOGUE, name, Variant(
             name=name, family="test", description=name, time="O(L)", memory="O(L)", reference=exact_reference,
-            flops=attention_flops, bytes=io_bytes, backends=(), resolve=fill_defaults, picture=fn))
+            flops=attention_flops, bytes=io_bytes, backends=(), oracle="reference", resolve=fill_defaults,
+            picture=fn))
     mask, _ = picture("testadditive", 32)
     assert is_mask(mask) and float(mask.sum()) == 4 * 8 * 8
     bias, _ = picture("testcausalbias", 32)

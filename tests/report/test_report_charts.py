@@ -25,7 +25,7 @@ PERF = {"chunk": 64, "eps": 0.0, "nb_features": 256, "orthogonal": True, "seed":
 
 
 def issue_records() -> list[dict]:
-    """The issue's run: flash (3 backends), gqa (5, Hkv=2) and performer (3, default params), 1k..4k."""
+    """A mixed run: flash (3 backends), gqa (5, Hkv=2) and performer (3, default params), 1k..4k."""
     recs = []
     for L in (1024, 2048, 4096):
         f = L / 1024

@@ -47,12 +47,12 @@ def test_pinned_sdpa_kernels_declare_what_cuda_refuses():
     p32 = check.check_problem(mha, "float32", causal=False)
     p16 = check.check_problem(mha, "float16", causal=False)
     g16 = check.check_problem(gqa, "float16", causal=False)
-    assert "float16 or bfloat16" in mha.backend("sdpa-flash").supports(p32, cuda)
-    assert "float16 or bfloat16" in mha.backend("sdpa-cudnn").supports(p32, cuda)
-    assert mha.backend("sdpa-flash").supports(p16, cuda) is None
-    assert "enable_gqa" in gqa.backend("sdpa-efficient").supports(g16, cuda)
-    assert mha.backend("sdpa-efficient").supports(p32, cuda) is None
-    assert mha.backend("sdpa-flash").supports(p32, CPU) is None  # the CPU flash kernel takes fp32
+    assert "float16 or bfloat16" in mha.backend("sdpa-flash").why_unsupported(p32, cuda)
+    assert "float16 or bfloat16" in mha.backend("sdpa-cudnn").why_unsupported(p32, cuda)
+    assert mha.backend("sdpa-flash").why_unsupported(p16, cuda) is None
+    assert "enable_gqa" in gqa.backend("sdpa-efficient").why_unsupported(g16, cuda)
+    assert mha.backend("sdpa-efficient").why_unsupported(p32, cuda) is None
+    assert mha.backend("sdpa-flash").why_unsupported(p32, CPU) is None  # the CPU flash kernel takes fp32
 
 
 def test_flex_recompiles_fail_loudly_instead_of_running_eagerly():
@@ -62,3 +62,16 @@ def test_flex_recompiles_fail_loudly_instead_of_running_eagerly():
     cfg = torch._dynamo.config
     assert cfg.recompile_limit >= _flex.RECOMPILE_LIMIT
     assert cfg.fail_on_recompile_limit_hit is True
+
+
+def test_the_decode_check_is_declared_not_inferred_from_the_family(monkeypatch):
+    """`check` adds its decode problem where the variant declares decode_check, whatever its label."""
+    from dataclasses import replace
+
+    mha = registry.get("mha")
+    for label, declared in (("exact", False), ("a-new-label", True)):
+        v = replace(mha, name="relabelled", family=label, decode_check=declared, backends=(mha.backend("sdpa"),))
+        monkeypatch.setitem(registry._CATALOGUE, "relabelled", v)
+        rows = check.run_checks(["relabelled"], CPU, dtypes=("float32",))
+        assert rows and all(r.passed for r in rows), rows
+        assert any("decode" in r.shape for r in rows) == declared, (label, [r.shape for r in rows])

@@ -1,4 +1,4 @@
-"""Data safety (issue 16): one writer per output, writes that cannot tear or destroy (full and
+"""Data safety: one writer per output, writes that cannot tear or destroy (full and
 read-only disks on a real 64 KiB tmpfs), rounds journaled, signals, the worker dying with its
 parent, an outside kill recorded as `killed`, case identity."""
 

@@ -1,25 +1,27 @@
-"""One contract test over every registered (variant, CPU backend) pair (issue 17, item 7).
+"""One contract test over every registered (variant, CPU backend) pair.
 
 For each pair: a small problem the variant supports (its own resolve and defaults), the backend
 built and called once on seeded inputs, then:
   * output shape (B, Hq, Lq, D), the inputs' dtype, every element finite;
   * the variant's analytic FLOPs and bytes are > 0;
-  * the error against a reference in float64 is within a declared bound:
-      - exact variants whose definition is plain softmax attention (families in PLAIN_FAMILIES)
-        against the independent fp64 oracle of tests/conftest.py (GQA, bottom-right causal);
-      - exact variants that change the scores (patterns: masks; positional: biases/rotations)
+  * the error against a reference in float64 is within a bound chosen by the variant's declared
+    `oracle` (never by its `family`, a label):
+      - "softmax" (plain softmax attention at its defaults: MHA, GQA, flash, ...) against the
+        independent fp64 oracle of tests/conftest.py (GQA, bottom-right causal);
+      - "reference" (exact, but the scores are changed: masks, biases, rotations, a temperature)
         against the variant's own `reference` run on float64 inputs: the oracle has no notion of
         their masks and biases, so their reference is the definition (the reference itself is
         checked against independent math in tests/variants/test_sparse.py, test_positional.py, ...);
       - both with EXACT_BOUND: rel-L2 <= 1e-4, i.e. fp32 rounding (~1e-6 at these sizes) with
         margin, far below any real defect (a wrong mask or scale gives rel-L2 ~ 1e-1);
-      - approximations (Variant.exact False: Performer, linear, Linformer, Reformer) against the
-        variant's reference in float64, which is exact softmax attention. They estimate it with
-        random features / low-rank projections / hashing, so only a loose bound holds
-        (APPROX_BOUND); a tight bound is checked too: every non-eager backend against the
-        variant's own `eager` formulation fed float64 inputs (same random features).
-Skipped, each with registry.decide's own reason: test-only backends, the ring family (needs
-world_size >= 2 processes: tests/distributed/test_ring.py), Triton (no CUDA here; the kernels have their own
+      - "eager" (approximations: Performer, linear, Linformer, Reformer) against the variant's
+        reference in float64, which is exact softmax attention. They estimate it with random
+        features / low-rank projections / hashing, so only a loose bound holds (APPROX_BOUND); a
+        tight bound is checked too: every non-eager backend against the variant's own `eager`
+        formulation fed float64 inputs (same random features).
+The toy variant of docs/architecture.md's walk-through is held to the same contract at τ = 0.5.
+Skipped, each with registry.decide's own reason: test-only backends, distributed variants (ring:
+world_size >= 2 processes, tests/distributed/test_ring.py), Triton (no CUDA here; the kernels have their own
 interpreter tests), peer packages that are missing, and combinations the variant does not support
 at the chosen problem. FlexAttention cases compile (10-120 s each on this CPU): marked slow and
 run only with ATTNBENCH_CONTRACT_FLEX=1 (tests/variants/test_exact.py, test_sparse.py, test_positional.py
@@ -28,7 +30,10 @@ test flex per family).
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,7 +43,6 @@ from attnbench.variants import registry
 from conftest import rel_l2
 
 CPU = torch.device("cpu")
-PLAIN_FAMILIES = ("exact", "flash")  # their definition is softmax(QKᵀ/√D [+ causal]) V, nothing else
 EXACT_BOUND = 1e-4
 APPROX_BOUND = 2.0  # same order as exact attention; see test_approx_bound_rejects_a_wrong_answer
 # Measured here (random normal inputs, L=128, D=32): linear 0.74, linformer (k=256) 1.01, Performer
@@ -82,14 +86,14 @@ def contract_problem(v: registry.Variant) -> Problem:
 
 
 def skip_reason(v: registry.Variant, b: registry.Backend, p: Problem) -> str | None:
-    verdict = registry.decide(v, b.name, p, CPU)
+    decision = registry.decide(v, b.name, p, CPU)
     if b.test_only:
         return f"test-only backend ({b.description or 'fault injection'})"
-    if v.family == "distributed":
-        return f"ring family: {verdict[1] if verdict else 'needs world_size >= 2 processes'}"
-    if b.name == "triton" and verdict is None:
+    if v.distributed:
+        return f"distributed: {decision.reason or 'needs world_size >= 2 processes'}"
+    if b.name == "triton" and decision.runnable:
         return "triton: the kernels have their own interpreter tests"
-    return f"{verdict[0]}: {verdict[1]}" if verdict else None
+    return None if decision.runnable else f"{decision.status}: {decision.reason}"
 
 
 def _cases():
@@ -117,10 +121,8 @@ def _inputs(v: registry.Variant, p: Problem, make_qkv):
     return make_qkv(p, seed=0)
 
 
-@pytest.mark.parametrize("variant,backend", list(_cases()))
-def test_contract(variant, backend, make_qkv, oracle):
-    v = registry.get(variant)
-    p = contract_problem(v)
+def assert_contract(v: registry.Variant, backend: str, p: Problem, make_qkv, oracle) -> None:
+    """The contract of one (variant, backend) pair at problem `p` (see the module docstring)."""
     q, k, val = _inputs(v, p, make_qkv)
     with torch.no_grad():
         out = v.backend(backend).build(p, CPU)(q, k, val)
@@ -132,20 +134,52 @@ def test_contract(variant, backend, make_qkv, oracle):
 
     q64, k64, v64 = (t.double() for t in (q, k, val))
     with torch.no_grad():
-        if v.exact and v.family in PLAIN_FAMILIES:
+        if v.oracle == "softmax":
             ref = oracle(q, k, val, causal=p.causal)
         else:
             ref = v.reference(q64, k64, v64, p)
     err = rel_l2(out, ref)
-    bound = EXACT_BOUND if v.exact else APPROX_BOUND
-    assert err <= bound, f"{variant}/{backend} rel-L2 {err:.3g} > {bound:g} against the fp64 reference"
-    if not v.exact and backend != "eager":
+    bound = APPROX_BOUND if v.oracle == "eager" else EXACT_BOUND
+    assert err <= bound, f"{v.name}/{backend} rel-L2 {err:.3g} > {bound:g} against the fp64 reference"
+    if v.oracle == "eager" and backend != "eager":
         with torch.no_grad():
             own = v.backend("eager").build(p, CPU)(q64, k64, v64)
         err_own = rel_l2(out, own)
         assert err_own <= OWN_EAGER_BOUND, (
-            f"{variant}/{backend} rel-L2 {err_own:.3g} against its eager formulation in fp64"
+            f"{v.name}/{backend} rel-L2 {err_own:.3g} against its eager formulation in fp64"
         )
+
+
+@pytest.mark.parametrize("variant,backend", list(_cases()))
+def test_contract(variant, backend, make_qkv, oracle):
+    v = registry.get(variant)
+    assert_contract(v, backend, contract_problem(v), make_qkv, oracle)
+
+
+def _doc_example(tmp_path: Path):
+    """The `temperature.py` of docs/architecture.md's walk-through, imported as a module."""
+    doc = (Path(__file__).parents[2] / "docs" / "architecture.md").read_text()
+    code = next(c for c in re.findall(r"```python\n(.*?)```", doc, re.S) if "VARIANTS = " in c)
+    path = tmp_path / "temperature_example.py"
+    path.write_text(code)
+    spec = importlib.util.spec_from_file_location("temperature_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.VARIANTS[0]
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.5])
+def test_the_architecture_docs_example_variant_keeps_the_contract(tau, tmp_path, make_qkv, oracle):
+    """A new variant that only declares its oracle keeps the contract whatever its family label:
+    at τ = 0.5 its scores differ from plain attention's, and it is held to its own reference."""
+    v = _doc_example(tmp_path)
+    p = contract_problem(v).with_params(tau=tau)
+    assert registry.decide(v, "sdpa", p, CPU).runnable
+    assert_contract(v, "sdpa", p, make_qkv, oracle)
+    if tau != 1.0:  # the check has teeth: this is not plain attention
+        q, k, val = make_qkv(p, seed=0)
+        out = v.backend("sdpa").build(p, CPU)(q, k, val)
+        assert rel_l2(out, oracle(q, k, val, causal=p.causal)) > 10 * EXACT_BOUND
 
 
 def test_every_variant_outside_ring_runs_somewhere():
@@ -153,16 +187,16 @@ def test_every_variant_outside_ring_runs_somewhere():
     missing = [
         v.name
         for v in registry.all_variants()
-        if v.family != "distributed" and all(skip_reason(v, b, contract_problem(v)) for b in v.backends)
+        if not v.distributed and all(skip_reason(v, b, contract_problem(v)) for b in v.backends)
     ]
     assert not missing, f"no CPU backend runs at the contract problem: {missing}"
 
 
-def test_plain_families_reference_matches_the_oracle(make_qkv, oracle):
-    """The project's dense reference of the plain variants agrees with the independent oracle
-    (so 'vs oracle' and 'vs reference' mean the same thing for them)."""
+def test_softmax_oracle_variants_reference_matches_the_oracle(make_qkv, oracle):
+    """The dense reference of every variant declaring oracle "softmax" agrees with the independent
+    oracle (so the declaration is true, and 'vs oracle' and 'vs reference' mean the same for them)."""
     for v in registry.all_variants():
-        if v.family in PLAIN_FAMILIES:
+        if v.oracle == "softmax":
             p = contract_problem(v)
             q, k, val = (t.double() for t in make_qkv(p, seed=3))
             assert rel_l2(v.reference(q, k, val, p), oracle(q, k, val, causal=p.causal)) < 1e-12, v.name
@@ -172,7 +206,7 @@ def test_approx_bound_rejects_a_wrong_answer(make_qkv):
     """APPROX_BOUND can fail: returning V itself (no attention) is farther than it from exact
     attention for every approximation at its contract problem."""
     for v in registry.all_variants():
-        if not v.exact:
+        if v.oracle == "eager":
             p = contract_problem(v)
             q, k, val = _inputs(v, p, make_qkv)
             ref = v.reference(q.double(), k.double(), val.double(), p)

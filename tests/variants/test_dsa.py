@@ -121,7 +121,7 @@ def test_triton_kernel_reproduces_the_sparse_decode_definition_with_lse():
                               return_lse=True)
         assert rel_l2(out[:, :, 0], o_want) < 1e-5, topk
         assert (lse[:, :, 0].double() - lse_want).abs().max() < 1e-4, topk
-        assert registry.decide(dsa.DSA, "triton", p, CPU, available=False) is None
+        assert registry.decide(dsa.DSA, "triton", p, CPU, check_availability=False).runnable
         with torch.no_grad():
             whole = dsa.DSA.backend("triton").build(p, CPU)(q, k, v)
         assert rel_l2(whole, dsa.reference(q.double(), k.double(), v.double(), p)) < 1e-5
@@ -231,8 +231,8 @@ def test_attention_cost_is_flat_past_topk_while_the_indexer_grows():
 def test_resolve_supports_and_triton_refusals():
     p = problem(seq=300)
     assert (p.seq_q, p.seq_k, p.kv_heads, p.head_dim, p.causal) == (1, 300, 1, 128, True)
-    assert "bad topk 0" in dsa.DSA.supports(problem(topk=0))
-    assert "bad kv_layout 'ring'" in dsa.DSA.supports(problem(layout="ring"))
-    verdict = registry.decide(dsa.DSA, "triton", problem(mode="fwd", seq=64), CPU, available=False)
-    assert verdict[0] == "unsupported" and "decode kernel" in verdict[1]
-    assert registry.decide(dsa.DSA, "triton", p, CPU)[0] == "unavailable"
+    assert "bad topk 0" in dsa.DSA.why_unsupported(problem(topk=0))
+    assert "bad kv_layout 'ring'" in dsa.DSA.why_unsupported(problem(layout="ring"))
+    verdict = registry.decide(dsa.DSA, "triton", problem(mode="fwd", seq=64), CPU, check_availability=False)
+    assert verdict.status == "unsupported" and "decode kernel" in verdict.reason
+    assert registry.decide(dsa.DSA, "triton", p, CPU).status == "unavailable"

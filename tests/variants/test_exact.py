@@ -85,7 +85,7 @@ SHAPES = {
 def resolved(variant: str, axes: dict, dtype: str = "float32", mode: str = "fwd") -> Problem:
     raw = Problem(batch=1, head_dim=32, dtype=dtype, mode=mode, **axes)
     p = registry.get(variant).resolve(raw)
-    assert registry.get(variant).supports(p) is None, (variant, p)
+    assert registry.get(variant).why_unsupported(p) is None, (variant, p)
     return p
 
 
@@ -93,7 +93,7 @@ def _cases():
     for variant in EXACT:
         for i, axes in enumerate(SHAPES[variant]):
             for b in registry.get(variant).backends:
-                if b.test_only or b.name in SLOW_BACKENDS or b.available(CPU):
+                if b.test_only or b.name in SLOW_BACKENDS or b.why_unavailable(CPU):
                     continue
                 for dtype in DTYPES:
                     yield pytest.param(variant, i, b.name, dtype, id=f"{variant}-{i}-{b.name}-{dtype}")
@@ -113,7 +113,7 @@ def problem_and_oracle(variant: str, shape: int, dtype: str):
 def test_backend_matches_oracle(variant, shape, backend, dtype):
     p, (q, k, v), truth, own = problem_and_oracle(variant, shape, dtype)
     b = registry.get(variant).backend(backend)
-    reason = b.supports(p, CPU)
+    reason = b.why_unsupported(p, CPU)
     if reason is not None:  # declared unsupported: a reason, not a silent wrong answer
         assert isinstance(reason, str) and reason
         pytest.skip(f"declared unsupported: {reason}")
@@ -133,10 +133,10 @@ def test_variant_resolution():
     assert resolved("causal", dict(heads=4, kv_heads=4, seq_q=16, seq_k=16)).causal
     assert resolved("cross", dict(heads=4, kv_heads=0, seq_q=40, seq_k=0)).seq_k == 20
     assert resolved("mha", dict(heads=4, kv_heads=0, seq_q=40, seq_k=0)).seq_k == 40
-    assert "kv_heads == heads" in registry.get("mha").supports(Problem(heads=8, kv_heads=2))
-    assert "kv_heads == 1" in registry.get("mqa").supports(Problem(heads=8, kv_heads=2))
-    assert "divide" in registry.get("gqa").supports(Problem(heads=8, kv_heads=3))
-    assert registry.get("causal").supports(Problem(causal=False))
+    assert "kv_heads == heads" in registry.get("mha").why_unsupported(Problem(heads=8, kv_heads=2))
+    assert "kv_heads == 1" in registry.get("mqa").why_unsupported(Problem(heads=8, kv_heads=2))
+    assert "divide" in registry.get("gqa").why_unsupported(Problem(heads=8, kv_heads=3))
+    assert registry.get("causal").why_unsupported(Problem(causal=False))
 
 
 def test_reference_matches_oracle():
@@ -155,7 +155,7 @@ def test_rows_without_visible_keys_are_zero(lq, lk):
     p = resolved("causal", dict(heads=2, kv_heads=2, seq_q=lq, seq_k=lk))
     q, k, v = inputs(p)
     for b in registry.get("causal").backends:
-        if b.name in SLOW_BACKENDS or b.available(CPU) or b.supports(p, CPU):
+        if b.name in SLOW_BACKENDS or b.why_unavailable(CPU) or b.why_unsupported(p, CPU):
             continue
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Lower right causal bias")
@@ -175,7 +175,7 @@ def test_gqa_mqa_against_sdpa_enable_gqa(variant, hq, hkv, lq, lk, causal):
     else:
         want = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
     for b in registry.get(variant).backends:
-        if b.test_only or b.name in SLOW_BACKENDS or b.available(CPU):
+        if b.test_only or b.name in SLOW_BACKENDS or b.why_unavailable(CPU):
             continue
         got = b.build(p, CPU)(q, k, v)
         assert max_err(got, want) < 1e-5, b.name
@@ -188,11 +188,11 @@ def test_gqa_mqa_against_sdpa_enable_gqa(variant, hq, hkv, lq, lk, causal):
 def test_flex_backend(variant, axes):
     p = resolved(variant, axes)
     b = registry.get(variant).backend("flex")
-    if b.available(CPU):
-        pytest.skip(b.available(CPU))
+    if b.why_unavailable(CPU):
+        pytest.skip(b.why_unavailable(CPU))
     q, k, v = inputs(p)
     check_close(b.build(p, CPU)(q, k, v), q, k, v, p)
-    assert "backward" in b.supports(resolved(variant, axes, mode="bwd"), CPU)
+    assert "backward" in b.why_unsupported(resolved(variant, axes, mode="bwd"), CPU)
 
 
 def grads(fn, q, k, v, dout):
@@ -289,5 +289,5 @@ def test_faster_scores_picks_by_time(monkeypatch):
 
 def test_grouped_unknown_scores_is_unsupported_with_the_choices():
     p = resolved("gqa", dict(heads=8, kv_heads=2, seq_q=1, seq_k=64)).with_params(scores="fast")
-    why = registry.get("gqa").backend("grouped").supports(p, CPU)
+    why = registry.get("gqa").backend("grouped").why_unsupported(p, CPU)
     assert why == "unknown scores 'fast'; accepted: auto, qk, kq"

@@ -160,12 +160,12 @@ def test_decode_flops_bytes_and_constant_state():
 def test_resolve_supports_and_fla_availability():
     p = problem(mode="decode", seq=300)
     assert (p.seq_q, p.seq_k, p.causal) == (1, 300, True)
-    assert gdn.GDN.supports(problem(hqk=3)).startswith("gdn's q/k heads")
-    assert "unknown qk_norm" in gdn.GDN.supports(problem(qk_norm="rms"))
-    assert "bad chunk 0" in gdn.GDN.supports(problem(chunk=0))
+    assert gdn.GDN.why_unsupported(problem(hqk=3)).startswith("gdn's q/k heads")
+    assert "unknown qk_norm" in gdn.GDN.why_unsupported(problem(qk_norm="rms"))
+    assert "bad chunk 0" in gdn.GDN.why_unsupported(problem(chunk=0))
     verdict = registry.decide(gdn.GDN, "fla", p, CPU)
-    assert verdict[0] == "unavailable" and "CUDA" in verdict[1]
-    assert registry.decide(gdn.GDN, "chunked", problem(mode="bwd"), CPU)[0] == "unsupported"
+    assert verdict.status == "unavailable" and "CUDA" in verdict.reason
+    assert registry.decide(gdn.GDN, "chunked", problem(mode="bwd"), CPU).status == "unsupported"
 
 
 @pytest.mark.slow

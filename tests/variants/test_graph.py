@@ -43,7 +43,7 @@ def _node_loop(q, k, v, dst, src):
 ])
 def test_edge_softmax_against_dense_and_loop(params, length, heads):
     p = _problem(length=length, hq=heads[0], hkv=heads[1], **params)
-    assert VAR.supports(p) is None
+    assert VAR.why_unsupported(p) is None
     q, k, v = _inputs(p)
     dst, src = graph.edges(p)
     expected = _node_loop(q, k, v, dst, src)
@@ -73,10 +73,10 @@ def test_ring_and_grid_neighbours():
 
 
 def test_unsupported_with_reasons():
-    assert "no causal order" in VAR.supports(replace(_problem(), causal=True))
-    assert "Lq == Lk" in VAR.supports(replace(_problem(), seq_q=1, mode="decode"))
-    assert "square" in VAR.supports(_problem(length=50, graph="grid"))
-    assert "accepted" in VAR.supports(_problem(graph="tree"))
+    assert "no causal order" in VAR.why_unsupported(replace(_problem(), causal=True))
+    assert "Lq == Lk" in VAR.why_unsupported(replace(_problem(), seq_q=1, mode="decode"))
+    assert "square" in VAR.why_unsupported(_problem(length=50, graph="grid"))
+    assert "accepted" in VAR.why_unsupported(_problem(graph="tree"))
 
 
 def test_flops_and_picture():

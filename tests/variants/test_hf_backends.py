@@ -34,9 +34,9 @@ def test_hf_backend_matches_the_reference_or_refuses(var, params, backend):
         v, p = problem(var, params, mode)
         why = registry.decide(v, backend, p, CPU)
         if backend == "hf-sdpa" and (params.get("softcap") or params.get("sink_logit")):
-            assert why and why[0] == "unsupported" and "transformers' sdpa" in why[1]
+            assert why.status == "unsupported" and "transformers' sdpa" in why.reason
             continue
-        assert why is None
+        assert why.runnable, why.reason
         g = torch.Generator().manual_seed(1)
         q = torch.randn(2, 8, p.seq_q, 32, generator=g, dtype=torch.float64)
         k, val = (torch.randn(2, p.kv_heads, 48, 32, generator=g, dtype=torch.float64) for _ in range(2))

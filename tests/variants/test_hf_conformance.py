@@ -85,7 +85,7 @@ def test_group_reproduces_transformers_attention(models, name, index):
     v = registry.get(g.variant)
     p = v.resolve(Problem(batch=1, heads=spec.heads, kv_heads=spec.kv_heads, seq_q=L, seq_k=L, head_dim=spec.head_dim,
                           dtype="float32", causal=spec.causal, mode="fwd").with_params(**params))
-    assert registry.decide(v, "eager", p, CPU) is None
+    assert registry.decide(v, "eager", p, CPU).runnable
     gen = torch.Generator().manual_seed(index)
     q, k, val = (v.make_inputs(p, CPU, 0) if v.make_inputs else
                  (torch.randn(1, spec.heads, L, spec.head_dim, generator=gen),

@@ -170,11 +170,11 @@ def test_linformer_matches_explicit_projection():
 
 def test_linformer_causal_and_decode_unsupported():
     var, p = _problem("linformer", causal=True)
-    assert "mixes future positions" in var.supports(p)
+    assert "mixes future positions" in var.why_unsupported(p)
     _, pd = _problem("linformer", lq=1, lk=96)
     from dataclasses import replace
 
-    assert "cannot decode" in var.supports(replace(pd, mode="decode"))
+    assert "cannot decode" in var.why_unsupported(replace(pd, mode="decode"))
     cases = sweep.expand([sweep.make_sweep(variants="linformer", seq=[256], causal=[True])], CPU)
     assert cases and all(c.status == "unsupported" and "future" in c.reason for c in cases)
 

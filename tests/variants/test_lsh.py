@@ -89,12 +89,12 @@ def test_profiler_ranges():
 
 
 def test_supports_and_inputs():
-    assert VAR.supports(_problem()) is None
-    assert "multiple of bucket_size" in VAR.supports(_problem(length=100, bucket_size=64))
+    assert VAR.why_unsupported(_problem()) is None
+    assert "multiple of bucket_size" in VAR.why_unsupported(_problem(length=100, bucket_size=64))
     from dataclasses import replace
 
-    assert "Lq == Lk" in VAR.supports(replace(_problem(), seq_q=64))
-    assert "accepted" in VAR.supports(_problem(inputs="blobs"))
+    assert "Lq == Lk" in VAR.why_unsupported(replace(_problem(), seq_q=64))
+    assert "accepted" in VAR.why_unsupported(_problem(inputs="blobs"))
     # inputs="random" gives the harness's standard normal inputs (same generator recipe)
     p = _problem()
     q, _, _ = VAR.make_inputs(p, CPU, 5)

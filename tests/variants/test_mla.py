@@ -53,7 +53,7 @@ CASES = {  # name: problem kwargs; Lk is never a multiple of a 16/32/128 block
 @pytest.mark.parametrize("case", list(CASES))
 def test_backend_matches_fp64_reference(case, backend, form):
     p = problem(**CASES[case], form=form)
-    assert registry.decide(mla.MLA, backend, p, CPU) is None
+    assert registry.decide(mla.MLA, backend, p, CPU).runnable
     q, k, v = mla.make_inputs(p, CPU, seed=1)
     with torch.no_grad():
         out = mla.MLA.backend(backend).build(p, CPU)(q, k, v)
@@ -119,14 +119,14 @@ def test_triton_backend_interpreted_matches_reference():
         pytest.skip("needs TRITON_INTERPRET=1 (tests/conftest.py sets it)")
     for case in ("decode-batch2", "decode-3-tokens-causal"):
         p = problem(**CASES[case])
-        assert registry.decide(mla.MLA, "triton", p, CPU, available=False) is None
+        assert registry.decide(mla.MLA, "triton", p, CPU, check_availability=False).runnable
         q, k, v = mla.make_inputs(p, CPU, seed=5)
         with torch.no_grad():
             out = mla.MLA.backend("triton").build(p, CPU)(q, k, v)
         assert rel_l2(out, oracle64(q, k, p)) < 1e-5, case
-    assert registry.decide(mla.MLA, "triton", problem(mode="fwd", lq=37), CPU)[0] == "unavailable"
-    verdict = registry.decide(mla.MLA, "triton", problem(mode="fwd", lq=37), CPU, available=False)
-    assert verdict[0] == "unsupported" and "absorbed decode form" in verdict[1]
+    assert registry.decide(mla.MLA, "triton", problem(mode="fwd", lq=37), CPU).status == "unavailable"
+    decision = registry.decide(mla.MLA, "triton", problem(mode="fwd", lq=37), CPU, check_availability=False)
+    assert decision.status == "unsupported" and "absorbed decode form" in decision.reason
 
 
 @pytest.mark.slow
@@ -144,10 +144,10 @@ def test_resolve_and_supports():
     p = problem()
     assert p.kv_heads == 1 and p.head_dim == 12 and mla.form(p) == "absorbed"
     assert mla.form(problem(mode="fwd", lq=37)) == "naive"
-    assert "unknown form 'fast'" in mla.MLA.supports(problem(form="fast"))
-    assert "bad kv_lora_rank 0" in mla.MLA.supports(problem(kv_lora_rank=0))
+    assert "unknown form 'fast'" in mla.MLA.why_unsupported(problem(form="fast"))
+    assert "bad kv_lora_rank 0" in mla.MLA.why_unsupported(problem(kv_lora_rank=0))
     bwd = registry.decide(mla.MLA, "eager", problem(mode="bwd", lq=37), CPU)
-    assert bwd[0] == "unsupported" and "does not support mode bwd" in bwd[1]
+    assert bwd.status == "unsupported" and "does not support mode bwd" in bwd.reason
 
 
 # ---------------------------------------------------------------- cost model

@@ -68,8 +68,8 @@ def test_flops_count_pairs_gates_and_means():
 
 
 def test_supports_and_picture():
-    assert "bad block 0" in moba.MOBA.supports(problem(block=0))
-    assert registry.decide(moba.MOBA, "eager", problem(mode="bwd"), torch.device("cpu"))[0] == "unsupported"
+    assert "bad block 0" in moba.MOBA.why_unsupported(problem(block=0))
+    assert registry.decide(moba.MOBA, "eager", problem(mode="bwd"), torch.device("cpu")).status == "unsupported"
     from attnbench.report.gallery import picture
 
     t, _ = picture("moba", 256, {"block": 32})

@@ -91,6 +91,6 @@ def test_pairs_per_branch_match_the_masks():
 
 
 def test_supports():
-    assert "topk_blocks must be >= 3" in nsa.NSA.supports(problem(topk_blocks=2))
-    assert "would skip tokens" in nsa.NSA.supports(problem(stride=9))
-    assert registry.decide(nsa.NSA, "eager", problem(mode="bwd"), torch.device("cpu"))[0] == "unsupported"
+    assert "topk_blocks must be >= 3" in nsa.NSA.why_unsupported(problem(topk_blocks=2))
+    assert "would skip tokens" in nsa.NSA.why_unsupported(problem(stride=9))
+    assert registry.decide(nsa.NSA, "eager", problem(mode="bwd"), torch.device("cpu")).status == "unsupported"

@@ -1,4 +1,4 @@
-"""The `paged` variant (issue 21): ragged batches over a paged or padded KV cache.
+"""The `paged` variant: ragged batches over a paged or padded KV cache.
 
 Every CPU backend is held to an fp64 reference written here from the conftest oracle, one sequence
 at a time over the padded inputs' real tokens; the paged layout holds the same tokens (checked
@@ -150,11 +150,11 @@ def test_flex_block_lists_skip_other_sequences_pages():
 
 
 def test_unsupported_and_unavailable_say_why():
-    assert registry.decide(V, "triton", problem("fwd"), CPU, available=False) == (
+    assert registry.decide(V, "triton", problem("fwd"), CPU, check_availability=False) == registry.Decision(
         "unsupported", "the Triton paged kernel is decode-only (one query per sequence); prefill: eager, sdpa, flex")
-    assert registry.decide(V, "triton", problem(), CPU)[0] == "unavailable"
-    assert "page_size must be a power of two" in registry.decide(V, "flex", problem(page=12), CPU)[1]
-    assert registry.decide(V, "eager", replace(problem(), mode="bwd"), CPU)[0] == "unsupported"
+    assert registry.decide(V, "triton", problem(), CPU).status == "unavailable"
+    assert "page_size must be a power of two" in registry.decide(V, "flex", problem(page=12), CPU).reason
+    assert registry.decide(V, "eager", replace(problem(), mode="bwd"), CPU).status == "unsupported"
 
 
 def test_dense_inputs_in_the_paged_layout_are_refused():

@@ -47,10 +47,10 @@ def test_linformer_peer_equals_eager(hkv, lq):
     var, p = _problem("linformer", lq=lq, lk=128, hkv=hkv, k=32)
     q, k, v = _inputs(p)
     b = var.backend("peer:linformer")
-    assert b.available(CPU) is None and b.supports(p, CPU) is None
+    assert b.why_unavailable(CPU) is None and b.why_unsupported(p, CPU) is None
     torch.testing.assert_close(b.build(p, CPU)(q, k, v), var.backend("eager").build(p, CPU)(q, k, v),
                                atol=1e-5, rtol=1e-4)
-    assert "kv_heads" in b.supports(replace(p, kv_heads=2), CPU)
+    assert "kv_heads" in b.why_unsupported(replace(p, kv_heads=2), CPU)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -65,13 +65,13 @@ def test_performer_peer_uses_our_features(causal):
         ours = var.backend(backend).build(p, CPU)(q, k, v)
         rel = ((theirs - ours).norm() / ours.norm()).item()
         assert rel < (1e-2 if causal else 1e-5), (backend, rel)
-    decode = var.backend("peer:performer-pytorch").supports(replace(p, seq_q=1, mode="decode"), CPU)
+    decode = var.backend("peer:performer-pytorch").why_unsupported(replace(p, seq_q=1, mode="decode"), CPU)
     assert ("Lq == Lk" in decode) if causal else decode is None
 
 
 def test_performer_peer_declines_other_eps():
     var, p = _problem("performer", nb_features=32)  # eps = 0, the variant's default
-    reason = var.backend("peer:performer-pytorch").supports(p, CPU)
+    reason = var.backend("peer:performer-pytorch").why_unsupported(p, CPU)
     assert "eps = 0.0001" in reason and "--param eps=0.0001" in reason
 
 
@@ -88,7 +88,7 @@ def test_local_attention_peer_same_pattern(causal, length, window):
     var = _sliding()
     _, p = _problem("sliding_window", lq=length, lk=length, causal=causal, window=window)
     b = var.backend("peer:local-attention")
-    assert b.supports(p, CPU) is None and peers.local_window_size(p) == window - 1
+    assert b.why_unsupported(p, CPU) is None and peers.local_window_size(p) == window - 1
     q, k, v = _inputs(p)
     torch.testing.assert_close(b.build(p, CPU)(q, k, v), var.reference(q, k, v, p), atol=1e-5, rtol=1e-4)
 
@@ -106,7 +106,7 @@ def test_local_attention_peer_wider_pattern_when_window_minus_one_does_not_divid
     wider = (i[:, None] - i[None, :]).abs() <= 16
     torch.testing.assert_close(out, softmax_attention(q, k, v, mask=wider), atol=1e-5, rtol=1e-4)
     assert (out - var.reference(q, k, v, p)).abs().max() > 1e-3
-    assert "multiple" in var.backend("peer:local-attention").supports(replace(p, seq_q=100, seq_k=100), CPU)
+    assert "multiple" in var.backend("peer:local-attention").why_unsupported(replace(p, seq_q=100, seq_k=100), CPU)
 
 
 def test_missing_package_reason():

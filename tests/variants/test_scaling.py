@@ -40,7 +40,7 @@ def test_every_backend_honours_the_scale(variant, params):
     assert (want - default).norm() / want.norm() > 1e-2  # the scale changes the answer at these inputs
     ran = 0
     for b in v.backends:
-        if b.name in SKIP or b.test_only or registry.decide(v, b.name, p, CPU):
+        if b.name in SKIP or b.test_only or not registry.decide(v, b.name, p, CPU).runnable:
             continue
         out = b.build(p, CPU)(q.float(), k.float(), val.float()).double()
         assert (out - want).norm() / want.norm() < 1e-5, b.name
@@ -53,5 +53,5 @@ def test_scale_zero_is_untouched_and_a_bad_scale_is_refused():
     v = registry.get("gqa")
     p = v.resolve(Problem(heads=4, kv_heads=2, seq_q=8, seq_k=8, head_dim=16, dtype="float32", mode="fwd"))
     assert p.param("scale") is None and "scale" not in dict(p.params)
-    status, why = registry.decide(v, "eager", p.with_params(scale=-1.0), CPU)
-    assert status == "unsupported" and "scale must be a finite number" in why
+    d = registry.decide(v, "eager", p.with_params(scale=-1.0), CPU)
+    assert d.status == "unsupported" and "scale must be a finite number" in d.reason

@@ -91,14 +91,15 @@ def test_sliding_window_backends_match_the_oracle(case, backend):
     lq, lk, causal, w, n, cap, learned = SW_CASES[case]
     v, p = problem("sliding_window", lq, lk, causal, heads=4, kv_heads=2, window=w, sinks=n, softcap=cap,
                    sink_logit="learned" if learned else "off")
-    why = registry.decide(v, backend, p, CPU)
+    decision = registry.decide(v, backend, p, CPU)
     if backend == "chunked" and (n or learned):
-        assert why[0] == "unsupported" and ("sink tokens" in why[1] or "sink logit" in why[1])
+        assert decision.status == "unsupported"
+        assert "sink tokens" in decision.reason or "sink logit" in decision.reason
         return
     if backend == "sdpa" and (cap or learned):
-        assert why[0] == "unsupported" and why[1].startswith("SDPA has no")
+        assert decision.status == "unsupported" and decision.reason.startswith("SDPA has no")
         return
-    assert why is None
+    assert decision.runnable
     q, k, vv = inputs(p)
     want = oracle(q, k, vv, loop_mask(lq, lk, w, n, causal), cap, expected_sinks(4) if learned else None)
     got = v.backend(backend).build(p, CPU)(q, k, vv)
@@ -137,10 +138,10 @@ def test_bytes_add_the_learned_sink_logits_only():
 
 def test_bad_sink_and_softcap_values_are_unsupported_with_the_accepted_values():
     v, p = problem("sliding_window", 16, 16, True, window=4)
-    assert "sink_logit" in v.supports(p.with_params(sink_logit="yes")) and "off, learned" in v.supports(
+    assert "sink_logit" in v.why_unsupported(p.with_params(sink_logit="yes")) and "off, learned" in v.why_unsupported(
         p.with_params(sink_logit="yes"))
-    assert "sinks must be an integer >= 0" in v.supports(p.with_params(sinks=-1))
-    assert "softcap must be a finite number >= 0" in v.supports(p.with_params(softcap=-1.0))
+    assert "sinks must be an integer >= 0" in v.why_unsupported(p.with_params(sinks=-1))
+    assert "softcap must be a finite number >= 0" in v.why_unsupported(p.with_params(softcap=-1.0))
 
 
 # ---------------------------------------------------------------- soft-capping on the exact variants
@@ -152,7 +153,7 @@ EXACT_CASES = [("mha", 37, None, False, 4, None), ("causal", 29, 45, True, 4, No
 @pytest.mark.parametrize("name,lq,lk,causal,hq,hkv", EXACT_CASES)
 def test_exact_softcap_matches_the_oracle(name, lq, lk, causal, hq, hkv, backend):
     v, p = problem(name, lq, lk, causal, heads=hq, kv_heads=hkv, softcap=1.5)
-    assert registry.decide(v, backend, p, CPU) is None
+    assert registry.decide(v, backend, p, CPU).runnable
     q, k, vv = inputs(p)
     want = oracle(q, k, vv, loop_mask(p.seq_q, p.seq_k, None, 0, causal), 1.5)
     got = v.backend(backend).build(p, CPU)(q, k, vv)
@@ -177,13 +178,13 @@ def test_softcap_zero_is_plain_attention(name):
 def test_sdpa_and_the_decode_kernel_refuse_softcap_with_the_reason(name):
     v, p = problem(name, 32, None, False, heads=4, softcap=30.0)
     for b in ("sdpa", "sdpa-math", "sdpa-flash"):
-        status, why = registry.decide(v, b, p, CPU)
-        assert status == "unsupported" and why == (
+        decision = registry.decide(v, b, p, CPU)
+        assert decision.status == "unsupported" and decision.reason == (
             "SDPA has no logit soft-cap (softcap=30); use eager, grouped, flex or triton")
     v, d = problem(name, 1, 64, False, heads=4, mode="decode", softcap=30.0)
-    status, why = registry.decide(v, "triton", d, CPU, available=False)
-    assert status == "unsupported" and "split-KV decode kernel has no logit soft-cap" in why
-    assert registry.decide(v, "triton", p, CPU, available=False) is None  # the flash kernel does it
+    decision = registry.decide(v, "triton", d, CPU, check_availability=False)
+    assert decision.status == "unsupported" and "split-KV decode kernel has no logit soft-cap" in decision.reason
+    assert registry.decide(v, "triton", p, CPU, check_availability=False).runnable  # the flash kernel does it
 
 
 # ---------------------------------------------------------------- the sweep: declared where declared

@@ -165,7 +165,7 @@ CASES = [
 def test_reference_and_flops_against_loop_mask(name, kw, causal):
     kw = dict(kw)
     v, p = problem(name, lq=kw.pop("lq", 24), lk=kw.pop("lk", None), causal=causal, **kw)
-    assert v.supports(p) is None
+    assert v.why_unsupported(p) is None
     mask = independent_mask(name, p)
     q, k, vv = inputs(p)
     assert torch.allclose(v.reference(q, k, vv, p).double(), dense(q, k, vv, mask), atol=1e-5)
@@ -253,9 +253,9 @@ def test_flex_block_size_64_matches_eager_and_bad_sizes_are_unsupported():
     out = flex.build(p.with_params(block_size=64), CPU)(q, k, vv)
     assert torch.allclose(out, v.reference(q, k, vv, p), atol=1e-5)
     for bad in (48, 8):
-        assert flex.supports(p.with_params(block_size=bad), CPU) == (
+        assert flex.why_unsupported(p.with_params(block_size=bad), CPU) == (
             f"bad block_size {bad}; accepted: a power of two >= 16 (FlexAttention's default: 128)")
-    assert flex.supports(p.with_params(block_size=64), CPU) is None
+    assert flex.why_unsupported(p.with_params(block_size=64), CPU) is None
 
 
 # ---------------------------------------------------------------- resolve, supports, reasons
@@ -283,7 +283,7 @@ def test_strided_auto_stride_grows_as_sqrt_l():
 ])
 def test_unsupported_problems_have_reasons(name, kw, needle):
     v, p = problem(name, **{"lq": kw.pop("lq", 256), **kw})
-    reason = v.supports(p)
+    reason = v.why_unsupported(p)
     assert reason and needle in reason
 
 

@@ -55,7 +55,7 @@ def _axial_loops(q, k, v, hg, wg, causal):
 @pytest.mark.parametrize("grid,heads", [(None, (2, 2)), ("4x16", (2, 2)), ("8x8", (4, 2))])
 def test_axial_against_row_and_column_loops(causal, grid, heads):
     var, p = _problem("axial", causal=causal, hq=heads[0], hkv=heads[1], grid=grid)
-    assert var.supports(p) is None and p.param("grid") == (grid or "8x8")
+    assert var.why_unsupported(p) is None and p.param("grid") == (grid or "8x8")
     q, k, v, kr, vr = _inputs(p)
     hg, wg = vision.grid_of(p)
     expected = _axial_loops(q, kr, vr, hg, wg, causal)
@@ -87,7 +87,7 @@ def _swin_loops(q, k, v, hg, wg, w, s):
 ])
 def test_swin_against_window_loops(length, grid, window, shift, heads):
     var, p = _problem("swin", length=length, hq=heads[0], hkv=heads[1], grid=grid, window=window, shift=shift)
-    assert var.supports(p) is None
+    assert var.why_unsupported(p) is None
     q, k, v, kr, vr = _inputs(p)
     hg, wg = vision.grid_of(p)
     s = window // 2 if shift is None else shift
@@ -111,14 +111,14 @@ def test_swin_picture_is_the_token_mask():
 
 def test_unsupported_with_reasons():
     axial, p = _problem("axial", length=60)
-    assert "not a grid" in axial.supports(p)
-    assert "not a grid" in axial.supports(p.with_params(grid="7x7"))
-    assert axial.supports(p.with_params(grid="6x10")) is None
-    assert "Lq == Lk" in axial.supports(replace(_problem("axial")[1], seq_q=1, mode="decode"))
+    assert "not a grid" in axial.why_unsupported(p)
+    assert "not a grid" in axial.why_unsupported(p.with_params(grid="7x7"))
+    assert axial.why_unsupported(p.with_params(grid="6x10")) is None
+    assert "Lq == Lk" in axial.why_unsupported(replace(_problem("axial")[1], seq_q=1, mode="decode"))
     swin, p = _problem("swin", causal=True, window=4)
-    assert "no causal order" in swin.supports(p)
-    assert "must divide" in swin.supports(_problem("swin", length=144, window=8)[1])
-    assert "shift" in swin.supports(_problem("swin", window=4, shift=4)[1])
+    assert "no causal order" in swin.why_unsupported(p)
+    assert "must divide" in swin.why_unsupported(_problem("swin", length=144, window=8)[1])
+    assert "shift" in swin.why_unsupported(_problem("swin", window=4, shift=4)[1])
 
 
 def test_flops():

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.core.problem import Problem
-from attnbench.variants.base import Backend, Fn
+from attnbench.variants.base import Backend, Fn, Reason
 from attnbench.variants.shared import sdpa_call
 
 FAULTS = ("none", "oom", "sleep", "raise", "segv", "kill")
@@ -50,9 +50,14 @@ def _build(problem: Problem, device: torch.device) -> Fn:
     return fault_fn
 
 
+def _known_fault(problem: Problem, device: torch.device) -> Reason:
+    fault = problem.param("fault", "none")
+    return None if fault in FAULTS else f"unknown fault {fault!r}; accepted: {', '.join(FAULTS)}"
+
+
 def fault_backends() -> tuple[Backend, ...]:
     """The test-only backends `mha` lists: (fault,) under ATTNBENCH_TEST_BACKENDS=1, else none."""
     if os.environ.get("ATTNBENCH_TEST_BACKENDS") != "1":
         return ()
-    return (Backend("fault", _build, "test-only fault injection", test_only=True,
+    return (Backend("fault", _build, "test-only fault injection", test_only=True, why_unsupported=_known_fault,
                     params={"fault": "none", "attempts_file": ""}),)

@@ -133,5 +133,5 @@ def flex_backend(mask_mod: Callable[[Problem], MaskMod | None] | None = None,
 
         return flex
 
-    return Backend("flex", build, description, available=_flex_available, supports=_flex_supports,
+    return Backend("flex", build, description, why_unavailable=_flex_available, why_unsupported=_flex_supports,
                    params={"block_size": BLOCK_SIZE}, memory="O(L)" if mask_mod is None else None)

@@ -152,7 +152,7 @@ def _build(name: str) -> Callable[[Problem, torch.device], Fn]:
     return build
 
 
-def _supports(name: str) -> Callable[[Problem, torch.device], Reason]:
+def _why_unsupported(name: str) -> Callable[[Problem, torch.device], Reason]:
     def supports(p: Problem, device: torch.device) -> Reason:
         if p.causal and p.seq_q > p.seq_k:
             return (f"{name}: causal with Lq > Lk leaves rows with no visible key, which transformers' masks never "
@@ -173,5 +173,6 @@ def _supports(name: str) -> Callable[[Problem, torch.device], Reason]:
 def hf_backends() -> tuple[Backend, ...]:
     """hf-eager, hf-sdpa, hf-flex (see the module doc)."""
     return tuple(Backend(name, _build(name), f"transformers' {impl} attention (attn_implementation=\"{impl}\")",
-                         available=transformers_missing, supports=_supports(name), materializes=name == "hf-eager")
+                         why_unavailable=transformers_missing, why_unsupported=_why_unsupported(name),
+                         materializes=name == "hf-eager")
                  for name, impl in IMPLEMENTATION.items())

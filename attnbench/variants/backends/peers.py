@@ -49,14 +49,14 @@ def _import(module: str):
 
 
 def _available(module: str, package: str) -> Callable[[torch.device], Reason]:
-    def available(device: torch.device) -> Reason:
+    def why_unavailable(device: torch.device) -> Reason:
         try:
             _import(module)
         except ImportError:
             return f"package {package} is not installed (pip install attnbench[peers])"
         return None
 
-    return available
+    return why_unavailable
 
 
 def _same_heads(p: Problem, device: torch.device) -> Reason:
@@ -154,6 +154,16 @@ def _local_build(problem: Problem, device: torch.device) -> Fn:
     return lambda q, k, v: local(q, k, v)
 
 
+def local_workspace(p: Problem) -> float:
+    """LocalAttention's call: each window of ws queries scores its look-back and look-ahead windows
+    (2·ws keys causal, 3·ws both sides), held as about 2.5 fp32 score tensors (scores, masked,
+    probabilities), beside its padded, windowed copies of K and V."""
+    ws = local_window_size(p) or int(p.param("window"))
+    span = (2 if p.causal else 3) * ws
+    rows = p.batch * p.heads * p.seq_q
+    return 2.5 * 4 * rows * span + 2.0 * span / ws * p.batch * p.kv_heads * p.seq_k * p.head_dim * p.itemsize
+
+
 def _local_supports(p: Problem, device: torch.device) -> Reason:
     if p.seq_q != p.seq_k:
         return f"local-attention needs Lq == Lk (got {p.seq_q} and {p.seq_k})"
@@ -166,23 +176,30 @@ def _local_supports(p: Problem, device: torch.device) -> Reason:
 
 
 # ---------------------------------------------------------------- the backends
-def performer_peer(features: Callable[[Problem, torch.device], torch.Tensor]) -> Backend:
+def performer_peer(features: Callable[[Problem, torch.device], torch.Tensor],
+                   workspace: Callable[[Problem], float] | None = None) -> Backend:
     """features(problem, device) -> (m, D): the performer variant's own random features. The package
-    hard-codes eps = 1e-4 (pinned: the variant's other backends also run there, labelled)."""
+    hard-codes eps = 1e-4 (pinned: the variant's other backends also run there, labelled).
+    workspace: its memory beyond the output (Backend.workspace; whole-sequence features like ours)."""
     return Backend("peer:performer-pytorch", _performer_build(features),
                    "performer-pytorch FastAttention with our random features (adds eps=1e-4 to features)",
-                   available=_available("performer_pytorch", "performer-pytorch"), supports=_performer_supports,
+                   why_unavailable=_available("performer_pytorch", "performer-pytorch"),
+                   why_unsupported=_performer_supports, workspace=workspace,
                    pinned={"eps": PERFORMER_PYTORCH_EPS})
 
 
-def linformer_peer(projections: Callable[[Problem, torch.device], tuple[torch.Tensor, torch.Tensor]]) -> Backend:
-    """projections(problem, device) -> (E, F), each (k, Lk): the linformer variant's own."""
+def linformer_peer(projections: Callable[[Problem, torch.device], tuple[torch.Tensor, torch.Tensor]],
+                   workspace: Callable[[Problem], float] | None = None) -> Backend:
+    """projections(problem, device) -> (E, F), each (k, Lk): the linformer variant's own.
+    workspace: its memory beyond the output (Backend.workspace; it materialises scores like ours)."""
     return Backend("peer:linformer", _linformer_build(projections),
                    "linformer LinformerSelfAttention, projections made identity, our E and F",
-                   available=_available("linformer", "linformer"), supports=_linformer_supports)
+                   why_unavailable=_available("linformer", "linformer"), why_unsupported=_linformer_supports,
+                   workspace=workspace)
 
 
 def local_attention_peer() -> Backend:
     return Backend("peer:local-attention", _local_build,
                    "local-attention LocalAttention, exact window of size window-1 (see docs)",
-                   available=_available("local_attention", "local-attention"), supports=_local_supports)
+                   why_unavailable=_available("local_attention", "local-attention"), why_unsupported=_local_supports,
+                   workspace=local_workspace)

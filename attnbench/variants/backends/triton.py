@@ -121,10 +121,10 @@ def _block_supports(problem: Problem, device: torch.device) -> Reason:
     return _supports(problem, device)
 
 
-def _backend(build, description: str, supports=_supports, memory: str | None = None) -> Backend:
+def _backend(build, description: str, why_unsupported=_supports, memory: str | None = None) -> Backend:
     """memory: the kernel's own claim where it changes the variant's (online softmax: O(L))."""
-    return Backend("triton", build, description + " (fp32: TF32 dots)", available=_available, supports=supports,
-                   tf32_dots=True, memory=memory)
+    return Backend("triton", build, description + " (fp32: TF32 dots)", why_unavailable=_available,
+                   why_unsupported=why_unsupported, tf32_dots=True, memory=memory)
 
 
 def flash_backend() -> Backend:
