@@ -6,10 +6,13 @@
   build_block_index        the block index, built once at setup
   mla_decode               absorbed multi-head latent attention (MLA) decode over the latent cache
   paged_decode             split-KV decode of a ragged batch through a paged KV cache's block table
+  dsa_decode               DeepSeek sparse attention decode over the top-k selected latent slots
 
 Tensors are (B, H, L, D) like F.scaled_dot_product_attention; causal masks are aligned
 bottom-right. Each kernel file's docstring lists what it supports and what it does not;
-`configs.py` holds the autotune lists and `aot.py` the no-GPU compile report.
+`configs.py` holds the autotune lists and `aot.py` the no-GPU compile report. Three functions
+share their module's name (mla_decode, paged_decode, dsa_decode): the package attribute is the
+function; reach a module with `aot.kernel_module(name)` or `importlib.import_module`.
 
 Importing this package never fails: without triton the functions raise, and
 `triton_unavailable_reason()` says why they cannot run here.
@@ -27,7 +30,7 @@ else:
     _HAVE_TRITON = True
 
 __all__ = ["flash_attention", "flash_decode", "block_sparse_attention", "build_block_index", "mla_decode",
-           "paged_decode", "triton_unavailable_reason"]
+           "paged_decode", "dsa_decode", "triton_unavailable_reason"]
 
 
 def triton_unavailable_reason() -> str | None:
@@ -46,6 +49,7 @@ def triton_unavailable_reason() -> str | None:
 if _HAVE_TRITON:
     from .block_sparse import BlockIndex, block_sparse_attention, build_block_index
     from .decode import flash_decode
+    from .dsa_decode import dsa_decode
     from .flash import flash_attention
     from .mla_decode import mla_decode
     from .paged_decode import paged_decode
@@ -54,5 +58,5 @@ else:
         raise RuntimeError("attnbench.kernels: triton not installed")
 
     flash_attention = flash_decode = block_sparse_attention = build_block_index = _unavailable
-    mla_decode = paged_decode = _unavailable
+    mla_decode = paged_decode = dsa_decode = _unavailable
     BlockIndex = None

@@ -33,11 +33,19 @@ _PTXAS_ARCH = {"sm_80": "sm_80", "sm_90": "sm_90a"}
 _TRITON_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
 
-def all_kernels() -> tuple[AotKernel, ...]:
-    from . import block_sparse, decode, dsa_decode, flash, mla_decode, paged_decode
+KERNEL_MODULES = ("flash", "decode", "block_sparse", "mla_decode", "paged_decode", "dsa_decode")
 
-    return (flash.AOT_KERNELS + decode.AOT_KERNELS + block_sparse.AOT_KERNELS + mla_decode.AOT_KERNELS
-            + paged_decode.AOT_KERNELS + dsa_decode.AOT_KERNELS)
+
+def kernel_module(name: str):
+    """The kernel module `name` (import_module: the package exports functions named like some of its
+    modules, mla_decode and paged_decode, so `from . import mla_decode` would give the function)."""
+    from importlib import import_module
+
+    return import_module(f"{__package__}.{name}")
+
+
+def all_kernels() -> tuple[AotKernel, ...]:
+    return tuple(k for name in KERNEL_MODULES for k in kernel_module(name).AOT_KERNELS)
 
 
 def describe(config) -> str:

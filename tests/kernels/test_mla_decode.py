@@ -104,8 +104,8 @@ def test_forward_only_and_limits():
 
 _AOT = """
 import json
-from attnbench.kernels import aot, mla_decode
-rows = [aot.compile_one(k, arch, "{dtype}", 512, cfg) for k in mla_decode.AOT_KERNELS
+from attnbench.kernels import aot
+rows = [aot.compile_one(k, arch, "{dtype}", 512, cfg) for k in aot.kernel_module("mla_decode").AOT_KERNELS
         for arch in ("sm_80", "sm_90") for cfg in k.configs[arch]]
 print(json.dumps(rows))
 """

@@ -134,8 +134,9 @@ def test_bad_arguments():
 # ---------------------------------------------------------------- ahead-of-time compile
 _COMPILE = """
 import json
-from attnbench.kernels import aot, paged_decode
-rows = [aot.compile_one(kern, arch, dtype, kern.head_dims[-1], cfg) for kern in paged_decode.AOT_KERNELS
+from attnbench.kernels import aot
+kernels = aot.kernel_module("paged_decode").AOT_KERNELS
+rows = [aot.compile_one(kern, arch, dtype, kern.head_dims[-1], cfg) for kern in kernels
         for arch in ("sm_80", "sm_90") for dtype in ("float16", "bfloat16") for cfg in kern.configs[arch]]
 print(json.dumps(rows))
 """
