@@ -11,12 +11,25 @@ import torch
 
 from attnbench.core.errors import UsageError, did_you_mean
 from attnbench.core.problem import Problem
-from attnbench.variants import exact, flash, graph, linear, lsh, mla, paged, positional, ring, sparse, vision
+from attnbench.variants import (
+    context_parallel,
+    exact,
+    flash,
+    graph,
+    linear,
+    lsh,
+    mla,
+    paged,
+    positional,
+    ring,
+    sparse,
+    vision,
+)
 from attnbench.variants.base import Backend, Fn, Reason, Variant
 
 __all__ = ["Backend", "Fn", "Reason", "Variant", "FAMILIES", "get", "names", "all_variants", "decide", "describe"]
 
-FAMILIES = (exact, flash, positional, sparse, lsh, linear, vision, graph, ring, mla, paged)
+FAMILIES = (exact, flash, positional, sparse, lsh, linear, vision, graph, ring, context_parallel, mla, paged)
 
 _CATALOGUE: dict[str, Variant] = {v.name: v for family in FAMILIES for v in family.VARIANTS}
 assert len(_CATALOGUE) == sum(len(f.VARIANTS) for f in FAMILIES), "a variant name is used twice"

@@ -43,7 +43,7 @@ def _backend_supports(p: Problem, device: torch.device) -> Reason:
     return NOT_HERE if p.param("world_size", 1) < 2 else None
 
 
-def _available(block: str):
+def block_available(block: str):
     def available(device: torch.device) -> Reason:
         import torch.distributed as dist
 
@@ -82,7 +82,7 @@ RING = Variant(
                 "(zig-zag shards when causal)",
     time="O(L²/P) per rank", memory="O(L/P)", reference=exact_reference, flops=attention_flops,
     bytes=io_bytes,
-    backends=tuple(Backend(name, _build, desc, available=_available(name), supports=_backend_supports)
+    backends=tuple(Backend(name, _build, desc, available=block_available(name), supports=_backend_supports)
                    for name, desc in _DESCRIPTIONS.items()),
     resolve=_resolve, supports=_supports, defaults={"world_size": 1, "layout": "zigzag"}, modes=("fwd",))
 
