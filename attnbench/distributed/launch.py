@@ -195,7 +195,7 @@ def record_fields(p: Problem, spec: RankSpec, res: dict, base: dict | None, how:
     if base is not None and "status" not in base:
         base_ms = statistics.median(base["samples_ms"])
     peaks = [r["peak_bytes"] for r in ranks]
-    deg = degrees(spec.strategy, spec.world, spec.ulysses)
+    deg = Degrees(1, spec.world) if spec.strategy == "torch_cp" else degrees(spec.strategy, spec.world, spec.ulysses)
     dist_fields = {
         "strategy": spec.strategy, "ulysses_degree": deg.ulysses, "ring_degree": deg.ring,
         "world_size": spec.world, "comm_backend": spec.comm, "block": spec.block, "layout": spec.layout,
@@ -217,6 +217,8 @@ def record_fields(p: Problem, spec: RankSpec, res: dict, base: dict | None, how:
         "speedup": base_ms / stats.median if base_ms else None,
         "scaling_efficiency": base_ms / (spec.world * stats.median) if base_ms else None,
     }
+    if spec.strategy == "torch_cp":
+        _no_split(dist_fields)
     known = [b for b in peaks if b is not None]
     return {
         "status": "ok", "reason": None, "latency_ms": stats.__dict__, "samples_ms": res["samples_ms"],
@@ -226,14 +228,26 @@ def record_fields(p: Problem, spec: RankSpec, res: dict, base: dict | None, how:
         "flops": flops, "bytes": nbytes, "kv_cache_bytes": kv_cache_bytes(p),
         "tflops": fl.rate(flops, stats.median, 1e12), "gbps": fl.rate(nbytes, stats.median, 1e9),
         "roofline_frac": None, "error": res["error"],
-        "kernel": f"{_strategy_text(deg)}/{spec.comm}, {spec.block} blocks", "threads": spec.threads,
+        "kernel": f"{_strategy_text(spec.strategy, deg)}/{spec.comm}, {spec.block} blocks", "threads": spec.threads,
         "telemetry": {"available": False, "reason": "not collected for multi-rank cases"},
         "timing": {"calls_per_sample": 1, "stopped_by": "max over ranks per iteration"},
         "distributed": dist_fields,
     }
 
 
-def _strategy_text(d: Degrees) -> str:
+def _no_split(d: dict) -> None:
+    """torch's context parallel: its communication is inside SDPA; nothing to split or count."""
+    from attnbench.distributed.torch_cp import NO_SPLIT
+
+    for key in ("compute_ms", "comm_ms", "a2a_ms", "post_ms", "bytes_sent", "a2a_bytes", "pairs", "flops"):
+        d["per_rank"][key] = None
+    d.update(compute_share=None, comm_share=None, bytes_sent=None, bytes_match_model=None, load_imbalance=None,
+             split_reason=NO_SPLIT)
+
+
+def _strategy_text(strategy: str, d: Degrees) -> str:
+    if strategy == "torch_cp":
+        return f"torch context_parallel ×{d.world}"
     if d.ulysses == 1:
         return f"ring ×{d.ring}"
     return f"ulysses ×{d.ulysses}" if d.ring == 1 else f"hybrid ulysses {d.ulysses} × ring {d.ring}"

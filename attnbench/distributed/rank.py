@@ -13,6 +13,7 @@ Compute time, communication wait and bytes are kept per rank and per iteration.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,18 +83,39 @@ def run_rank(rank: int, spec: RankSpec, device: torch.device) -> dict | None:
     """Measure the strategy on this rank; rank 0 returns the assembled result, others None."""
     if spec.threads and device.type == "cpu":
         torch.set_num_threads(spec.threads)
-    p = Problem.from_dict(spec.problem)
-    g = _Group(spec.comm, device)
+    with ExitStack() as stack:
+        return _run(rank, spec, device, stack)
+
+
+def _setup(rank: int, spec: RankSpec, p: Problem, device: torch.device, stack: ExitStack):
+    """This rank's timed call and placement: ours (ring / ulysses / hybrid) or torch's."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if spec.strategy == "torch_cp":
+        from attnbench.distributed.torch_cp import torch_cp_call
+        from attnbench.measure.inputs import make_inputs
+        from attnbench.variants import registry
+
+        full = [t.to(device) for t in make_inputs(registry.get(spec.variant), p, torch.device("cpu"))]
+        fn, placement = torch_cp_call(*full, p.causal, spec.world, device, stack)
+        return (lambda stats=None: fn()), placement, sync
     deg = degrees(spec.strategy, spec.world, spec.ulysses)
     placement = make_placement(p.seq_q, p.causal, deg, spec.layout)
     groups = make_groups(deg, rank)
-    t0 = time.perf_counter()
     q, k, v = shard_inputs(p, placement, rank, device, spec.variant)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    setup_ms = (time.perf_counter() - t0) * 1e3
 
     def call(stats: RankStats | None = None):
         return cp_attention(q, k, v, placement, rank, groups, spec.block, stats, sync=sync)
+
+    return call, placement, sync
+
+
+def _run(rank: int, spec: RankSpec, device: torch.device, stack: ExitStack) -> dict | None:
+    p = Problem.from_dict(spec.problem)
+    g = _Group(spec.comm, device)
+    t0 = time.perf_counter()
+    call, placement, sync = _setup(rank, spec, p, device, stack)
+    setup_ms = (time.perf_counter() - t0) * 1e3
+    deg = placement.degrees
 
     g.max([0.0])
     t0 = time.perf_counter()
@@ -106,8 +128,10 @@ def run_rank(rank: int, spec: RankSpec, device: torch.device) -> dict | None:
     peak = memory.peak_cuda(call) if device.type == "cuda" else memory.peak_cpu(call)
     mine = {"rank": rank, "length": placement.length(rank), "per_iter": per_iter,
             "peak_bytes": peak.bytes, "mem_source": peak.source, "heads": p.heads // deg.ulysses,
-            "pairs_model": rank_pairs(placement.ring_layout, placement.ring_pos(rank)), "setup_ms": setup_ms,
-            "bytes_model": bytes_model(p.batch, p.heads, p.kv_heads, p.head_dim, p.itemsize, placement, rank)}
+            "pairs_model": None if spec.strategy == "torch_cp" else
+            rank_pairs(placement.ring_layout, placement.ring_pos(rank)), "setup_ms": setup_ms,
+            "bytes_model": None if spec.strategy == "torch_cp" else
+            bytes_model(p.batch, p.heads, p.kv_heads, p.head_dim, p.itemsize, placement, rank)}
     error = _check(p, placement, out, rank, g, spec.variant) if spec.check_error else {"reason": "not checked"}
     everyone = g.gather(mine, rank)
     if rank != 0:

@@ -8,11 +8,13 @@ Parameters: world_size (ranks, default 1: not runnable); hybrid also `ulysses` (
 degree, default 2; the ring degree is world_size / ulysses) and `layout` (zig-zag ring shards
 when causal). Backends name the local block computation as for ring (`sdpa`, `eager`).
 
-`torch_cp` measured with torch 2.13 on CPU/gloo: non-causal runs and is exact (torch shards the
-buffers head-tail, the same positions as our zig-zag layout); causal fails inside torch —
+`torch_cp` tried with torch 2.13 on CPU/gloo (2 ranks): causal fails inside torch —
 "Operator aten._scaled_dot_product_flash_attention_for_cpu.default does not have a sharding
 strategy registered" (with the MATH backend forced: "aten.add.Tensor got mixed torch.Tensor and
-DTensor"), so causal CPU cases are `unsupported` with that reason. On CUDA it is untested here.
+DTensor"). Non-causal ran exact once (error 2e-7, identical seeded inputs on both ranks, buffers
+sharded head-tail like our zig-zag) but the same call with per-rank inputs hung in its first
+SDPA call, so no CPU case is run: both are `unsupported` on CPU with these reasons. On CUDA
+(nccl) the rank path (distributed/torch_cp.py) is wired but untested here (no GPU).
 """
 
 from __future__ import annotations
@@ -26,8 +28,12 @@ from attnbench.variants.ring import LAYOUTS, block_available
 from attnbench.variants.shared import attention_flops, check_heads, exact_reference, fill_defaults, io_bytes
 
 NOT_HERE = "{name} runs only with --world-size N ≥ 2 (launched by attnbench)"
-TORCH_CP_CAUSAL_CPU = ("torch's context_parallel on CPU has no sharding strategy for "
-                       "aten._scaled_dot_product_flash_attention_for_cpu (causal; measured with torch 2.13)")
+TORCH_CP_CPU = {
+    True: "torch's context_parallel on CPU has no sharding strategy for "
+          "aten._scaled_dot_product_flash_attention_for_cpu (causal; tried with torch 2.13, gloo)",
+    False: "torch's context_parallel on CPU/gloo hung in its first non-causal SDPA call with per-rank "
+           "inputs (torch 2.13); not measured on CPU",
+}
 
 
 def _common(p: Problem, name: str) -> Reason:
@@ -70,8 +76,8 @@ def _backend_supports_for(name: str):
     def supports(p: Problem, device: torch.device) -> Reason:
         if p.param("world_size", 1) < 2:
             return NOT_HERE.format(name=name)
-        if name == "torch_cp" and p.causal and device.type == "cpu":
-            return TORCH_CP_CAUSAL_CPU
+        if name == "torch_cp" and device.type == "cpu":
+            return TORCH_CP_CPU[p.causal]
         return None
 
     return supports
