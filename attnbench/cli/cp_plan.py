@@ -33,12 +33,12 @@ def cp_plan(
                                       "100gbe | 400gbe.")] = "ib-ndr",
     intra_link: Annotated[str, typer.Option("--intra-link", help="Link inside a node (a preset).")] = "nvlink4",
     link_bandwidth: Annotated[Optional[float], typer.Option(
-        "--link-bandwidth", metavar="GB/S", help="Inter-node bandwidth per GPU and direction (overrides --link).")] = None,
+        "--link-bandwidth", metavar="GB/S", help="Inter-node bandwidth per GPU, each way (overrides --link).")] = None,
     link_latency: Annotated[Optional[float], typer.Option(
         "--link-latency", metavar="US", help="Inter-node latency per message, µs (overrides --link).")] = None,
     gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", help="GPUs sharing the intra link.")] = 8,
     attn_tflops: Annotated[float, typer.Option(
-        "--attn-tflops", help="Single-GPU attention rate, TFLOP/s (default: an assumed H100 figure).")] = DEFAULT_TFLOPS,
+        "--attn-tflops", help="Single-GPU attention rate, TFLOP/s (default: an assumed H100 rate).")] = DEFAULT_TFLOPS,
     rates: Annotated[Optional[Path], typer.Option(
         metavar="FILE", help="Take the attention rate from a results file measured on the target GPU.")] = None,
     overlap: Annotated[float, typer.Option(help="Share of a ring step's compute that hides its send (0..1).")] = 1.0,
