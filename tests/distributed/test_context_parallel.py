@@ -104,3 +104,18 @@ def test_gloo_run_is_exact_and_sends_the_formula(strategy, u, hkv):
     assert d["per_rank"]["bytes_sent"] == [expect] * 4 and d["bytes_match_model"] is True
     assert all(a <= c for a, c in zip(d["per_rank"]["a2a_ms"], d["per_rank"]["comm_ms"]))
     assert 0 < d["compute_share"] <= 1 and d["per_rank"]["pairs"] == d["per_rank"]["pairs_model"]
+
+
+def test_variants_decide_their_cases_with_reasons(cpu):
+    from attnbench.run.plan import expand, make_sweep, with_world_size
+
+    alone = expand([make_sweep(variants="ulysses,hybrid,torch_cp", seq=[256])], cpu)
+    assert all(c.status == "unsupported" and "--world-size" in c.reason for c in alone)
+    four = {(c.variant, c.backend): c for c in with_world_size(alone, 4, cpu)}
+    assert four[("ulysses", "sdpa")].status is None and four[("hybrid", "sdpa")].status is None
+    assert four[("hybrid", "sdpa")].problem.param("ulysses") == 2
+    assert four[("torch_cp", "torch")].status == "unsupported" and "CPU" in four[("torch_cp", "torch")].reason
+    bad = with_world_size(expand([make_sweep(variants="hybrid", seq=[256], params={"ulysses": 3})], cpu), 4, cpu)
+    assert all(c.status == "unsupported" and "dividing world_size=4" in c.reason for c in bad)
+    odd = with_world_size(expand([make_sweep(variants="ulysses", seq=[250])], cpu), 4, cpu)
+    assert all("multiple of 4" in c.reason for c in odd)
