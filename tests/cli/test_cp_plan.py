@@ -41,3 +41,16 @@ def test_bad_input_is_one_line_and_exit_2(args, msg, capsys):
     assert main(["cp-plan", *args]) == 2
     err = capsys.readouterr().err
     assert msg in err and "Traceback" not in err
+
+
+def test_rates_from_a_results_file(tmp_path, capsys):
+    f = tmp_path / "gpu.jsonl"
+    rows = [{"kind": "header"},
+            {"status": "ok", "tflops": 500.0, "causal": True, "seq_q": 8192, "variant": "flash", "backend": "fa2"},
+            {"status": "ok", "tflops": 900.0, "causal": True, "seq_q": 1024, "variant": "flash", "backend": "fa2"},
+            {"status": "ok", "tflops": 999.0, "causal": False, "seq_q": 65536, "variant": "mha", "backend": "x"}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["cp-plan", "--seq", "128k", "--gpus", "8", "--json", "--rates", str(f)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert any("500 TFLOP/s measured (flash/fa2, L=8192" in a for a in data["assumptions"])
+    assert main(["cp-plan", "--rates", str(tmp_path / "none.jsonl")]) == 2
