@@ -15,7 +15,7 @@ from rich.table import Table
 from attnbench.core.errors import UsageError, say
 
 err_console = Console(stderr=True)
-out_console = Console()
+out_console = Console(width=None if sys.stdout.isatty() else 200)  # piped: tables stay whole
 
 
 def register(app: typer.Typer) -> None:
