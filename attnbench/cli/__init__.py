@@ -126,10 +126,10 @@ def env(json_out: Json = False, device: Device = "auto") -> None:
 
 # Commands that live in modules of their own, imported explicitly: each exposes register(app),
 # `kernels` is a command group of its own (typer's add_typer).
-from attnbench.cli import dist, gate, gpucheck, kernels, profile, recommend, report, sweep, tools  # noqa: E402
+from attnbench.cli import cp_plan, dist, gate, gpucheck, kernels, profile, recommend, report, sweep, tools  # noqa: E402
 
 app.add_typer(kernels.app, name="kernels")
-for _module in (sweep, report, gate, tools, profile, dist, recommend, gpucheck):
+for _module in (sweep, report, gate, tools, profile, dist, recommend, gpucheck, cp_plan):
     _module.register(app)
 
 

@@ -15,7 +15,7 @@ from rich.table import Table
 from attnbench.core.errors import UsageError, say
 
 err_console = Console(stderr=True)
-out_console = Console()
+out_console = Console(width=None if sys.stdout.isatty() else 200)  # piped: tables stay whole
 
 
 def register(app: typer.Typer) -> None:
@@ -39,6 +39,8 @@ def register_ring(app: typer.Typer) -> None:
         dtype: Annotated[str, typer.Option(help="float32 | float16 | bfloat16.")] = "float32",
         block: Annotated[str, typer.Option(help="Local block backend: sdpa | eager | triton.")] = "sdpa",
         layout: Annotated[str, typer.Option(help="zigzag | contiguous (how a causal sequence is split).")] = "zigzag",
+        strategy: Annotated[str, typer.Option(help="ring | ulysses | hybrid (Ulysses × ring).")] = "ring",
+        ulysses: Annotated[int, typer.Option(help="hybrid's Ulysses degree (ring degree = ranks / it).")] = 2,
         device: Annotated[str, typer.Option(help="cpu (gloo) | cuda (nccl, one GPU per rank) | auto.")] = "auto",
         threads: Annotated[Optional[int], typer.Option(help="CPU threads per rank (default: cores / ranks).")] = None,
         baseline: Annotated[
@@ -54,12 +56,15 @@ def register_ring(app: typer.Typer) -> None:
         ] = None,
         force: Annotated[bool, typer.Option(help="Overwrite an existing --out.")] = False,
     ) -> None:
-        """Ring attention on P ranks: latency (max over ranks), compute/communication split,
-        bytes sent, peak memory per rank, scaling efficiency T1/(P·TP).
+        """Context-parallel attention on P ranks (ring by default; --strategy ulysses | hybrid):
+        latency (max over ranks), compute/communication split, bytes sent, peak memory per rank,
+        scaling efficiency T1/(P·TP). Runs under torchrun too (rank 0 writes the file).
 
         Examples:
 
           attnbench ring --seq 4k,8k,16k --world-size 2 --causal
+
+          attnbench ring --seq 8k --world-size 4 --strategy hybrid --ulysses 2 --causal
 
           torchrun --nproc-per-node 8 -m attnbench ring --seq 64k,128k --causal --device cuda
         """
@@ -71,20 +76,25 @@ def register_ring(app: typer.Typer) -> None:
                 f"--world-size {world} but torchrun started {os.environ['WORLD_SIZE']} ranks; "
                 "leave --world-size out under torchrun"
             )
-        cases = _ring_cases(seq, world, causal, batch, heads, kv_heads, head_dim, dtype, block, layout)
+        if strategy not in ("ring", "ulysses", "hybrid"):
+            raise UsageError(f"unknown --strategy '{strategy}'; accepted: ring, ulysses, hybrid")
+        cases = _ring_cases(seq, world, causal, batch, heads, kv_heads, head_dim, dtype, block, layout, strategy,
+                            ulysses)
         rank0 = not under_torchrun() or os.environ.get("RANK") == "0"
         records = _run_ring(cases, world, device, threads, baseline, time_budget, out, force, rank0)
         if rank0:
             out_console.print(_ring_table(records))
 
 
-def _ring_cases(seq, world, causal, batch, heads, kv_heads, head_dim, dtype, block, layout):
+def _ring_cases(seq, world, causal, batch, heads, kv_heads, head_dim, dtype, block, layout, strategy="ring",
+                ulysses=2):
     from attnbench.core.problem import Problem, parse_dtype
     from attnbench.run.plan import Case, parse_seq
     from attnbench.variants import registry
 
-    v = registry.get("ring")
+    v = registry.get(strategy)
     v.backend(block)  # raises with the accepted names
+    extra = (("ulysses", ulysses),) if strategy == "hybrid" else ()
     cases = []
     for n in parse_seq(seq):
         p = v.resolve(
@@ -97,19 +107,19 @@ def _ring_cases(seq, world, causal, batch, heads, kv_heads, head_dim, dtype, blo
                 head_dim=head_dim,
                 dtype=parse_dtype(dtype),
                 causal=causal,
-                params=(("layout", layout), ("world_size", world)),
+                params=(("layout", layout), ("world_size", world), *extra),
             )
         )
         why = v.why_unsupported(p) or (None if world >= 2 else "--world-size must be at least 2")
         if why:
-            raise UsageError(f"ring at seq={n}: {why}")
-        cases.append(Case("ring", block, p))
+            raise UsageError(f"{strategy} at seq={n}: {why}")
+        cases.append(Case(strategy, block, p))
     return cases
 
 
 def _run_ring(cases, world, device, threads, baseline, budget, out, force, rank0) -> list[dict]:
     from attnbench.core import results
-    from attnbench.distributed.launch import run_ring_case
+    from attnbench.distributed.launch import run_cp_case
     from attnbench.measure import env as env_mod
     from attnbench.run.session import check_out, resolve_device
     from attnbench.run.worker import base_record
@@ -128,9 +138,11 @@ def _run_ring(cases, world, device, threads, baseline, budget, out, force, rank0
     records = []
     try:
         for case in cases:
-            fields = run_ring_case(
+            fields = run_cp_case(
                 case.problem,
                 world,
+                strategy=case.variant,
+                ulysses=case.problem.param("ulysses"),
                 device=dev.type,
                 block=case.backend,
                 layout=case.problem.param("layout"),
@@ -156,7 +168,8 @@ def _time_name(prefix: str) -> str:
 def _ring_table(records: list[dict]) -> Table:
     from attnbench.core.units import fmt_bytes, fmt_len, fmt_ms
 
-    t = Table(title="ring attention")
+    t = Table(title="context-parallel attention")
+    t.add_column("strategy")
     for col in (
         "seq",
         "causal",
@@ -175,6 +188,8 @@ def _ring_table(records: list[dict]) -> Table:
         pct = lambda x: f"{100 * x:.0f}%" if x is not None else "—"  # noqa: E731
         err = (r.get("error") or {}).get("rel_l2")
         t.add_row(
+            r["variant"] if d.get("ulysses_degree", 1) == 1 or d.get("ring_degree", 1) == 1
+            else f"hybrid {d['ulysses_degree']}×{d['ring_degree']}",
             fmt_len(r["seq_q"]),
             "yes" if r["causal"] else "no",
             str(d.get("world_size", "—")),

@@ -10,11 +10,15 @@ from attnbench.report.fit import FittedTable
 
 
 def _distributed_note(d: dict | None) -> str:
-    """Communication share and scaling efficiency of a distributed (ring) case."""
+    """Compute/communication split, bytes sent (and whether they equal the formula) and scaling
+    efficiency of a distributed (ring, ulysses, hybrid) case."""
     if not d:
         return ""
     eff = d.get("scaling_efficiency")
-    return f", comm {100 * (d.get('comm_share') or 0):.2f}% of time, {fmt_bytes(d.get('bytes_sent'))} sent" + (
+    split = f"compute {100 * d['compute_share']:.0f}% / " if d.get("compute_share") is not None else ""
+    formula = {True: " (= formula)", False: " (≠ formula!)"}.get(d.get("bytes_match_model"), "")
+    sent = f"{fmt_bytes(d.get('bytes_sent'))} sent{formula}"
+    return f", {split}comm {100 * (d.get('comm_share') or 0):.2f}% of time, {sent}" + (
         f", efficiency {eff:.2f} vs 1 rank" if eff is not None else ""
     )
 

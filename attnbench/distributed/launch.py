@@ -1,9 +1,11 @@
-"""Launch a measured ring case on P ranks and turn it into the fields of a results record.
+"""Launch a measured context-parallel case (ring, Ulysses, hybrid) on P ranks and turn it into
+the fields of a results record.
 
-`run_ring_case` spawns the ranks with multiprocessing ("spawn"; gloo over tcp://127.0.0.1 on a
-free port, or nccl with one GPU per rank) — or, when already under torchrun (RANK and
-WORLD_SIZE set), runs this process's rank with init_method env://. A rank that crashes, runs out
-of memory or exceeds the time limit becomes a record with its reason, like the runner's worker.
+`run_cp_case` (`run_ring_case`: the ring alone) spawns the ranks with multiprocessing
+("spawn"; gloo over tcp://127.0.0.1 on a free port, or nccl with one GPU per rank) — or, when
+already under torchrun (RANK and WORLD_SIZE set), runs this process's rank with init_method
+env://. A rank that crashes, runs out of memory or exceeds the time limit becomes a record with
+its reason, like the runner's worker.
 It measures one rank too (world_size 1, same threads per rank) so the record carries the strong
 scaling efficiency T1 / (P·T_P).
 
@@ -25,6 +27,7 @@ from dataclasses import replace
 
 import torch
 
+from attnbench.core.cp import Degrees, degrees
 from attnbench.core.problem import Problem
 from attnbench.distributed.rank import RankSpec, run_rank
 from attnbench.measure import flops as fl
@@ -80,8 +83,8 @@ def _rank_entry(rank: int, spec: RankSpec, err_dir: str) -> None:
 def spawn_ranks(spec: RankSpec, timeout: float) -> dict:
     """Run the ranks as spawned processes; rank 0's result, or {"status", "reason"}."""
     if mp.current_process().daemon:
-        return {"status": "error", "reason": "ring ranks cannot be spawned from a daemonic process (the "
-                "runner's worker); call attnbench.distributed.launch.run_ring_case from the parent"}
+        return {"status": "error", "reason": "ranks cannot be spawned from a daemonic process (the "
+                "runner's worker); call attnbench.distributed.launch.run_cp_case from the parent"}
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="attnbench-ring-") as tmp:
         spec = replace(spec, init_method=f"tcp://127.0.0.1:{free_port()}", result_path=os.path.join(tmp, "result.json"))
@@ -107,7 +110,7 @@ def _wait(procs, timeout: float, tmp: str) -> dict | None:
         if bad is not None:
             failure = _rank_failure(bad, codes[bad], tmp)
         elif time.monotonic() > deadline:
-            failure = {"status": "timeout", "reason": f"the ring did not finish within {timeout:.0f} s; "
+            failure = {"status": "timeout", "reason": f"the ranks did not finish within {timeout:.0f} s; "
                        "its ranks were killed"}
         else:
             time.sleep(0.05)
@@ -143,17 +146,25 @@ def run_torchrun_rank(spec: RankSpec) -> dict | None:
     return run_rank(rank, spec, device)
 
 
-def run_ring_case(problem: Problem, world_size: int, *, comm: str | None = None, device: str = "cpu",
-                  block: str = "sdpa", layout: str = "zigzag", policy: TimingPolicy = DEFAULT_POLICY,
-                  threads: int | None = None, baseline: bool = True, check_error: bool = True,
-                  timeout: float = 600.0) -> dict | None:
-    """Measure ring attention for `problem` on `world_size` ranks; the record fields.
+def run_ring_case(problem: Problem, world_size: int, **kw) -> dict | None:
+    """Measure ring attention for `problem` on `world_size` ranks; the record fields."""
+    return run_cp_case(problem, world_size, strategy="ring", **kw)
+
+
+def run_cp_case(problem: Problem, world_size: int, *, strategy: str = "ring", ulysses: int | None = None,
+                variant: str | None = None, comm: str | None = None, device: str = "cpu",
+                block: str = "sdpa", layout: str = "zigzag", policy: TimingPolicy = DEFAULT_POLICY,
+                threads: int | None = None, baseline: bool = True, check_error: bool = True,
+                timeout: float = 600.0) -> dict | None:
+    """Measure `strategy` (ring | ulysses | hybrid with its Ulysses degree) for `problem` on
+    `world_size` ranks; the record fields.
 
     comm: "gloo" (CPU) or "nccl" (one GPU per rank); default by device. Returns None on the
     non-zero ranks under torchrun."""
     comm = comm or ("nccl" if device == "cuda" else "gloo")
     threads = threads or (default_threads(world_size) if comm == "gloo" else None)
-    spec = RankSpec(problem=problem.as_dict(), world=world_size, comm=comm, block=block, layout=layout,
+    spec = RankSpec(problem=problem.as_dict(), world=world_size, strategy=strategy, ulysses=ulysses,
+                    variant=variant or strategy, comm=comm, block=block, layout=layout,
                     policy=policy, threads=threads, check_error=check_error)
     if under_torchrun():
         if int(os.environ["WORLD_SIZE"]) != world_size:
@@ -162,7 +173,8 @@ def run_ring_case(problem: Problem, world_size: int, *, comm: str | None = None,
         return None if res is None else record_fields(problem, spec, res, None, "torchrun")
     base = None
     if baseline and world_size > 1:
-        base = spawn_ranks(replace(spec, world=1, check_error=False), timeout + START_GRACE_S)
+        one = replace(spec, world=1, strategy="ring", ulysses=None, check_error=False)
+        base = spawn_ranks(one, timeout + START_GRACE_S)
     res = spawn_ranks(spec, timeout + START_GRACE_S)
     if "status" in res:
         return res
@@ -175,29 +187,38 @@ def record_fields(p: Problem, spec: RankSpec, res: dict, base: dict | None, how:
     ranks = sorted(res["ranks"], key=lambda r: r["rank"])
     med = lambda r, key: statistics.median(it[key] for it in r["per_iter"])  # noqa: E731
     total, compute, comm = ([med(r, k) for r in ranks] for k in ("total_ms", "compute_ms", "comm_ms"))
-    pair_flops = 4.0 * p.batch * p.heads * p.head_dim  # QKᵀ and PV: 2·D each per pair and head
     flops, nbytes = attention_flops(p), io_bytes(p)
-    rank_flops = [pair_flops * r["per_iter"][-1]["pairs"] for r in ranks]
+    # QKᵀ and PV: 2·D FLOPs each per pair and head; a rank computes its heads (Hq/U under Ulysses)
+    rank_flops = [4.0 * p.batch * r["heads"] * p.head_dim * r["per_iter"][-1]["pairs"] for r in ranks]
+    last = lambda key: [r["per_iter"][-1].get(key) for r in ranks]  # noqa: E731
     base_ms = None
     if base is not None and "status" not in base:
         base_ms = statistics.median(base["samples_ms"])
     peaks = [r["peak_bytes"] for r in ranks]
+    deg = Degrees(1, spec.world) if spec.strategy == "torch_cp" else degrees(spec.strategy, spec.world, spec.ulysses)
     dist_fields = {
+        "strategy": spec.strategy, "ulysses_degree": deg.ulysses, "ring_degree": deg.ring,
         "world_size": spec.world, "comm_backend": spec.comm, "block": spec.block, "layout": spec.layout,
         "threads_per_rank": spec.threads, "launch": how,
-        "per_rank": {"seq": [r["length"] for r in ranks], "latency_ms": total, "compute_ms": compute,
-                     "comm_ms": comm, "post_ms": [med(r, "post_ms") for r in ranks],
-                     "bytes_sent": [r["per_iter"][-1]["bytes_sent"] for r in ranks], "peak_mem_bytes": peaks,
-                     "pairs": [r["per_iter"][-1]["pairs"] for r in ranks],
-                     "pairs_model": [r["pairs_model"] for r in ranks], "flops": rank_flops},
+        "per_rank": {"seq": [r["length"] for r in ranks], "heads": [r["heads"] for r in ranks],
+                     "latency_ms": total, "compute_ms": compute,
+                     "comm_ms": comm, "a2a_ms": [med(r, "a2a_ms") for r in ranks],
+                     "post_ms": [med(r, "post_ms") for r in ranks],
+                     "bytes_sent": last("bytes_sent"), "a2a_bytes": last("a2a_bytes"),
+                     "bytes_model": [r["bytes_model"] for r in ranks], "peak_mem_bytes": peaks,
+                     "pairs": last("pairs"), "pairs_model": [r["pairs_model"] for r in ranks], "flops": rank_flops},
+        "compute_share": sum(compute) / sum(total) if sum(total) > 0 else None,
         "comm_share": sum(comm) / sum(total) if sum(total) > 0 else None,
-        "bytes_sent": sum(r["per_iter"][-1]["bytes_sent"] for r in ranks),
+        "bytes_sent": sum(last("bytes_sent")),
+        "bytes_match_model": last("bytes_sent") == [r["bytes_model"] for r in ranks],
         "load_imbalance": max(rank_flops) / (sum(rank_flops) / len(rank_flops)) - 1.0 if sum(rank_flops) else None,
         "baseline_ms": base_ms,
         "baseline_reason": None if base_ms is not None else (base or {}).get("reason", f"not measured ({how})"),
         "speedup": base_ms / stats.median if base_ms else None,
         "scaling_efficiency": base_ms / (spec.world * stats.median) if base_ms else None,
     }
+    if spec.strategy == "torch_cp":
+        _no_split(dist_fields)
     known = [b for b in peaks if b is not None]
     return {
         "status": "ok", "reason": None, "latency_ms": stats.__dict__, "samples_ms": res["samples_ms"],
@@ -207,17 +228,37 @@ def record_fields(p: Problem, spec: RankSpec, res: dict, base: dict | None, how:
         "flops": flops, "bytes": nbytes, "kv_cache_bytes": kv_cache_bytes(p),
         "tflops": fl.rate(flops, stats.median, 1e12), "gbps": fl.rate(nbytes, stats.median, 1e9),
         "roofline_frac": None, "error": res["error"],
-        "kernel": f"ring/{spec.comm} ×{spec.world}, {spec.block} blocks", "threads": spec.threads,
+        "kernel": f"{_strategy_text(spec.strategy, deg)}/{spec.comm}, {spec.block} blocks", "threads": spec.threads,
         "telemetry": {"available": False, "reason": "not collected for multi-rank cases"},
         "timing": {"calls_per_sample": 1, "stopped_by": "max over ranks per iteration"},
         "distributed": dist_fields,
     }
 
 
+def _no_split(d: dict) -> None:
+    """torch's context parallel: its communication is inside SDPA; nothing to split or count."""
+    from attnbench.distributed.torch_cp import NO_SPLIT
+
+    for key in ("compute_ms", "comm_ms", "a2a_ms", "post_ms", "bytes_sent", "a2a_bytes", "pairs", "flops"):
+        d["per_rank"][key] = None
+    d.update(compute_share=None, comm_share=None, bytes_sent=None, bytes_match_model=None, load_imbalance=None,
+             split_reason=NO_SPLIT)
+
+
+def _strategy_text(strategy: str, d: Degrees) -> str:
+    if strategy == "torch_cp":
+        return f"torch context_parallel ×{d.world}"
+    if d.ulysses == 1:
+        return f"ring ×{d.ring}"
+    return f"ulysses ×{d.ulysses}" if d.ring == 1 else f"hybrid ulysses {d.ulysses} × ring {d.ring}"
+
+
 def run_distributed_case(case, cfg, timeout: float | None = None) -> dict:
-    """The runner's hook: a `ring` case (problem param world_size >= 2) under a RunConfig."""
+    """The runner's hook: a ring / ulysses / hybrid case (problem param world_size >= 2) under a
+    RunConfig."""
     p = case.problem
     policy = replace(cfg.policy, max_time=min(cfg.policy.max_time, max(0.1, cfg.time_budget / 8)))
-    return run_ring_case(p, p.param("world_size"), device=cfg.device.type, block=case.backend,
-                         layout=p.param("layout", "zigzag"), policy=policy, threads=cfg.threads,
-                         timeout=timeout or cfg.time_budget)
+    return run_cp_case(p, p.param("world_size"), strategy=case.variant, ulysses=p.param("ulysses"),
+                       variant=case.variant, device=cfg.device.type, block=case.backend,
+                       layout=p.param("layout", "zigzag"), policy=policy, threads=cfg.threads,
+                       timeout=timeout or cfg.time_budget)

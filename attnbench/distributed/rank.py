@@ -1,5 +1,6 @@
-"""What one rank does in a measured ring case: build its shard, time the ring, measure its
-peak memory, check the output, and hand its statistics to rank 0.
+"""What one rank does in a measured context-parallel case (ring, Ulysses or hybrid: hybrid.py):
+build its shard, time the call, measure its peak memory, check the output, and hand its
+statistics to rank 0.
 
 Timing protocol (every rank runs the same loop and takes the same decisions): before each
 iteration the ranks meet (an all-reduce that doubles as a barrier); each rank times its own
@@ -12,15 +13,18 @@ Compute time, communication wait and bytes are kept per rank and per iteration.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from attnbench.core.cp import degrees
 from attnbench.core.problem import Problem
-from attnbench.distributed.layout import make_layout, rank_pairs
-from attnbench.distributed.ring import RankStats, ring_attention
+from attnbench.distributed.hybrid import Placement, bytes_model, cp_attention, make_groups, make_placement
+from attnbench.distributed.layout import rank_pairs
+from attnbench.distributed.ring import RankStats
 from attnbench.measure import accuracy, memory
 from attnbench.measure.timing import TimingPolicy, stop_reason
 
@@ -31,6 +35,9 @@ class RankSpec:
 
     problem: dict
     world: int
+    strategy: str = "ring"  # ring | ulysses | hybrid (core/cp.py)
+    ulysses: int | None = None  # hybrid's Ulysses degree
+    variant: str = "ring"  # whose inputs and reference (the registered variant)
     comm: str = "gloo"  # "gloo" (CPU tensors) | "nccl" (one GPU per rank)
     block: str = "sdpa"
     layout: str = "zigzag"
@@ -61,31 +68,54 @@ class _Group:
         return out
 
 
-def shard_inputs(p: Problem, layout, rank: int, device: torch.device):
+def shard_inputs(p: Problem, placement: Placement, rank: int, device: torch.device, variant: str = "ring"):
     """This rank's q, k, v shard, cut from the same seeded inputs the single-process runner uses
     (attnbench.measure.inputs.make_inputs), so errors and latencies compare case for case."""
     from attnbench.measure.inputs import make_inputs
     from attnbench.variants import registry
 
-    q, k, v = make_inputs(registry.get("ring"), p, torch.device("cpu"))
-    idx = layout.positions(rank)
+    q, k, v = make_inputs(registry.get(variant), p, torch.device("cpu"))
+    idx = placement.positions(rank)
     return tuple(t.index_select(2, idx).contiguous().to(device) for t in (q, k, v))
 
 
 def run_rank(rank: int, spec: RankSpec, device: torch.device) -> dict | None:
-    """Measure the ring on this rank; rank 0 returns the assembled result, others None."""
+    """Measure the strategy on this rank; rank 0 returns the assembled result, others None."""
     if spec.threads and device.type == "cpu":
         torch.set_num_threads(spec.threads)
-    p = Problem.from_dict(spec.problem)
-    g = _Group(spec.comm, device)
-    layout = make_layout(p.seq_q, spec.world, p.causal, spec.layout)
-    t0 = time.perf_counter()
-    q, k, v = shard_inputs(p, layout, rank, device)
+    with ExitStack() as stack:
+        return _run(rank, spec, device, stack)
+
+
+def _setup(rank: int, spec: RankSpec, p: Problem, device: torch.device, stack: ExitStack):
+    """This rank's timed call and placement: ours (ring / ulysses / hybrid) or torch's."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    setup_ms = (time.perf_counter() - t0) * 1e3
+    if spec.strategy == "torch_cp":
+        from attnbench.distributed.torch_cp import torch_cp_call
+        from attnbench.measure.inputs import make_inputs
+        from attnbench.variants import registry
+
+        full = [t.to(device) for t in make_inputs(registry.get(spec.variant), p, torch.device("cpu"))]
+        fn, placement = torch_cp_call(*full, p.causal, spec.world, device, stack)
+        return (lambda stats=None: fn()), placement, sync
+    deg = degrees(spec.strategy, spec.world, spec.ulysses)
+    placement = make_placement(p.seq_q, p.causal, deg, spec.layout)
+    groups = make_groups(deg, rank)
+    q, k, v = shard_inputs(p, placement, rank, device, spec.variant)
 
     def call(stats: RankStats | None = None):
-        return ring_attention(q, k, v, layout, rank, spec.block, stats, sync=sync)
+        return cp_attention(q, k, v, placement, rank, groups, spec.block, stats, sync=sync)
+
+    return call, placement, sync
+
+
+def _run(rank: int, spec: RankSpec, device: torch.device, stack: ExitStack) -> dict | None:
+    p = Problem.from_dict(spec.problem)
+    g = _Group(spec.comm, device)
+    t0 = time.perf_counter()
+    call, placement, sync = _setup(rank, spec, p, device, stack)
+    setup_ms = (time.perf_counter() - t0) * 1e3
+    deg = placement.degrees
 
     g.max([0.0])
     t0 = time.perf_counter()
@@ -96,10 +126,13 @@ def run_rank(rank: int, spec: RankSpec, device: torch.device) -> dict | None:
     samples, per_iter = _sample(call, sync, g, spec.policy)
     g.max([0.0])
     peak = memory.peak_cuda(call) if device.type == "cuda" else memory.peak_cpu(call)
-    mine = {"rank": rank, "length": layout.length(rank), "per_iter": per_iter,
-            "peak_bytes": peak.bytes, "mem_source": peak.source,
-            "pairs_model": rank_pairs(layout, rank), "setup_ms": setup_ms}
-    error = _check(p, layout, out, rank, g) if spec.check_error else {"reason": "not checked"}
+    mine = {"rank": rank, "length": placement.length(rank), "per_iter": per_iter,
+            "peak_bytes": peak.bytes, "mem_source": peak.source, "heads": p.heads // deg.ulysses,
+            "pairs_model": None if spec.strategy == "torch_cp" else
+            rank_pairs(placement.ring_layout, placement.ring_pos(rank)), "setup_ms": setup_ms,
+            "bytes_model": None if spec.strategy == "torch_cp" else
+            bytes_model(p.batch, p.heads, p.kv_heads, p.head_dim, p.itemsize, placement, rank)}
+    error = _check(p, placement, out, rank, g, spec.variant) if spec.check_error else {"reason": "not checked"}
     everyone = g.gather(mine, rank)
     if rank != 0:
         return None
@@ -130,6 +163,7 @@ def _sample(call, sync, g: _Group, policy: TimingPolicy) -> tuple[list[float], l
         slowest = g.max([mine])[0]
         samples.append(slowest * 1e3)
         per_iter.append({"total_ms": mine * 1e3, "compute_ms": st.compute_s * 1e3, "comm_ms": st.comm_wait_s * 1e3,
+                         "a2a_ms": st.a2a_s * 1e3, "a2a_bytes": st.a2a_bytes,
                          "post_ms": st.post_s * 1e3, "bytes_sent": st.bytes_sent, "pairs": st.pairs,
                          "calls": st.calls})
         spent += slowest
@@ -137,22 +171,28 @@ def _sample(call, sync, g: _Group, policy: TimingPolicy) -> tuple[list[float], l
             return samples, per_iter
 
 
-def _check(p: Problem, layout, out: torch.Tensor, rank: int, g: _Group) -> dict | None:
-    """Error of the assembled output against the fp32 reference (rank 0), within the runner's
-    reference size limit."""
+def _check(p: Problem, placement: Placement, out: torch.Tensor, rank: int, g: _Group,
+           variant_name: str = "ring") -> dict | None:
+    """Error of the assembled output (rank 0) against the variant's fp32 reference within the
+    runner's reference size limit; above it, against single-process fp32 SDPA (torch's fused
+    kernel: no L×L scores held), so long runs still say whether they equal one process."""
+    import torch.nn.functional as F
+
     from attnbench.measure.accuracy import REFERENCE_LIMIT
     from attnbench.measure.inputs import make_inputs
     from attnbench.variants import registry
 
     elems = p.batch * p.heads * p.seq_q * p.seq_k
-    if elems > REFERENCE_LIMIT:
-        return {"reason": f"reference too large ({elems:.2e} scores > {REFERENCE_LIMIT:.0e})"}
     shards = g.gather(out.detach().cpu(), rank)
     if rank != 0:
         return None
     full = torch.empty((p.batch, p.heads, p.seq_q, p.head_dim), dtype=out.dtype)
     for r, shard in enumerate(shards):
-        full[:, :, layout.positions(r)] = shard
-    variant = registry.get("ring")
+        full[:, :, placement.positions(r)] = shard
+    variant = registry.get(variant_name)
     q, k, v = (t.float() for t in make_inputs(variant, p, torch.device("cpu")))
+    if elems > REFERENCE_LIMIT:
+        one = F.scaled_dot_product_attention(q, k, v, is_causal=p.causal, enable_gqa=p.heads != p.kv_heads)
+        return {"vs": f"single-process SDPA fp32 (reference too large: {elems:.2e} scores > "
+                f"{REFERENCE_LIMIT:.0e})", **accuracy.errors(full, one)}
     return {"vs": "reference", **accuracy.errors(full, variant.reference(q, k, v, p))}

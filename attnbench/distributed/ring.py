@@ -37,9 +37,11 @@ class RankStats:
     """What one rank did in one ring call (seconds, bytes, pairs per (batch, head))."""
 
     compute_s: float = 0.0
-    comm_wait_s: float = 0.0  # waiting for transfers not hidden behind the computation
+    comm_wait_s: float = 0.0  # waiting for transfers not hidden behind the computation (all-to-alls included)
+    a2a_s: float = 0.0  # of which the Ulysses all-to-alls (blocking: never hidden)
     post_s: float = 0.0  # posting the sends/receives
     bytes_sent: int = 0
+    a2a_bytes: int = 0  # of which sent by the all-to-alls
     pairs: int = 0  # (query, key) pairs attended, counted from the calls made
     calls: int = 0
 
@@ -63,17 +65,19 @@ def _accumulators(q: torch.Tensor):
 
 def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout, rank: int,
                    block: str | BlockFn = "sdpa", stats: RankStats | None = None, group=None,
-                   sync: Callable[[], None] = lambda: None) -> torch.Tensor:
+                   sync: Callable[[], None] = lambda: None, ranks: tuple[int, ...] | None = None) -> torch.Tensor:
     """This rank's output shard (B, Hq, L_r, D) of exact attention over the whole sequence.
 
     q (B, Hq, L_r, D), k/v (B, Hkv, L_r, D): this rank's shard in the layout's local order.
-    Every rank of `group` must call it with the same layout. `sync` waits for the device
-    (torch.cuda.synchronize on a GPU) so the compute time is read correctly."""
+    Every rank of `group` must call it with the same layout; `rank` is the position in the
+    ring and `ranks` the global rank at each position (None: the position is the rank). `sync`
+    waits for the device (torch.cuda.synchronize on a GPU) so the compute time is read correctly."""
     block_fn = BLOCKS[block] if isinstance(block, str) else block
     stats = stats if stats is not None else RankStats()
     world = layout.world
     scale = default_scale(q.shape[-1])
     out_acc, lse_acc = _accumulators(q)
+    peer = (lambda i: ranks[i]) if ranks else (lambda i: i)
     kv = (k.contiguous(), v.contiguous())  # the K/V shard held now: (B, Hkv, L_src, D) each
     nxt, reqs = kv, []
     for step in range(world):
@@ -82,8 +86,8 @@ def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: La
             t0 = time.perf_counter()
             shape = (*k.shape[:2], layout.length((src - 1) % world), k.shape[-1])
             nxt = (k.new_empty(shape), v.new_empty(shape))
-            ops = [dist.P2POp(dist.isend, t, (rank + 1) % world, group) for t in kv] + \
-                  [dist.P2POp(dist.irecv, t, (rank - 1) % world, group) for t in nxt]
+            ops = [dist.P2POp(dist.isend, t, peer((rank + 1) % world), group) for t in kv] + \
+                  [dist.P2POp(dist.irecv, t, peer((rank - 1) % world), group) for t in nxt]
             reqs = dist.batch_isend_irecv(ops)
             stats.post_s += time.perf_counter() - t0
             stats.bytes_sent += sum(t.numel() * t.element_size() for t in kv)

@@ -12,6 +12,7 @@ import torch
 from attnbench.core.errors import UsageError, did_you_mean
 from attnbench.core.problem import Problem
 from attnbench.variants import (
+    context_parallel,
     dsa,
     exact,
     flash,
@@ -33,7 +34,8 @@ from attnbench.variants.base import Backend, Decision, Fn, Reason, Variant
 __all__ = ["Backend", "Decision", "Fn", "Reason", "Variant", "FAMILIES", "get", "names", "all_variants", "decide",
            "describe"]
 
-FAMILIES = (exact, flash, positional, sparse, lsh, linear, vision, graph, ring, mla, paged, gdn, dsa, moba, nsa)
+FAMILIES = (exact, flash, positional, sparse, lsh, linear, vision, graph, ring, context_parallel, mla, paged, gdn, dsa,
+            moba, nsa)
 
 _CATALOGUE: dict[str, Variant] = {v.name: v for family in FAMILIES for v in family.VARIANTS}
 assert len(_CATALOGUE) == sum(len(f.VARIANTS) for f in FAMILIES), "a variant name is used twice"

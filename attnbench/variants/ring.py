@@ -43,7 +43,7 @@ def _backend_supports(p: Problem, device: torch.device) -> Reason:
     return NOT_HERE if p.param("world_size", 1) < 2 else None
 
 
-def _available(block: str):
+def block_available(block: str):
     def why_unavailable(device: torch.device) -> Reason:
         import torch.distributed as dist
 
@@ -82,7 +82,8 @@ RING = Variant(
                 "(zig-zag shards when causal)",
     time="O(L²/P) per rank", memory="O(L/P)", reference=exact_reference, flops=attention_flops,
     bytes=io_bytes,
-    backends=tuple(Backend(name, _build, desc, why_unavailable=_available(name), why_unsupported=_backend_supports)
+    backends=tuple(Backend(name, _build, desc, why_unavailable=block_available(name),
+                           why_unsupported=_backend_supports)
                    for name, desc in _DESCRIPTIONS.items()),
     resolve=_resolve, why_unsupported=_supports, defaults={"world_size": 1, "layout": "zigzag"}, modes=("fwd",))
 
