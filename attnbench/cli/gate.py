@@ -187,17 +187,23 @@ def register(app: typer.Typer) -> None:
 
           attnbench baseline save --suite ci --out results/baselines/ci-runner.jsonl
         """
-        from attnbench.gate.runs import BASELINE_DIR, current_env, env_id, load_suite_device, save_baseline
+        from attnbench.gate.runs import (
+            BASELINE_DIR,
+            current_env,
+            env_id,
+            load_suite_settings,
+            resolve_settings,
+            save_baseline,
+        )
 
         with usage_exit_3():
             if runs < 1:
                 raise UsageError(f"--runs must be at least 1 (got {runs})")
-            sweeps, meta, dev = load_suite_device(suite, device, threads)
+            sweeps, settings = load_suite_settings(suite, device, threads)
+            settings, dev = resolve_settings(settings)
             target = out or BASELINE_DIR / f"{env_id(current_env(dev))}.jsonl"
         run = _guard_run(
-            lambda: save_baseline(
-                sweeps, dev, target, float(meta.get("time_budget", 30.0)), err, ["attnbench", *sys.argv[1:]], runs
-            )
+            lambda: save_baseline(sweeps, settings, target, err, ["attnbench", *sys.argv[1:]], runs)
         )
         bad = [r for r in run.records if r["status"] in ("error", "oom", "timeout", "killed")]
         print(f"baseline: {target} ({len(run.records) // runs} cases × {runs} runs)")
@@ -288,10 +294,11 @@ def register(app: typer.Typer) -> None:
 
 def _gate_plan(suite: str, device: str, threads: int | None, baseline: Path, o: Options):
     """Load everything the gate needs before spending time on a run; fail fast (exit 3)."""
-    from attnbench.gate.runs import current_env, load_suite_device, resolve_baseline
+    from attnbench.gate.runs import current_env, load_suite_settings, resolve_baseline, resolve_settings
     from attnbench.gate.sides import build_side, describe_differences, env_differences, load_run
 
-    sweeps, meta, dev = load_suite_device(suite, device, threads)
+    sweeps, settings = load_suite_settings(suite, device, threads)
+    settings, dev = resolve_settings(settings)
     env = current_env(dev)
     base_run = load_run(resolve_baseline(baseline, env))
     diff = env_differences(base_run.header.get("env") or {}, env)
@@ -300,7 +307,7 @@ def _gate_plan(suite: str, device: str, threads: int | None, baseline: Path, o: 
             f"the baseline {base_run.path} was measured in another environment: "
             f"{describe_differences(diff)}; save a baseline here or pass --allow-env-mismatch"
         )
-    return build_side([base_run], o.normalize), sweeps, dev, float(meta.get("time_budget", 30.0))
+    return build_side([base_run], o.normalize), sweeps, settings
 
 
 def _guard_run(fn):

@@ -4,6 +4,7 @@ view and the output formats live in cli/plan_view.py, cli/live.py and cli/run_ou
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -192,11 +193,13 @@ def run(
       attnbench run --suite quick --out r.jsonl -q | xargs attnbench show
     """
     from attnbench.cli.run_output import check_output, print_results
+    from attnbench.run.models import annotator
     from attnbench.run.plan import load_suite, make_sweep
     from attnbench.run.session import default_out, resolve_device, run_sweep
+    from attnbench.run.settings import build as build_settings
 
     fmt, cols = check_output(fmt, json_out, csv_out, columns, quiet, verbose)
-    shard_kn = _check_options(time_budget, profile_dir, world_size, executor, address, shard, threads, rounds)
+    scope = _scope(profile_dir, world_size, executor, address, shard)
     axes = {
         "variants": variants,
         "backends": backends,
@@ -216,10 +219,13 @@ def run(
         from attnbench.run.plan import parse_param_items
 
         given["params"] = parse_param_items(param)
-    if kv_layout is not None or page_size is not None or seq_dist is not None:  # issue 21: variants declaring them
+    if kv_layout is not None or page_size is not None or seq_dist is not None:  # variants declaring them
         from attnbench.variants.paged import flag_params
 
         given["params"] = given.get("params", {}) | flag_params(kv_layout, page_size, seq_dist)
+    cli_settings = {"time_budget": time_budget, "threads": threads, "rounds": rounds, "inputs": inputs,
+                    "device": None if device == "auto" else device}
+    settings = build_settings(None, None, **cli_settings)  # the options' own mistakes first
     model_plan = None
     if model is not None or model_config is not None:
         from attnbench.run.models import model_plan as plan_models
@@ -227,61 +233,35 @@ def run(
 
         model_plan = plan_models(resolve_models(model, model_config, layers), given | {"suite": suite},
                                  resolve_device(device))
+        scope = replace(scope, extra=tuple(model_plan.cases))
     elif layers is not None and layers < 1:
         raise UsageError(f"--layers must be at least 1 (got {layers})")
     if suite is None and not given and model_plan is None:
         suite = "quick"
-    from attnbench.measure.inputs import check_inputs
-
     if model_plan is not None:
-        meta, sweeps = {}, []
+        sweeps = []
     elif suite is not None:
         sweeps, meta = load_suite(suite, **given)
+        settings = build_settings(meta, suite, **cli_settings)
     else:
-        meta = {}
         sweeps = [make_sweep(**given)]
-    dev = resolve_device(meta.get("device", device) if device == "auto" else device)
     out = out or default_out()
-    budget = time_budget if time_budget is not None else float(meta.get("time_budget", 30.0))
-    suite_rounds, ref_limit, sample_time = _suite_settings(meta, suite)
-    rounds = rounds if rounds is not None else suite_rounds
-    inputs = check_inputs(inputs or meta.get("inputs", "randn"))
     if dry_run:
         from attnbench.cli.run_output import print_dry_run
         from attnbench.run.session import plan_sweep
 
-        plan, refs_s = plan_sweep(
-            sweeps, dev, time_budget=budget, threads=threads, shard=shard_kn,
-            world_size=world_size, executor=executor, rounds=rounds, inputs=inputs, reference_limit=ref_limit,
-            sample_time=sample_time, cases=list(model_plan.cases) if model_plan else None,
-        )
+        plan, refs_s = plan_sweep(sweeps, settings, scope)
         print_dry_run(plan, refs_s, fmt, out_console, verbose)
         return
     from attnbench.cli.live import make_view
 
     view = make_view(err_console, machine_stdout=fmt != "table", quiet=quiet, verbose=verbose, yes=yes, columns=cols)
     records, interrupted = run_sweep(
-        sweeps,
-        dev,
-        out,
-        time_budget=budget,
-        threads=threads,
-        resume=resume,
-        force=force,
-        console=err_console,
-        command=["attnbench", *ctx.obj["argv"]],
-        profile_dir=profile_dir,
-        shard=shard_kn,
-        world_size=world_size,
-        executor=executor,
-        address=address,
-        rounds=rounds,
-        inputs=inputs,
-        reference_limit=ref_limit,
-        sample_time=sample_time,
-        **_model_run(model_plan, layers),
+        sweeps, settings, out, scope=scope, resume=resume, force=force, profile_dir=profile_dir,
+        command=["attnbench", *ctx.obj["argv"]], annotate=annotator(model_plan, layers), console=err_console,
         view=view,
     )
+    dev = resolve_device(settings.device)
     print_results(records, out, dev.type, fmt=fmt, columns=cols, csv_out=csv_out, quiet=quiet, console=out_console)
     if interrupted:
         import signal
@@ -299,52 +279,20 @@ def run(
         raise typer.Exit(128 + interrupted.signum)
 
 
-def _model_run(plan, layers: int | None) -> dict:
-    """run_sweep's arguments for --model/--model-config/--layers (run/models.py)."""
-    from attnbench.run.models import annotator
+def _scope(profile_dir, world_size, executor, address, shard):
+    """run's scale-out options as a session Scope, each checked on its own (one line per mistake)."""
+    from attnbench.run.executors import parse_shard
+    from attnbench.run.session import Scope
 
-    hook = annotator(plan, layers)
-    return {"cases": list(plan.cases) if plan else None, "annotate": hook} if hook else {}
-
-
-def _check_options(time_budget, profile_dir, world_size, executor, address, shard, threads, rounds
-                   ) -> tuple[int, int] | None:
-    """run's scalar options, each checked on its own (one line per mistake); returns --shard as (K, N)."""
-    from attnbench.core.schema import positive_finite
-
-    if time_budget is not None:
-        positive_finite(time_budget, "--time-budget", " of seconds")
     if profile_dir is not None and not profile_dir.parent.exists():
         raise UsageError(f"--profile-dir '{profile_dir}': directory '{profile_dir.parent}' does not exist")
+    if profile_dir is not None and profile_dir.exists() and not profile_dir.is_dir():
+        raise UsageError(f"--profile-dir '{profile_dir}' is a file; give a directory (created if missing)")
     if world_size is not None and world_size < 1:
         raise UsageError(f"--world-size must be at least 1 (got {world_size})")
     if executor not in ("local", "ray"):
         raise UsageError(f"unknown --executor '{executor}'; accepted: local, ray")
     if address is not None and executor != "ray":
         raise UsageError("--address goes with --executor ray")
-    if threads is not None and threads < 1:
-        raise UsageError(f"--threads must be at least 1 (got {threads})")
-    if rounds is not None and rounds < 1:
-        raise UsageError(f"--rounds must be at least 1 (got {rounds})")
-    if shard is None:
-        return None
-    from attnbench.run.executors import parse_shard
-
-    return parse_shard(shard)
-
-
-def _suite_settings(meta: dict, suite: str | None) -> tuple[int, int | None, float | None]:
-    """A suite's rounds, reference_limit and sample_time, checked (one line naming the suite)."""
-    r = meta.get("rounds", 1)
-    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-        raise UsageError(f"suite '{suite}': rounds must be an integer >= 1 (got {r!r})")
-    ref_limit, sample_time = meta.get("reference_limit"), meta.get("sample_time")
-    if sample_time is not None and (
-        not isinstance(sample_time, (int, float)) or isinstance(sample_time, bool) or sample_time <= 0
-    ):
-        raise UsageError(f"suite '{suite}': sample_time must be a positive number of seconds (got {sample_time!r})")
-    if ref_limit is not None and (not isinstance(ref_limit, int) or isinstance(ref_limit, bool) or ref_limit < 0):
-        raise UsageError(
-            f"suite '{suite}': reference_limit must be a whole number of score elements (got {ref_limit!r})"
-        )
-    return r, ref_limit, sample_time
+    return Scope(shard=parse_shard(shard) if shard is not None else None, world_size=world_size,
+                 executor=executor, address=address)

@@ -82,12 +82,15 @@ def case_id(problem: dict, variant: str, backend: str, device: str, identity: di
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def make_header(command: list[str], env: dict, refs: dict | None, catalogue: dict | None = None) -> dict:
+def make_header(command: list[str], env: dict, refs: dict | None, catalogue: dict | None = None,
+                settings: dict | None = None) -> dict:
     """The first line of a results file. `catalogue`: variants.registry.describe of the run's
-    variants, so that readers (report, show, gate) need not import the variants (nor torch)."""
-    return {"type": "header", "schema_version": SCHEMA_VERSION, "tool": "attnbench",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command, "env": env,
-            "refs": refs, "catalogue": catalogue or {}}
+    variants, so that readers (report, show, gate) need not import the variants (nor torch);
+    `settings`: how the cases were measured (run/settings.py RunSettings.header)."""
+    header = {"type": "header", "schema_version": SCHEMA_VERSION, "tool": "attnbench",
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command, "env": env,
+              "refs": refs, "catalogue": catalogue or {}}
+    return header | ({"settings": settings} if settings is not None else {})
 
 
 class Writer:

@@ -90,7 +90,6 @@ class Case:
 
 
 SWEEP_KEYS = {f for f in Sweep.__dataclass_fields__} | {"mode"}
-SUITE_KEYS = {"description", "sweep", "time_budget", "device", "rounds", "reference_limit", "inputs", "sample_time"}
 
 
 def _positive(values, what: str) -> tuple[int, ...]:
@@ -119,6 +118,8 @@ def make_sweep(**axes: Any) -> Sweep:
             f"unknown sweep key '{k}'{did_you_mean(k, SWEEP_KEYS)}; accepted: {', '.join(sorted(SWEEP_KEYS))}"
         )
     a = {k: v for k, v in axes.items() if v is not None}
+    if "mode" in a and "modes" in a:
+        raise UsageError("both mode and modes given; give one (a list of modes: modes = [\"fwd\", \"decode\"])")
     if "mode" in a:
         a["modes"] = a.pop("mode")
     as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else [v]  # noqa: E731
@@ -263,16 +264,13 @@ def load_suite(name_or_path: str, **overrides: Any) -> tuple[list[Sweep], dict[s
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"suite '{name_or_path}' is not valid TOML: {e}") from None
-    unknown = set(data) - SUITE_KEYS
-    if unknown:
-        k = sorted(unknown)[0]
-        raise UsageError(
-            f"suite '{name_or_path}': unknown key '{k}'{did_you_mean(k, SUITE_KEYS)}; "
-            f"accepted: {', '.join(sorted(SUITE_KEYS))}"
-        )
+    from attnbench.run import settings
+
+    settings.check_suite_keys(data, name_or_path)
     if not isinstance(data.get("sweep"), list) or not data["sweep"]:
         raise UsageError(f"suite '{name_or_path}' has no [[sweep]] tables")
     _validate_suite(data, name_or_path)
+    settings.build(data, name_or_path)  # the settings' one validation, here so a bad suite fails at load
     sweeps = data["sweep"]
     try:
         return [make_sweep(**_merge(s, overrides)) for s in sweeps], {k: v for k, v in data.items() if k != "sweep"}

@@ -149,16 +149,16 @@ def test_run_end_to_end(capsys, tmp_path):
 
 
 def _captured_budget(monkeypatch, tmp_path, *args) -> float:
-    """The time budget `run` hands to bench.run_sweep (the run itself is not started)."""
+    """The time budget `run` hands to session.run_sweep (the run itself is not started)."""
     seen = {}
 
-    def fake_run_sweep(sweeps, device, out, **kw):
-        seen.update(kw)
+    def fake_run_sweep(sweeps, settings, out, **kw):
+        seen["settings"] = settings
         return [], False
 
     monkeypatch.setattr("attnbench.run.session.run_sweep", fake_run_sweep)
     assert main(["run", *args, "--out", str(tmp_path / "r.jsonl")]) == 0
-    return seen["time_budget"]
+    return seen["settings"].time_budget
 
 
 def test_suite_time_budget_applies_unless_given(monkeypatch, tmp_path):
