@@ -75,7 +75,7 @@ def case_id(problem: dict, variant: str, backend: str, device: str, identity: di
     """A stable id of a case: everything that changes its measurement. The resolved problem
     (shape, dtype, mode, params), variant, backend and device type, plus `identity`: threads,
     device name and the backend's version (runner.case_identity), so two environments never
-    share an id (`merge --allow-mixed-env` keeps both)."""
+    share an id (`merge --allow-env-mismatch` keeps both)."""
     key = {"p": problem, "v": variant, "b": backend, "d": device}
     if identity:
         key["i"] = identity
@@ -119,10 +119,11 @@ class Writer:
             self._good = os.fstat(self._fd).st_size
             return
         target = self.path
-        if self.path.exists():
+        special = self.path.exists() and not self.path.is_file()  # a device or a pipe: written in place
+        if self.path.exists() and not special:
             target = self._pending = self.path.with_name(f".{self.path.name}.new{os.getpid()}")
         self._fd = self._open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC)
-        self._created, self._good = target, 0
+        self._created, self._good = (None if special else target), 0  # never removed when special
         try:
             self._write(header)
         except OutputError as e:
@@ -329,6 +330,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     from attnbench.core.safe_io import OutputError, why
 
     path = Path(path)
+    if path.exists() and not path.is_file():  # a device or a pipe (/dev/stdout, /dev/full): written in place
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+                f.flush()
+        except OSError as e:
+            raise OutputError(f"cannot write '{path}': {why(e)}", why(e)) from None
+        return
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:

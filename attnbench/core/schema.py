@@ -90,6 +90,9 @@ class SweepModel(BaseModel):
     mode: Union[StrictStr, list[StrictStr]] = None
     modes: Union[StrictStr, list[StrictStr]] = None
     params: dict[str, Union[StrictBool, StrictInt, Finite, StrictStr]] = None
+    kv_layout: Union[StrictStr, list[StrictStr]] = None
+    page_size: StrictInt = None
+    seq_dist: StrictStr = None
 
 
 class SuiteModel(BaseModel):

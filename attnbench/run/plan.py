@@ -78,6 +78,11 @@ class Sweep:
     causal: tuple[bool, ...] = (False,)
     modes: tuple[str, ...] = ("fwd",)
     params: dict[str, Any] = field(default_factory=dict)
+    # The KV-cache layout axis: empty, or paged/dense; mha, gqa and mqa then run on the paged-KV
+    # implementation (variant paged) with these layouts, page size and length distribution.
+    kv_layout: tuple[str, ...] = ()
+    page_size: int | None = None
+    seq_dist: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,11 +166,47 @@ def make_sweep(**axes: Any) -> Sweep:
             if m not in MODES:
                 raise UsageError(f"unknown mode '{m}'{did_you_mean(m, MODES)}; accepted: {', '.join(MODES)}")
         out["modes"] = tuple(dict.fromkeys(modes))
+    out |= _layout_axes(a, out.get("variants", Sweep.variants))
     if "params" in a:
         if not isinstance(a["params"], dict):
             raise UsageError("params must be a table of variant parameters, e.g. params = { window = 256 }")
         out["params"] = check_params(a["params"], out.get("variants", Sweep.variants), out.get("backends", ()))
     return Sweep(**out)
+
+
+# The variants whose decode and prefill run on the paged-KV implementation under --kv-layout.
+PAGED_KV_OF = ("mha", "gqa", "mqa")
+
+
+def _layout_axes(a: dict[str, Any], variants: tuple[str, ...]) -> dict[str, Any]:
+    """--kv-layout (a list: an axis), --page-size and --seq-dist, checked; without --kv-layout
+    the last two apply to the paged variant only."""
+    from attnbench.variants import paged
+
+    out: dict[str, Any] = {}
+    if "kv_layout" in a:
+        raw = a["kv_layout"] if isinstance(a["kv_layout"], (list, tuple)) else [a["kv_layout"]]
+        layouts = [s.strip() for v in raw for s in str(v).split(",") if s.strip()]
+        for x in layouts or [""]:
+            if x not in paged.KV_LAYOUTS:
+                raise UsageError(f"bad --kv-layout '{x}'; accepted: {', '.join(paged.KV_LAYOUTS)} "
+                                 "(comma-separated or repeated for both)")
+        out["kv_layout"] = tuple(dict.fromkeys(layouts))
+    if "page_size" in a:
+        v = a["page_size"]
+        v = _int(v, "--page-size") if isinstance(v, str) else v
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise UsageError(f"bad --page-size value {v!r}; accepted: an integer >= 1 (16 is vLLM's default)")
+        out["page_size"] = v
+    if "seq_dist" in a:
+        try:
+            paged.parse_seq_dist(a["seq_dist"])
+        except UsageError as e:
+            raise UsageError(f"--seq-dist: {e}") from None
+        out["seq_dist"] = str(a["seq_dist"]).strip()
+    if ("page_size" in out or "seq_dist" in out) and "kv_layout" not in out and "paged" not in variants:
+        raise UsageError("--page-size and --seq-dist go with --kv-layout (or the paged variant)")
+    return out
 
 
 def check_params(params: dict[str, Any], variants: tuple[str, ...], backends: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -356,6 +397,11 @@ def _expand_one(sw: Sweep, device: torch.device):
         if g is not None:
             hkv = h // g if h % g == 0 else -g  # -g: groups that do not divide the heads
         seq_q, seq_k = (1, lk or L) if mode == "decode" else (L, lk)
+        raw = Problem(batch=b, heads=h, kv_heads=hkv, seq_q=seq_q, seq_k=seq_k, head_dim=d, dtype=dtype,
+                      causal=causal, mode=mode)
+        if sw.kv_layout or (variant == "paged" and (sw.page_size or sw.seq_dist)):
+            yield from _layout_cases(sw, v, raw, device)
+            continue
         chosen = sw.backends or tuple(v.backend_names())
         pins = _peer_pins(v, chosen, sw.params, device)
         for backend in chosen:
@@ -381,6 +427,38 @@ def _expand_one(sw: Sweep, device: torch.device):
                     params=tuple(sorted(ps.items())),
                 )
                 yield decide_case(v, backend, raw, device)
+
+
+def _layout_cases(sw: Sweep, v, raw: Problem, device: torch.device):
+    """The cases of one problem under the layout axis: mha/gqa/mqa (their KV heads resolved as
+    the variant resolves them) and paged run on the paged-KV implementation at each layout;
+    any other variant is unsupported, with the reason."""
+    layouts = sw.kv_layout or (None,)
+    layout_params = {k: x for k, x in (("page_size", sw.page_size), ("seq_dist", sw.seq_dist)) if x is not None}
+    if v.name not in PAGED_KV_OF + ("paged",):
+        for backend in sw.backends or tuple(v.backend_names()):
+            p = raw.with_params(**v.defaults)
+            yield Case(v.name, backend, p, "unsupported",
+                       f"--kv-layout applies to {', '.join(PAGED_KV_OF)} and paged (no paged-KV implementation "
+                       f"of {v.name})")
+        return
+    paged = registry.get("paged")
+    if v.name != "paged" and raw.kv_heads >= 0:  # the source variant's KV heads (gqa: its groups)
+        try:
+            raw = replace(raw, kv_heads=v.resolve(raw).kv_heads)
+        except UsageError:
+            pass  # its reason comes from the paged variant's own checks
+    known = paged.backend_names()
+    for backend in sw.backends or tuple(known):
+        for layout in layouts:
+            ps = paged.defaults | {k: x for k, x in sw.params.items() if k in paged.declared_params(backend)}
+            ps |= layout_params | ({"kv_layout": layout} if layout else {})
+            p = replace(raw, params=tuple(sorted(ps.items())))
+            if backend not in known:
+                yield Case("paged", backend, paged.resolve(p), "unsupported",
+                           f"no paged-KV backend '{backend}'; accepted: {', '.join(known)}")
+                continue
+            yield decide_case(paged, backend, p, device)
 
 
 def _peer_pins(v, chosen, explicit: dict, device: torch.device) -> list[dict]:

@@ -53,7 +53,7 @@ def check_out(out: Path, resume: bool, force: bool) -> None:
         raise UsageError(f"cannot write '{out}': directory '{out.parent}' does not exist")
     if out.exists() and out.is_dir():
         raise UsageError(f"--out '{out}' is a directory; give a file path such as {out}/run.jsonl")
-    if out.exists() and not (resume or force):
+    if out.is_file() and not (resume or force):  # a device or a pipe is written in place, not replaced
         raise UsageError(f"'{out}' already exists; add --resume to continue it or --force to overwrite it")
 
 
@@ -128,7 +128,7 @@ def run_sweep(
     device = resolve_device(settings.device)
     check_rounds(settings.rounds, scope)
     check_out(out, resume, force)
-    cases = sweep_cases(sweeps, device, scope)
+    cases = runnable_cases(sweeps, device, scope)
     settings = resolved(settings, device)
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
@@ -170,6 +170,29 @@ def sweep_cases(sweeps: list[Sweep], device: torch.device, scope: Scope = Scope(
     return cases
 
 
+def runnable_cases(sweeps: list[Sweep], device: torch.device, scope: Scope = Scope()) -> list[Case]:
+    """sweep_cases, refused (UsageError, before any work) when not one of them can run here: the
+    values given are ones no case can use (e.g. --kv-heads that divide no head count)."""
+    cases = sweep_cases(sweeps, device, scope)
+    why = nothing_runnable(cases)
+    if why:
+        raise UsageError(why)
+    return cases
+
+
+def nothing_runnable(cases: list) -> str | None:
+    """Why no case of a run can run (every one decided unsupported/unavailable before work),
+    as one line naming the most common reason; None when at least one case runs."""
+    if not cases or any(c.status is None for c in cases):
+        return None
+    reasons: dict[str, int] = {}
+    for c in cases:
+        reasons[c.reason or c.status] = reasons.get(c.reason or c.status, 0) + 1
+    top = max(reasons, key=reasons.get)
+    more = f" (and {len(reasons) - 1} other reasons)" if len(reasons) > 1 else ""
+    return f"no case can run: {len(cases)} cases, none runnable here; e.g. {top}{more}"
+
+
 def make_config(device: torch.device, settings: RunSettings, profile_dir: Path | None = None) -> RunConfig:
     """The worker's configuration for `settings` on `device`."""
     cfg = RunConfig(
@@ -192,7 +215,7 @@ def plan_sweep(sweeps: list[Sweep], settings: RunSettings, scope: Scope = Scope(
 
     device = resolve_device(settings.device)
     check_rounds(settings.rounds, scope)
-    cases = sweep_cases(sweeps, device, scope)
+    cases = runnable_cases(sweeps, device, scope)
     settings = resolved(settings, device)
     cfg = make_config(device, settings)
     dtypes = tuple(sorted({c.problem.dtype for c in cases if c.status is None}))
