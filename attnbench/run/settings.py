@@ -94,7 +94,7 @@ def _checked(s: RunSettings, where: str, suite_keys: bool = False) -> RunSetting
     if s.threads is not None and (not _integer(s.threads) or s.threads < 1):
         raise bad("threads", s.threads, "an integer, at least 1")
     if not isinstance(s.device, str) or s.device.strip().lower() not in DEVICES:
-        raise bad("device", s.device, " | ".join(DEVICES))
+        raise UsageError(f"{where}unknown device {s.device!r} ({name('device')}); accepted: {', '.join(DEVICES)}")
     return replace(s, time_budget=float(s.time_budget), device=s.device.strip().lower(),
                    sample_time=None if s.sample_time is None else float(s.sample_time))
 

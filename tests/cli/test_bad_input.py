@@ -32,6 +32,7 @@ SUITES = {  # suite files with values of the wrong type or out of range
     "param_table.toml": '[[sweep]]\nvariants = ["sliding_window"]\nparams = { window = { a = 1 } }\n',
     "nosweep.toml": 'description = "no sweeps"\n',
     "variants_int.toml": "[[sweep]]\nvariants = 5\n",
+    "mode_modes.toml": '[[sweep]]\nvariants = ["mha"]\nmode = "fwd"\nmodes = ["decode"]\n',
 }
 
 
@@ -58,6 +59,8 @@ def workdir(tmp_path, monkeypatch):
     for name, text in SUITES.items():
         (tmp_path / name).write_text(text)
     _results_file(tmp_path / "rec.jsonl", valid_record())
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "report.md").write_text("an earlier report\n")
     _results_file(
         tmp_path / "other_env.jsonl",
         valid_record(case_id="fedcba9876543210"),
@@ -268,6 +271,26 @@ CASES = [
     (["ab", "--ref", "HEAD", "--rounds", "0"], "at least 1", 3),
     (["ab", "--ref", "HEAD", "--threads", "0"], "at least 1", 3),
     (["ab"], "Missing option", 3),
+    # one vocabulary, one settings object: values no case can use, files not to overwrite, devices
+    (["show-pattern", "sliding_window", "--seq", "100000"], "at most 8k", 2),
+    (["merge", "rec.jsonl", "--out", "/dev/full"], "no space", 4),
+    (["run", "--suite", "mode_modes.toml"], "both mode and modes", 2),
+    (["merge", "rec.jsonl", "--out", "adir"], "is a directory", 2),
+    (["run", "--variants", "mha", "--seq", "64", "--profile-dir", "existing.jsonl"], "is a file", 2),
+    (["run", "--variants", "gqa", "--kv-heads", "3", "--seq", "64"], "no case can run", 2),
+    (["run", "--variants", "sliding_window", "--param", "sink_logit=maybe", "--seq", "64"], "sink_logit", 2),
+    (["run", "--variants", "sliding_window", "--param", "window=0", "--seq", "64"], "window", 2),
+    (["run", "--variants", "mla", "--param", "form=weird", "--seq", "64"], "unknown form", 2),
+    (["run", "--model", "llama-3-8b", "--heads", "12", "--seq", "64"], "must divide heads=12", 2),
+    (["run", "--variants", "mha", "--seq", "64", "--csv", "existing.jsonl"], "--force", 2),
+    (["compare", "rec.jsonl", "rec.jsonl", "--report", "report.md"], "--force", 3),
+    (["run", "--variants", "gqa", "--kv-layout", "paged", "--kv-layout", "ragged"], "accepted: dense, paged", 2),
+    (["run", "--variants", "mha", "--page-size", "16"], "go with --kv-layout", 2),
+    (["run", "--json", "--format", "csv"], "disagree", 2),
+    (["list", "--format", "markdown"], "accepted: table, json", 2),
+    (["profile", "--variants", "mha,gqa"], "one case", 2),
+    (["frontier", "--heads", "8,16"], "one --heads", 2),
+    (["frontier", "--memory-budget", "lots"], "accepted", 2),
 ]
 
 

@@ -161,7 +161,7 @@ def test_a_run_that_writes_no_record_leaves_no_file(tmp_path):
     [
         (["merge", "{src}", "--out", "{mnt}/m.jsonl"], EXIT_WRITE),
         (["report", "{src}", "--out", "{mnt}/rep"], EXIT_WRITE),
-        (["compare", "{src}", "{src}", "--out", "{mnt}/g.md"], 3),
+        (["compare", "{src}", "{src}", "--report", "{mnt}/g.md"], 3),
         (["show-pattern", "sliding_window", "--seq", "1k", "--out", "{mnt}/p.png"], EXIT_WRITE),
         (["run", "--variants", "mha", "--backends", "sdpa", "--seq", "64", "--out", "{mnt}/r.jsonl"], EXIT_WRITE),
     ],
