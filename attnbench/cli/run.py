@@ -136,16 +136,21 @@ def run(
     dev = resolve_device(p.settings.device)
     print_results(records, out, dev.type, fmt=fmt, columns=cols, csv_out=csv_out, quiet=quiet, console=out_console)
     if interrupted:
-        import signal
-
-        how = " (the case in flight was abandoned)" if interrupted.abandoned else ""
-        try:  # after SIGHUP the terminal may be gone: the records are kept either way
-            kept = (
-                f"{len(records)} records kept in {out}; resume with the same command plus --out {out} --resume"
-                if records
-                else f"no case finished, nothing written to {out}"
-            )
-            say(err_console, f"interrupted by {signal.Signals(interrupted.signum).name}{how}: {kept}")
-        except OSError:
-            pass
+        _say_interrupted(interrupted, records, out)
         raise typer.Exit(128 + interrupted.signum)
+
+
+def _say_interrupted(interrupted, records: list[dict], out: Path) -> None:
+    """One line: which signal stopped the run, what was kept and how to resume."""
+    import signal
+
+    how = " (the case in flight was abandoned)" if interrupted.abandoned else ""
+    try:  # after SIGHUP the terminal may be gone: the records are kept either way
+        kept = (
+            f"{len(records)} records kept in {out}; resume with the same command plus --out {out} --resume"
+            if records
+            else f"no case finished, nothing written to {out}"
+        )
+        say(err_console, f"interrupted by {signal.Signals(interrupted.signum).name}{how}: {kept}")
+    except OSError:
+        pass
