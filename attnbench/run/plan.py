@@ -8,7 +8,6 @@ combinations a variant or backend cannot do become cases with a status already d
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -20,7 +19,10 @@ import torch
 
 from attnbench.core.errors import UsageError, did_you_mean
 from attnbench.core.problem import MODES, Problem, parse_dtype
+from attnbench.run.params import PAGED_KV_OF, cast_param, check_params, layout_axes, parse_param_items
 from attnbench.variants import registry
+
+__all__ = ["cast_param", "check_params", "parse_param_items"]  # re-exported: callers import them from here
 
 _SEQ_ITEM = re.compile(r"^(\d+)([kKmM]?)$")
 
@@ -166,114 +168,12 @@ def make_sweep(**axes: Any) -> Sweep:
             if m not in MODES:
                 raise UsageError(f"unknown mode '{m}'{did_you_mean(m, MODES)}; accepted: {', '.join(MODES)}")
         out["modes"] = tuple(dict.fromkeys(modes))
-    out |= _layout_axes(a, out.get("variants", Sweep.variants))
+    out |= layout_axes(a, out.get("variants", Sweep.variants))
     if "params" in a:
         if not isinstance(a["params"], dict):
             raise UsageError("params must be a table of variant parameters, e.g. params = { window = 256 }")
         out["params"] = check_params(a["params"], out.get("variants", Sweep.variants), out.get("backends", ()))
     return Sweep(**out)
-
-
-# The variants whose decode and prefill run on the paged-KV implementation under --kv-layout.
-PAGED_KV_OF = ("mha", "gqa", "mqa")
-
-
-def _layout_axes(a: dict[str, Any], variants: tuple[str, ...]) -> dict[str, Any]:
-    """--kv-layout (a list: an axis), --page-size and --seq-dist, checked; without --kv-layout
-    the last two apply to the paged variant only."""
-    from attnbench.variants import paged
-
-    out: dict[str, Any] = {}
-    if "kv_layout" in a:
-        raw = a["kv_layout"] if isinstance(a["kv_layout"], (list, tuple)) else [a["kv_layout"]]
-        layouts = [s.strip() for v in raw for s in str(v).split(",") if s.strip()]
-        for x in layouts or [""]:
-            if x not in paged.KV_LAYOUTS:
-                raise UsageError(f"bad --kv-layout '{x}'; accepted: {', '.join(paged.KV_LAYOUTS)} "
-                                 "(comma-separated or repeated for both)")
-        out["kv_layout"] = tuple(dict.fromkeys(layouts))
-    if "page_size" in a:
-        v = a["page_size"]
-        v = _int(v, "--page-size") if isinstance(v, str) else v
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise UsageError(f"bad --page-size value {v!r}; accepted: an integer >= 1 (16 is vLLM's default)")
-        out["page_size"] = v
-    if "seq_dist" in a:
-        try:
-            paged.parse_seq_dist(a["seq_dist"])
-        except UsageError as e:
-            raise UsageError(f"--seq-dist: {e}") from None
-        out["seq_dist"] = str(a["seq_dist"]).strip()
-    if ("page_size" in out or "seq_dist" in out) and "kv_layout" not in out and "paged" not in variants:
-        raise UsageError("--page-size and --seq-dist go with --kv-layout (or the paged variant)")
-    return out
-
-
-def check_params(params: dict[str, Any], variants: tuple[str, ...], backends: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Each parameter must be declared by at least one of the variants, or by one of their
-    backends (all, or those named); it then applies to the cases of those that declare it.
-    Values are cast to the type of the declared default (text from --param)."""
-    out = {}
-    for name, value in params.items():
-        tables = [
-            d
-            for v in variants
-            for d in (
-                registry.get(v).parameters(),
-                *(b.params for b in registry.get(v).backends if not backends or b.name in backends),
-            )
-        ]
-        declared = [d for d in tables if name in d]
-        if not declared:
-            known = sorted({n for d in tables for n in d})
-            who = (
-                f"variant '{variants[0]}' has no parameter"
-                if len(variants) == 1
-                else f"none of the variants {', '.join(variants)} has a parameter"
-            )
-            raise UsageError(f"{who} '{name}'{did_you_mean(name, known)}; accepted: {', '.join(known) or 'none'}")
-        out[name] = cast_param(value, declared[0][name], name)
-    return out
-
-
-def cast_param(value: Any, default: Any, name: str) -> Any:
-    """`value` (text from the command line, or a TOML value) as the type of `default`."""
-    kind = type(default).__name__
-    bad = UsageError(f"bad parameter {name}={value}; accepted: a {kind}")
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
-            return value.strip().lower() in ("true", "1")
-        raise bad
-    if isinstance(default, (int, float)):
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, str):
-            try:
-                value = type(default)(value.strip())
-            except ValueError:
-                raise bad from None
-        if isinstance(default, int) and not (
-            isinstance(value, int) or math.isfinite(value) and float(value).is_integer()
-        ):
-            raise bad
-        from attnbench.core.schema import param_number
-
-        param_number(value, name)  # finite, 0 .. 2**53
-        return type(default)(value)
-    return value if isinstance(value, str) else str(value)
-
-
-def parse_param_items(items: list[str] | None) -> dict[str, str]:
-    """--param name=value items (repeatable) as {name: text}; cast later, per variant."""
-    out = {}
-    for item in items or []:
-        name, sep, text = item.partition("=")
-        if not sep or not name.strip() or not text.strip():
-            raise UsageError(f"bad --param '{item}'; accepted: name=value, e.g. --param window=256")
-        out[name.strip()] = text.strip()
-    return out
 
 
 def load_suite(name_or_path: str, **overrides: Any) -> tuple[list[Sweep], dict[str, Any]]:
