@@ -78,8 +78,9 @@ def gate_trial(suite: Path, base: Path, work: Path, tag: str, delay: float, a) -
             base,
             "--threads",
             a.threads,
-            "--results",
+            "--out",
             run,
+            "--force",
             "--format",
             "json",
             *a.gate_args,
@@ -173,7 +174,8 @@ def main() -> None:
         suite.write_text((ROOT / "suites" / "ci.toml").read_text() + FAULT_SWEEP)
         base = work / "baseline.jsonl"
         attnbench(
-            ["baseline", "save", "--suite", suite, "--threads", a.threads, "--runs", a.baseline_runs, "--out", base]
+            ["baseline", "save", "--suite", suite, "--threads", a.threads, "--runs", a.baseline_runs, "--out", base,
+             "--force"]
         )
         rec = next(r for r in map(json.loads, base.read_text().splitlines()[1:]) if r["backend"] == "fault")
         delay = a.slowdown * rec["latency_ms"]["median"]

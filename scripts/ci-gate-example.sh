@@ -30,8 +30,8 @@ fi
 # 2. Gate: Markdown summary on stdout (-> $OUT_DIR/gate.md), JUnit XML and JSON beside it.
 rc=0
 $ATTNBENCH gate --suite "$SUITE" --baseline "$BASE" --threads "$THREADS" \
-    --results "$OUT_DIR/gate-run.jsonl" --format markdown \
-    --out "$OUT_DIR/gate.xml" --out "$OUT_DIR/gate.json" "$@" > "$OUT_DIR/gate.md" || rc=$?
+    --out "$OUT_DIR/gate-run.jsonl" --format markdown --force \
+    --report "$OUT_DIR/gate.xml" --report "$OUT_DIR/gate.json" "$@" > "$OUT_DIR/gate.md" || rc=$?
 
 cat "$OUT_DIR/gate.md"
 if [[ -n "${GITHUB_STEP_SUMMARY:-}" ]]; then

@@ -6,7 +6,6 @@ exit code 2 (no traceback).
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated
 
@@ -55,82 +54,50 @@ def _version(wanted: bool) -> None:
         raise typer.Exit()
 
 
-# ---------------------------------------------------------------- shared options
-Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto: cuda when visible).")]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+# One module per command, named after it (cli/<command>.py); each command is a plain function
+# registered here, in the order `attnbench --help` lists them (`list` lives in list_cmd: a submodule
+# named `list` would shadow the builtin in this package).
+from attnbench.cli import (  # noqa: E402
+    ab,
+    baseline,
+    check,
+    compare,
+    cp_plan,
+    env,
+    frontier,
+    gate,
+    gpu_check,
+    kernels,
+    list_cmd,
+    merge,
+    profile,
+    recommend,
+    report,
+    ring,
+    run,
+    show,
+    show_pattern,
+)
 
-
-@app.command("list")
-def list_cmd(
-    json_out: Json = False,
-    device: Device = "auto",
-    models: Annotated[bool, typer.Option("--models", help="List the model presets of `run --model` instead.")] = False,
-) -> None:
-    """Every variant: family, description, complexity, backends and their availability here.
-
-    A backend not available here is marked ✗ with the reason (a reason many share is given once,
-    below the table).
-
-    Examples:
-
-      attnbench list
-
-      attnbench list --device cpu
-
-      attnbench list --json | jq '.[] | select(.family == "sparse") | .name'
-    """
-    if models:
-        from attnbench.report.formodel import list_models
-
-        list_models(out_console, json_out)
-        return
-
-    from rich.markup import escape
-
-    from attnbench.cli.reasons import unavailable_reasons
-    from attnbench.cli.tables import list_rows, variants_table
-    from attnbench.run.session import resolve_device
-
-    rows = list_rows(resolve_device(device))
-    if json_out:
-        print(json.dumps(rows, indent=2))
-    else:
-        why = unavailable_reasons(rows)
-        out_console.print(variants_table(rows, why.inline))
-        for note in why.notes:
-            out_console.print(f"[dim]{escape(note)}[/]", highlight=False)
-
-
-@app.command()
-def env(json_out: Json = False, device: Device = "auto") -> None:
-    """The environment a result depends on (versions, device, threads, NVML).
-
-    Examples:
-
-      attnbench env
-
-      attnbench env --json > env.json
-
-      attnbench --version
-    """
-    from attnbench.measure.env import capture
-    from attnbench.run.session import resolve_device
-
-    e = capture(resolve_device(device))
-    if json_out:
-        print(json.dumps(e, indent=2))
-    else:
-        for k, v in e.items():
-            out_console.print(f"[bold]{k:>12}[/]  {v}")
-
-
-# Commands that live in modules of their own, imported explicitly: each exposes register(app),
-# `kernels` is a command group of its own (typer's add_typer).
-from attnbench.cli import cp_plan, dist, gate, gpucheck, kernels, profile, recommend, report, sweep, tools  # noqa: E402
-
+app.command("list")(list_cmd.list_variants)
+app.command("env")(env.env)
+app.command("run")(run.run)
+app.command("report")(report.report)
+app.command("show")(show.show)
+app.command("show-pattern")(show_pattern.show_pattern)
+app.command("compare")(compare.compare)
+app.command("gate")(gate.gate)
+app.command("ab")(ab.ab)
+app.command("frontier")(frontier.frontier)
+app.command("check")(check.check)
+app.command("profile")(profile.profile)
+app.command("ring")(ring.ring)
+app.command("merge")(merge.merge)
+app.command("recommend")(recommend.recommend)
+app.command("cp-plan")(cp_plan.cp_plan)
+app.command("gpu-check")(gpu_check.gpu_check)
 app.add_typer(kernels.app, name="kernels")
-for _module in (sweep, report, gate, tools, profile, dist, recommend, gpucheck, cp_plan):
-    _module.register(app)
+app.add_typer(baseline.app, name="baseline")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from attnbench.cli import options as O
 from attnbench.core.errors import UsageError
 
 out_console = Console(width=None if sys.stdout.isatty() else 200)  # piped: tables stay whole
@@ -21,13 +22,10 @@ DEFAULT_TFLOPS = 350.0  # assumed: FlashAttention-2 forward, bf16, D=128 on an H
 # baseline curves, Shah et al. 2024, reach ~350 TFLOP/s at long sequences); replace with --attn-tflops or --rates
 
 
-def register(app: typer.Typer) -> None:
-    app.command("cp-plan")(cp_plan)
-
 
 def cp_plan(
-    model: Annotated[str, typer.Option(help="Model preset (attnbench list --models).")] = "llama-3-70b",
-    seq: Annotated[str, typer.Option(metavar="LENGTHS", help="Lengths, e.g. 128k..4m (doubles), 1m.")] = "128k..4m",
+    model: O.Model = None,
+    seq: O.Seq = None,
     gpus: Annotated[str, typer.Option(metavar="COUNTS", help="GPU counts, e.g. 8..1024 (doubles).")] = "8..1024",
     link: Annotated[str, typer.Option(help="Inter-node link preset: nvlink4 | nvlink5 | ib-ndr | ib-xdr | "
                                       "100gbe | 400gbe.")] = "ib-ndr",
@@ -43,15 +41,19 @@ def cp_plan(
         metavar="FILE", help="Take the attention rate from a results file measured on the target GPU.")] = None,
     overlap: Annotated[float, typer.Option(help="Share of a ring step's compute that hides its send (0..1).")] = 1.0,
     gpu_memory: Annotated[float, typer.Option("--gpu-memory", metavar="GIB", help="Memory per GPU.")] = 80.0,
-    batch: Annotated[int, typer.Option(help="Sequences per call.")] = 1,
-    out: Annotated[Optional[Path], typer.Option(metavar="PNG", help="Draw efficiency against GPUs here.")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    batch: O.Batch = None,
+    out: O.Out = None,
+    force: O.Force = False,
+    fmt: O.Format = None,
+    json_out: O.Json = False,
 ) -> None:
     """PREDICTED context-parallel attention (ring, Ulysses, hybrid) for a model at each length and
     GPU count: latency of one forward attention layer, memory per GPU, communication share,
     scaling efficiency T1/(N·TN), infeasible strategies with the reason, and the best one.
 
-    An α–β model (docs/distributed.md): nothing here is measured on the GPUs named.
+    An α–β model (docs/distributed.md): nothing here is measured on the GPUs named. --model: one
+    preset (default llama-3-70b); --seq default 128k..4m; --out: the efficiency chart (PNG);
+    --format table | json.
 
     Examples:
 
@@ -61,11 +63,18 @@ def cp_plan(
     """
     from attnbench.distributed.cpmodel import plan
 
+    fmt = O.output_format(fmt, json_out)
+    model = model or "llama-3-70b"
+    if "," in model:
+        raise UsageError(f"cp-plan takes one --model (got {model})")
+    batch = O.one_int(batch, "--batch", 1)
+    O.check_out(out, force)
+    seq = seq or "128k..4m"
     shape, st, assumptions = _setting(model, batch, link, intra_link, link_bandwidth, link_latency, gpus_per_node,
                                       attn_tflops, rates, overlap, gpu_memory)
     lengths, counts = _axes(seq, gpus)
     grid = {(n, p): plan(shape, n, p, st) for n in lengths for p in counts}
-    if json_out:
+    if fmt == "json":
         print(json.dumps(_as_json(grid, assumptions), indent=2))
     else:
         for n in lengths:

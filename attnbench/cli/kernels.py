@@ -17,6 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from attnbench.cli import options as O
+
 ARCHS = ("sm_80", "sm_90")
 DTYPES = ("float16", "bfloat16", "float32")
 
@@ -76,17 +78,18 @@ def _table(rows: list[dict]) -> Table:
 
 @app.command("compile")
 def compile_cmd(
-    arch: Annotated[str, typer.Option(metavar="LIST",
+    arch: Annotated[str, typer.Option("--arch", metavar="LIST",
                                       help="Comma-separated target architectures: sm_80, sm_90.")] = "sm_80,sm_90",
-    dtype: Annotated[
-        str, typer.Option(metavar="LIST", help="Comma-separated dtypes: float16, bfloat16, float32.")
-    ] = "float16,bfloat16",
+    dtype: O.Dtype = None,
     all_head_dims: Annotated[
         bool, typer.Option("--all-head-dims", help="Also compile at head dim 64 (slower).")
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the rows as a JSON list.")] = False,
+    fmt: O.Format = None,
+    json_out: O.Json = False,
 ) -> None:
     """Compile every kernel × autotune config × dtype ahead of time: shared memory, registers, spills.
+
+    --dtype default: float16,bfloat16. --format json prints the rows as a JSON list.
 
     Examples:
 
@@ -96,7 +99,8 @@ def compile_cmd(
 
       attnbench kernels compile --arch sm_80 --all-head-dims --json > aot.json
     """
-    archs, dtypes = _split(arch, ARCHS, "arch"), _split(dtype, DTYPES, "dtype")
+    fmt = O.output_format(fmt, json_out)
+    archs, dtypes = _split(arch, ARCHS, "arch"), _split(dtype or "float16,bfloat16", DTYPES, "dtype")
     from attnbench.kernels import triton_unavailable_reason
 
     if triton_unavailable_reason() == "triton not installed":
@@ -105,7 +109,7 @@ def compile_cmd(
     from attnbench.kernels.aot import run_compile_report_subprocess
 
     rows = run_compile_report_subprocess(archs, dtypes, all_head_dims=all_head_dims)
-    if json_out:
+    if fmt == "json":
         print(json.dumps(rows, indent=1))
     else:
         Console(width=None if sys.stdout.isatty() else 200).print(_table(rows))

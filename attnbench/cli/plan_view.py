@@ -112,11 +112,17 @@ def case_lines(plan: Plan) -> list[str]:
         p = c.case.problem
         call = f"call ~{c.call_seconds * 1e3:.3g} ms" if c.call_seconds is not None else "call -"
         out.append(
-            f"{c.case.variant}/{c.case.backend} {p.short()} {p.mode}: "
+            f"{c.case.variant}/{c.case.backend} {p.short()} {p.mode}{_layout(p)}: "
             + (f"{call}, case ~{_secs(c.seconds)}, peak ~{fmt_bytes(c.peak_bytes)}" if c.status == "run"
                else f"{c.status}: {c.decision}")
         )
     return out
+
+
+def _layout(p) -> str:
+    """' paged KV' / ' dense KV' for a case with a KV-cache layout, else nothing."""
+    layout = dict(p.params).get("kv_layout")
+    return f" {layout} KV" if layout else ""
 
 
 def print_plan(plan: Plan, console, verbose: bool = False, startup_s: float | None = None) -> None:

@@ -15,14 +15,13 @@ FORMATS = ("table", "json", "csv")
 
 
 def check_output(fmt: str | None, json_out: bool, csv_out: Path | None, columns: str | None, quiet: bool,
-                 verbose: bool) -> tuple[str, list[str] | None]:
-    """(format, columns) from run's output options; one line saying what is accepted when wrong."""
+                 verbose: bool, force: bool = False) -> tuple[str, list[str] | None]:
+    """(format, columns) from run's output options; one line saying what is accepted when wrong.
+    An existing --csv file is replaced only with --force."""
+    from attnbench.cli.options import output_format
     from attnbench.cli.tables import parse_columns
 
-    if fmt is not None and fmt not in FORMATS:
-        raise UsageError(f"unknown --format '{fmt}'; accepted: {', '.join(FORMATS)}")
-    if json_out and fmt not in (None, "json"):
-        raise UsageError(f"--json and --format {fmt} disagree; give one of them")
+    fmt = output_format(fmt, json_out, FORMATS)
     if quiet and verbose:
         raise UsageError("--quiet and --verbose exclude each other; give one of them")
     if csv_out is not None:
@@ -30,7 +29,9 @@ def check_output(fmt: str | None, json_out: bool, csv_out: Path | None, columns:
             raise UsageError(f"--csv '{csv_out}' is a directory; give a file path such as {csv_out}/run.csv")
         if not csv_out.parent.exists():
             raise UsageError(f"cannot write --csv '{csv_out}': directory '{csv_out.parent}' does not exist")
-    return ("json" if json_out else fmt or "table"), parse_columns(columns)
+        if csv_out.exists() and not force:
+            raise UsageError(f"'{csv_out}' already exists; add --force to overwrite it")
+    return fmt, parse_columns(columns)
 
 
 def print_dry_run(plan, refs_s: float, fmt: str, console: Console, verbose: bool,

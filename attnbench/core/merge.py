@@ -35,7 +35,7 @@ def merge(paths: list[str | Path], out: str | Path, allow_mixed_env: bool = Fals
         diff = [f"{k}: {a[k]} vs {b[k]}" for k in a if a[k] != b[k]]
         if diff and not allow_mixed_env:
             raise UsageError(f"'{path}' was measured on another environment than '{first_path}' "
-                             f"({'; '.join(diff)}); add --allow-mixed-env to merge anyway")
+                             f"({'; '.join(diff)}); add --allow-env-mismatch to merge anyway")
     seen: set[tuple[str, str]] = set()
     kept: list[dict] = []
     for path, header, recs in loaded:

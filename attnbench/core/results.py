@@ -79,19 +79,22 @@ def case_id(problem: dict, variant: str, backend: str, device: str, identity: di
     """A stable id of a case: everything that changes its measurement. The resolved problem
     (shape, dtype, mode, params), variant, backend and device type, plus `identity`: threads,
     device name and the backend's version (runner.case_identity), so two environments never
-    share an id (`merge --allow-mixed-env` keeps both)."""
+    share an id (`merge --allow-env-mismatch` keeps both)."""
     key = {"p": problem, "v": variant, "b": backend, "d": device}
     if identity:
         key["i"] = identity
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def make_header(command: list[str], env: dict, refs: dict | None, catalogue: dict | None = None) -> dict:
+def make_header(command: list[str], env: dict, refs: dict | None, catalogue: dict | None = None,
+                settings: dict | None = None) -> dict:
     """The first line of a results file. `catalogue`: variants.registry.describe of the run's
-    variants, so that readers (report, show, gate) need not import the variants (nor torch)."""
-    return {"type": "header", "schema_version": SCHEMA_VERSION, "tool": "attnbench",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command, "env": env,
-            "refs": refs, "catalogue": catalogue or {}}
+    variants, so that readers (report, show, gate) need not import the variants (nor torch);
+    `settings`: how the cases were measured (run/settings.py RunSettings.header)."""
+    header = {"type": "header", "schema_version": SCHEMA_VERSION, "tool": "attnbench",
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command, "env": env,
+              "refs": refs, "catalogue": catalogue or {}}
+    return header | ({"settings": settings} if settings is not None else {})
 
 
 class Writer:
@@ -120,10 +123,11 @@ class Writer:
             self._good = os.fstat(self._fd).st_size
             return
         target = self.path
-        if self.path.exists():
+        special = self.path.exists() and not self.path.is_file()  # a device or a pipe: written in place
+        if self.path.exists() and not special:
             target = self._pending = self.path.with_name(f".{self.path.name}.new{os.getpid()}")
         self._fd = self._open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC)
-        self._created, self._good = target, 0
+        self._created, self._good = (None if special else target), 0  # never removed when special
         try:
             self._write(header)
         except OutputError as e:
@@ -337,6 +341,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     from attnbench.core.safe_io import OutputError, why
 
     path = Path(path)
+    if path.exists() and not path.is_file():  # a device or a pipe (/dev/stdout, /dev/full): written in place
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+                f.flush()
+        except OSError as e:
+            raise OutputError(f"cannot write '{path}': {why(e)}", why(e)) from None
+        return
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:

@@ -94,6 +94,9 @@ class SweepModel(BaseModel):
     mode: Union[StrictStr, list[StrictStr]] = None
     modes: Union[StrictStr, list[StrictStr]] = None
     params: dict[str, Union[StrictBool, StrictInt, Finite, StrictStr]] = None
+    kv_layout: Union[StrictStr, list[StrictStr]] = None
+    page_size: StrictInt = None
+    seq_dist: StrictStr = None
 
 
 class SuiteModel(BaseModel):
@@ -103,9 +106,7 @@ class SuiteModel(BaseModel):
 
     description: StrictStr = ""
     sweep: Annotated[list[dict[str, Any]], Field(min_length=1)]
-    time_budget: Annotated[float, Field(allow_inf_nan=False, gt=0, le=86400)] = 30.0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    rounds: Annotated[StrictInt, Field(ge=1, le=1000)] = 1
+    # the settings keys (time_budget, rounds, ...) are checked once, by run/settings.py build
 
 
 def first_error(e: ValidationError, where: str = "") -> str:

@@ -36,8 +36,7 @@ def default_results() -> Path:
 def gate_flow(
     base: Side,
     sweeps,
-    dev: "torch.device",  # noqa: F821  (torch loads only inside)
-    budget: float,
+    settings,
     o: Options,
     results: Path | None,
     rerun: bool,
@@ -46,7 +45,7 @@ def gate_flow(
     out = results or default_results()
     cmd = ["attnbench", *sys.argv[1:]]
     console.print(f"gate: running the suite → {out}", markup=False)
-    run1 = run_sweeps(sweeps, dev, out, budget, console, cmd)
+    run1 = run_sweeps(sweeps, settings, out, console, cmd)
     first = compare(base, build_side([run1], o.normalize), o)
     suspects = [c.key for c in first.cases if c.verdict in SUSPECT]
     if first.incomparable or not rerun or not suspects:
@@ -58,7 +57,7 @@ def gate_flow(
         again += [ref_key] if ref_key not in again else []
     console.print(f"gate: re-running {len(suspects)} suspect case(s) to confirm them")
     out2 = out.with_name(out.stem + "-rerun.jsonl")
-    run2 = run_sweeps([sweep_of(records[k]) for k in again], dev, out2, budget, console, cmd)
+    run2 = run_sweeps([sweep_of(records[k]) for k in again], settings, out2, console, cmd)
     lost = set(again) - {case_key(r) for r in run2.records}
     if lost:
         console.print(f"warning: {len(lost)} re-run case(s) did not come back with the same identity")

@@ -1,4 +1,5 @@
-"""Suite runs for the gate: run a suite the way `attnbench run` does (run.session.run_sweep), re-run
+"""Suite runs for the gate: run a suite the way `attnbench run` does (run/session.py run_sweep,
+with the suite's settings: run/settings.py), re-run
 chosen cases, and save baselines named by the environment they were measured in.
 
 A baseline's name is `<device>-<device name>-<hash>.jsonl`, the hash a short SHA-1 of the
@@ -53,32 +54,31 @@ def resolve_baseline(path: Path, env: dict) -> Path:
                      f"{', '.join(have) or 'none'}); create one with `attnbench baseline save`")
 
 
-def load_suite_device(suite: str, device: str, threads: int | None = None):
-    """The suite's sweeps and settings and the device; sets torch's threads (recorded in the
-    environment, so baseline and gate must use the same number)."""
-    import torch  # this module runs suites; torch only when one runs (compare stays torch-free)
-
+def load_suite_settings(suite: str, device: str, threads: int | None = None):
+    """The suite's sweeps and its run settings (the suite's own, then `device` unless auto and
+    `threads`), built as `attnbench run --suite` builds them. Threads are part of the
+    environment, so baseline and gate must use the same number."""
     from attnbench.run.plan import load_suite
-    from attnbench.run.session import resolve_device
+    from attnbench.run.settings import build
 
-    if threads is not None:
-        if threads < 1:
-            raise UsageError(f"--threads must be at least 1 (got {threads})")
-        torch.set_num_threads(threads)
+    build(None, None, threads=threads, device=device)  # the options' own mistakes first
     sweeps, meta = load_suite(suite)
-    dev = resolve_device(meta.get("device", device) if device == "auto" else device)
-    return sweeps, meta, dev
+    return sweeps, build(meta, suite, threads=threads, device=None if device == "auto" else device)
 
 
-def run_sweeps(sweeps, dev: "torch.device", out: Path, budget: float, console: Console | None,  # noqa: F821  (torch loads only inside)
-               command: list[str]) -> Run:
+def resolve_settings(settings):
+    """(settings with threads and device as the run will use them, the torch device)."""
+    from attnbench.run.session import resolve_device, resolved
+
+    dev = resolve_device(settings.device)
+    return resolved(settings, dev), dev
+
+
+def run_sweeps(sweeps, settings, out: Path, console: Console | None, command: list[str]) -> Run:
     """Run sweeps into `out` (overwritten) and read the file back."""
-    import torch
-
     from attnbench.run.session import run_sweep
 
-    _, interrupted = run_sweep(sweeps, dev, out, time_budget=budget, threads=torch.get_num_threads(), force=True,
-                               console=console, command=command)
+    _, interrupted = run_sweep(sweeps, settings, out, force=True, console=console, command=command)
     if interrupted:
         raise KeyboardInterrupt
     return load_run(out)
@@ -104,8 +104,7 @@ def _removing(paths: list[Path]):
             p.unlink(missing_ok=True)
 
 
-def save_baseline(sweeps, dev: "torch.device", out: Path, budget: float, console: Console | None,  # noqa: F821  (torch loads only inside)
-                  command: list[str], runs: int = 3) -> Run:
+def save_baseline(sweeps, settings, out: Path, console: Console | None, command: list[str], runs: int = 3) -> Run:
     """Run the suite `runs` times and write one file: the first run's header, then every run's
     records (one record per case per run: the gate resamples them as runs, so the baseline
     carries its own run-to-run spread). Written to a temporary file beside `out`, then renamed."""
@@ -118,7 +117,7 @@ def save_baseline(sweeps, dev: "torch.device", out: Path, budget: float, console
         for i, tmp in enumerate(tmps):
             if console is not None and runs > 1:
                 console.print(f"baseline run {i + 1}/{runs}")
-            done.append(run_sweeps(sweeps, dev, tmp, budget, console, command))
+            done.append(run_sweeps(sweeps, settings, tmp, console, command))
         lines = [tmps[0].read_text(encoding="utf-8").splitlines()[0]]
         lines += [ln for t in tmps for ln in t.read_text(encoding="utf-8").splitlines()[1:] if ln.strip()]
         atomic_write_text(out, "\n".join(lines) + "\n")
@@ -139,8 +138,10 @@ def _toml_value(v) -> str:
 
 def suite_text(records: list[dict], meta: dict) -> str:
     """A suite (TOML) with one [[sweep]] per record, expanding back to exactly those cases;
-    `meta` keeps the original suite's time_budget and device."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in meta.items() if k in ("time_budget", "device")]
+    `meta` keeps the original suite's settings (run/settings.py SETTING_KEYS)."""
+    from attnbench.run.settings import SETTING_KEYS
+
+    lines = [f"{k} = {_toml_value(v)}" for k, v in meta.items() if k in SETTING_KEYS]
     for rec in records:
         sw = sweep_of(rec)
         lines += ["", "[[sweep]]"] + [f"{k} = {_toml_value(list(getattr(sw, k)))}" for k in

@@ -18,7 +18,7 @@ Shards (`shard`): the case list sorted by a stable hash of each case, dealt roun
 shard K of N is the same on every machine and the N shards partition the list.
 Merge (`merge`): results files concatenated under one header; environments must match unless
 allowed; a case_id seen twice in one environment is kept once (the first) and counted; the same
-case measured in two environments (--allow-mixed-env) is kept twice. Each merged record's
+case measured in two environments (--allow-env-mismatch) is kept twice. Each merged record's
 `source` names the file it came from.
 """
 

@@ -3,8 +3,8 @@
 Doubling from a start length until a case fails, then bisection between the last length that
 ran and the first that did not. Each probe runs in the isolated worker with the budget enforced
 there (RLIMIT_DATA on the CPU, the allocator's memory fraction on a GPU), so running out of
-memory costs one probe, never the tool. A length predicted to take longer than the time
-budget per call ends the search as "time-limited" instead of running it.
+memory costs one probe, never the tool. A length predicted to take longer than the per-call
+limit (`--call-limit`) ends the search as "time-limited" instead of running it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from attnbench.core.errors import UsageError
 from attnbench.core.problem import Problem
 from attnbench.measure.cost import predict_call_seconds
 from attnbench.run.plan import Case, decide_case
@@ -65,7 +66,7 @@ def find_frontier(variant: str, backend: str, base: Problem, cfg: RunConfig, wor
         v = registry.get(c.variant)
         secs = predict_call_seconds(c.problem, v.flops, v.backend(c.backend).materializes, refs)
         if secs is not None and secs > cfg.time_budget:
-            return f"L={c.problem.seq_q} needs ~{secs:.0f} s per call (time budget {cfg.time_budget:g} s)"
+            return f"L={c.problem.seq_q} needs ~{secs:.0f} s per call (--call-limit {cfg.time_budget:g} s)"
         return None
 
     ok, bad, seq = None, None, start
@@ -115,3 +116,104 @@ def default_backends(variant: str, device: torch.device) -> list[str]:
     """The variant's backends that are available here (eager first: the textbook baseline)."""
     v = registry.get(variant)
     return [b.name for b in v.backends if not b.test_only and b.why_unavailable(device) is None]
+
+
+# ---------------------------------------------------------------- the command's search
+@dataclass(frozen=True)
+class FrontierRequest:
+    """`attnbench frontier`'s options: `shape` holds the shape axes given (make_sweep's names),
+    one value each; `params` the --param items; `given` the axes given (a model keeps the others)."""
+
+    variants: str
+    backends: str | None
+    shape: dict
+    params: list[str] | None
+    budget: int  # bytes
+    start: str
+    max_seq: str
+    device: str
+    call_limit: float  # seconds one call may take
+    model: str | None = None
+    layers: int | None = None
+    given: frozenset = frozenset()
+
+
+def _base_problem(req: FrontierRequest) -> tuple[list[str], Problem]:
+    """The variants searched and the problem of every axis but the length (checked first)."""
+    from attnbench.run.plan import check_params, make_sweep, parse_param_items
+
+    sw = make_sweep(variants=req.variants, **req.shape)
+    for axis in ("batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "modes"):
+        if len(getattr(sw, axis)) > 1:
+            option = "--mode" if axis == "modes" else "--" + axis.replace("_", "-")
+            raise UsageError(f"frontier takes one {option} value (got {', '.join(map(str, getattr(sw, axis)))})")
+    only = tuple(b.strip() for b in req.backends.split(",") if b.strip()) if req.backends else ()
+    params = check_params(parse_param_items(req.params), sw.variants, only) if req.params else {}
+    base = Problem(batch=sw.batch[0], heads=sw.heads[0], kv_heads=sw.kv_heads[0], head_dim=sw.head_dim[0],
+                   dtype=sw.dtype[0], causal=sw.causal[0], mode=sw.modes[0], params=tuple(sorted(params.items())))
+    return list(sw.variants), base
+
+
+def search(req: FrontierRequest, log) -> tuple[dict, list[dict]]:
+    """Search every variant/backend; returns (the JSON document, its rows). `log(line)` reports
+    progress. Usage errors (UsageError) are raised before any probe runs."""
+    from dataclasses import replace
+
+    from attnbench.run.plan import parse_length
+    from attnbench.run.session import make_config, resolve_device
+    from attnbench.run.settings import build
+
+    names, base = _base_problem(req)
+    lo, hi = parse_length(req.start, "--start"), parse_length(req.max_seq, "--max-seq")
+    settings = build(None, None, device=req.device)
+    dev = resolve_device(settings.device)
+    cfg = replace(make_config(dev, settings), time_budget=req.call_limit, mem_limit=req.budget)
+    groups = [(v, base, None) for v in names]
+    spec = None
+    if req.model is not None:
+        from attnbench.run.models import frontier_groups, resolve_models
+
+        [spec] = resolve_models(req.model, None, req.layers)
+        groups = frontier_groups(spec, base, set(req.given))
+        base = groups[0][1]
+    for v, _, _ in groups:
+        for b in _backends(v, req.backends, dev):
+            registry.get(v).backend(b)  # an unknown backend: one line before any work
+    refs = refs_outside_budget(cfg, base.dtype)
+    worker = Worker(cfg)
+    worker.refs = refs  # handed to the limited worker when it starts
+    found = []
+    try:
+        for v, gbase, why in groups:
+            if why:
+                log(f"  {v}: unsupported: {why}")
+                continue
+            for b in _backends(v, req.backends, dev):
+                log(f"searching {v}/{b} ...")
+                f = find_frontier(v, b, gbase, cfg, worker, req.budget, lo, hi, refs)
+                found.append(f)
+                log(f"  {v}/{b}: largest L that ran {f.largest_ok or '-'}; limit {f.limit}: {f.reason or ''}")
+    finally:
+        worker.close()
+    rows = frontier_rows(found)
+    if spec is not None:
+        from attnbench.run.models import frontier_kv
+
+        rows = [r | frontier_kv(spec, r, base) for r in rows]
+    return {"budget_bytes": req.budget, "device": dev.type, "problem": base.as_dict(), "frontier": rows}, rows
+
+
+def _backends(variant: str, given: str | None, device: torch.device) -> list[str]:
+    return [b.strip() for b in given.split(",") if b.strip()] if given else default_backends(variant, device)
+
+
+def refs_outside_budget(cfg: RunConfig, dtype: str) -> dict:
+    """The in-run references (GEMM, copy) measured in a worker of their own without the memory
+    limit: their large operands must not count against (or crash within) the budget."""
+    from dataclasses import replace
+
+    ref_worker = Worker(replace(cfg, mem_limit=None))
+    try:
+        return ref_worker.measure_refs((dtype,))
+    finally:
+        ref_worker.close()

@@ -8,7 +8,6 @@ combinations a variant or backend cannot do become cases with a status already d
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -20,7 +19,10 @@ import torch
 
 from attnbench.core.errors import UsageError, did_you_mean
 from attnbench.core.problem import MODES, Problem, parse_dtype
+from attnbench.run.params import PAGED_KV_OF, cast_param, check_params, layout_axes, parse_param_items
 from attnbench.variants import registry
+
+__all__ = ["cast_param", "check_params", "parse_param_items"]  # re-exported: callers import them from here
 
 _SEQ_ITEM = re.compile(r"^(\d+)([kKmM]?)$")
 
@@ -78,6 +80,11 @@ class Sweep:
     causal: tuple[bool, ...] = (False,)
     modes: tuple[str, ...] = ("fwd",)
     params: dict[str, Any] = field(default_factory=dict)
+    # The KV-cache layout axis: empty, or paged/dense; mha, gqa and mqa then run on the paged-KV
+    # implementation (variant paged) with these layouts, page size and length distribution.
+    kv_layout: tuple[str, ...] = ()
+    page_size: int | None = None
+    seq_dist: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,6 @@ class Case:
 
 
 SWEEP_KEYS = {f for f in Sweep.__dataclass_fields__} | {"mode"}
-SUITE_KEYS = {"description", "sweep", "time_budget", "device", "rounds", "reference_limit", "inputs", "sample_time"}
 
 
 def _positive(values, what: str) -> tuple[int, ...]:
@@ -119,6 +125,8 @@ def make_sweep(**axes: Any) -> Sweep:
             f"unknown sweep key '{k}'{did_you_mean(k, SWEEP_KEYS)}; accepted: {', '.join(sorted(SWEEP_KEYS))}"
         )
     a = {k: v for k, v in axes.items() if v is not None}
+    if "mode" in a and "modes" in a:
+        raise UsageError("both mode and modes given; give one (a list of modes: modes = [\"fwd\", \"decode\"])")
     if "mode" in a:
         a["modes"] = a.pop("mode")
     as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else [v]  # noqa: E731
@@ -160,78 +168,12 @@ def make_sweep(**axes: Any) -> Sweep:
             if m not in MODES:
                 raise UsageError(f"unknown mode '{m}'{did_you_mean(m, MODES)}; accepted: {', '.join(MODES)}")
         out["modes"] = tuple(dict.fromkeys(modes))
+    out |= layout_axes(a, out.get("variants", Sweep.variants))
     if "params" in a:
         if not isinstance(a["params"], dict):
             raise UsageError("params must be a table of variant parameters, e.g. params = { window = 256 }")
         out["params"] = check_params(a["params"], out.get("variants", Sweep.variants), out.get("backends", ()))
     return Sweep(**out)
-
-
-def check_params(params: dict[str, Any], variants: tuple[str, ...], backends: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Each parameter must be declared by at least one of the variants, or by one of their
-    backends (all, or those named); it then applies to the cases of those that declare it.
-    Values are cast to the type of the declared default (text from --param)."""
-    out = {}
-    for name, value in params.items():
-        tables = [
-            d
-            for v in variants
-            for d in (
-                registry.get(v).parameters(),
-                *(b.params for b in registry.get(v).backends if not backends or b.name in backends),
-            )
-        ]
-        declared = [d for d in tables if name in d]
-        if not declared:
-            known = sorted({n for d in tables for n in d})
-            who = (
-                f"variant '{variants[0]}' has no parameter"
-                if len(variants) == 1
-                else f"none of the variants {', '.join(variants)} has a parameter"
-            )
-            raise UsageError(f"{who} '{name}'{did_you_mean(name, known)}; accepted: {', '.join(known) or 'none'}")
-        out[name] = cast_param(value, declared[0][name], name)
-    return out
-
-
-def cast_param(value: Any, default: Any, name: str) -> Any:
-    """`value` (text from the command line, or a TOML value) as the type of `default`."""
-    kind = type(default).__name__
-    bad = UsageError(f"bad parameter {name}={value}; accepted: a {kind}")
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
-            return value.strip().lower() in ("true", "1")
-        raise bad
-    if isinstance(default, (int, float)):
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, str):
-            try:
-                value = type(default)(value.strip())
-            except ValueError:
-                raise bad from None
-        if isinstance(default, int) and not (
-            isinstance(value, int) or math.isfinite(value) and float(value).is_integer()
-        ):
-            raise bad
-        from attnbench.core.schema import param_number
-
-        param_number(value, name)  # finite, 0 .. 2**53
-        return type(default)(value)
-    return value if isinstance(value, str) else str(value)
-
-
-def parse_param_items(items: list[str] | None) -> dict[str, str]:
-    """--param name=value items (repeatable) as {name: text}; cast later, per variant."""
-    out = {}
-    for item in items or []:
-        name, sep, text = item.partition("=")
-        if not sep or not name.strip() or not text.strip():
-            raise UsageError(f"bad --param '{item}'; accepted: name=value, e.g. --param window=256")
-        out[name.strip()] = text.strip()
-    return out
 
 
 def load_suite(name_or_path: str, **overrides: Any) -> tuple[list[Sweep], dict[str, Any]]:
@@ -263,16 +205,13 @@ def load_suite(name_or_path: str, **overrides: Any) -> tuple[list[Sweep], dict[s
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"suite '{name_or_path}' is not valid TOML: {e}") from None
-    unknown = set(data) - SUITE_KEYS
-    if unknown:
-        k = sorted(unknown)[0]
-        raise UsageError(
-            f"suite '{name_or_path}': unknown key '{k}'{did_you_mean(k, SUITE_KEYS)}; "
-            f"accepted: {', '.join(sorted(SUITE_KEYS))}"
-        )
+    from attnbench.run import settings
+
+    settings.check_suite_keys(data, name_or_path)
     if not isinstance(data.get("sweep"), list) or not data["sweep"]:
         raise UsageError(f"suite '{name_or_path}' has no [[sweep]] tables")
     _validate_suite(data, name_or_path)
+    settings.build(data, name_or_path)  # the settings' one validation, here so a bad suite fails at load
     sweeps = data["sweep"]
     try:
         return [make_sweep(**_merge(s, overrides)) for s in sweeps], {k: v for k, v in data.items() if k != "sweep"}
@@ -358,6 +297,11 @@ def _expand_one(sw: Sweep, device: torch.device):
         if g is not None:
             hkv = h // g if h % g == 0 else -g  # -g: groups that do not divide the heads
         seq_q, seq_k = (1, lk or L) if mode == "decode" else (L, lk)
+        raw = Problem(batch=b, heads=h, kv_heads=hkv, seq_q=seq_q, seq_k=seq_k, head_dim=d, dtype=dtype,
+                      causal=causal, mode=mode)
+        if sw.kv_layout or (variant == "paged" and (sw.page_size or sw.seq_dist)):
+            yield from _layout_cases(sw, v, raw, device)
+            continue
         chosen = sw.backends or tuple(v.backend_names())
         pins = _peer_pins(v, chosen, sw.params, device)
         for backend in chosen:
@@ -383,6 +327,38 @@ def _expand_one(sw: Sweep, device: torch.device):
                     params=tuple(sorted(ps.items())),
                 )
                 yield decide_case(v, backend, raw, device)
+
+
+def _layout_cases(sw: Sweep, v, raw: Problem, device: torch.device):
+    """The cases of one problem under the layout axis: mha/gqa/mqa (their KV heads resolved as
+    the variant resolves them) and paged run on the paged-KV implementation at each layout;
+    any other variant is unsupported, with the reason."""
+    layouts = sw.kv_layout or (None,)
+    layout_params = {k: x for k, x in (("page_size", sw.page_size), ("seq_dist", sw.seq_dist)) if x is not None}
+    if v.name not in PAGED_KV_OF + ("paged",):
+        for backend in sw.backends or tuple(v.backend_names()):
+            p = raw.with_params(**v.defaults)
+            yield Case(v.name, backend, p, "unsupported",
+                       f"--kv-layout applies to {', '.join(PAGED_KV_OF)} and paged (no paged-KV implementation "
+                       f"of {v.name})")
+        return
+    paged = registry.get("paged")
+    if v.name != "paged" and raw.kv_heads >= 0:  # the source variant's KV heads (gqa: its groups)
+        try:
+            raw = replace(raw, kv_heads=v.resolve(raw).kv_heads)
+        except UsageError:
+            pass  # its reason comes from the paged variant's own checks
+    known = paged.backend_names()
+    for backend in sw.backends or tuple(known):
+        for layout in layouts:
+            ps = paged.defaults | {k: x for k, x in sw.params.items() if k in paged.declared_params(backend)}
+            ps |= layout_params | ({"kv_layout": layout} if layout else {})
+            p = replace(raw, params=tuple(sorted(ps.items())))
+            if backend not in known:
+                yield Case("paged", backend, paged.resolve(p), "unsupported",
+                           f"no paged-KV backend '{backend}'; accepted: {', '.join(known)}")
+                continue
+            yield decide_case(paged, backend, p, device)
 
 
 def _peer_pins(v, chosen, explicit: dict, device: torch.device) -> list[dict]:

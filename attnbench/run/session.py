@@ -23,6 +23,7 @@ from attnbench.measure import env as env_mod
 from attnbench.run.forecast import Eta, Plan, Startup, fmt_duration, forecast
 from attnbench.run.plan import Case, Sweep, expand
 from attnbench.run.rounds import merge_rounds, round_order
+from attnbench.run.settings import RunSettings
 from attnbench.run.view import RunView
 from attnbench.run.worker import RunConfig, Worker, case_key, run_cases
 from attnbench.variants import registry
@@ -54,7 +55,7 @@ def check_out(out: Path, resume: bool, force: bool) -> None:
         raise UsageError(f"cannot write '{out}': directory '{out.parent}' does not exist")
     if out.exists() and out.is_dir():
         raise UsageError(f"--out '{out}' is a directory; give a file path such as {out}/run.jsonl")
-    if out.exists() and not (resume or force):
+    if out.is_file() and not (resume or force):  # a device or a pipe is written in place, not replaced
         raise UsageError(f"'{out}' already exists; add --resume to continue it or --force to overwrite it")
 
 
@@ -82,167 +83,164 @@ class Interrupt:
 
 
 
+@dataclass(frozen=True)
+class Scope:
+    """Which cases of the sweeps a run takes and where they run: `shard` (K, N) of them,
+    distributed ones at `world_size` ranks, on `executor` (local | ray at `address`), and
+    `extra` cases already expanded (run --model: run/models.py), run after the sweeps'."""
+
+    shard: tuple[int, int] | None = None
+    world_size: int | None = None
+    executor: str = "local"
+    address: str | None = None
+    extra: tuple[Case, ...] = ()
+
+
 def run_sweep(
     sweeps: list[Sweep],
-    device: torch.device,
+    settings: RunSettings,
     out: Path,
     *,
-    time_budget: float,
-    threads: int | None,
+    scope: Scope = Scope(),
     resume: bool = False,
     force: bool = False,
-    console: Console | None = None,
-    command: list[str] | None = None,
     profile_dir: Path | None = None,
-    shard: tuple[int, int] | None = None,
-    world_size: int | None = None,
-    executor: str = "local",
-    address: str | None = None,
-    rounds: int = 1,
-    inputs: str = "randn",
-    reference_limit: int | None = None,
-    sample_time: float | None = None,
-    cases: list[Case] | None = None,
+    command: list[str] | None = None,
     annotate: Callable[[dict], dict] | None = None,
+    console: Console | None = None,
     view: RunView | None = None,
-    keep_throttled: bool = False,
-    cuda_graph: bool = False,
 ) -> tuple[list[dict], Interrupt]:
-    """Run every case (`rounds` times, interleaved: see rounds.py); returns (records of this
-    file, the Interrupt: false when the run was not stopped by a signal, else its signum and
-    whether a case in flight was abandoned).
+    """Run every case (`settings.rounds` times, interleaved: see rounds.py); returns (records
+    of this file, the Interrupt: false when the run was not stopped by a signal, else its signum
+    and whether a case in flight was abandoned).
 
     The results file is locked for the whole run (safe_io.hold_lock: a second writer fails at
     once); a write that fails raises safe_io.OutputError after cutting the file back to its last
     complete record; a run that ends before its first record leaves no file (and `--force`
-    replaces the old file only once the new one has a record). `cases`: cases already expanded
-    (run --model: run/models.py), run after the sweeps'; `annotate`: adds fields to each record
-    before it is written (the model's: `model`, `layers`, the KV-cache arithmetic).
+    replaces the old file only once the new one has a record). `annotate`: adds fields to each
+    record before it is written (the model's: `model`, `layers`, the KV-cache arithmetic).
 
     `view` (default: a progress bar on `console`) is shown the plan (run/forecast.py) once the
     in-run references are measured, before anything is written; it may raise to stop there."""
     from attnbench.core.safe_io import hold_lock
 
     console = console or Console(stderr=True)
-    check_rounds(rounds, executor, world_size)
+    device = resolve_device(settings.device)
+    check_rounds(settings.rounds, scope)
     check_out(out, resume, force)
-    cases = sweep_cases(sweeps, device, shard, world_size, extra=cases)
-    if threads:
-        torch.set_num_threads(threads)
+    cases = runnable_cases(sweeps, device, scope)
+    settings = resolved(settings, device)
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(exist_ok=True)  # only the default results/ can be missing here
     with hold_lock(out):
         check_out(out, resume, force)  # again, now that no other writer can change it
-        return _run_locked(
-            cases,
-            device,
-            out,
-            time_budget=time_budget,
-            threads=threads,
-            resume=resume,
-            console=console,
-            command=command,
-            profile_dir=profile_dir,
-            executor=executor,
-            address=address,
-            rounds=rounds,
-            inputs=inputs,
-            reference_limit=reference_limit,
-            sample_time=sample_time,
-            annotate=annotate,
-            view=view or RunView(console),
-            keep_throttled=keep_throttled,
-            cuda_graph=cuda_graph,
-        )
+        cfg = make_config(device, settings, profile_dir)
+        return _run_locked(cases, cfg, settings, out, scope, resume, command, annotate, view or RunView(console),
+                           console)
 
 
-def check_rounds(rounds: int, executor: str, world_size: int | None) -> None:
-    if rounds > 1 and (executor != "local" or world_size):
+def resolved(settings: RunSettings, device: torch.device) -> RunSettings:
+    """The settings as the run uses them: torch's threads set (and recorded as a number), the
+    device as resolved."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    return settings.with_(threads=torch.get_num_threads(), device=device.type)
+
+
+def check_rounds(rounds: int, scope: Scope) -> None:
+    if rounds > 1 and (scope.executor != "local" or scope.world_size):
         raise UsageError(
             "--rounds runs cases in one local worker: it does not combine with --executor ray or --world-size"
         )
 
 
-def sweep_cases(
-    sweeps: list[Sweep], device: torch.device, shard: tuple[int, int] | None = None, world_size: int | None = None,
-    extra: list[Case] | None = None,
-) -> list[Case]:
-    """The cases of the sweeps then `extra` (cases already expanded: run --model), this shard of
-    them, distributed ones at `world_size` ranks."""
-    cases = expand(sweeps, device) + list(extra or ())
-    if shard is not None:
+def sweep_cases(sweeps: list[Sweep], device: torch.device, scope: Scope = Scope()) -> list[Case]:
+    """The cases of the sweeps then the scope's extra cases, the scope's shard of them,
+    distributed ones at its `world_size` ranks."""
+    cases = expand(sweeps, device) + list(scope.extra)
+    if scope.shard is not None:
         from attnbench.run.executors import shard as take_shard
 
-        cases = take_shard(cases, *shard)
-    if world_size:
+        cases = take_shard(cases, *scope.shard)
+    if scope.world_size:
         from attnbench.run.plan import with_world_size
 
-        cases = with_world_size(cases, world_size, device)
+        cases = with_world_size(cases, scope.world_size, device)
     return cases
 
 
-def make_config(
-    device: torch.device,
-    time_budget: float,
-    threads: int | None,
-    profile_dir: Path | None = None,
-    inputs: str = "randn",
-    reference_limit: int | None = None,
-    sample_time: float | None = None,
-    keep_throttled: bool = False,
-    cuda_graph: bool = False,
-) -> RunConfig:
+def runnable_cases(sweeps: list[Sweep], device: torch.device, scope: Scope = Scope()) -> list[Case]:
+    """sweep_cases, refused (UsageError, before any work) when not one of them can run here: the
+    values given are ones no case can use (e.g. --kv-heads that divide no head count)."""
+    cases = sweep_cases(sweeps, device, scope)
+    why = nothing_runnable(cases)
+    if why:
+        raise UsageError(why)
+    return cases
+
+
+def nothing_runnable(cases: list) -> str | None:
+    """Why no case of a run can run (every one decided unsupported/unavailable before work),
+    as one line naming the most common reason; None when at least one case runs."""
+    if not cases or any(c.status is None for c in cases):
+        return None
+    reasons: dict[str, int] = {}
+    for c in cases:
+        reasons[c.reason or c.status] = reasons.get(c.reason or c.status, 0) + 1
+    top = max(reasons, key=reasons.get)
+    more = f" (and {len(reasons) - 1} other reasons)" if len(reasons) > 1 else ""
+    return f"no case can run: {len(cases)} cases, none runnable here; e.g. {top}{more}"
+
+
+def make_config(device: torch.device, settings: RunSettings, profile_dir: Path | None = None) -> RunConfig:
+    """The worker's configuration for `settings` on `device`."""
     cfg = RunConfig(
         device=device,
-        time_budget=time_budget,
-        threads=threads,
+        time_budget=settings.time_budget,
+        threads=settings.threads,
         profile_dir=str(profile_dir) if profile_dir else None,
-        inputs=inputs,
-        reference_limit=reference_limit,
-        keep_throttled=keep_throttled,
-        cuda_graph=cuda_graph,
+        inputs=settings.inputs,
+        reference_limit=settings.reference_limit,
+        keep_throttled=settings.keep_throttled,
+        cuda_graph=settings.cuda_graph,
     )
-    if sample_time is not None:  # a suite's cap on timed samples per case (the quick suite: 0.5 s)
-        cfg = replace(cfg, policy=replace(cfg.policy, max_time=float(sample_time)))
+    if settings.sample_time is not None:  # a suite's cap on timed samples per case (the quick suite: 0.5 s)
+        cfg = replace(cfg, policy=replace(cfg.policy, max_time=float(settings.sample_time)))
     return cfg
 
 
-def plan_sweep(sweeps: list[Sweep], device: torch.device, *, time_budget: float, threads: int | None = None,
-               shard: tuple[int, int] | None = None, world_size: int | None = None, executor: str = "local",
-               rounds: int = 1, inputs: str = "randn", reference_limit: int | None = None,
-               sample_time: float | None = None, cases: list[Case] | None = None) -> tuple[Plan, float]:
+def plan_sweep(sweeps: list[Sweep], settings: RunSettings, scope: Scope = Scope()) -> tuple[Plan, float]:
     """The plan of a run without running it (`run --dry-run`): the in-run references come from the
     cache of an earlier run or plan in this environment (measure/refs_cache.py), else are measured
     here, in this process (as the worker would), and cached; returns (plan, seconds spent here
-    measuring references: 0 when cached). `cases`: cases already expanded (run --model), planned
-    after the sweeps'."""
+    measuring references: 0 when cached)."""
     from attnbench.measure import refs as refs_mod
     from attnbench.measure import refs_cache
 
     own = process_age_s()  # this command's start (interpreter, imports, options): the run's too
-    check_rounds(rounds, executor, world_size)
-    cases = sweep_cases(sweeps, device, shard, world_size, extra=cases)
-    if threads:
-        torch.set_num_threads(threads)
-    cfg = make_config(device, time_budget, threads, None, inputs, reference_limit, sample_time)
+    device = resolve_device(settings.device)
+    check_rounds(settings.rounds, scope)
+    cases = runnable_cases(sweeps, device, scope)
+    settings = resolved(settings, device)
+    cfg = make_config(device, settings)
     dtypes = tuple(sorted({c.problem.dtype for c in cases if c.status is None}))
     if not dtypes:
-        return forecast(cases, cfg, None, rounds), 0.0
+        return forecast(cases, cfg, None, settings.rounds), 0.0
     env = env_mod.capture(device)
     cached = refs_cache.load(env, dtypes)
     if cached is not None:
         refs, took, age = cached
         note = f"references cached {fmt_duration(age)} ago"
         startup = Startup(own + refs_cache.startup_seconds(env, dtypes, took), note)
-        return forecast(cases, cfg, refs, rounds, startup), 0.0
+        return forecast(cases, cfg, refs, settings.rounds, startup), 0.0
     t0 = time.perf_counter()
     refs = refs_mod.measure(device, dtypes)
     took = time.perf_counter() - t0
     refs_cache.store(env, refs, took)
     note = f"references measured here in {fmt_duration(took)}"
     startup = Startup(own + refs_cache.startup_seconds(env, dtypes, took), note)
-    return forecast(cases, cfg, refs, rounds, startup), took
+    return forecast(cases, cfg, refs, settings.rounds, startup), took
 
 
 def process_age_s() -> float:
@@ -269,28 +267,19 @@ def _measure_and_cache_refs(worker: Worker, dtypes: tuple[str, ...], env: dict) 
 
 def _run_locked(
     cases: list[Case],
-    device: torch.device,
+    cfg: RunConfig,
+    settings: RunSettings,
     out: Path,
-    *,
-    time_budget: float,
-    threads: int | None,
+    scope: Scope,
     resume: bool,
-    console: Console,
     command: list[str] | None,
-    profile_dir: Path | None,
-    executor: str,
-    address: str | None,
-    rounds: int,
-    inputs: str = "randn",
-    reference_limit: int | None = None,
-    sample_time: float | None = None,
-    annotate: Callable[[dict], dict] | None = None,
+    annotate: Callable[[dict], dict] | None,
     view: RunView,
-    keep_throttled: bool = False,
-    cuda_graph: bool = False,
+    console: Console,
 ) -> tuple[list[dict], Interrupt]:
     from attnbench.run.rounds import RoundJournal
 
+    device, rounds = cfg.device, settings.rounds
     env = env_mod.capture(device)
     done: list[dict] = []
     header: dict = {}
@@ -298,10 +287,8 @@ def _run_locked(
         header, done = results.read(out)
         _check_same_env(out, header.get("env") or {}, env)
         ids = {r["case_id"] for r in done}
-        cases = [c for c in cases if case_key(c, device, threads) not in ids]
+        cases = [c for c in cases if case_key(c, device, cfg.threads) not in ids]
         console.print(f"resuming {out}: {len(done)} cases recorded, {len(cases)} to run", markup=False, highlight=False)
-    cfg = make_config(device, time_budget, threads, profile_dir, inputs, reference_limit, sample_time,
-                      keep_throttled, cuda_graph)
     journal = RoundJournal(out, rounds, resume)
     worker = Worker(cfg)
     records: list[dict] = list(done)
@@ -309,17 +296,18 @@ def _run_locked(
     old = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
     ray_started = False
     try:
-        if executor == "ray":
+        if scope.executor == "ray":
             from attnbench.run.executors import connect_ray
 
-            ray_started = connect_ray(address)
+            ray_started = connect_ray(scope.address)
         runnable = [c for c in cases if c.status is None]
         dtypes = tuple(sorted({c.problem.dtype for c in runnable}))
         if resume and done and header.get("refs") and all(d in header["refs"]["gemm"] for d in dtypes):
             refs = worker.refs = header["refs"]  # the header's rates stay the ones records use
         else:
             refs = _measure_and_cache_refs(worker, dtypes, env) if runnable else None
-        header = results.make_header(command or sys.argv, env, refs, registry.describe(c.variant for c in cases))
+        header = results.make_header(command or sys.argv, env, refs, registry.describe(c.variant for c in cases),
+                                     settings.header())
         plan = forecast(cases, cfg, refs, rounds)
         _show_plan(view, plan, old, stop)
         eta = Eta(plan)
@@ -333,7 +321,7 @@ def _run_locked(
                     records.append(rec)
                 view.finished(rec)
 
-            if executor == "ray":
+            if scope.executor == "ray":
                 from attnbench.run.executors import run_cases_ray
 
                 def ray_record(rec: dict) -> None:
@@ -341,7 +329,7 @@ def _run_locked(
                     view.progressed(1, eta.remaining())
                     keep(rec)
 
-                run_cases_ray(cases, cfg, address, on_record=ray_record, refs=refs)
+                run_cases_ray(cases, cfg, scope.address, on_record=ray_record, refs=refs)
                 cases = []
             _rounds_loop(cases, cfg, worker, refs, rounds, journal, keep, stop, view, eta, device)
         if not stop.requested:

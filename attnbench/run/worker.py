@@ -107,6 +107,13 @@ def _worker_main(
         torch.set_num_threads(threads)
     dev = torch.device(device)
     if mem_limit:
+        # Imports a case may trigger lazily (the compile stack of flex) are made before the limit:
+        # the budget is the case's, and an import that fails under it kills the worker outright.
+        import importlib
+
+        for name in ("torch._dynamo", "torch.nn.attention.flex_attention"):
+            importlib.import_module(name)
+
         limit_memory(dev, mem_limit)
     nvml = telemetry.Nvml() if dev.type == "cuda" else telemetry.Nvml.__new__(telemetry.Nvml)
     if dev.type != "cuda":

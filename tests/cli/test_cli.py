@@ -105,19 +105,29 @@ def test_unknown_command(capsys):
     one_error_line(capsys)
 
 
-def test_kv_heads_not_dividing_heads_is_an_unsupported_record(capsys, tmp_path):
+def test_kv_heads_no_case_can_use_is_a_usage_error_before_work(capsys, tmp_path):
     out = tmp_path / "r.jsonl"
     rc = main(["run", "--variants", "gqa", "--backends", "sdpa", "--kv-heads", "3", "--heads", "8", "--seq", "64",
                "--out", str(out)])
+    assert rc == 2
+    assert "no case can run" in one_error_line(capsys) and not out.exists()
+
+
+def test_kv_heads_not_dividing_some_heads_is_an_unsupported_record(capsys, tmp_path):
+    out = tmp_path / "r.jsonl"
+    rc = main(["run", "--variants", "gqa", "--backends", "sdpa", "--kv-heads", "3", "--heads", "6,8", "--seq", "64",
+               "--time-budget", "2", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
     _, recs = results.read(out)
-    assert len(recs) == 1
-    assert recs[0]["status"] == "unsupported" and "kv_heads=3 must divide heads=8" in recs[0]["reason"]
+    by = {r["heads"]: r for r in recs}
+    assert by[6]["status"] == "ok"
+    assert by[8]["status"] == "unsupported" and "kv_heads=3 must divide heads=8" in by[8]["reason"]
 
 
 def test_header_records_the_command_given_to_main(tmp_path):
     out = tmp_path / "r.jsonl"
-    args = ["run", "--variants", "gqa", "--backends", "sdpa", "--kv-heads", "3", "--seq", "64", "--out", str(out)]
+    args = ["run", "--variants", "gqa", "--backends", "sdpa", "--kv-heads", "2", "--seq", "64", "--time-budget", "2",
+            "--out", str(out)]
     assert main(args) == 0
     header, _ = results.read(out)
     assert header["command"] == ["attnbench", *args]
@@ -149,16 +159,16 @@ def test_run_end_to_end(capsys, tmp_path):
 
 
 def _captured_budget(monkeypatch, tmp_path, *args) -> float:
-    """The time budget `run` hands to run.session.run_sweep (the run itself is not started)."""
+    """The time budget `run` hands to session.run_sweep (the run itself is not started)."""
     seen = {}
 
-    def fake_run_sweep(sweeps, device, out, **kw):
-        seen.update(kw)
+    def fake_run_sweep(sweeps, settings, out, **kw):
+        seen["settings"] = settings
         return [], False
 
     monkeypatch.setattr("attnbench.run.session.run_sweep", fake_run_sweep)
     assert main(["run", *args, "--out", str(tmp_path / "r.jsonl")]) == 0
-    return seen["time_budget"]
+    return seen["settings"].time_budget
 
 
 def test_suite_time_budget_applies_unless_given(monkeypatch, tmp_path):

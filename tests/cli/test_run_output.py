@@ -19,6 +19,7 @@ from attnbench.core.errors import UsageError
 from attnbench.run import forecast as F
 from attnbench.run.plan import make_sweep
 from attnbench.run.session import make_config, sweep_cases
+from attnbench.run.settings import RunSettings
 
 CPU = torch.device("cpu")
 REFS = {"gemm": {"float32": {"flops_per_s": 1e11, "spread": 0.05}}, "copy": {"bytes_per_s": 1e10}}
@@ -32,7 +33,7 @@ def fake_refs(monkeypatch):
 
 def _plan(time_budget=30.0, **axes):
     cases = sweep_cases([make_sweep(**axes)], CPU)
-    return F.forecast(cases, make_config(CPU, time_budget, None), REFS)
+    return F.forecast(cases, make_config(CPU, RunSettings(time_budget=time_budget)), REFS)
 
 
 def _text(fn) -> str:

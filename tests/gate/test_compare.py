@@ -239,7 +239,7 @@ def test_bad_options_exit_3(pair, capsys):
         ["--metric", "speed"],
         ["--normalize", "mha"],
         ["--format", "html"],
-        ["--out", "x.csv"],
+        ["--report", "x.csv"],
         ["--alpha", "2"],
     ):
         rc, _, err = run_cli(capsys, base, cur, *args)
@@ -333,7 +333,7 @@ def test_a_baseline_holding_several_runs_is_split_into_runs(tmp_path):
 def test_junit_parses_and_marks_the_regression(pair, capsys, tmp_path):
     base, cur = pair(fifty(2, slow={17: 1.15}))
     xml_path, md_path = tmp_path / "gate.xml", tmp_path / "gate.md"
-    rc, _, _ = run_cli(capsys, base, cur, "--out", str(xml_path), "--out", str(md_path))
+    rc, _, _ = run_cli(capsys, base, cur, "--report", str(xml_path), "--report", str(md_path))
     root = ET.parse(xml_path).getroot()
     cases = root.findall(".//testcase")
     assert rc == 1 and len(cases) == 50 and len(root.findall(".//failure")) == 1

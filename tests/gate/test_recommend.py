@@ -128,15 +128,15 @@ def test_metric_energy_without_energy_says_why():
     assert p.backend is None and "no energy measured: no RAPL package counters" in p.note
 
 
-def test_recommend_cli_metric(tmp_path, capsys):
+def test_recommend_cli_rank_by(tmp_path, capsys):
     path = tmp_path / "r.jsonl"
     lines = [make_header(["t"], ENV, None), rec("sdpa", 1024, 1.0, energy=_energy(0.3)),
              rec("flex", 1024, 1.5, energy=_energy(0.2))]
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    assert main(["recommend", str(path), "--metric", "energy", "--format", "json"]) in (0, None)
+    assert main(["recommend", str(path), "--rank-by", "energy", "--format", "json"]) in (0, None)
     assert json.loads(capsys.readouterr().out)[0]["backend"] == "flex"
-    assert main(["recommend", str(path), "--metric", "watts"]) == 2
-    assert "unknown --metric 'watts'; accepted: latency, energy" in capsys.readouterr().err
+    assert main(["recommend", str(path), "--rank-by", "watts"]) == 2
+    assert "unknown --rank-by 'watts'; accepted: latency, energy" in capsys.readouterr().err
 
 
 def test_a_backend_that_failed_at_a_length_is_not_picked_there_and_the_pick_says_so():

@@ -248,12 +248,13 @@ def test_l2_verdicts():
 
 
 def test_run_cuda_graph_on_a_cpu_says_unavailable_once(capsys):
-    from attnbench.cli.sweep import cuda_graph_option
+    from attnbench.cli.run import _say_cuda_graph_unavailable
+    from attnbench.run.settings import build
 
-    assert cuda_graph_option(True, CPU) is True  # the records carry timing.cuda_graph's reason too
+    assert build(cuda_graph=True).cuda_graph is True  # a run setting; the records carry the reason too
+    _say_cuda_graph_unavailable(CPU)
     err = capsys.readouterr().err
     assert err.startswith("--cuda-graph: unavailable: CUDA graphs need a CUDA device") and err.count("\n") == 1
-    assert cuda_graph_option(False, CPU) is False and capsys.readouterr().err == ""
 
 
 def test_the_plan_counts_the_energy_loop(tmp_path):

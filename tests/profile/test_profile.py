@@ -129,7 +129,7 @@ def test_save_case_trace_names_the_file_by_case_id(tmp_path, cpu):
 
 
 def test_cli_profile_prints_the_tables(tmp_path, capsys):
-    rc = main(["profile", "--variant", "mha", "--backend", "eager", "--seq", "128", "--heads", "2",
+    rc = main(["profile", "--variants", "mha", "--backends", "eager", "--seq", "128", "--heads", "2",
                "--warmup", "1", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 0
@@ -147,27 +147,27 @@ def _one_line_error(capsys, argv, *words):
 
 
 def test_unsupported_case_is_one_line_exit_2(tmp_path, capsys):
-    _one_line_error(capsys, ["profile", "--variant", "mha", "--kv-heads", "2", "--seq", "64", "--out", str(tmp_path)],
+    _one_line_error(capsys, ["profile", "--variants", "mha", "--kv-heads", "2", "--seq", "64", "--out", str(tmp_path)],
                     "unsupported", "kv_heads")
 
 
 def test_nsys_without_nsys_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    _one_line_error(capsys, ["profile", "--variant", "mha", "--seq", "64", "--nsys", "--out", str(tmp_path)],
+    _one_line_error(capsys, ["profile", "--variants", "mha", "--seq", "64", "--nsys", "--out", str(tmp_path)],
                     "nsys", "not installed")
     assert not (tmp_path / "trace.json").exists()
 
 
 def test_ncu_without_cuda_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
-    _one_line_error(capsys, ["profile", "--variant", "mha", "--seq", "64", "--ncu", "--device", "cpu"],
+    _one_line_error(capsys, ["profile", "--variants", "mha", "--seq", "64", "--ncu", "--device", "cpu"],
                     "ncu", "CUDA")
 
 
 def test_bad_inputs_are_usage_errors(capsys):
-    _one_line_error(capsys, ["profile", "--variant", "mha", "--seq", "1k..4k"], "one --seq")
-    _one_line_error(capsys, ["profile", "--variant", "mha", "--param", "window=8"], "no parameter 'window'")
-    _one_line_error(capsys, ["profile", "--variant", "mha", "--param", "window"], "name=value")
+    _one_line_error(capsys, ["profile", "--variants", "mha", "--seq", "1k..4k"], "one --seq")
+    _one_line_error(capsys, ["profile", "--variants", "mha", "--param", "window=8"], "no parameter 'window'")
+    _one_line_error(capsys, ["profile", "--variants", "mha", "--param", "window"], "name=value")
 
 
 def test_nsight_command_rebuilds_the_same_case(cpu):

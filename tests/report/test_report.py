@@ -157,9 +157,9 @@ def test_report_without_optional_data_says_what_was_skipped(tmp_path):
 
 def test_report_usage_errors(tmp_path, capsys):
     res = write_results(tmp_path / "r.jsonl", [record("mha", "sdpa", 256, 1.0)])
-    assert main(["report", str(res), "--out", str(tmp_path / "o"), "--baseline", "flash:eager"]) == 2
+    assert main(["report", str(res), "--out", str(tmp_path / "o"), "--relative-to", "flash:eager"]) == 2
     assert "accepted: mha:sdpa" in capsys.readouterr().err
-    assert main(["report", str(res), "--out", str(tmp_path / "o"), "--baseline", "mha"]) == 2
+    assert main(["report", str(res), "--out", str(tmp_path / "o"), "--relative-to", "mha"]) == 2
     assert main(["report", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")]) == 2
     (tmp_path / "file").write_text("x")
     assert main(["report", str(res), "--out", str(tmp_path / "file")]) == 2

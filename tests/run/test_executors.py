@@ -89,7 +89,7 @@ def test_merge_rejects_mixed_environments_unless_allowed(tmp_path, capsys):
         merge([tmp_path / "a.jsonl", tmp_path / "b.jsonl"], tmp_path / "ab.jsonl")
     assert not (tmp_path / "ab.jsonl").exists()
     rc = main(["merge", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--out", str(tmp_path / "ab.jsonl")])
-    assert rc == 2 and "--allow-mixed-env" in capsys.readouterr().err
+    assert rc == 2 and "--allow-env-mismatch" in capsys.readouterr().err
     rc = main(
         [
             "merge",
@@ -97,7 +97,7 @@ def test_merge_rejects_mixed_environments_unless_allowed(tmp_path, capsys):
             str(tmp_path / "b.jsonl"),
             "--out",
             str(tmp_path / "ab.jsonl"),
-            "--allow-mixed-env",
+            "--allow-env-mismatch",
         ]
     )
     assert rc == 0 and len(results.read(tmp_path / "ab.jsonl")[1]) == 4

@@ -11,6 +11,7 @@ from attnbench.measure.timing import TimingPolicy
 from attnbench.run import forecast as F
 from attnbench.run.plan import Case, decide_case
 from attnbench.run.session import make_config
+from attnbench.run.settings import RunSettings
 from attnbench.variants import registry
 
 CPU = torch.device("cpu")
@@ -55,7 +56,7 @@ def test_noisy_reads_the_gemm_spread():
 def test_plan_decisions_and_seconds():
     cases = [_case(backend="sdpa", L=512), _case(backend="triton", L=512), _case(backend="eager", L=512),
              _case(backend="flex", L=512), _case(backend="flex", L=1024)]
-    cfg = make_config(CPU, 30.0, None)
+    cfg = make_config(CPU, RunSettings(time_budget=30.0))
     plan = F.forecast(cases, cfg, REFS)
     by = {(c.case.backend, c.case.problem.seq_q): c for c in plan.cases}
     tri = by[("triton", 512)]
@@ -78,24 +79,25 @@ def test_plan_decisions_and_seconds():
 
 def test_a_case_too_slow_for_the_budget_is_skipped_and_costs_nothing():
     slow = {**REFS, "gemm": {"float32": {"flops_per_s": 1e6, "spread": 0.05}}}
-    plan = F.forecast([_case(L=4096)], make_config(CPU, 1.0, None), slow)
+    plan = F.forecast([_case(L=4096)], make_config(CPU, RunSettings(time_budget=1.0)), slow)
     (c,) = plan.cases
     assert c.status == "skipped" and "time budget" in c.decision and c.seconds == 0
 
 
 def test_a_case_never_runs_past_budget_and_grace_and_rounds_multiply():
     slow = {**REFS, "gemm": {"float32": {"flops_per_s": 1e9, "spread": 0.05}}}
-    cfg = replace(make_config(CPU, 1000.0, None))
+    cfg = replace(make_config(CPU, RunSettings(time_budget=1000.0)))
     one = F.forecast([_case(L=4096)], cfg, slow)
     three = F.forecast([_case(L=4096)], cfg, slow, rounds=3)
     assert three.seconds == pytest.approx(3 * one.seconds)
-    tight = F.forecast([_case(L=2048)], make_config(CPU, 0.5, None), {**REFS, "copy": {"bytes_per_s": 1e9}})
+    tight_cfg = make_config(CPU, RunSettings(time_budget=0.5))
+    tight = F.forecast([_case(L=2048)], tight_cfg, {**REFS, "copy": {"bytes_per_s": 1e9}})
     assert all(c.seconds <= 0.5 + 60 for c in tight.cases)
 
 
 def test_eta_corrects_the_remaining_prediction_by_the_measured_ratio():
     cases = [_case(L=256), _case(L=512, backend="eager"), _case(L=1024, backend="eager")]
-    plan = F.forecast(cases, make_config(CPU, 30.0, None), REFS)
+    plan = F.forecast(cases, make_config(CPU, RunSettings(time_budget=30.0)), REFS)
     eta = F.Eta(plan)
     total = plan.seconds
     assert eta.remaining() == pytest.approx(total)

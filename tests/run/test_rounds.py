@@ -8,7 +8,8 @@ from attnbench.core.errors import UsageError
 from attnbench.measure.timing import Stats
 from attnbench.run.plan import make_sweep
 from attnbench.run.rounds import merge_rounds, round_order
-from attnbench.run.session import run_sweep
+from attnbench.run.session import Scope, run_sweep
+from attnbench.run.settings import RunSettings
 
 CPU = torch.device("cpu")
 
@@ -50,9 +51,11 @@ def test_run_with_rounds_writes_one_pooled_record_per_case(tmp_path):
     sweeps = [make_sweep(variants="mha", backends="sdpa,eager", seq="64", heads=2),
               make_sweep(variants="mha", backends="fault", seq="64", heads=2, params={"fault": "raise"}),
               make_sweep(variants="mha", backends="sdpa", seq="64", heads=4, kv_heads=2)]  # unsupported
-    records, interrupted = run_sweep(sweeps, CPU, out, time_budget=2.0, threads=1, rounds=3)
+    records, interrupted = run_sweep(sweeps, RunSettings(time_budget=2.0, threads=1, rounds=3, device="cpu"), out)
     assert not interrupted
-    _, back = results.read(out)  # the file validates
+    header, back = results.read(out)  # the file validates
+    assert header["settings"] == {"time_budget": 2.0, "sample_time": None, "reference_limit": None, "rounds": 3,
+                                  "inputs": "randn", "threads": 1, "device": "cpu"}
     assert [r["case_id"] for r in back] == [r["case_id"] for r in records] and len(back) == 4
     by = {(r["backend"], r["heads"], r["kv_heads"]): r for r in back}
     for backend in ("sdpa", "eager"):
@@ -68,8 +71,9 @@ def test_run_with_rounds_writes_one_pooled_record_per_case(tmp_path):
 
 def test_rounds_do_not_combine_with_ray(tmp_path):
     with pytest.raises(UsageError, match="--rounds"):
-        run_sweep([make_sweep(seq="64")], CPU, tmp_path / "r.jsonl", time_budget=1.0, threads=1, rounds=2,
-                  executor="ray")
+        run_sweep([make_sweep(seq="64")], RunSettings(time_budget=1.0, threads=1, rounds=2, device="cpu"),
+                  tmp_path / "r.jsonl", scope=Scope(executor="ray"))
+
 
 
 def test_pooled_rounds_leave_out_each_rounds_throttled_samples():

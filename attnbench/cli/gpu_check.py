@@ -10,18 +10,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from attnbench.cli import options as O
 from attnbench.core.errors import UsageError
 
 
-def register(app: typer.Typer) -> None:
-    app.command("gpu-check")(gpu_check)
-
-
 def gpu_check(
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the steps and their predicted seconds; run "
-                                                            "nothing (works without a GPU).")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the plan (with --dry-run) or the step "
-                                                          "outcomes as JSON.")] = False,
+    dry_run: O.DryRun = False,
+    fmt: O.Format = None,
+    json_out: O.Json = False,
     out_dir: Annotated[Optional[Path], typer.Option(
         "--out-dir", metavar="DIR", help="Where each step's output, steps.jsonl and summary.json go "
                                          "(default results/gpu-check/<date>-<time>).")] = None,
@@ -32,7 +28,8 @@ def gpu_check(
     """On an NVIDIA GPU: check every Triton kernel (`check --device cuda`, sinks and soft-cap forward
     and backward), run the reference sweep into results/reference/<gpu>-<date>.jsonl and splice its
     report into docs/gpu.md. Each step's failure is recorded and the next step still runs.
-    Exit code 1 when a step did not end ok; 2 without a GPU (except --dry-run).
+    Exit code 1 when a step did not end ok; 2 without a GPU (except --dry-run, which lists the steps
+    and their predicted seconds and works without a GPU). --json: the plan or the step outcomes.
 
     Examples:
 
@@ -44,6 +41,7 @@ def gpu_check(
     from attnbench.run import gpucheck
 
     cap = positive_finite(cap, "--cap", " of seconds")
+    json_out = O.output_format(fmt, json_out) == "json"
     today = date.today().isoformat()
     if dry_run:
         plan = gpucheck.dry_run(gpucheck.plan(date=today), cap)
