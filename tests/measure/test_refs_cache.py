@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from attnbench.measure import refs_cache as C
 from attnbench.run.plan import make_sweep
 from attnbench.run.session import plan_sweep
+from attnbench.run.settings import RunSettings
 
 ENV = {"device": "cpu", "device_name": "Some CPU", "torch": "2.x", "triton": None, "cuda": None, "threads": 2}
 REFS = {"gemm": {"float32": {"flops_per_s": 1e11, "spread": 0.05}}, "copy": {"bytes_per_s": 1e10}}
@@ -56,12 +56,12 @@ def test_a_second_dry_run_reuses_the_references(monkeypatch):
 
     monkeypatch.setattr("attnbench.measure.refs.measure", fake_measure)
     sweeps = [make_sweep(variants="mha", backends="sdpa", seq="128")]
-    cpu = torch.device("cpu")
-    first, spent = plan_sweep(sweeps, cpu, time_budget=5.0)
-    second, spent_again = plan_sweep(sweeps, cpu, time_budget=5.0)
+    settings = RunSettings(time_budget=5.0, device="cpu")
+    first, spent = plan_sweep(sweeps, settings)
+    second, spent_again = plan_sweep(sweeps, settings)
     assert calls == [("float32",)] and spent_again == 0.0
     assert "measured here" in first.startup.note and "cached" in second.startup.note
     assert [c.seconds for c in second.cases] == pytest.approx([c.seconds for c in first.cases])
     assert second.startup.seconds >= C.WORKER_START_S  # this process's age, the worker, the references
-    plan_sweep([make_sweep(variants="mha", backends="sdpa", seq="128", dtype="float16")], cpu, time_budget=5.0)
+    plan_sweep([make_sweep(variants="mha", backends="sdpa", seq="128", dtype="float16")], settings)
     assert calls[-1] == ("float16",)  # another dtype: measured, not guessed

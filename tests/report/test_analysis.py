@@ -148,11 +148,11 @@ def test_lengths_off_the_model_are_dropped_and_an_offset_law_agrees():
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_an_offset_linear_law_at_nine_lengths_agrees_at_the_measured_scatter(seed):
-    """The default suite's SDPA memory: a + c·L over 1k..4k at nine lengths, ±1.1 % scatter (what
-    two runs here showed about their own line) agrees; each seed is one run."""
-    L = [1024, 1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096]
-    values = noisy([1.06e6 + 2088 * x for x in L], sigma=0.011, seed=seed)
+def test_an_offset_linear_law_at_the_quick_suites_lengths_agrees(seed):
+    """The default suite's SDPA memory: a + c·L at eleven lengths 1k..6k with ±1.6 % scatter (what
+    20 runs here showed) agrees; each seed is one run."""
+    L = [1024, 1280, 1536, 2048, 2560, 3072, 3584, 4096, 4608, 5120, 6144]
+    values = noisy([1.06e6 + 2088 * x for x in L], sigma=0.016, seed=seed)
     assert verdict(analysis.fit_scaling(L, values), parse_claim("O(L)"))[0] == "agrees"
 
 

@@ -55,7 +55,8 @@ def test_run_with_rounds_writes_one_pooled_record_per_case(tmp_path):
     assert not interrupted
     header, back = results.read(out)  # the file validates
     assert header["settings"] == {"time_budget": 2.0, "sample_time": None, "reference_limit": None, "rounds": 3,
-                                  "inputs": "randn", "threads": 1, "device": "cpu"}
+                                  "inputs": "randn", "threads": 1, "device": "cpu",
+                                  "keep_throttled": False, "cuda_graph": False}
     assert [r["case_id"] for r in back] == [r["case_id"] for r in records] and len(back) == 4
     by = {(r["backend"], r["heads"], r["kv_heads"]): r for r in back}
     for backend in ("sdpa", "eager"):

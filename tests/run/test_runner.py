@@ -136,8 +136,8 @@ def test_base_record_carries_the_problem():
 def test_failure_fields():
     assert failure_fields(MemoryError())["status"] == "oom"
     assert failure_fields(RuntimeError("CUDA out of memory. Tried"))["status"] == "oom"
-    err = failure_fields(ValueError("bad\n  shape"))
-    assert err == {"status": "error", "reason": "ValueError: bad shape"}
+    err = failure_fields(ValueError("bad\n  shape"))  # the first line, whole (measure/failure.one_line)
+    assert err == {"status": "error", "reason": "ValueError: bad"}
 
 
 def test_a_reference_that_does_not_fit_does_not_turn_the_case_into_oom():

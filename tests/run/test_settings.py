@@ -82,7 +82,8 @@ def test_baseline_save_and_run_measure_a_suite_the_same_way(monkeypatch, tmp_pat
     a, b = resolved(run, CPU).header(), resolved(base, CPU).header()
     assert a == b
     assert (a["time_budget"], a["sample_time"], a["reference_limit"]) == (13.0, 0.5, 16777216)  # quick.toml's
-    assert set(a) == {"time_budget", "sample_time", "reference_limit", "rounds", "inputs", "threads", "device"}
+    assert set(a) == {"time_budget", "sample_time", "reference_limit", "rounds", "inputs", "threads", "device",
+                      "keep_throttled", "cuda_graph"}
 
 
 def test_a_suite_with_mode_and_modes_is_refused(tmp_path):

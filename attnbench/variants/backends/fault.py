@@ -8,6 +8,8 @@ Backend `fault` of variant `mha`, driven by the problem parameter `fault`:
     raise  raises RuntimeError
     segv   kills its own process with SIGSEGV
     kill   kills its own process with SIGKILL (as the kernel's OOM killer does)
+    kill-ray-worker  the Ray worker running the case kills itself before the case (run/executors.py;
+                     the attempts are appended to the file named by the parameter attempts_file)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from attnbench.core.problem import Problem
 from attnbench.variants.base import Backend, Fn, Reason
 from attnbench.variants.shared import sdpa_call
 
-FAULTS = ("none", "oom", "sleep", "raise", "segv", "kill")
+FAULTS = ("none", "oom", "sleep", "raise", "segv", "kill", "kill-ray-worker")
 
 
 def _build(problem: Problem, device: torch.device) -> Fn:
