@@ -25,12 +25,11 @@ from attnbench.core.problem import Problem
 from attnbench.run.models import group_params
 from attnbench.variants import mla as mla_mod
 from attnbench.variants import registry
-from attnbench.variants.backends.hf import import_transformers, transformers_missing
+from attnbench.variants.backends.hf import transformers_missing
 from attnbench.variants.modifiers import sink_logits
 
 if transformers_missing():
     pytest.skip(transformers_missing(), allow_module_level=True)
-import_transformers()  # with the hub `kernels` package, not attnbench's kernels/ folder
 
 from transformers import masking_utils  # noqa: E402
 

@@ -29,8 +29,6 @@ sweep of many shapes in one process times that fallback for the later ones.
 from __future__ import annotations
 
 import importlib
-import sys
-from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Callable
 
@@ -45,19 +43,7 @@ IMPLEMENTATION = HF_IMPLEMENTATION
 
 
 def import_transformers() -> ModuleType:
-    """transformers, with the hub `kernels` package it imports taken from site-packages: attnbench's
-    source tree has a top-level `kernels/` folder that shadows it when the tree's root is on
-    sys.path (`python -m pytest` from the root)."""
-    if "kernels" in sys.modules:
-        return importlib.import_module("transformers")
-    saved = list(sys.path)
-    sys.path[:] = [p for p in sys.path if not (Path(p or ".") / "kernels" / "_common.py").exists()]
-    try:
-        importlib.import_module("kernels")
-    except ImportError:
-        pass
-    finally:
-        sys.path[:] = saved
+    """transformers, imported only by the commands and backends that read or run a model."""
     return importlib.import_module("transformers")
 
 
