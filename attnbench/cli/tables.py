@@ -131,7 +131,7 @@ def _cells(r: dict, marks: dict[str, int]) -> dict[str, str]:
                       + parts_note(r))
     st = r["status"]
     return {
-        "variant": r["variant"],
+        "variant": r["variant"] + (f" ({layout})" if (layout := (r.get("params") or {}).get("kv_layout")) else ""),
         "backend": r["backend"],
         "mode": r["mode"],
         "shape": f"{fmt_len(r['seq_q'])}×{fmt_len(r['seq_k'])}",

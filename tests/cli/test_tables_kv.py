@@ -61,3 +61,14 @@ def test_case_scales_cost_parts_by_mode_and_they_sum_to_the_variants_cost():
     assert sum(c["flops"] for c in parts.values()) == dsa.flops(p)
     assert sum(c["bytes"] for c in parts.values()) == dsa.bytes(p)
     assert cost_parts(registry.get("mla"), p) == {}
+
+
+def test_the_kv_layout_tells_two_otherwise_identical_rows_apart():
+    from conftest import valid_record
+
+    recs = [valid_record(variant="paged", backend="sdpa", mode="decode", params={"kv_layout": layout})
+            for layout in ("paged", "dense")]
+    console = Console(width=200, record=True)
+    console.print(results_table(recs, columns=["variant", "backend", "status"]))
+    text = console.export_text()
+    assert "paged (paged)" in text and "paged (dense)" in text

@@ -51,9 +51,9 @@ RECOMPILE_LIMIT = 1024
 def no_silent_eager_fallback() -> None:
     """Every new shape or mask compiles anew (dynamic=False). Past dynamo's recompile limit
     (8 by default) torch.compile silently runs flex_attention eagerly, materialising the L×L
-    scores: in one sweep on an H100 the ninth shape, causal L=8k, took 170 ms and 53 GB instead
-    of 2.6 ms, and every backward after it ran the eager path. The limit is raised for the
-    worker's many shapes, and hitting it is made an error, recorded with its reason."""
+    scores (orders of magnitude slower and larger at long L), and every backward after it runs the
+    eager path too. The limit is raised for the worker's many shapes, and hitting it is made an
+    error, recorded with its reason."""
     cfg = torch._dynamo.config
     for limit in ("recompile_limit", "cache_size_limit"):  # the name changed in torch 2.6
         if hasattr(cfg, limit):
