@@ -234,6 +234,20 @@ def _sliding_layers(cfg: dict, layers: int, path: Path) -> int:
     return layers
 
 
+
+def read_config_json(path: Path) -> dict:
+    """The JSON object of a config file (the `--model-config` FILE); UsageError (one line) when it is
+    missing, unreadable or not an object."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"--model-config '{path}' does not exist; give a local config.json or its folder") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"--model-config '{path}' is not a readable JSON file: {' '.join(str(e).split())}") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"--model-config '{path}': expected a JSON object (a Hugging Face config.json)")
+    return raw
+
 def spec_from_hf_config(path: Path) -> ModelSpec:
     """attnbench's fallback reader of a local Hugging Face config.json (nothing is downloaded), for
     a model type the installed transformers does not know (run/hfconfig.py reads the others with
@@ -245,14 +259,7 @@ def spec_from_hf_config(path: Path) -> ModelSpec:
     `model_type: gpt_oss` → sink_logit=learned. A config is taken as causal. A missing or bad key
     raises UsageError naming it. It knows no other model-specific default: the spec's `reader` says so."""
     path = Path(path)
-    try:
-        top = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"--model-config '{path}' does not exist; give a local config.json") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"--model-config '{path}' is not a readable JSON file: {' '.join(str(e).split())}") from None
-    if not isinstance(top, dict):
-        raise UsageError(f"--model-config '{path}': expected a JSON object (a Hugging Face config.json)")
+    top = read_config_json(path)
     cfg = top.get("text_config") if isinstance(top.get("text_config"), dict) else top  # multimodal wrappers
     heads = _need(cfg, "num_attention_heads", path)
     kv = _need(cfg, "num_key_value_heads", path) if cfg.get("num_key_value_heads") is not None else heads

@@ -45,6 +45,7 @@ from attnbench.core.models import (
     preset_manifest,
     preset_source,
     presets,
+    read_config_json,
     spec_as_dict,
     spec_from_hf_config,
 )
@@ -61,24 +62,11 @@ def config_file(path: Path) -> Path:
     return path / "config.json" if path.is_dir() else path
 
 
-def read_raw(path: Path) -> dict[str, Any]:
-    """The JSON object of a config file; UsageError (one line) when missing or unreadable."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"--model-config '{path}' does not exist; give a local config.json or its folder") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"--model-config '{path}' is not a readable JSON file: {' '.join(str(e).split())}") from None
-    if not isinstance(raw, dict):
-        raise UsageError(f"--model-config '{path}': expected a JSON object (a Hugging Face config.json)")
-    return raw
-
-
 def load(path: Path, name: str | None = None, source: str | None = None) -> ModelSpec:
     """The ModelSpec of a local config.json (or folder), read by transformers where it knows the
     model type, else by the fallback reader (the spec's `reader` says which and why)."""
     file = config_file(path)
-    raw = read_raw(file)
+    raw = read_config_json(file)
     try:
         transformers = import_transformers()
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING
