@@ -45,7 +45,14 @@ import torch
 
 from attnbench.core.problem import Problem
 from attnbench.variants.backends import triton
-from attnbench.variants.backends.flex import BLOCK_SIZE, causal_mod, compiled_block_mask, compiled_flex, flex_backend
+from attnbench.variants.backends.flex import (
+    BLOCK_SIZE,
+    causal_mod,
+    compiled_block_mask,
+    compiled_flex,
+    flex_backend,
+    full_block_mask,
+)
 from attnbench.variants.base import Backend, Fn, Reason, Variant
 from attnbench.variants.patterns import causal_mask
 from attnbench.variants.scaling import with_scale
@@ -176,10 +183,11 @@ def _sdpa_build(p: Problem, device: torch.device) -> Fn:
 
 def _flex_build(p: Problem, device: torch.device) -> Fn:
     w_uk, w_uv = up_weights(p, device, p.torch_dtype)
-    block_mask = None
     if p.causal:
         block_mask = compiled_block_mask()(causal_mod(p), B=None, H=None, Q_LEN=p.seq_q, KV_LEN=p.seq_k,
                                            device=device, BLOCK_SIZE=BLOCK_SIZE)
+    else:  # never None: see backends/flex.full_block_mask
+        block_mask = full_block_mask(p.seq_q, p.seq_k, BLOCK_SIZE, device)
     attend, sc = compiled_flex(), scale(p)
 
     if form(p) == "naive":

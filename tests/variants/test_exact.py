@@ -291,3 +291,15 @@ def test_grouped_unknown_scores_is_unsupported_with_the_choices():
     p = resolved("gqa", dict(heads=8, kv_heads=2, seq_q=1, seq_k=64)).with_params(scores="fast")
     why = registry.get("gqa").backend("grouped").why_unsupported(p, CPU)
     assert why == "unknown scores 'fast'; accepted: auto, qk, kq"
+
+
+@pytest.mark.parametrize("lq,lk", [(1, 300), (300, 1000), (256, 256)])
+def test_flex_gets_a_full_block_mask_rather_than_none(lq, lk):
+    """Without a mask FlexAttention is still handed a BlockMask, every tile full: called with none,
+    its compiled CPU kernel held memory growing as B·H·Lq·Lk (backends/flex.full_block_mask)."""
+    from attnbench.variants.backends.flex import full_block_mask
+
+    bm = full_block_mask(lq, lk, 128, torch.device("cpu"))
+    assert bm.shape[-2:] == (lq, lk)
+    assert bool(bm.to_dense().all())  # every (query tile, key tile) pair attended
+    assert int(bm.kv_num_blocks.sum()) == 0  # as full tiles: no mask function evaluated
