@@ -7,7 +7,8 @@ t = one call's predicted seconds (measure/cost.py predict_call_seconds: FLOPs at
 in-run GEMM rate; here also never faster than its bytes at the in-run DRAM copy rate; both rates
 the medians of the references' samples, a typical call rather than the best):
 
-- setup: FlexAttention compiles on its first call of each shape (FACTS.md, this CPU: ~14 s for a
+- setup: a backend that declares `compiles` (FlexAttention, transformers' flex_attention) compiles
+  on its first call of each shape (FACTS.md, this CPU: ~14 s for a
   process's first compile, ~4 s for each later one); other backends' setup is not modelled;
 - the untimed first call, then warm-up: on the CPU, calls until `warmup_time` and `warmup_calls`
   are both reached, or a single call when the first lasted longer than `warmup_time`;
@@ -259,7 +260,7 @@ def forecast(
             energy_loop = max(energy_s, t) if energy_s else 0.0  # at least one call when it runs
             secs = (2 * t + measure_seconds(t, policy, cfg.device.type, to_max) + CASE_OPS * op_seconds(refs)
                     + energy_loop)
-            if c.backend == "flex":
+            if registry.get(c.variant).backend(c.backend).compiles:
                 secs += COMPILE_FIRST_S if compiled == 0 else COMPILE_NEXT_S
                 compiled += 1
             key = (c.variant, c.problem)

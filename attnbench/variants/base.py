@@ -72,6 +72,8 @@ class Backend:
                   like variant parameters but only on this backend's cases.
     tf32_dots:    fp32 inputs are multiplied in TF32 on the GPU (the Triton kernels); `check`
                   then bounds the error by a TF32 reference.
+    compiles:     its first call of each shape compiles (torch.compile): the plan adds the compile
+                  time (run/forecast.py), never the timed samples (the first call is untimed).
     time, memory: this backend's own complexity claims where it changes the variant's (a fused
                   online-softmax kernel: O(L) memory; chunked linear attention); None: the variant's.
                   Scaling verdicts test the (variant, backend) pair's claim.
@@ -89,6 +91,7 @@ class Backend:
     materializes: bool = False
     workspace: Callable[[Problem], float] | None = None
     tf32_dots: bool = False
+    compiles: bool = False
     test_only: bool = False
     params: dict[str, Any] = field(default_factory=dict)
     time: str | None = None

@@ -231,7 +231,7 @@ BACKENDS = (
     Backend("sdpa", _sdpa_build, "torch SDPA after decompression (naive) or over the latent cache with "
             "Dqk = r + dr, Dv = r (absorbed); on CPU Dv != Dqk takes SDPA's math path (scores materialised)",
             materializes=True),
-    Backend("flex", _flex_build, "compiled FlexAttention, naive or absorbed (Dv != Dqk, enable_gqa)",
+    Backend("flex", _flex_build, "compiled FlexAttention, naive or absorbed (Dv != Dqk, enable_gqa)", compiles=True,
             why_unavailable=flex_backend().why_unavailable, memory="O(L)"),
     Backend("triton", _triton_build, "Triton split-KV decode over the latent cache (absorbed form; the two "
             "projections in torch; fp32: TF32 dots)", why_unavailable=triton.flash_backend().why_unavailable,

@@ -350,6 +350,7 @@ def _backends() -> tuple[Backend, ...]:
         Backend("sdpa", _sdpa_build, "torch SDPA on the padded batch with a key-padding mask (paged: pages "
                 "gathered into the padded cache inside the call)", workspace=_sdpa_workspace),
         Backend("flex", _flex_build, "compiled FlexAttention, a BlockMask over the page table (block = page)",
+                compiles=True,
                 why_unavailable=flex_backend().why_unavailable, why_unsupported=_flex_supports, memory="O(L)"),
         Backend("triton", _triton_build, "attnbench's Triton paged split-KV decode (fp32: TF32 dots)",
                 why_unavailable=triton_backends.flash_backend().why_unavailable, why_unsupported=_triton_supports,

@@ -126,3 +126,14 @@ def test_the_plan_uses_the_references_median_rates_where_recorded():
     assert typical["copy"]["bytes_per_s"] == pytest.approx(5e9)
     c = _case(L=1024)
     assert F.call_seconds(c, refs) == pytest.approx(2 * F.call_seconds(c, REFS))
+
+
+def test_every_backend_that_declares_compiles_pays_the_compile_in_the_plan():
+    """The compile is declared on the backend (Backend.compiles), not inferred from its name:
+    transformers' flex_attention (hf-flex) compiles like ours."""
+    assert registry.get("mha").backend("hf-flex").compiles and registry.get("mha").backend("flex").compiles
+    assert not registry.get("mha").backend("hf-sdpa").compiles
+    cfg = make_config(CPU, RunSettings(time_budget=30.0))
+    hf_flex, hf_sdpa = F.forecast([_case(backend="hf-flex", L=512)], cfg, REFS).cases[0], \
+        F.forecast([_case(backend="hf-sdpa", L=512)], cfg, REFS).cases[0]
+    assert hf_flex.decision == "run" and hf_flex.seconds - hf_sdpa.seconds > 0.9 * F.COMPILE_FIRST_S

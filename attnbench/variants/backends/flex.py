@@ -152,4 +152,5 @@ def flex_backend(mask_mod: Callable[[Problem], MaskMod | None] | None = None,
         return flex
 
     return Backend("flex", build, description, why_unavailable=_flex_available, why_unsupported=_flex_supports,
+                   compiles=True,
                    params={"block_size": BLOCK_SIZE}, memory="O(L)" if mask_mod is None else None)

@@ -160,5 +160,5 @@ def hf_backends() -> tuple[Backend, ...]:
     """hf-eager, hf-sdpa, hf-flex (see the module doc)."""
     return tuple(Backend(name, _build(name), f"transformers' {impl} attention (attn_implementation=\"{impl}\")",
                          why_unavailable=transformers_missing, why_unsupported=_why_unsupported(name),
-                         materializes=name == "hf-eager")
+                         materializes=name == "hf-eager", compiles=name == "hf-flex")
                  for name, impl in IMPLEMENTATION.items())
