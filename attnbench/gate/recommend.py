@@ -5,7 +5,7 @@ A candidate is one (variant, backend, params) of a shape with status ok. It qual
 - its error is within the budget: the relative L2 error against the fp64 reference of the record's
   variant (a model's records: its own attention is what the model computes) or, for other records,
   against full softmax attention where measured (an approximation is judged as a replacement for
-  exact attention). Default budget: exact within the dtype's tolerance (`tolerance`): K units of
+  exact attention). Default budget: exact within the dtype's tolerance (core/tolerance.py): K units of
   roundoff of the record's dtype (rounding the output alone costs ≈ 0.6) plus K float32 units × √Lk
   (sums over Lk keys accumulated in float32 grow like a random walk: measured on the CPU, float32
   attention's error vs fp64 is ≈ 10 units × √(Lk/1024)). A record whose error
@@ -33,12 +33,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from attnbench.core.models import HF_IMPLEMENTATION
+from attnbench.core.tolerance import tolerance
 from attnbench.core.units import fmt_bytes
 from attnbench.gate.stats import bootstrap_ratio, seed_for
 from attnbench.report.analysis import FAILURES, first_line, fmt_len
 
-UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
-TOLERANCE_K = 4
 LEVEL = 0.95
 MIN_SAMPLES = 3
 SHAPE_KEYS = ("batch", "heads", "kv_heads", "head_dim", "dtype", "causal")
@@ -51,14 +50,6 @@ def metric_value(r: dict, metric: str) -> float | None:
     if metric == "energy":
         return (r.get("energy") or {}).get("energy_j")
     return (r.get("latency_ms") or {}).get("median")
-
-
-def tolerance(dtype: str, seq_k: int = 1) -> float:
-    """The default error budget (relative L2): exact within the dtype's tolerance, K·(u_dtype +
-    u_float32·√Lk). float32 at Lk = 8k: 2.2e-5; bfloat16: 1.6e-2; float16: 2.0e-3 (a TF32 kernel's
-    ~1e-4..1e-3 on fp32 inputs is not exact float32: allow it with --max-error)."""
-    u = UNIT_ROUNDOFF.get(dtype, UNIT_ROUNDOFF["float32"])
-    return TOLERANCE_K * (u + UNIT_ROUNDOFF["float32"] * max(1, seq_k) ** 0.5)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ import numpy as np
 import attnbench
 from attnbench.cli import main
 from attnbench.core.results import RECORD_FIELDS, make_header
-from attnbench.gate.recommend import crossovers, recommend, tolerance
+from attnbench.core.tolerance import tolerance
+from attnbench.gate.recommend import crossovers, recommend
 
 ENV = {"attnbench": "0.1.0", "device": "cpu", "device_name": "x", "torch": "2", "triton": None, "cuda": None,
        "threads": 2}
