@@ -166,6 +166,12 @@ SeqDist = Annotated[Optional[str], typer.Option(
     help="Sequence lengths of a ragged batch: fixed (all --seq) | uniform:1k..16k (seeded draws) | 1k,3k,8k "
          "(cycled over the batch).")]
 
+BatchSpec = Annotated[Optional[list[str]], typer.Option(
+    "--batch-spec", metavar="SPEC[,SPEC...]", rich_help_panel=SHAPES,
+    help="Mixed batches in vLLM's notation, one case each: segments [COUNT]q<Q>[k][s<S>[k]] joined by _ "
+         "(Q new query tokens over an S-token KV, S defaults to Q; k = ×1024), e.g. 2q2k_32q1s1k = 2 prefills "
+         "of 2048 + 32 decodes over 1024. Runs the paged variant (replaces --batch, --seq, --kv-seq, --seq-dist).")]
+
 
 def kv_layout_axes(kv_layout: list[str] | None, page_size: int | None, seq_dist: str | None) -> dict:
     """--kv-layout, --page-size, --seq-dist as sweep axes (run/plan.py make_sweep checks them)."""

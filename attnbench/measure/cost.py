@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from attnbench.core.batch_spec import peak_scores, query_rows, reference_scores
 from attnbench.core.problem import Problem
 from attnbench.measure.flops import mode_flops
 
@@ -48,14 +49,14 @@ def input_bytes(p: Problem) -> float:
 
 def predict_call_peak_bytes(p: Problem, materializes: bool, workspace: float = 0.0) -> float:
     """One call's peak above its inputs, as `peak_mem_bytes` measures it (see the module docstring)."""
-    out = p.batch * p.heads * p.seq_q * p.head_dim * p.itemsize
+    out = query_rows(p) * p.heads * p.head_dim * p.itemsize
     grads = input_bytes(p) if p.needs_grad else 0.0
     result = (out if p.mode != "bwd" else 0.0) + grads
-    rows = p.batch * p.heads * p.seq_q
+    rows = query_rows(p) * p.heads
     repeated = 2.0 * p.batch * p.heads * p.seq_k * p.head_dim * p.itemsize if p.kv_heads < p.heads else 0.0
     if not materializes:  # a fused backward of grouped heads: dK, dV per query head, then summed
         return result + 2 * 4 * rows + (repeated if p.needs_grad else 0.0) + workspace
-    scores = 4.0 * rows * p.seq_k
+    scores = 4.0 * peak_scores(p)
     copies = {"bwd": BACKWARD_SCORE_COPIES, "fwd+bwd": TRAINING_SCORE_COPIES}.get(p.mode, SCORE_COPIES)
     return result + copies * scores + repeated + workspace
 
@@ -74,5 +75,5 @@ def predict_call_seconds(p: Problem, flops: Callable[[Problem], float], material
     efficiency = 0.25 if materializes else 0.5  # attention reaches about half the GEMM rate
     work = flops(p)
     if materializes:  # a dense (Lq, Lk) score matrix is computed whatever the mask leaves out
-        work = max(work, 4.0 * p.batch * p.heads * p.seq_q * p.seq_k * p.head_dim)
+        work = max(work, 4.0 * reference_scores(p) * p.head_dim)
     return mode_flops(work, p.mode) / (gemm * efficiency)
