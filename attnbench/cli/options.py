@@ -168,9 +168,10 @@ SeqDist = Annotated[Optional[str], typer.Option(
 
 BatchSpec = Annotated[Optional[list[str]], typer.Option(
     "--batch-spec", metavar="SPEC[,SPEC...]", rich_help_panel=SHAPES,
-    help="Mixed batches in vLLM's notation, one case each: segments [COUNT]q<Q>[k][s<S>[k]] joined by _ "
-         "(Q new query tokens over an S-token KV, S defaults to Q; k = ×1024), e.g. 2q2k_32q1s1k = 2 prefills "
-         "of 2048 + 32 decodes over 1024. Runs the paged variant (replaces --batch, --seq, --kv-seq, --seq-dist).")]
+    help="Mixed batches (prefill chunks and decodes in one call) in vLLM's notation, one case per spec. "
+         "Segments [COUNT]q<Q>[k][s<S>[k]] joined by _: COUNT requests of Q new query tokens over an S-token KV "
+         "(S defaults to Q; k = ×1024); 2q2k_32q1s1k = 2 prefills of 2048 + 32 decodes over 1024. Runs the "
+         "paged variant; replaces --batch, --seq, --kv-seq and --seq-dist.")]
 
 
 def kv_layout_axes(kv_layout: list[str] | None, page_size: int | None, seq_dist: str | None) -> dict:
