@@ -255,8 +255,8 @@ def _merge(axes: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
         merged.pop("kv_groups", None)
     if "modes" in overrides:
         merged.pop("mode", None)
-    if "batch_spec" in overrides:  # the spec gives the lengths the suite's axes would
-        for key in REPLACED_BY_BATCH_SPEC:
+    if "batch_spec" in overrides:  # the spec gives the lengths (and the forward call) the suite's axes would
+        for key in REPLACED_BY_BATCH_SPEC + ("mode", "modes"):
             merged.pop(key, None)
     if "params" in overrides:  # --param adds to (or replaces one of) the suite's parameters
         overrides = overrides | {"params": {**merged.get("params", {}), **overrides["params"]}}

@@ -119,7 +119,7 @@ def flex_why_unsupported(p: Problem) -> Reason:
     return None
 
 
-def _block_lists(s: BatchSpec, table: torch.Tensor, page: int, q_block: int):
+def block_lists(s: BatchSpec, table: torch.Tensor, page: int, q_block: int):
     """For each query block of the packed rows: (partial pages, full pages), physical indices.
     A page of request b is visible to the block if some row of b in the block sees a key of it,
     full if the block is all b's rows and every one of them sees every key of the page."""
@@ -156,7 +156,7 @@ def flex_block_mask(p: Problem, table: torch.Tensor, pool_pages: int, device: to
     from attnbench.variants.paged_flex import Q_BLOCK
 
     s, page = spec(p), p.param("page_size")
-    partial, full = _block_lists(s, table, page, Q_BLOCK)
+    partial, full = block_lists(s, table, page, Q_BLOCK)
     (kv_num, kv_idx), (full_num, full_idx) = _packed(partial, pool_pages), _packed(full, pool_pages)
     req = torch.cat([torch.full((q,), b) for b, q in enumerate(s.q_lens)]).to(device)
     pos = torch.cat([torch.arange(sl - ql, sl) for ql, sl in s.requests]).to(device)
