@@ -12,8 +12,6 @@ from attnbench.cli import main
 from attnbench.core.errors import UsageError
 from attnbench.run import forecast as F
 from attnbench.run.plan import expand, load_suite, make_sweep
-from attnbench.run.session import make_config
-from attnbench.run.settings import RunSettings
 from attnbench.run.worker import peak_model
 
 CPU = torch.device("cpu")
