@@ -168,7 +168,7 @@ def call_seconds(case: Case, refs: dict | None) -> float | None:
     copy = (refs.get("copy") or {}).get("bytes_per_s")
     if not copy:
         return compute
-    scores = SCORE_PASSES * 4 * p.batch * p.heads * p.seq_q * p.seq_k if mat else 0
+    scores = SCORE_PASSES * 4 * reference_scores(p) if mat else 0
     moved = mode_bytes(v.bytes(p), p.mode) + scores * (2 if p.needs_grad else 1)
     return max(compute, moved / copy)
 
@@ -231,7 +231,7 @@ def entropy_seconds(case: Case, refs: dict, limit: int) -> float:
     from attnbench.measure.inputs import ENTROPY_ROWS
 
     p = case.problem
-    if p.batch * p.heads * p.seq_q * p.seq_k > limit:
+    if p.batch * p.heads * p.seq_q * p.seq_k > limit or p.param("batch_spec") is not None:  # none for a mixed batch
         return 0.0
     gemm, copy = _rates(refs)
     elems = p.batch * p.heads * min(p.seq_q, ENTROPY_ROWS) * p.seq_k

@@ -42,6 +42,7 @@ Backends
   flex    FlexAttention with a BlockMask over the page table: each sequence's KV blocks are its
           own pages (block = page_size), so other pages are never visited
   triton  attnbench.kernels.paged_decode: split-KV decode through the block table (decode only)
+  With a batch_spec each backend's mixed-batch form is built instead (variants/paged_mixed.py).
 
 Honest limits: the Triton kernel is checked under TRITON_INTERPRET=1 and compiled for sm_80/sm_90
 without a GPU; it has not run on one here. flex with 16-token pages has not run on a GPU either
@@ -418,7 +419,8 @@ def _resolve_mixed(p: Problem) -> Problem:
 
 PAGED = Variant(
     name="paged", family="serving", oracle="reference", decode_check=True,
-    description="ragged batch over a paged KV cache (PagedAttention): --kv-layout, --page-size, --seq-dist",
+    description="ragged batch over a paged KV cache (PagedAttention): --kv-layout, --page-size, --seq-dist; mixed "
+                "prefill-and-decode batches: --batch-spec",
     time="O(L²)", memory="O(L²)", reference=lambda q, k, v, p: ragged_attention(q, k, v, p),
     flops=flops, bytes=io_bytes, backends=_backends(), resolve=_resolve, why_unsupported=check_heads,
     defaults=dict(DEFAULTS), make_inputs=make_inputs, modes=("fwd", "decode"), kv_cache_bytes=kv_cache_bytes)
