@@ -57,8 +57,17 @@ def make_q(p: Problem, g: torch.Generator) -> torch.Tensor:
     return torch.randn(1, p.heads, sum(spec(p).q_lens), p.head_dim, generator=g)
 
 
+def check_q(q: torch.Tensor, p: Problem) -> None:
+    """q is packed (a cheap check: --inputs peaked builds padded (B, Hq, Lq, D) queries)."""
+    want = (1, p.heads, sum(spec(p).q_lens), p.head_dim)
+    if tuple(q.shape) != want:
+        raise ValueError(f"a mixed batch takes packed queries of shape {want}; got {tuple(q.shape)} (--inputs "
+                         "peaked builds padded ones: use --inputs randn with --batch-spec)")
+
+
 def attention(q, k, v, p: Problem, kv_of: KvOf) -> torch.Tensor:
     """Each request's rows attend its own keys, bottom-right causal, materialised; packed in and out."""
+    check_q(q, p)
     s = spec(p)
     out = torch.empty_like(q)
     for b, (start, (ql, sl)) in enumerate(zip(row_starts(s), s.requests)):
@@ -102,6 +111,7 @@ def sdpa_build(p: Problem, device: torch.device, table: torch.Tensor) -> Fn:
     paged, gqa = p.param("kv_layout") == "paged", p.groups > 1
 
     def sdpa_padded(q, k, v):
+        check_q(q, p)
         if paged:  # the pages gathered into the padded cache: SDPA has no block table
             k, v = (t.index_select(0, flat).reshape(b, -1, p.kv_heads, d)[:, :lk].transpose(1, 2) for t in (k, v))
         qp = q.new_zeros(b * lq, hq, d).index_copy_(0, rows, q[0].transpose(0, 1))
@@ -184,6 +194,7 @@ def flex_build(p: Problem, device: torch.device, table: torch.Tensor, pool_pages
     flat = (1, pool_pages * p.param("page_size"), p.kv_heads, p.head_dim)
 
     def flex_mixed(q, k, v):
+        check_q(q, p)
         return attend(q, k.view(flat).transpose(1, 2), v.view(flat).transpose(1, 2), block_mask=mask,
                       enable_gqa=gqa)
 
@@ -206,6 +217,7 @@ def triton_build(p: Problem, device: torch.device, table: torch.Tensor) -> Fn:
     table = torch.arange(p.batch, device=device, dtype=torch.int32)[:, None] if dense else table.to(device)
 
     def triton_mixed(q, k, v):
+        check_q(q, p)
         if dense:  # the padded cache read in place as B pages of max S slots
             k, v = dense_as_pages(k)[0], dense_as_pages(v)[0]
         return paged_decode(q.transpose(0, 2), k, v, table, lens, max_len=max(s.kv_lens)).transpose(0, 2)

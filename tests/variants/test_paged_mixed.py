@@ -93,6 +93,14 @@ def test_flex_lists_only_each_requests_own_pages():
     assert len(partial[1]) == 11 + 3 * 3  # 11 pages of the chunk (176 keys), 3 of each decode (40 keys)
 
 
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_padded_queries_are_refused_with_the_reason(backend):
+    p = problem(layout="dense")
+    _, k, v = V.make_inputs(p, CPU)
+    with pytest.raises(ValueError, match="use --inputs randn with --batch-spec"):
+        V.backend(backend).build(p, CPU)(torch.randn(5, 4, 64, 32), k, v)  # what --inputs peaked builds
+
+
 def test_flex_needs_the_paged_pool():
     why = registry.decide(V, "flex", problem(layout="dense"), CPU, check_availability=False).reason
     assert "kv_layout=paged" in why
