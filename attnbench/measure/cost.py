@@ -23,6 +23,10 @@ backend of the catalogue runnable on the CPU was measured within 2× at L = 512-
 fp32 forward (and mha/gqa/mqa/performer/sliding_window backward and fwd+bwd), but not flex or the
 Triton kernels (no compile or GPU here), nor other dtypes and shapes; decode calls read under
 1 MiB on the CPU and were not compared.
+A mixed batch (core/batch_spec.py): its packed ΣQ query rows, the scores of its largest request
+(eager and the reference attend one request at a time), the KV counted padded (B, Hkv, max S, D);
+a padded backend's time from the whole rectangle (Backend.work_flops). Measured once on the loaded
+2-core CPU, 2q2k_32q1s1k H8/2 D64 fp32: eager 0.42 GB measured / 0.84 predicted, sdpa 0.93 / 1.15.
 Time assumes attention reaches half the in-run GEMM rate (a quarter when scores are materialised);
 decode and patterns with little work per byte are underestimated.
 """
@@ -43,8 +47,8 @@ TRAINING_SCORE_COPIES = 1.0 + BACKWARD_SCORE_COPIES
 
 
 def input_bytes(p: Problem) -> float:
-    """q (B, Hq, Lq, D) and k, v (B, Hkv, Lk, D) in the problem's dtype."""
-    return float((p.batch * p.heads * p.seq_q + 2 * p.batch * p.kv_heads * p.seq_k) * p.head_dim * p.itemsize)
+    """q (B, Hq, Lq, D) (a mixed batch: packed, ΣQ rows) and k, v (B, Hkv, Lk, D) in the problem's dtype."""
+    return float((query_rows(p) * p.heads + 2 * p.batch * p.kv_heads * p.seq_k) * p.head_dim * p.itemsize)
 
 
 def predict_call_peak_bytes(p: Problem, materializes: bool, workspace: float = 0.0) -> float:
