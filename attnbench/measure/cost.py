@@ -25,8 +25,8 @@ Triton kernels (no compile or GPU here), nor other dtypes and shapes; decode cal
 1 MiB on the CPU and were not compared.
 A mixed batch (core/batch_spec.py): its packed ΣQ query rows, the scores of its largest request
 (eager and the reference attend one request at a time), the KV counted padded (B, Hkv, max S, D);
-a padded backend's time from the whole rectangle (Backend.work_flops). Measured once on the loaded
-2-core CPU, 2q2k_32q1s1k H8/2 D64 fp32: eager 0.42 GB measured / 0.84 predicted, sdpa 0.93 / 1.15.
+a padded backend's time from the whole rectangle (Backend.work_flops). Checked on one spec
+(2q2k_32q1s1k, H8/2 D64 fp32, CPU): eager's and sdpa's peaks within 2× (over, not under).
 Time assumes attention reaches half the in-run GEMM rate (a quarter when scores are materialised);
 decode and patterns with little work per byte are underestimated.
 """
