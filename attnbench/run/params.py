@@ -133,6 +133,7 @@ def batch_spec_axis(a: dict[str, Any], modes: tuple[str, ...] | None) -> dict[st
     raw = a["batch_spec"] if isinstance(a["batch_spec"], (list, tuple)) else [a["batch_spec"]]
     specs = tuple(dict.fromkeys(s for v in raw for s in batch_spec.parse_list(v)))
     clash = [f"--{k.replace('_', '-')}" for k in REPLACED_BY_BATCH_SPEC if k in a]
+    clash += ["--param seq_dist"] if "seq_dist" in (a.get("params") or {}) else []
     if clash:
         raise UsageError(f"--batch-spec gives each request's query and KV lengths: it replaces {', '.join(clash)} "
                          "(give one or the other)")

@@ -40,6 +40,7 @@ def test_layouts_and_gqa_through_paged_and_other_variants_unsupported():
 @pytest.mark.parametrize("axes,why", [
     ({"batch": 4}, "replaces --batch"), ({"seq": "1k"}, "replaces --seq"), ({"kv_seq": 64}, "replaces --kv-seq"),
     ({"variants": "paged", "seq_dist": "1k,2k"}, "replaces --seq-dist"), ({"mode": "decode"}, "mode fwd only"),
+    ({"variants": "paged", "params": {"seq_dist": "1k"}}, "replaces --param seq_dist"),
     ({}, "segment 'q2x'"),
 ])
 def test_what_a_spec_replaces_is_refused(axes, why):
