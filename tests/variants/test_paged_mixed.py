@@ -147,3 +147,18 @@ def test_a_batch_spec_is_one_forward_call():
 
     with pytest.raises(UsageError, match="mode fwd only"):
         V.resolve(Problem(heads=4, kv_heads=0, mode="decode", params=(("batch_spec", "q1s8"),)))
+
+
+@pytest.mark.slow  # ~10 s: torch.profiler and the timing warm-up on a loaded machine
+def test_a_measured_record_carries_the_composition_and_its_error():
+    from attnbench.measure.timing import TimingPolicy
+    from attnbench.run.case import run_case
+    from attnbench.run.plan import Case
+    from attnbench.run.worker import base_record
+
+    case = Case("paged", "sdpa", problem())
+    rec = base_record(case, CPU) | run_case(case, CPU, TimingPolicy(min_samples=1, min_time=0.0, max_time=0.05,
+                                                                    warmup_time=0.0), None)
+    validate_record({"type": "record", **rec}, "test", 1)
+    assert rec["status"] == "ok" and rec["batch_spec"] == SPEC and rec["attn_entropy"] is None
+    assert rec["error"]["rel_l2"] < 1e-6 and rec["flops"] == V.flops(problem())
