@@ -395,26 +395,14 @@ def _backends() -> tuple[Backend, ...]:
 
 def _resolve(p: Problem) -> Problem:
     if p.param("batch_spec") is not None:
-        return _resolve_mixed(p)
+        p = mixed.resolve(p, {k: x for k, x in DEFAULTS.items() if k != "seq_dist"})
+        check_params(p.param("kv_layout"), p.param("page_size"), "fixed")
+        return p
     p = fill_defaults(p, kv_heads=max(1, p.heads // 4), **DEFAULTS)
     check_params(p.param("kv_layout"), p.param("page_size"), p.param("seq_dist"))
     base = p.seq_k if p.mode == "decode" else p.seq_q
     lmax = max(seq_lengths(p.param("seq_dist"), p.batch, base))
     return replace(p, seq_q=1 if p.mode == "decode" else lmax, seq_k=lmax, causal=p.mode != "decode")
-
-
-
-def _resolve_mixed(p: Problem) -> Problem:
-    """A mixed batch: B requests, seq_q = max Q, seq_k = max S (the padded dimensions), causal per
-    request; seq_dist does not apply (the spec gives the lengths)."""
-    spec = batch_spec.of_problem(p)
-    if p.mode != "fwd":
-        raise UsageError(f"a batch spec is one forward call (prefill chunks and decodes together); mode fwd "
-                         f"only (got {p.mode})")
-    p = fill_defaults(p, kv_heads=max(1, p.heads // 4), **{k: x for k, x in DEFAULTS.items() if k != "seq_dist"})
-    check_params(p.param("kv_layout"), p.param("page_size"), "fixed")
-    params = tuple((k, x) for k, x in p.params if k != "seq_dist")
-    return replace(p, batch=spec.batch, seq_q=max(spec.q_lens), seq_k=max(spec.kv_lens), causal=True, params=params)
 
 
 PAGED = Variant(

@@ -24,15 +24,17 @@ requests, slow for tens of thousands. Not run on a GPU.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from attnbench.core.batch_spec import BatchSpec, of_problem
+from attnbench.core.errors import UsageError
 from attnbench.core.problem import Problem
 from attnbench.variants.base import Fn, Reason
-from attnbench.variants.shared import softmax_attention
+from attnbench.variants.shared import fill_defaults, softmax_attention
 
 KvOf = Callable[[torch.Tensor, int, int], torch.Tensor]  # (kv, request b, its length) -> (Hkv, S_b, D)
 
@@ -41,6 +43,18 @@ def spec(p: Problem) -> BatchSpec:
     s = of_problem(p)
     assert s is not None, "a mixed-batch function called for a problem without batch_spec"
     return s
+
+
+def resolve(p: Problem, defaults: dict) -> Problem:
+    """A mixed batch's problem: B requests, seq_q = max Q, seq_k = max S (the padded dimensions),
+    causal per request, Hkv = Hq/4 by default like the variant; no seq_dist (the spec gives the lengths)."""
+    s = spec(p)
+    if p.mode != "fwd":
+        raise UsageError(f"a batch spec is one forward call (prefill chunks and decodes together); mode fwd "
+                         f"only (got {p.mode})")
+    p = fill_defaults(p, kv_heads=max(1, p.heads // 4), **defaults)
+    params = tuple((k, x) for k, x in p.params if k != "seq_dist")
+    return replace(p, batch=s.batch, seq_q=max(s.q_lens), seq_k=max(s.kv_lens), causal=True, params=params)
 
 
 def row_starts(s: BatchSpec) -> list[int]:
