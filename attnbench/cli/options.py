@@ -166,6 +166,13 @@ SeqDist = Annotated[Optional[str], typer.Option(
     help="Sequence lengths of a ragged batch: fixed (all --seq) | uniform:1k..16k (seeded draws) | 1k,3k,8k "
          "(cycled over the batch).")]
 
+BatchSpec = Annotated[Optional[list[str]], typer.Option(
+    "--batch-spec", metavar="SPEC[,SPEC...]", rich_help_panel=SHAPES,
+    help="Mixed batches (prefill chunks and decodes in one call) in vLLM's notation, one case per spec. "
+         "Segments <COUNT>q<Q>s<S> joined by _: COUNT requests of Q new query tokens over an S-token KV (COUNT "
+         "defaults to 1, s<S> to S = Q; a k after a number multiplies it by 1024); 2q2k_32q1s1k = 2 prefills of "
+         "2048 + 32 decodes over 1024. Runs the paged variant; replaces --batch, --seq, --kv-seq and --seq-dist.")]
+
 
 def kv_layout_axes(kv_layout: list[str] | None, page_size: int | None, seq_dist: str | None) -> dict:
     """--kv-layout, --page-size, --seq-dist as sweep axes (run/plan.py make_sweep checks them)."""

@@ -13,6 +13,8 @@ from attnbench.run.forecast import CONFIRM_OVER_S, CaseForecast, Plan, fmt_durat
 
 def _length(c: CaseForecast) -> str:
     p = c.case.problem
+    if p.param("batch_spec") is not None:  # a mixed batch: its spec says its lengths
+        return p.param("batch_spec")
     return fmt_len(p.seq_k) + " cache" if p.mode == "decode" else (
         fmt_len(p.seq_q) if p.seq_q == p.seq_k else f"{fmt_len(p.seq_q)}×{fmt_len(p.seq_k)}")
 

@@ -48,6 +48,7 @@ def run(
     kv_layout: O.KvLayout = None,
     page_size: O.PageSize = None,
     seq_dist: O.SeqDist = None,
+    batch_spec: O.BatchSpec = None,
     layers: O.Layers = None,
     device: O.Device = "auto",
     time_budget: O.TimeBudget = None,
@@ -114,6 +115,8 @@ def run(
       attnbench run --variants flash,gqa --seq 1k..16k --mode fwd,decode --csv r.csv --columns variant,backend,L,ms,mem
 
       attnbench run --suite quick --out r.jsonl -q | xargs attnbench show
+
+      attnbench run --variants paged --batch-spec 2q2k_32q1s1k --backends eager,sdpa,flex  (a mixed batch)
     """
     from attnbench.cli.run_output import check_output, print_results
     from attnbench.run.session import default_out, resolve_device, run_sweep
@@ -122,7 +125,7 @@ def run(
     fmt, cols = check_output(fmt, json_out, csv_out, columns, quiet, verbose, force)
     given = O.shape_axes(seq, kv_seq, batch, heads, kv_heads, kv_groups, head_dim, dtype, causal, mode)
     given |= {k: v for k, v in (("variants", variants), ("backends", backends)) if v is not None}
-    given |= O.kv_layout_axes(kv_layout, page_size, seq_dist)
+    given |= O.kv_layout_axes(kv_layout, page_size, seq_dist) | ({"batch_spec": batch_spec} if batch_spec else {})
     cli_settings = {"time_budget": time_budget, "threads": threads, "rounds": rounds, "inputs": inputs,
                     "device": None if device == "auto" else device,
                     "cuda_graph": cuda_graph or None, "keep_throttled": keep_throttled or None}

@@ -221,14 +221,25 @@ def gpu_notes(records: list[dict]) -> list[str]:
 
 def ragged_notes(records: list[dict]) -> list[str]:
     """One line per ragged batch (records with seq_lengths: variants/paged.py): its lengths and padding."""
-    seen = {}
+    seen, mixed = {}, {}
     for r in records:
-        if r.get("seq_lengths"):
+        if r.get("batch_spec"):
+            mixed.setdefault(r["batch_spec"], r)
+        elif r.get("seq_lengths"):
             seen.setdefault((r["batch"], r["seq_dist"]), r)
-    return [f"ragged batch B={b} seq_dist {dist}: lengths {r['seq_lengths']['min']}..{r['seq_lengths']['max']}, "
+    return [mixed_note(r) for r in mixed.values()] + [
+            f"ragged batch B={b} seq_dist {dist}: lengths {r['seq_lengths']['min']}..{r['seq_lengths']['max']}, "
             f"mean {r['seq_lengths']['mean']:.0f}, {r['seq_lengths']['total']:,} real tokens (FLOPs and bytes count "
             f"them only); padding_frac {r['padding_frac']:.3f} of the padded (B, Lmax) slots (sdpa computes them)"
             for (b, dist), r in seen.items()]
+
+
+def mixed_note(r: dict) -> str:
+    """A mixed batch's line (run --batch-spec): its requests, real tokens and the padded backends' waste."""
+    parts = ", ".join(f"{g['count']}×(q {g['q_len']}, kv {g['kv_len']})" for g in r["composition"])
+    return (f"mixed batch {r['batch_spec']}: {parts}; {r['q_tokens']:,} query and {r['seq_lengths']['total']:,} KV "
+            f"tokens (FLOPs and bytes count them only); padding_frac {r['padding_frac']:.3f} of the padded "
+            "(B, max q, max kv) rectangle (sdpa computes it)")
 
 
 def run_baseline(records: list[dict], preferred: str = "mha:eager") -> str | None:

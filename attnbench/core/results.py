@@ -39,6 +39,9 @@ OPTIONAL_RECORD_FIELDS += ("clocks", "energy")
 # Variants whose cost has parts (Variant.cost_parts, e.g. DSA's indexer and attention):
 # {part: {"flops", "bytes"}}, scaled by the mode like flops and bytes.
 OPTIONAL_RECORD_FIELDS += ("cost_parts",)
+# Mixed batches (run --batch-spec, core/batch_spec.py): the spec, its composition [{count, q_len,
+# kv_len}] and the packed query rows; seq_lengths and padding_frac then describe the mixed batch.
+OPTIONAL_RECORD_FIELDS += ("batch_spec", "composition", "q_tokens")
 
 
 # ---- record flags (`flags`: a list of short strings; docs/results-schema.md)

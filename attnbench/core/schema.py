@@ -24,6 +24,16 @@ Scalar = Union[StrictBool, StrictInt, Finite, StrictStr, None]
 STATUS = Literal["ok", "oom", "timeout", "error", "killed", "unsupported", "skipped", "unavailable"]
 
 
+class CompositionGroup(BaseModel):
+    """One group of a mixed batch: `count` requests of `q_len` queries over `kv_len` keys."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    count: Annotated[StrictInt, Field(ge=1)]
+    q_len: Annotated[StrictInt, Field(ge=1)]
+    kv_len: Annotated[StrictInt, Field(ge=1)]
+
+
 class RecordModel(BaseModel):
     """One results record (a line after the header); see docs/results-schema.md."""
 
@@ -72,6 +82,10 @@ class RecordModel(BaseModel):
     seq_lengths: Optional[dict[str, NonNeg]] = None
     padding_frac: Optional[Annotated[float, Field(allow_inf_nan=False, ge=0, le=1)]] = None
     cost_parts: Optional[dict[str, dict[str, NonNeg]]] = None
+    # mixed batches (run --batch-spec, core/batch_spec.py): absent from other records
+    batch_spec: Optional[StrictStr] = None
+    composition: Optional[list[CompositionGroup]] = None
+    q_tokens: Optional[Count] = None
 
 
 class SweepModel(BaseModel):
@@ -97,6 +111,7 @@ class SweepModel(BaseModel):
     kv_layout: Union[StrictStr, list[StrictStr]] = None
     page_size: StrictInt = None
     seq_dist: StrictStr = None
+    batch_spec: Union[StrictStr, list[StrictStr]] = None
 
 
 class SuiteModel(BaseModel):

@@ -23,6 +23,10 @@ backend of the catalogue runnable on the CPU was measured within 2× at L = 512-
 fp32 forward (and mha/gqa/mqa/performer/sliding_window backward and fwd+bwd), but not flex or the
 Triton kernels (no compile or GPU here), nor other dtypes and shapes; decode calls read under
 1 MiB on the CPU and were not compared.
+A mixed batch (core/batch_spec.py): its packed ΣQ query rows, the scores of its largest request
+(eager and the reference attend one request at a time), the KV counted padded (B, Hkv, max S, D);
+a padded backend's time from the whole rectangle (Backend.work_flops). Checked on one spec
+(2q2k_32q1s1k, H8/2 D64 fp32, CPU): eager's and sdpa's peaks within 2× (over, not under).
 Time assumes attention reaches half the in-run GEMM rate (a quarter when scores are materialised);
 decode and patterns with little work per byte are underestimated.
 """
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from attnbench.core.batch_spec import peak_scores, query_rows, reference_scores
 from attnbench.core.problem import Problem
 from attnbench.measure.flops import mode_flops
 
@@ -42,20 +47,20 @@ TRAINING_SCORE_COPIES = 1.0 + BACKWARD_SCORE_COPIES
 
 
 def input_bytes(p: Problem) -> float:
-    """q (B, Hq, Lq, D) and k, v (B, Hkv, Lk, D) in the problem's dtype."""
-    return float((p.batch * p.heads * p.seq_q + 2 * p.batch * p.kv_heads * p.seq_k) * p.head_dim * p.itemsize)
+    """q (B, Hq, Lq, D) (a mixed batch: packed, ΣQ rows) and k, v (B, Hkv, Lk, D) in the problem's dtype."""
+    return float((query_rows(p) * p.heads + 2 * p.batch * p.kv_heads * p.seq_k) * p.head_dim * p.itemsize)
 
 
 def predict_call_peak_bytes(p: Problem, materializes: bool, workspace: float = 0.0) -> float:
     """One call's peak above its inputs, as `peak_mem_bytes` measures it (see the module docstring)."""
-    out = p.batch * p.heads * p.seq_q * p.head_dim * p.itemsize
+    out = query_rows(p) * p.heads * p.head_dim * p.itemsize
     grads = input_bytes(p) if p.needs_grad else 0.0
     result = (out if p.mode != "bwd" else 0.0) + grads
-    rows = p.batch * p.heads * p.seq_q
+    rows = query_rows(p) * p.heads
     repeated = 2.0 * p.batch * p.heads * p.seq_k * p.head_dim * p.itemsize if p.kv_heads < p.heads else 0.0
     if not materializes:  # a fused backward of grouped heads: dK, dV per query head, then summed
         return result + 2 * 4 * rows + (repeated if p.needs_grad else 0.0) + workspace
-    scores = 4.0 * rows * p.seq_k
+    scores = 4.0 * peak_scores(p)
     copies = {"bwd": BACKWARD_SCORE_COPIES, "fwd+bwd": TRAINING_SCORE_COPIES}.get(p.mode, SCORE_COPIES)
     return result + copies * scores + repeated + workspace
 
@@ -74,5 +79,5 @@ def predict_call_seconds(p: Problem, flops: Callable[[Problem], float], material
     efficiency = 0.25 if materializes else 0.5  # attention reaches about half the GEMM rate
     work = flops(p)
     if materializes:  # a dense (Lq, Lk) score matrix is computed whatever the mask leaves out
-        work = max(work, 4.0 * p.batch * p.heads * p.seq_q * p.seq_k * p.head_dim)
+        work = max(work, 4.0 * reference_scores(p) * p.head_dim)
     return mode_flops(work, p.mode) / (gemm * efficiency)

@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from attnbench.core.batch_spec import reference_scores
 from attnbench.core.problem import Problem
 from attnbench.core.results import case_id, timing_flags
 from attnbench.measure import accuracy, clocks, contention, energy, graphs, memory, telemetry
@@ -123,7 +124,7 @@ def compute_error(
     float64 from the same inputs (every backend, eager included: never the output against itself),
     and, for patterns and approximations, against full softmax attention in float64. None with
     reason if too large. rel_l2 ≥ 1 is worse than returning zeros (an all-zero output has 1)."""
-    elems = problem.batch * problem.heads * problem.seq_q * problem.seq_k
+    elems = reference_scores(problem)
     limit = REFERENCE_LIMIT if limit is None else limit
     if elems > limit:
         return {
@@ -234,7 +235,8 @@ def run_case(
             )
             # entropy needs one (B, H, L, D) batch with q and k of one width: not MLA's latent cache,
             # not a ragged (paged) batch
-            if "reason" not in error and q.shape[-1] == k.shape[-1] and p.param("seq_dist") is None:
+            if "reason" not in error and q.shape[-1] == k.shape[-1] and p.param("seq_dist") is None \
+                    and p.param("batch_spec") is None:
                 entropy = mean_entropy(q.detach().cpu(), k.detach().cpu(), p.causal)
         except (MemoryError, RuntimeError) as e:  # the reference alone must not cost the case
             if not ("memory" in str(e).lower() or isinstance(e, MemoryError)):

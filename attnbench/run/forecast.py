@@ -47,11 +47,20 @@ import math
 import re
 from dataclasses import dataclass, replace
 
+from attnbench.core.batch_spec import composition_fields, reference_scores
 from attnbench.measure import energy
 from attnbench.measure.cost import predict_call_seconds
 from attnbench.measure.flops import mode_bytes
 from attnbench.run.plan import Case, is_distributed
-from attnbench.run.worker import STARTUP_GRACE_S, RunConfig, call_peak_model, case_key, materializes, skip_reason
+from attnbench.run.worker import (
+    STARTUP_GRACE_S,
+    RunConfig,
+    call_peak_model,
+    case_key,
+    materializes,
+    skip_reason,
+    work_flops,
+)
 from attnbench.variants import registry
 
 COMPILE_FIRST_S = 14.0  # FACTS.md: torch.compile(flex_attention) on this CPU, a process's first compile
@@ -82,6 +91,7 @@ class CaseForecast:
             "variant": self.case.variant,
             "backend": self.case.backend,
             **self.case.problem.as_dict(),
+            **composition_fields(self.case.problem),
             "predicted_seconds": round(self.seconds, 3),
             "predicted_call_seconds": self.call_seconds,
             "predicted_peak_bytes": self.peak_bytes,
@@ -154,11 +164,11 @@ def call_seconds(case: Case, refs: dict | None) -> float | None:
     refs = typical_rates(refs)
     v, p = registry.get(case.variant), case.problem
     mat = materializes(case)
-    compute = predict_call_seconds(p, v.flops, mat, refs) or 0.0
+    compute = predict_call_seconds(p, work_flops(case), mat, refs) or 0.0
     copy = (refs.get("copy") or {}).get("bytes_per_s")
     if not copy:
         return compute
-    scores = SCORE_PASSES * 4 * p.batch * p.heads * p.seq_q * p.seq_k if mat else 0
+    scores = SCORE_PASSES * 4 * reference_scores(p) if mat else 0
     moved = mode_bytes(v.bytes(p), p.mode) + scores * (2 if p.needs_grad else 1)
     return max(compute, moved / copy)
 
@@ -205,7 +215,7 @@ def _rates(refs: dict) -> tuple[float, float]:
 def oracle_seconds(case: Case, refs: dict, limit: int) -> float:
     """The fp64 oracle of a forward case (run/case.py compute_error): 0 beyond `limit` scores."""
     p = case.problem
-    elems = p.batch * p.heads * p.seq_q * p.seq_k
+    elems = reference_scores(p)
     if elems > limit:
         return 0.0
     v = registry.get(case.variant)
@@ -221,7 +231,7 @@ def entropy_seconds(case: Case, refs: dict, limit: int) -> float:
     from attnbench.measure.inputs import ENTROPY_ROWS
 
     p = case.problem
-    if p.batch * p.heads * p.seq_q * p.seq_k > limit:
+    if p.batch * p.heads * p.seq_q * p.seq_k > limit or p.param("batch_spec") is not None:  # none for a mixed batch
         return 0.0
     gemm, copy = _rates(refs)
     elems = p.batch * p.heads * min(p.seq_q, ENTROPY_ROWS) * p.seq_k

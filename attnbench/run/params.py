@@ -117,3 +117,27 @@ def layout_axes(a: dict[str, Any], variants: tuple[str, ...]) -> dict[str, Any]:
     if ("page_size" in out or "seq_dist" in out) and "kv_layout" not in out and "paged" not in variants:
         raise UsageError("--page-size and --seq-dist go with --kv-layout (or the paged variant)")
     return out
+
+
+REPLACED_BY_BATCH_SPEC = ("batch", "seq", "kv_seq", "seq_dist")
+
+
+def batch_spec_axis(a: dict[str, Any], modes: tuple[str, ...] | None) -> dict[str, Any]:
+    """`--batch-spec` (one or more specs, core/batch_spec.py), each checked. It gives every request's
+    query and KV lengths, so --batch, --seq, --kv-seq and --seq-dist given with it are a mistake, and
+    so is a mode other than fwd (the batch is one forward call); without --variants it runs paged."""
+    if "batch_spec" not in a:
+        return {}
+    from attnbench.core import batch_spec
+
+    raw = a["batch_spec"] if isinstance(a["batch_spec"], (list, tuple)) else [a["batch_spec"]]
+    specs = tuple(dict.fromkeys(s for v in raw for s in batch_spec.parse_list(v)))
+    clash = [f"--{k.replace('_', '-')}" for k in REPLACED_BY_BATCH_SPEC if k in a]
+    clash += ["--param seq_dist"] if "seq_dist" in (a.get("params") or {}) else []
+    if clash:
+        raise UsageError(f"--batch-spec gives each request's query and KV lengths: it replaces {', '.join(clash)} "
+                         "(give one or the other)")
+    if modes and set(modes) != {"fwd"}:
+        raise UsageError(f"--batch-spec is one forward call (prefill chunks and decodes together): mode fwd only "
+                         f"(got {', '.join(modes)})")
+    return {"batch_spec": specs} | ({} if "variants" in a else {"variants": ("paged",)})

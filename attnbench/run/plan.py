@@ -17,9 +17,18 @@ from typing import Any
 import tomllib
 import torch
 
+from attnbench.core import batch_spec as bspec
 from attnbench.core.errors import UsageError, did_you_mean
 from attnbench.core.problem import MODES, Problem, parse_dtype
-from attnbench.run.params import PAGED_KV_OF, cast_param, check_params, layout_axes, parse_param_items
+from attnbench.run.params import (
+    PAGED_KV_OF,
+    REPLACED_BY_BATCH_SPEC,
+    batch_spec_axis,
+    cast_param,
+    check_params,
+    layout_axes,
+    parse_param_items,
+)
 from attnbench.variants import registry
 
 __all__ = ["cast_param", "check_params", "parse_param_items"]  # re-exported: callers import them from here
@@ -85,6 +94,8 @@ class Sweep:
     kv_layout: tuple[str, ...] = ()
     page_size: int | None = None
     seq_dist: str | None = None
+    # Mixed batches (core/batch_spec.py): one case per spec, replacing batch, seq, kv_seq and seq_dist.
+    batch_spec: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -168,6 +179,7 @@ def make_sweep(**axes: Any) -> Sweep:
             if m not in MODES:
                 raise UsageError(f"unknown mode '{m}'{did_you_mean(m, MODES)}; accepted: {', '.join(MODES)}")
         out["modes"] = tuple(dict.fromkeys(modes))
+    out |= batch_spec_axis(a, out.get("modes"))
     out |= layout_axes(a, out.get("variants", Sweep.variants))
     if "params" in a:
         if not isinstance(a["params"], dict):
@@ -243,6 +255,9 @@ def _merge(axes: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
         merged.pop("kv_groups", None)
     if "modes" in overrides:
         merged.pop("mode", None)
+    if "batch_spec" in overrides:  # the spec gives the lengths (and the forward call) the suite's axes would
+        for key in REPLACED_BY_BATCH_SPEC + ("mode", "modes"):
+            merged.pop(key, None)
     if "params" in overrides:  # --param adds to (or replaces one of) the suite's parameters
         overrides = overrides | {"params": {**merged.get("params", {}), **overrides["params"]}}
     return merged | overrides
@@ -278,6 +293,9 @@ def _check_backends(sw: Sweep) -> None:
 
 
 def _expand_one(sw: Sweep, device: torch.device):
+    if sw.batch_spec:
+        yield from _batch_spec_cases(sw, device)
+        return
     groups = sw.kv_groups or (None,)
     axes = itertools.product(
         sw.variants,
@@ -329,6 +347,26 @@ def _expand_one(sw: Sweep, device: torch.device):
                 yield decide_case(v, backend, raw, device)
 
 
+def _batch_spec_cases(sw: Sweep, device: torch.device):
+    """One case per (spec, variant, backend, ...): the paged variant (mha, gqa, mqa through it, as
+    under --kv-layout) runs the mixed batch; any other variant is unsupported, with the reason."""
+    axes = itertools.product(sw.variants, sw.dtype, sw.heads, sw.kv_groups or (None,), sw.kv_heads, sw.head_dim,
+                             sw.batch_spec)
+    for variant, dtype, h, g, hkv, d, text in axes:
+        v, spec = registry.get(variant), bspec.parse(text)
+        if g is not None:
+            hkv = h // g if h % g == 0 else -g
+        raw = Problem(batch=spec.batch, heads=h, kv_heads=hkv, seq_q=max(spec.q_lens), seq_k=max(spec.kv_lens),
+                      head_dim=d, dtype=dtype, causal=True, mode="fwd", params=(("batch_spec", text),))
+        if v.name in PAGED_KV_OF + ("paged",):
+            yield from _layout_cases(sw, v, raw, device)
+            continue
+        for backend in sw.backends or tuple(v.backend_names()):
+            yield Case(v.name, backend, raw, "unsupported",
+                       f"--batch-spec runs on paged (and {', '.join(PAGED_KV_OF)} through it): {v.name} has no "
+                       "mixed prefill-and-decode batch")
+
+
 def _layout_cases(sw: Sweep, v, raw: Problem, device: torch.device):
     """The cases of one problem under the layout axis: mha/gqa/mqa (their KV heads resolved as
     the variant resolves them) and paged run on the paged-KV implementation at each layout;
@@ -352,7 +390,7 @@ def _layout_cases(sw: Sweep, v, raw: Problem, device: torch.device):
     for backend in sw.backends or tuple(known):
         for layout in layouts:
             ps = paged.defaults | {k: x for k, x in sw.params.items() if k in paged.declared_params(backend)}
-            ps |= layout_params | ({"kv_layout": layout} if layout else {})
+            ps |= layout_params | dict(raw.params) | ({"kv_layout": layout} if layout else {})
             p = replace(raw, params=tuple(sorted(ps.items())))
             if backend not in known:
                 yield Case("paged", backend, paged.resolve(p), "unsupported",

@@ -267,6 +267,12 @@ def materializes(case: Case) -> bool:
     return registry.get(case.variant).backend(case.backend).materializes
 
 
+def work_flops(case: Case):
+    """The FLOPs the case's backend computes (Backend.work_flops: a padded batch's rectangle), else the variant's."""
+    v = registry.get(case.variant)
+    return v.backend(case.backend).work_flops or v.flops
+
+
 def workspace(case: Case) -> float:
     """The bytes the case's backend declares beyond its kind (Backend.workspace), 0 when none."""
     b = registry.get(case.variant).backend(case.backend)
@@ -288,7 +294,7 @@ def skip_reason(case: Case, cfg: RunConfig, refs: dict | None) -> str | None:
     free = memory.free_bytes(cfg.device)
     if need > 0.8 * free:
         return f"needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
-    secs = predict_call_seconds(case.problem, registry.get(case.variant).flops, materializes(case), refs)
+    secs = predict_call_seconds(case.problem, work_flops(case), materializes(case), refs)
     if secs is not None and CALLS_PER_CASE * secs > cfg.time_budget:
         return (
             f"needs ~{secs:.1f} s per call (predicted from the in-run GEMM rate); the time budget of "

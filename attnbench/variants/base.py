@@ -77,6 +77,9 @@ class Backend:
     time, memory: this backend's own complexity claims where it changes the variant's (a fused
                   online-softmax kernel: O(L) memory; chunked linear attention); None: the variant's.
                   Scaling verdicts test the (variant, backend) pair's claim.
+    work_flops:   (problem) -> the FLOPs this backend really computes where it computes more than the
+                  variant's real count (a padded batch: the whole rectangle); time predictions only,
+                  records keep the real FLOPs. None: the variant's flops.
     pinned:       parameter values this backend needs (a peer package's hard-coded constant, e.g.
                   performer-pytorch's eps = 1e-4). Unless a sweep sets the parameter itself, this
                   backend's cases run at these values and the variant's other backends run at them
@@ -97,6 +100,7 @@ class Backend:
     time: str | None = None
     memory: str | None = None
     pinned: dict[str, Any] = field(default_factory=dict)
+    work_flops: Callable[[Problem], float] | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,9 @@ Time O(Σ_b L_b·D·Hq) per decode step, O(Σ_b L_b²·D·Hq / 2) per prefill; m
 the cache (what `flops`, `bytes` and `kv_cache_bytes` count: real tokens only, never padding).
 
 Parameters
+  batch_spec a mixed batch in vLLM's notation (core/batch_spec.py; `run --batch-spec`), e.g.
+             2q2k_32q1s1k: prefill chunks and decodes in one call, queries packed (1, Hq, ΣQ, D),
+             each request causal over its own KV; replaces seq_dist (variants/paged_mixed.py)
   seq_dist   "fixed": every L_b = --seq; "uniform:1k..16k": seeded uniform integer draws in the
              range (the same for every run; the first B draws do not depend on B); "1k,3k,8k": the
              list cycled over the batch. With uniform or a list --seq is not used.
@@ -39,6 +42,7 @@ Backends
   flex    FlexAttention with a BlockMask over the page table: each sequence's KV blocks are its
           own pages (block = page_size), so other pages are never visited
   triton  attnbench.kernels.paged_decode: split-KV decode through the block table (decode only)
+  With a batch_spec each backend's mixed-batch form is built instead (variants/paged_mixed.py).
 
 Honest limits: the Triton kernel is checked under TRITON_INTERPRET=1 and compiled for sm_80/sm_90
 without a GPU; it has not run on one here. flex with 16-token pages has not run on a GPU either
@@ -58,8 +62,10 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from attnbench.core import batch_spec
 from attnbench.core.errors import UsageError
 from attnbench.core.problem import Problem
+from attnbench.variants import paged_mixed as mixed
 from attnbench.variants.base import Backend, Fn, Reason, Variant
 from attnbench.variants.shared import check_heads, fill_defaults, softmax_attention
 
@@ -130,8 +136,9 @@ def flag_params(kv_layout: str | None, page_size: int | None, seq_dist: str | No
 
 
 def lengths_of(p: Problem) -> list[int]:
-    """The lengths of a resolved problem (seq_k = Lmax)."""
-    return seq_lengths(p.param("seq_dist"), p.batch, p.seq_k)
+    """The KV lengths of a resolved problem (seq_k = Lmax): its seq_dist's, or its batch spec's."""
+    spec = batch_spec.of_problem(p)
+    return spec.kv_lens if spec is not None else seq_lengths(p.param("seq_dist"), p.batch, p.seq_k)
 
 
 # ---------------------------------------------------------------- the page table
@@ -163,7 +170,7 @@ def make_inputs(p: Problem, device: torch.device, seed: int = 0):
     same token values (a seed gives the same attention in both layouts); slack slots are noise."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     b, hkv, d, lmax = p.batch, p.kv_heads, p.head_dim, p.seq_k
-    q = torch.randn(b, p.heads, p.seq_q, d, generator=g)
+    q = torch.randn(b, p.heads, p.seq_q, d, generator=g) if p.param("batch_spec") is None else mixed.make_q(p, g)
     k, v = (torch.randn(b, hkv, lmax, d, generator=g) for _ in range(2))
     if p.param("kv_layout") == "paged":
         ps, table, pages = p.param("page_size"), block_table(p).long(), pool_pages(p)
@@ -199,6 +206,8 @@ def ragged_attention(q, k, v, p: Problem, table: torch.Tensor | None = None) -> 
     rows are 0. (B, Hq, seq_q, D) in and out; the variant's reference and the eager backend."""
     check_kv(k, p)
     table = block_table(p).to(k.device).long() if table is None else table
+    if p.param("batch_spec") is not None:  # packed queries, each request over its own KV
+        return mixed.attention(q, k, v, p, lambda t, b, n: sequence_kv(t, p, b, n, table))
     out = torch.zeros_like(q)
     for b, n in enumerate(lengths_of(p)):
         rows = 1 if p.mode == "decode" else n
@@ -215,6 +224,8 @@ def attended_pairs(p: Problem) -> int:
 
 def flops(p: Problem) -> float:
     """4·Hq·D per attended pair (QKᵀ and PV), summed over the real pairs of every sequence."""
+    if p.param("batch_spec") is not None:
+        return mixed.flops(p)
     return 4.0 * p.heads * p.head_dim * attended_pairs(p)
 
 
@@ -226,13 +237,18 @@ def kv_cache_bytes(p: Problem) -> float:
 def io_bytes(p: Problem) -> float:
     """Real queries read and outputs written (B rows in decode, Σ L_b in prefill) plus the real
     tokens' K and V; the block table (4·B·max_pages bytes) is left out."""
+    if p.param("batch_spec") is not None:
+        return mixed.io_bytes(p)
     rows = p.batch if p.mode == "decode" else sum(lengths_of(p))
     return 2.0 * p.heads * p.head_dim * rows * p.itemsize + kv_cache_bytes(p)
 
 
 def ragged_fields(p: Problem) -> dict:
     """The record's length distribution for a problem with a `seq_dist` parameter, else {}:
-    seq_dist, seq_lengths {min, mean, max, total} and padding_frac = padded slots ÷ B·Lmax."""
+    seq_dist, seq_lengths {min, mean, max, total} and padding_frac = padded slots ÷ B·Lmax; a mixed
+    batch's composition instead (core/batch_spec.py composition_fields)."""
+    if p.param("batch_spec") is not None:
+        return batch_spec.composition_fields(p)
     if p.param("seq_dist") is None:
         return {}
     n = lengths_of(p)
@@ -255,12 +271,21 @@ def _eager_build(p: Problem, device: torch.device) -> Fn:
 def _sdpa_workspace(p: Problem) -> float:
     """A fused SDPA call beyond its output: the bool mask made additive (B, Lq, Lk), the padded-row
     product, and with the paged layout the pages gathered into a padded K and V."""
+    if p.param("batch_spec") is not None:
+        return mixed.sdpa_workspace(p)
     gathered = 2 * p.batch * p.kv_heads * p.seq_k * p.head_dim if p.param("kv_layout") == "paged" else 0
     rows = p.batch * p.heads * p.seq_q * p.head_dim if p.mode != "decode" else 0
     return float((p.batch * p.seq_q * p.seq_k + gathered + rows) * p.itemsize)
 
 
+def _sdpa_flops(p: Problem) -> float:
+    """What the padded call computes: 4·Hq·D per slot of the (B, Lq, Lk) rectangle, masked or not."""
+    return 4.0 * p.batch * p.heads * p.seq_q * p.seq_k * p.head_dim
+
+
 def _sdpa_build(p: Problem, device: torch.device) -> Fn:
+    if p.param("batch_spec") is not None:
+        return mixed.sdpa_build(p, device, block_table(p))
     lens = torch.tensor(lengths_of(p), device=device)
     j = torch.arange(p.seq_k, device=device)
     mask = (j[None, :] < lens[:, None])[:, None, None, :]  # (B, 1, 1, Lmax): the key-padding mask
@@ -286,6 +311,8 @@ def _sdpa_build(p: Problem, device: torch.device) -> Fn:
 
 def _flex_supports(p: Problem, device: torch.device) -> Reason:
     ps = p.param("page_size")
+    if p.param("batch_spec") is not None and (why := mixed.flex_why_unsupported(p)):
+        return why
     if p.param("kv_layout") == "paged" and (ps < 16 or ps & (ps - 1)):
         return f"flex's KV blocks are the pages: page_size must be a power of two >= 16 (got {ps})"
     if p.head_dim < 16 or p.head_dim & (p.head_dim - 1):
@@ -297,6 +324,8 @@ def _flex_build(p: Problem, device: torch.device) -> Fn:
     from attnbench.variants.backends.flex import BLOCK_SIZE, compiled_flex
     from attnbench.variants.paged_flex import ragged_block_mask
 
+    if p.param("batch_spec") is not None:
+        return mixed.flex_build(p, device, block_table(p), pool_pages(p))
     lens = torch.tensor(lengths_of(p), device=device)
     paged, ps = p.param("kv_layout") == "paged", p.param("page_size")
     if paged:  # one KV block per page; the pool seen as one flat sequence (a view in the call)
@@ -316,16 +345,22 @@ def _flex_build(p: Problem, device: torch.device) -> Fn:
 
 
 def _triton_supports(p: Problem, device: torch.device) -> Reason:
+    if p.param("batch_spec") is not None:
+        return mixed.triton_why_unsupported(p) or _triton_head_dim(p)
     if p.mode != "decode":
         return "the Triton paged kernel is decode-only (one query per sequence); prefill: eager, sdpa, flex"
-    if p.head_dim > 256:
-        return f"the Triton paged kernel supports head_dim <= 256 (got {p.head_dim})"
-    return None
+    return _triton_head_dim(p)
+
+
+def _triton_head_dim(p: Problem) -> Reason:
+    return f"the Triton paged kernel supports head_dim <= 256 (got {p.head_dim})" if p.head_dim > 256 else None
 
 
 def _triton_build(p: Problem, device: torch.device) -> Fn:
     from attnbench.kernels.paged_decode import dense_as_pages, paged_decode
 
+    if p.param("batch_spec") is not None:
+        return mixed.triton_build(p, device, block_table(p))
     lens = torch.tensor(lengths_of(p), device=device, dtype=torch.int32)
     max_len = max(lengths_of(p))
     dense = p.param("kv_layout") == "dense"
@@ -348,7 +383,7 @@ def _backends() -> tuple[Backend, ...]:
         Backend("eager", _eager_build, "gathers each sequence's pages, exact materialised attention per sequence",
                 materializes=True),
         Backend("sdpa", _sdpa_build, "torch SDPA on the padded batch with a key-padding mask (paged: pages "
-                "gathered into the padded cache inside the call)", workspace=_sdpa_workspace),
+                "gathered into the padded cache inside the call)", workspace=_sdpa_workspace, work_flops=_sdpa_flops),
         Backend("flex", _flex_build, "compiled FlexAttention, a BlockMask over the page table (block = page)",
                 compiles=True,
                 why_unavailable=flex_backend().why_unavailable, why_unsupported=_flex_supports, memory="O(L)"),
@@ -359,6 +394,10 @@ def _backends() -> tuple[Backend, ...]:
 
 
 def _resolve(p: Problem) -> Problem:
+    if p.param("batch_spec") is not None:
+        p = mixed.resolve(p, {k: x for k, x in DEFAULTS.items() if k != "seq_dist"})
+        check_params(p.param("kv_layout"), p.param("page_size"), "fixed")
+        return p
     p = fill_defaults(p, kv_heads=max(1, p.heads // 4), **DEFAULTS)
     check_params(p.param("kv_layout"), p.param("page_size"), p.param("seq_dist"))
     base = p.seq_k if p.mode == "decode" else p.seq_q
@@ -368,7 +407,8 @@ def _resolve(p: Problem) -> Problem:
 
 PAGED = Variant(
     name="paged", family="serving", oracle="reference", decode_check=True,
-    description="ragged batch over a paged KV cache (PagedAttention): --kv-layout, --page-size, --seq-dist",
+    description="ragged batch over a paged KV cache (PagedAttention): --kv-layout, --page-size, --seq-dist; mixed "
+                "prefill-and-decode batches: --batch-spec",
     time="O(L²)", memory="O(L²)", reference=lambda q, k, v, p: ragged_attention(q, k, v, p),
     flops=flops, bytes=io_bytes, backends=_backends(), resolve=_resolve, why_unsupported=check_heads,
     defaults=dict(DEFAULTS), make_inputs=make_inputs, modes=("fwd", "decode"), kv_cache_bytes=kv_cache_bytes)
