@@ -39,6 +39,8 @@ OPTIONAL_RECORD_FIELDS += ("clocks", "energy")
 # Variants whose cost has parts (Variant.cost_parts, e.g. DSA's indexer and attention):
 # {part: {"flops", "bytes"}}, scaled by the mode like flops and bytes.
 OPTIONAL_RECORD_FIELDS += ("cost_parts",)
+# The `attnbench run` command that reruns the case (core/repro.py).
+OPTIONAL_RECORD_FIELDS += ("repro",)
 
 
 # ---- record flags (`flags`: a list of short strings; docs/results-schema.md)

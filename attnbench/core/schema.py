@@ -72,6 +72,8 @@ class RecordModel(BaseModel):
     seq_lengths: Optional[dict[str, NonNeg]] = None
     padding_frac: Optional[Annotated[float, Field(allow_inf_nan=False, ge=0, le=1)]] = None
     cost_parts: Optional[dict[str, dict[str, NonNeg]]] = None
+    # the `attnbench run` command that reruns this case (core/repro.py): absent from older files
+    repro: Optional[StrictStr] = None
 
 
 class SweepModel(BaseModel):
