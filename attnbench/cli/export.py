@@ -25,7 +25,7 @@ def export(results: Results, fmt: O.Format = None, out: O.Out = None, force: O.F
     --format: flashinfer-trace (the only one, and the default). --out: the folder, written whole or
     not at all. Only cases run from a definition's workloads (`run --definition DEF.json --workloads
     W.jsonl`) are traces; a passed one needs its definition's reference timed (`--trust-reference`).
-    Every record left out is counted under its reason. Field mapping: docs/flashinfer-trace.md.
+    Every record left out is counted under its reason. Field mapping: docs/flashinfer-trace-export.md.
 
     Examples:
 

@@ -6,6 +6,12 @@ threads, inputs) and the run settings that change what is measured (the results 
 through one table, :data:`FLAGS`: each entry maps one record field or setting to one option of
 `attnbench run`. A new option that changes a case is one new entry.
 
+A case of a FlashInfer Trace definition (`run --definition`) is rerun from its files instead of
+its shape: the definition, the workloads file and the workload's uuid, the blobs folder, and
+--trust-reference when its reference ran (the definition fixes the variant, mode, dtype, heads and
+parameters, and `run --definition` refuses those options); one made from the shape options gets
+back --batch, --seq, --kv-seq and --seq-dist from its `lengths`.
+
 Rerun on the same machine (same device name, torch and backend versions) the command measures a
 case with the same `case_id`; elsewhere the problem, params and settings are the same and the id
 differs only by the environment it includes. Torch-free: the CLI's `show` prints it.
@@ -38,9 +44,14 @@ class Flag:
     style: str = "value"
 
 
-def record(name: str, unless: Callable[[dict], bool] | None = None) -> Source:
-    """The record's field `name` (left out when `unless(record)` holds)."""
-    return lambda r, s: None if unless is not None and unless(r) else r.get(name)
+def record(name: str, when: Callable[[dict], bool] | None = None) -> Source:
+    """The record's field `name`, where `when(record)` holds (always without it)."""
+    return lambda r, s: r.get(name) if when is None or when(r) else None
+
+
+def param(name: str) -> Source:
+    """The record's parameter `name` (a definition case keeps its files' paths there)."""
+    return lambda r, s: (r.get("params") or {}).get(name)
 
 
 def setting(name: str) -> Source:
@@ -48,38 +59,77 @@ def setting(name: str) -> Source:
     return lambda r, s: s.get(name)
 
 
-def _from_workload(r: dict) -> bool:
-    """A case imported from a definition's workload: the definition and the workload fix the shape."""
-    return bool(r.get("definition")) and bool(r.get("workload"))
+def _plain(r: dict) -> bool:
+    """A case of a variant (not of a FlashInfer Trace definition, whose op fixes the variant,
+    mode, dtype, heads, head dim, mask and parameters: `run --definition` refuses those options)."""
+    return not r.get("definition")
 
 
 def _trusted(r: dict, s: dict) -> bool:
-    return ((r.get("reference_check") or {}).get("reference")) == "definition"
+    """The definition's reference code ran: as the oracle (reference_check against it) or timed."""
+    check = r.get("reference_check") or {}
+    return bool(r.get("definition")) and (check.get("reference") == "definition" or r.get("backend") == "reference")
+
+
+def _lengths(r: dict) -> tuple[list[int], list[int]] | None:
+    """A definition case without a workload file: its per-sequence (query, key) lengths, the
+    `lengths` parameter 'q1,q2;k1,k2' that --batch, --seq, --kv-seq and --seq-dist made."""
+    if _plain(r) or r.get("workload"):
+        return None
+    try:
+        q, kv = str((r.get("params") or {}).get("lengths")).split(";")
+        return [int(x) for x in q.split(",")], [int(x) for x in kv.split(",")]
+    except ValueError:
+        return None
+
+
+def _batch(r: dict, s: dict) -> int | None:
+    return r.get("batch") if _plain(r) or _lengths(r) else None
+
+
+def _seq(r: dict, s: dict) -> int | None:
+    """--seq: the query length; a synthetic definition case's own (decode: the keys' length, as
+    the options took it; --seq-dist other than fixed draws the lengths and ignores it)."""
+    if _plain(r):
+        return r.get("seq_q")
+    ql = _lengths(r)
+    if ql is None:
+        return None
+    q, kv = ql
+    return kv[0] if r.get("mode") == "decode" or q == kv else q[0]
+
+
+def _kv_seq(r: dict, s: dict) -> int | None:
+    if _plain(r):
+        return r.get("seq_k")
+    ql = _lengths(r)
+    return ql[1][0] if ql and r.get("mode") != "decode" and ql[0] != ql[1] else None
 
 
 FLAGS: tuple[Flag, ...] = (
     Flag("--definition", record("definition_file")),
-    Flag("--workloads", record("workloads_file")),
+    Flag("--workloads", param("workloads")),
     Flag("--workload", record("workload")),
-    Flag("--blobs", record("blobs")),
+    Flag("--blobs", param("blobs")),
     Flag("--trust-reference", _trusted, "switch"),
-    Flag("--variants", record("variant", unless=_from_workload)),
+    Flag("--variants", record("variant", _plain)),
     Flag("--backends", record("backend")),
-    Flag("--mode", record("mode")),
-    Flag("--dtype", record("dtype", unless=_from_workload)),
-    Flag("--batch", record("batch", unless=_from_workload)),
-    Flag("--heads", record("heads", unless=_from_workload)),
-    Flag("--kv-heads", record("kv_heads", unless=_from_workload)),
-    Flag("--seq", record("seq_q", unless=_from_workload)),
-    Flag("--kv-seq", record("seq_k", unless=_from_workload)),
-    Flag("--head-dim", record("head_dim", unless=_from_workload)),
-    Flag("--causal", record("causal", unless=_from_workload), "pair"),
-    Flag("--param", record("params", unless=_from_workload), "each"),
+    Flag("--mode", record("mode", _plain)),
+    Flag("--dtype", record("dtype", _plain)),
+    Flag("--batch", _batch),
+    Flag("--heads", record("heads", _plain)),
+    Flag("--kv-heads", record("kv_heads", _plain)),
+    Flag("--seq", _seq),
+    Flag("--kv-seq", _kv_seq),
+    Flag("--seq-dist", lambda r, s: None if _lengths(r) is None else param("seq_dist_given")(r, s)),
+    Flag("--head-dim", record("head_dim", _plain)),
+    Flag("--causal", record("causal", _plain), "pair"),
+    Flag("--param", record("params", _plain), "each"),
     Flag("--batch-spec", record("batch_spec")),
     Flag("--backend-file", record("backend_file")),
     Flag("--device", record("device")),
     Flag("--threads", record("threads")),
-    Flag("--inputs", record("inputs")),
+    Flag("--inputs", record("inputs", _plain)),
     Flag("--time-budget", setting("time_budget")),
     Flag("--sample-time", setting("sample_time")),
     Flag("--reference-limit", setting("reference_limit")),

@@ -61,15 +61,41 @@ def test_values_are_shell_quoted_and_floats_exact():
     assert "'pattern=a b;rm -rf x'" in repro.command(rec, SETTINGS)
 
 
-def test_a_case_from_a_definition_workload_is_rerun_from_them_not_from_the_shape():
-    rec = valid_record(definition="gqa_paged_decode_h32_kv4_d128_ps1", definition_file="/d/def.json",
-                       workload="0c2489b2-f878-428b-b1bd-d0c6d4c39338", workloads_file="/d/w.jsonl",
-                       reference_check={"passed": True, "reference": "definition"})
-    o = _opts(_args(rec))
+def _definition_record(**changes) -> dict:
+    """A record of `run --definition`: its files' paths among the params, as the import writes them."""
+    params = {"definition": "/d/def.json", "workloads": "/d/w.jsonl", "blobs": "/data/set", "kv_layout": "paged",
+              "page_size": 1, "seq_dist": "fixed", "workload": "0c2489b2", "axes": None, "lengths": None,
+              "seq_dist_given": None, "trust_reference": True}
+    return valid_record(variant="paged", mode="decode", seq_q=1, seq_k=362, dtype="bfloat16", params=params,
+                        definition="gqa_paged_decode_h32_kv4_d128_ps1", definition_file="/d/def.json",
+                        workload="0c2489b2", reference_check={"passed": True, "reference": "definition"}) | changes
+
+
+def test_a_case_from_a_definition_workload_is_rerun_from_its_files_not_its_shape():
+    o = _opts(_args(_definition_record()))
     assert o["--definition"] == ["/d/def.json"] and o["--workloads"] == ["/d/w.jsonl"]
-    assert o["--workload"] == ["0c2489b2-f878-428b-b1bd-d0c6d4c39338"] and "--trust-reference" in o
-    assert not {"--variants", "--seq", "--kv-seq", "--heads", "--param"} & set(o)
-    assert o["--backends"] == ["sdpa"]
+    assert o["--workload"] == ["0c2489b2"] and o["--blobs"] == ["/data/set"] and "--trust-reference" in o
+    # the definition fixes these; `run --definition` refuses them
+    assert not {"--variants", "--mode", "--dtype", "--heads", "--kv-heads", "--head-dim", "--causal", "--no-causal",
+                "--param", "--seq", "--kv-seq", "--batch", "--inputs"} & set(o)
+    assert o["--backends"] == ["sdpa"] and o["--device"] == ["cpu"]
+
+
+def test_a_definition_case_from_the_shape_options_gives_them_back():
+    synthetic = {"workloads": None, "workload": None, "blobs": None, "lengths": "1,1,1;300,500,300",
+                 "seq_dist_given": "300,500"}
+    rec = _definition_record(workload=None, reference_check={"passed": True, "reference": "attnbench-fp64"})
+    o = _opts(_args(rec | {"batch": 3, "params": rec["params"] | synthetic}))
+    assert o["--batch"] == ["3"] and o["--seq-dist"] == ["300,500"] and o["--seq"] == ["300"]
+    assert not {"--workloads", "--workload", "--blobs", "--trust-reference", "--kv-seq"} & set(o)
+    prefill = {"workloads": None, "workload": None, "lengths": "128,128;512,512", "seq_dist_given": "fixed"}
+    o = _opts(_args(rec | {"mode": "fwd", "batch": 2, "params": rec["params"] | prefill}))
+    assert o["--seq"] == ["128"] and o["--kv-seq"] == ["512"] and o["--seq-dist"] == ["fixed"]
+
+
+def test_the_reference_backend_is_rerun_trusted():
+    rec = _definition_record(backend="reference", reference_check=None)
+    assert "--trust-reference" in _opts(_args(rec))
 
 
 def test_without_settings_the_record_alone_still_names_the_case():
