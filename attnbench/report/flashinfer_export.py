@@ -48,7 +48,8 @@ NO_WORKLOAD = "no workload uuid (its var axes came from the shape options); run 
 NOT_RUN = "status unsupported, unavailable or skipped: nothing was measured"
 NO_CHECK = "no reference_check with max_abs and max_rel: its correctness was not judged against a reference"
 NO_REFERENCE_TIMING = ("passed, but its case has no timed reference (backend `reference`), and the schema requires "
-                       "reference_latency_ms and speedup_factor; run with --trust-reference")
+                       "reference_latency_ms and speedup_factor; run with --trust-reference (and `reference` in "
+                       "--backends when you name them)")
 NO_OP_TYPE = "its definition file is missing and its name starts with no known op_type"
 RUNTIME = ("error", "oom", "timeout", "killed")
 

@@ -85,7 +85,8 @@ def test_import_run_export_names_every_workload(tmp_path, capsys):
     w.write_text("".join(json.dumps(_workload(u, b, p)) + "\n" for u, b, p in zip(UUIDS, (1, 2), (16, 24))))
     res, out = tmp_path / "r.jsonl", tmp_path / "set"
     rc = main(["run", "--definition", str(d), "--workloads", str(w), "--trust-reference", "--backends",
-               "eager,sdpa", "--device", "cpu", "--threads", "1", "--time-budget", "1", "--out", str(res), "-q"])
+               "eager,sdpa,reference", "--device", "cpu", "--threads", "1", "--time-budget", "1", "--out", str(res),
+               "-q"])
     assert rc == 0, capsys.readouterr().err
     assert main(["export", str(res), "--format", "flashinfer-trace", "--out", str(out)]) == 0, capsys.readouterr().err
     traces = [ft.Trace.model_validate_json(x)
