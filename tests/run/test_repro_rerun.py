@@ -58,3 +58,13 @@ def test_a_model_preset_case_reruns_as_the_same_case(tmp_path, capsys):
     again = _rerun(rec, tmp_path / "again.jsonl", capsys)
     _same_case(rec, again)
     assert "model" not in again  # rerun as the case alone: the model's annotations are not repeated
+
+
+def test_a_paged_kv_cache_case_reruns_as_the_same_case(tmp_path, capsys):
+    """--kv-layout/--page-size/--seq-dist become the paged variant's params and come back as --param."""
+    recs = _run(["run", "--variants", "gqa", "--kv-layout", "paged", "--page-size", "8", "--seq-dist", "24,40",
+                 "--batch", "2", "--heads", "4", "--head-dim", "16", "--mode", "decode", "--backends", "eager",
+                 "--time-budget", "1", "--threads", "1", "--device", "cpu"], tmp_path / "p.jsonl", capsys)
+    rec = next(r for r in recs if r["status"] == "ok")
+    assert rec["variant"] == "paged" and rec["params"]["page_size"] == 8 and rec["seq_dist"] == "24,40"
+    _same_case(rec, _rerun(rec, tmp_path / "again.jsonl", capsys))
