@@ -41,12 +41,17 @@ def _same_case(first: dict, again: dict) -> None:
 def test_a_variant_with_params_fwd_and_decode_reruns_as_the_same_case(tmp_path, capsys):
     recs = _run(["run", "--variants", "sliding_window", "--backends", "eager", "--param", "window=32",
                  "--param", "softcap=30", "--seq", "64", "--heads", "4", "--kv-groups", "2", "--head-dim", "16",
-                 "--causal", "--mode", "fwd,decode", "--time-budget", "1", "--threads", "1", "--device", "cpu"],
+                 "--causal", "--mode", "fwd,decode", "--time-budget", "1", "--sample-time", "0.3",
+                 "--reference-limit", "100000", "--threads", "1", "--device", "cpu"],
                 tmp_path / "a.jsonl", capsys)
     assert {r["mode"] for r in recs} == {"fwd", "decode"}
+    settings = results.read(tmp_path / "a.jsonl")[0]["settings"]
+    assert settings["sample_time"] == 0.3 and settings["reference_limit"] == 100000
+    assert all("--sample-time 0.3 --reference-limit 100000" in r["repro"] for r in recs)
     for i, rec in enumerate(recs):
         assert rec["params"]["window"] == 32
         _same_case(rec, _rerun(rec, tmp_path / f"again{i}.jsonl", capsys))
+        assert results.read(tmp_path / f"again{i}.jsonl")[0]["settings"] == settings
 
 
 def test_a_model_preset_case_reruns_as_the_same_case(tmp_path, capsys):
