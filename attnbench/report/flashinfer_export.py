@@ -46,7 +46,9 @@ NO_DEFINITION = ("not run from a FlashInfer Trace definition; only cases of `att
                  "--workloads WORKLOADS.jsonl` can be traces")
 NO_WORKLOAD = "no workload uuid (its var axes came from the shape options); run with --workloads to name one"
 NOT_RUN = "status unsupported, unavailable or skipped: nothing was measured"
-NO_CHECK = "no reference_check with max_abs and max_rel: its correctness was not judged against a reference"
+NO_CHECK = "no reference_check: its correctness was not judged against a reference"
+NOT_FINITE = ("failed its reference check with output not finite where the reference's is (max_abs null), and the "
+              "schema's correctness needs finite errors")
 NO_REFERENCE_TIMING = ("passed, but its case has no timed reference (backend `reference`), and the schema requires "
                        "reference_latency_ms and speedup_factor; run with --trust-reference (and `reference` in "
                        "--backends when you name them)")
@@ -99,7 +101,7 @@ def _trace(ex: Export, header: dict, rec: dict, refs: dict, traces: dict, worklo
         return NOT_RUN
     check = rec.get("reference_check") or {}
     if rec["status"] == "ok" and (check.get("max_abs") is None or check.get("max_rel") is None):
-        return NO_CHECK
+        return NOT_FINITE if check.get("passed") is False else NO_CHECK
     reference_ms = refs.get(_case_key(header, rec))
     if rec["status"] == "ok" and check.get("passed") and reference_ms is None:
         return NO_REFERENCE_TIMING

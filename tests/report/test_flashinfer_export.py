@@ -78,6 +78,10 @@ def _records(def_file: Path) -> list[dict]:
                                                              "reference": "definition"}),
                  _case("flex", u, def_file, status="error", reason="RuntimeError: boom", latency_ms=None)]
     recs.append(_case("triton", UUIDS[0], def_file, status="unavailable", reason="no CUDA device", latency_ms=None))
+    recs.append(_case("flex", UUIDS[1], def_file, reference_check=None, case_id="nocheck0"))
+    recs.append(_case("flex", UUIDS[1], def_file, case_id="nan00000",
+                      reference_check={"passed": False, "max_abs": None, "max_rel": None, "lse_max_abs": None,
+                                       "tolerance": {}, "reference": "definition"}))
     recs.append(valid_record(status="ok", latency_ms={"mean": 1.0, "n": 3}))  # a plain run: no definition
     return recs
 
@@ -96,6 +100,7 @@ def test_the_folder_validates_and_names_every_workload(tmp_path, def_file, capsy
     err = capsys.readouterr().err
     assert "exported 6 traces of 2 workloads, 3 solutions, 1 definitions, 2 reference timings" in err
     assert "left out 1 record: status unsupported" in err and "left out 1 record: not run from a FlashInfer" in err
+    assert "left out 1 record: no reference_check" in err and "left out 1 record: failed its reference check" in err
 
     d = ft.Definition.model_validate_json((out / "definitions/gqa_paged" / f"{DEF_NAME}.json").read_text())
     assert d.name == DEF_NAME
@@ -155,6 +160,10 @@ def test_nothing_exportable_and_bad_options_are_one_line_exit_2(tmp_path, capsys
     assert "accepted: flashinfer-trace" in capsys.readouterr().err
     assert main(["export", str(res)]) == 2
     assert "export needs --out DIR" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "set")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["export", str(res), "--out", str(tmp_path / "no" / "set")]) == 2
+    assert "directory" in capsys.readouterr().err and not (tmp_path / "no").exists()
 
 
 def test_an_earlier_export_needs_force_and_another_folder_is_refused(tmp_path, def_file, capsys):
