@@ -67,6 +67,7 @@ class Export:
     definitions: set[str] = field(default_factory=set)
     references: int = 0  # records of the reference itself: the others' speedups
     skipped: Counter = field(default_factory=Counter)  # reason -> records
+    hardware: dict[str, list[str]] = field(default_factory=dict)  # solution file -> the hardware its traces ran on
     notes: list[str] = field(default_factory=list)
 
 
@@ -118,6 +119,9 @@ def _trace(ex: Export, header: dict, rec: dict, refs: dict, traces: dict, worklo
     except ValidationError as e:
         return f"an object failed the FlashInfer Trace schema: {first_error(e)}"
     path = f"solutions/{AUTHOR}/{op_type}/{name}/{solution.name}.json"
+    seen = ex.hardware.setdefault(path, [])
+    seen += [h for h in solution.spec.target_hardware if h not in seen]  # every device its traces ran on
+    solution.spec.target_hardware = list(seen)
     ex.files[path] = _json(solution, indent=2, exclude={"spec": {"binding"}})
     ex.solutions.add(solution.name)
     by_uuid = workloads.setdefault(f"workloads/{op_type}/{name}.jsonl", {})

@@ -206,3 +206,22 @@ def test_export_imports_no_torch(tmp_path, def_file):
             "assert rc == 0, rc\nassert 'torch' not in sys.modules, 'torch imported'\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_a_solution_names_every_device_its_traces_ran_on(tmp_path, def_file, capsys):
+    out = tmp_path / "set"
+    files = []
+    for i, gpu in enumerate(("NVIDIA H100", "NVIDIA H200")):
+        files.append(tmp_path / f"r{i}.jsonl")
+        results_file(files[-1], *[r for r in _records(def_file) if r.get("definition")],
+                     header={"type": "header", "schema_version": 1, "tool": "attnbench", "created":
+                             "2026-12-05T21:20:34+0000", "command": ["t"], "env": ENV | {"device_name": gpu},
+                             "refs": None})
+    assert main(["export", *map(str, files), "--out", str(out)]) == 0, capsys.readouterr().err
+    sol = ft.Solution.model_validate_json(
+        (out / "solutions/attnbench/gqa_paged" / DEF_NAME / "attnbench_paged_sdpa.json").read_text())
+    assert sol.spec.target_hardware == ["NVIDIA_H100", "NVIDIA_H200"]
+    traces = _lines(out / "traces/attnbench/gqa_paged" / f"{DEF_NAME}.jsonl")
+    passed = [t for t in traces if t["evaluation"]["status"] == "PASSED"]
+    assert {t["evaluation"]["environment"]["hardware"] for t in passed} == {"NVIDIA_H100", "NVIDIA_H200"}
+    assert len(passed) == 4  # each device's speedup from its own reference timing
