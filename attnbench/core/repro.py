@@ -166,7 +166,7 @@ def arguments(rec: dict, settings: dict | None) -> list[str]:
         elif flag.style == "pair":
             args.append(flag.option if value else "--no-" + flag.option[2:])
         elif flag.style == "each":
-            for name in sorted(value):
+            for name in sorted(k for k, v in value.items() if v is not None):  # None: the default, left out
                 args += [flag.option, f"{name}={text(value[name])}"]
         else:
             args += [flag.option, text(value)]

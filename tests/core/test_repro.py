@@ -55,7 +55,7 @@ def test_switches_and_the_no_causal_pair():
 
 
 def test_values_are_shell_quoted_and_floats_exact():
-    rec = valid_record(params={"scale": 0.08838834764831845, "pattern": "a b;rm -rf x"})
+    rec = valid_record(params={"scale": 0.08838834764831845, "pattern": "a b;rm -rf x", "grid": None})
     o = _opts(_args(rec))
     assert o["--param"] == ["pattern=a b;rm -rf x", "scale=0.08838834764831845"]
     assert "'pattern=a b;rm -rf x'" in repro.command(rec, SETTINGS)
