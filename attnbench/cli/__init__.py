@@ -64,6 +64,7 @@ from attnbench.cli import (  # noqa: E402
     compare,
     cp_plan,
     env,
+    export,
     frontier,
     gate,
     gpu_check,
@@ -93,6 +94,7 @@ app.command("check")(check.check)
 app.command("profile")(profile.profile)
 app.command("ring")(ring.ring)
 app.command("merge")(merge.merge)
+app.command("export")(export.export)
 app.command("recommend")(recommend.recommend)
 app.command("cp-plan")(cp_plan.cp_plan)
 app.command("gpu-check")(gpu_check.gpu_check)

@@ -76,9 +76,11 @@ def case_line(rec: dict) -> str:
 
 
 def detail_line(rec: dict) -> str | None:
-    """`-v`: how the case was measured (samples, stop rule, setup, first call, wall, kernel, error)."""
+    """`-v`: how the case was measured (samples, stop rule, setup, first call, wall, kernel, error),
+    then the command that reruns it (every status: a failed case is the one to rerun)."""
+    rerun = f"\n    rerun: {rec['repro']}" if rec.get("repro") else ""
     if rec["status"] != "ok":
-        return None
+        return rerun[1:] or None
     lat, timing, err = rec.get("latency_ms") or {}, rec.get("timing") or {}, rec.get("error") or {}
     bits = [
         f"n={lat.get('n')} ({timing.get('stopped_by', '?')})",
@@ -91,7 +93,7 @@ def detail_line(rec: dict) -> str | None:
         bits.append(f"rel_l2 {err['rel_l2']:.1e}")
     elif err.get("reason"):
         bits.append(f"error not measured: {err['reason']}")
-    return "    " + ", ".join(bits)
+    return "    " + ", ".join(bits) + rerun
 
 
 class LineView(PlanFirst):

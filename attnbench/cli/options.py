@@ -106,7 +106,8 @@ Force = Annotated[bool, typer.Option(
     "--force", rich_help_panel=OUTPUT, help="Replace an existing --out (and --csv, --report).")]
 Format = Annotated[Optional[str], typer.Option(
     "--format", metavar="FORMAT", rich_help_panel=OUTPUT,
-    help="What stdout gets: table (the default) | json, and per command markdown, csv or junit.")]
+    help="The output's format: on stdout table (the default) | json, and per command markdown, csv or junit; "
+         "export's folder: flashinfer-trace.")]
 DryRun = Annotated[bool, typer.Option(
     "--dry-run", rich_help_panel=WHAT,
     help="Print the plan and exit, measuring nothing (with --json, as JSON).")]

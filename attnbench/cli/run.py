@@ -59,6 +59,13 @@ def run(
         help="Inputs: randn (q, k, v ~ N(0,1): near-uniform attention, the default) | peaked (per-head "
              "temperatures and attention sinks, like a trained model's); recorded with the exact attention's "
              "mean entropy.")] = None,
+    sample_time: Annotated[Optional[float], typer.Option(
+        "--sample-time", metavar="SECONDS", rich_help_panel=O.MEASURE,
+        help="Cap on the timed samples' seconds per case (default: 2 s, or the suite's sample_time).")] = None,
+    reference_limit: Annotated[Optional[int], typer.Option(
+        "--reference-limit", metavar="N", rich_help_panel=O.MEASURE,
+        help="Largest score count (B·H·Lq·Lk) the fp64 oracle computes; larger cases record no error "
+             "(default: the suite's reference_limit, else 2**27 = 1.3e8).")] = None,
     cuda_graph: Annotated[bool, typer.Option(
         "--cuda-graph", rich_help_panel=O.MEASURE,
         help="Time replays of a CUDA graph of 10 calls (fwd and decode), checked with the profiler to run "
@@ -128,7 +135,8 @@ def run(
     given |= O.kv_layout_axes(kv_layout, page_size, seq_dist) | ({"batch_spec": batch_spec} if batch_spec else {})
     cli_settings = {"time_budget": time_budget, "threads": threads, "rounds": rounds, "inputs": inputs,
                     "device": None if device == "auto" else device,
-                    "cuda_graph": cuda_graph or None, "keep_throttled": keep_throttled or None}
+                    "cuda_graph": cuda_graph or None, "keep_throttled": keep_throttled or None,
+                    "sample_time": sample_time, "reference_limit": reference_limit}
     scope = make_scope(profile_dir, world_size, executor, address, shard)
     p = prepare(given, param, suite, cli_settings, scope, model, model_config, layers)
     out = out or default_out()

@@ -42,6 +42,8 @@ OPTIONAL_RECORD_FIELDS += ("cost_parts",)
 # Mixed batches (run --batch-spec, core/batch_spec.py): the spec, its composition [{count, q_len,
 # kv_len}] and the packed query rows; seq_lengths and padding_frac then describe the mixed batch.
 OPTIONAL_RECORD_FIELDS += ("batch_spec", "composition", "q_tokens")
+# The `attnbench run` command that reruns the case (core/repro.py).
+OPTIONAL_RECORD_FIELDS += ("repro",)
 
 
 # ---- record flags (`flags`: a list of short strings; docs/results-schema.md)

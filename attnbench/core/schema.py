@@ -86,6 +86,8 @@ class RecordModel(BaseModel):
     batch_spec: Optional[StrictStr] = None
     composition: Optional[list[CompositionGroup]] = None
     q_tokens: Optional[Count] = None
+    # the `attnbench run` command that reruns this case (core/repro.py): absent from older files
+    repro: Optional[StrictStr] = None
 
 
 class SweepModel(BaseModel):

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from rich.console import Console
 
-from attnbench.core import results
+from attnbench.core import repro, results
 from attnbench.core.errors import UsageError
 from attnbench.core.safe_io import STOP_SIGNALS, signals_deferred
 from attnbench.measure import env as env_mod
@@ -316,6 +316,7 @@ def _run_locked(
 
             def keep(rec: dict) -> None:
                 rec = annotate(rec) if annotate else rec
+                rec = rec | {"repro": repro.command(rec, settings.header())}  # the command that reruns it
                 with signals_deferred():  # the file and the records this run reports agree
                     writer.write(rec)
                     records.append(rec)
