@@ -23,6 +23,7 @@ def run(
     ctx: typer.Context,
     variants: O.Variants = None,
     backends: O.Backends = None,
+    backend_file: O.BackendFile = None,
     suite: O.Suite = None,
     mode: O.Mode = None,
     param: O.Param = None,
@@ -114,6 +115,8 @@ def run(
       attnbench run --variants flash,gqa --seq 1k..16k --mode fwd,decode --csv r.csv --columns variant,backend,L,ms,mem
 
       attnbench run --suite quick --out r.jsonl -q | xargs attnbench show
+
+      attnbench run --variants mha --backend-file my_kernel.py  (your own backend beside ours)
     """
     from attnbench.cli.run_output import check_output, print_results
     from attnbench.run.session import default_out, resolve_device, run_sweep
@@ -125,7 +128,8 @@ def run(
     given |= O.kv_layout_axes(kv_layout, page_size, seq_dist)
     cli_settings = {"time_budget": time_budget, "threads": threads, "rounds": rounds, "inputs": inputs,
                     "device": None if device == "auto" else device,
-                    "cuda_graph": cuda_graph or None, "keep_throttled": keep_throttled or None}
+                    "cuda_graph": cuda_graph or None, "keep_throttled": keep_throttled or None,
+                    "backend_files": [str(f) for f in backend_file] if backend_file else None}
     scope = make_scope(profile_dir, world_size, executor, address, shard)
     p = prepare(given, param, suite, cli_settings, scope, model, model_config, layers)
     out = out or default_out()

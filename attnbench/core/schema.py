@@ -21,7 +21,7 @@ NonNeg = Annotated[float, Field(allow_inf_nan=False, ge=0)]
 Count = Annotated[StrictInt, Field(ge=0)]
 Scalar = Union[StrictBool, StrictInt, Finite, StrictStr, None]
 
-STATUS = Literal["ok", "oom", "timeout", "error", "killed", "unsupported", "skipped", "unavailable"]
+STATUS = Literal["ok", "oom", "timeout", "error", "killed", "unsupported", "skipped", "unavailable", "wrong"]
 
 
 class RecordModel(BaseModel):
@@ -72,6 +72,9 @@ class RecordModel(BaseModel):
     seq_lengths: Optional[dict[str, NonNeg]] = None
     padding_frac: Optional[Annotated[float, Field(allow_inf_nan=False, ge=0, le=1)]] = None
     cost_parts: Optional[dict[str, dict[str, NonNeg]]] = None
+    # backends from a user's file or an installed package: absent from other records
+    backend_source: Optional[dict[str, Optional[StrictStr]]] = None
+    precheck: Optional[dict[str, Any]] = None
 
 
 class SweepModel(BaseModel):

@@ -44,6 +44,7 @@ class RunConfig:
     reference_limit: int | None = None  # score elements of the fp64 oracle (None: measure.accuracy.REFERENCE_LIMIT)
     keep_throttled: bool = False  # keep samples taken while the GPU throttled in the statistics
     cuda_graph: bool = False  # time replays of a captured CUDA graph (measure/graphs.py)
+    backend_files: tuple[str, ...] = ()  # user backend files (variants/user.py) the worker imports by path
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -94,6 +95,7 @@ def _worker_main(
     mem_limit: int | None = None,
     profile_dir: str | None = None,
     parent_pid: int | None = None,
+    backend_files: tuple[str, ...] = (),
 ) -> None:
     from attnbench.measure import refs as refs_mod
     from attnbench.measure import telemetry
@@ -119,6 +121,7 @@ def _worker_main(
     if dev.type != "cuda":
         nvml.handle, nvml.reason = None, "no CUDA device (CPU run)"
     refs = None
+    not_loaded = load_user_backends(backend_files)
     warm_memory_pass(dev, nvml)
     while True:
         try:
@@ -140,6 +143,8 @@ def _worker_main(
             continue
         case, policy, options = payload
         try:
+            if not_loaded:
+                raise RuntimeError(not_loaded)
             if kind == "probe":
                 rec = probe_case(case, dev)
             else:
@@ -153,6 +158,20 @@ def _worker_main(
             conn.send(("record", rec))
         except OSError:  # the parent has gone: leave quietly
             os._exit(0)
+
+
+def load_user_backends(files: tuple[str, ...]) -> str | None:
+    """The worker imports the installed entry points' and the user's backend files as the CLI did
+    (a spawned process starts with the built-in catalogue); returns why not, or None. A file that
+    no longer loads makes each of its cases an error with that reason, not a dead worker."""
+    from attnbench.core.errors import UsageError
+    from attnbench.variants.user import load
+
+    try:
+        load(files)
+    except UsageError as e:
+        return f"the worker could not load the user backends: {e}"
+    return None
 
 
 def warm_memory_pass(dev: torch.device, nvml) -> None:
@@ -178,7 +197,8 @@ class Worker:
         parent, child = ctx.Pipe()
         self.proc = ctx.Process(
             target=_worker_main,
-            args=(child, str(self.cfg.device), self.cfg.threads, self.cfg.mem_limit, self.cfg.profile_dir, os.getpid()),
+            args=(child, str(self.cfg.device), self.cfg.threads, self.cfg.mem_limit, self.cfg.profile_dir, os.getpid(),
+                  self.cfg.backend_files),
             daemon=True,
         )
         self.proc.start()
@@ -376,7 +396,14 @@ def base_record(case: Case, device: torch.device, threads: int | None = None) ->
         "clocks": None,
         "energy": None,
         **ragged_fields(case.problem),  # seq_dist, seq_lengths, padding_frac: variants with a seq_dist (paged)
+        **backend_source(case),  # a backend from a user's file or an installed package: where it comes from
     }
+
+
+def backend_source(case: Case) -> dict:
+    """{"backend_source": {kind, where, sha256}} for a backend added from outside attnbench, else {}."""
+    b = registry.get(case.variant).backend(case.backend)
+    return {"backend_source": b.source.as_dict()} if b.source else {}
 
 
 def run_cases(
