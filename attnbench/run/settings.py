@@ -40,8 +40,12 @@ class RunSettings:
     backend_files: tuple[str, ...] = ()  # user backend files (variants/user.py), loaded here and in each worker
 
     def header(self) -> dict[str, Any]:
-        """The results header's `settings` object (device as resolved by the caller)."""
-        return asdict(self)
+        """The results header's `settings` object (device as resolved by the caller); backend_files
+        only when given, so the header of a run without user backends is unchanged."""
+        d = asdict(self)
+        if not self.backend_files:
+            d.pop("backend_files")
+        return d
 
     def with_(self, **changes: Any) -> RunSettings:
         """A copy with `changes` applied and validated (e.g. the threads or device resolved)."""
