@@ -120,9 +120,12 @@ def register(backends: Any, source: Source, label: str) -> None:
         if not isinstance(variant, str):
             raise UsageError(f"{label}: a BACKENDS key is {_what(variant)}; keys are variant names")
         try:
-            registry.get(variant)
+            target = registry.get(variant)
         except UsageError as e:
             raise UsageError(f"{label}: {e}") from None
+        if target.distributed:
+            raise UsageError(f"{label}: variant '{variant}' runs over several ranks (distributed/); backends "
+                             "from outside attnbench are accepted for single-process variants only")
         if isinstance(items, Backend):
             items = [items]
         if not isinstance(items, (list, tuple)) or not items:

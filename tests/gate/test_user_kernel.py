@@ -100,3 +100,56 @@ def test_gate_passes_the_same_kernel_and_fails_a_slowed_or_wrong_one(tmp_path, c
     assert rc == 2, report
     (case,) = report["cases"]
     assert case["verdict"] == "error" and case["why"].startswith("wrong:")
+
+
+def test_ab_takes_an_in_repo_kernel_from_each_sides_tree(tmp_path, monkeypatch):
+    from attnbench.core.errors import UsageError
+    from attnbench.gate import ab
+
+    repo, export = tmp_path / "repo", tmp_path / "export"
+    (repo / "kernels").mkdir(parents=True)
+    (export / "kernels").mkdir(parents=True)
+    (repo / "kernels" / "mine.py").write_text(good())
+    (export / "kernels" / "mine.py").write_text(good(delay_ms=1))
+    outside = tmp_path / "elsewhere.py"
+    outside.write_text(good())
+    assert ab.in_export((repo / "kernels" / "mine.py").resolve(), repo, export, "HEAD~1") == export / "kernels/mine.py"
+    assert ab.in_export(outside.resolve(), repo, export, "HEAD~1") == outside.resolve()
+    (repo / "kernels" / "new.py").write_text(good())
+    with pytest.raises(UsageError, match="'kernels/new.py' is not in revision HEAD~1"):
+        ab.in_export((repo / "kernels" / "new.py").resolve(), repo, export, "HEAD~1")
+    seen = []
+
+    class Done:
+        returncode = 0
+
+    monkeypatch.setattr(ab.subprocess, "run", lambda cmd, **kw: seen.append(cmd) or Done())
+    monkeypatch.setattr(ab, "load_run", lambda out: out)
+    side = ab.Side("ref", "HEAD~1", export, None, backend_files=(export / "kernels/mine.py",))
+    how = ab.Rounds("cpu", 1, tmp_path, None, lambda _: None)
+    ab.run_side(side, tmp_path / "s.toml", tmp_path / "o.jsonl", how)
+    assert seen[0][-2:] == ["--backend-file", str(export / "kernels/mine.py")]
+
+
+def test_a_distributed_variant_takes_no_user_backend(tmp_path, capsys):
+    (tmp_path / "ring.py").write_text(good().replace('{"mha":', '{"ring":'))
+    rc = main(["run", "--variants", "ring", "--backend-file", str(tmp_path / "ring.py"), "--dry-run"])
+    assert rc == 2 and "runs over several ranks" in capsys.readouterr().err
+
+
+def test_the_gate_notes_a_kernel_file_that_changed_or_moved():
+    from attnbench.gate.compare import CaseResult, with_kernel_note
+    from attnbench.gate.sides import Measured
+
+    def side(where, sha):
+        rec = {"backend_source": {"kind": "file", "where": where, "sha256": sha}}
+        return Measured("k", rec, "ok", None, ((1.0,),), 1.0, None, 1)
+
+    c = CaseResult("k", "mha/my-softmax", "same", "within")
+    assert with_kernel_note(c, side("/a.py", "1" * 64), side("/a.py", "1" * 64)).note is None
+    changed = with_kernel_note(c, side("/a.py", "1" * 64), side("/a.py", "2" * 64)).note
+    assert changed == "the backend's file changed since the baseline (sha256 111111111111 -> 222222222222)"
+    moved = with_kernel_note(c, side("/a.py", "1"), side("/b.py", "1")).note
+    assert moved == "the backend comes from /a.py in the baseline, /b.py now"
+    plain = Measured("k", {}, "ok", None, ((1.0,),), 1.0, None, 1)
+    assert with_kernel_note(c, plain, plain) is c
