@@ -354,9 +354,11 @@ def case_identity(backend: str, device: torch.device, threads: int | None = None
 
 
 def case_key(case: Case, device: torch.device, threads: int | None = None) -> str:
-    return case_id(
-        case.problem.as_dict(), case.variant, case.backend, device.type, case_identity(case.backend, device, threads)
-    )
+    identity = case_identity(case.backend, device, threads)
+    source = backend_source(case).get("backend_source")
+    if source:  # a user's kernel: its file's content is its version (a changed file is another case to --resume)
+        identity["backend_version"] = f"{source['kind']} {source['where']} sha256 {source['sha256']}"
+    return case_id(case.problem.as_dict(), case.variant, case.backend, device.type, identity)
 
 
 def base_record(case: Case, device: torch.device, threads: int | None = None) -> dict:

@@ -172,3 +172,17 @@ def test_a_suite_file_cannot_name_backend_files(tmp_path, capsys):
     (tmp_path / "s.toml").write_text('backend_files = ["x.py"]\n[[sweep]]\nvariants = ["mha"]\nseq = 32\n')
     rc = main(["run", "--suite", str(tmp_path / "s.toml"), "--dry-run"])
     assert rc == 2 and "unknown key 'backend_files'" in capsys.readouterr().err
+
+
+def test_a_changed_file_is_another_case_for_resume(tmp_path):
+    from attnbench.run.worker import case_key
+
+    path = tmp_path / "mine.py"
+    path.write_text(good())
+    user.load_file(path)
+    p = registry.get("mha").resolve(Problem(batch=1, heads=2, kv_heads=0, seq_q=16, seq_k=16, head_dim=16))
+    first = case_key(Case("mha", "my-softmax", p), CPU)
+    assert case_key(Case("mha", "my-softmax", p), CPU) == first
+    path.write_text(good(delay_ms=1))
+    user.load_file(path)
+    assert case_key(Case("mha", "my-softmax", p), CPU) != first
