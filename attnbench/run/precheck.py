@@ -59,8 +59,8 @@ def refusal(check: dict, p: Problem) -> dict:
     if "reason" in check:
         why = f"not checked ({check['reason']}); a backend from outside attnbench is timed only once checked"
     else:
-        why = (f"output differs from {check['vs']}: rel_l2 {check['rel_l2']:.3g} > budget {check['budget']:.3g} "
-               f"(tolerance of {p.dtype} at Lk={p.seq_k}); refused before timing")
+        why = (f"refused before timing: output differs from {check['vs']}, rel_l2 {check['rel_l2']:.3g} > budget "
+               f"{check['budget']:.3g} (the tolerance of {p.dtype} at Lk={p.seq_k})")
     error = {k: check[k] for k in ("vs", "rel_l2", "max_abs", "budget") if k in check}
     return {"status": "wrong", "reason": why, "precheck": check, "error": error or None}
 

@@ -42,7 +42,7 @@ from attnbench.variants.base import Backend, Source
 
 GROUP = "attnbench.backends"
 EXPECTED = 'expected BACKENDS = {"VARIANT": [Backend(name=..., build=...)]} (from attnbench.api import Backend)'
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # no ':' (peer:NAME and VARIANT:BACKEND use it)
 
 
 def load(files: Iterable[str | Path] = (), installed: bool = True) -> tuple[Source, ...]:
@@ -136,7 +136,7 @@ def register(backends: Any, source: Source, label: str) -> None:
                                  "build=...)")
             if not isinstance(b.name, str) or not _NAME.match(b.name):
                 raise UsageError(f"{label}: backend name {b.name!r} is not accepted; accepted: letters, digits "
-                                 "and . _ : + - (no spaces or commas)")
+                                 "and . _ + - (no spaces, commas or colons)")
             if not callable(b.build):
                 raise UsageError(f"{label}: backend '{b.name}': build is {_what(b.build)}; expected "
                                  "build(problem, device) -> fn(q, k, v)")

@@ -143,6 +143,8 @@ BAD_FILES = [
      "BACKENDS = {'mha': [b, b]}\n", "given twice"),
     ("badname.py", "from attnbench.api import Backend\nBACKENDS = {'mha': [Backend('a b', lambda p, d: None)]}\n",
      "is not accepted"),
+    ("colon.py", "from attnbench.api import Backend\nBACKENDS = {'mha': [Backend('peer:x', lambda p, d: None)]}\n",
+     "no spaces, commas or colons"),
 ]
 
 
