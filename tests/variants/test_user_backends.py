@@ -4,6 +4,7 @@ the Backend contract, checked before timing (run/precheck.py), and every bad fil
 from __future__ import annotations
 
 import hashlib
+import json
 import textwrap
 
 import pytest
@@ -188,3 +189,16 @@ def test_a_changed_file_is_another_case_for_resume(tmp_path):
     path.write_text(good(delay_ms=1))
     user.load_file(path)
     assert case_key(Case("mha", "my-softmax", p), CPU) != first
+
+
+def test_check_holds_a_user_backend_to_the_oracle_like_ours(tmp_path, capsys):
+    (tmp_path / "good.py").write_text(good())
+    (tmp_path / "wrong.py").write_text(WRONG)
+    args = ["check", "--variants", "mha", "--dtype", "float32", "--json", "--backend-file", str(tmp_path / "good.py"),
+            "--backend-file", str(tmp_path / "wrong.py")]
+    assert main([*args, "--backends", "my-softmax"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and all(r["backend"] == "my-softmax" and r["passed"] for r in rows)
+    assert main([*args, "--backends", "my-wrong"]) == 1
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and not any(r["passed"] for r in rows)
