@@ -27,6 +27,7 @@ from attnbench.measure.timing import TimingPolicy
 from attnbench.run.plan import Case, is_distributed
 from attnbench.variants import registry
 from attnbench.variants.paged import ragged_fields
+from attnbench.variants.user import load_or_reason, source_fields
 
 CALLS_PER_CASE = 4  # first call, a steady warm-up call, at least one timed sample, the memory/profiler pass
 STARTUP_GRACE_S = 60.0  # worker start, setup and compilation on top of the budget
@@ -121,7 +122,7 @@ def _worker_main(
     if dev.type != "cuda":
         nvml.handle, nvml.reason = None, "no CUDA device (CPU run)"
     refs = None
-    not_loaded = load_user_backends(backend_files)
+    not_loaded = load_or_reason(backend_files)  # a spawned process starts with the built-in catalogue
     warm_memory_pass(dev, nvml)
     while True:
         try:
@@ -158,20 +159,6 @@ def _worker_main(
             conn.send(("record", rec))
         except OSError:  # the parent has gone: leave quietly
             os._exit(0)
-
-
-def load_user_backends(files: tuple[str, ...]) -> str | None:
-    """The worker imports the installed entry points' and the user's backend files as the CLI did
-    (a spawned process starts with the built-in catalogue); returns why not, or None. A file that
-    no longer loads makes each of its cases an error with that reason, not a dead worker."""
-    from attnbench.core.errors import UsageError
-    from attnbench.variants.user import load
-
-    try:
-        load(files)
-    except UsageError as e:
-        return f"the worker could not load the user backends: {e}"
-    return None
 
 
 def warm_memory_pass(dev: torch.device, nvml) -> None:
@@ -355,7 +342,7 @@ def case_identity(backend: str, device: torch.device, threads: int | None = None
 
 def case_key(case: Case, device: torch.device, threads: int | None = None) -> str:
     identity = case_identity(case.backend, device, threads)
-    source = backend_source(case).get("backend_source")
+    source = source_fields(case.variant, case.backend).get("backend_source")
     if source:  # a user's kernel: its file's content is its version (a changed file is another case to --resume)
         identity["backend_version"] = f"{source['kind']} {source['where']} sha256 {source['sha256']}"
     return case_id(case.problem.as_dict(), case.variant, case.backend, device.type, identity)
@@ -398,14 +385,9 @@ def base_record(case: Case, device: torch.device, threads: int | None = None) ->
         "clocks": None,
         "energy": None,
         **ragged_fields(case.problem),  # seq_dist, seq_lengths, padding_frac: variants with a seq_dist (paged)
-        **backend_source(case),  # a backend from a user's file or an installed package: where it comes from
+        **source_fields(case.variant, case.backend),  # a backend from a user's file or package: where it comes from
     }
 
-
-def backend_source(case: Case) -> dict:
-    """{"backend_source": {kind, where, sha256}} for a backend added from outside attnbench, else {}."""
-    b = registry.get(case.variant).backend(case.backend)
-    return {"backend_source": b.source.as_dict()} if b.source else {}
 
 
 def run_cases(

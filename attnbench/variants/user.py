@@ -53,6 +53,23 @@ def load(files: Iterable[str | Path] = (), installed: bool = True) -> tuple[Sour
     return tuple(sources)
 
 
+def load_or_reason(files: Iterable[str | Path]) -> str | None:
+    """`load` in a process that runs cases (the worker, a Ray task), which starts with the built-in
+    catalogue: None when loaded, else why not — a file that no longer loads makes each of its
+    cases an error with that reason, not a dead worker."""
+    try:
+        load(files)
+    except UsageError as e:
+        return f"this process could not load the user backends: {e}"
+    return None
+
+
+def source_fields(variant: str, backend: str) -> dict[str, Any]:
+    """{"backend_source": {kind, where, sha256}} for a backend added from outside attnbench, else {}."""
+    b = registry.get(variant).backend(backend)
+    return {"backend_source": b.source.as_dict()} if b.source else {}
+
+
 def sha256_of(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
