@@ -1,4 +1,5 @@
-"""The library API: compute attention with any registered variant and backend."""
+"""The library API: compute attention with any registered variant and backend; `Backend` (and the
+`Problem` its build receives) for a user's own backend file (variants/user.py, `--backend-file`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import torch
 from attnbench.core.errors import UsageError
 from attnbench.core.problem import Problem
 from attnbench.variants import registry
+from attnbench.variants.base import Backend, Fn
+
+__all__ = ["Backend", "Fn", "Problem", "attend", "problem_of"]
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 

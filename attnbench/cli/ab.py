@@ -17,6 +17,7 @@ def ab(
     ref: Annotated[str, typer.Option("--ref", metavar="REV",
                                      help="The git revision to compare the working tree with (baseline side).")],
     suite: G.GateSuite = "ci",
+    backend_file: O.BackendFile = None,
     rounds: O.Rounds = None,
     threshold: G.Threshold = "10%",
     warn: G.Warn = "5%",
@@ -48,6 +49,9 @@ def ab(
       attnbench ab --ref origin/main --suite ci
 
       attnbench ab --ref HEAD~1 --rounds 5 --format markdown --report ab.xml
+
+      attnbench ab --ref HEAD~1 --suite kernels/gate.toml --backend-file kernels/mine.py  (your kernel, REV's
+      version of the file against the working tree's)
     """
     from attnbench.gate.flow import ab_flow
 
@@ -62,5 +66,5 @@ def ab(
         if confirm_rounds is not None and confirm_rounds < 0:
             raise UsageError(f"--confirm-rounds must be 0 or more (got {confirm_rounds})")
     report_ = G.guard_run(lambda: ab_flow(ref, suite, rounds, device, threads, runs_dir, seed, o, G.err,
-                                          confirm_rounds))
+                                          confirm_rounds, tuple(backend_file or ())))
     G.emit(report_, fmt, report)

@@ -19,6 +19,7 @@ app = typer.Typer(help="Baselines for the regression gate.", no_args_is_help=Tru
 @app.command("save")
 def save(
     suite: G.GateSuite = "ci",
+    backend_file: O.BackendFile = None,
     device: O.Device = "auto",
     threads: O.Threads = None,
     runs: Annotated[int, typer.Option("--runs", metavar="N",
@@ -38,6 +39,8 @@ def save(
       attnbench baseline save --suite ci --threads 1 --runs 5
 
       attnbench baseline save --suite ci --out results/baselines/ci-runner.jsonl
+
+      attnbench baseline save --suite my-kernel.toml --backend-file my_kernel.py
     """
     from attnbench.gate.runs import (
         BASELINE_DIR,
@@ -55,11 +58,11 @@ def save(
             raise UsageError(f"--out '{out}' is a directory; give a file such as {out}/baseline.jsonl")
         if out is not None and out.is_file() and not force:
             raise UsageError(f"'{out}' already exists; add --force to overwrite it")
-        sweeps, settings = load_suite_settings(suite, device, threads)
+        sweeps, settings = load_suite_settings(suite, device, threads, backend_file)
         settings, dev = resolve_settings(settings)
         target = out or BASELINE_DIR / f"{env_id(current_env(dev))}.jsonl"
     run = G.guard_run(lambda: save_baseline(sweeps, settings, target, G.err, ["attnbench", *sys.argv[1:]], runs))
-    bad = [r for r in run.records if r["status"] in ("error", "oom", "timeout", "killed")]
+    bad = [r for r in run.records if r["status"] in ("error", "oom", "timeout", "killed", "wrong")]
     print(f"baseline: {target} ({len(run.records) // runs} cases × {runs} runs)")
     if bad:
         G.err.print(f"warning: {len(bad)} cases failed in the baseline run; they will be reported as 'new'")

@@ -15,6 +15,7 @@ from attnbench.core.errors import UsageError
 def check(
     variants: O.Variants = None,
     backends: O.Backends = None,
+    backend_file: O.BackendFile = None,
     dtype: O.Dtype = None,
     device: O.Device = "auto",
     fmt: O.Format = None,
@@ -30,6 +31,8 @@ def check(
       attnbench check --variants flash,gqa,bigbird
 
       attnbench check --backends sdpa,flex --dtype float32
+
+      attnbench check --variants mha --backend-file my_kernel.py --backends my-attention  (your kernel)
     """
     from dataclasses import asdict
 
@@ -37,9 +40,11 @@ def check(
     from attnbench.core.problem import parse_dtype
     from attnbench.run.check import run_checks, triton_rows_interpreted
     from attnbench.run.session import resolve_device
+    from attnbench.run.start import load_backends
     from attnbench.variants import registry
 
     fmt = O.output_format(fmt, json_out)
+    load_backends([str(f) for f in backend_file or ()])  # a user's backends are checked like ours
     dtype = dtype or "float32,float16"
     names = [s.strip() for s in variants.split(",") if s.strip()] if variants is not None else registry.names()
     if not names:

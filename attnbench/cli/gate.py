@@ -17,6 +17,7 @@ def gate(
     baseline: Annotated[Path, typer.Option("--baseline", metavar="FILE|DIR",
                                            help="Baseline results: a file, or a folder holding one per environment.")],
     suite: G.GateSuite = "ci",
+    backend_file: O.BackendFile = None,
     threshold: G.Threshold = "10%",
     warn: G.Warn = "5%",
     metric: G.Metric = "latency",
@@ -43,6 +44,8 @@ def gate(
       attnbench gate --suite ci --baseline results/baselines/
 
       attnbench gate --suite ci --baseline base.jsonl --format markdown --report gate.xml
+
+      attnbench gate --suite my-kernel.toml --backend-file my_kernel.py --baseline results/baselines/
     """
     from attnbench.gate.flow import gate_flow
 
@@ -50,16 +53,16 @@ def gate(
         o, fmt = G.options(threshold, warn, metric, normalize, alpha, mem_threshold, allow_env_mismatch, fmt,
                            json_out, report, force)
         O.check_out(out, force)
-        plan = _gate_plan(suite, device, threads, baseline, o)
+        plan = _gate_plan(suite, device, threads, baseline, o, backend_file)
     G.emit(G.guard_run(lambda: gate_flow(*plan, o, out, rerun, G.err)), fmt, report)
 
 
-def _gate_plan(suite: str, device: str, threads: int | None, baseline: Path, o):
+def _gate_plan(suite: str, device: str, threads: int | None, baseline: Path, o, backend_files=None):
     """Load everything the gate needs before spending time on a run; fail fast (exit 3)."""
     from attnbench.gate.runs import current_env, load_suite_settings, resolve_baseline, resolve_settings
     from attnbench.gate.sides import build_side, describe_differences, env_differences, load_run
 
-    sweeps, settings = load_suite_settings(suite, device, threads)
+    sweeps, settings = load_suite_settings(suite, device, threads, backend_files)
     settings, dev = resolve_settings(settings)
     env = current_env(dev)
     base_run = load_run(resolve_baseline(baseline, env))

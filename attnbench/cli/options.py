@@ -29,6 +29,11 @@ Variants = Annotated[Optional[str], typer.Option(
 Backends = Annotated[Optional[str], typer.Option(
     "--backends", metavar="LIST", rich_help_panel=WHAT,
     help="Comma-separated backends; default: every backend of each variant available here.")]
+BackendFile = Annotated[Optional[list[Path]], typer.Option(
+    "--backend-file", metavar="PATH.py", rich_help_panel=WHAT,
+    help="A Python file adding your own backends to existing variants (repeatable): it defines BACKENDS = "
+         "{\"mha\": [Backend(name=..., build=...)]} (docs/ci.md). Each is checked against the variant's "
+         "oracle before it is timed; a wrong one is recorded `wrong`, untimed.")]
 Suite = Annotated[Optional[str], typer.Option(
     "--suite", metavar="NAME|FILE", rich_help_panel=WHAT,
     help="A suite: a name (quick, ci, ...) or a .toml path; its axes and settings, options given win.")]

@@ -23,6 +23,7 @@ def run(
     ctx: typer.Context,
     variants: O.Variants = None,
     backends: O.Backends = None,
+    backend_file: O.BackendFile = None,
     suite: O.Suite = None,
     mode: O.Mode = None,
     param: O.Param = None,
@@ -124,6 +125,7 @@ def run(
       attnbench run --suite quick --out r.jsonl -q | xargs attnbench show
 
       attnbench run --variants paged --batch-spec 2q2k_32q1s1k --backends eager,sdpa,flex  (a mixed batch)
+      attnbench run --variants mha --backend-file my_kernel.py  (your own backend beside ours)
     """
     from attnbench.cli.run_output import check_output, print_results
     from attnbench.run.session import default_out, resolve_device, run_sweep
@@ -136,7 +138,8 @@ def run(
     cli_settings = {"time_budget": time_budget, "threads": threads, "rounds": rounds, "inputs": inputs,
                     "device": None if device == "auto" else device,
                     "cuda_graph": cuda_graph or None, "keep_throttled": keep_throttled or None,
-                    "sample_time": sample_time, "reference_limit": reference_limit}
+                    "sample_time": sample_time, "reference_limit": reference_limit,
+                    "backend_files": [str(f) for f in backend_file] if backend_file else None}
     scope = make_scope(profile_dir, world_size, executor, address, shard)
     p = prepare(given, param, suite, cli_settings, scope, model, model_config, layers)
     out = out or default_out()

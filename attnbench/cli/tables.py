@@ -32,6 +32,7 @@ STATUS_STYLE = {
     "timeout": "red",
     "error": "bold red",
     "killed": "red",
+    "wrong": "bold red",
 }
 
 

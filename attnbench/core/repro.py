@@ -83,13 +83,31 @@ def _lengths(r: dict) -> tuple[list[int], list[int]] | None:
         return None
 
 
+def _mixed(r: dict) -> bool:
+    """A mixed batch (`--batch-spec`): the spec alone gives the batch and the lengths, and
+    `run` refuses --batch, --seq, --kv-seq and --seq-dist beside it."""
+    return bool(r.get("batch_spec"))
+
+
 def _batch(r: dict, s: dict) -> int | None:
+    if _mixed(r):
+        return None
     return r.get("batch") if _plain(r) or _lengths(r) else None
+
+
+def _params(r: dict, s: dict) -> dict | None:
+    """--param: the case's parameters, less the spec a mixed batch records among them."""
+    if not _plain(r):
+        return None
+    params = r.get("params") or {}
+    return {k: v for k, v in params.items() if k != "batch_spec"} if _mixed(r) else params
 
 
 def _seq(r: dict, s: dict) -> int | None:
     """--seq: the query length; a synthetic definition case's own (decode: the keys' length, as
     the options took it; --seq-dist other than fixed draws the lengths and ignores it)."""
+    if _mixed(r):
+        return None
     if _plain(r):
         return r.get("seq_q")
     ql = _lengths(r)
@@ -100,10 +118,18 @@ def _seq(r: dict, s: dict) -> int | None:
 
 
 def _kv_seq(r: dict, s: dict) -> int | None:
+    if _mixed(r):
+        return None
     if _plain(r):
         return r.get("seq_k")
     ql = _lengths(r)
     return ql[1][0] if ql and r.get("mode") != "decode" and ql[0] != ql[1] else None
+
+
+def _backend_file(r: dict, s: dict) -> str | None:
+    """A user's backend file (an installed package's entry point needs no option: it loads itself)."""
+    src = r.get("backend_source") or {}
+    return src.get("where") if src.get("kind") == "file" else None
 
 
 FLAGS: tuple[Flag, ...] = (
@@ -124,9 +150,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--seq-dist", lambda r, s: None if _lengths(r) is None else param("seq_dist_given")(r, s)),
     Flag("--head-dim", record("head_dim", _plain)),
     Flag("--causal", record("causal", _plain), "pair"),
-    Flag("--param", record("params", _plain), "each"),
+    Flag("--param", _params, "each"),
     Flag("--batch-spec", record("batch_spec")),
-    Flag("--backend-file", record("backend_file")),
+    Flag("--backend-file", _backend_file),
     Flag("--device", record("device")),
     Flag("--threads", record("threads")),
     Flag("--inputs", record("inputs", _plain)),

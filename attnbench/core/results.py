@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "oom", "timeout", "error", "killed", "unsupported", "skipped", "unavailable")
+STATUSES = ("ok", "oom", "timeout", "error", "killed", "unsupported", "skipped", "unavailable", "wrong")
 
 RECORD_FIELDS = (
     "case_id", "variant", "backend", "device", "dtype", "mode", "batch", "heads", "kv_heads",
@@ -44,6 +44,9 @@ OPTIONAL_RECORD_FIELDS += ("cost_parts",)
 OPTIONAL_RECORD_FIELDS += ("batch_spec", "composition", "q_tokens")
 # The `attnbench run` command that reruns the case (core/repro.py).
 OPTIONAL_RECORD_FIELDS += ("repro",)
+# Backends from a user's file or an installed package (variants/user.py): where the backend comes
+# from, and its check against the oracle before timing (run/precheck.py).
+OPTIONAL_RECORD_FIELDS += ("backend_source", "precheck")
 
 
 # ---- record flags (`flags`: a list of short strings; docs/results-schema.md)

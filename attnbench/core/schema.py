@@ -21,7 +21,7 @@ NonNeg = Annotated[float, Field(allow_inf_nan=False, ge=0)]
 Count = Annotated[StrictInt, Field(ge=0)]
 Scalar = Union[StrictBool, StrictInt, Finite, StrictStr, None]
 
-STATUS = Literal["ok", "oom", "timeout", "error", "killed", "unsupported", "skipped", "unavailable"]
+STATUS = Literal["ok", "oom", "timeout", "error", "killed", "unsupported", "skipped", "unavailable", "wrong"]
 
 
 class CompositionGroup(BaseModel):
@@ -88,6 +88,9 @@ class RecordModel(BaseModel):
     q_tokens: Optional[Count] = None
     # the `attnbench run` command that reruns this case (core/repro.py): absent from older files
     repro: Optional[StrictStr] = None
+    # backends from a user's file or an installed package: absent from other records
+    backend_source: Optional[dict[str, Optional[StrictStr]]] = None
+    precheck: Optional[dict[str, Any]] = None
 
 
 class SweepModel(BaseModel):

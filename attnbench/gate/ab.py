@@ -143,6 +143,7 @@ class Side:
     cwd: Path
     pythonpath: list[Path] | None
     extra_env: tuple[tuple[str, str], ...] = ()  # e.g. a benchmark's injected delay on one side
+    backend_files: tuple[Path, ...] = ()  # user backend files this side's runs load (--backend-file)
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,7 @@ def run_side(side: Side, suite: Path, out: Path, how: Rounds) -> Run:
         "--device",
         how.device,
         *(["--threads", str(how.threads)] if how.threads else []),
+        *[arg for f in side.backend_files for arg in ("--backend-file", str(f))],
     ]
     t0 = time.perf_counter()
     env = side_env(side.pythonpath) | dict(side.extra_env)
@@ -194,11 +196,29 @@ def interleave(sides: list[Side], suite: Path, rounds: int, how: Rounds, tag: st
 
 
 @contextlib.contextmanager
-def revision_sides(repo: Path, rev: str):
-    """[the revision's side, the working tree's side], the revision exported for the duration."""
+def revision_sides(repo: Path, rev: str, backend_files: tuple[Path, ...] = ()):
+    """[the revision's side, the working tree's side], the revision exported for the duration.
+    `backend_files`: user backend files; one inside the repository is taken from each side's own
+    tree (the revision's version of it against the working tree's: an A/B of the kernel), one
+    outside it is the same file on both sides."""
     sha = resolve_rev(repo, rev)
     with tempfile.TemporaryDirectory(prefix="attnbench-ab-") as tmp:
         export = export_rev(repo, sha, Path(tmp) / "src")
         path = [export, write_boot(Path(tmp) / "boot")]
         check_import(export, path)
-        yield [Side("ref", f"{rev} ({sha[:12]})", export, path), Side("cur", "working tree", Path.cwd(), None)]
+        cur = tuple(Path(f).resolve() for f in backend_files)
+        ref = tuple(in_export(f, repo, export, rev) for f in cur)
+        yield [Side("ref", f"{rev} ({sha[:12]})", export, path, backend_files=ref),
+               Side("cur", "working tree", Path.cwd(), None, backend_files=cur)]
+
+
+def in_export(file: Path, repo: Path, export: Path, rev: str) -> Path:
+    """The revision's version of a file inside the repository (the file itself when outside)."""
+    try:
+        rel = file.relative_to(repo.resolve())
+    except ValueError:
+        return file
+    if not (export / rel).is_file():
+        raise UsageError(f"--backend-file '{rel}' is not in revision {rev}; commit it there, or keep it outside "
+                         "the repository to run the same file on both sides")
+    return export / rel

@@ -299,10 +299,26 @@ def compare(baseline: Side, current: Side, o: Options) -> Report:
     incomparable = bool(diff) and not o.allow_env_mismatch
     keys = list(current.cases) + [k for k in baseline.cases if k not in current.cases]
     cases = tuple(
-        compare_case(k, baseline.cases.get(k), current.cases.get(k), o, current.reference_key, incomparable)
+        with_kernel_note(compare_case(k, baseline.cases.get(k), current.cases.get(k), o, current.reference_key,
+                                      incomparable), baseline.cases.get(k), current.cases.get(k))
         for k in keys
     )
     return Report(o, baseline.paths, current.paths, diff, cases)
+
+
+def with_kernel_note(c: CaseResult, base: Measured | None, cur: Measured | None) -> CaseResult:
+    """A backend from a user's file (record `backend_source`) whose file differs between the two
+    sides is said in the case's note: the comparison is of two versions of that kernel."""
+    b = (base.record.get("backend_source") if base else None) or {}
+    k = (cur.record.get("backend_source") if cur else None) or {}
+    if not b or not k or (b.get("where"), b.get("sha256")) == (k.get("where"), k.get("sha256")):
+        return c
+    if b.get("where") != k.get("where"):
+        note = f"the backend comes from {b.get('where')} in the baseline, {k.get('where')} now"
+    else:
+        note = (f"the backend's file changed since the baseline (sha256 {str(b.get('sha256'))[:12]} -> "
+                f"{str(k.get('sha256'))[:12]})")
+    return replace(c, note="; ".join(filter(None, (c.note, note))))
 
 
 def confirm(first: Report, merged: Report, rerun: Report, suspects: set[str]) -> Report:
@@ -317,7 +333,8 @@ def confirm(first: Report, merged: Report, rerun: Report, suspects: set[str]) ->
             out.append(c)
             continue
         m, r = both[c.key], again[c.key]
-        note = f"re-run: first {c.verdict}, re-run alone {r.verdict}, merged {m.verdict}"
+        note = "; ".join(filter(None, (f"re-run: first {c.verdict}, re-run alone {r.verdict}, merged {m.verdict}",
+                                       m.note)))
         if m.verdict == "regression" and r.verdict != "regression":
             m = replace(m, verdict="inconclusive", why=f"regression not confirmed by the re-run; {m.why}")
         out.append(replace(m, note=note))

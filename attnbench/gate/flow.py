@@ -120,6 +120,7 @@ def ab_flow(
     o: Options,
     console: Console,
     confirm_rounds: int | None = None,
+    backend_files: tuple[Path, ...] = (),
 ) -> Report:
     import random
 
@@ -127,6 +128,10 @@ def ab_flow(
     from attnbench.run.session import resolve_device
 
     resolve_device(device)  # validate before any run
+    if backend_files:  # a file that does not load fails here, once, before any round
+        from attnbench.run.start import load_backends
+
+        load_backends([str(f) for f in backend_files])
     path = suite_file(suite)
     repo = repo_root(Path.cwd())
     here = Path(sys.modules["attnbench"].__file__).resolve()
@@ -136,7 +141,8 @@ def ab_flow(
             "the 'working tree' side runs that installation"
         )
     confirm_rounds = rounds if confirm_rounds is None else confirm_rounds
-    with tempfile.TemporaryDirectory(prefix="attnbench-ab-runs-") as tmp, revision_sides(repo, ref) as sides:
+    with (tempfile.TemporaryDirectory(prefix="attnbench-ab-runs-") as tmp,
+          revision_sides(repo, ref, tuple(backend_files)) as sides):
         where = runs_dir or Path(tmp)
         where.mkdir(parents=True, exist_ok=True)
         how = Rounds(device, threads, where, random.Random(seed), console.print)

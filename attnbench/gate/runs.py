@@ -54,16 +54,20 @@ def resolve_baseline(path: Path, env: dict) -> Path:
                      f"{', '.join(have) or 'none'}); create one with `attnbench baseline save`")
 
 
-def load_suite_settings(suite: str, device: str, threads: int | None = None):
+def load_suite_settings(suite: str, device: str, threads: int | None = None, backend_files=None):
     """The suite's sweeps and its run settings (the suite's own, then `device` unless auto and
     `threads`), built as `attnbench run --suite` builds them. Threads are part of the
-    environment, so baseline and gate must use the same number."""
+    environment, so baseline and gate must use the same number. `backend_files`: user backend
+    files (--backend-file), loaded before the suite names their backends (run/start.py)."""
     from attnbench.run.plan import load_suite
     from attnbench.run.settings import build
+    from attnbench.run.start import load_backends
 
     build(None, None, threads=threads, device=device)  # the options' own mistakes first
+    files = load_backends([str(f) for f in backend_files or ()])
     sweeps, meta = load_suite(suite)
-    return sweeps, build(meta, suite, threads=threads, device=None if device == "auto" else device)
+    return sweeps, build(meta, suite, threads=threads, device=None if device == "auto" else device,
+                         backend_files=files)
 
 
 def resolve_settings(settings):

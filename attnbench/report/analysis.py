@@ -31,7 +31,7 @@ import numpy as np
 SERIES_KEYS = ("variant", "backend", "device", "mode", "dtype", "batch", "heads", "kv_heads",
                "head_dim", "causal", "params")
 SCENARIO_KEYS = ("device", "mode", "dtype", "batch", "heads", "head_dim", "causal")
-FAILURES = ("oom", "timeout", "error", "killed")  # the case was tried and did not finish
+FAILURES = ("oom", "timeout", "error", "killed", "wrong")  # tried and did not finish (wrong: refused before timing)
 FAILED = (*FAILURES, "skipped")  # statuses that end a frontier (a skip: the budget said it would not fit)
 
 from attnbench.report.verdicts import VERDICTS, Fit, fit_scaling, judge, t975  # noqa: E402, F401  (re-exported)

@@ -30,7 +30,7 @@ LINESTYLES = ("-", "--", ":", "-.")
 LINE_WIDTH, BASELINE_WIDTH = 1.6, 3.0  # every line alike; the baseline is the one drawn thicker
 GUIDE = "#8a8a8a"
 STATUS_MARKERS = {"oom": ("x", "OOM"), "timeout": ("v", "timeout"), "error": ("X", "error"), "killed": ("1", "killed"),
-                  "skipped": ("|", "skipped (predicted too big/slow)")}
+                  "skipped": ("|", "skipped (predicted too big/slow)"), "wrong": ("P", "wrong (refused before timing)")}
 RC = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
       "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.grid": True, "grid.alpha": 0.3,
       "grid.linestyle": "-", "axes.spines.top": False, "axes.spines.right": False,

@@ -24,6 +24,7 @@ from attnbench.measure.inputs import make_inputs, mean_entropy
 from attnbench.measure.timing import Stats, Timing, TimingPolicy, time_call
 from attnbench.measure.trace import quiet_stderr, save_trace
 from attnbench.run.plan import Case
+from attnbench.run.precheck import precheck, refusal
 from attnbench.variants import registry
 from attnbench.variants.shared import exact_reference, kv_cache_bytes
 
@@ -219,6 +220,9 @@ def run_case(
     t0 = time.perf_counter()
     fn = backend.build(p, device)
     setup_ms = (time.perf_counter() - t0) * 1e3
+    checked = user_check(variant, backend, fn, case, q, k, v, device, inputs, reference_limit)
+    if checked and checked.get("status") == "wrong":
+        return {**checked, "setup_ms": setup_ms}
     call = mode_call(fn, q, k, v, p)
     timing, stats, clk, timing_fields = measure_timing(call, device, policy, nvml, p.mode, keep_throttled, cuda_graph)
     spent = case_energy(call, device, nvml, p, stats.median, energy_max_s or policy.max_time)
@@ -280,7 +284,25 @@ def run_case(
         "attn_entropy": entropy,
         "flags": case_flags(stats.__dict__, tel, why_above, error, clk) + (["contended"] * busy.contended),
         **cost_parts(variant, p),
+        **(checked or {}),
     }
+
+
+def user_check(variant, backend, fn, case: Case, q, k, v, device: torch.device, inputs: str,
+               reference_limit: int | None) -> dict | None:
+    """A backend from outside attnbench (Backend.source) is checked against the oracle before it
+    is timed (run/precheck.py): {"precheck", "backend_source"} when it passed, the refused
+    record's fields (status wrong) when not; None for a built-in backend (not checked here)."""
+    if backend.source is None:
+        return None
+    p = case.problem
+
+    def error_of(out):
+        return compute_error(variant, p, out, q, k, v, reference_limit, key=(case.variant, p, inputs, device.type))
+
+    check = precheck(variant, backend, fn, p, q, k, v, device, error_of)
+    source = {"backend_source": backend.source.as_dict()}
+    return source | (refusal(check, p) if not check["passed"] else {"precheck": check})
 
 
 def cost_parts(variant, p: Problem) -> dict:

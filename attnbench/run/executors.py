@@ -35,6 +35,7 @@ from typing import Callable, Iterable
 from attnbench.core.errors import UsageError
 from attnbench.run.plan import Case
 from attnbench.run.worker import RunConfig, Worker, run_cases
+from attnbench.variants.user import load_or_reason
 
 RAY_MISSING = "unavailable: ray is not installed; install it with pip install 'attnbench[cluster]'"
 RAY_FIX = (
@@ -76,6 +77,8 @@ def _case_in_task(case: Case, cfg: RunConfig, refs: dict | None) -> dict:
     """Body of one Ray task: the case in an isolated worker, exactly as in a local run, with the
     header's in-run references (so its record has roofline_frac as a local one does)."""
     _test_hook(case)
+    if (why := load_or_reason(cfg.backend_files)) is not None:  # this Ray process starts with ours only
+        raise RuntimeError(why)
     out: list[dict] = []
     worker = _task_worker(cfg)
     if refs is not None and worker.refs != refs:

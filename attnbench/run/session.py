@@ -204,6 +204,7 @@ def make_config(device: torch.device, settings: RunSettings, profile_dir: Path |
         reference_limit=settings.reference_limit,
         keep_throttled=settings.keep_throttled,
         cuda_graph=settings.cuda_graph,
+        backend_files=settings.backend_files,
     )
     if settings.sample_time is not None:  # a suite's cap on timed samples per case (the quick suite: 0.5 s)
         cfg = replace(cfg, policy=replace(cfg.policy, max_time=float(settings.sample_time)))

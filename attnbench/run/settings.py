@@ -37,26 +37,32 @@ class RunSettings:
     device: str = "auto"  # auto | cpu | cuda
     keep_throttled: bool = False  # keep samples taken while the GPU throttled in the median (measure/clocks.py)
     cuda_graph: bool = False  # time replays of a captured CUDA graph (measure/graphs.py)
+    backend_files: tuple[str, ...] = ()  # user backend files (variants/user.py), loaded here and in each worker
 
     def header(self) -> dict[str, Any]:
-        """The results header's `settings` object (device as resolved by the caller)."""
-        return asdict(self)
+        """The results header's `settings` object (device as resolved by the caller); backend_files
+        only when given, so the header of a run without user backends is unchanged."""
+        d = asdict(self)
+        if not self.backend_files:
+            d.pop("backend_files")
+        return d
 
     def with_(self, **changes: Any) -> RunSettings:
         """A copy with `changes` applied and validated (e.g. the threads or device resolved)."""
         return _checked(replace(self, **changes), "")
 
 
-SETTING_KEYS = tuple(f.name for f in fields(RunSettings))
+CLI_ONLY = ("backend_files",)  # code to import is named on the command line, never by a suite file
+SETTING_KEYS = tuple(f.name for f in fields(RunSettings) if f.name not in CLI_ONLY)
 SUITE_KEYS = ("description", "sweep", *SETTING_KEYS)
-_OPTION = {k: "--" + k.replace("_", "-") for k in SETTING_KEYS}
+_OPTION = {k: "--" + k.replace("_", "-") for k in SETTING_KEYS} | {"backend_files": "--backend-file"}
 
 
 def build(suite: dict[str, Any] | None = None, suite_name: str | None = None, **given: Any) -> RunSettings:
     """Defaults, then the suite's settings (`suite`: a suite file's top level), then the
     command line's (`given`: options not given are None). Raises UsageError, one line, naming
     the suite key or the option that is wrong."""
-    unknown = set(given) - set(SETTING_KEYS)
+    unknown = set(given) - set(SETTING_KEYS) - set(CLI_ONLY)
     if unknown:
         raise TypeError(f"not a run setting: {', '.join(sorted(unknown))}")
     base = RunSettings()
@@ -95,13 +101,16 @@ def _checked(s: RunSettings, where: str, suite_keys: bool = False) -> RunSetting
         raise bad("inputs", s.inputs, " | ".join(INPUTS))
     if s.threads is not None and (not _integer(s.threads) or s.threads < 1):
         raise bad("threads", s.threads, "an integer, at least 1")
+    if not isinstance(s.backend_files, (tuple, list)) or not all(isinstance(f, str) for f in s.backend_files):
+        raise bad("backend_files", s.backend_files, "paths of Python files")
     for flag in ("keep_throttled", "cuda_graph"):
         if not isinstance(getattr(s, flag), bool):
             raise bad(flag, getattr(s, flag), "true | false")
     if not isinstance(s.device, str) or s.device.strip().lower() not in DEVICES:
         raise UsageError(f"{where}unknown device {s.device!r} ({name('device')}); accepted: {', '.join(DEVICES)}")
     return replace(s, time_budget=float(s.time_budget), device=s.device.strip().lower(),
-                   sample_time=None if s.sample_time is None else float(s.sample_time))
+                   sample_time=None if s.sample_time is None else float(s.sample_time),
+                   backend_files=tuple(s.backend_files))
 
 
 def _number(v: Any) -> bool:

@@ -35,6 +35,7 @@ def prepare(given: dict[str, Any], params: list[str] | None, suite: str | None, 
     from attnbench.run.plan import load_suite, make_sweep, parse_param_items
 
     settings = build(None, None, **cli_settings)  # the options' own mistakes first, before any work
+    cli_settings = {**cli_settings, "backend_files": load_backends(settings.backend_files)}
     given = dict(given)
     if params:
         given["params"] = parse_param_items(params)
@@ -63,6 +64,15 @@ def prepare(given: dict[str, Any], params: list[str] | None, suite: str | None, 
 
         models = plan_entries(list(plan.specs), plan.cases)
     return Prepared(sweeps, settings, scope, annotator(plan, layers), models)
+
+
+def load_backends(files: tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """Add the backends of the installed `attnbench.backends` entry points and of each user file
+    (variants/user.py) before any sweep names them; returns the files' absolute paths, which the
+    settings hand to each worker (it imports them again) and record in the header."""
+    from attnbench.variants.user import load
+
+    return tuple(s.where for s in load(files or ()) if s.kind == "file")
 
 
 def make_scope(profile_dir: Path | None, world_size: int | None, executor: str, address: str | None,

@@ -27,6 +27,7 @@ from attnbench.measure.timing import TimingPolicy
 from attnbench.run.plan import Case, is_distributed
 from attnbench.variants import registry
 from attnbench.variants.paged import ragged_fields
+from attnbench.variants.user import load_or_reason, source_fields
 
 CALLS_PER_CASE = 4  # first call, a steady warm-up call, at least one timed sample, the memory/profiler pass
 STARTUP_GRACE_S = 60.0  # worker start, setup and compilation on top of the budget
@@ -44,6 +45,7 @@ class RunConfig:
     reference_limit: int | None = None  # score elements of the fp64 oracle (None: measure.accuracy.REFERENCE_LIMIT)
     keep_throttled: bool = False  # keep samples taken while the GPU throttled in the statistics
     cuda_graph: bool = False  # time replays of a captured CUDA graph (measure/graphs.py)
+    backend_files: tuple[str, ...] = ()  # user backend files (variants/user.py) the worker imports by path
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -94,6 +96,7 @@ def _worker_main(
     mem_limit: int | None = None,
     profile_dir: str | None = None,
     parent_pid: int | None = None,
+    backend_files: tuple[str, ...] = (),
 ) -> None:
     from attnbench.measure import refs as refs_mod
     from attnbench.measure import telemetry
@@ -119,6 +122,7 @@ def _worker_main(
     if dev.type != "cuda":
         nvml.handle, nvml.reason = None, "no CUDA device (CPU run)"
     refs = None
+    not_loaded = load_or_reason(backend_files)  # a spawned process starts with the built-in catalogue
     warm_memory_pass(dev, nvml)
     while True:
         try:
@@ -140,6 +144,8 @@ def _worker_main(
             continue
         case, policy, options = payload
         try:
+            if not_loaded:
+                raise RuntimeError(not_loaded)
             if kind == "probe":
                 rec = probe_case(case, dev)
             else:
@@ -178,7 +184,8 @@ class Worker:
         parent, child = ctx.Pipe()
         self.proc = ctx.Process(
             target=_worker_main,
-            args=(child, str(self.cfg.device), self.cfg.threads, self.cfg.mem_limit, self.cfg.profile_dir, os.getpid()),
+            args=(child, str(self.cfg.device), self.cfg.threads, self.cfg.mem_limit, self.cfg.profile_dir, os.getpid(),
+                  self.cfg.backend_files),
             daemon=True,
         )
         self.proc.start()
@@ -340,9 +347,11 @@ def case_identity(backend: str, device: torch.device, threads: int | None = None
 
 
 def case_key(case: Case, device: torch.device, threads: int | None = None) -> str:
-    return case_id(
-        case.problem.as_dict(), case.variant, case.backend, device.type, case_identity(case.backend, device, threads)
-    )
+    identity = case_identity(case.backend, device, threads)
+    source = source_fields(case.variant, case.backend).get("backend_source")
+    if source:  # a user's kernel: its file's content is its version (a changed file is another case to --resume)
+        identity["backend_version"] = f"{source['kind']} {source['where']} sha256 {source['sha256']}"
+    return case_id(case.problem.as_dict(), case.variant, case.backend, device.type, identity)
 
 
 def base_record(case: Case, device: torch.device, threads: int | None = None) -> dict:
@@ -382,7 +391,9 @@ def base_record(case: Case, device: torch.device, threads: int | None = None) ->
         "clocks": None,
         "energy": None,
         **ragged_fields(case.problem),  # seq_dist, seq_lengths, padding_frac: variants with a seq_dist (paged)
+        **source_fields(case.variant, case.backend),  # a backend from a user's file or package: where it comes from
     }
+
 
 
 def run_cases(

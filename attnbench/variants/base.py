@@ -9,7 +9,7 @@ Each family file lists its variants, every backend included, in a module-level t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal, get_args
 
 import torch
@@ -56,6 +56,24 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class Source:
+    """Where a backend that is not built into attnbench comes from (variants/user.py loads it).
+
+    kind:   "file" (`--backend-file PATH.py`) or "entry point" (an installed package's
+            `attnbench.backends` entry point).
+    where:  the file's absolute path, or the entry point as "name = module:attr".
+    sha256: the file's content hash (an entry point: of its module's file, when it has one), so two
+            results files can tell whether they timed the same kernel."""
+
+    kind: Literal["file", "entry point"]
+    where: str
+    sha256: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class Backend:
     """One implementation of a variant.
 
@@ -80,6 +98,9 @@ class Backend:
     work_flops:   (problem) -> the FLOPs this backend really computes where it computes more than the
                   variant's real count (a padded batch: the whole rectangle); time predictions only,
                   records keep the real FLOPs. None: the variant's flops.
+    source:       where a backend added from outside attnbench comes from (a user's file, an installed
+                  package); None for the built-in ones. Such a backend's output is checked against
+                  the variant's oracle before it is timed (run/precheck.py).
     pinned:       parameter values this backend needs (a peer package's hard-coded constant, e.g.
                   performer-pytorch's eps = 1e-4). Unless a sweep sets the parameter itself, this
                   backend's cases run at these values and the variant's other backends run at them
@@ -101,6 +122,7 @@ class Backend:
     memory: str | None = None
     pinned: dict[str, Any] = field(default_factory=dict)
     work_flops: Callable[[Problem], float] | None = None
+    source: Source | None = None
 
 
 @dataclass(frozen=True)

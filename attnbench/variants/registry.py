@@ -7,6 +7,9 @@ new file and one entry in ``FAMILIES`` (docs/architecture.md walks through it).
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Sequence
+
 import torch
 
 from attnbench.core.errors import UsageError, did_you_mean
@@ -29,16 +32,43 @@ from attnbench.variants import (
     sparse,
     vision,
 )
-from attnbench.variants.base import Backend, Decision, Fn, Reason, Variant
+from attnbench.variants.base import Backend, Decision, Fn, Reason, Source, Variant
 
-__all__ = ["Backend", "Decision", "Fn", "Reason", "Variant", "FAMILIES", "get", "names", "all_variants", "decide",
-           "describe"]
+__all__ = ["Backend", "Decision", "Fn", "Reason", "Source", "Variant", "FAMILIES", "get", "names", "all_variants",
+           "decide", "describe", "add_backends", "drop_added_backends"]
 
 FAMILIES = (exact, flash, positional, sparse, lsh, linear, vision, graph, ring, context_parallel, mla, paged, gdn, dsa,
             moba, nsa)
 
 _CATALOGUE: dict[str, Variant] = {v.name: v for family in FAMILIES for v in family.VARIANTS}
 assert len(_CATALOGUE) == sum(len(f.VARIANTS) for f in FAMILIES), "a variant name is used twice"
+_BUILT_IN: dict[str, Variant] = dict(_CATALOGUE)
+
+
+def add_backends(variant: str, backends: Sequence[Backend]) -> None:
+    """Extra backends for a variant, from outside the family files (a user's file, an installed
+    package: variants/user.py). Each must carry its `source`. The catalogue's entry becomes a copy
+    of the variant with them appended (`dataclasses.replace`: the frozen Variant is never changed);
+    loading the same source again replaces its backends, so a process may reload a file. A name
+    that a built-in backend, or another source's, already has raises UsageError (one line)."""
+    v = get(variant)
+    kept = list(v.backends)
+    for b in backends:
+        if b.source is None:
+            raise ValueError(f"backend {b.name!r} added to {variant!r} without its source")
+        old = next((o for o in kept if o.name == b.name), None)
+        if old is not None and (old.source is None or old.source.where != b.source.where):
+            where = "a built-in backend" if old.source is None else f"a backend from {old.source.where}"
+            raise UsageError(f"{b.source.where}: backend '{b.name}' of variant '{variant}' clashes with {where}; "
+                             "give it another name")
+        kept = [o for o in kept if o.name != b.name] + [b]
+    _CATALOGUE[variant] = replace(v, backends=tuple(kept))
+
+
+def drop_added_backends() -> None:
+    """The catalogue as the family files define it (every added backend gone): for tests."""
+    _CATALOGUE.clear()
+    _CATALOGUE.update(_BUILT_IN)
 
 
 def get(name: str) -> Variant:
@@ -93,6 +123,7 @@ def describe(variant_names) -> dict[str, dict]:
             "family": v.family, "exact": v.exact, "full_attention_error": v.full_attention_error,
             "time": v.time, "memory": v.memory, "params": sorted(v.parameters()),
             "backends": {b.name: dict(zip(("time", "memory"), v.claims(b.name)))
+                         | ({"source": b.source.as_dict()} if b.source else {})
                          for b in v.backends if not b.test_only},
         }
     return out

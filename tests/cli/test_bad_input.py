@@ -286,6 +286,7 @@ CASES = [
     (["compare", "rec.jsonl", "rec.jsonl", "--report", "report.md"], "--force", 3),
     (["run", "--variants", "gqa", "--kv-layout", "paged", "--kv-layout", "ragged"], "accepted: dense, paged", 2),
     (["run", "--variants", "mha", "--page-size", "16"], "go with --kv-layout", 2),
+    (["run", "--variants", "mha", "--backend-file", "no-such-kernel.py"], "cannot be read", 2),
     (["run", "--json", "--format", "csv"], "disagree", 2),
     (["list", "--format", "markdown"], "accepted: table, json", 2),
     (["profile", "--variants", "mha,gqa"], "one case", 2),

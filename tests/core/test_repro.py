@@ -101,3 +101,21 @@ def test_the_reference_backend_is_rerun_trusted():
 def test_without_settings_the_record_alone_still_names_the_case():
     o = _opts(_args(valid_record(), None))
     assert o["--variants"] == ["mha"] and "--time-budget" not in o
+
+
+def test_a_mixed_batch_is_rerun_from_its_spec_alone():
+    rec = valid_record(variant="paged", backend="sdpa", batch=5, seq_q=64, seq_k=96, causal=True,
+                       params={"batch_spec": "2q64s96_3q1s80", "kv_layout": "paged", "page_size": 16},
+                       batch_spec="2q64s96_3q1s80")
+    o = _opts(_args(rec))
+    assert o["--batch-spec"] == ["2q64s96_3q1s80"]
+    assert not {"--batch", "--seq", "--kv-seq", "--seq-dist"} & set(o)  # run refuses them beside a spec
+    assert o["--param"] == ["kv_layout=paged", "page_size=16"]
+
+
+def test_a_users_backend_file_travels_with_its_case_and_an_entry_point_needs_nothing():
+    rec = valid_record(backend="my-softmax",
+                       backend_source={"kind": "file", "where": "/home/u/my kernel.py", "sha256": "ab"})
+    assert _opts(_args(rec))["--backend-file"] == ["/home/u/my kernel.py"]
+    rec["backend_source"] = {"kind": "entry point", "where": "mine = pkg.mod:BACKENDS", "sha256": None}
+    assert "--backend-file" not in _opts(_args(rec))
