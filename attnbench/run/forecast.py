@@ -51,7 +51,15 @@ from attnbench.measure import energy
 from attnbench.measure.cost import predict_call_seconds
 from attnbench.measure.flops import mode_bytes
 from attnbench.run.plan import Case, is_distributed
-from attnbench.run.worker import STARTUP_GRACE_S, RunConfig, call_peak_model, case_key, materializes, skip_reason
+from attnbench.run.worker import (
+    STARTUP_GRACE_S,
+    RunConfig,
+    call_peak_model,
+    case_key,
+    declared_backend,
+    materializes,
+    skip_reason,
+)
 from attnbench.variants import registry
 
 COMPILE_FIRST_S = 14.0  # FACTS.md: torch.compile(flex_attention) on this CPU, a process's first compile
@@ -260,7 +268,7 @@ def forecast(
             energy_loop = max(energy_s, t) if energy_s else 0.0  # at least one call when it runs
             secs = (2 * t + measure_seconds(t, policy, cfg.device.type, to_max) + CASE_OPS * op_seconds(refs)
                     + energy_loop)
-            if registry.get(c.variant).backend(c.backend).compiles:
+            if getattr(declared_backend(c), "compiles", False):
                 secs += COMPILE_FIRST_S if compiled == 0 else COMPILE_NEXT_S
                 compiled += 1
             key = (c.variant, c.problem)
