@@ -24,6 +24,20 @@ Scalar = Union[StrictBool, StrictInt, Finite, StrictStr, None]
 STATUS = Literal["ok", "oom", "timeout", "error", "killed", "unsupported", "skipped", "unavailable"]
 
 
+class ReferenceCheck(BaseModel):
+    """A definition case's outputs against its oracle (measure/trace_check.py); max_abs is null
+    when a value was not finite where the reference's was."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    passed: StrictBool
+    max_abs: Optional[NonNeg]
+    max_rel: Optional[NonNeg]
+    lse_max_abs: Optional[NonNeg]
+    tolerance: dict[str, NonNeg]
+    reference: Literal["definition", "attnbench-fp64"]
+
+
 class RecordModel(BaseModel):
     """One results record (a line after the header); see docs/results-schema.md."""
 
@@ -72,6 +86,14 @@ class RecordModel(BaseModel):
     seq_lengths: Optional[dict[str, NonNeg]] = None
     padding_frac: Optional[Annotated[float, Field(allow_inf_nan=False, ge=0, le=1)]] = None
     cost_parts: Optional[dict[str, dict[str, NonNeg]]] = None
+    # run --definition (a FlashInfer Trace definition): absent from other records
+    definition: Optional[StrictStr] = None
+    definition_file: Optional[StrictStr] = None
+    workload: Optional[StrictStr] = None
+    workload_axes: Optional[dict[str, StrictInt]] = None
+    workload_inputs: Optional[dict[str, dict[str, Any]]] = None
+    workload_notes: Optional[list[StrictStr]] = None
+    reference_check: Optional[ReferenceCheck] = None
 
 
 class SweepModel(BaseModel):

@@ -28,19 +28,21 @@ INDEX_INPUTS = ("kv_indptr", "qo_indptr", "kv_indices", "kv_last_page_len")
 
 
 def split(total: int, parts: int, rng: pyrandom.Random, weights: list[int] | None = None) -> list[int]:
-    """`total` as `parts` non-negative integers summing to it: each >= 1 where total >= parts, the
-    rest spread at random (or in proportion to `weights`)."""
+    """`total` as `parts` non-negative integers summing to it: in proportion to `weights` (never
+    above a weight while the total allows), else each >= 1 where total >= parts and the rest spread
+    at random."""
     if parts <= 0:
         return []
+    if weights and sum(weights) > 0:  # in proportion, the rounding to those with the most room left
+        share = [total * w // sum(weights) for w in weights]
+        order = sorted(range(parts), key=lambda i: share[i] - weights[i])
+        for i in range(total - sum(share)):
+            share[order[i % parts]] += 1
+        return share
     base = [1 if total >= parts else 0 for _ in range(parts)]
     left = total - sum(base)
-    if weights and sum(weights) > 0:
-        share = [left * w // sum(weights) for w in weights]
-        for i in range(left - sum(share)):
-            share[i % parts] += 1
-    else:
-        cuts = sorted(rng.randint(0, left) for _ in range(parts - 1))
-        share = [b - a for a, b in zip([0, *cuts], [*cuts, left])]
+    cuts = sorted(rng.randint(0, left) for _ in range(parts - 1))
+    share = [b - a for a, b in zip([0, *cuts], [*cuts, left])]
     if total < parts:  # fewer units than sequences: the first `total` get one each
         return [1 if i < total else 0 for i in range(parts)]
     return [b + s for b, s in zip(base, share)]
@@ -135,6 +137,8 @@ def build_inputs(d: Definition, w: Workload, blobs: Path | None, device: torch.d
         have |= from_lengths(d, axes, [int(x) for x in q_s.split(",")], [int(x) for x in k_s.split(",")])
     notes: list[str] = []
     for name, spec in w.inputs.items():
+        if name not in d.inputs:  # a source for an input the definition does not have: not used
+            continue
         if isinstance(spec, ScalarInput):
             have[name] = spec.value
         elif isinstance(spec, SafetensorsInput):

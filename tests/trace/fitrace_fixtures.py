@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 # Our own reference: every op type through one function; a sequence's keys are gathered token by
 # token (page_id * page_size + offset), its queries attend causally aligned bottom-right.
 REFERENCE = '''
@@ -138,8 +136,3 @@ def write(path: Path, obj) -> Path:
 def workload_line(definition: str, uuid: str, axes: dict, inputs: dict) -> str:
     return json.dumps({"definition": definition, "solution": None, "evaluation": None,
                        "workload": {"uuid": uuid, "axes": axes, "inputs": inputs}})
-
-
-@pytest.fixture
-def trace_dir(tmp_path: Path) -> Path:
-    return tmp_path
