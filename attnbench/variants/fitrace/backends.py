@@ -71,7 +71,7 @@ def oracle(op: str, stage: str, inputs: dict) -> tuple[torch.Tensor, torch.Tenso
         return attend(q, k, v, lay, float(inputs["sm_scale"]), torch.float64, torch.float64)
 
 
-def _eager(op: str, stage: str, inputs: dict, device: torch.device) -> OpFn:
+def build_eager(op: str, stage: str, inputs: dict, device: torch.device) -> OpFn:
     lay = layout_of(op, stage, inputs)
     pack, dt = packer(op, lay, device), out_dtype(inputs)
 
@@ -90,7 +90,7 @@ def _padded_index(starts, lengths, width: int, device) -> tuple[torch.Tensor, to
     return torch.where(valid, start + pos, 0).to(device), valid.to(device)
 
 
-def _sdpa(op: str, stage: str, inputs: dict, device: torch.device) -> OpFn:
+def build_sdpa(op: str, stage: str, inputs: dict, device: torch.device) -> OpFn:
     lay = layout_of(op, stage, inputs)
     pack, dt = packer(op, lay, device), out_dtype(inputs)
     lq, lk = max(lay.q_len, default=1) or 1, max(lay.kv_len, default=1) or 1
@@ -119,7 +119,7 @@ def _pad_rows(n: int) -> int:
     return -(-max(n, 1) // FLEX_BLOCK) * FLEX_BLOCK
 
 
-def _flex(op: str, stage: str, inputs: dict, device: torch.device) -> OpFn:
+def build_flex(op: str, stage: str, inputs: dict, device: torch.device) -> OpFn:
     from attnbench.variants.backends.flex import compiled_block_mask, compiled_flex
 
     lay = layout_of(op, stage, inputs)

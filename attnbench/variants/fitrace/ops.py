@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from attnbench.core.fitrace import Definition
-from attnbench.variants.fitrace.backends import OpFn, _eager, _flex, _sdpa, out_dtype
+from attnbench.variants.fitrace.backends import OpFn, build_eager, build_flex, build_sdpa, out_dtype
 from attnbench.variants.fitrace.layout import layout_of
 
 REFERENCE = "reference"  # the definition's own reference code as a timed backend (--trust-reference)
@@ -121,10 +121,10 @@ NO_LSE_FLEX_CPU = ("FlexAttention's compiled CPU kernel cannot return the lse (t
 NO_LSE_TRITON = "attnbench's Triton decode kernels merge their split log-sum-exps inside and do not return them"
 
 BACKENDS: tuple[OpBackend, ...] = (
-    OpBackend("eager", _eager, "per sequence, float32 scores materialised, exact softmax (lse native)"),
-    OpBackend("sdpa", _sdpa, "torch SDPA on the padded batch with a padding-and-causal mask",
+    OpBackend("eager", build_eager, "per sequence, float32 scores materialised, exact softmax (lse native)"),
+    OpBackend("sdpa", build_sdpa, "torch SDPA on the padded batch with a padding-and-causal mask",
               lse_reason=lambda dev: NO_LSE_SDPA),
-    OpBackend("flex", _flex, "compiled FlexAttention on the packed batch, a same-sequence causal block mask",
+    OpBackend("flex", build_flex, "compiled FlexAttention on the packed batch, a same-sequence causal block mask",
               lse_reason=lambda dev: None if dev.type == "cuda" else NO_LSE_FLEX_CPU,
               compiles=True, why_unsupported=_flex_unsupported),
     OpBackend("triton", _triton, "attnbench's Triton decode kernels (paged_decode, mla_decode)",
