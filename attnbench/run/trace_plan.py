@@ -65,6 +65,8 @@ class TracePlan:
             return rec
         uuid = params.get("workload")
         w = self.workloads.get(uuid or params.get("axes"))
+        if rec.get("status") not in (None, "ok"):  # not measured: the plan's approximate lengths are not shown
+            rec = {**rec, "seq_dist": None, "seq_lengths": None, "padding_frac": None}
         return {**rec, "definition": self.definition.name, "definition_file": str(self.path), "workload": uuid,
                 "workload_axes": dict(w.axes) if w else None,
                 "workload_inputs": {k: v.model_dump() for k, v in w.inputs.items()} if w and uuid else None,

@@ -53,6 +53,9 @@ def run(sm_scale, kv_indptr, q=None, q_nope=None, q_pe=None, k=None, v=None, k_c
         vb = v[slots].float()
         for i in range(n_q):
             seen = len(slots) - n_q + i + 1
+            if seen <= 0:  # a query before the first key sees nothing: a softmax over nothing is undefined
+                output[first + i] = float("nan")
+                continue
             for h in range(heads):
                 g = h // (heads // kv_heads)
                 s = (kb[:seen, g] @ q[first + i, h].float()) * sm_scale

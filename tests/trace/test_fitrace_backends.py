@@ -106,3 +106,15 @@ def test_flex_and_triton_declare_what_they_cannot_run():
     assert "power-of-two head dims" in ops.backend("flex").why_unsupported(mla)
     prefill = Definition.model_validate(OPS["gqa_prefill_ps64_r8_d64"][0])
     assert "decode only" in ops.backend("triton").why_unsupported(prefill)
+
+
+def test_queries_that_see_no_key_are_undefined_and_counted_not_compared():
+    d, inputs, _ = _setup("gqa_ragged_r4_d64")
+    inputs["kv_indptr"] = torch.tensor([0, 3, 50], dtype=torch.int32)  # sequence 0: 3 keys for its 10 queries
+    inputs["qo_indptr"] = torch.tensor([0, 10, 20], dtype=torch.int32)
+    ref_out, ref_lse = reference_fn(d)(inputs)
+    for name in ("eager", "sdpa"):
+        b = ops.backend(name)
+        out, lse = b.build(d.op_type, d.stage, inputs, CPU)(inputs)
+        check = reference_check(out, lse, ref_out, ref_lse, "bfloat16", 256, "definition", b.lse_reason(CPU))
+        assert check["passed"] and check["undefined"] == 7 * 4 * 64, (name, check)
