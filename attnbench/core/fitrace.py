@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from attnbench.core.errors import UsageError
 
 # The op types `run --definition` maps onto attnbench's backends, in the order they were added.
-MAPPED_OPS = ("gqa_paged", "gqa_ragged", "mla_paged", "mla_ragged")
+MAPPED_OPS = ("gqa_paged", "gqa_ragged", "mla_paged", "mla_ragged", "dsa_paged")
 
 
 class Axis(BaseModel):
@@ -69,7 +69,10 @@ class Definition(BaseModel):
 
     @property
     def stage(self) -> str:
-        """decode | prefill: the "stage:" tag, else the name (…_decode_… / …_prefill_…)."""
+        """decode | prefill: the "stage:" tag, else the name (…_decode_… / …_prefill_…); DSA's sparse
+        attention is one query per token over its own top-k rows: decode."""
+        if self.op_type == "dsa_paged":
+            return "decode"
         for t in self.tags:
             if t.startswith("stage:"):
                 return t.split(":", 1)[1]
@@ -153,6 +156,9 @@ def check_mapped(d: Definition, path: Path) -> None:
     if d.op_type not in MAPPED_OPS:
         raise UsageError(f"definition '{path}': op_type '{d.op_type}' is not one attnbench can run; "
                          f"accepted: {', '.join(MAPPED_OPS)}")
+    if d.op_type == "dsa_paged" and "sparse_indices" not in d.inputs:
+        raise UsageError(f"definition '{path}': of op_type dsa_paged attnbench runs the sparse attention "
+                         "(inputs q_nope, q_pe, ckv_cache, kpe_cache, sparse_indices), not the top-k indexer")
 
 
 def load_workloads(path: Path, d: Definition, uuids: list[str] | None = None) -> list[Workload]:

@@ -121,7 +121,7 @@ def run_trace_case(case: Case, device: torch.device, policy: TimingPolicy, nvml,
         fn, lse_reason = reference_fn(d), "the definition's reference returns no lse"
     else:
         b = ops.backend(case.backend)
-        fn, lse_reason = b.build(d.op_type, d.stage, inputs, device), b.lse_reason(device)
+        fn, lse_reason = b.build(d.op_type, d.stage, inputs, device), b.lse_reason(device, d.op_type)
     setup_ms = (time.perf_counter() - t0) * 1e3
     call = lambda: fn(inputs)  # noqa: E731
     with torch.no_grad():

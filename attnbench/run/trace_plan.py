@@ -33,9 +33,10 @@ from attnbench.core.fitrace import (
 )
 from attnbench.core.problem import Problem
 from attnbench.run.plan import Case
+from attnbench.variants import registry
 from attnbench.variants.fitrace import ops
 
-VARIANT_OF = {"gqa_paged": "paged", "gqa_ragged": "paged", "mla_paged": "mla", "mla_ragged": "mla"}
+VARIANT_OF = {"gqa_paged": "paged", "gqa_ragged": "paged", "mla_paged": "mla", "mla_ragged": "mla", "dsa_paged": "dsa"}
 NOT_WITH = ("variants", "suite", "model", "heads", "kv_heads", "kv_groups", "head_dim", "causal", "modes",
             "kv_layout", "page_size", "params", "layers")
 
@@ -134,9 +135,12 @@ def _case(d: Definition, path: Path, req: TraceRequest, w: Workload, lengths: st
     a = d.const_axes() | w.axes
     paged = "kv_indices" in d.inputs
     ps = a.get("page_size", 1)
-    batch = a["batch_size"] if "len_indptr" not in a else a["len_indptr"] - 1
+    if d.op_type == "dsa_paged":  # one query per token over its top-k rows
+        batch, tokens = a["num_tokens"], a["num_tokens"] * min(a["topk"], a["num_pages"] * ps)
+    else:
+        batch = a["batch_size"] if "len_indptr" not in a else a["len_indptr"] - 1
+        tokens = a["num_kv_indices"] * ps if paged else a["total_kv"]
     batch = max(1, batch)
-    tokens = a["num_kv_indices"] * ps if paged else a["total_kv"]
     rows = a.get("total_q", batch)
     hq = a["num_qo_heads"]
     mine = {"definition": str(path), "workload": w.uuid or None, "trust_reference": req.trust_reference,
@@ -145,15 +149,21 @@ def _case(d: Definition, path: Path, req: TraceRequest, w: Workload, lengths: st
             "axes": None if w.uuid else _axes_key(w), "lengths": lengths,
             "seq_dist_given": None if w.uuid else (given_dist or "fixed")}
     variant = VARIANT_OF[d.op_type]
+    defaults = registry.get(variant).defaults  # the variant's cost model reads its own parameters
     if variant == "paged":
         hkv, dim = a["num_kv_heads"], a["head_dim"]
         params = {"kv_layout": "paged" if paged else "dense", "page_size": ps, "seq_dist": "fixed"}
+    elif variant == "dsa":
+        hkv, dim = 1, 128
+        params = {"kv_lora_rank": a["head_dim_ckv"], "qk_rope_head_dim": a["head_dim_kpe"], "topk": a["topk"],
+                  "kv_layout": "paged", "page_size": ps}
     else:
         hkv, dim = 1, a.get("vo_dim", a.get("head_dim_ckv"))
         rope = a.get("head_dim_kpe", 64)
         params = {"kv_lora_rank": a.get("head_dim_ckv", 512), "qk_rope_head_dim": rope,
                   "qk_nope_head_dim": a.get("qk_dim", 192) - 64 if "qk_dim" in a else 128,
                   "v_head_dim": dim, "form": "absorbed" if d.stage == "decode" else "naive"}
+    params = defaults | params
     p = Problem(batch=batch, heads=hq, kv_heads=hkv, seq_q=1 if d.stage == "decode" else max(1, -(-rows // batch)),
                 seq_k=max(1, -(-tokens // batch)), head_dim=dim, dtype=next(iter(d.inputs.values())).dtype,
                 causal=True, mode="decode" if d.stage == "decode" else "fwd",
@@ -191,9 +201,11 @@ def synthetic_workloads(d: Definition, given: dict) -> list[tuple[Workload, str]
                 q_len = [1] * b if d.stage == "decode" else ([seq] * b if kv else list(kv_len))
                 pages = [-(-n // ps) for n in kv_len]
                 axes = {"batch_size": b, "len_indptr": b + 1, "total_q": sum(q_len), "total_kv": sum(kv_len),
-                        "num_kv_indices": sum(pages), "num_pages": sum(pages)}
+                        "num_kv_indices": sum(pages), "num_pages": sum(pages), "num_tokens": b}
                 axes = {k: v for k, v in axes.items() if k in d.var_axes()}
                 lengths = f"{','.join(map(str, q_len))};{','.join(map(str, kv_len))}"
+                if d.op_type == "dsa_paged":  # the cache holds the longest length; the top-k are drawn from it
+                    axes["num_pages"], lengths = -(-max(kv_len) // ps), None
                 out.append((Workload(uuid="", axes=axes, inputs={n: {"type": "random"} for n in d.inputs}), lengths))
     return out
 

@@ -67,6 +67,48 @@ def run(sm_scale, kv_indptr, q=None, q_nope=None, q_pe=None, k=None, v=None, k_c
 '''
 
 
+# Our own DSA reference: each token attends the cache rows its sparse_indices name (−1: none).
+REFERENCE_DSA = '''
+import math
+import torch
+
+
+@torch.no_grad()
+def run(q_nope, q_pe, ckv_cache, kpe_cache, sparse_indices, sm_scale):
+    rows = torch.cat([ckv_cache, kpe_cache], dim=-1).flatten(0, 1).float()
+    rank = ckv_cache.shape[-1]
+    tokens, heads = q_nope.shape[0], q_nope.shape[1]
+    output = torch.zeros(tokens, heads, rank, dtype=q_nope.dtype)
+    lse = torch.full((tokens, heads), -math.inf)
+    for t in range(tokens):
+        picked = [int(i) for i in sparse_indices[t] if int(i) >= 0]
+        if not picked:
+            continue
+        kv = rows[picked]
+        q = torch.cat([q_nope[t], q_pe[t]], dim=-1).float()
+        s = (q @ kv.T) * sm_scale
+        lse[t] = torch.logsumexp(s, dim=-1) / math.log(2.0)
+        output[t] = (torch.softmax(s, dim=-1) @ kv[:, :rank]).to(q_nope.dtype)
+    return output, lse
+'''
+
+
+def dsa_paged(hq: int, ckv: int, kpe: int, ps: int, topk: int) -> dict:
+    return {"name": f"test_dsa_sparse_attention_h{hq}_ps{ps}_topk{topk}", "op_type": "dsa_paged",
+            "tags": ["sparse:topk"],
+            "axes": _axes({"num_qo_heads": hq, "head_dim_ckv": ckv, "head_dim_kpe": kpe, "page_size": ps,
+                           "topk": topk}, ["num_tokens", "num_pages"]),
+            "inputs": {"q_nope": {"shape": ["num_tokens", "num_qo_heads", "head_dim_ckv"], "dtype": "bfloat16"},
+                       "q_pe": {"shape": ["num_tokens", "num_qo_heads", "head_dim_kpe"], "dtype": "bfloat16"},
+                       "ckv_cache": {"shape": ["num_pages", "page_size", "head_dim_ckv"], "dtype": "bfloat16"},
+                       "kpe_cache": {"shape": ["num_pages", "page_size", "head_dim_kpe"], "dtype": "bfloat16"},
+                       "sparse_indices": {"shape": ["num_tokens", "topk"], "dtype": "int32"},
+                       "sm_scale": {"shape": None, "dtype": "float32"}},
+            "outputs": {"output": {"shape": ["num_tokens", "num_qo_heads", "head_dim_ckv"], "dtype": "bfloat16"},
+                        "lse": {"shape": ["num_tokens", "num_qo_heads"], "dtype": "float32"}},
+            "reference": REFERENCE_DSA}
+
+
 def _axes(const: dict, var: list[str]) -> dict:
     return {**{k: {"type": "const", "value": v} for k, v in const.items()}, **{k: {"type": "var"} for k in var}}
 

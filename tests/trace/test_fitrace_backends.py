@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fitrace_fixtures import gqa_paged, gqa_ragged, mla_paged
+from fitrace_fixtures import dsa_paged, gqa_paged, gqa_ragged, mla_paged
 
 from attnbench.core.fitrace import Definition, Workload
 from attnbench.measure.trace_check import reference_check
@@ -32,6 +32,7 @@ OPS = {
                        {"batch_size": 2, "num_pages": 50, "len_indptr": 3, "num_kv_indices": 30}),
     "mla_prefill_ps64": (mla_paged("prefill", 4, 64, 16, 64),
                          {"batch_size": 2, "num_pages": 6, "len_indptr": 3, "num_kv_indices": 4, "total_q": 30}),
+    "dsa_ps64_topk256_padded": (dsa_paged(4, 64, 16, 64, 256), {"num_tokens": 3, "num_pages": 3}),  # 192 rows: 64 x -1
 }
 
 
@@ -59,12 +60,12 @@ def test_each_backend_agrees_with_the_definitions_reference(key, backend):
     b = ops.backend(backend)
     out, lse = b.build(d.op_type, d.stage, inputs, CPU)(inputs)
     assert out.dtype == torch.bfloat16 and out.shape == ref_out.shape
-    check = reference_check(out, lse, ref_out, ref_lse, "bfloat16", 256, "definition", b.lse_reason(CPU))
+    check = reference_check(out, lse, ref_out, ref_lse, "bfloat16", 256, "definition", b.lse_reason(CPU, d.op_type))
     assert check["passed"], check
-    if b.lse_reason(CPU) is None:
+    if b.lse_reason(CPU, d.op_type) is None:
         assert check["lse_max_abs"] is not None and check["lse_max_abs"] < 1e-3
     else:
-        assert lse is None and check["lse_max_abs"] is None and check["lse_reason"] == b.lse_reason(CPU)
+        assert lse is None and check["lse_max_abs"] is None and check["lse_reason"] == b.lse_reason(CPU, d.op_type)
 
 
 @pytest.mark.parametrize("key", list(OPS))
@@ -96,7 +97,7 @@ def test_flex_agrees_with_the_reference_on_a_paged_prefill():
     d, inputs, (ref_out, ref_lse) = _setup("gqa_prefill_ps64_r8_d64")
     b = ops.backend("flex")
     out, lse = b.build(d.op_type, d.stage, inputs, CPU)(inputs)
-    check = reference_check(out, lse, ref_out, ref_lse, "bfloat16", 256, "definition", b.lse_reason(CPU))
+    check = reference_check(out, lse, ref_out, ref_lse, "bfloat16", 256, "definition", b.lse_reason(CPU, d.op_type))
     assert check["passed"], check
     assert check["lse_reason"].startswith("FlexAttention's compiled CPU kernel cannot return the lse")
 
@@ -116,5 +117,5 @@ def test_queries_that_see_no_key_are_undefined_and_counted_not_compared():
     for name in ("eager", "sdpa"):
         b = ops.backend(name)
         out, lse = b.build(d.op_type, d.stage, inputs, CPU)(inputs)
-        check = reference_check(out, lse, ref_out, ref_lse, "bfloat16", 256, "definition", b.lse_reason(CPU))
+        check = reference_check(out, lse, ref_out, ref_lse, "bfloat16", 256, "definition", b.lse_reason(CPU, d.op_type))
         assert check["passed"] and check["undefined"] == 7 * 4 * 64, (name, check)

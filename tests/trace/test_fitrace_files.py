@@ -92,8 +92,12 @@ def test_an_unmappable_op_and_a_malformed_definition_exit_2_with_one_line(tmp_pa
             "outputs": {"C": {"shape": ["M", "N"], "dtype": "bfloat16"}}, "reference": "def run(A):\n    return A\n"}
     assert main(["run", "--definition", str(write(tmp_path / "g.json", gemm)), "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert "op_type 'gemm' is not one attnbench can run; accepted: gqa_paged, gqa_ragged, mla_paged, mla_ragged" in err
+    accepted = "gqa_paged, gqa_ragged, mla_paged, mla_ragged, dsa_paged"
+    assert f"op_type 'gemm' is not one attnbench can run; accepted: {accepted}" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    indexer = dict(gemm, name="topk_indexer", op_type="dsa_paged", outputs={"topk_indices": gemm["outputs"]["C"]})
+    assert main(["run", "--definition", str(write(tmp_path / "i.json", indexer)), "--dry-run"]) == 2
+    assert "runs the sparse attention" in capsys.readouterr().err
     broken = gqa_paged("decode", 8, 2, 64, 1)
     del broken["outputs"]
     assert main(["run", "--definition", str(write(tmp_path / "b.json", broken)), "--dry-run"]) == 2

@@ -66,7 +66,8 @@ def oracle(op: str, stage: str, inputs: dict) -> tuple[torch.Tensor, torch.Tenso
     """attnbench's own reference: every sequence attended in float64 from the same inputs
     (output and base-2 lse kept in float64, never rounded to the output dtype)."""
     lay = layout_of(op, stage, inputs)
-    q, k, v = packer(op, lay, inputs["kv_indptr"].device)(inputs)
+    device = next(t.device for t in inputs.values() if isinstance(t, torch.Tensor))
+    q, k, v = packer(op, lay, device)(inputs)
     with torch.no_grad():
         return attend(q, k, v, lay, float(inputs["sm_scale"]), torch.float64, torch.float64)
 

@@ -10,6 +10,7 @@ Synthesized index tensors (seeded; the same workload gives the same tensors in e
     kv_indices        distinct page ids < num_pages (a seeded permutation)
     kv_last_page_len  in 1..page_size, at least what the sequence's queries need (0 for a sequence
                       with no pages)
+    sparse_indices    (dsa_paged) per token min(topk, slots) distinct slots, the rest −1
 Random tensors are N(0, 1) in the declared dtype. Honest limits: a synthesized batch has the
 workload's totals, not its real per-sequence lengths (which only the blob holds); an input of
 another integer kind with type `random` cannot be synthesized (a ValueError naming it).
@@ -24,7 +25,7 @@ import torch
 
 from attnbench.core.fitrace import Definition, SafetensorsInput, ScalarInput, Workload, blob_path
 
-INDEX_INPUTS = ("kv_indptr", "qo_indptr", "kv_indices", "kv_last_page_len")
+INDEX_INPUTS = ("kv_indptr", "qo_indptr", "kv_indices", "kv_last_page_len", "sparse_indices")
 
 
 def split(total: int, parts: int, rng: pyrandom.Random, weights: list[int] | None = None) -> list[int]:
@@ -85,6 +86,8 @@ def synthesize_indices(d: Definition, axes: dict[str, int], have: dict, seed: in
     want = [n for n in INDEX_INPUTS if n in d.inputs and n not in have]
     if not want:
         return out
+    if want == ["sparse_indices"]:
+        return {"sparse_indices": sparse_indices(axes, rng)}
     batch = axes.get("batch_size") if "len_indptr" not in axes else axes["len_indptr"] - 1
     paged = "kv_indices" in d.inputs
     ps = axes.get("page_size", 1)
@@ -113,6 +116,19 @@ def synthesize_indices(d: Definition, axes: dict[str, int], have: dict, seed: in
                 low = min(ps, max(1, q_len[b] - (n - 1) * ps))
                 last[b] = rng.randint(low, ps)
         out["kv_last_page_len"] = last
+    return out
+
+
+def sparse_indices(axes: dict[str, int], rng: pyrandom.Random) -> torch.Tensor:
+    """(num_tokens, topk) int32: per token min(topk, slots) distinct cache slots < num_pages·page_size
+    (seeded), the rest −1 (the definitions' padding)."""
+    slots = axes["num_pages"] * axes.get("page_size", 1)
+    topk, tokens = axes["topk"], axes["num_tokens"]
+    out = torch.full((tokens, topk), -1, dtype=torch.int32)
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    for t in range(tokens):
+        n = min(topk, slots)
+        out[t, :n] = torch.randperm(slots, generator=g)[:n].to(torch.int32)
     return out
 
 

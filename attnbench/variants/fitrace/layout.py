@@ -1,7 +1,7 @@
 """The batch layout of a FlashInfer Trace attention op, read from its index tensors, and the gather
 that packs its queries, keys and values sequence by sequence.
 
-Every mapped op (gqa_paged, gqa_ragged, mla_paged, mla_ragged; decode and prefill) is, per sequence
+Every mapped op (gqa_paged, gqa_ragged, mla_paged, mla_ragged, dsa_paged; decode and prefill) is, per sequence
 b, attention of its q_len_b queries over its kv_len_b keys, causal aligned bottom-right (query i
 sees key j iff j <= i + kv_len_b - q_len_b; a decode step's one query sees every key), scaled by
 sm_scale. `Layout` holds, per sequence, where its queries start and how many there are, and the
@@ -11,6 +11,8 @@ flat token slots of its keys:
             every page full but the last, which holds kv_last_page_len[b] tokens (page_size 1, or no
             kv_last_page_len input: every page full)
     ragged  slots kv_indptr[b] .. kv_indptr[b+1] - 1 of k and v
+    sparse  (dsa_paged) token t is a sequence of one query whose keys are the slots sparse_indices[t]
+            (page_id * page_size + offset, as the definitions encode them), −1 entries left out
     queries decode: query b is sequence b's one query; prefill: rows qo_indptr[b] .. qo_indptr[b+1] - 1
 
 A sequence with no keys (or no queries) gives output 0 and lse -inf, as the published references
@@ -60,8 +62,18 @@ def _ints(t: torch.Tensor) -> list[int]:
     return [int(x) for x in t.detach().cpu().reshape(-1).tolist()]
 
 
+def sparse_layout(inputs: dict) -> Layout:
+    """dsa_paged: token t is a sequence of one query over its valid sparse_indices[t] (−1 = padding)."""
+    idx = inputs["sparse_indices"].detach().cpu().long()
+    valid = idx >= 0
+    n = [int(x) for x in valid.sum(dim=1).tolist()]
+    return Layout(tuple(range(len(n))), (1,) * len(n), tuple(n), idx[valid], paged=True)
+
+
 def layout_of(op: str, stage: str, inputs: dict) -> Layout:
     """The layout of one call from its inputs (index tensors read on the CPU: setup, not timed)."""
+    if op == "dsa_paged":
+        return sparse_layout(inputs)
     kv_indptr = _ints(inputs["kv_indptr"])
     batch = len(kv_indptr) - 1
     if stage == "decode":
@@ -103,7 +115,7 @@ def packer(op: str, lay: Layout, device: torch.device):
         if torch.equal(lay.slots, torch.arange(len(lay.slots))):  # already packed in order: no copy
             return lambda x: (x["q"], x["k"], x["v"])
         return lambda x: (x["q"], x["k"].index_select(0, slots), x["v"].index_select(0, slots))
-    if op == "mla_paged":
+    if op in ("mla_paged", "dsa_paged"):
         def pack_mla(x):
             ckv = flat(x["ckv_cache"]).index_select(0, slots)
             kpe = flat(x["kpe_cache"]).index_select(0, slots)

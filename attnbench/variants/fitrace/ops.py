@@ -28,7 +28,8 @@ class OpBackend:
     name: str
     build: Callable[[str, str, dict, torch.device], OpFn]
     description: str
-    lse_reason: Callable[[torch.device], str | None] = lambda dev: None  # None: returns the base-2 lse itself
+    # (device, op type) -> why it returns no lse; None: it returns the base-2 lse itself
+    lse_reason: Callable[[torch.device, str], str | None] = lambda dev, op: None
     compiles: bool = False
     why_unsupported: Callable[[Definition], str | None] = lambda d: None
     why_unavailable: Callable[[torch.device], str | None] = lambda dev: None
@@ -57,8 +58,8 @@ def _triton_unavailable(device: torch.device) -> str | None:
 
 
 def _triton_unsupported(d: Definition) -> str | None:
-    if d.stage != "decode" or d.op_type not in ("gqa_paged", "mla_paged"):
-        return "attnbench's Triton kernels cover gqa_paged and mla_paged decode only"
+    if d.stage != "decode" or d.op_type not in ("gqa_paged", "mla_paged", "dsa_paged"):
+        return "attnbench's Triton kernels cover gqa_paged and mla_paged decode and dsa_paged only"
     qk, _ = _qk_v_dims(d)
     if d.op_type == "gqa_paged" and qk > 256:
         return f"the paged decode kernel supports head_dim <= 256 (got {qk})"
@@ -111,24 +112,45 @@ def _triton_mla(op: str, stage: str, inputs: dict, device: torch.device) -> OpFn
     return triton_mla
 
 
+def _triton_dsa(op: str, stage: str, inputs: dict, device: torch.device) -> OpFn:
+    """dsa_decode over the flat latent cache [c_KV | k_pe] (slots, r + dr): the kernel's row layout,
+    built here in setup from the definition's two caches (a serving engine stores it so; not timed)."""
+    from attnbench.kernels.dsa_decode import dsa_decode
+
+    ckv, kpe = inputs["ckv_cache"], inputs["kpe_cache"]
+    rank = ckv.shape[-1]
+    kv = torch.cat([ckv.reshape(-1, rank), kpe.reshape(-1, kpe.shape[-1])], dim=-1).contiguous()
+    idx = inputs["sparse_indices"][:, None, :].contiguous()  # (T, Lq = 1, topk)
+
+    def triton_dsa(x: dict):
+        q = torch.cat([x["q_nope"], x["q_pe"]], dim=-1)[:, :, None]  # (T, H, 1, r + dr)
+        out, lse = dsa_decode(q, kv, idx, rank=rank, softmax_scale=float(x["sm_scale"]), return_lse=True)
+        return out[:, :, 0], lse[:, :, 0]
+
+    return triton_dsa
+
+
 def _triton(op: str, stage: str, inputs: dict, device: torch.device) -> OpFn:
-    return (_triton_gqa if op == "gqa_paged" else _triton_mla)(op, stage, inputs, device)
+    build = {"gqa_paged": _triton_gqa, "mla_paged": _triton_mla, "dsa_paged": _triton_dsa}[op]
+    return build(op, stage, inputs, device)
 
 
 NO_LSE_SDPA = "torch SDPA returns no log-sum-exp"
 NO_LSE_FLEX_CPU = ("FlexAttention's compiled CPU kernel cannot return the lse (torch: return_lse is not supported "
                    "on CPU); on a GPU it does")
-NO_LSE_TRITON = "attnbench's Triton decode kernels merge their split log-sum-exps inside and do not return them"
+NO_LSE_TRITON = ("attnbench's paged_decode and mla_decode kernels merge their split log-sum-exps inside and do not "
+                 "return them (dsa_decode does)")
 
 BACKENDS: tuple[OpBackend, ...] = (
     OpBackend("eager", build_eager, "per sequence, float32 scores materialised, exact softmax (lse native)"),
     OpBackend("sdpa", build_sdpa, "torch SDPA on the padded batch with a padding-and-causal mask",
-              lse_reason=lambda dev: NO_LSE_SDPA),
+              lse_reason=lambda dev, op: NO_LSE_SDPA),
     OpBackend("flex", build_flex, "compiled FlexAttention on the packed batch, a same-sequence causal block mask",
-              lse_reason=lambda dev: None if dev.type == "cuda" else NO_LSE_FLEX_CPU,
+              lse_reason=lambda dev, op: None if dev.type == "cuda" else NO_LSE_FLEX_CPU,
               compiles=True, why_unsupported=_flex_unsupported),
-    OpBackend("triton", _triton, "attnbench's Triton decode kernels (paged_decode, mla_decode)",
-              lse_reason=lambda dev: NO_LSE_TRITON, why_unsupported=_triton_unsupported,
+    OpBackend("triton", _triton, "attnbench's Triton decode kernels (paged_decode, mla_decode, dsa_decode)",
+              lse_reason=lambda dev, op: None if op == "dsa_paged" else NO_LSE_TRITON,
+              why_unsupported=_triton_unsupported,
               why_unavailable=_triton_unavailable),
 )
 
