@@ -5,7 +5,8 @@ the definition's own reference code as backend `reference`), timing, memory, and
 The oracle: with --trust-reference, the definition's `reference` (code from the file, executed here
 in the worker only, never in the parent); without it, attnbench's float64 materialised attention
 (variants/fitrace/backends.py `oracle`), and the record says the definition's reference was not run
-and why. The bound: measure/trace_check.py. The oracle's outputs are cached per workload (the
+and why. The `reference` backend itself is checked against the float64 attention (never against
+its own output). The bound: measure/trace_check.py. The oracle's outputs are cached per workload (the
 backends of one workload share its inputs: the same seed), the last ORACLE_CACHE of them.
 
 Honest limits: a definition's reference runs with this process's rights (hence --trust-reference);
@@ -129,12 +130,15 @@ def run_trace_case(case: Case, device: torch.device, policy: TimingPolicy, nvml,
                                                            cuda_graph)
         peak, kernel = measure_memory_and_kernel(call, device, nvml)
     out, lse = _pair(peak.output)
-    key = (str(p.param("definition")), p.param("workload"), p.param("axes"), p.param("lengths"), trusted, device.type)
-    ref_out, ref_lse = _oracle(d, w, inputs, trusted, key)
+    # the definition's reference is checked against attnbench's float64 attention, never against itself
+    by_definition = trusted and case.backend != ops.REFERENCE
+    key = (str(p.param("definition")), p.param("workload"), p.param("axes"), p.param("lengths"), by_definition,
+           device.type)
+    ref_out, ref_lse = _oracle(d, w, inputs, by_definition, key)
     flops, nbytes, lengths = cost(d, inputs)
     out_dtype = next(iter(d.outputs.values())).dtype
     check = reference_check(out, lse, ref_out, ref_lse, out_dtype, max(1, lengths["max"] if lengths else 1),
-                            "definition" if trusted else "attnbench-fp64", lse_reason)
+                            "definition" if by_definition else "attnbench-fp64", lse_reason)
     if not trusted:
         check["note"] = NOT_TRUSTED
     med = stats.median
@@ -144,7 +148,7 @@ def run_trace_case(case: Case, device: torch.device, policy: TimingPolicy, nvml,
         "mem_source": peak.source, "flops": flops, "bytes": nbytes,
         "tflops": flops / (med * 1e-3) / 1e12 if med and med > 0 else None,
         "gbps": nbytes / (med * 1e-3) / 1e9 if med and med > 0 else None,
-        "error": _error(out, ref_out, "definition reference" if trusted else "fp64 reference"),
+        "error": _error(out, ref_out, "definition reference" if by_definition else "fp64 reference"),
         "kernel": kernel, "threads": torch.get_num_threads(), "timing": timing_fields, "clocks": clk,
         "reference_check": check, "workload_notes": notes or None,
         "seq_lengths": lengths, "seq_dist": "workload" if p.param("workload") else p.param("seq_dist_given"),
