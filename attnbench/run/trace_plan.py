@@ -4,10 +4,11 @@
 One case per (workload, backend): the definition's const axes, the workload's var axes, its uuid in
 the record as `workload`. Without --workloads, the var axes come from --batch, --seq, --kv-seq and
 --seq-dist (one case per combination, `workload` null). Each case is a case of the catalogue
-variant whose math the op is (gqa_* -> paged, mla_* -> mla: their cost models predict its time and
-memory); its problem's params name the definition file, the workload and where the blobs are, so
-the worker (run/trace_case.py) rebuilds the inputs. Backends: variants/fitrace/ops.py, plus
-`reference` (the definition's own code, timed) with --trust-reference.
+variant whose math the op is (gqa_* -> paged, mla_* -> mla, dsa_paged -> dsa: their cost models
+predict its time and memory from an averaged shape); its problem's params name the definition
+file, the workload and where the blobs are, so the worker (run/trace_case.py) rebuilds the inputs.
+Backends: variants/fitrace/ops.py, plus `reference` (the definition's own code, timed) with
+--trust-reference.
 
 Records gain `definition`, `definition_file`, `workload`, `workload_axes`, `workload_inputs` (here)
 and `reference_check`, `workload_notes` (from the worker); docs/results-schema.md.
