@@ -85,3 +85,20 @@ def test_the_dry_run_lists_each_case_with_its_workload(tmp_path, capsys):
     cases = json.loads(capsys.readouterr().out)["cases"]
     assert [(c["workload"], c["backend"], c["definition"]) for c in cases] == [
         (u, b, d["name"]) for u in ("with-blob", "no-blob") for b in ("eager", "sdpa")]
+
+
+@pytest.mark.slow
+def test_the_definitions_code_runs_only_with_trust_reference_and_only_in_the_worker(tmp_path, capsys):
+    """A reference that leaves a mark when executed: planning, a dry run with --trust-reference and a
+    run without it never execute it; a run with it does (in the worker)."""
+    d, _, wpath = _files(tmp_path)
+    mark = tmp_path / "executed"
+    d["reference"] = f"from pathlib import Path\nPath({str(mark)!r}).write_text('x')\n" + d["reference"]
+    dpath = write(tmp_path / "marked.json", d)
+    common = ["--definition", str(dpath), "--workloads", str(wpath), "--workload", "no-blob", "--backends", "eager",
+              "--device", "cpu", "--time-budget", "0.2", "--threads", "1", "-q"]
+    assert main(["run", *common, "--trust-reference", "--dry-run"]) == 0
+    assert main(["run", *common, "--out", str(tmp_path / "a.jsonl")]) == 0
+    assert not mark.exists()
+    assert main(["run", *common, "--trust-reference", "--out", str(tmp_path / "b.jsonl")]) == 0
+    assert mark.exists()
