@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from attnbench.cli import options as O
-from attnbench.core.errors import say
+from attnbench.core.errors import UsageError, say
 
 # Piped output is not cut to 80 columns: tables stay readable in files and CI logs.
 out_console = Console(width=None if sys.stdout.isatty() else 200)
@@ -32,6 +32,25 @@ def run(
         "--model-config", metavar="FILE|DIR", rich_help_panel=O.WHAT,
         help="A local Hugging Face config.json or its folder, read by transformers' own config classes "
              "(nothing is downloaded), to take the model's attention from.")] = None,
+    definition: Annotated[Optional[Path], typer.Option(
+        "--definition", metavar="FILE", rich_help_panel=O.WHAT,
+        help="A FlashInfer Trace definition (JSON): its op (gqa_paged, gqa_ragged, mla_paged, mla_ragged, "
+             "dsa_paged) run on attnbench's backends, one case per workload; see docs/flashinfer-trace.md.")] = None,
+    workloads: Annotated[Optional[Path], typer.Option(
+        "--workloads", metavar="FILE", rich_help_panel=O.WHAT,
+        help="The definition's workloads (JSONL): their var axes and input sources (default: the var axes from "
+             "--batch, --seq, --kv-seq, --seq-dist).")] = None,
+    blobs: Annotated[Optional[Path], typer.Option(
+        "--blobs", metavar="DIR", rich_help_panel=O.WHAT,
+        help="The dataset root the workloads' safetensors paths (./blob/...) are relative to; a blob not found "
+             "is synthesized from the axes and named in the record.")] = None,
+    workload: Annotated[Optional[str], typer.Option(
+        "--workload", metavar="UUIDS", rich_help_panel=O.WHAT,
+        help="Only these workloads of --workloads (comma-separated uuids).")] = None,
+    trust_reference: Annotated[bool, typer.Option(
+        "--trust-reference", rich_help_panel=O.WHAT,
+        help="Run the definition's reference code (in the worker): the oracle of every backend, and timed as "
+             "backend `reference`. Without it the oracle is attnbench's float64 attention.")] = False,
     dry_run: O.DryRun = False,
     yes: Annotated[bool, typer.Option(
         "--yes", "-y", rich_help_panel=O.WHAT,
@@ -126,6 +145,7 @@ def run(
 
       attnbench run --variants paged --batch-spec 2q2k_32q1s1k --backends eager,sdpa,flex  (a mixed batch)
       attnbench run --variants mha --backend-file my_kernel.py  (your own backend beside ours)
+      attnbench run --definition DEF.json --workloads W.jsonl --blobs DATASET --trust-reference
     """
     from attnbench.cli.run_output import check_output, print_results
     from attnbench.run.session import default_out, resolve_device, run_sweep
@@ -141,7 +161,15 @@ def run(
                     "sample_time": sample_time, "reference_limit": reference_limit,
                     "backend_files": [str(f) for f in backend_file] if backend_file else None}
     scope = make_scope(profile_dir, world_size, executor, address, shard)
-    p = prepare(given, param, suite, cli_settings, scope, model, model_config, layers)
+    trace = None
+    if definition is not None:
+        p, trace = _prepare_definition(definition, workloads, blobs, workload, trust_reference, given,
+                                       {"suite": suite, "model": model or model_config, "params": param,
+                                        "layers": layers}, cli_settings, scope)
+    elif workloads is not None or blobs is not None or workload is not None or trust_reference:
+        raise UsageError("--workloads, --blobs, --workload and --trust-reference go with --definition FILE")
+    else:
+        p = prepare(given, param, suite, cli_settings, scope, model, model_config, layers)
     out = out or default_out()
     if p.settings.cuda_graph:
         _say_cuda_graph_unavailable(resolve_device(p.settings.device))
@@ -150,7 +178,7 @@ def run(
         from attnbench.run.session import plan_sweep
 
         plan, refs_s = plan_sweep(p.sweeps, p.settings, p.scope)
-        print_dry_run(plan, refs_s, fmt, out_console, verbose, p.models)
+        print_dry_run(plan, refs_s, fmt, out_console, verbose, p.models, trace)
         return
     from attnbench.cli.live import make_view
 
@@ -164,6 +192,23 @@ def run(
     if interrupted:
         _say_interrupted(interrupted, records, out)
         raise typer.Exit(128 + interrupted.signum)
+
+
+def _prepare_definition(definition: Path, workloads: Path | None, blobs: Path | None, workload: str | None,
+                        trust: bool, given: dict, others: dict, cli_settings: dict, scope):
+    """run --definition: the definition's cases (run/start.py prepare_trace); the missing blobs said
+    once on stderr (each record names its own)."""
+    from attnbench.run.start import prepare_trace
+    from attnbench.run.trace_plan import TraceRequest
+
+    if blobs is not None and not blobs.is_dir():
+        raise UsageError(f"--blobs '{blobs}' is not a directory; give the dataset root its ./blob/... paths start from")
+    ids = tuple(u.strip() for u in (workload or "").split(",") if u.strip())
+    req = TraceRequest(definition, workloads, blobs, ids, trust)
+    p, trace = prepare_trace(req, given | {k: v for k, v in others.items() if v}, cli_settings, scope)
+    if trace.missing_blobs:
+        say(err_console, trace.missing_blobs)
+    return p, trace
 
 
 def _say_cuda_graph_unavailable(dev) -> None:

@@ -35,11 +35,15 @@ def check_output(fmt: str | None, json_out: bool, csv_out: Path | None, columns:
 
 
 def print_dry_run(plan, refs_s: float, fmt: str, console: Console, verbose: bool,
-                  models: list[dict] | None = None) -> None:
+                  models: list[dict] | None = None, trace=None) -> None:
     """The plan on stdout: JSON (--json / --format json) or the text `run` prints before measuring;
-    `models` (run --model: run/models.plan_entries) adds the models' layer groups and KV cache."""
+    `models` (run --model: run/models.plan_entries) adds the models' layer groups and KV cache;
+    `trace` (run --definition: run/trace_plan.TracePlan) adds each case's definition and workload."""
     if fmt == "json":
-        print(json.dumps(plan.as_json() | ({"models": models} if models else {}), default=str))
+        doc = plan.as_json() | ({"models": models} if models else {})
+        if trace is not None:
+            doc["cases"] = [trace.annotate(c) for c in doc["cases"]]
+        print(json.dumps(doc, default=str))
         return
     if fmt == "csv":
         raise UsageError("--dry-run prints the plan as text or JSON; accepted with it: --format table or json")

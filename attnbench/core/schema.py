@@ -34,6 +34,20 @@ class CompositionGroup(BaseModel):
     kv_len: Annotated[StrictInt, Field(ge=1)]
 
 
+class ReferenceCheck(BaseModel):
+    """A definition case's outputs against its oracle (measure/trace_check.py); max_abs is null
+    when a value was not finite where the reference's was."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    passed: StrictBool
+    max_abs: Optional[NonNeg]
+    max_rel: Optional[NonNeg]
+    lse_max_abs: Optional[NonNeg]
+    tolerance: dict[str, NonNeg]
+    reference: Literal["definition", "attnbench-fp64"]
+
+
 class RecordModel(BaseModel):
     """One results record (a line after the header); see docs/results-schema.md."""
 
@@ -91,6 +105,14 @@ class RecordModel(BaseModel):
     # backends from a user's file or an installed package: absent from other records
     backend_source: Optional[dict[str, Optional[StrictStr]]] = None
     precheck: Optional[dict[str, Any]] = None
+    # run --definition (a FlashInfer Trace definition): absent from other records
+    definition: Optional[StrictStr] = None
+    definition_file: Optional[StrictStr] = None
+    workload: Optional[StrictStr] = None
+    workload_axes: Optional[dict[str, StrictInt]] = None
+    workload_inputs: Optional[dict[str, dict[str, Any]]] = None
+    workload_notes: Optional[list[StrictStr]] = None
+    reference_check: Optional[ReferenceCheck] = None
 
 
 class SweepModel(BaseModel):

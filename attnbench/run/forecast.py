@@ -57,6 +57,7 @@ from attnbench.run.worker import (
     RunConfig,
     call_peak_model,
     case_key,
+    declared_backend,
     materializes,
     skip_reason,
     work_flops,
@@ -270,7 +271,7 @@ def forecast(
             energy_loop = max(energy_s, t) if energy_s else 0.0  # at least one call when it runs
             secs = (2 * t + measure_seconds(t, policy, cfg.device.type, to_max) + CASE_OPS * op_seconds(refs)
                     + energy_loop)
-            if registry.get(c.variant).backend(c.backend).compiles:
+            if getattr(declared_backend(c), "compiles", False):
                 secs += COMPILE_FIRST_S if compiled == 0 else COMPILE_NEXT_S
                 compiled += 1
             key = (c.variant, c.problem)

@@ -92,3 +92,15 @@ def make_scope(profile_dir: Path | None, world_size: int | None, executor: str, 
         raise UsageError("--address goes with --executor ray")
     return Scope(shard=parse_shard(shard) if shard is not None else None, world_size=world_size,
                  executor=executor, address=address)
+
+
+def prepare_trace(req, given: dict[str, Any], cli_settings: dict[str, Any], scope: Scope) -> tuple[Prepared, Any]:
+    """`run --definition`: the definition's cases (run/trace_plan.py) as the scope's extra cases and
+    its record hook; returns (Prepared, the TracePlan). `given` holds every sweep option given
+    (the shape axes, backends, and suite/model/params when given: refused with the definition)."""
+    from attnbench.run.session import resolve_device
+    from attnbench.run.trace_plan import plan as trace_plan
+
+    settings = build(None, None, **cli_settings)
+    tp = trace_plan(req, given, resolve_device(settings.device))
+    return Prepared([], settings, replace(scope, extra=tp.cases), tp.annotate), tp

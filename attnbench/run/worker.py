@@ -101,6 +101,7 @@ def _worker_main(
     from attnbench.measure import refs as refs_mod
     from attnbench.measure import telemetry
     from attnbench.run.case import probe_case, run_case
+    from attnbench.run.trace_case import is_trace, run_trace_case
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops between cases
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal too: the parent keeps the records
@@ -148,6 +149,8 @@ def _worker_main(
                 raise RuntimeError(not_loaded)
             if kind == "probe":
                 rec = probe_case(case, dev)
+            elif is_trace(case):  # run --definition: the definition's inputs, backends and oracle
+                rec = run_trace_case(case, dev, policy, nvml, **options)
             else:
                 rec = run_case(case, dev, policy, refs, nvml, profile_dir, **options)
         except BaseException as e:  # every failure becomes a record with its reason
@@ -269,21 +272,28 @@ class Worker:
             self.kill()
 
 
+def declared_backend(case: Case) -> registry.Backend | None:
+    """The catalogue's backend of a case; None for one the catalogue does not hold (a definition's
+    own `reference` under run --definition), which the cost model takes as materialising."""
+    return next((b for b in registry.get(case.variant).backends if b.name == case.backend), None)
+
+
 def materializes(case: Case) -> bool:
     """The case's backend holds B·H·Lq·Lk scores (the cost model's memory term)."""
-    return registry.get(case.variant).backend(case.backend).materializes
+    b = declared_backend(case)
+    return b is None or b.materializes
 
 
 def work_flops(case: Case):
     """The FLOPs the case's backend computes (Backend.work_flops: a padded batch's rectangle), else the variant's."""
-    v = registry.get(case.variant)
-    return v.backend(case.backend).work_flops or v.flops
+    b = declared_backend(case)
+    return (b is not None and b.work_flops) or registry.get(case.variant).flops
 
 
 def workspace(case: Case) -> float:
     """The bytes the case's backend declares beyond its kind (Backend.workspace), 0 when none."""
-    b = registry.get(case.variant).backend(case.backend)
-    return float(b.workspace(case.problem)) if b.workspace else 0.0
+    b = declared_backend(case)
+    return float(b.workspace(case.problem)) if b is not None and b.workspace else 0.0
 
 
 def call_peak_model(case: Case) -> float:
