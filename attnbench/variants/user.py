@@ -65,9 +65,10 @@ def load_or_reason(files: Iterable[str | Path]) -> str | None:
 
 
 def source_fields(variant: str, backend: str) -> dict[str, Any]:
-    """{"backend_source": {kind, where, sha256}} for a backend added from outside attnbench, else {}."""
-    b = registry.get(variant).backend(backend)
-    return {"backend_source": b.source.as_dict()} if b.source else {}
+    """{"backend_source": {kind, where, sha256}} for a backend added from outside attnbench, else {}
+    (also for a backend the catalogue does not hold: a FlashInfer definition's own `reference`)."""
+    b = next((b for b in registry.get(variant).backends if b.name == backend), None)
+    return {"backend_source": b.source.as_dict()} if b is not None and b.source else {}
 
 
 def sha256_of(path: str | Path) -> str:
