@@ -30,20 +30,22 @@ def show(results: Results, relative_to: O.RelativeTo = None, fmt: O.Format = Non
 
       attnbench show a.jsonl b.jsonl --relative-to flash:sdpa-flash
     """
+    from attnbench.core.correctness import split
     from attnbench.report.build import check_baseline, load
     from attnbench.report.terminal import show as show_tables
 
     fmt = O.output_format(fmt, json_out)
     _, records = load(results)
+    records, wrong = split(records)  # a wrong output enters no fit, speedup or crossover
     base, note = check_baseline(records, relative_to)
     if fmt == "json":
         import json
 
         from attnbench.report.json_view import show_document
 
-        print(json.dumps(show_document(records, base, note), indent=2, ensure_ascii=False, allow_nan=False))
+        print(json.dumps(show_document(records, base, note, wrong), indent=2, ensure_ascii=False, allow_nan=False))
         return
     console = Console()
     if note:
         console.print(note)
-    show_tables(records, console, base)
+    show_tables(records, console, base, wrong)

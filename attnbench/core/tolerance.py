@@ -11,7 +11,8 @@ single element may differ by more (see the element-wise checks that use it for w
 
 from __future__ import annotations
 
-UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+# tfloat32: float32 dots computed in TF32 (10 mantissa bits) on a GPU, for the kernels that declare it
+UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8, "tfloat32": 2.0**-11}
 TOLERANCE_K = 4
 
 

@@ -2,8 +2,11 @@
 the charts that carry them.
 
 Every sentence is computed from the tables the report prints below it, never written by hand:
+- first, the cases left out as wrong (core/correctness.py: their output is beyond its budget);
 - per scenario, the series furthest ahead of the baseline in speed and in memory, at the longest
-  length both ran (a ratio of medians; a case flagged noisy or contended says so);
+  length both ran (a ratio of medians; a case flagged noisy or contended says so); an
+  approximation's speedup carries its error against exact attention beside it, and one whose error
+  is 1 or more (worse than returning zeros) is not headlined at all;
 - the complexity verdicts: which claims the fits confirm (memory O(L) against the baseline's
   O(L²)), which they contradict, and how many are undecided and why (too few lengths, wide intervals);
 - the crossovers among the pairs that matter;
@@ -19,16 +22,19 @@ from attnbench.report import tables as T
 from attnbench.report.analysis import FAILURES, SCENARIO_KEYS, fmt_len, length, scaling_table, series
 
 MAX_SCENARIOS = 3
+APPROX_HEADLINE_MAX = 1.0  # relative L2 against exact attention: 1 is what an all-zero output scores
 NOISY = ("high_variance", "low_samples", "contended")
 
 
-def story(records: list[dict], baseline: str, base_note: str | None) -> list[str]:
-    """The sentences of "What this run shows", most important first."""
+def story(records: list[dict], baseline: str, base_note: str | None,
+          wrong: list[tuple[dict, str]] = ()) -> list[str]:
+    """The sentences of "What this run shows", most important first. `records` are the ones a speed
+    claim may use; `wrong` (record, reason) those left out as wrong (core/correctness.split), named first."""
     rows = scaling_table(records, baseline)
     scenarios: dict[str, list[dict]] = {}
     for r in rows:
         scenarios.setdefault(T.scenario_text(r), []).append(r)
-    out = []
+    out = _wrong(wrong)
     for scn, group in list(scenarios.items())[:MAX_SCENARIOS]:
         prefix = f"{scn}: " if len(scenarios) > 1 else ""
         out += [prefix + s for s in _ratios(group, baseline, records)]
@@ -42,6 +48,19 @@ def story(records: list[dict], baseline: str, base_note: str | None) -> list[str
     if not rows:
         out.insert(0, "No case ran (status ok): there is nothing to compare.")
     return out
+
+
+def _wrong(wrong) -> list[str]:
+    """One sentence naming the wrong records left out of every figure below (their reasons are in
+    "Wrong results")."""
+    if not wrong:
+        return []
+    named = ", ".join(f"{r['variant']}:{r['backend']} {r['dtype']} at {fmt_len(length(r))} ({why})"
+                      for r, why in list(wrong)[:3])
+    more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+    n = len(wrong)
+    return [f"{n} case{'s' if n > 1 else ''} computed a wrong output and {'are' if n > 1 else 'is'} left out of "
+            f"every speedup, verdict and chart below: {named}{more} (see \"Wrong results\")."]
 
 
 def _noisy(records: list[dict], row: dict, at: int | None) -> list[str]:
@@ -71,7 +90,9 @@ def _picks(group: list[dict], records: list[dict]) -> list[tuple[dict, float | N
     rated = [r for r in group if not r["is_baseline"] and r["speedup"] is not None]
     approx = {id(r): _approx_error(records, r, r["compared_at"]) for r in rated}
     exact = [r for r in rated if approx[id(r)] is None]
-    inexact = [r for r in rated if approx[id(r)] is not None]
+    # an approximation's speedup is a headline only beside its error, and only when its output is
+    # closer to exact attention than returning zeros (relative L2 < 1); worse ones are named by _accuracy
+    inexact = [r for r in rated if approx[id(r)] is not None and approx[id(r)] < APPROX_HEADLINE_MAX]
     picks = [max(rs, key=lambda r: r["speedup"]) for rs in (exact, inexact) if rs]
     lean = max((r for r in rated if r["mem_saving"] is not None), key=lambda r: r["mem_saving"], default=None)
     if lean is not None and all(lean is not p for p in picks):
@@ -157,7 +178,7 @@ def _accuracy(records: list[dict]) -> list[str]:
     text = "Approximation error (relative L2 against exact attention, at the longest length): " + ", ".join(
         f"{r['series']} {r['err']:.2g} at {fmt_len(r['L'])}" for r in rows[:3]) + (" …" if len(rows) > 3 else "")
     if bad:
-        text += f"; {len(bad)} at or above 1, worse than returning zeros"
+        text += f"; {len(bad)} at or above 1, worse than returning zeros (their speedups are not headlined)"
     return [text + "."]
 
 
