@@ -8,7 +8,8 @@ qualifies, and the pick's note names it with its reason. Otherwise it qualifies 
   variant (a model's records: its own attention is what the model computes) or, for other records,
   against full softmax attention where measured (an approximation is judged as a replacement for
   exact attention). Default budget: exact within the dtype's tolerance (core/tolerance.py): K units of
-  roundoff of the record's dtype (rounding the output alone costs ≈ 0.6) plus K float32 units × √Lk
+  roundoff of the record's dtype (TF32's for a kernel that computes float32 dots in TF32 on a GPU,
+  core/correctness.budget; rounding the output alone costs ≈ 0.6) plus K float32 units × √Lk
   (sums over Lk keys accumulated in float32 grow like a random walk: measured on the CPU, float32
   attention's error vs fp64 is ≈ 10 units × √(Lk/1024)). A record whose error
   was not measured (reference too large) qualifies when its variant is exact, with a note;
@@ -34,9 +35,9 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
+from attnbench.core.correctness import budget as error_budget
 from attnbench.core.correctness import why_wrong
 from attnbench.core.models import HF_IMPLEMENTATION
-from attnbench.core.tolerance import tolerance
 from attnbench.core.units import fmt_bytes
 from attnbench.gate.stats import bootstrap_ratio, seed_for
 from attnbench.report.analysis import FAILURES, first_line, fmt_len
@@ -100,7 +101,7 @@ def qualifies(r: dict, max_error: float | None, budget: float | None, exact: set
         return False, f"wrong: {wrong}"
     notes = []
     err = _error(r)
-    limit = tolerance(r["dtype"], r.get("seq_k") or 1) if max_error is None else max_error
+    limit = error_budget(r)[0] if max_error is None else max_error
     if err is None:
         if r["variant"] not in exact:
             return False, "error not measured for an approximation"
