@@ -94,7 +94,8 @@ def _picks(group: list[dict], records: list[dict]) -> list[tuple[dict, float | N
     # closer to exact attention than returning zeros (relative L2 < 1); worse ones are named by _accuracy
     inexact = [r for r in rated if approx[id(r)] is not None and approx[id(r)] < APPROX_HEADLINE_MAX]
     picks = [max(rs, key=lambda r: r["speedup"]) for rs in (exact, inexact) if rs]
-    lean = max((r for r in rated if r["mem_saving"] is not None), key=lambda r: r["mem_saving"], default=None)
+    eligible = exact + inexact
+    lean = max((r for r in eligible if r["mem_saving"] is not None), key=lambda r: r["mem_saving"], default=None)
     if lean is not None and all(lean is not p for p in picks):
         picks.append(lean)
     return [(r, approx[id(r)]) for r in picks]
