@@ -17,10 +17,12 @@ Which error: the record's `error` (run/case.compute_error) holds
                claims to compute;
   full_rel_l2  against full softmax attention: the distance of a pattern or an approximation from exact
                attention (its approximation error), a separate quantity, never a correctness criterion.
-An approximation's record without `own_rel_l2` is not checked (its rel_l2 is its approximation error):
+The run names the key it holds that error under (`judged_by`). Records written before it did: an
+approximation's record without `own_rel_l2` is not checked (its rel_l2 is its approximation error);
 it is known as one from `own_reason`, from the results header's catalogue (`_exact`, set by
 report/catalogue.annotate) or, for files without either, from rel_l2 == full_rel_l2 (its reference is
-full attention itself).
+full attention itself; an old pattern record whose window covers every key reads the same, and is
+left not checked too).
 
 Budget: core/tolerance.tolerance(dtype, seq_k), relative L2, K units of the dtype's roundoff plus K
 float32 units × √Lk. A backend that computes float32 dots in TF32 on a GPU (the record's error says
@@ -88,6 +90,8 @@ def why_wrong(record: dict) -> Reason:
 
 def _own_error(record: dict, err: dict) -> tuple[float | None, str]:
     """(the error against the record's own oracle, why it is missing)."""
+    if err.get("judged_by") in err:  # declared by the run (run/case.compute_error)
+        return err[err["judged_by"]], ""
     if "own_rel_l2" in err:
         return err["own_rel_l2"], ""
     approximation = "own_reason" in err or record.get("_exact") is False or (

@@ -130,7 +130,8 @@ def compute_error(
     attention is its approximation error. Honest limits: the eager formulations of linear,
     performer and reformer compute in float32 whatever the input dtype, so that oracle is a float32
     one there; the `eager` backend itself gets `own_reason` instead (it would be compared with
-    itself). None with reason if too large. rel_l2 ≥ 1 is worse than returning zeros (an all-zero
+    itself). `judged_by` names the key that holds the error against the record's own oracle (what
+    core/correctness.py judges). None with reason if too large. rel_l2 ≥ 1 is worse than returning zeros (an all-zero
     output has 1)."""
     elems = problem.batch * problem.heads * problem.seq_q * problem.seq_k
     limit = REFERENCE_LIMIT if limit is None else limit
@@ -148,7 +149,9 @@ def compute_error(
         result["own_reason"] = "the eager backend is this approximation's own formulation (its oracle)"
     elif "own" in refs:
         own = accuracy.errors(out, refs["own"])
-        result |= {"own_rel_l2": own["rel_l2"], "own_max_abs": own["max_abs"]}
+        result |= {"own_rel_l2": own["rel_l2"], "own_max_abs": own["max_abs"], "judged_by": "own_rel_l2"}
+    else:
+        result["judged_by"] = "rel_l2"
     return result
 
 

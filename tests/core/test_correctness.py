@@ -62,6 +62,9 @@ def test_an_approximation_is_judged_against_its_own_formulation():
     assert judge(rec(rel_l2=3.0, full_rel_l2=3.0, own_reason="the eager backend is ...")).state == NOT_CHECKED
     assert judge(rec(rel_l2=3.0, full_rel_l2=3.0)).state == NOT_CHECKED
     assert judge({**rec(rel_l2=0.2), "_exact": False}).state == NOT_CHECKED  # the catalogue says: approximation
+    # the run names the key: a sliding window as wide as L equals full attention, and is still judged
+    assert judge(rec(rel_l2=2e-2, full_rel_l2=2e-2, judged_by="rel_l2")).state == WRONG
+    assert judge(rec(rel_l2=3.0, full_rel_l2=3.0, own_rel_l2=1e-7, judged_by="own_rel_l2")).state == CORRECT
     # a pattern (sliding window) is exact to its own definition: rel_l2 judged, full_rel_l2 is not a criterion
     assert judge(rec(rel_l2=1e-7, full_rel_l2=0.6)).state == CORRECT
     assert judge(rec(rel_l2=1e-2, full_rel_l2=0.6)).state == WRONG
