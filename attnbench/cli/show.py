@@ -18,9 +18,12 @@ Results = Annotated[list[Path], typer.Argument(metavar="RESULTS...",
 def show(results: Results, relative_to: O.RelativeTo = None, fmt: O.Format = None, json_out: O.Json = False) -> None:
     """Print the report's tables (scaling, measurements, crossovers) without writing files.
 
+    A case whose output is wrong (beyond its dtype's error budget against its own oracle) enters
+    no fit, speedup or crossover: it is listed last, with its median and the reason.
+
     --format json prints every table as one JSON object: baseline, scaling (one row per series
-    and metric: exponent, ci_low, ci_high, claim, verdict...), measurements, crossovers, not_run
-    (fields: docs/reports.md).
+    and metric: exponent, ci_low, ci_high, claim, verdict...), measurements, crossovers, not_run,
+    wrong (fields: docs/reports.md).
 
     Examples:
 
