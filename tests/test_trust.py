@@ -268,6 +268,28 @@ def test_eager_error_is_against_fp64_not_itself():
     assert err["vs"] == "fp64 reference" and 1e-9 < err["rel_l2"] < 1e-5
 
 
+def test_an_approximation_records_its_error_against_its_own_formulation():
+    """linformer: far from exact attention (rel_l2 = full_rel_l2, its approximation error) but within
+    float32's rounding of its own formulation fed fp64 inputs (own_rel_l2, what correctness judges);
+    its eager backend is that formulation, so it gets a reason instead of a self-comparison."""
+    from attnbench.core.correctness import judge
+
+    v, p = _problem("linformer", 256)
+    q, k, v_ = run_case_module.make_inputs(v, p, CPU)
+    out = v.backend("sdpa").build(p, CPU)(q, k, v_)
+    err = run_case_module.compute_error(v, p, out, q, k, v_, backend="sdpa")
+    assert err["rel_l2"] == err["full_rel_l2"] > 0.1 and 1e-9 < err["own_rel_l2"] < 1e-5
+    assert err["judged_by"] == "own_rel_l2" and judge({"status": "ok", "dtype": "float32", "seq_k": 256,
+                                                       "error": err}).state == "correct"
+    eager = v.backend("eager").build(p, CPU)(q, k, v_)
+    err = run_case_module.compute_error(v, p, eager, q, k, v_, backend="eager")
+    assert "own_rel_l2" not in err and "judged_by" not in err and "own formulation" in err["own_reason"]
+    v, p = _problem("mha", 64)
+    q, k, v_ = run_case_module.make_inputs(v, p, CPU)
+    exact = run_case_module.compute_error(v, p, v.backend("sdpa").build(p, CPU)(q, k, v_), q, k, v_, backend="sdpa")
+    assert exact["judged_by"] == "rel_l2" and "own_rel_l2" not in exact
+
+
 def test_peaked_inputs_are_peaked_and_documented_names_are_checked():
     shape = (1, 4, 512, 64)
     ent = {n: mean_entropy(*generate(n, shape, shape)[:2], causal=False) for n in ("randn", "peaked")}

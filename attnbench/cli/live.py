@@ -72,7 +72,11 @@ def case_line(rec: dict) -> str:
         reason = " ".join(str(rec.get("reason") or "").split())
         return f"{head} ({reason if rec['status'] in FAILURES else reason[:100]})"
     med = (rec.get("latency_ms") or {}).get("median")
-    return f"{head}, median {fmt_ms(med)} ms, mem {fmt_bytes(rec.get('peak_mem_bytes'))}"
+    from attnbench.core.correctness import why_wrong
+
+    wrong = why_wrong(rec)
+    return (f"{head}, median {fmt_ms(med)} ms, mem {fmt_bytes(rec.get('peak_mem_bytes'))}"
+            + (f" — WRONG OUTPUT: {wrong}" if wrong else ""))
 
 
 def detail_line(rec: dict) -> str | None:

@@ -21,7 +21,9 @@ def recommend(
     max_error: Annotated[Optional[float], typer.Option(
         "--max-error", help="Largest relative L2 error accepted (default: exact within the dtype's "
                             "tolerance, 4·(u_dtype + u_fp32·√Lk): float32 2.2e-5 at 8k, float16 2.0e-3, "
-                            "bfloat16 1.6e-2).")
+                            "bfloat16 1.6e-2). A wrong output (beyond its own oracle's budget, see `attnbench show`) "
+                            "is never accepted, whatever this allows: it loosens an approximation's distance from "
+                            "exact attention, not correctness.")
     ] = None,
     memory_budget: O.MemoryBudget = None,
     fmt: O.Format = None,

@@ -87,6 +87,7 @@ def print_results(records: list[dict], out: Path, device: str, *, fmt: str, colu
 def print_table(records: list[dict], title: str, columns: list[str] | None, console: Console) -> None:
     """The results table, its footnotes, and the scaling table against a baseline that ran."""
     from attnbench.cli.tables import results_footnotes, results_table, run_baseline
+    from attnbench.core.correctness import left_out_lines, split
     from attnbench.report.catalogue import annotate
     from attnbench.report.terminal import print_scaling
     from attnbench.variants.registry import describe
@@ -94,8 +95,10 @@ def print_table(records: list[dict], title: str, columns: list[str] | None, cons
     console.print(results_table(records, title=title, columns=columns))
     for note in results_footnotes(records):
         console.print(f"[dim]{escape(note)}[/]", highlight=False)
-    print_scaling(annotate({"catalogue": describe(r["variant"] for r in records)}, records), console,
-                  baseline=run_baseline(records))
+    kept, wrong = split(annotate({"catalogue": describe(r["variant"] for r in records)}, records))
+    print_scaling(kept, console, baseline=run_baseline(kept))
+    for line in left_out_lines(wrong, "the scaling verdicts and speedups"):
+        console.print(f"[bold red]{escape(line)}[/]", highlight=False)
     if any(r.get("layers") for r in records):  # run --model / --layers: the KV cache of the model's layers
         from attnbench.report.formodel import kv_table
 

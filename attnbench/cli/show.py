@@ -24,9 +24,12 @@ def show(results: Results, relative_to: O.RelativeTo = None, fmt: O.Format = Non
          ) -> None:
     """Print the report's tables (scaling, measurements, crossovers) without writing files.
 
+    A case whose output is wrong (beyond its dtype's error budget against its own oracle) enters
+    no fit, speedup or crossover: it is listed last, with its median and the reason.
+
     --format json prints every table as one JSON object: baseline, scaling (one row per series
-    and metric: exponent, ci_low, ci_high, claim, verdict...), measurements, crossovers, not_run
-    (fields: docs/reports.md).
+    and metric: exponent, ci_low, ci_high, claim, verdict...), measurements, crossovers, not_run,
+    wrong (fields: docs/reports.md).
 
     Examples:
 
@@ -38,6 +41,7 @@ def show(results: Results, relative_to: O.RelativeTo = None, fmt: O.Format = Non
 
       attnbench show results/run.jsonl --case mha:sdpa  (its cases, each with its `attnbench run` command)
     """
+    from attnbench.core.correctness import split
     from attnbench.report.build import check_baseline, load
     from attnbench.report.terminal import show as show_tables
 
@@ -46,18 +50,19 @@ def show(results: Results, relative_to: O.RelativeTo = None, fmt: O.Format = Non
     if case is not None:
         _show_case(records, case, fmt)
         return
+    records, wrong = split(records)  # a wrong output enters no fit, speedup or crossover
     base, note = check_baseline(records, relative_to)
     if fmt == "json":
         import json
 
         from attnbench.report.json_view import show_document
 
-        print(json.dumps(show_document(records, base, note), indent=2, ensure_ascii=False, allow_nan=False))
+        print(json.dumps(show_document(records, base, note, wrong), indent=2, ensure_ascii=False, allow_nan=False))
         return
     console = Console()
     if note:
         console.print(note)
-    show_tables(records, console, base)
+    show_tables(records, console, base, wrong)
 
 
 def _show_case(records: list[dict], case: str, fmt: str) -> None:

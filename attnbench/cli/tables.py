@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.markup import escape
 
+from attnbench.core.correctness import why_wrong
 from attnbench.core.results import spread_text
 from attnbench.core.units import fmt_bytes, fmt_joules, fmt_len, fmt_ms, short_kernel
 from attnbench.report.fit import FittedTable
@@ -32,7 +33,7 @@ STATUS_STYLE = {
     "timeout": "red",
     "error": "bold red",
     "killed": "red",
-    "wrong": "bold red",
+    "wrong": "bold red",  # ran, but its output is beyond its budget (core/correctness.py)
 }
 
 
@@ -125,12 +126,15 @@ def _cells(r: dict, marks: dict[str, int]) -> dict[str, str]:
     err_s = f"{err['rel_l2']:.0e}" if "rel_l2" in err else "-"
     err_s += "!" if err.get("rel_l2", 0) >= 1 else ""
     reason = r.get("reason")
-    if reason and reason in marks:
+    wrong = why_wrong(r)
+    if wrong:  # ran, but its output is wrong: shown as such, its timing kept
+        note = escape(f"wrong output: {wrong}")
+    elif reason and reason in marks:
         note = f"[{marks[reason]}] (below)"
     else:
         note = escape(reason or short_kernel(r.get("kernel")) + _distributed_note(r.get("distributed"))
                       + parts_note(r))
-    st = r["status"]
+    st = "wrong" if wrong else r["status"]
     return {
         "variant": r["variant"] + (f" ({layout})" if (layout := (r.get("params") or {}).get("kv_layout")) else ""),
         "backend": r["backend"],

@@ -18,14 +18,17 @@ Peak memory is close to deterministic and is compared directly: a regression whe
 peak exceeds the baseline by more than --mem-threshold and by more than 1 MiB (an improvement
 likewise); the floor keeps page-granular CPU readings of tiny cases from flapping.
 
-Other verdicts: error (the current case is not ok: error, oom, timeout, or a status the baseline
-did not have), n/a (not measured on either side for the same reason, e.g. unsupported),
+Other verdicts: wrong (the current case ran but its output is wrong, core/correctness.py: never
+compared for speed, and the gate fails with exit 2 as for an error; a baseline case whose output was
+wrong gives the current one the verdict new: there is no speed to compare it with), error (the
+current case is not ok: error, oom, timeout, or a status the baseline did not have), n/a (not
+measured on either side for the same reason, e.g. unsupported),
 new/missing (only in one file, or the baseline case was not ok), reference (the --normalize case),
 incomparable (the environment fingerprints differ and --allow-env-mismatch was not given).
 An improvement by more than twice the threshold is flagged: the baseline may be stale.
 
-Exit codes: 3 incomparable environments (or usage errors, raised by the CLI), 2 any error,
-1 at least one regression in a gated metric (one is enough), else 0.
+Exit codes: 3 incomparable environments (or usage errors, raised by the CLI), 2 any error or
+wrong output, 1 at least one regression in a gated metric (one is enough), else 0.
 
 Honest limits: see attnbench/gate/stats.py (samples are not independent); a normalised ratio
 treats the reference's time as exact.
@@ -121,7 +124,7 @@ class Report:
     def exit_code(self) -> int:
         if self.incomparable:
             return EXIT_USAGE
-        if self.having("error"):
+        if self.having("error", "wrong"):
             return EXIT_ERRORS
         return EXIT_REGRESSION if self.having("regression") else EXIT_OK
 
@@ -233,7 +236,7 @@ def memory_verdict(base: Measured, cur: Measured, o: Options) -> Memory:
     return Memory("same", base.peak_mem, cur.peak_mem)
 
 
-_SEVERITY = ("error", "regression", "inconclusive", "slower", "faster", "improvement", "same", "n/a")
+_SEVERITY = ("wrong", "error", "regression", "inconclusive", "slower", "faster", "improvement", "same", "n/a")
 
 
 def combine(lat: Latency, mem: Memory, o: Options) -> tuple[str, str]:
@@ -262,6 +265,12 @@ def compare_case(
     if cur is None:
         return CaseResult(key, label, "missing", "only in the baseline", base_ms=base.median_ms)
     ms = dict(base_ms=base.median_ms, cur_ms=cur.median_ms)
+    if cur.status == "wrong":
+        also = " (the baseline's was wrong too)" if base.status == "wrong" else ""
+        return CaseResult(key, label, "wrong", f"wrong output, not compared for speed: {cur.reason}{also}", **ms)
+    if base.status == "wrong":
+        return CaseResult(key, label, "new", f"no speed comparison: the baseline's output was wrong ({base.reason})",
+                          **ms)
     if cur.status != "ok":
         if cur.status == base.status and cur.status in _NOT_RUN:
             return CaseResult(key, label, "n/a", f"{cur.status} on both sides: {cur.reason}")

@@ -1,12 +1,15 @@
 """`attnbench recommend`: per shape, length and mode, the fastest backend within an error and memory
 budget (the judgement; report/formodel.py renders it).
 
-A candidate is one (variant, backend, params) of a shape with status ok. It qualifies when
+A candidate is one (variant, backend, params) of a shape with status ok. A wrong one (core/correctness.py:
+its output beyond the budget of its own oracle, or a failed definition reference check) never
+qualifies, and the pick's note names it with its reason. Otherwise it qualifies when
 - its error is within the budget: the relative L2 error against the fp64 reference of the record's
   variant (a model's records: its own attention is what the model computes) or, for other records,
   against full softmax attention where measured (an approximation is judged as a replacement for
   exact attention). Default budget: exact within the dtype's tolerance (core/tolerance.py): K units of
-  roundoff of the record's dtype (rounding the output alone costs ≈ 0.6) plus K float32 units × √Lk
+  roundoff of the record's dtype (TF32's for a kernel that computes float32 dots in TF32 on a GPU,
+  core/correctness.budget; rounding the output alone costs ≈ 0.6) plus K float32 units × √Lk
   (sums over Lk keys accumulated in float32 grow like a random walk: measured on the CPU, float32
   attention's error vs fp64 is ≈ 10 units × √(Lk/1024)). A record whose error
   was not measured (reference too large) qualifies when its variant is exact, with a note;
@@ -32,8 +35,9 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
+from attnbench.core.correctness import budget as error_budget
+from attnbench.core.correctness import why_wrong
 from attnbench.core.models import HF_IMPLEMENTATION
-from attnbench.core.tolerance import tolerance
 from attnbench.core.units import fmt_bytes
 from attnbench.gate.stats import bootstrap_ratio, seed_for
 from attnbench.report.analysis import FAILURES, first_line, fmt_len
@@ -90,10 +94,14 @@ def _label(r: dict, several_variants: bool) -> str:
 
 
 def qualifies(r: dict, max_error: float | None, budget: float | None, exact: set[str]) -> tuple[bool, str]:
-    """(qualifies, note) of one ok record under the budgets."""
+    """(qualifies, note) of one ok record under the budgets; a wrong record (core/correctness.py:
+    its output beyond its own oracle's budget) never qualifies, whatever --max-error allows."""
+    wrong = why_wrong(r)
+    if wrong:
+        return False, f"wrong: {wrong}"
     notes = []
     err = _error(r)
-    limit = tolerance(r["dtype"], r.get("seq_k") or 1) if max_error is None else max_error
+    limit = error_budget(r)[0] if max_error is None else max_error
     if err is None:
         if r["variant"] not in exact:
             return False, "error not measured for an approximation"
@@ -188,6 +196,8 @@ def _pick(key: str, shape: dict, seq: int, mode: str, everything: list[dict], ma
         return Pick(shape, seq, mode, None, None, None, None, None, None, f"nothing qualifies: {why}")
     ok.sort(key=lambda x: metric_value(x[0], metric))
     (best, note), rest = ok[0], ok[1:]
+    wrong = "; ".join(f"{_label(r, several)} left out as wrong ({why})" for r in rs for why in [why_wrong(r)] if why)
+    note = "; ".join(filter(None, [note, wrong]))
     if not rest:
         return Pick(shape, seq, mode, _label(best, several), best["variant"], None, None, None, None,
                     "; ".join(filter(None, [note, transformers_note(best, []), "no runner-up"])))

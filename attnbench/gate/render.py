@@ -1,7 +1,7 @@
 """The gate's report in four formats: a plain-text table (terminal and CI logs), Markdown for a
 CI job summary (verdict line first, regressions and improvements, the rest folded in
-<details>), JSON, and JUnit XML (one testcase per benchmark case: <failure> for a regression,
-<error> for a failed case, <skipped> for inconclusive and uncompared cases).
+<details>), JSON, and JUnit XML (one testcase per benchmark case: <failure> for a regression or a
+wrong output, <error> for a failed case, <skipped> for inconclusive and uncompared cases).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from attnbench.gate.compare import CaseResult, Report
 from attnbench.gate.sides import describe_differences
 
 _WORD = {0: "PASS", 1: "FAIL", 2: "ERROR", 3: "INCOMPARABLE"}
-_FIRST = ("regression", "error", "improvement")
+_FIRST = ("regression", "wrong", "error", "improvement")
 
 
 def headline(r: Report) -> str:
@@ -29,7 +29,7 @@ def headline(r: Report) -> str:
     parts = [f"{n.get('regression', 0)} regression{'s' * (n.get('regression', 0) != 1)}"]
     plural = {"error": "errors", "improvement": "improvements"}
     parts += [f"{n[k]} {plural.get(k, k) if n[k] != 1 else k}" for k in
-              ("error", "improvement", "inconclusive", "slower", "faster", "same", "new", "missing", "n/a",
+              ("wrong", "error", "improvement", "inconclusive", "slower", "faster", "same", "new", "missing", "n/a",
                "reference") if n.get(k)]
     gated = {"both": "latency+memory"}.get(o.metric, o.metric)
     return (f"{word}: {', '.join(parts)} of {len(r.cases)} cases (gated: {gated}; threshold "
@@ -74,7 +74,7 @@ _HEAD = ["verdict", "case", "base ms", "cur ms", "change (99% CI)", "p", "peak m
 
 
 def _ordered(r: Report) -> list[CaseResult]:
-    order = ("error", "regression", "inconclusive", "slower", "improvement", "faster", "new", "missing",
+    order = ("wrong", "error", "regression", "inconclusive", "slower", "improvement", "faster", "new", "missing",
              "incomparable", "reference", "n/a", "same")
     return sorted(r.cases, key=lambda c: (order.index(c.verdict) if c.verdict in order else 99, c.label))
 
@@ -102,7 +102,7 @@ def to_markdown(r: Report) -> str:
     first = [c for c in _ordered(r) if c.verdict in _FIRST]
     rest = [c for c in _ordered(r) if c.verdict not in _FIRST]
     if first:
-        lines += ["#### Regressions, errors and improvements", "", *_md_table(first), ""]
+        lines += ["#### Regressions, wrong outputs, errors and improvements", "", *_md_table(first), ""]
     if rest:
         what = (f"The other {len(rest)} case{'s' * (len(rest) != 1)}" if first
                 else f"All {len(rest)} case{'s' * (len(rest) != 1)}")
@@ -121,9 +121,10 @@ def to_json(r: Report) -> str:
 
 def to_junit(r: Report) -> str:
     n = r.counts()
-    skipped = sum(v for k, v in n.items() if k not in ("regression", "error", "same", "slower", "faster",
+    skipped = sum(v for k, v in n.items() if k not in ("regression", "wrong", "error", "same", "slower", "faster",
                                                         "improvement", "reference"))
-    attrs = {"name": "attnbench.gate", "tests": str(len(r.cases)), "failures": str(n.get("regression", 0)),
+    attrs = {"name": "attnbench.gate", "tests": str(len(r.cases)),
+             "failures": str(n.get("regression", 0) + n.get("wrong", 0)),
              "errors": str(n.get("error", 0)), "skipped": str(skipped)}
     root = ET.Element("testsuites", attrs)
     suite = ET.SubElement(root, "testsuite", attrs)
@@ -134,8 +135,8 @@ def to_junit(r: Report) -> str:
         rec_cls = "attnbench." + c.label.split(" ", 1)[0].replace("/", ".")
         tc = ET.SubElement(suite, "testcase", {"classname": rec_cls, "name": c.label})
         detail = "\n".join(f"{h}: {v}" for h, v in zip(_HEAD, _row(c)))
-        if c.verdict == "regression":
-            ET.SubElement(tc, "failure", {"message": c.why, "type": "regression"}).text = detail
+        if c.verdict in ("regression", "wrong"):
+            ET.SubElement(tc, "failure", {"message": c.why, "type": c.verdict}).text = detail
         elif c.verdict == "error":
             ET.SubElement(tc, "error", {"message": c.why, "type": "error"}).text = detail
         elif c.verdict not in ("same", "slower", "faster", "improvement", "reference"):

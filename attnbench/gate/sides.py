@@ -25,6 +25,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from attnbench.core.correctness import why_wrong
 from attnbench.core.errors import UsageError
 from attnbench.core.results import FINGERPRINT_FIELDS, fingerprint
 
@@ -240,6 +241,10 @@ def _merge(key: str, hits: list, normalize: str) -> Measured:
     bad = [rec for _, rec, _ in hits if rec["status"] != "ok"]
     if bad:
         return Measured(key, first, bad[0]["status"], bad[0].get("reason"), (), None, None, len(hits))
+    wrong = [(rec, why) for _, rec, _ in hits for why in [why_wrong(rec)] if why]
+    if wrong:  # a wrong output is never compared for speed (core/correctness.py); its median is kept for the record
+        rec, why = wrong[0]
+        return Measured(key, rec, "wrong", why, (), (rec.get("latency_ms") or {}).get("median"), None, len(hits))
     groups = []
     peaks = []
     raw = []

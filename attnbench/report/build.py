@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attnbench.core import results
+from attnbench.core import correctness, results
 from attnbench.core.errors import UsageError
 from attnbench.report import analysis, verdicts
 from attnbench.report import tables as T
@@ -20,6 +20,8 @@ from attnbench.report.charts import SPECS, curve_chart, scenarios
 from attnbench.report.model import Context, Section, Table
 from attnbench.report.special import gqa_charts, pareto_charts
 from attnbench.report.style import Palette
+from attnbench.report.wrong import not_checked_line
+from attnbench.report.wrong import section as wrong_section
 
 DEFAULT_BASELINE = "mha:eager"
 
@@ -88,7 +90,7 @@ def build_report(paths: list[str | Path], out: Path, baseline: str | None = None
     paths = [*(history_files(history) if history else []), *paths]
     headers, runs = load_runs(paths)
     records = [r for recs in runs for r in recs]
-    baseline, base_note = check_baseline(records, baseline)
+    baseline, base_note = check_baseline(correctness.split(records)[0], baseline)
     out = Path(out).absolute()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out '{out}' is a file; give a directory")
@@ -108,11 +110,13 @@ def _build(paths, out: Path, headers, runs, records, baseline, base_note, patter
 
     (out / "charts").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(exist_ok=True)
+    records, wrong = correctness.split(records)  # a wrong output never enters a speed claim (core/correctness.py)
+    runs = [correctness.split(recs)[0] for recs in runs]
     everything = analysis.series(records)
     ctx = Context(tuple(headers), out / "charts", Palette(sorted({T.tag(s) for s in everything}
                                                                 | {s.name for s in everything})), baseline)
     scaling = _scaling(ctx, everything, records, out, base_note)
-    sections = [_story(ctx, everything, records, base_note, scaling), scaling,
+    sections = [_story(ctx, everything, records, base_note, scaling, wrong), scaling,
                 _throughput(ctx, everything, records, out), _crossovers(records, out, ctx.baseline),
                 *_special(ctx, everything, records, patterns), *_peers(headers, records, out), _not_run(records, out),
                 _environment(headers, out, paths)]
@@ -121,6 +125,9 @@ def _build(paths, out: Path, headers, runs, records, baseline, base_note, patter
     mine = model_section(records, recommender and (lambda recs: recommender(recs, headers)))
     if mine:
         sections.insert(1, mine)
+    bad = wrong_section(wrong, lambda title, cols, rows, name: _table(title, cols, rows, out, name))
+    if bad:
+        sections.insert(1, bad)
     hist = history_section(ctx, [Path(p).name for p in paths], runs)
     if hist:
         sections.insert(1, hist)
@@ -138,7 +145,8 @@ def _build(paths, out: Path, headers, runs, records, baseline, base_note, patter
     return written
 
 
-def _story(ctx: Context, everything, records, base_note: str | None, scaling: Section) -> Section:
+def _story(ctx: Context, everything, records, base_note: str | None, scaling: Section,
+           wrong: list[tuple[dict, str]] = ()) -> Section:
     """"What this run shows": the findings (report/story.py), then latency and peak memory of the
     scenario with the most series, drawn for the baseline and the series the findings name (at most
     MAX_SERIES, so one panel each); when that is every series of the scenario, the scaling
@@ -148,7 +156,7 @@ def _story(ctx: Context, everything, records, base_note: str | None, scaling: Se
     from attnbench.report.charts import MAX_SERIES, slug
     from attnbench.report.story import key_series, story
 
-    sec = Section("What this run shows", story(records, ctx.baseline, base_note), lead=True)
+    sec = Section("What this run shows", story(records, ctx.baseline, base_note, wrong), lead=True)
     scn, labels = key_series(records, ctx.baseline, MAX_SERIES)
     names = analysis.labels_of(everything)
     group = [s for s in everything if s.scenario() == scn and s.ok()]
@@ -248,6 +256,9 @@ def _throughput(ctx: Context, everything, records, out: Path) -> Section:
             sec.charts.append(chart)
     if not sec.charts:
         sec.skipped.append("Throughput chart: no case with achieved FLOP/s in the data.")
+    unchecked = not_checked_line(records)
+    if unchecked:
+        sec.text.append(unchecked)
     rows = T.measurement_display(T.measurements(records, ctx.baseline))
     sec.tables.append(_table("measurements", T.measurement_columns(rows), rows, out, "measurements",
                              T.gpu_note(rows)))

@@ -12,6 +12,8 @@ Fields (docs/reports.md, "show --json"):
                 the shape axes, latency, memory (sentences), latency_L
   not_run       series where nothing ran, then every failed case (oom, timeout, error, killed) of a
                 series that ran: series, the shape axes, status, reason, lengths
+  wrong         every ok record whose output is wrong (core/correctness.py), left out of every table
+                above: series, scenario, L, latency (its median, kept), params, reason
 NaN and infinities are written as null, so the output is strict JSON.
 """
 
@@ -34,8 +36,12 @@ def _strict(v):
     return v
 
 
-def show_document(records: list[dict], baseline: str, note: str | None) -> dict:
-    """The object `show --json` prints (fields in the module docstring)."""
+def show_document(records: list[dict], baseline: str, note: str | None,
+                  wrong: list[tuple[dict, str]] = ()) -> dict:
+    """The object `show --json` prints (fields in the module docstring); `records` those a speed claim
+    may use, `wrong` the (record, reason) left out (core/correctness.split)."""
+    from attnbench.report.wrong import rows as wrong_rows
+
     doc = {
         "baseline": None if note else baseline,
         "baseline_note": note,
@@ -43,5 +49,6 @@ def show_document(records: list[dict], baseline: str, note: str | None) -> dict:
         "measurements": T.measurements(records, baseline),
         "crossovers": T.crossover_table(records, baseline),
         "not_run": T.not_run(records),
+        "wrong": wrong_rows(list(wrong)),
     }
     return _strict(doc)

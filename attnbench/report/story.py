@@ -2,8 +2,11 @@
 the charts that carry them.
 
 Every sentence is computed from the tables the report prints below it, never written by hand:
+- first, the cases left out as wrong (core/correctness.py: their output is beyond its budget);
 - per scenario, the series furthest ahead of the baseline in speed and in memory, at the longest
-  length both ran (a ratio of medians; a case flagged noisy or contended says so);
+  length both ran (a ratio of medians; a case flagged noisy or contended says so); an
+  approximation's speedup carries its error against exact attention beside it, and one whose error
+  is 1 or more (worse than returning zeros) is not headlined at all;
 - the complexity verdicts: which claims the fits confirm (memory O(L) against the baseline's
   O(L²)), which they contradict, and how many are undecided and why (too few lengths, wide intervals);
 - the crossovers among the pairs that matter;
@@ -15,20 +18,24 @@ interval (the gate's `compare`/`ab` does). Only the first MAX_SCENARIOS scenario
 
 from __future__ import annotations
 
+from attnbench.core.tolerance import tolerance
 from attnbench.report import tables as T
 from attnbench.report.analysis import FAILURES, SCENARIO_KEYS, fmt_len, length, scaling_table, series
 
 MAX_SCENARIOS = 3
+APPROX_HEADLINE_MAX = 1.0  # relative L2 against exact attention: 1 is what an all-zero output scores
 NOISY = ("high_variance", "low_samples", "contended")
 
 
-def story(records: list[dict], baseline: str, base_note: str | None) -> list[str]:
-    """The sentences of "What this run shows", most important first."""
+def story(records: list[dict], baseline: str, base_note: str | None,
+          wrong: list[tuple[dict, str]] = ()) -> list[str]:
+    """The sentences of "What this run shows", most important first. `records` are the ones a speed
+    claim may use; `wrong` (record, reason) those left out as wrong (core/correctness.split), named first."""
     rows = scaling_table(records, baseline)
     scenarios: dict[str, list[dict]] = {}
     for r in rows:
         scenarios.setdefault(T.scenario_text(r), []).append(r)
-    out = []
+    out = _wrong(wrong)
     for scn, group in list(scenarios.items())[:MAX_SCENARIOS]:
         prefix = f"{scn}: " if len(scenarios) > 1 else ""
         out += [prefix + s for s in _ratios(group, baseline, records)]
@@ -44,6 +51,19 @@ def story(records: list[dict], baseline: str, base_note: str | None) -> list[str
     return out
 
 
+def _wrong(wrong) -> list[str]:
+    """One sentence naming the wrong records left out of every figure below (their reasons are in
+    "Wrong results")."""
+    if not wrong:
+        return []
+    named = ", ".join(f"{r['variant']}:{r['backend']} {r['dtype']} at {fmt_len(length(r))} ({why})"
+                      for r, why in list(wrong)[:3])
+    more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+    n = len(wrong)
+    return [f"{n} case{'s' if n > 1 else ''} computed a wrong output and {'are' if n > 1 else 'is'} left out of "
+            f"every speedup, verdict and chart below: {named}{more} (see \"Wrong results\")."]
+
+
 def _noisy(records: list[dict], row: dict, at: int | None) -> list[str]:
     """The noise flags of the records a ratio at length `at` is made of (the series' and the baseline's)."""
     names = {row["name"], row["baseline"]}
@@ -52,12 +72,18 @@ def _noisy(records: list[dict], row: dict, at: int | None) -> list[str]:
     return sorted(flags)
 
 
+def inexact(err: float | None, dtype: str, seq_k: int) -> bool:
+    """An error against exact attention beyond what exact attention itself may carry in this dtype
+    at this length (core/tolerance.py): bfloat16 SDPA's 2e-3 is exact, linformer's 0.7 is not."""
+    return err is not None and err > tolerance(dtype, seq_k)
+
+
 def _approx_error(records: list[dict], row: dict, at: int | None) -> float | None:
-    """The series' error against exact attention at `at` when it is an approximation's (≥ 1e-3)."""
+    """The series' error against exact attention at `at` when it is an approximation's (inexact)."""
     for r in T.measurements(records, "-"):
         if r["series"] == row["series"] and r["L"] == at and all(r[k] == row[k] for k in SCENARIO_KEYS):
             err = r["full_rel_l2"] if r["full_rel_l2"] is not None else r["rel_l2"]
-            return err if err is not None and err >= 1e-3 else None
+            return err if inexact(err, r["dtype"], r["seq_k"]) else None
     return None
 
 
@@ -71,9 +97,12 @@ def _picks(group: list[dict], records: list[dict]) -> list[tuple[dict, float | N
     rated = [r for r in group if not r["is_baseline"] and r["speedup"] is not None]
     approx = {id(r): _approx_error(records, r, r["compared_at"]) for r in rated}
     exact = [r for r in rated if approx[id(r)] is None]
-    inexact = [r for r in rated if approx[id(r)] is not None]
+    # an approximation's speedup is a headline only beside its error, and only when its output is
+    # closer to exact attention than returning zeros (relative L2 < 1); worse ones are named by _accuracy
+    inexact = [r for r in rated if approx[id(r)] is not None and approx[id(r)] < APPROX_HEADLINE_MAX]
     picks = [max(rs, key=lambda r: r["speedup"]) for rs in (exact, inexact) if rs]
-    lean = max((r for r in rated if r["mem_saving"] is not None), key=lambda r: r["mem_saving"], default=None)
+    eligible = exact + inexact
+    lean = max((r for r in eligible if r["mem_saving"] is not None), key=lambda r: r["mem_saving"], default=None)
     if lean is not None and all(lean is not p for p in picks):
         picks.append(lean)
     return [(r, approx[id(r)]) for r in picks]
@@ -146,7 +175,7 @@ def _accuracy(records: list[dict]) -> list[str]:
     worst: dict[str, dict] = {}
     for r in T.measurements(records, "-"):
         err = r["full_rel_l2"] if r["full_rel_l2"] is not None else r["rel_l2"]
-        if err is None or err < 1e-3:
+        if not inexact(err, r["dtype"], r["seq_k"]):
             continue
         if r["series"] not in worst or r["L"] > worst[r["series"]]["L"]:
             worst[r["series"]] = {**r, "err": err}
@@ -157,7 +186,7 @@ def _accuracy(records: list[dict]) -> list[str]:
     text = "Approximation error (relative L2 against exact attention, at the longest length): " + ", ".join(
         f"{r['series']} {r['err']:.2g} at {fmt_len(r['L'])}" for r in rows[:3]) + (" …" if len(rows) > 3 else "")
     if bad:
-        text += f"; {len(bad)} at or above 1, worse than returning zeros"
+        text += f"; {len(bad)} at or above 1, worse than returning zeros (their speedups are not headlined)"
     return [text + "."]
 
 

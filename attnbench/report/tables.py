@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from attnbench.core.results import atomic_write_text, spread_text
+from attnbench.core.tolerance import tolerance
 from attnbench.core.units import fmt_bytes as _fmt_bytes
 from attnbench.core.units import fmt_joules
 from attnbench.report.analysis import (
@@ -58,10 +59,11 @@ def failed_records(records: list[dict]) -> list[dict]:
 
 def approximate(s: Series) -> bool:
     """From the data, not the registry: an error against full attention was recorded (patterns,
-    positional), or the error against the exact reference is at least 1e-3 (approximations)."""
+    positional), or the error against the exact reference is beyond what exact attention may carry
+    in the record's dtype at its length (core/tolerance.py: bfloat16 SDPA's 2e-3 is exact)."""
     for r in s.ok():
         err = r.get("error") or {}
-        if "full_rel_l2" in err or (err.get("rel_l2") or 0.0) >= 1e-3:
+        if "full_rel_l2" in err or (err.get("rel_l2") or 0.0) > tolerance(r["dtype"], r.get("seq_k") or 1):
             return True
     return False
 

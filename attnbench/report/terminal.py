@@ -80,8 +80,20 @@ def print_scaling(records: list[dict], console: Console, baseline: str | None = 
     return bool(rows)
 
 
-def show(records: list[dict], console: Console, baseline: str) -> None:
-    """Every table of the report, in the terminal."""
+def print_wrong(wrong: list[tuple[dict, str]], console: Console) -> None:
+    """The wrong records (core/correctness.py), timing kept, each with why it was left out of the
+    fits, speedups and crossovers above."""
+    from attnbench.report.wrong import COLUMNS, rows
+
+    if wrong:
+        console.print(rich_table("wrong output · left out of every fit, speedup and crossover", COLUMNS, rows(wrong)))
+
+
+def show(records: list[dict], console: Console, baseline: str, wrong: list[tuple[dict, str]] = ()) -> None:
+    """Every table of the report, in the terminal; `records` those a speed claim may use, `wrong`
+    the (record, reason) left out as wrong (core/correctness.split), printed after them."""
+    from attnbench.report.wrong import not_checked_line
+
     scaling = T.scaling_display(analysis.scaling_table(records, baseline))
     if not scaling:
         console.print("no case ran (status ok): nothing to fit")
@@ -100,3 +112,6 @@ def show(records: list[dict], console: Console, baseline: str) -> None:
                       f"of one variant, approximation vs exact, or vs the baseline {_esc(baseline)})")
     for scn, rows in _by_scenario(T.with_scenario(T.not_run(records))).items():
         console.print(rich_table(f"not run or failed · {scn}", NOT_RUN, rows))
+    print_wrong(list(wrong), console)
+    if unchecked := not_checked_line(records):
+        console.print(_esc(unchecked), highlight=False)

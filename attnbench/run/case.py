@@ -101,7 +101,7 @@ _oracles: dict = {}
 
 
 def oracle(variant, problem: Problem, q, k, v, key=None) -> dict:
-    """The fp64 oracle outputs {"ref", "full"} for these inputs; with a key (variant, problem,
+    """The fp64 oracle outputs {"ref", "full", "own"} for these inputs; with a key (variant, problem,
     inputs, seed) the last ORACLE_CACHE are kept, so the backends of one case (same inputs: the same
     seed) compute it once. The outputs are small (B·Hq·Lq·D); the scores are not kept."""
     if key is not None and key in _oracles:
@@ -111,6 +111,8 @@ def oracle(variant, problem: Problem, q, k, v, key=None) -> dict:
         res = {"ref": variant.reference(q64, k64, v64, problem)}
         if variant.full_attention_error or not variant.exact:
             res["full"] = exact_reference(q64, k64, v64, problem)
+        if variant.oracle == "eager":  # an approximation's own computation: its eager formulation
+            res["own"] = variant.backend("eager").build(problem, q.device)(q64, k64, v64)
     if key is not None:
         while len(_oracles) >= ORACLE_CACHE:
             _oracles.pop(next(iter(_oracles)))
@@ -119,12 +121,20 @@ def oracle(variant, problem: Problem, q, k, v, key=None) -> dict:
 
 
 def compute_error(
-    variant, problem: Problem, out: torch.Tensor, q, k, v, limit: int | None = None, key=None
+    variant, problem: Problem, out: torch.Tensor, q, k, v, limit: int | None = None, key=None, backend: str = ""
 ) -> dict | None:
     """Error of the forward output against an fp64 oracle: the variant's reference computed in
     float64 from the same inputs (every backend, eager included: never the output against itself),
-    and, for patterns and approximations, against full softmax attention in float64. None with
-    reason if too large. rel_l2 ≥ 1 is worse than returning zeros (an all-zero output has 1)."""
+    and, for patterns and approximations, against full softmax attention in float64 (`full_*`).
+    An approximation (oracle "eager"), whose reference is exact attention, also gets `own_rel_l2`/
+    `own_max_abs`: against its own eager formulation fed the fp64 inputs (same random features),
+    the quantity its correctness is judged by (core/correctness.py); its distance from exact
+    attention is its approximation error. Honest limits: the eager formulations of linear,
+    performer and reformer compute in float32 whatever the input dtype, so that oracle is a float32
+    one there; the `eager` backend itself gets `own_reason` instead (it would be compared with
+    itself). `judged_by` names the key that holds the error against the record's own oracle (what
+    core/correctness.py judges). None with reason if too large. rel_l2 ≥ 1 is worse than returning zeros (an all-zero
+    output has 1)."""
     elems = reference_scores(problem)
     limit = REFERENCE_LIMIT if limit is None else limit
     if elems > limit:
@@ -137,6 +147,13 @@ def compute_error(
     if "full" in refs:
         full = accuracy.errors(out, refs["full"])
         result |= {"full_rel_l2": full["rel_l2"], "full_max_abs": full["max_abs"]}
+    if "own" in refs and backend == "eager":
+        result["own_reason"] = "the eager backend is this approximation's own formulation (its oracle)"
+    elif "own" in refs:
+        own = accuracy.errors(out, refs["own"])
+        result |= {"own_rel_l2": own["rel_l2"], "own_max_abs": own["max_abs"], "judged_by": "own_rel_l2"}
+    else:
+        result["judged_by"] = "rel_l2"
     return result
 
 
@@ -235,8 +252,11 @@ def run_case(
     if p.mode in ("fwd", "decode"):
         try:
             error = compute_error(
-                variant, p, peak.output, q, k, v, reference_limit, key=(case.variant, p, inputs, device.type)
+                variant, p, peak.output, q, k, v, reference_limit, key=(case.variant, p, inputs, device.type),
+                backend=case.backend,
             )
+            if backend.tf32_dots and device.type == "cuda" and p.dtype == "float32":
+                error["dots"] = "tf32"  # its budget is TF32's (core/correctness.py), not float32's
             # entropy needs one (B, H, L, D) batch with q and k of one width: not MLA's latent cache,
             # not a ragged (paged) batch
             if "reason" not in error and q.shape[-1] == k.shape[-1] and p.param("seq_dist") is None \

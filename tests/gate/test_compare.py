@@ -394,3 +394,20 @@ def test_two_files_with_no_case_in_common_exit_3_with_one_line(pair, capsys):
     assert rc == 3 and out == ""
     assert len(err.strip().splitlines()) == 1 and "share no case" in err
     assert "50 cases of mha:sdpa" in err and "3 cases of mha:flex" in err
+
+
+def test_a_case_that_became_wrong_fails_the_gate_whatever_its_speed(pair, capsys):
+    """The current side's case 3 is as fast as before but its output is 0.1 off its fp64 reference
+    (float32 at Lk 256 allows 4.1e-6): verdict wrong (exit 2, a JUnit failure), never a speed
+    verdict. The other way round there is no speed to compare with: new, exit 0."""
+    cur = fifty(2)
+    cur[3]["error"] = {"vs": "fp64 reference", "rel_l2": 0.1, "max_abs": 0.3, "judged_by": "rel_l2"}
+    base, cur_path = pair(cur)
+    rc, out, _ = run_cli(capsys, base, cur_path, "--format", "junit")
+    assert rc == 2
+    [failure] = ET.fromstring(out).iter("failure")
+    assert failure.get("type") == "wrong" and failure.get("message").startswith(
+        "wrong output, not compared for speed: error 1.0e-01 > 4.1e-06 allowed for float32 at Lk 256")
+    rc, out, _ = run_cli(capsys, cur_path, base, "--format", "json")
+    [case] = [c for c in json.loads(out)["cases"] if "L256x256" in c["label"]]
+    assert rc == 0 and case["verdict"] == "new" and "the baseline's output was wrong" in case["why"]

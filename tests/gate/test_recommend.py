@@ -41,13 +41,36 @@ def test_two_backends_within_the_noise_are_a_tie():
 
 
 def test_error_budget_excludes_a_fast_inexact_backend():
-    recs = [rec("sdpa", 1024, 1.0), rec("eager", 1024, 2.0), rec("fast", 1024, 0.2, err=1e-2)]
+    """An approximation exact to its own formulation (own_rel_l2) but 1e-2 from exact attention:
+    out by default, in under --max-error 0.05."""
+    approx = {"vs": "fp64 reference", "rel_l2": 1e-2, "max_abs": 1e-2, "full_rel_l2": 1e-2, "own_rel_l2": 1e-7}
+    recs = [rec("sdpa", 1024, 1.0), rec("eager", 1024, 2.0), rec("fast", 1024, 0.2, error=approx)]
     [p] = recommend(recs)  # default: exact within float32's tolerance
     assert tolerance("float32") < 1e-2 and p.backend == "sdpa"
     [p] = recommend(recs, max_error=0.05)
     assert p.backend == "fast" and p.runner_up == "sdpa"
     [p] = recommend([rec("fast", 1024, 0.2, err=1e-2, dtype="bfloat16")])
     assert p.backend == "fast"  # 1e-2 is exact for bfloat16 (16 units of 2⁻⁸ roundoff)
+
+
+def test_a_wrong_output_never_qualifies_whatever_max_error_allows():
+    """An exact variant's kernel 1e-2 from its fp64 reference in float32 is wrong (core/correctness.py):
+    not picked even under --max-error 0.05, and the pick names it with the reason."""
+    recs = [rec("sdpa", 1024, 1.0), rec("eager", 1024, 2.0), rec("fast", 1024, 0.2, err=1e-2)]
+    for max_error in (None, 0.05):
+        [p] = recommend(recs, max_error=max_error)
+        assert p.backend == "sdpa" and p.runner_up == "eager"
+        assert "fast left out as wrong (error 1.0e-02 > 7.9e-06 allowed for float32 at Lk 1024)" in p.note
+    [p] = recommend([rec("fast", 1024, 0.2, err=1e-2)], max_error=0.05)
+    assert p.backend is None and p.note == ("nothing qualifies: wrong: error 1.0e-02 > 7.9e-06 allowed for "
+                                            "float32 at Lk 1024")
+
+
+def test_a_tf32_kernel_qualifies_within_tf32s_budget():
+    """A GPU kernel with float32 dots in TF32 (error `dots: tf32`) 3e-4 from the reference: correct and picked."""
+    tf32 = {"vs": "fp64 reference", "rel_l2": 3e-4, "max_abs": 1e-3, "dots": "tf32"}
+    [p] = recommend([rec("triton", 1024, 0.5, error=tf32), rec("sdpa", 1024, 1.0)])
+    assert p.backend == "triton" and "wrong" not in p.note
 
 
 def test_memory_budget_excludes_what_does_not_fit():

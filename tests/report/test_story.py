@@ -110,3 +110,38 @@ def test_the_story_charts_draw_a_few_series_of_many(tmp_path):
     head = md.split("**Contents**")[0]
     assert "(charts/story-latency-" in head and "6 of 8 series" in head
     assert "(charts/latency-" in md.split("**Contents**")[1]  # every series still drawn in Scaling
+
+
+def test_an_approximation_worse_than_zeros_is_not_a_headline():
+    """linformer 40× faster at error 3 against exact attention is no headline: the story names its
+    error among the approximations and headlines the fastest one closer than returning zeros,
+    whose speedup carries its error beside it."""
+    from attnbench.report.catalogue import annotate
+
+    cat = {**CAT, "linformer": {**CAT["performer"], "params": []}}
+    recs = records() + [ok("linformer", "sdpa", L, 2.5e-4 * L, 1024.0 * L,
+                           error={"vs": "x", "rel_l2": 3.0, "max_abs": 9.0, "full_rel_l2": 3.0, "full_max_abs": 9.0})
+                        for L in (512, 1024, 1536, 2048, 4096)]
+    text = story(annotate({"catalogue": cat}, recs), "flash:eager", None)
+    assert not any(s.startswith("linformer:sdpa is") for s in text)
+    assert any(s.startswith("performer:chunked eps=0.0001 is 41× faster than flash:eager at 4k")
+               and "— an approximation, relative L2 error 0.2 against exact attention there" in s for s in text)
+    [acc] = [s for s in text if s.startswith("Approximation error")]
+    assert "linformer:sdpa 3 at 4k" in acc and "1 at or above 1, worse than returning zeros (their speedups are " \
+                                               "not headlined)" in acc
+
+
+def test_an_exact_bfloat16_result_is_not_called_an_approximation():
+    """bfloat16 SDPA 2.2e-3 from the fp64 reference is exact within bfloat16's budget (1.6e-2): its
+    speedup is an exact series', with no approximation error beside it."""
+    from attnbench.report.catalogue import annotate
+
+    def bf16(backend, L, ms, err):
+        return ok("flash", backend, L, ms, 1.0 * L, dtype="bfloat16",
+                  error={"vs": "fp64 reference", "rel_l2": err, "max_abs": err, "judged_by": "rel_l2"})
+
+    recs = [bf16("eager", L, 1e-5 * L * L, 2.0e-3) for L in (512, 1024)]
+    recs += [bf16("sdpa", L, 5e-6 * L * L, 2.2e-3) for L in (512, 1024)]
+    text = story(annotate({"catalogue": CAT}, recs), "flash:eager", None)
+    assert text[0] == "flash:sdpa is 2× faster than flash:eager at 1k and uses 1× less memory."
+    assert not any("approximation" in s.lower() for s in text)

@@ -6,6 +6,7 @@ Backend `fault` of variant `mha`, driven by the problem parameter `fault`:
     oom    allocates far past the memory limit (raises an allocator error)
     sleep  sleeps past any time budget
     raise  raises RuntimeError
+    wrong  torch SDPA's output scaled by 1.1: runs and times like SDPA, relative error 0.1 (a wrong kernel)
     segv   kills its own process with SIGSEGV
     kill   kills its own process with SIGKILL (as the kernel's OOM killer does)
     kill-ray-worker  the Ray worker running the case kills itself before the case (run/executors.py;
@@ -25,7 +26,7 @@ from attnbench.core.problem import Problem
 from attnbench.variants.base import Backend, Fn, Reason
 from attnbench.variants.shared import sdpa_call
 
-FAULTS = ("none", "oom", "sleep", "raise", "segv", "kill", "kill-ray-worker")
+FAULTS = ("none", "oom", "sleep", "raise", "segv", "kill", "kill-ray-worker", "wrong")
 
 
 def _build(problem: Problem, device: torch.device) -> Fn:
@@ -43,6 +44,8 @@ def _build(problem: Problem, device: torch.device) -> Fn:
         if fault in ("segv", "kill"):
             os.kill(os.getpid(), signal.SIGSEGV if fault == "segv" else signal.SIGKILL)
         out = F.scaled_dot_product_attention(q, k, v, **kwargs)
+        if fault == "wrong":
+            out = out * 1.1
         if delay_s:
             end = time.perf_counter() + delay_s
             while time.perf_counter() < end:
