@@ -14,7 +14,6 @@ import attnbench.variants.backends.peers as peers
 from attnbench.core.errors import UsageError
 from attnbench.core.problem import Problem
 from attnbench.variants import registry
-from attnbench.variants.shared import softmax_attention
 
 CPU = torch.device("cpu")
 
@@ -93,20 +92,16 @@ def test_local_attention_peer_same_pattern(causal, length, window):
     torch.testing.assert_close(b.build(p, CPU)(q, k, v), var.reference(q, k, v, p), atol=1e-5, rtol=1e-4)
 
 
-def test_local_attention_peer_wider_pattern_when_window_minus_one_does_not_divide():
-    """Non-causal, L % (w−1) != 0: the package runs with ws = w, i.e. |i − j| <= w, which is
-    our window one key wider on each side; it matches that pattern exactly and differs from ours."""
-    _needs("local_attention")
+def test_local_attention_peer_is_unsupported_when_window_minus_one_does_not_divide():
+    """Non-causal, L % (w−1) != 0: the package's only other choice, ws = w, attends |i − j| <= w,
+    our window one key wider on each side (another pattern under our label): refused, with why."""
     var = _sliding()
     _, p = _problem("sliding_window", lq=128, lk=128, window=16)
-    assert peers.local_window_size(p) == 16
-    q, k, v = _inputs(p)
-    out = var.backend("peer:local-attention").build(p, CPU)(q, k, v)
-    i = torch.arange(128)
-    wider = (i[:, None] - i[None, :]).abs() <= 16
-    torch.testing.assert_close(out, softmax_attention(q, k, v, mask=wider), atol=1e-5, rtol=1e-4)
-    assert (out - var.reference(q, k, v, p)).abs().max() > 1e-3
-    assert "multiple" in var.backend("peer:local-attention").why_unsupported(replace(p, seq_q=100, seq_k=100), CPU)
+    assert peers.local_window_size(p) is None
+    reason = var.backend("peer:local-attention").why_unsupported(p, CPU)
+    assert "multiple of window-1=15" in reason and "one more key" in reason
+    _, ok = _problem("sliding_window", lq=120, lk=120, window=16)  # 120 = 8 × 15
+    assert peers.local_window_size(ok) == 15
 
 
 def test_missing_package_reason():

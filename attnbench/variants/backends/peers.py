@@ -22,9 +22,9 @@ peer:local-attention (sliding_window)  local_attention.LocalAttention(window_siz
     causal, look_backward=1, look_forward=0 if causal else 1, exact_windowsize=True). Our window
     is |i − j| < w; the package's exact window is |i − j| <= ws, so ws = w − 1 gives the same
     pattern. It needs L to be a multiple of ws: causal uses autopad (padding at the end is in
-    every query's future, so harmless); non-causal uses ws = w − 1 when it divides L, else
-    ws = w (one extra key on each side: the pattern differs and the error against our
-    reference shows it), else it is unsupported. Needs kv_heads == heads and Lq == Lk.
+    every query's future, so harmless); non-causal needs ws = w − 1 to divide L, else it is
+    unsupported (ws = w would attend one more key on each side: another pattern under our
+    label, judged wrong against our reference). Needs kv_heads == heads and Lq == Lk.
 """
 
 from __future__ import annotations
@@ -137,12 +137,7 @@ def _linformer_supports(p: Problem, device: torch.device) -> Reason:
 def local_window_size(p: Problem) -> int | None:
     """The package's window_size for our window w (see the module docstring), or None."""
     w = int(p.param("window"))
-    if p.causal:
-        return w - 1
-    for ws in (w - 1, w):
-        if p.seq_k % ws == 0:
-            return ws
-    return None
+    return w - 1 if p.causal or p.seq_k % (w - 1) == 0 else None
 
 
 def _local_build(problem: Problem, device: torch.device) -> Fn:
@@ -171,7 +166,8 @@ def _local_supports(p: Problem, device: torch.device) -> Reason:
         return "local-attention's exact window |i - j| <= ws needs window >= 2 here"
     if local_window_size(p) is None:
         w = int(p.param("window"))
-        return f"non-causal local-attention needs L={p.seq_k} to be a multiple of window-1={w - 1} or window={w}"
+        return (f"non-causal local-attention computes this window only when L={p.seq_k} is a multiple of "
+                f"window-1={w - 1} (otherwise it would attend one more key on each side)")
     return _same_heads(p, device)
 
 
