@@ -186,6 +186,16 @@ def _triton_supports(p: Problem, device: torch.device) -> Reason:
     return triton_reason(p) or triton.flash_backend().why_unsupported(p, device)
 
 
+def picture(p: Problem) -> torch.Tensor:
+    """(Lq, Lk) 0/1: the tokens each query attends exactly on seed-0 inputs (head 0): its selected
+    blocks (up to i') and its window. The compressed branch (pooled blocks) is not drawn."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, p.heads, p.seq_q, p.head_dim, generator=g)
+    k = torch.randn(1, p.kv_heads, p.seq_k, p.head_dim, generator=g)
+    _, p_cmp = compressed(q, k, k, p)
+    return (selected_mask(p_cmp, p, p.kv_heads)[0, 0] | window_mask(p, "cpu")).float()
+
+
 def branch_pairs(p: Problem) -> dict[str, int]:
     """Attended pairs per head of each branch (the selection count is fixed: min(n, cur + 1) blocks)."""
     lc, d, ls, n, w = (p.param(x) for x in ("cmp_block", "stride", "block", "topk_blocks", "window"))
@@ -238,6 +248,6 @@ NSA = Variant(
                       "block-sparse kernel (select_by=query_block or decode), window by the Triton "
                       "FlashAttention kernel (fp32: TF32 dots)", why_unavailable=triton.flash_backend().why_unavailable,
                       why_unsupported=_triton_supports, tf32_dots=True)),
-    resolve=resolve, why_unsupported=supports, defaults=dict(DEFAULTS), modes=("fwd", "decode"))
+    resolve=resolve, why_unsupported=supports, defaults=dict(DEFAULTS), modes=("fwd", "decode"), picture=picture)
 
 VARIANTS = (NSA,)
