@@ -273,7 +273,7 @@ def _linear_group(n: int, cfg) -> LayerGroup:
         raise UsageError(f"linear_key_head_dim={dk} != linear_value_head_dim={dv}: attnbench's gdn takes one head dim")
     dims = {"heads": int(cfg.linear_num_value_heads), "kv_heads": int(cfg.linear_num_key_heads), "head_dim": dk,
             "conv_kernel": int(getattr(cfg, "linear_conv_kernel_dim", 1) or 1)}
-    return LayerGroup(RECURRENT, n, (), None, tuple(sorted(dims.items())))
+    return LayerGroup(RECURRENT, n, (), dk ** -0.5, tuple(sorted(dims.items())))  # the model's (and FLA's) 1/√K
 
 
 def _is_param(x: Any) -> bool:
