@@ -188,6 +188,12 @@ def _triton_supports(p: Problem, device: torch.device) -> Reason:
     return triton_reason(p) or triton.flash_backend().why_unsupported(p, device)
 
 
+def selection_bytes(p: Problem) -> float:
+    """What flex and triton hold for the selection: the float32 gates and the chosen-block flags per
+    (query, key block), B·Hq·Lq·nb·(4 + 1) bytes (the BlockMask's or the index's integers are smaller)."""
+    return float(p.batch * p.heads * p.seq_q * -(-p.seq_k // p.param("block")) * 5)
+
+
 def attended_pairs(p: Problem) -> int:
     ip, cur = positions(p, "cpu")
     past = cur.clamp(max=p.param("topk_blocks") - 1) * p.param("block")
@@ -230,11 +236,11 @@ MOBA = Variant(
                       materializes=True),
               Backend("flex", _flex_build, "gate, top-k and a BlockMask from the selection in the call, then "
                       "compiled FlexAttention", why_unavailable=flex_backend().why_unavailable,
-                      why_unsupported=_flex_supports, compiles=True),
+                      why_unsupported=_flex_supports, compiles=True, workspace=selection_bytes),
               Backend("triton", _triton_build, "gate and top-k in torch, then attnbench's Triton block-sparse "
                       "kernel over the selection (select_by=query_block or decode; fp32: TF32 dots)",
                       why_unavailable=triton.flash_backend().why_unavailable, why_unsupported=_triton_supports,
-                      tf32_dots=True)),
+                      tf32_dots=True, workspace=selection_bytes)),
     resolve=resolve, why_unsupported=supports, defaults=dict(DEFAULTS), modes=("fwd", "decode"),
     picture=lambda p: token_mask(select_blocks(*_picture_inputs(p), p), p, "cpu")[0, 0].float())
 

@@ -173,6 +173,14 @@ def _triton_build(p: Problem, device: torch.device) -> Fn:
     return nsa_triton
 
 
+def selection_bytes(p: Problem) -> float:
+    """What flex and triton hold for the compressed branch and the selection: its float32
+    probabilities per (query, pooled block) and, per (query, selection block), the float32 block
+    scores and the chosen flags: B·Lq·(Hq·n_cmp·4 + Hkv·nsel·4 + Hq·nsel)."""
+    nsel = -(-p.seq_k // p.param("block"))
+    return float(p.batch * p.seq_q * (p.heads * n_cmp(p) * 4 + p.kv_heads * nsel * 4 + p.heads * nsel))
+
+
 def _flex_supports(p: Problem, device: torch.device) -> Reason:
     bs = p.param("block")
     if bs < 16 or bs & (bs - 1):
@@ -243,11 +251,11 @@ NSA = Variant(
                       materializes=True),
               Backend("flex", _flex_build, "compressed branch in torch; selected blocks (BlockMask built in the "
                       "call) and window by compiled FlexAttention", why_unavailable=flex_backend().why_unavailable,
-                      why_unsupported=_flex_supports, compiles=True),
+                      why_unsupported=_flex_supports, compiles=True, workspace=selection_bytes),
               Backend("triton", _triton_build, "compressed branch in torch; selected blocks by the Triton "
                       "block-sparse kernel (select_by=query_block or decode), window by the Triton "
                       "FlashAttention kernel (fp32: TF32 dots)", why_unavailable=triton.flash_backend().why_unavailable,
-                      why_unsupported=_triton_supports, tf32_dots=True)),
+                      why_unsupported=_triton_supports, tf32_dots=True, workspace=selection_bytes)),
     resolve=resolve, why_unsupported=supports, defaults=dict(DEFAULTS), modes=("fwd", "decode"), picture=picture)
 
 VARIANTS = (NSA,)
