@@ -194,6 +194,14 @@ def selection_bytes(p: Problem) -> float:
     return float(p.batch * p.heads * p.seq_q * -(-p.seq_k // p.param("block")) * 5)
 
 
+def gather_bytes(p: Problem) -> float:
+    """What gather holds beyond its kind: K and V repeated to the query heads and padded, and one
+    block of gathered rows (keys and values, up to ROW_BYTES, the keys' flattened copy half again)."""
+    k = min(p.param("topk_blocks"), -(-p.seq_k // p.param("block")))
+    rows = p.batch * p.heads * p.seq_q * k * p.param("block") * p.head_dim * p.itemsize * 2
+    return float(2 * p.batch * p.heads * p.seq_k * p.head_dim * p.itemsize + 1.5 * min(rows, ROW_BYTES))
+
+
 def attended_pairs(p: Problem) -> int:
     ip, cur = positions(p, "cpu")
     past = cur.clamp(max=p.param("topk_blocks") - 1) * p.param("block")
@@ -231,7 +239,7 @@ MOBA = Variant(
                 "(--param block=64, topk_blocks=3)",
     time="O(L²/block + L·k·block)", memory="O(L²)", reference=dense_moba, flops=moba_flops, bytes=io_bytes,
     backends=(Backend("gather", _build(gathered_moba), "each query's blocks gathered, softmax over them only",
-                      memory="O(L·k·block)"),
+                      memory="O(L·k·block)", workspace=gather_bytes),
               Backend("eager", _build(dense_moba), "dense scores masked to each query's blocks (the reference)",
                       materializes=True),
               Backend("flex", _flex_build, "gate, top-k and a BlockMask from the selection in the call, then "

@@ -174,11 +174,12 @@ def _triton_build(p: Problem, device: torch.device) -> Fn:
 
 
 def selection_bytes(p: Problem) -> float:
-    """What flex and triton hold for the compressed branch and the selection: its float32
-    probabilities per (query, pooled block) and, per (query, selection block), the float32 block
-    scores and the chosen flags: B·Lq·(Hq·n_cmp·4 + Hkv·nsel·4 + Hq·nsel)."""
+    """What flex and triton hold beyond their kind: the compressed branch's float32 scores and
+    probabilities per (query, pooled block), the selection's block scores and flags, and the three
+    branch outputs with their gated copies (six (B, Hq, Lq, D) tensors at once)."""
     nsel = -(-p.seq_k // p.param("block"))
-    return float(p.batch * p.seq_q * (p.heads * n_cmp(p) * 4 + p.kv_heads * nsel * 4 + p.heads * nsel))
+    select = p.batch * p.seq_q * (2 * p.heads * n_cmp(p) * 4 + p.kv_heads * nsel * 4 + p.heads * nsel)
+    return float(select + 6 * p.batch * p.heads * p.seq_q * p.head_dim * p.itemsize)
 
 
 def _flex_supports(p: Problem, device: torch.device) -> Reason:
