@@ -45,6 +45,7 @@ from attnbench.variants.backends import triton
 from attnbench.variants.backends.flex import and_masks, causal_mod, compiled_block_mask, compiled_flex, flex_backend
 from attnbench.variants.base import Backend, Fn, Reason, Variant
 from attnbench.variants.selection import (
+    FLEX_TILE,
     block_layout,
     check_select_by,
     flex_selected,
@@ -144,7 +145,7 @@ def _flex_build(p: Problem, device: torch.device) -> Fn:
     w = p.param("window")
     in_window = and_masks(causal_mod(p), lambda b, h, q_idx, kv_idx: kv_idx + w > q_idx + (p.seq_k - p.seq_q))
     window = compiled_block_mask()(in_window, B=None, H=None, Q_LEN=p.seq_q, KV_LEN=p.seq_k, device=device,
-                                   BLOCK_SIZE=p.param("block"))
+                                   BLOCK_SIZE=FLEX_TILE)
 
     def nsa_flex(q, k, v):  # the selection and its BlockMask inside the call: they depend on q and k
         o_cmp, p_cmp = compressed(q, k, v, p)

@@ -5,9 +5,9 @@ A selection is `chosen` (B, Hq, Lq, nkb) bool: query i of head h attends the tok
 (of `block` tokens) where chosen[..., i, j], and only keys at or before its key-axis position
 i' = i + Lk − Lq (bottom-right causal).
 
-  flex    `flex_selected`: a BlockMask built from the selection (FlexAttention's query tiles of
-          `block` rows; a tile lists every key block any of its rows chose, "full" where all of them
-          chose it and see all of it), and a mask_mod that looks each (query, key block) up in
+  flex    `flex_selected`: a BlockMask built from the selection (tiles of max(block, 128) queries
+          × keys; a tile is listed where any of its rows chose any of its key blocks, "full" where all
+          of them chose all of it and see all of it), and a mask_mod that looks each (query, key block) up in
           `chosen`, so per-token selections stay exact. The mask is built INSIDE the timed call: the
           selection depends on that call's q and k.
   triton  `block_layout`: the (B·Hq, nqb, nkb) layout of attnbench.kernels.block_sparse, one row
@@ -56,35 +56,42 @@ def pool_by_query_block(x: torch.Tensor, p: Problem, reduce: str) -> torch.Tenso
     return total[..., grp, :]
 
 
+FLEX_TILE = 128  # the BlockMask's tile: FlexAttention's GPU kernels need tiles their BLOCK_M/BLOCK_N
+# (64 or 128 in torch's default configs) divide; a selection block smaller than it is grouped into tiles
+
+
 def flex_selected(q, k, v, chosen: torch.Tensor, block: int) -> torch.Tensor:
     """softmax(q kᵀ/√D) v over the chosen blocks (bottom-right causal), with compiled FlexAttention.
-    q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D), chosen (B, Hq, Lq, ceil(Lk/block)) bool."""
+    q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D), chosen (B, Hq, Lq, ceil(Lk/block)) bool; block a power
+    of two >= 16. Tiles of max(block, FLEX_TILE): a tile is listed when any of its rows chose any of
+    its blocks, "full" when every row chose every block in it and sees all of it."""
     from torch.nn.attention.flex_attention import BlockMask
 
     from attnbench.variants.backends.flex import compiled_flex
 
     b, hq, lq, _ = q.shape
-    lk, nkb = k.shape[2], chosen.shape[-1]
-    off = lk - lq
-    nqb = -(-lq // block)
-    pad = nqb * block - lq
-    rows = torch.nn.functional.pad(chosen, (0, 0, 0, pad)).view(b, hq, nqb, block, nkb)
-    valid = torch.arange(nqb * block, device=q.device).view(nqb, block) < lq  # (nqb, block)
-    first = torch.arange(nqb, device=q.device) * block + off  # each tile's first key-axis position
-    ends = torch.arange(1, nkb + 1, device=q.device) * block - 1  # each key block's last key
-    seen = (ends[None, :] <= first[:, None]) & (ends[None, :] < lk)  # the whole key block visible
-    anyq = rows.any(3)
-    full = (rows | ~valid[None, None, :, :, None]).all(3) & seen & anyq
+    lk, off = k.shape[2], k.shape[2] - q.shape[2]
+    tile = max(block, FLEX_TILE)
+    r, nqt, nkt = tile // block, -(-lq // tile), -(-lk // tile)
+    # padded to whole tiles, so the mask_mod never indexes past the table
+    table = torch.nn.functional.pad(chosen, (0, nkt * r - chosen.shape[-1], 0, nqt * tile - lq))
+    rows = table.view(b, hq, nqt, tile, nkt, r)
+    valid = (torch.arange(nqt * tile, device=q.device) < lq).view(1, 1, nqt, tile, 1, 1)
+    first = torch.arange(nqt, device=q.device) * tile + off  # each tile's first key-axis position
+    ends = torch.arange(1, nkt + 1, device=q.device) * tile - 1  # each key tile's last key
+    seen = (ends[None, :] <= first[:, None]) & (ends[None, :] < lk)  # the whole key tile visible
+    anyq = rows.any(3).any(-1)  # (B, Hq, nqt, nkt)
+    full = (rows | ~valid).all(3).all(-1) & seen & anyq
     partial = anyq & ~full
 
-    def listed(layout):  # (B, Hq, nqb, nkb) bool -> counts, indices (True first, in order)
+    def listed(layout):  # (B, Hq, nqt, nkt) bool -> counts, indices (True first, in order)
         order = torch.argsort((~layout).to(torch.int8), dim=-1, stable=True).to(torch.int32)
         return layout.sum(-1, dtype=torch.int32), order
 
     def selected(bi, hi, q_idx, kv_idx):
-        return chosen[bi, hi, q_idx, kv_idx // block] & (kv_idx <= q_idx + off)
+        return table[bi, hi, q_idx, kv_idx // block] & (kv_idx <= q_idx + off)
 
-    mask = BlockMask.from_kv_blocks(*listed(partial), *listed(full), BLOCK_SIZE=block, mask_mod=selected,
+    mask = BlockMask.from_kv_blocks(*listed(partial), *listed(full), BLOCK_SIZE=tile, mask_mod=selected,
                                     seq_lengths=(lq, lk))
     return compiled_flex()(q, k, v, block_mask=mask, enable_gqa=hq != k.shape[1])
 

@@ -86,7 +86,8 @@ def test_triton_block_sparse_matches_the_loop_reference(case):
 
 @pytest.mark.slow  # one FlexAttention compile (~15 s on two cores), then each case
 def test_flex_matches_the_loop_reference_per_token_and_per_query_block():
-    for case in (dict(seq=96), dict(seq=100, select_by="query_block"), dict(seq=150, mode="decode", b=1)):
+    for case in (dict(seq=96), dict(seq=100, select_by="query_block"), dict(seq=150, mode="decode", b=1),
+                 dict(seq=300, block=64, top=4, b=1, select_by="query_block")):  # 128-tiles, some full
         p = problem(**case)
         q, k, v = inputs(p)
         with torch.no_grad():
