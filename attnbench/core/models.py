@@ -9,8 +9,15 @@ arithmetic is exact for the caches it describes and counts nothing else (weights
 allocator's slack and a paged cache's last partial page are not included):
 
     per layer and token   2·Hkv·D·itemsize   (K and V)      MLA: (kv_lora_rank + qk_rope_head_dim)·itemsize
+                          DSA: (kv_lora_rank + qk_rope_head_dim + index_head_dim)·itemsize (the latent
+                          row and the indexer's key; DeepSeek keeps the indexer key in FP8 with a
+                          scale, counted here in the model's dtype)
     tokens cached at L    L, or min(L, window) for a sliding-window group (a ring-buffer cache, as
                           vLLM and Hugging Face keep for Mistral and Gemma-2), min(L, chunk) for a chunked one
+    per layer and sequence, constant in L (Gated DeltaNet: no per-token cache)
+                          Hv·Dk·Dv·4 (the recurrent state, float32 as FLA and flashinfer keep it)
+                          + (conv_kernel − 1)·(2·Hk·Dk + Hv·Dv)·itemsize (the short convolution's
+                          last inputs; transformers' cache keeps conv_kernel columns, vLLM conv_kernel − 1)
 
 No torch here: the report and `recommend` read these numbers from records.
 """
@@ -32,6 +39,9 @@ from attnbench.core.problem import DTYPES, ITEMSIZE, parse_dtype
 HF_IMPLEMENTATION = {"hf-eager": "eager", "hf-sdpa": "sdpa", "hf-flex": "flex_attention"}  # backend -> what
 # a transformers user sets (`attn_implementation=`) to run the same function (variants/backends/hf.py)
 LATENT = "mla"  # the variant whose cache is a latent vector per token (variants/mla.py)
+SPARSE_LATENT = "dsa"  # MLA's latent cache plus the indexer's key per token (variants/dsa.py)
+RECURRENT = "gdn"  # a state per sequence instead of a per-token cache (variants/gdn.py)
+STATE_ITEMSIZE = 4  # the recurrent state's bytes per element (float32)
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,11 @@ class LayerGroup:
     layers: int
     params: tuple[tuple[str, Any], ...] = ()
     scale: float | None = None
+    dims: tuple[tuple[str, int], ...] = ()  # this group's own heads, kv_heads, head_dim (and conv_kernel)
+    # where its layers differ from the model's: Qwen3-Next's linear-attention layers
+
+    def dim(self, name: str, default: int) -> int:
+        return int(dict(self.dims).get(name, default))
 
     def param(self, name: str, default: Any = None) -> Any:
         return dict(self.params).get(name, default)
@@ -89,9 +104,21 @@ def _window(g: LayerGroup, spec: ModelSpec) -> int | None:
 
 def layer_token_bytes(g: LayerGroup, spec: ModelSpec, dtype: str) -> int:
     """Bytes one layer of group `g` caches per token."""
-    if g.variant == LATENT:
-        return (int(g.param("kv_lora_rank", 512)) + int(g.param("qk_rope_head_dim", 64))) * ITEMSIZE[dtype]
-    return 2 * spec.kv_heads * spec.head_dim * ITEMSIZE[dtype]
+    if g.variant == RECURRENT:
+        return 0
+    if g.variant in (LATENT, SPARSE_LATENT):
+        index = int(g.param("index_head_dim", 128)) if g.variant == SPARSE_LATENT else 0
+        return (int(g.param("kv_lora_rank", 512)) + int(g.param("qk_rope_head_dim", 64)) + index) * ITEMSIZE[dtype]
+    return 2 * g.dim("kv_heads", spec.kv_heads) * g.dim("head_dim", spec.head_dim) * ITEMSIZE[dtype]
+
+
+def layer_state_bytes(g: LayerGroup, spec: ModelSpec, dtype: str) -> int:
+    """Bytes one layer of group `g` keeps per sequence whatever its length (a recurrent state)."""
+    if g.variant != RECURRENT:
+        return 0
+    hv, hk, d = g.dim("heads", spec.heads), g.dim("kv_heads", spec.kv_heads), g.dim("head_dim", spec.head_dim)
+    conv = (g.dim("conv_kernel", 1) - 1) * (2 * hk * d + hv * d) * ITEMSIZE[dtype]
+    return hv * d * d * STATE_ITEMSIZE + conv
 
 
 def kv_bytes_per_seq(spec: ModelSpec, seq: int, dtype: str | None = None) -> int:
@@ -101,7 +128,7 @@ def kv_bytes_per_seq(spec: ModelSpec, seq: int, dtype: str | None = None) -> int
     for g in spec.attention:
         w = _window(g, spec)
         cached = seq if w is None else min(seq, w + int(g.param("sinks", 0) or 0))
-        total += g.layers * cached * layer_token_bytes(g, spec, dtype)
+        total += g.layers * (cached * layer_token_bytes(g, spec, dtype) + layer_state_bytes(g, spec, dtype))
     return total
 
 
@@ -170,13 +197,13 @@ def spec_as_dict(spec: ModelSpec) -> dict[str, Any]:
                                         "max_context", "source", "seq", "reader")}
     d["notes"] = list(spec.notes)
     d["attention"] = [{"variant": g.variant, "layers": g.layers, "params": dict(g.params), "scale": g.scale}
-                      for g in spec.attention]
+                      | ({"dims": dict(g.dims)} if g.dims else {}) for g in spec.attention]
     return d
 
 
 def spec_from_dict(d: dict[str, Any]) -> ModelSpec:
     groups = tuple(LayerGroup(g["variant"], int(g["layers"]), tuple(sorted(g.get("params", {}).items())),
-                              g.get("scale")) for g in d["attention"])
+                              g.get("scale"), tuple(sorted(g.get("dims", {}).items()))) for g in d["attention"])
     return ModelSpec(d["name"], d["heads"], d["kv_heads"], d["head_dim"], d["layers"], d["dtype"], d["causal"],
                      d["max_context"], groups, d["source"], d.get("seq"), tuple(d.get("notes", ())),
                      d.get("reader", ""))
@@ -311,7 +338,8 @@ def spec_from_hf_config(path: Path) -> ModelSpec:
 
 def default_scale(g: LayerGroup, head_dim: int) -> float:
     """The scale a variant uses when given none: 1/√D; MLA 1/√(qk_nope + qk_rope)."""
-    d = int(g.param("qk_nope_head_dim")) + int(g.param("qk_rope_head_dim")) if g.variant == LATENT else head_dim
+    latent = g.variant in (LATENT, SPARSE_LATENT)
+    d = int(g.param("qk_nope_head_dim")) + int(g.param("qk_rope_head_dim")) if latent else g.dim("head_dim", head_dim)
     return 1.0 / math.sqrt(d)
 
 
@@ -323,7 +351,8 @@ def group_scale(g: LayerGroup, head_dim: int) -> float:
 def describe(spec: ModelSpec) -> dict[str, Any]:
     """A preset as one row of `attnbench list --models` (JSON-able)."""
     groups = ", ".join(
-        f"{g.layers}× {g.variant}" + (f" ({', '.join(f'{k}={v}' for k, v in g.params)})" if g.params else "")
+        f"{g.layers}× {g.variant}" + (f" ({', '.join(f'{k}={v}' for k, v in g.params + g.dims)})"
+                                      if g.params or g.dims else "")
         + f" scale {group_scale(g, spec.head_dim):.4g}" for g in spec.attention)
     return {"model": spec.name, "heads": spec.heads, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim,
             "layers": spec.layers, "dtype": spec.dtype, "causal": spec.causal, "max_context": spec.max_context,

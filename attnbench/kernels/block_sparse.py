@@ -12,16 +12,17 @@ Supports
   * q (B, Hq, Lq, D), k and v (B, Hkv, Lk, D), Hkv | Hq (GQA/MQA by head mapping, as in
     flash.py); any Lq, Lk (tail tokens of the last blocks are masked); head dims up to 256;
     float16, bfloat16, float32; gradients for q, k, v.
-  * layout: bool (ceil(Lq/block), ceil(Lk/block)), shared by all heads, or
-    (Hq, ceil(Lq/block), ceil(Lk/block)), one per query head. (i, j) True: every token of
-    query block i attends every token of key block j.
+  * layout: bool (ceil(Lq/block), ceil(Lk/block)), shared by all heads,
+    (Hq, ceil(Lq/block), ceil(Lk/block)), one per query head, or (B·Hq, ...), one per
+    (batch element, query head) in that order (an input-dependent selection: MoBA, NSA).
+    (i, j) True: every token of query block i attends every token of key block j.
   * causal=True additionally applies the token-level bottom-right causal mask
     (query t sees key u iff u <= t + Lk - Lq).
   * block in {16, 32, 64, 128}; the kernels' tiles are min(block, 64) (32 for head dims > 128)
     so big blocks do not mean big register tiles.
 
 Does not support
-  * layouts that change per batch element, dropout, windows or ALiBi (see flash.py).
+  * dropout, windows or ALiBi (see flash.py).
   * Queries whose row has no allowed key (an empty layout row, or causal hiding every listed
     key) output 0, and their gradients are 0.
 """
@@ -59,7 +60,7 @@ class BlockIndex:
 
     Rows are flattened over layout heads: row r = head * n_q_blocks + query block (int32)."""
     block: int
-    heads: int  # 1: one layout for all heads; else one per query head
+    heads: int  # 1: one layout for all heads; Hq: one per query head; B·Hq: per batch element and head
     n_q_blocks: int
     n_k_blocks: int
     row_ptr: torch.Tensor  # (heads * n_q_blocks + 1,): key blocks of row r are col_idx[row_ptr[r]:row_ptr[r+1]]
@@ -135,7 +136,7 @@ def _bs_fwd_kernel(Q, K, V, O, LSE, RowPtr, ColIdx, sm_scale,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    row = (h % layout_heads) * n_q_blocks + m0 // BLOCK
+    row = (pid_bh % layout_heads) * n_q_blocks + m0 // BLOCK  # layout_heads 1, Hq or B·Hq
     for idx in range(tl.load(RowPtr + row), tl.load(RowPtr + row + 1)):
         n_lo = tl.load(ColIdx + idx) * BLOCK
         n_hi = tl.minimum(n_lo + BLOCK, Lk)
@@ -187,7 +188,7 @@ def _bs_dkdv_kernel(Q, K, V, DO, LSE, Delta, DK, DV, ColPtr, RowIdx, sm_scale,
         q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
         do_ptrs = DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm + offs_d[None, :]
         row_base = (b * Hq + h) * Lq
-        col = (h % layout_heads) * n_k_blocks + n0 // BLOCK
+        col = ((b * Hq + h) % layout_heads) * n_k_blocks + n0 // BLOCK
         for idx in range(tl.load(ColPtr + col), tl.load(ColPtr + col + 1)):
             m_lo = tl.load(RowIdx + idx) * BLOCK
             m_hi = tl.minimum(m_lo + BLOCK, Lq)
@@ -232,7 +233,7 @@ def _bs_dq_kernel(Q, K, V, DO, LSE, Delta, DQ, RowPtr, ColIdx, sm_scale,
     k_ptrs = K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
     v_ptrs = V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    row = (h % layout_heads) * n_q_blocks + m0 // BLOCK
+    row = (pid_bh % layout_heads) * n_q_blocks + m0 // BLOCK  # layout_heads 1, Hq or B·Hq
     for idx in range(tl.load(RowPtr + row), tl.load(RowPtr + row + 1)):
         n_lo = tl.load(ColIdx + idx) * BLOCK
         n_hi = tl.minimum(n_lo + BLOCK, Lk)
@@ -327,9 +328,9 @@ def _resolve_index(q, k, layout, block) -> BlockIndex:
     if (index.n_q_blocks, index.n_k_blocks) != want:
         raise ValueError(f"block_sparse_attention: layout has {index.n_q_blocks}×{index.n_k_blocks} "
                          f"blocks; Lq={lq}, Lk={lk}, block={blk} need {want[0]}×{want[1]}")
-    if index.heads not in (1, q.shape[1]):
+    if index.heads not in (1, q.shape[1], q.shape[0] * q.shape[1]):
         raise ValueError(f"block_sparse_attention: layout has {index.heads} heads; "
-                         f"use 1 or Hq={q.shape[1]}")
+                         f"use 1, Hq={q.shape[1]} or B·Hq={q.shape[0] * q.shape[1]}")
     if index.row_ptr.device != q.device:
         raise ValueError(f"block_sparse_attention: index on {index.row_ptr.device}, q on {q.device}; "
                          "build it with device=q.device")
@@ -341,7 +342,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            causal: bool = False, softmax_scale: float | None = None) -> torch.Tensor:
     """Attention restricted to the (query block, key block) pairs of `layout` -> (B, Hq, Lq, D).
 
-    layout: bool (nqb, nkb) / (Hq, nqb, nkb), or a BlockIndex from build_block_index (build it
+    layout: bool (nqb, nkb) / (Hq, nqb, nkb) / (B·Hq, nqb, nkb), or a BlockIndex from build_block_index (build it
     once at setup: the index is what the kernels read). block: default 64, or the index's."""
     check_qkv("block_sparse_attention", q, k, v)
     index = _resolve_index(q, k, layout, block)

@@ -14,6 +14,11 @@ the model's own attention module is built on the meta device (no memory, no weig
     is_causal                    False: an encoder (ViT), bidirectional
     attn_logit_softcapping       → `softcap`;   a `sinks` parameter (gpt-oss) → `sink_logit=learned`
 
+DeepSeek-V3.2's `index_topk`, `index_n_heads`, `index_head_dim` make its MLA layers `dsa` (topk,
+index_heads, index_head_dim). A `layer_types` entry "linear_attention" with the config's
+`linear_num_value_heads`, `linear_num_key_heads`, `linear_key_head_dim`, `linear_value_head_dim`,
+`linear_conv_kernel_dim` (Qwen3-Next: transformers derives layer_types from
+`full_attention_interval`) is a `gdn` group with those heads and head dim as its own `dims`.
 Which layers are windowed is what the model's masks do: `layer_types` ("sliding_attention" → the
 config's `sliding_window`, "chunked_attention" → `attention_chunk_size`), else every layer when
 the modeling code builds a sliding-window mask and `sliding_window` is set (Mistral, Phi-3). A
@@ -38,6 +43,8 @@ from attnbench.core.errors import UsageError
 from attnbench.core.models import (
     LATENT,
     PRESETS,
+    RECURRENT,
+    SPARSE_LATENT,
     LayerGroup,
     ModelSpec,
     check_preset,
@@ -54,6 +61,8 @@ from attnbench.variants.backends.hf import import_transformers
 
 ALIASES = {"RefinedWebModel": "falcon", "RefinedWeb": "falcon"}  # Falcon's original (RefinedWeb) format
 MLA_DIMS = ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
+DSA_PARAMS = {"index_topk": "topk", "index_n_heads": "index_heads", "index_head_dim": "index_head_dim"}
+LINEAR = "linear_attention"  # the layer type of Qwen3-Next's Gated DeltaNet layers
 
 
 def config_file(path: Path) -> Path:
@@ -235,6 +244,12 @@ def _group(kind: tuple, n: int, m, cfg, heads: int, kv: int, causal: bool, ctx: 
     if _is_param(getattr(m, "sinks", None)):
         extra["sink_logit"] = "learned"
     what, size = kind
+    if what == LINEAR and getattr(cfg, "linear_num_value_heads", None):
+        return _linear_group(n, cfg)
+    if mla and getattr(cfg, "index_topk", None):  # DeepSeek Sparse Attention over the MLA cache
+        dsa = {mine: int(getattr(cfg, theirs)) for theirs, mine in DSA_PARAMS.items()}
+        return LayerGroup(SPARSE_LATENT, n, tuple(sorted(({d: int(getattr(cfg, d)) for d in MLA_DIMS} | dsa
+                                                         | extra).items())), scale)
     if mla:
         return LayerGroup(LATENT, n, tuple(sorted(({d: int(getattr(cfg, d)) for d in MLA_DIMS} | extra).items())),
                           scale)
@@ -248,6 +263,17 @@ def _group(kind: tuple, n: int, m, cfg, heads: int, kv: int, causal: bool, ctx: 
         return LayerGroup("sliding_window", n, tuple(sorted(({"window": ctx} | extra).items())), scale)
     variant = "mqa" if kv == 1 and heads > 1 else "gqa" if kv < heads else "causal" if causal else "mha"
     return LayerGroup(variant, n, tuple(sorted(extra.items())), scale)
+
+
+def _linear_group(n: int, cfg) -> LayerGroup:
+    """Gated DeltaNet layers: value heads (gdn's heads), q/k heads (its kv_heads), one head dim (gdn
+    needs key dim = value dim) and the short convolution's width, as the model's code reads them."""
+    dk, dv = int(cfg.linear_key_head_dim), int(cfg.linear_value_head_dim)
+    if dk != dv:
+        raise UsageError(f"linear_key_head_dim={dk} != linear_value_head_dim={dv}: attnbench's gdn takes one head dim")
+    dims = {"heads": int(cfg.linear_num_value_heads), "kv_heads": int(cfg.linear_num_key_heads), "head_dim": dk,
+            "conv_kernel": int(getattr(cfg, "linear_conv_kernel_dim", 1) or 1)}
+    return LayerGroup(RECURRENT, n, (), dk ** -0.5, tuple(sorted(dims.items())))  # the model's (and FLA's) 1/√K
 
 
 def _is_param(x: Any) -> bool:

@@ -54,7 +54,9 @@ class ModelPlan:
         hit = self.tags.get(key)
         if hit is None:
             return rec
-        spec = replace(hit, **{k: rec[k] for k in ("kv_heads", "head_dim") if rec.get(k)})  # flags given win
+        own = any(g.variant == rec["variant"] and g.dims for g in hit.attention)  # a group's own shape: the
+        # record's heads are that group's, not the model's
+        spec = hit if own else replace(hit, **{k: rec[k] for k in ("kv_heads", "head_dim") if rec.get(k)})
         out = {**rec, "model": spec.name, "layers": spec.layers, "kv_bytes_per_token": None, "kv_bytes_per_seq": None}
         if rec.get("mode") in KV_MODES:
             out["kv_bytes_per_seq"] = kv_bytes_per_seq(spec, rec["seq_k"], rec["dtype"]) * rec.get("batch", 1)
@@ -106,7 +108,8 @@ def model_plan(specs: list[ModelSpec], given: dict[str, Any], device: torch.devi
             used |= mine.keys()
             params = group_params(g, spec.head_dim) | mine
             axes = {
-                "heads": spec.heads, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim, "dtype": spec.dtype,
+                "heads": g.dim("heads", spec.heads), "kv_heads": g.dim("kv_heads", spec.kv_heads),
+                "head_dim": g.dim("head_dim", spec.head_dim), "dtype": spec.dtype,
                 "causal": spec.causal, "seq": spec.seq or DEFAULT_SEQ,
                 **{k: v for k, v in given.items() if k not in ("params", *NOT_WITH_MODEL) and v is not None},
             }

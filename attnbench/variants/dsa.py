@@ -60,6 +60,7 @@ from torch.profiler import record_function
 from attnbench.core.problem import Problem
 from attnbench.variants import mla
 from attnbench.variants.base import Backend, Fn, Reason, Variant
+from attnbench.variants.scaling import with_scale
 from attnbench.variants.shared import fill_defaults
 
 DEFAULTS = {**{k: v for k, v in mla.DEFAULTS.items() if k != "form"}, "topk": 2048, "index_heads": 64,
@@ -324,7 +325,7 @@ def kv_cache_bytes(p: Problem) -> float:
                  * p.itemsize)
 
 
-DSA = Variant(
+DSA = with_scale(Variant(
     name="dsa", family="dynamic sparse", oracle="reference", decode_check=True,
     description="DeepSeek Sparse Attention (V3.2): lightning indexer + top-k tokens of the MLA latent cache "
                 "(absorbed); --param topk=, kv_layout=dense|paged",
@@ -333,6 +334,6 @@ DSA = Variant(
     bytes=lambda p: sum(part["bytes"] for part in cost_parts(p).values()),
     backends=_backends(), resolve=resolve, why_unsupported=supports, defaults=dict(DEFAULTS), make_inputs=make_inputs,
     modes=("fwd", "decode"), kv_cache_bytes=kv_cache_bytes, cost_parts=cost_parts,
-    picture=picture)
+    picture=picture), mla.scale)  # a model's own softmax scale (DeepSeek-V3.2's YaRN mscale²): `scale`
 
 VARIANTS = (DSA,)

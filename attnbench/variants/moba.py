@@ -12,17 +12,25 @@ attends exactly (softmax) to the tokens of its top blocks:
 Per query head (GQA: a query head scores its KV head's block means). Causal always; modes fwd
 (prefill, Lq = Lk) and decode (the last query). Defaults block = 64, topk_blocks = 3 (the paper's
 8k-context setting is block 512, top 3; 64 keeps blocks several per sequence at CPU lengths).
+`select_by` (variants/selection.py): "token" (the paper: each query its own blocks) or
+"query_block" (the queries of one block select together by their mean query's gate, q̄ · mean(K_j),
+which is the mean of their gates; the same in decode, where there is one query).
 
 Backends
   eager   dense scores over every key, masked to the selected blocks and the causal current block
   gather  each query's selected blocks gathered (query rows in blocks, memory O(L·k·block)), then a
           masked softmax over those k·block keys only
-No flex or Triton block-sparse backend: the selection is per query token and depends on the
-inputs, so a BlockMask (or the block-sparse kernel's per-query-block layout) would have to be
-rebuilt inside every call, and one query tile's rows together select most key blocks.
+  flex    compiled FlexAttention with a BlockMask built from the selection (exact per token: a
+          mask_mod looks each query's blocks up). The selection depends on q and k, so the gate,
+          the top-k AND the BlockMask are computed inside the timed call: the time includes them.
+  triton  attnbench's block-sparse Triton kernel over a per-(batch, head) layout built from the
+          selection, inside the timed call too; query-tiled, so only select_by=query_block (or
+          decode): per-token selection is `unsupported` there, with the reason.
 
-FLOPs: the gate 2·Hq·D per (query, past block) scored, plus the block means (D adds a key), plus
-4·Hq·D per attended pair, pairs_i = min(topk − 1, c_i)·block + (i' − c_i·block + 1).
+FLOPs: the gate 2·Hq·D per (query, past block) scored — per (query block, past block) under
+query_block, plus D adds per query for the mean query — plus the block means (D adds a key), plus
+4·Hq·D per attended pair, pairs_i = min(topk − 1, c_i)·block + (i' − c_i·block + 1) (the same for
+both select_by: every query attends min(topk − 1, c) whole past blocks and its causal current one).
 """
 
 from __future__ import annotations
@@ -33,10 +41,19 @@ from dataclasses import replace
 import torch
 
 from attnbench.core.problem import Problem
+from attnbench.variants.backends import triton
+from attnbench.variants.backends.flex import flex_backend
 from attnbench.variants.base import Backend, Fn, Reason, Variant
+from attnbench.variants.selection import (
+    block_layout,
+    check_select_by,
+    flex_selected,
+    pool_by_query_block,
+    triton_reason,
+)
 from attnbench.variants.shared import check_heads, fill_defaults, io_bytes, repeat_kv
 
-DEFAULTS = {"block": 64, "topk_blocks": 3}
+DEFAULTS = {"block": 64, "topk_blocks": 3, "select_by": "token"}
 ROW_BYTES = 64 * 2**20  # gather: query rows per block so that one block's gathered keys stay under this
 
 
@@ -57,7 +74,7 @@ def select_blocks(q, k, p: Problem) -> torch.Tensor:
     counts = torch.full((nb,), bs, device=k.device, dtype=torch.float32)
     counts[-1] = bs - pad
     means = repeat_kv(kf.sum(3) / counts[:, None], hq // k.shape[1])  # (B, Hq, nb, D)
-    gate = q.float() @ means.transpose(-1, -2)  # (B, Hq, Lq, nb)
+    gate = pool_by_query_block(q.float() @ means.transpose(-1, -2), p, "mean")  # (B, Hq, Lq, nb)
     _, cur = positions(p, q.device)
     past = torch.arange(nb, device=q.device)[None, :] < cur[:, None]  # (Lq, nb)
     gate = gate.masked_fill(~past, float("-inf"))
@@ -66,6 +83,16 @@ def select_blocks(q, k, p: Problem) -> torch.Tensor:
         return torch.empty(b, hq, lq, 0, dtype=torch.int64, device=q.device)
     val, idx = gate.topk(want, dim=-1)
     return idx.masked_fill(val == float("-inf"), -1)
+
+
+def chosen_blocks(sel: torch.Tensor, p: Problem) -> torch.Tensor:
+    """(B, Hq, Lq, nb) bool: each query's selected past blocks and its current block."""
+    nb = -(-p.seq_k // p.param("block"))
+    _, cur = positions(p, sel.device)
+    chosen = torch.zeros(*sel.shape[:3], nb + 1, dtype=torch.bool, device=sel.device)
+    chosen.scatter_(-1, torch.where(sel < 0, nb, sel), True)  # −1 (no block) lands in the extra column
+    chosen[..., :-1] |= torch.arange(nb, device=sel.device) == cur[:, None]
+    return chosen[..., :-1]
 
 
 def token_mask(sel: torch.Tensor, p: Problem, device) -> torch.Tensor:
@@ -129,6 +156,52 @@ def _build(fn):
     return build
 
 
+def _flex_build(p: Problem, device: torch.device) -> Fn:
+    def moba_flex(q, k, v):  # selection and BlockMask inside the call: they depend on q and k
+        return flex_selected(q, k, v, chosen_blocks(select_blocks(q, k, p), p), p.param("block"))
+
+    return moba_flex
+
+
+def _triton_build(p: Problem, device: torch.device) -> Fn:
+    from attnbench.kernels import block_sparse_attention, build_block_index
+
+    bs = p.param("block")
+
+    def moba_triton(q, k, v):  # the layout's index is built inside the call: it depends on q and k
+        index = build_block_index(block_layout(chosen_blocks(select_blocks(q, k, p), p), bs), block=bs)
+        return block_sparse_attention(q, k, v, index, causal=True)
+
+    return moba_triton
+
+
+def _flex_supports(p: Problem, device: torch.device) -> Reason:
+    bs = p.param("block")
+    if bs < 16 or bs & (bs - 1):
+        return f"flex takes a power-of-two block >= 16 (its BlockMask tile; got {bs})"
+    if p.head_dim < 16 or p.head_dim & (p.head_dim - 1):
+        return f"FlexAttention needs a power-of-two head_dim >= 16 (got {p.head_dim})"
+    return None
+
+
+def _triton_supports(p: Problem, device: torch.device) -> Reason:
+    return triton_reason(p) or triton.flash_backend().why_unsupported(p, device)
+
+
+def selection_bytes(p: Problem) -> float:
+    """What flex and triton hold for the selection: the float32 gates and the chosen-block flags per
+    (query, key block), B·Hq·Lq·nb·(4 + 1) bytes (the BlockMask's or the index's integers are smaller)."""
+    return float(p.batch * p.heads * p.seq_q * -(-p.seq_k // p.param("block")) * 5)
+
+
+def gather_bytes(p: Problem) -> float:
+    """What gather holds beyond its kind: K and V repeated to the query heads and padded, and one
+    block of gathered rows (keys and values, up to ROW_BYTES, the keys' flattened copy half again)."""
+    k = min(p.param("topk_blocks"), -(-p.seq_k // p.param("block")))
+    rows = p.batch * p.heads * p.seq_q * k * p.param("block") * p.head_dim * p.itemsize * 2
+    return float(2 * p.batch * p.heads * p.seq_k * p.head_dim * p.itemsize + 1.5 * min(rows, ROW_BYTES))
+
+
 def attended_pairs(p: Problem) -> int:
     ip, cur = positions(p, "cpu")
     past = cur.clamp(max=p.param("topk_blocks") - 1) * p.param("block")
@@ -137,7 +210,11 @@ def attended_pairs(p: Problem) -> int:
 
 def moba_flops(p: Problem) -> float:
     _, cur = positions(p, "cpu")
-    gate = 2.0 * p.batch * p.heads * p.head_dim * int(cur.sum())  # every past block scored
+    if p.param("select_by") == "query_block":  # one gate per (query block, past block), plus the mean query
+        groups = torch.unique(cur)
+        gate = 2.0 * p.batch * p.heads * p.head_dim * int(groups.sum()) + p.batch * p.heads * p.seq_q * p.head_dim
+    else:
+        gate = 2.0 * p.batch * p.heads * p.head_dim * int(cur.sum())  # every past block scored
     means = float(p.batch * p.kv_heads * p.seq_k * p.head_dim)
     return gate + means + 4.0 * p.batch * p.heads * p.head_dim * attended_pairs(p)
 
@@ -153,7 +230,7 @@ def supports(p: Problem) -> Reason:
         x = p.param(name)
         if not isinstance(x, int) or isinstance(x, bool) or x < 1:
             return f"bad {name} {x!r}; accepted: an integer >= 1"
-    return check_heads(p)
+    return check_select_by(p) or check_heads(p)
 
 
 MOBA = Variant(
@@ -162,9 +239,16 @@ MOBA = Variant(
                 "(--param block=64, topk_blocks=3)",
     time="O(L²/block + L·k·block)", memory="O(L²)", reference=dense_moba, flops=moba_flops, bytes=io_bytes,
     backends=(Backend("gather", _build(gathered_moba), "each query's blocks gathered, softmax over them only",
-                      memory="O(L·k·block)"),
+                      memory="O(L·k·block)", workspace=gather_bytes),
               Backend("eager", _build(dense_moba), "dense scores masked to each query's blocks (the reference)",
-                      materializes=True)),
+                      materializes=True),
+              Backend("flex", _flex_build, "gate, top-k and a BlockMask from the selection in the call, then "
+                      "compiled FlexAttention", why_unavailable=flex_backend().why_unavailable,
+                      why_unsupported=_flex_supports, compiles=True, workspace=selection_bytes),
+              Backend("triton", _triton_build, "gate and top-k in torch, then attnbench's Triton block-sparse "
+                      "kernel over the selection (select_by=query_block or decode; fp32: TF32 dots)",
+                      why_unavailable=triton.flash_backend().why_unavailable, why_unsupported=_triton_supports,
+                      tf32_dots=True, workspace=selection_bytes)),
     resolve=resolve, why_unsupported=supports, defaults=dict(DEFAULTS), modes=("fwd", "decode"),
     picture=lambda p: token_mask(select_blocks(*_picture_inputs(p), p), p, "cpu")[0, 0].float())
 

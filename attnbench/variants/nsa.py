@@ -12,16 +12,25 @@ mixed by gates:
     window      the last `window` (w) keys up to i'
     out = g_cmp·o_cmp + g_slc·o_slc + g_win·o_win
 
-Defaults l = 32, d = 16, l' = 64, n = 16, w = 512 (the paper's). Simplifications, said plainly: the
+Defaults l = 32, d = 16, l' = 64, n = 16, w = 512 (the paper's). `select_by` (variants/selection.py):
+"token" (the paper: each query ranks the blocks) or "query_block" (the queries in one selection
+block rank them together by their importances summed, as a query-tiled kernel needs). Simplifications, said plainly: the
 paper's compression φ is a learned MLP with intra-block position encoding, here the mean (as the
 reference implementations' initialisation does not learn); the gates are sigmoids of an MLP of the
 hidden state, here sigmoid(N(0, 1)) drawn in setup from GATE_SEED per (batch, head, query).
 
-Backend `eager` only (dense masks per branch: the reference formulation, O(L²) memory). No flex,
-Triton or gathered backend yet: the selected branch's blocks depend on the inputs, so a BlockMask or
-the block-sparse kernel's layout would be rebuilt inside every call (FLA's NSA kernels do it fused).
+Backends (the compressed branch, whose probabilities rank the blocks, is torch in all of them)
+  eager   dense masks per branch: the reference formulation, O(L²) memory
+  flex    selected branch: compiled FlexAttention with a BlockMask built from the selection INSIDE
+          the timed call (the selection depends on q and k; the time includes it); window branch:
+          FlexAttention with a sliding-window BlockMask built in setup
+  triton  selected branch: attnbench's block-sparse Triton kernel over a per-(batch, head) layout
+          built in the call; window branch: the Triton FlashAttention kernel with its window.
+          Query-tiled: select_by=query_block (or decode) only; per-token selection is
+          `unsupported` there, with the reason.
 FLOPs: 4·Hq·D per attended pair in each branch (compressed pairs: the visible pooled blocks), plus
-the pooling (l·D adds per pooled block, keys and values).
+the pooling (l·D adds per pooled block, keys and values); the block ranking (importance sums and
+top-k) is not counted. The pairs are the same under both select_by.
 """
 
 from __future__ import annotations
@@ -32,10 +41,21 @@ from dataclasses import replace
 import torch
 
 from attnbench.core.problem import Problem
+from attnbench.variants.backends import triton
+from attnbench.variants.backends.flex import and_masks, causal_mod, compiled_block_mask, compiled_flex, flex_backend
 from attnbench.variants.base import Backend, Fn, Reason, Variant
+from attnbench.variants.selection import (
+    FLEX_TILE,
+    block_layout,
+    check_select_by,
+    flex_selected,
+    pool_by_query_block,
+    triton_reason,
+)
 from attnbench.variants.shared import check_heads, fill_defaults, io_bytes, repeat_kv, softmax_attention
 
-DEFAULTS = {"cmp_block": 32, "stride": 16, "block": 64, "topk_blocks": 16, "window": 512}
+INTS = {"cmp_block": 32, "stride": 16, "block": 64, "topk_blocks": 16, "window": 512}
+DEFAULTS = INTS | {"select_by": "token"}
 GATE_SEED = 2502
 
 
@@ -69,14 +89,15 @@ def compressed(q, k, v, p: Problem):
     return probs @ vc, probs
 
 
-def selected_mask(p_cmp: torch.Tensor, p: Problem, kv_heads: int) -> torch.Tensor:
-    """(B, Hq, Lq, Lk) bool: the tokens (up to i') of each query's selected blocks."""
+def selected_blocks(p_cmp: torch.Tensor, p: Problem, kv_heads: int) -> torch.Tensor:
+    """(B, Hkv, Lq, nsel) bool: each query's selected blocks (shared by a KV head's query heads)."""
     lc, d, ls, n = p.param("cmp_block"), p.param("stride"), p.param("block"), p.param("topk_blocks")
     nsel, nc, dev = -(-p.seq_k // ls), p_cmp.shape[-1], p_cmp.device
     i, j = torch.arange(nc, device=dev)[:, None], torch.arange(nsel, device=dev)[None, :]
     overlap = ((i * d < (j + 1) * ls) & (i * d + lc > j * ls)).to(p_cmp.dtype)  # (nc, nsel)
     b, hq, lq, _ = p_cmp.shape
     score = (p_cmp @ overlap).view(b, kv_heads, hq // kv_heads, lq, nsel).sum(2)  # (B, Hkv, Lq, nsel)
+    score = pool_by_query_block(score, p, "sum")
     ip = positions(p, dev)
     cur = ip // ls
     blocks = torch.arange(nsel, device=dev)[None, :]
@@ -86,9 +107,15 @@ def selected_mask(p_cmp: torch.Tensor, p: Problem, kv_heads: int) -> torch.Tenso
     val, idx = score.topk(min(n, nsel), dim=-1)
     chosen = torch.zeros(b, kv_heads, lq, nsel + 1, dtype=torch.bool, device=dev)
     chosen.scatter_(-1, torch.where(val == float("-inf"), nsel, idx), True)
-    tok = torch.arange(p.seq_k, device=dev)
-    mask = chosen[..., :-1][..., tok // ls] & (tok[None, :] <= ip[:, None])  # (B, Hkv, Lq, Lk)
-    return repeat_kv(mask, hq // kv_heads)
+    return chosen[..., :-1]
+
+
+def selected_mask(p_cmp: torch.Tensor, p: Problem, kv_heads: int) -> torch.Tensor:
+    """(B, Hq, Lq, Lk) bool: the tokens (up to i') of each query's selected blocks."""
+    chosen = selected_blocks(p_cmp, p, kv_heads)
+    tok = torch.arange(p.seq_k, device=p_cmp.device)
+    mask = chosen[..., tok // p.param("block")] & (tok[None, :] <= positions(p, p_cmp.device)[:, None])
+    return repeat_kv(mask, p_cmp.shape[1] // kv_heads)  # (B, Hq, Lq, Lk)
 
 
 def window_mask(p: Problem, device) -> torch.Tensor:
@@ -111,6 +138,72 @@ def reference(q, k, v, p: Problem) -> torch.Tensor:
 def _eager_build(p: Problem, device: torch.device) -> Fn:
     g = gates(p, device, p.torch_dtype)
     return lambda q, k, v: nsa_attention(q, k, v, p, g)
+
+
+def _flex_build(p: Problem, device: torch.device) -> Fn:
+    g = gates(p, device, p.torch_dtype)
+    w = p.param("window")
+    in_window = and_masks(causal_mod(p), lambda b, h, q_idx, kv_idx: kv_idx + w > q_idx + (p.seq_k - p.seq_q))
+    window = compiled_block_mask()(in_window, B=None, H=None, Q_LEN=p.seq_q, KV_LEN=p.seq_k, device=device,
+                                   BLOCK_SIZE=FLEX_TILE)
+
+    def nsa_flex(q, k, v):  # the selection and its BlockMask inside the call: they depend on q and k
+        o_cmp, p_cmp = compressed(q, k, v, p)
+        chosen = repeat_kv(selected_blocks(p_cmp, p, k.shape[1]), q.shape[1] // k.shape[1])
+        o_slc = flex_selected(q, k, v, chosen, p.param("block"))
+        o_win = compiled_flex()(q, k, v, block_mask=window, enable_gqa=q.shape[1] != k.shape[1])
+        return g[..., 0:1] * o_cmp + g[..., 1:2] * o_slc + g[..., 2:3] * o_win
+
+    return nsa_flex
+
+
+def _triton_build(p: Problem, device: torch.device) -> Fn:
+    from attnbench.kernels import block_sparse_attention, build_block_index, flash_attention
+
+    g = gates(p, device, p.torch_dtype)
+    bs = p.param("block")
+
+    def nsa_triton(q, k, v):  # the layout's index is built inside the call: it depends on q and k
+        o_cmp, p_cmp = compressed(q, k, v, p)
+        chosen = repeat_kv(selected_blocks(p_cmp, p, k.shape[1]), q.shape[1] // k.shape[1])
+        index = build_block_index(block_layout(chosen, bs), block=bs)
+        o_slc = block_sparse_attention(q, k, v, index, causal=True)
+        o_win = flash_attention(q, k, v, causal=True, window=p.param("window"))
+        return g[..., 0:1] * o_cmp + g[..., 1:2] * o_slc + g[..., 2:3] * o_win
+
+    return nsa_triton
+
+
+def selection_bytes(p: Problem) -> float:
+    """What flex and triton hold beyond their kind: the compressed branch's float32 scores and
+    probabilities per (query, pooled block), the selection's block scores and flags, and the three
+    branch outputs with their gated copies (six (B, Hq, Lq, D) tensors at once)."""
+    nsel = -(-p.seq_k // p.param("block"))
+    select = p.batch * p.seq_q * (2 * p.heads * n_cmp(p) * 4 + p.kv_heads * nsel * 4 + p.heads * nsel)
+    return float(select + 6 * p.batch * p.heads * p.seq_q * p.head_dim * p.itemsize)
+
+
+def _flex_supports(p: Problem, device: torch.device) -> Reason:
+    bs = p.param("block")
+    if bs < 16 or bs & (bs - 1):
+        return f"flex takes a power-of-two block >= 16 (its BlockMask tile; got {bs})"
+    if p.head_dim < 16 or p.head_dim & (p.head_dim - 1):
+        return f"FlexAttention needs a power-of-two head_dim >= 16 (got {p.head_dim})"
+    return None
+
+
+def _triton_supports(p: Problem, device: torch.device) -> Reason:
+    return triton_reason(p) or triton.flash_backend().why_unsupported(p, device)
+
+
+def picture(p: Problem) -> torch.Tensor:
+    """(Lq, Lk) 0/1: the tokens each query attends exactly on seed-0 inputs (head 0): its selected
+    blocks (up to i') and its window. The compressed branch (pooled blocks) is not drawn."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, p.heads, p.seq_q, p.head_dim, generator=g)
+    k = torch.randn(1, p.kv_heads, p.seq_k, p.head_dim, generator=g)
+    _, p_cmp = compressed(q, k, k, p)
+    return (selected_mask(p_cmp, p, p.kv_heads)[0, 0] | window_mask(p, "cpu")).float()
 
 
 def branch_pairs(p: Problem) -> dict[str, int]:
@@ -138,7 +231,7 @@ def resolve(p: Problem) -> Problem:
 
 
 def supports(p: Problem) -> Reason:
-    for name in DEFAULTS:
+    for name in INTS:
         x = p.param(name)
         if not isinstance(x, int) or isinstance(x, bool) or x < 1:
             return f"bad {name} {x!r}; accepted: an integer >= 1"
@@ -148,7 +241,7 @@ def supports(p: Problem) -> Reason:
     if p.param("stride") > p.param("cmp_block"):
         return (f"stride {p.param('stride')} > cmp_block {p.param('cmp_block')} would skip tokens; "
                 "accepted: stride <= cmp_block")
-    return check_heads(p)
+    return check_select_by(p) or check_heads(p)
 
 
 NSA = Variant(
@@ -157,7 +250,14 @@ NSA = Variant(
                 "(cmp_block=32, stride=16, block=64, topk_blocks=16, window=512)",
     time="O(L²/stride + L·n·block + L·w)", memory="O(L²)", reference=reference, flops=nsa_flops, bytes=io_bytes,
     backends=(Backend("eager", _eager_build, "the three branches with dense masks, gated (the reference)",
-                      materializes=True),),
-    resolve=resolve, why_unsupported=supports, defaults=dict(DEFAULTS), modes=("fwd", "decode"))
+                      materializes=True),
+              Backend("flex", _flex_build, "compressed branch in torch; selected blocks (BlockMask built in the "
+                      "call) and window by compiled FlexAttention", why_unavailable=flex_backend().why_unavailable,
+                      why_unsupported=_flex_supports, compiles=True, workspace=selection_bytes),
+              Backend("triton", _triton_build, "compressed branch in torch; selected blocks by the Triton "
+                      "block-sparse kernel (select_by=query_block or decode), window by the Triton "
+                      "FlashAttention kernel (fp32: TF32 dots)", why_unavailable=triton.flash_backend().why_unavailable,
+                      why_unsupported=_triton_supports, tf32_dots=True, workspace=selection_bytes)),
+    resolve=resolve, why_unsupported=supports, defaults=dict(DEFAULTS), modes=("fwd", "decode"), picture=picture)
 
 VARIANTS = (NSA,)

@@ -65,6 +65,19 @@ def test_random_layouts_forward_backward(name, dtype):
 
 
 @pytest.mark.parametrize("causal", [False, True])
+def test_per_batch_and_head_layouts_forward_backward(causal):
+    """A layout per (batch element, query head), B·Hq of them in that order (MoBA's and NSA's
+    input-dependent selections): every row, dQ and the CSC path of dK/dV read their own."""
+    b, hq, hkv, lq, block = 2, 4, 2, 96, 32
+    layout = random_layout((b * hq, 3, 3), seed=11)
+    q, k, v = make_qkv(b, hq, hkv, lq, lq, 32, torch.float32, seed=3, grad=True)
+    index = build_block_index(layout, block=block)
+    allowed = token_mask(layout, block, lq, lq).view(b, hq, lq, lq)
+    check_forward_backward(lambda q, k, v: block_sparse_attention(q, k, v, index, causal=causal),
+                           dict(causal=causal, allowed=allowed), q, k, v, True)
+
+
+@pytest.mark.parametrize("causal", [False, True])
 def test_structured_local_global_layout(causal):
     lq = lk = 200
     _check(1, 2, 1, lq, lk, 32, 32, local_global(7, 7), causal, torch.float16, grads=False)

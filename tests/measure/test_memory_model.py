@@ -43,6 +43,7 @@ CASES = [  # (variant, backend, mode, L): one or two of each kind
     ("rope", "sdpa", "fwd", 1024),  # declared workspace: the rotated q and k
     ("linear", "chunked", "fwd", 1024),  # declared workspace: elu features
     ("paged", "sdpa", "fwd", 1024),  # fused over a padded batch: its mask, gathered pages
+    ("moba", "gather", "fwd", 1024),  # declared workspace: repeated K/V and one block of gathered rows
 ]
 
 
