@@ -30,7 +30,11 @@ from attnbench.variants.paged import ragged_fields
 from attnbench.variants.user import load_or_reason, source_fields
 
 CALLS_PER_CASE = 4  # first call, a steady warm-up call, at least one timed sample, the memory/profiler pass
-STARTUP_GRACE_S = 60.0  # worker start, setup and compilation on top of the budget
+STARTUP_GRACE_S = 60.0  # a case's setup and compilation on top of the budget
+# The worker's own start (spawn, imports, the warm-up pass) is waited for apart from any case's
+# clock: on a machine loaded many times over, importing torch alone can take a minute, and a case
+# must not be recorded as `timeout` for the machine's load before it even began.
+WORKER_START_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,10 @@ def _worker_main(
     refs = None
     not_loaded = load_or_reason(backend_files)  # a spawned process starts with the built-in catalogue
     warm_memory_pass(dev, nvml)
+    try:
+        conn.send(("ready", os.getpid()))  # the parent starts a case's clock only after this
+    except OSError:
+        os._exit(0)
     while True:
         try:
             msg = conn.recv()
@@ -181,6 +189,7 @@ class Worker:
         self.proc = None
         self.conn = None
         self.refs: dict | None = None
+        self.ready = False
 
     def start(self) -> None:
         ctx = mp.get_context("spawn")
@@ -194,11 +203,15 @@ class Worker:
         self.proc.start()
         child.close()
         self.conn = parent
+        self.ready = False
         if self.refs is not None:
             self.conn.send(("refs-set", self.refs))
 
     def measure_refs(self, dtypes: tuple[str, ...]) -> dict:
         self._ensure()
+        failed = self._await_ready()
+        if failed:
+            raise RuntimeError(failed["reason"])
         self.conn.send(("refs", list(dtypes)))
         kind, refs = self.conn.recv()
         self.refs = refs
@@ -208,9 +221,31 @@ class Worker:
         if self.proc is None or not self.proc.is_alive():
             self.start()
 
+    def _await_ready(self, limit: float = WORKER_START_S) -> dict | None:
+        """Wait for the worker's "ready" (its imports and warm-up done); None once it is, else the
+        fields of the failure (it died while starting, or did not start within `limit`)."""
+        if self.ready:
+            return None
+        oom_before = oom_kill_count()
+        if not self.conn.poll(limit):
+            self.kill()
+            return {"status": "error", "reason": f"the worker process did not start within {limit:.0f} s "
+                    f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs); it was killed"}
+        try:
+            kind, _ = self.conn.recv()
+        except (EOFError, ConnectionError):
+            self.proc.join(5)
+            return self._death_fields(oom_before)
+        self.ready = kind == "ready"
+        return None if self.ready else {"status": "error", "reason": f"the worker said {kind!r} before 'ready'"}
+
     def run(self, case: Case, timeout: float, kind: str = "case") -> dict:
-        """kind "case" measures everything; "probe" only runs a call and its peak memory."""
+        """kind "case" measures everything; "probe" only runs a call and its peak memory. `timeout`
+        counts from the moment the case is handed to a started worker (never the worker's start)."""
         self._ensure()
+        failed = self._await_ready()
+        if failed:
+            return failed
         oom_before = oom_kill_count()
         policy = replace(self.cfg.policy, max_time=min(self.cfg.policy.max_time, max(0.1, self.cfg.time_budget / 4)))
         options = {"inputs": self.cfg.inputs, "reference_limit": self.cfg.reference_limit}

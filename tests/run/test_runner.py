@@ -153,3 +153,27 @@ def test_a_reference_that_does_not_fit_does_not_turn_the_case_into_oom():
         w.close()
     assert rec["status"] == "ok", rec["reason"]
     assert "reason" in rec["error"]
+
+
+SLOW_START = '''
+import time
+
+from attnbench.api import Backend
+
+time.sleep(4)  # a worker that takes this long to start (as torch's import does on a loaded machine)
+BACKENDS = {"mha": [Backend("slow-start", lambda problem, device: (lambda q, k, v: q), "returns q")]}
+'''
+
+
+def test_a_case_clock_starts_when_the_worker_is_ready_not_while_it_starts(tmp_path):
+    """The worker's start (spawn, imports, here a user file that sleeps 4 s) is waited for apart
+    from the case's timeout: a 3 s timeout does not expire while the worker is still starting."""
+    path = tmp_path / "slow_start.py"
+    path.write_text(SLOW_START)
+    w = Worker(RunConfig(device=CPU, time_budget=2.0, threads=1, policy=POLICY, backend_files=(str(path),)))
+    try:
+        rec = w.run(mha("sdpa", L=16), timeout=3.0)
+        assert rec.get("status", "ok") == "ok" and "latency_ms" in rec, rec
+        assert w.ready
+    finally:
+        w.close()
