@@ -1,6 +1,6 @@
 """Run one case of `run --definition` in the worker: the workload's inputs, one backend (ours, or
 the definition's own reference code as backend `reference`), timing, memory, and the check of its
-`output` and base-2 `lse` against the oracle.
+`output` and base-2 `lse` against the oracle (gdn: `output` and `new_state`, no lse).
 
 The oracle: with --trust-reference, the definition's `reference` (code from the file, executed here
 in the worker only, never in the parent); without it, attnbench's float64 materialised attention
