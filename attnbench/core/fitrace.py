@@ -159,10 +159,9 @@ def check_mapped(d: Definition, path: Path) -> None:
     if d.op_type == "dsa_paged" and "sparse_indices" not in d.inputs:
         raise UsageError(f"definition '{path}': of op_type dsa_paged attnbench runs the sparse attention "
                          "(inputs q_nope, q_pe, ckv_cache, kpe_cache, sparse_indices), not the top-k indexer")
-    if d.op_type == "gdn" and d.stage not in ("decode", "prefill"):
-        what = " (multi-token prediction over a state pool)" if d.stage == "mtp" else ""
-        raise UsageError(f"definition '{path}': gdn stage '{d.stage}'{what} is not mapped; accepted: gdn decode "
-                         "and prefill")
+    if d.op_type == "gdn" and d.stage not in ("decode", "prefill", "mtp"):
+        raise UsageError(f"definition '{path}': gdn stage '{d.stage}' is not mapped; accepted: gdn decode, prefill "
+                         "and mtp")
 
 
 def load_workloads(path: Path, d: Definition, uuids: list[str] | None = None) -> list[Workload]:

@@ -185,8 +185,8 @@ def _gdn_case(d: Definition, w: Workload, backend: str, mine: dict, device: torc
     L2 norm of q and k (the definitions take them as given)."""
     a = d.const_axes() | w.axes
     decode = d.stage == "decode"
-    batch = max(1, a["batch_size"] if decode else a["len_cu_seqlens"] - 1)
-    seq = 1 if decode else max(1, -(-a["total_seq_len"] // batch))
+    batch = max(1, a["len_cu_seqlens"] - 1 if d.stage == "prefill" else a["batch_size"])
+    seq = a.get("seq_len", 1) if d.stage != "prefill" else max(1, -(-a["total_seq_len"] // batch))
     params = registry.get("gdn").defaults | {"qk_norm": "none"} | mine
     p = Problem(batch=batch, heads=a["num_v_heads"], kv_heads=a["num_q_heads"], seq_q=seq, seq_k=seq,
                 head_dim=a["head_size"], dtype=d.inputs["q"].dtype, causal=True, mode="decode" if decode else "fwd",
@@ -229,7 +229,8 @@ def synthetic_workloads(d: Definition, given: dict) -> list[tuple[Workload, str]
                 pages = [-(-n // ps) for n in kv_len]
                 axes = {"batch_size": b, "len_indptr": b + 1, "total_q": sum(q_len), "total_kv": sum(kv_len),
                         "num_kv_indices": sum(pages), "num_pages": sum(pages), "num_tokens": b,
-                        "num_seqs": b, "len_cu_seqlens": b + 1, "total_seq_len": sum(kv_len)}
+                        "num_seqs": b, "len_cu_seqlens": b + 1, "total_seq_len": sum(kv_len),
+                        "seq_len": seq, "pool_size": b}
                 axes = {k: v for k, v in axes.items() if k in d.var_axes()}
                 lengths = f"{','.join(map(str, q_len))};{','.join(map(str, kv_len))}"
                 if d.op_type == "dsa_paged":  # the cache holds the longest length; the top-k are drawn from it

@@ -52,6 +52,59 @@ def run(q, k, v, state, A_log, a, dt_bias, b, scale, cu_seqlens=None):
 '''
 
 
+REFERENCE_GDN_MTP = '''
+import math
+import torch
+
+
+@torch.no_grad()
+def run(q, k, v, initial_state, initial_state_indices, A_log, a, dt_bias, b, scale, intermediate_states_buffer=None):
+    """Each sequence from its pool slot, T tokens in order; the pool is returned unchanged (no state update)."""
+    batch, steps, hqk, size = q.shape
+    hv = v.shape[2]
+    if scale is None or float(scale) == 0.0:
+        scale = 1.0 / math.sqrt(size)
+    decay = torch.exp(-torch.exp(A_log.float()) * torch.log1p(torch.exp(a.float() + dt_bias.float())))
+    beta = 1.0 / (1.0 + torch.exp(-b.float()))
+    out = torch.zeros(batch, steps, hv, v.shape[3], dtype=q.dtype)
+    for n in range(batch):
+        for h in range(hv):
+            g = h * hqk // hv
+            S = initial_state[int(initial_state_indices[n]), h].float().clone()
+            for t in range(steps):
+                kt = k[n, t, g].float()
+                S = S * decay[n, t, h]
+                S = S + beta[n, t, h] * torch.outer(v[n, t, h].float() - S @ kt, kt)
+                out[n, t, h] = (float(scale) * (S @ q[n, t, g].float())).to(q.dtype)
+    return out, initial_state.clone()
+'''
+
+
+def gdn_mtp(hqk: int = 2, hv: int = 4, size: int = 16) -> dict:
+    """A gdn mtp definition of our own (var batch_size, seq_len, pool_size), with the optional buffer."""
+    tok = ["batch_size", "seq_len"]
+    pool = ["pool_size", "num_v_heads", "head_size", "head_size"]
+    inputs = {"q": {"shape": [*tok, "num_q_heads", "head_size"], "dtype": "bfloat16"},
+              "k": {"shape": [*tok, "num_k_heads", "head_size"], "dtype": "bfloat16"},
+              "v": {"shape": [*tok, "num_v_heads", "head_size"], "dtype": "bfloat16"},
+              "initial_state": {"shape": pool, "dtype": "float32"},
+              "initial_state_indices": {"shape": ["batch_size"], "dtype": "int32"},
+              "A_log": {"shape": ["num_v_heads"], "dtype": "float32"},
+              "a": {"shape": [*tok, "num_v_heads"], "dtype": "bfloat16"},
+              "dt_bias": {"shape": ["num_v_heads"], "dtype": "float32"},
+              "b": {"shape": [*tok, "num_v_heads"], "dtype": "bfloat16"},
+              "scale": {"shape": None, "dtype": "float32"},
+              "intermediate_states_buffer": {"shape": ["pool_size", "seq_len", "num_v_heads", "head_size",
+                                                       "head_size"], "dtype": "float32", "optional": True}}
+    return {"name": f"test_gdn_mtp_qk{hqk}_v{hv}_d{size}_k_last", "op_type": "gdn", "tags": ["stage:mtp"],
+            "axes": _axes({"num_q_heads": hqk, "num_k_heads": hqk, "num_v_heads": hv, "head_size": size},
+                          ["batch_size", "seq_len", "pool_size"]),
+            "inputs": inputs,
+            "outputs": {"output": {"shape": [*tok, "num_v_heads", "head_size"], "dtype": "bfloat16"},
+                        "final_state": {"shape": pool, "dtype": "float32"}},
+            "reference": REFERENCE_GDN_MTP}
+
+
 def gdn(stage: str, hqk: int = 2, hv: int = 4, size: int = 16) -> dict:
     """A gdn definition of our own: decode (var batch_size) or prefill (var total_seq_len, num_seqs,
     len_cu_seqlens)."""

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 from fitrace_fixtures import write
-from gdn_fixtures import gdn
+from gdn_fixtures import gdn, gdn_mtp
 
 from attnbench.cli import main
 from attnbench.core.fitrace import Definition, Workload
@@ -21,11 +21,12 @@ from attnbench.variants.fitrace import ops
 from attnbench.variants.fitrace.inputs import build_inputs
 
 CPU = torch.device("cpu")
-AXES = {"decode": {"batch_size": 3}, "prefill": {"total_seq_len": 90, "num_seqs": 2, "len_cu_seqlens": 3}}
+AXES = {"decode": {"batch_size": 3}, "prefill": {"total_seq_len": 90, "num_seqs": 2, "len_cu_seqlens": 3},
+        "mtp": {"batch_size": 3, "seq_len": 5, "pool_size": 6}}
 
 
 def _setup(stage: str):
-    d = Definition.model_validate(gdn(stage))
+    d = Definition.model_validate(gdn_mtp() if stage == "mtp" else gdn(stage))
     w = Workload(uuid="t", axes=AXES[stage], inputs={n: {"type": "random"} for n in d.inputs})
     inputs, notes = build_inputs(d, w, None, CPU)
     return d, inputs, notes, reference_fn(d)(inputs)
@@ -36,21 +37,21 @@ def _check(out, state, ref_out, ref_state, steps: int) -> dict:
     return state_check(res, state, ref_state, steps, 16)
 
 
-@pytest.mark.parametrize("stage", ["decode", "prefill"])
+@pytest.mark.parametrize("stage", ["decode", "prefill", "mtp"])
 @pytest.mark.parametrize("backend", ["recurrent", "chunked"])
 def test_each_backend_reproduces_the_definitions_reference(stage, backend):
     d, inputs, _, (ref_out, ref_state) = _setup(stage)
     out, state = ops.backend(backend, "gdn").build("gdn", stage, inputs, CPU)(inputs)
     assert out.dtype == torch.bfloat16 and out.shape == ref_out.shape
     assert state.dtype == torch.float32 and state.shape == ref_state.shape
-    steps = 1 if stage == "decode" else int(max(inputs["cu_seqlens"].diff()))
+    steps = {"decode": 1, "mtp": 5}.get(stage) or int(max(inputs["cu_seqlens"].diff()))
     check = _check(out, state, ref_out, ref_state, steps)
     assert check["passed"], check
     assert check["lse_max_abs"] is None and check["lse_reason"] == ops.NO_LSE_GDN
     assert check["state_max_abs"] < 1e-5 and "lse_atol" not in check["tolerance"]
 
 
-@pytest.mark.parametrize("stage", ["decode", "prefill"])
+@pytest.mark.parametrize("stage", ["decode", "prefill", "mtp"])
 def test_the_fp64_oracle_agrees_and_a_wrong_state_or_output_fails(stage):
     d, inputs, _, (ref_out, ref_state) = _setup(stage)
     out, state = ops.oracle("gdn", stage, inputs)
@@ -84,13 +85,25 @@ def test_synthesized_inputs_are_in_the_models_ranges():
     assert inputs["scale"] == pytest.approx(0.25) and notes == ["scale: no value given; used 1/sqrt(16)"]
 
 
-def test_the_mtp_stage_is_refused_with_one_line(tmp_path, capsys):
-    mtp = gdn("decode")
-    mtp["tags"] = ["stage:mtp"]
-    path = write(tmp_path / "mtp.json", mtp)
+def test_mtp_reads_each_sequence_from_its_pool_slot_and_leaves_the_pool_as_given():
+    d, inputs, notes, (ref_out, ref_pool) = _setup("mtp")
+    idx = inputs["initial_state_indices"]
+    assert idx.dtype == torch.int32 and len(set(idx.tolist())) == 3 and int(idx.max()) < 6
+    assert "intermediate_states_buffer" not in inputs and any(n.startswith("intermediate_states_buffer") for n in notes)
+    out, pool = ops.backend("recurrent", "gdn").build("gdn", "mtp", inputs, CPU)(inputs)
+    assert torch.equal(pool, inputs["initial_state"]) and torch.equal(ref_pool, inputs["initial_state"])
+    shuffled = dict(inputs, initial_state_indices=idx.flip(0))  # the wrong slots: a different output
+    wrong, _ = ops.backend("recurrent", "gdn").build("gdn", "mtp", shuffled, CPU)(shuffled)
+    assert not _check(wrong, pool, ref_out, ref_pool, 5)["passed"]
+
+
+def test_another_gdn_stage_is_refused_with_one_line(tmp_path, capsys):
+    other = gdn("decode")
+    other["tags"] = ["stage:verify"]
+    path = write(tmp_path / "other.json", other)
     assert main(["run", "--definition", str(path), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "gdn stage 'mtp' (multi-token prediction over a state pool) is not mapped" in err[0]
+    assert len(err) == 1 and "gdn stage 'verify' is not mapped; accepted: gdn decode, prefill and mtp" in err[0]
 
 
 def test_the_plan_maps_gdn_onto_the_gdn_variant(tmp_path, capsys):

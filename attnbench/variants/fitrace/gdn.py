@@ -13,8 +13,14 @@ head h // (Hv/Hqk)) and token t:
 
 q and k are taken as given (no L2 norm inside: variants/gdn.py's `qk_norm=none`). decode: inputs
 (B, 1, H, D), state (B, Hv, V, K); prefill: packed (T, H, D) tokens, sequences by `cu_seqlens`,
-state (N, Hv, V, K) per sequence. Outputs: `output` in q's dtype and `new_state` float32. The
-published `gdn_mtp_*` (a state pool read through initial_state_indices) is not mapped.
+state (N, Hv, V, K) per sequence. Outputs: `output` in q's dtype and `new_state` float32.
+mtp (multi-token prediction, speculative verification): inputs (B, T, H, D), each sequence's
+initial state read from a pool (P, Hv, V, K) at initial_state_indices[b]; outputs `output`
+(B, T, Hv, V) and `final_state`, which the published reference returns as the pool unchanged
+(flashinfer's disable_state_update=True): the backends do the same (a copy of the pool), so for mtp
+the state check only confirms the pool is untouched and the output carries the check. The optional
+`intermediate_states_buffer` (a side buffer the reference writes in place, not an output) is not
+given, to the reference or to the backends.
 
 Backends (`fn(inputs) -> (output, new_state)`):
     recurrent  the recurrence step by step in float32 (variants/gdn.py `recurrent`), the
@@ -31,7 +37,8 @@ them before the kernel; raw N(0, 1) keys of length √K make I − β k kᵀ exp
 and the recurrence overflow), then rounded to their dtype; v N(0, 1); state N(0, 1/K) (the scale a
 unit-key delta rule keeps); A_log = log U(1, 16), dt_bias = softplus⁻¹(U_log(1e-3, 0.1)) (how
 Qwen3-Next initialises them), a, b N(0, 1): decays over (0.007, 1) and β over (0.1, 0.9).
-`cu_seqlens` from the known lengths, else total_seq_len split at random over num_seqs.
+`cu_seqlens` from the known lengths, else total_seq_len split at random over num_seqs;
+`initial_state_indices` distinct pool slots (a seeded permutation; pool_size >= batch_size).
 """
 
 from __future__ import annotations
@@ -45,7 +52,8 @@ import torch.nn.functional as F
 from attnbench.variants.gdn import chunked, recurrent
 
 CHUNK = 64
-GDN_STAGES = ("decode", "prefill")
+GDN_STAGES = ("decode", "prefill", "mtp")
+SIDE_BUFFERS = ("intermediate_states_buffer",)  # optional, written in place by the reference: not given
 
 
 # ---------------------------------------------------------------- inputs
@@ -57,7 +65,8 @@ def _split(total: int, parts: int, rng: pyrandom.Random) -> list[int]:
 
 
 def fill_inputs(d, axes: dict[str, int], have: dict, seed: int, lengths: str | None) -> tuple[dict, list[str]]:
-    """`have` completed with every input of gdn definition `d` it lacks (see the module docstring)."""
+    """`have` completed with every input of gdn definition `d` it lacks (see the module docstring),
+    the side buffers (SIDE_BUFFERS) left out."""
     notes: list[str] = []
     out = dict(have)
     g = torch.Generator().manual_seed(seed)
@@ -69,7 +78,17 @@ def fill_inputs(d, axes: dict[str, int], have: dict, seed: int, lengths: str | N
             rng = pyrandom.Random(f"attnbench fitrace {d.name} {sorted(axes.items())} {seed}")
             seqs = _split(axes["total_seq_len"], axes["len_cu_seqlens"] - 1, rng)
         out["cu_seqlens"] = torch.tensor([0, *torch.tensor(seqs).cumsum(0).tolist()], dtype=torch.int64)
+    if "initial_state_indices" in d.inputs and "initial_state_indices" not in out:
+        pool, batch = axes["pool_size"], axes["batch_size"]
+        if pool < batch:
+            raise ValueError(f"cannot synthesize initial_state_indices: {batch} distinct slots asked of a pool "
+                             f"of {pool}")
+        out["initial_state_indices"] = torch.randperm(pool, generator=g)[:batch].to(torch.int32)
     for name, spec in d.inputs.items():
+        if name in SIDE_BUFFERS:
+            out.pop(name, None)
+            notes.append(f"{name}: optional side buffer (the reference writes it in place; not an output): not given")
+            continue
         if name in out:
             continue
         shape = tuple(axes[a] for a in (spec.shape or []))
@@ -94,9 +113,9 @@ def fill_inputs(d, axes: dict[str, int], have: dict, seed: int, lengths: str | N
 
 # ---------------------------------------------------------------- the batch
 def seq_lengths(stage: str, inputs: dict) -> list[int]:
-    """Tokens per sequence: decode one each; prefill from cu_seqlens."""
-    if stage == "decode":
-        return [1] * inputs["q"].shape[0]
+    """Tokens per sequence: decode one each; mtp T each; prefill from cu_seqlens."""
+    if stage in ("decode", "mtp"):
+        return [inputs["q"].shape[1]] * inputs["q"].shape[0]
     cu = [int(x) for x in inputs["cu_seqlens"].detach().cpu().tolist()]
     return [cu[i + 1] - cu[i] for i in range(len(cu) - 1)]
 
@@ -132,10 +151,18 @@ def solver(stage: str, inputs: dict, device: torch.device, dt: torch.dtype, use_
         logg, beta = _gates(x, dt)
         state = x.get("state")
         s0 = None if state is None else state.to(dt)
-        if stage == "decode":  # (B, 1, H, D) -> (B, H, 1, D)
+        if stage == "mtp":  # each sequence's state from the pool; the pool itself is returned as given
+            s0 = x["initial_state"].to(dt).index_select(0, x["initial_state_indices"].long())
+        if stage in ("decode", "mtp"):  # (B, T, H, D) -> (B, H, T, D)
             q, k = (_expand(x[n], hv).to(dt).transpose(1, 2) for n in ("q", "k"))
             v = x["v"].to(dt).transpose(1, 2)
-            out, s = recurrent(q, k, v, logg.transpose(1, 2), beta.transpose(1, 2), s0, _scale(x))
+            g_, b_ = logg.transpose(1, 2), beta.transpose(1, 2)
+            if use_chunks and q.shape[2] > 1:
+                out, s = chunked(q, k, v, g_, b_, s0, _scale(x), min(CHUNK, q.shape[2]))
+            else:
+                out, s = recurrent(q, k, v, g_, b_, s0, _scale(x))
+            if stage == "mtp":
+                s = x["initial_state"].clone()
             return out.transpose(1, 2).to(x["v"].dtype if dt != torch.float64 else dt), s.to(
                 torch.float32 if dt != torch.float64 else dt)
         m = valid[..., None, None]
@@ -161,6 +188,7 @@ def build_recurrent(op: str, stage: str, inputs: dict, device: torch.device):
 
 
 def build_chunked(op: str, stage: str, inputs: dict, device: torch.device):
+    """prefill and mtp: the chunked form (mtp: one chunk of its T tokens); decode: the recurrent step."""
     return solver(stage, inputs, device, torch.float32, use_chunks=stage != "decode")
 
 
@@ -183,7 +211,7 @@ def cost(stage: str, inputs: dict) -> tuple[float, float, dict]:
     flops = 7.0 * dk * dv * hv * tokens
     item = q.element_size()
     io = tokens * (2 * hqk * dk + 2 * hv * dv + 2 * hv) * item + 8 * hv
-    state = ("state" in inputs and inputs["state"] is not None) * len(lens) * hv * dv * dk * 4.0
+    state = (inputs.get("state") is not None or "initial_state" in inputs) * len(lens) * hv * dv * dk * 4.0
     nbytes = float(io + state + len(lens) * hv * dv * dk * 4.0)
     stats = {"min": min(lens), "mean": tokens / len(lens), "max": max(lens), "total": tokens} if lens else None
     return flops, nbytes, stats

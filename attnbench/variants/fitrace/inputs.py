@@ -166,10 +166,11 @@ def build_inputs(d: Definition, w: Workload, blobs: Path | None, device: torch.d
                 continue
             have[name] = load_blob(path, spec.tensor_key)
     if d.op_type == "gdn":  # its own inputs (gates, state, unit-length q and k): variants/fitrace/gdn.py
-        from attnbench.variants.fitrace.gdn import fill_inputs
+        from attnbench.variants.fitrace.gdn import SIDE_BUFFERS, fill_inputs
 
         have, more = fill_inputs(d, axes, have, seed, lengths)
         notes += more
+        have |= dict.fromkeys(n for n in SIDE_BUFFERS if n in d.inputs)  # left out: None, dropped below
     have |= synthesize_indices(d, axes, have, seed)
     g = torch.Generator().manual_seed(seed)
     for name, spec in d.inputs.items():
@@ -187,7 +188,7 @@ def build_inputs(d: Definition, w: Workload, blobs: Path | None, device: torch.d
                              "and the index tensors (" + ", ".join(INDEX_INPUTS) + ") can be synthesized")
         have[name] = torch.randn(_shape(d, name, axes), generator=g).to(dtype)
     out = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in have.items()}
-    return {k: out[k] for k in d.inputs}, notes
+    return {k: out[k] for k in d.inputs if out.get(k) is not None}, notes  # None: a side buffer left out
 
 
 def _qk_dim(d: Definition, axes: dict[str, int]) -> int:

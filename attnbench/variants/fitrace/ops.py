@@ -158,7 +158,7 @@ BACKENDS: tuple[OpBackend, ...] = (
 )
 
 
-NO_LSE_GDN = "a gdn op has no lse: its outputs are output and new_state (the state is checked instead)"
+NO_LSE_GDN = "a gdn op has no lse: its outputs are output and the state (checked instead)"
 
 GDN_BACKENDS: tuple[OpBackend, ...] = (
     OpBackend("recurrent", gdn.build_recurrent, "the gated delta rule step by step in float32 (attnbench's gdn "
