@@ -35,7 +35,8 @@ def run(
     definition: Annotated[Optional[Path], typer.Option(
         "--definition", metavar="FILE", rich_help_panel=O.WHAT,
         help="A FlashInfer Trace definition (JSON): its op (gqa_paged, gqa_ragged, mla_paged, mla_ragged, "
-             "dsa_paged) run on attnbench's backends, one case per workload; see docs/flashinfer-trace.md.")] = None,
+             "dsa_paged; gdn decode, prefill and mtp) run on attnbench's backends, one case per workload; see "
+             "docs/flashinfer-trace.md.")] = None,
     workloads: Annotated[Optional[Path], typer.Option(
         "--workloads", metavar="FILE", rich_help_panel=O.WHAT,
         help="The definition's workloads (JSONL): their var axes and input sources (default: the var axes from "

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from attnbench.core.errors import UsageError
 
 # The op types `run --definition` maps onto attnbench's backends, in the order they were added.
-MAPPED_OPS = ("gqa_paged", "gqa_ragged", "mla_paged", "mla_ragged", "dsa_paged")
+MAPPED_OPS = ("gqa_paged", "gqa_ragged", "mla_paged", "mla_ragged", "dsa_paged", "gdn")
 
 
 class Axis(BaseModel):
@@ -159,6 +159,9 @@ def check_mapped(d: Definition, path: Path) -> None:
     if d.op_type == "dsa_paged" and "sparse_indices" not in d.inputs:
         raise UsageError(f"definition '{path}': of op_type dsa_paged attnbench runs the sparse attention "
                          "(inputs q_nope, q_pe, ckv_cache, kpe_cache, sparse_indices), not the top-k indexer")
+    if d.op_type == "gdn" and d.stage not in ("decode", "prefill", "mtp"):
+        raise UsageError(f"definition '{path}': gdn stage '{d.stage}' is not mapped; accepted: gdn decode, prefill "
+                         "and mtp")
 
 
 def load_workloads(path: Path, d: Definition, uuids: list[str] | None = None) -> list[Workload]:

@@ -46,6 +46,7 @@ class ReferenceCheck(BaseModel):
     lse_max_abs: Optional[NonNeg]
     tolerance: dict[str, NonNeg]
     reference: Literal["definition", "attnbench-fp64"]
+    state_max_abs: Optional[NonNeg] = None  # gdn: the float32 state against the oracle's
 
 
 class RecordModel(BaseModel):

@@ -16,6 +16,14 @@ the check counts them (`undefined`).
 
     max_abs   max |x - r| over the finite positions
     max_rel   max |x - r| / (atol + |r|): 1 is the bound's edge when rtol = atol (above 1 fails)
+
+A gdn op (Gated DeltaNet) has no lse: its second output is the recurrent state `new_state`, which
+the references keep in float32. It is held to the same element-wise form with state_atol =
+state_rtol = core.tolerance's float32 budget over steps·head_size products, K·(u_f32 + u_f32·√(L·K)):
+each step's S k is a K-long float32 dot product and the L steps of a sequence compound, so the
+state carries float32 accumulation over L·K products and no rounding to a narrower dtype (L = 150,
+K = 128: 3.3e-5 against states of magnitude ~1; measured float32 against float64 there: 3e-7).
+Recorded as `state_max_abs` and `state_max_rel`; passed needs both outputs inside their bounds.
 """
 
 from __future__ import annotations
@@ -55,6 +63,24 @@ def compare(x: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float) -> tup
     ok = bool((diff <= atol + rtol * r64[fin].abs()).all())
     max_abs, max_rel = float(diff.max()), float(rel.max())
     return ok, max_abs, max_rel, None if ok else f"max |x - r| {max_abs:.3g} exceeds atol {atol:.3g} + rtol·|r|"
+
+
+def state_bounds(steps: int, head_size: int) -> dict[str, float]:
+    """{state_atol, state_rtol} for a float32 recurrent state after `steps` tokens of `head_size`."""
+    t = tolerance("float32", max(1, steps) * max(1, head_size))
+    return {"state_atol": t, "state_rtol": t}
+
+
+def state_check(res: dict, state: torch.Tensor, ref_state: torch.Tensor, steps: int, head_size: int) -> dict:
+    """`res` (a reference_check) with the state's comparison added: state_max_abs, state_max_rel,
+    the state bounds in its tolerance, passed only if both outputs pass."""
+    tol = state_bounds(steps, head_size)
+    ok, max_abs, max_rel, why = compare(state, ref_state, tol["state_atol"], tol["state_rtol"])
+    out = {**res, "passed": res["passed"] and ok, "state_max_abs": max_abs, "state_max_rel": max_rel,
+           "tolerance": {**{k: v for k, v in res["tolerance"].items() if k != "lse_atol"}, **tol}}
+    if why and "why" not in out:
+        out["why"] = f"new_state: {why}"
+    return out
 
 
 def reference_check(out: torch.Tensor, lse: torch.Tensor | None, ref_out: torch.Tensor, ref_lse: torch.Tensor | None,

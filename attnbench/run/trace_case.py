@@ -1,13 +1,14 @@
 """Run one case of `run --definition` in the worker: the workload's inputs, one backend (ours, or
 the definition's own reference code as backend `reference`), timing, memory, and the check of its
-`output` and base-2 `lse` against the oracle.
+`output` and base-2 `lse` against the oracle (gdn: `output` and `new_state`, no lse).
 
 The oracle: with --trust-reference, the definition's `reference` (code from the file, executed here
 in the worker only, never in the parent); without it, attnbench's float64 materialised attention
-(variants/fitrace/backends.py `oracle`), and the record says the definition's reference was not run
-and why. The `reference` backend itself is checked against the float64 attention (never against
-its own output). The bound: measure/trace_check.py. The oracle's outputs are cached per workload (the
-backends of one workload share its inputs: the same seed), the last ORACLE_CACHE of them.
+(variants/fitrace/ops.py `oracle`; gdn: the recurrence in float64), and the record says the
+definition's reference was not run and why. The `reference` backend itself is checked against
+that float64 oracle (never against its own output). The bound: measure/trace_check.py. The
+oracle's outputs are cached per workload (the backends of one workload share its inputs: the same
+seed), the last ORACLE_CACHE of them.
 
 Honest limits: a definition's reference runs with this process's rights (hence --trust-reference);
 an exception in it fails the case with its message.
@@ -24,11 +25,10 @@ import torch
 from attnbench.core.fitrace import Definition, Workload, load_definition, load_workloads
 from attnbench.core.results import timing_flags
 from attnbench.measure.timing import TimingPolicy
-from attnbench.measure.trace_check import reference_check
+from attnbench.measure.trace_check import reference_check, state_check
 from attnbench.run.case import measure_memory_and_kernel, measure_timing
 from attnbench.run.plan import Case
-from attnbench.variants.fitrace import backends as fb
-from attnbench.variants.fitrace import ops
+from attnbench.variants.fitrace import gdn, ops
 from attnbench.variants.fitrace.inputs import build_inputs
 from attnbench.variants.fitrace.layout import layout_of
 
@@ -72,7 +72,7 @@ def _oracle(d: Definition, w: Workload, inputs: dict, trusted: bool, key) -> tup
     if key in _oracles:
         return _oracles[key]
     with torch.no_grad():
-        res = reference_fn(d)(inputs) if trusted else fb.oracle(d.op_type, d.stage, inputs)
+        res = reference_fn(d)(inputs) if trusted else ops.oracle(d.op_type, d.stage, inputs)
     while len(_oracles) >= ORACLE_CACHE:
         _oracles.pop(next(iter(_oracles)))
     _oracles[key] = res
@@ -82,7 +82,9 @@ def _oracle(d: Definition, w: Workload, inputs: dict, trusted: bool, key) -> tup
 def cost(d: Definition, inputs: dict) -> tuple[float, float, dict]:
     """(FLOPs, bytes, the record's seq_lengths {min, mean, max, total} of the keys) of one call:
     2·Hq·(Dqk + Dv) per attended pair; the queries, the keys and values of every sequence read once
-    and the output written once."""
+    and the output written once (gdn: variants/fitrace/gdn.py `cost`)."""
+    if d.op_type == "gdn":
+        return gdn.cost(d.stage, inputs)
     lay = layout_of(d.op_type, d.stage, inputs)
     q = inputs["q"] if "q" in inputs else torch.cat([inputs["q_nope"][:1], inputs["q_pe"][:1]], dim=-1)
     hq, dqk = q.shape[1], q.shape[-1]
@@ -120,8 +122,10 @@ def run_trace_case(case: Case, device: torch.device, policy: TimingPolicy, nvml,
     t0 = time.perf_counter()
     if case.backend == ops.REFERENCE:
         fn, lse_reason = reference_fn(d), "the definition's reference returns no lse"
+        if d.op_type == "gdn":
+            lse_reason = ops.NO_LSE_GDN
     else:
-        b = ops.backend(case.backend)
+        b = ops.backend(case.backend, d.op_type)
         fn, lse_reason = b.build(d.op_type, d.stage, inputs, device), b.lse_reason(device, d.op_type)
     setup_ms = (time.perf_counter() - t0) * 1e3
     call = lambda: fn(inputs)  # noqa: E731
@@ -137,10 +141,15 @@ def run_trace_case(case: Case, device: torch.device, policy: TimingPolicy, nvml,
     ref_out, ref_lse = _oracle(d, w, inputs, by_definition, key)
     flops, nbytes, lengths = cost(d, inputs)
     out_dtype = next(iter(d.outputs.values())).dtype
-    check = reference_check(out, lse, ref_out, ref_lse, out_dtype, max(1, lengths["max"] if lengths else 1),
-                            "definition" if by_definition else "attnbench-fp64", lse_reason)
+    longest = max(1, lengths["max"] if lengths else 1)
+    who = "definition" if by_definition else "attnbench-fp64"
+    if d.op_type == "gdn":  # (output, new_state): no lse, the state checked in its place
+        check = reference_check(out, None, ref_out, None, out_dtype, longest, who, lse_reason)
+        check = state_check(check, lse, ref_lse, longest, inputs["q"].shape[-1])
+    else:
+        check = reference_check(out, lse, ref_out, ref_lse, out_dtype, longest, who, lse_reason)
     if not trusted:
-        check["note"] = NOT_TRUSTED
+        check["note"] = NOT_TRUSTED if d.op_type != "gdn" else NOT_TRUSTED.replace("attention", "gated delta rule")
     med = stats.median
     return {
         "status": "ok", "reason": None, "latency_ms": stats.__dict__, "samples_ms": list(timing.samples_ms),

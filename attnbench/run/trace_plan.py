@@ -4,7 +4,7 @@
 One case per (workload, backend): the definition's const axes, the workload's var axes, its uuid in
 the record as `workload`. Without --workloads, the var axes come from --batch, --seq, --kv-seq and
 --seq-dist (one case per combination, `workload` null). Each case is a case of the catalogue
-variant whose math the op is (gqa_* -> paged, mla_* -> mla, dsa_paged -> dsa: their cost models
+variant whose math the op is (gqa_* -> paged, mla_* -> mla, dsa_paged -> dsa, gdn -> gdn: their cost models
 predict its time and memory from an averaged shape); its problem's params name the definition
 file, the workload and where the blobs are, so the worker (run/trace_case.py) rebuilds the inputs.
 Backends: variants/fitrace/ops.py, plus `reference` (the definition's own code, timed) with
@@ -37,7 +37,8 @@ from attnbench.run.plan import Case
 from attnbench.variants import registry
 from attnbench.variants.fitrace import ops
 
-VARIANT_OF = {"gqa_paged": "paged", "gqa_ragged": "paged", "mla_paged": "mla", "mla_ragged": "mla", "dsa_paged": "dsa"}
+VARIANT_OF = {"gqa_paged": "paged", "gqa_ragged": "paged", "mla_paged": "mla", "mla_ragged": "mla", "dsa_paged": "dsa",
+              "gdn": "gdn"}
 NOT_WITH = ("variants", "suite", "model", "heads", "kv_heads", "kv_groups", "head_dim", "causal", "modes",
             "kv_layout", "page_size", "params", "layers")
 
@@ -86,7 +87,7 @@ def plan(req: TraceRequest, given: dict, device: torch.device) -> TracePlan:
     d = load_definition(path)
     check_mapped(d, path)
     _check_dtype(d, given.get("dtype"))
-    backends = _backends(given.get("backends"), req.trust_reference)
+    backends = _backends(given.get("backends"), req.trust_reference, d.op_type)
     if req.workloads is not None:
         ws = load_workloads(req.workloads.resolve(), d, list(req.workload_ids) or None)
         runs = [(w, None) for w in ws]
@@ -112,8 +113,8 @@ def _check_dtype(d: Definition, dtype) -> None:
                          f"({want}); accepted: {want} or no --dtype")
 
 
-def _backends(given, trust: bool) -> list[str]:
-    known = ops.names()
+def _backends(given, trust: bool, op: str | None = None) -> list[str]:
+    known = ops.names(op)
     if given is None:
         return [n for n in known if n != ops.REFERENCE or trust]
     names = list(dict.fromkeys(s.strip() for v in ([given] if isinstance(given, str) else given)
@@ -134,6 +135,8 @@ def _axes_key(w: Workload) -> str:
 def _case(d: Definition, path: Path, req: TraceRequest, w: Workload, lengths: str | None, backend: str,
           device: torch.device, given_dist: str | None = None) -> Case:
     a = d.const_axes() | w.axes
+    if d.op_type == "gdn":
+        return _gdn_case(d, w, backend, _mine(path, req, w, lengths, given_dist), device)
     paged = "kv_indices" in d.inputs
     ps = a.get("page_size", 1)
     if d.op_type == "dsa_paged":  # one query per token over its top-k rows
@@ -144,11 +147,7 @@ def _case(d: Definition, path: Path, req: TraceRequest, w: Workload, lengths: st
     batch = max(1, batch)
     rows = a.get("total_q", batch)
     hq = a["num_qo_heads"]
-    mine = {"definition": str(path), "workload": w.uuid or None, "trust_reference": req.trust_reference,
-            "workloads": str(req.workloads.resolve()) if req.workloads else None,
-            "blobs": str(req.blobs.resolve()) if req.blobs else None,
-            "axes": None if w.uuid else _axes_key(w), "lengths": lengths,
-            "seq_dist_given": None if w.uuid else (given_dist or "fixed")}
+    mine = _mine(path, req, w, lengths, given_dist)
     variant = VARIANT_OF[d.op_type]
     defaults = registry.get(variant).defaults  # the variant's cost model reads its own parameters
     if variant == "paged":
@@ -169,9 +168,36 @@ def _case(d: Definition, path: Path, req: TraceRequest, w: Workload, lengths: st
                 seq_k=max(1, -(-tokens // batch)), head_dim=dim, dtype=next(iter(d.inputs.values())).dtype,
                 causal=True, mode="decode" if d.stage == "decode" else "fwd",
                 params=tuple(sorted((params | mine).items())))
+    return _with_backend(d, variant, backend, p, device)
+
+
+def _mine(path: Path, req: TraceRequest, w: Workload, lengths: str | None, given_dist: str | None) -> dict:
+    """The params that let the worker rebuild the case's inputs."""
+    return {"definition": str(path), "workload": w.uuid or None, "trust_reference": req.trust_reference,
+            "workloads": str(req.workloads.resolve()) if req.workloads else None,
+            "blobs": str(req.blobs.resolve()) if req.blobs else None,
+            "axes": None if w.uuid else _axes_key(w), "lengths": lengths,
+            "seq_dist_given": None if w.uuid else (given_dist or "fixed")}
+
+
+def _gdn_case(d: Definition, w: Workload, backend: str, mine: dict, device: torch.device) -> Case:
+    """A gdn definition as a case of the `gdn` variant: heads = value heads, kv_heads = q/k heads, no
+    L2 norm of q and k (the definitions take them as given)."""
+    a = d.const_axes() | w.axes
+    decode = d.stage == "decode"
+    batch = max(1, a["len_cu_seqlens"] - 1 if d.stage == "prefill" else a["batch_size"])
+    seq = a.get("seq_len", 1) if d.stage != "prefill" else max(1, -(-a["total_seq_len"] // batch))
+    params = registry.get("gdn").defaults | {"qk_norm": "none"} | mine
+    p = Problem(batch=batch, heads=a["num_v_heads"], kv_heads=a["num_q_heads"], seq_q=seq, seq_k=seq,
+                head_dim=a["head_size"], dtype=d.inputs["q"].dtype, causal=True, mode="decode" if decode else "fwd",
+                params=tuple(sorted(params.items())))
+    return _with_backend(d, "gdn", backend, p, device)
+
+
+def _with_backend(d: Definition, variant: str, backend: str, p: Problem, device: torch.device) -> Case:
     if backend == ops.REFERENCE:
         return Case(variant, backend, p)
-    b = ops.backend(backend)
+    b = ops.backend(backend, d.op_type)
     if why := b.why_unsupported(d):
         return Case(variant, backend, p, "unsupported", why)
     if why := b.why_unavailable(device):
@@ -202,7 +228,9 @@ def synthetic_workloads(d: Definition, given: dict) -> list[tuple[Workload, str]
                 q_len = [1] * b if d.stage == "decode" else ([seq] * b if kv else list(kv_len))
                 pages = [-(-n // ps) for n in kv_len]
                 axes = {"batch_size": b, "len_indptr": b + 1, "total_q": sum(q_len), "total_kv": sum(kv_len),
-                        "num_kv_indices": sum(pages), "num_pages": sum(pages), "num_tokens": b}
+                        "num_kv_indices": sum(pages), "num_pages": sum(pages), "num_tokens": b,
+                        "num_seqs": b, "len_cu_seqlens": b + 1, "total_seq_len": sum(kv_len),
+                        "seq_len": seq, "pool_size": b}
                 axes = {k: v for k, v in axes.items() if k in d.var_axes()}
                 lengths = f"{','.join(map(str, q_len))};{','.join(map(str, kv_len))}"
                 if d.op_type == "dsa_paged":  # the cache holds the longest length; the top-k are drawn from it

@@ -11,7 +11,8 @@ Synthesized index tensors (seeded; the same workload gives the same tensors in e
     kv_last_page_len  in 1..page_size, at least what the sequence's queries need (0 for a sequence
                       with no pages)
     sparse_indices    (dsa_paged) per token min(topk, slots) distinct slots, the rest −1
-Random tensors are N(0, 1) in the declared dtype. Honest limits: a synthesized batch has the
+Random tensors are N(0, 1) in the declared dtype (a gdn definition's inputs:
+variants/fitrace/gdn.py). Honest limits: a synthesized batch has the
 workload's totals, not its real per-sequence lengths (which only the blob holds); an input of
 another integer kind with type `random` cannot be synthesized (a ValueError naming it).
 """
@@ -148,7 +149,7 @@ def build_inputs(d: Definition, w: Workload, blobs: Path | None, device: torch.d
     (no workloads file), else the index tensors come from blobs or are synthesized."""
     axes = d.const_axes() | w.axes
     have: dict = {}
-    if lengths:
+    if lengths and d.op_type != "gdn":
         q_s, k_s = lengths.split(";")
         have |= from_lengths(d, axes, [int(x) for x in q_s.split(",")], [int(x) for x in k_s.split(",")])
     notes: list[str] = []
@@ -164,6 +165,12 @@ def build_inputs(d: Definition, w: Workload, blobs: Path | None, device: torch.d
                 notes.append(f"{name}: blob {spec.path} not found {where}; synthesized from the axes")
                 continue
             have[name] = load_blob(path, spec.tensor_key)
+    if d.op_type == "gdn":  # its own inputs (gates, state, unit-length q and k): variants/fitrace/gdn.py
+        from attnbench.variants.fitrace.gdn import SIDE_BUFFERS, fill_inputs
+
+        have, more = fill_inputs(d, axes, have, seed, lengths)
+        notes += more
+        have |= dict.fromkeys(n for n in SIDE_BUFFERS if n in d.inputs)  # left out: None, dropped below
     have |= synthesize_indices(d, axes, have, seed)
     g = torch.Generator().manual_seed(seed)
     for name, spec in d.inputs.items():
@@ -181,7 +188,7 @@ def build_inputs(d: Definition, w: Workload, blobs: Path | None, device: torch.d
                              "and the index tensors (" + ", ".join(INDEX_INPUTS) + ") can be synthesized")
         have[name] = torch.randn(_shape(d, name, axes), generator=g).to(dtype)
     out = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in have.items()}
-    return {k: out[k] for k in d.inputs}, notes
+    return {k: out[k] for k in d.inputs if out.get(k) is not None}, notes  # None: a side buffer left out
 
 
 def _qk_dim(d: Definition, axes: dict[str, int]) -> int:

@@ -1,9 +1,10 @@
 """Which backends run which FlashInfer Trace op, and what they cannot do: the one table
 (`BACKENDS`) that `run --definition` plans from and the worker builds from.
 
-Every mapped op has eager, sdpa and flex; triton runs the decode ops our kernels fit (gqa_paged
+Every mapped attention op has eager, sdpa and flex; triton runs the decode ops our kernels fit (gqa_paged
 decode through attnbench.kernels.paged_decode, mla_paged decode through attnbench.kernels.mla_decode
-one sequence at a time). `why_unsupported` reads only the definition (plan time, no tensors);
+one sequence at a time). The `gdn` op (Gated DeltaNet) has its own table, GDN_BACKENDS: recurrent
+and chunked (variants/fitrace/gdn.py). `why_unsupported` reads only the definition (plan time, no tensors);
 `lse_reason` says why a backend returns no lse. The trusted reference runs as backend `reference`
 (run/trace_case.py): it is not in this table because its code comes from the definition.
 """
@@ -17,7 +18,9 @@ from typing import Callable
 import torch
 
 from attnbench.core.fitrace import Definition
+from attnbench.variants.fitrace import gdn
 from attnbench.variants.fitrace.backends import OpFn, build_eager, build_flex, build_sdpa, out_dtype
+from attnbench.variants.fitrace.backends import oracle as oracle_attention
 from attnbench.variants.fitrace.layout import layout_of
 
 REFERENCE = "reference"  # the definition's own reference code as a timed backend (--trust-reference)
@@ -155,9 +158,33 @@ BACKENDS: tuple[OpBackend, ...] = (
 )
 
 
-def backend(name: str) -> OpBackend:
-    return next(b for b in BACKENDS if b.name == name)
+NO_LSE_GDN = "a gdn op has no lse: its outputs are output and the state (checked instead)"
+
+GDN_BACKENDS: tuple[OpBackend, ...] = (
+    OpBackend("recurrent", gdn.build_recurrent, "the gated delta rule step by step in float32 (attnbench's gdn "
+              "recurrent), sequences padded to the longest with tokens that change nothing",
+              lse_reason=lambda dev, op: NO_LSE_GDN),
+    OpBackend("chunked", gdn.build_chunked, "the WY/UT chunked form in float32 (attnbench's gdn chunked, chunks of "
+              "64); a decode of one token is one recurrent step (the chunk is the step)",
+              lse_reason=lambda dev, op: NO_LSE_GDN),
+)
 
 
-def names() -> list[str]:
-    return [b.name for b in BACKENDS] + [REFERENCE]
+def table(op: str | None = None) -> tuple[OpBackend, ...]:
+    """The backends of op type `op` (attention ops: BACKENDS; gdn: GDN_BACKENDS)."""
+    return GDN_BACKENDS if op == "gdn" else BACKENDS
+
+
+def backend(name: str, op: str | None = None) -> OpBackend:
+    return next(b for b in table(op) if b.name == name)
+
+
+def names(op: str | None = None) -> list[str]:
+    return [b.name for b in table(op)] + [REFERENCE]
+
+
+def oracle(op: str, stage: str, inputs: dict) -> tuple:
+    """attnbench's float64 oracle of an op: (output, lse) for attention, (output, new_state) for gdn."""
+    if op == "gdn":
+        return gdn.oracle(stage, inputs)
+    return oracle_attention(op, stage, inputs)
