@@ -202,6 +202,11 @@ def _prepare_definition(definition: Path, workloads: Path | None, blobs: Path | 
     from attnbench.run.start import prepare_trace
     from attnbench.run.trace_plan import TraceRequest
 
+    if cli_settings.get("backend_files"):
+        raise UsageError("--backend-file adds backends to attnbench's variants, and a definition's backends take the "
+                         "definition's own inputs (q, k_cache, kv_indptr, ...): not supported together yet; time your "
+                         "kernel on the variant the definition maps to (gqa_* → paged, mla_* → mla, dsa_paged → dsa, "
+                         "gdn → gdn)")
     if blobs is not None and not blobs.is_dir():
         raise UsageError(f"--blobs '{blobs}' is not a directory; give the dataset root its ./blob/... paths start from")
     ids = tuple(u.strip() for u in (workload or "").split(",") if u.strip())

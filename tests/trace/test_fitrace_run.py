@@ -102,3 +102,14 @@ def test_the_definitions_code_runs_only_with_trust_reference_and_only_in_the_wor
     assert not mark.exists()
     assert main(["run", *common, "--trust-reference", "--out", str(tmp_path / "b.jsonl")]) == 0
     assert mark.exists()
+
+
+def test_a_users_backend_file_with_a_definition_is_refused_with_what_to_do(tmp_path, capsys):
+    """A user's backend takes (q, k, v) of a variant, a definition's backends its own named inputs:
+    the pair is refused in one line that names the variant to time the kernel on instead."""
+    dpath = write(tmp_path / "d.json", gqa_paged("decode", 4, 2, 64, 16))
+    kernel = tmp_path / "k.py"
+    kernel.write_text("BACKENDS = {}\n")
+    assert main(["run", "--definition", str(dpath), "--backend-file", str(kernel), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "--backend-file" in err and "gqa_* → paged" in err and "Traceback" not in err
