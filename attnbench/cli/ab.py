@@ -50,8 +50,7 @@ def ab(
 
       attnbench ab --ref HEAD~1 --rounds 5 --format markdown --report ab.xml
 
-      attnbench ab --ref HEAD~1 --suite kernels/gate.toml --backend-file kernels/mine.py  (your kernel, REV's
-      version of the file against the working tree's)
+      attnbench ab --ref HEAD~1 --backend-file kernels/mine.py  (your kernel: REV's file against yours)
     """
     from attnbench.gate.flow import ab_flow
 

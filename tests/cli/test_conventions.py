@@ -183,7 +183,7 @@ def test_show_json_holds_every_table(tmp_path, capsys):
         raise AssertionError(f"{x} is not JSON")
 
     doc = json.loads(capsys.readouterr().out, parse_constant=no_nan)
-    assert set(doc) == {"baseline", "baseline_note", "scaling", "measurements", "crossovers", "not_run"}
+    assert set(doc) == {"baseline", "baseline_note", "scaling", "measurements", "crossovers", "not_run", "wrong"}
     assert doc["baseline"] == "mha:eager" and doc["baseline_note"] is None
     assert {(r["series"], r["metric"]) for r in doc["scaling"]} >= {("mha:sdpa", "latency"), ("mha:eager", "memory")}
     m = {(r["series"], r["L"]): r for r in doc["measurements"]}

@@ -36,6 +36,14 @@ from transformers import masking_utils  # noqa: E402
 from attnbench.run.hfconfig import ALIASES, attention_class, build_module, text_config  # noqa: E402
 
 L, WINDOW = 40, 12
+# Layer kinds that transformers does not compute with the modeling file's eager_attention_forward:
+# their conformance is checked against the model's own functions elsewhere.
+NOT_EAGER_ATTENTION = {
+    "gdn": "a Gated DeltaNet layer is a recurrence, not eager_attention_forward "
+           "(test_gdn_reproduces_transformers_recurrence checks it against Qwen3-Next's own function)",
+    "dsa": "DeepSeek-V3.2's sparse layer selects keys with its indexer before attention; its selection and "
+           "attention are checked against the FlashInfer Trace dsa reference semantics (tests/variants/test_dsa.py)",
+}
 CPU = torch.device("cpu")
 
 
@@ -81,6 +89,8 @@ def test_group_reproduces_transformers_attention(models, name, index):
         params["window"], window = L, None  # a window over the whole context (gpt-oss's full layers)
     if g.variant not in registry.names():
         pytest.skip(f"{name}: variant '{g.variant}' is not in this attnbench (its runs record it unsupported)")
+    if g.variant in NOT_EAGER_ATTENTION:
+        pytest.skip(f"{name} group {index}: {NOT_EAGER_ATTENTION[g.variant]}")
     v = registry.get(g.variant)
     p = v.resolve(Problem(batch=1, heads=spec.heads, kv_heads=spec.kv_heads, seq_q=L, seq_k=L, head_dim=spec.head_dim,
                           dtype="float32", causal=spec.causal, mode="fwd").with_params(**params))
@@ -129,3 +139,28 @@ def test_the_scales_are_the_models_own(models):
     assert ds.scale / 192 ** -0.5 == pytest.approx(1.874, abs=1e-3)  # YaRN mscale² at factor 40
     assert presets()["gemma-2-27b"].attention[0].scale == pytest.approx(144 ** -0.5)
     assert group_params(presets()["llama-3-8b"].attention[0], 128) == {}  # 1/√D: no parameter
+
+
+@pytest.mark.parametrize("mode", ["fwd", "decode"])
+def test_gdn_reproduces_transformers_recurrence(mode):
+    """attnbench's gdn (recurrent and chunked backends) against Qwen3-Next's own
+    torch_recurrent_gated_delta_rule on the same q, k, v, gates and initial state (GVA: 8 value
+    heads over 4 q/k heads; transformers' state is k-first (B, H, K, V), ours k-last)."""
+    qwen3_next = pytest.importorskip("transformers.models.qwen3_next.modeling_qwen3_next")
+    from attnbench.variants import gdn
+
+    v = registry.get("gdn")
+    p = v.resolve(Problem(batch=2, heads=8, kv_heads=4, seq_q=L, seq_k=L, head_dim=32, dtype="float32",
+                          causal=True, mode=mode).with_params(chunk=16))
+    q, k, val = v.make_inputs(p, CPU, 0)
+    g, beta = gdn.gates(*gdn.gate_params(p, CPU))
+    s0 = gdn.initial_state(p, CPU)
+    theirs, _ = qwen3_next.torch_recurrent_gated_delta_rule(
+        q.transpose(1, 2), k.transpose(1, 2), val.transpose(1, 2), g.transpose(1, 2), beta.transpose(1, 2),
+        initial_state=None if s0 is None else s0.transpose(-1, -2), use_qk_l2norm_in_kernel=True)
+    theirs = theirs.transpose(1, 2)
+    for backend in ("recurrent", "chunked"):
+        ours = v.backend(backend).build(p, CPU)(q, k, val)
+        assert ours.shape == theirs.shape
+        err = (ours - theirs).norm() / theirs.norm()
+        assert err < 1e-5, f"gdn {mode} {backend}: relative L2 {err:.2e} against transformers' recurrence"
