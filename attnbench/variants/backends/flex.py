@@ -71,11 +71,15 @@ def no_silent_eager_fallback() -> None:
 
 @functools.cache
 def compiled_block_mask():
-    """create_block_mask compiled, so the dense L×L mask is never materialised."""
+    """create_block_mask compiled, so the dense L×L mask is never materialised. Static shapes
+    (dynamic=False), like compiled_flex: after a few shapes in one process torch's automatic
+    dynamic shapes recompiled it symbolically, and Inductor's C++ code for that failed to compile
+    (torch 2.13: "operands to ?: have different types VecMask<long, 2> and VecMask<float, 1>"),
+    so whether a flex case ran depended on the cases run before it in the same process."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     no_silent_eager_fallback()
-    return torch.compile(create_block_mask)
+    return torch.compile(create_block_mask, dynamic=False)
 
 
 def full_block_mask(seq_q: int, seq_k: int, block_size: int, device: torch.device):
