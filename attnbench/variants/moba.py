@@ -48,8 +48,9 @@ from attnbench.variants.selection import (
     block_layout,
     check_select_by,
     flex_selected,
+    flex_supports,
     pool_by_query_block,
-    triton_reason,
+    triton_supports,
 )
 from attnbench.variants.shared import check_heads, fill_defaults, io_bytes, repeat_kv
 
@@ -175,19 +176,6 @@ def _triton_build(p: Problem, device: torch.device) -> Fn:
     return moba_triton
 
 
-def _flex_supports(p: Problem, device: torch.device) -> Reason:
-    bs = p.param("block")
-    if bs < 16 or bs & (bs - 1):
-        return f"flex takes a power-of-two block >= 16 (its BlockMask tile; got {bs})"
-    if p.head_dim < 16 or p.head_dim & (p.head_dim - 1):
-        return f"FlexAttention needs a power-of-two head_dim >= 16 (got {p.head_dim})"
-    return None
-
-
-def _triton_supports(p: Problem, device: torch.device) -> Reason:
-    return triton_reason(p) or triton.flash_backend().why_unsupported(p, device)
-
-
 def selection_bytes(p: Problem) -> float:
     """What flex and triton hold for the selection: the float32 gates and the chosen-block flags per
     (query, key block), B·Hq·Lq·nb·(4 + 1) bytes (the BlockMask's or the index's integers are smaller)."""
@@ -244,10 +232,10 @@ MOBA = Variant(
                       materializes=True),
               Backend("flex", _flex_build, "gate, top-k and a BlockMask from the selection in the call, then "
                       "compiled FlexAttention", why_unavailable=flex_backend().why_unavailable,
-                      why_unsupported=_flex_supports, compiles=True, workspace=selection_bytes),
+                      why_unsupported=flex_supports, compiles=True, workspace=selection_bytes),
               Backend("triton", _triton_build, "gate and top-k in torch, then attnbench's Triton block-sparse "
                       "kernel over the selection (select_by=query_block or decode; fp32: TF32 dots)",
-                      why_unavailable=triton.flash_backend().why_unavailable, why_unsupported=_triton_supports,
+                      why_unavailable=triton.flash_backend().why_unavailable, why_unsupported=triton_supports,
                       tf32_dots=True, workspace=selection_bytes)),
     resolve=resolve, why_unsupported=supports, defaults=dict(DEFAULTS), modes=("fwd", "decode"),
     picture=lambda p: token_mask(select_blocks(*_picture_inputs(p), p), p, "cpu")[0, 0].float())

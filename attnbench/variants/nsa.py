@@ -49,8 +49,9 @@ from attnbench.variants.selection import (
     block_layout,
     check_select_by,
     flex_selected,
+    flex_supports,
     pool_by_query_block,
-    triton_reason,
+    triton_supports,
 )
 from attnbench.variants.shared import check_heads, fill_defaults, io_bytes, repeat_kv, softmax_attention
 
@@ -183,19 +184,6 @@ def selection_bytes(p: Problem) -> float:
     return float(select + 6 * p.batch * p.heads * p.seq_q * p.head_dim * p.itemsize)
 
 
-def _flex_supports(p: Problem, device: torch.device) -> Reason:
-    bs = p.param("block")
-    if bs < 16 or bs & (bs - 1):
-        return f"flex takes a power-of-two block >= 16 (its BlockMask tile; got {bs})"
-    if p.head_dim < 16 or p.head_dim & (p.head_dim - 1):
-        return f"FlexAttention needs a power-of-two head_dim >= 16 (got {p.head_dim})"
-    return None
-
-
-def _triton_supports(p: Problem, device: torch.device) -> Reason:
-    return triton_reason(p) or triton.flash_backend().why_unsupported(p, device)
-
-
 def picture(p: Problem) -> torch.Tensor:
     """(Lq, Lk) 0/1: the tokens each query attends exactly on seed-0 inputs (head 0): its selected
     blocks (up to i') and its window. The compressed branch (pooled blocks) is not drawn."""
@@ -253,11 +241,11 @@ NSA = Variant(
                       materializes=True),
               Backend("flex", _flex_build, "compressed branch in torch; selected blocks (BlockMask built in the "
                       "call) and window by compiled FlexAttention", why_unavailable=flex_backend().why_unavailable,
-                      why_unsupported=_flex_supports, compiles=True, workspace=selection_bytes),
+                      why_unsupported=flex_supports, compiles=True, workspace=selection_bytes),
               Backend("triton", _triton_build, "compressed branch in torch; selected blocks by the Triton "
                       "block-sparse kernel (select_by=query_block or decode), window by the Triton "
                       "FlashAttention kernel (fp32: TF32 dots)", why_unavailable=triton.flash_backend().why_unavailable,
-                      why_unsupported=_triton_supports, tf32_dots=True, workspace=selection_bytes)),
+                      why_unsupported=triton_supports, tf32_dots=True, workspace=selection_bytes)),
     resolve=resolve, why_unsupported=supports, defaults=dict(DEFAULTS), modes=("fwd", "decode"), picture=picture)
 
 VARIANTS = (NSA,)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from attnbench.core.problem import Problem
+from attnbench.variants.backends import triton
 from attnbench.variants.base import Reason
 
 SELECT_BY = ("token", "query_block")
@@ -115,3 +116,18 @@ def triton_reason(p: Problem) -> Reason:
     if p.seq_q not in (1, p.seq_k):
         return "the query blocks must align with the key blocks (Lq = Lk, or one query)"
     return None
+
+
+def flex_supports(p: Problem, device: torch.device) -> Reason:
+    """The flex backends of moba and nsa: the block is the BlockMask's tile."""
+    bs = p.param("block")
+    if bs < 16 or bs & (bs - 1):
+        return f"flex takes a power-of-two block >= 16 (its BlockMask tile; got {bs})"
+    if p.head_dim < 16 or p.head_dim & (p.head_dim - 1):
+        return f"FlexAttention needs a power-of-two head_dim >= 16 (got {p.head_dim})"
+    return None
+
+
+def triton_supports(p: Problem, device: torch.device) -> Reason:
+    """The Triton backends of moba and nsa: the selection's granularity, then the flash kernel's own limits."""
+    return triton_reason(p) or triton.flash_backend().why_unsupported(p, device)
