@@ -20,18 +20,25 @@ SW_THERMAL = telemetry.THROTTLE_BITS["sw_thermal"]
 
 
 class FakeGpu:
-    """A GPU as NVML reports it: constant power, a coarse energy counter, throttling by time."""
+    """A GPU as NVML reports it: constant power, a coarse energy counter, throttling by reading."""
 
-    # throttled for the first half of every 0.4 s: 0.6 s of samples hold a whole throttled and a
-    # whole unthrottled 0.2 s window, so some samples are flagged and some are not, however slow
-    def __init__(self, power_w: float = 250.0, period_s: float = 0.4, throttles: bool = True):
-        self.t0, self.power_w, self.period_s, self.throttles = time.perf_counter(), power_w, period_s, throttles
+    # throttled for 4 clock readings, then not for 4, and so on: every loop of >= 10 readings sees
+    # both states, however the sampler thread is scheduled. (Throttling by wall time, half of every
+    # 0.4 s, failed once in CI: with the readings bunched at the loop's two ends, both fell in
+    # throttled halves.)
+    def __init__(self, power_w: float = 250.0, flip_every: int = 4, throttles: bool = True):
+        self.t0, self.power_w, self.flip_every, self.throttles = time.perf_counter(), power_w, flip_every, throttles
+        self.reads = 0
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
+    def power_mw(self) -> int:
+        self.reads += 1  # Nvml.clocks() reads the power first: one reading, one count
+        return int(self.power_w * 1000)
+
     def throttled(self) -> bool:
-        return self.throttles and self.elapsed() % self.period_s < self.period_s / 2
+        return self.throttles and (self.reads // self.flip_every) % 2 == 0
 
     def install(self, monkeypatch) -> None:
         import pynvml
@@ -41,7 +48,7 @@ class FakeGpu:
             "nvmlDeviceGetHandleByIndex": lambda i: "gpu0",
             "nvmlDeviceGetClockInfo": lambda h, which: (
                 2619 if which == pynvml.NVML_CLOCK_MEM else (1500 if self.throttled() else 1980)),
-            "nvmlDeviceGetPowerUsage": lambda h: int(self.power_w * 1000),
+            "nvmlDeviceGetPowerUsage": lambda h: self.power_mw(),
             "nvmlDeviceGetCurrentClocksEventReasons": lambda h: SW_THERMAL if self.throttled() else 0,
             # mJ, refreshed every 20 ms
             "nvmlDeviceGetTotalEnergyConsumption": lambda h: int(self.power_w * 1000 * (self.elapsed() // 0.02) * 0.02),
