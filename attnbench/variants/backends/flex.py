@@ -53,8 +53,14 @@ def no_silent_eager_fallback() -> None:
     (8 by default) torch.compile silently runs flex_attention eagerly, materialising the L×L
     scores (orders of magnitude slower and larger at long L), and every backward after it runs the
     eager path too. The limit is raised for the worker's many shapes, and hitting it is made an
-    error, recorded with its reason."""
+    error, recorded with its reason. Automatic dynamic shapes are turned off for the process: a
+    function compiled with torch's default (transformers' flex_attention, for hf-flex) was otherwise
+    recompiled symbolically once a second shape came, and Inductor's C++ for that failed to build
+    on this CPU (torch 2.13: "'cur_kvSplitSize2' was not declared"), so a case's fate depended on the
+    cases the worker ran before it; off, each shape compiles for itself, as in a fresh process."""
     cfg = torch._dynamo.config
+    if hasattr(cfg, "automatic_dynamic_shapes"):
+        cfg.automatic_dynamic_shapes = False
     for limit in ("recompile_limit", "cache_size_limit"):  # the name changed in torch 2.6
         if hasattr(cfg, limit):
             setattr(cfg, limit, max(getattr(cfg, limit), RECOMPILE_LIMIT))

@@ -36,6 +36,7 @@ import torch
 
 from attnbench.core.models import HF_IMPLEMENTATION
 from attnbench.core.problem import Problem
+from attnbench.variants.backends.flex import no_silent_eager_fallback
 from attnbench.variants.base import Backend, Fn, Reason
 from attnbench.variants.modifiers import sink_logits
 
@@ -121,6 +122,8 @@ def _build(name: str) -> Callable[[Problem, torch.device], Fn]:
     impl = IMPLEMENTATION[name]
 
     def build(p: Problem, device: torch.device) -> Fn:
+        if impl == "flex_attention":
+            no_silent_eager_fallback()  # transformers compiles flex_attention itself: static shapes, no eager fallback
         fn = _eager_function(p) if impl == "eager" else _registry_function(impl)
         module = _module(p, impl)
         if p.param("sink_logit") == "learned":  # gpt-oss's eager reads module.sinks; flex takes s_aux
