@@ -13,6 +13,7 @@ GPU: synchronize, reset the allocator's peak statistics, run, peak minus baselin
 
 from __future__ import annotations
 
+import functools
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -79,6 +80,32 @@ def _trim_heap() -> None:
         pass
 
 
+@functools.cache
+def _mallinfo2() -> Callable[[], object] | None:
+    try:
+        import ctypes
+
+        class Mallinfo2(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_size_t) for name in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                "fordblks", "keepcost")]
+
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+        fn.restype = Mallinfo2
+        return fn
+    except (OSError, AttributeError):
+        return None
+
+
+def heap_bytes() -> int | None:
+    """Bytes glibc's arenas have taken from the OS (mallinfo2's `arena`: the heap, not the large
+    blocks mmapped apart), None where that is not glibc >= 2.33. It changes only when a call's
+    blocks did not fit in the free heap (or the heap was trimmed): the sign the allocator is not
+    yet in its steady state (time_cpu warms up until it stops changing)."""
+    fn = _mallinfo2()
+    return None if fn is None else int(fn().arena)
+
+
 def timing_allocator() -> None:
     """The allocator state calls are timed in: glibc's own steady state for a process that
     repeats a call. By default glibc raises its mmap threshold to the size of each large block
@@ -93,7 +120,10 @@ def timing_allocator() -> None:
     Measured for an 8 MiB temporary in fresh processes: the last faulting call was the 2nd to
     the 10th, varying run to run (allocation history of the import, not threads or load: the
     same with one thread; with tcache off, GLIBC_TUNABLES=glibc.malloc.tcache_count=0, only the
-    first call faults). Hence time_cpu's 16 warmup calls at least."""
+    first call faults). Nor is it monotone: the heap grows in bursts with quiet calls between
+    them (up to 10 seen; once the last burst came after the 16th call). Hence time_cpu's 16
+    warm-up calls at least, then, if the heap grew over one, on until heap_bytes has not changed
+    for 24 calls in a row."""
     _mallopt(_M_MMAP_THRESHOLD, _MMAP_MAX)
     _mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_MAX)
 

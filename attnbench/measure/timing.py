@@ -5,9 +5,12 @@
 
 Warm-up: the first call (compilation, caches) is timed apart (`first_call_ms`) and is never a
 sample; then at least `min_warmup_calls` steady calls, and more until `warmup_time` is spent. On
-the CPU the fastest steady warm-up call sizes the block: a call shorter than `min_block_time` is
-timed in blocks of calls lasting at least that long. A call longer than max_time leaves one
-sample: `Stats.n` says so, and `flags` (low_samples, high_variance) carry it into the record.
+the CPU also at least `warmup_calls`, and, if glibc's heap grew over a warm-up call, on until it
+has not for `settle_calls` calls in a row (within `settle_time`): a call whose blocks still take
+fresh heap page-faults them, which a steady, repeated call does not (memory.timing_allocator).
+The fastest steady warm-up call sizes the block: a call shorter than `min_block_time` is timed in
+blocks of calls lasting at least that long. A call longer than max_time leaves one sample:
+`Stats.n` says so, and `flags` (low_samples, high_variance) carry it into the record.
 
 Each sample keeps its host-time span (`Timing.spans`, perf_counter seconds) so the clock sampler
 (measure/clocks.py) can flag samples taken while the GPU throttled, and the timing mode that
@@ -26,6 +29,8 @@ from typing import Callable
 
 import torch
 
+from attnbench.measure.memory import heap_bytes
+
 
 @dataclass(frozen=True)
 class TimingPolicy:
@@ -36,9 +41,13 @@ class TimingPolicy:
     target_rel_iqr: float = 0.05
     warmup_time: float = 0.05  # s of warmup after the first (untimed) call
     min_warmup_calls: int = 1  # steady calls after the first, however long the first took
-    # CPU: and at least this many warmup calls (unless the first call lasts warmup_time): glibc
-    # takes up to ~10 calls to settle a repeated call's heap (measure/memory.timing_allocator)
+    # CPU: and at least this many warmup calls (unless the first call lasts warmup_time), then, if
+    # the heap grew over one, on until it has not for settle_calls calls in a row or settle_time is
+    # spent: glibc grows a repeated call's heap in bursts, with up to 10 quiet calls between them,
+    # the last one seen after the 16th call (measure/memory.timing_allocator)
     warmup_calls: int = 16
+    settle_calls: int = 24
+    settle_time: float = 0.5  # s of warm-up after which an unsettled heap is timed as it is
     min_block_time: float = 1e-3  # s: a CPU sample groups calls until it lasts this long
     l2_flush_bytes: int | None = None  # GPU: zero this much memory before each timed call (None: from the L2)
 
@@ -98,21 +107,34 @@ def stop_reason(samples: list[float], spent: float, policy: TimingPolicy) -> str
     return "spread" if st.iqr <= policy.target_rel_iqr * st.median else None
 
 
+def warm_up_cpu(fn: Callable[[], object], first_ms: float, policy: TimingPolicy = TimingPolicy(),
+                heap: Callable[[], int | None] = heap_bytes) -> tuple[float, int]:
+    """time_cpu's warm-up after the first call: at least min_warmup_calls steady calls, then for
+    warmup_time and warmup_calls (a first call longer than warmup_time is warm-up enough for
+    those), then, if `heap()` changed over a warm-up call, on until it has not for settle_calls
+    calls in a row or settle_time is spent. Returns the fastest call (s), which sizes the block,
+    and the number of calls."""
+    per_call, spent, calls, quiet, grew = float("inf"), 0.0, 0, 0, False
+    short = first_ms / 1e3 < policy.warmup_time
+    while calls < policy.min_warmup_calls or (short and (
+            spent < policy.warmup_time or calls < policy.warmup_calls
+            or (grew and quiet < policy.settle_calls and spent < policy.settle_time))):
+        before = heap()
+        t0 = time.perf_counter_ns()
+        fn()
+        dt = (time.perf_counter_ns() - t0) / 1e9
+        quiet = 0 if heap() != before else quiet + 1
+        grew = grew or quiet == 0
+        per_call, spent, calls = min(per_call, dt), spent + dt, calls + 1
+    return per_call, calls
+
+
 def time_cpu(fn: Callable[[], object], policy: TimingPolicy = TimingPolicy()) -> Timing:
     """Wall-clock latency of fn() on the CPU, in ms per call."""
     t0 = time.perf_counter_ns()
     fn()
     first = (time.perf_counter_ns() - t0) / 1e6
-    # warm up: at least min_warmup_calls steady calls, then for warmup_time and warmup_calls (a
-    # first call longer than the warmup time is warmup enough for those two); the fastest steady
-    # call sizes the block so one sample lasts >= min_block_time
-    per_call, spent_warm, calls = float("inf"), 0.0, 0
-    while calls < policy.min_warmup_calls or (
-            (spent_warm < policy.warmup_time or calls < policy.warmup_calls) and first / 1e3 < policy.warmup_time):
-        t0 = time.perf_counter_ns()
-        fn()
-        dt = (time.perf_counter_ns() - t0) / 1e9
-        per_call, spent_warm, calls = min(per_call, dt), spent_warm + dt, calls + 1
+    per_call, _ = warm_up_cpu(fn, first, policy)
     block = max(1, math.ceil(policy.min_block_time / max(per_call, 1e-9)))
     samples: list[float] = []
     spans: list[tuple[float, float]] = []

@@ -11,7 +11,8 @@ the medians of the references' samples, a typical call rather than the best):
   on its first call of each shape (FACTS.md, this CPU: ~14 s for a
   process's first compile, ~4 s for each later one); other backends' setup is not modelled;
 - the untimed first call, then warm-up: on the CPU, calls until `warmup_time` and `warmup_calls`
-  are both reached, or a single call when the first lasted longer than `warmup_time`;
+  are both reached, or a single call when the first lasted longer than `warmup_time` (the
+  settling of a heap that still grows, up to `settle_time` more, is not modelled);
 - the timing loop: samples of ceil(min_block_time / t) calls until `min_samples` samples and
   `min_time` seconds (the spread rule stopping there), capped at `max_time` (the worker's
   min(policy max_time, time budget / 4), the suite's `sample_time`) plus the sample that crosses

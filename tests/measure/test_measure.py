@@ -2,6 +2,7 @@
 FlopCounterMode), timing statistics and stop rules (structural, never timed), CPU peak memory."""
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from attnbench.core.problem import Problem
 from attnbench.measure import flops as fl
 from attnbench.measure import memory
-from attnbench.measure.timing import Stats, TimingPolicy, quantile, stop_reason, time_call, time_cpu
+from attnbench.measure.timing import Stats, TimingPolicy, quantile, stop_reason, time_call, time_cpu, warm_up_cpu
 from attnbench.variants import registry
 from attnbench.variants.shared import attention_flops, io_bytes, kv_cache_bytes
 
@@ -175,6 +176,29 @@ def test_time_cpu_warms_up_at_least_warmup_calls():
     assert len(calls) == 3  # first, one steady warmup call, one sample
 
 
+def test_warm_up_goes_on_until_the_heap_has_settled():
+    """A heap that still grows after warmup_calls keeps the warm-up going until it has been quiet
+    for settle_calls calls in a row, within settle_time; one that never grows adds nothing."""
+    growth_at, calls = {2, 3, 20, 31}, [0]
+
+    def fn(pause: float = 1e-4):  # each call outlasts warmup_time: warmup_calls and the heap rule
+        calls[0] += 1
+        time.sleep(pause)
+
+    def heap():  # grows (by 8 MiB) over the calls in growth_at
+        return 8 * 2**20 * sum(1 for c in growth_at if c <= calls[0])
+
+    pol = TimingPolicy(warmup_time=1e-5, warmup_calls=16, settle_calls=24, settle_time=10.0)
+    assert warm_up_cpu(fn, 1e-3, pol, heap)[1] == 31 + 24
+    calls[0], growth_at = 0, set()
+    assert warm_up_cpu(fn, 1e-3, pol, heap)[1] == 16  # no growth: warmup_calls only
+    calls[0], growth_at = 0, set(range(1, 10**6))  # grows on every call: settle_time ends it
+    n = warm_up_cpu(lambda: fn(1e-3), 1e-3, replace(pol, settle_time=0.05), heap)[1]
+    assert 16 <= n <= 51, n
+    calls[0], growth_at = 0, {1}  # a first call longer than warmup_time is warm-up enough
+    assert warm_up_cpu(fn, 1e3, pol, heap)[1] == 1
+
+
 def test_time_cpu_max_samples():
     t = time_cpu(lambda: None, TimingPolicy(min_samples=10, max_samples=3, max_time=10.0))
     assert t.stopped_by == "max_samples" and t.stats.n == 3
@@ -202,16 +226,17 @@ def _slope(lengths, values) -> float:
 
 
 _FAULTS_SCRIPT = """
-import resource, sys, torch
+import resource, sys, time, torch
 from attnbench.measure import memory
-from attnbench.measure.timing import TimingPolicy
+from attnbench.measure.timing import warm_up_cpu
 
 def temporary_8mib():
     torch.ones(2 * 1024 * 1024).sum()  # 8 MiB written, read, freed
 
-def minor_faults(warmup=TimingPolicy().warmup_calls, repeats=8):
-    for _ in range(warmup):  # glibc's heap settles within ~10 calls: as many as time_cpu warms up
-        temporary_8mib()
+def minor_faults(repeats=8):
+    t0 = time.perf_counter_ns()
+    temporary_8mib()
+    warm_up_cpu(temporary_8mib, (time.perf_counter_ns() - t0) / 1e6)  # as time_cpu warms up
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(repeats):
         temporary_8mib()
@@ -233,9 +258,10 @@ def test_timing_state_reuses_temporaries_memory_state_maps_them_fresh():
     from the heap: almost no page faults); the memory pass's pinned state maps every large
     block anew (up to 2048 faults per 8 MiB of 4 KiB pages), even with a free chunk left in the
     middle of the heap (without the fence it serves every block: CI once read 2047 faults in all).
-    Counted with getrusage, not timed, in a fresh process (as the worker is), after as many
-    warmup calls as time_cpu makes at least (8 were too few: the heap kept growing until the 10th
-    call in about a third of fresh processes, see timing_allocator)."""
+    Counted with getrusage, not timed, in a fresh process (as the worker is), after time_cpu's own
+    warm-up (8 calls were too few: the heap kept growing until the 10th call in about a third of
+    fresh processes; 16 once too few in a full-suite run, where 4096 faults came after the 16th
+    call; see timing_allocator)."""
     import subprocess
     import sys
 
